@@ -1,0 +1,10 @@
+//! orch-actors: the behaviour of an orch cluster. Actors, the wire protocol and
+//! the pure decision logic they feed. No sockets, no files.
+
+pub mod device;
+pub mod master;
+pub mod membership;
+pub mod metrics;
+pub mod protocol;
+pub mod wire;
+pub mod worker;

@@ -1,0 +1,571 @@
+//! Worker membership and failure detection (SPEC §5), as pure logic.
+//!
+//! The Master actor feeds [`MemberEvent`]s with the current time in milliseconds
+//! and carries out the [`MemberCommand`]s it gets back. No clock, no I/O: tests
+//! drive it with a fake clock.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::protocol::{
+    ClusterStatus, DownReason, FailureRecord, Heartbeat, MemberState, Register, ToWorker,
+    WorkerStatus, WorkerView, PROTOCOL_VERSION,
+};
+
+/// How many failure records `status` keeps.
+const FAILURE_HISTORY: usize = 50;
+
+/// Detection parameters, from `[cluster]` in cluster.toml.
+#[derive(Debug, Clone, Copy)]
+pub struct DetectorConfig {
+    pub heartbeat_ms: u64,
+    pub missed_heartbeats: u32,
+}
+
+impl DetectorConfig {
+    /// Silence after which a healthy worker is declared `heartbeat_timeout`.
+    pub fn timeout_ms(&self) -> u64 {
+        self.heartbeat_ms * u64::from(self.missed_heartbeats)
+    }
+}
+
+/// Something that happened, fed to [`Membership::on_event`].
+#[derive(Debug, Clone)]
+pub enum MemberEvent {
+    Register(Register),
+    Heartbeat(Heartbeat),
+    Unregister { node: String, epoch: u64 },
+    /// The connection to the worker registered under `epoch` died (monitor termination).
+    NodeDown { node: String, epoch: u64 },
+    /// Periodic check of heartbeat deadlines.
+    Tick,
+}
+
+/// What the master must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MemberCommand {
+    /// Send `msg` to the worker actor of `node`.
+    Send { node: String, msg: ToWorker },
+    /// Watch the worker actor of `node` (monitor its remote stand-in) for `epoch`.
+    Watch { node: String, epoch: u64 },
+    /// `node` joined (or rejoined) under `epoch`.
+    Up { node: String, epoch: u64 },
+    /// `node`, registered under `epoch`, left the healthy state: its in-flight work is lost.
+    Down {
+        node: String,
+        epoch: u64,
+        reason: DownReason,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Member {
+    info: Register,
+    epoch: u64,
+    state: MemberState,
+    reason: Option<DownReason>,
+    last_seen_ms: u64,
+    last_seq: u64,
+    status: WorkerStatus,
+    error: Option<String>,
+    queue_ratio: f32,
+    active_tasks: u32,
+    registrations: u64,
+}
+
+/// The master's worker table.
+#[derive(Debug)]
+pub struct Membership {
+    cfg: DetectorConfig,
+    members: BTreeMap<String, Member>,
+    last_epoch: u64,
+    failures: VecDeque<FailureRecord>,
+}
+
+impl Membership {
+    /// `epoch_floor` seeds epochs so that they grow across master restarts
+    /// (the master passes its start time in unix milliseconds).
+    pub fn new(cfg: DetectorConfig, epoch_floor: u64) -> Self {
+        Self {
+            cfg,
+            members: BTreeMap::new(),
+            last_epoch: epoch_floor,
+            failures: VecDeque::new(),
+        }
+    }
+
+    pub fn config(&self) -> DetectorConfig {
+        self.cfg
+    }
+
+    pub fn on_event(&mut self, ev: MemberEvent, now_ms: u64) -> Vec<MemberCommand> {
+        match ev {
+            MemberEvent::Register(reg) => self.on_register(reg, now_ms),
+            MemberEvent::Heartbeat(hb) => self.on_heartbeat(hb, now_ms),
+            MemberEvent::Unregister { node, epoch } => self.on_unregister(node, epoch, now_ms),
+            MemberEvent::NodeDown { node, epoch } => {
+                self.mark_down(&node, epoch, DownReason::NodeDown, now_ms)
+            }
+            MemberEvent::Tick => self.on_tick(now_ms),
+        }
+    }
+
+    fn on_register(&mut self, reg: Register, now_ms: u64) -> Vec<MemberCommand> {
+        let node = reg.node.clone();
+        if reg.protocol_version != PROTOCOL_VERSION {
+            return vec![MemberCommand::Send {
+                node,
+                msg: ToWorker::Refused {
+                    reason: format!(
+                        "protocol version mismatch: worker speaks `{}`, master speaks `{}`",
+                        reg.protocol_version, PROTOCOL_VERSION
+                    ),
+                },
+            }];
+        }
+        let mut cmds = Vec::new();
+        let mut registrations = 1;
+        if let Some(m) = self.members.get(&node) {
+            // A retransmission of the registration we already accepted: same answer.
+            if m.state == MemberState::Healthy
+                && m.info.instance == reg.instance
+                && m.info.attempt == reg.attempt
+            {
+                return vec![MemberCommand::Send {
+                    node,
+                    msg: ToWorker::Registered {
+                        epoch: m.epoch,
+                        master: String::new(),
+                    },
+                }];
+            }
+            registrations = m.registrations + 1;
+            // A new registration while the old one looked healthy: the old
+            // incarnation is gone (restart or lost connection).
+            let old_epoch = m.epoch;
+            cmds.extend(self.mark_down(&node, old_epoch, DownReason::NodeDown, now_ms));
+        }
+        self.last_epoch += 1;
+        let epoch = self.last_epoch;
+        self.members.insert(
+            node.clone(),
+            Member {
+                info: reg,
+                epoch,
+                state: MemberState::Healthy,
+                reason: None,
+                last_seen_ms: now_ms,
+                last_seq: 0,
+                status: WorkerStatus::Ok,
+                error: None,
+                queue_ratio: 0.0,
+                active_tasks: 0,
+                registrations,
+            },
+        );
+        cmds.push(MemberCommand::Watch {
+            node: node.clone(),
+            epoch,
+        });
+        cmds.push(MemberCommand::Send {
+            node: node.clone(),
+            msg: ToWorker::Registered {
+                epoch,
+                master: String::new(),
+            },
+        });
+        cmds.push(MemberCommand::Up { node, epoch });
+        cmds
+    }
+
+    fn on_heartbeat(&mut self, hb: Heartbeat, now_ms: u64) -> Vec<MemberCommand> {
+        match self.members.get_mut(&hb.node) {
+            Some(m) if m.epoch == hb.epoch && m.state == MemberState::Healthy => {
+                if hb.seq >= m.last_seq {
+                    m.last_seq = hb.seq;
+                    m.last_seen_ms = now_ms;
+                    m.status = hb.status;
+                    m.error = hb.error;
+                    m.queue_ratio = hb.queue_ratio;
+                    m.active_tasks = hb.active_tasks;
+                }
+                Vec::new()
+            }
+            Some(m) if hb.epoch < m.epoch || m.state != MemberState::Healthy => {
+                // Fenced: the worker was declared dead (or replaced) since it got this epoch.
+                vec![MemberCommand::Send {
+                    node: hb.node,
+                    msg: ToWorker::Reregister {
+                        reason: format!("epoch `{}` is no longer current", hb.epoch),
+                    },
+                }]
+            }
+            _ => vec![MemberCommand::Send {
+                node: hb.node,
+                msg: ToWorker::Reregister {
+                    reason: "unknown to this master".to_string(),
+                },
+            }],
+        }
+    }
+
+    fn on_unregister(&mut self, node: String, epoch: u64, now_ms: u64) -> Vec<MemberCommand> {
+        let mut cmds = self.mark_down(&node, epoch, DownReason::Unregistered, now_ms);
+        cmds.push(MemberCommand::Send {
+            node,
+            msg: ToWorker::Unregistered,
+        });
+        cmds
+    }
+
+    fn on_tick(&mut self, now_ms: u64) -> Vec<MemberCommand> {
+        let timeout = self.cfg.timeout_ms();
+        let late: Vec<(String, u64)> = self
+            .members
+            .iter()
+            .filter(|(_, m)| {
+                m.state == MemberState::Healthy && now_ms.saturating_sub(m.last_seen_ms) > timeout
+            })
+            .map(|(n, m)| (n.clone(), m.epoch))
+            .collect();
+        late.into_iter()
+            .flat_map(|(n, e)| self.mark_down(&n, e, DownReason::HeartbeatTimeout, now_ms))
+            .collect()
+    }
+
+    fn mark_down(
+        &mut self,
+        node: &str,
+        epoch: u64,
+        reason: DownReason,
+        now_ms: u64,
+    ) -> Vec<MemberCommand> {
+        let Some(m) = self.members.get_mut(node) else {
+            return Vec::new();
+        };
+        if m.epoch != epoch || m.state != MemberState::Healthy {
+            return Vec::new();
+        }
+        m.state = if reason == DownReason::Unregistered {
+            MemberState::Unregistered
+        } else {
+            MemberState::Unhealthy
+        };
+        m.reason = Some(reason);
+        if reason.is_failure() {
+            if self.failures.len() == FAILURE_HISTORY {
+                self.failures.pop_front();
+            }
+            self.failures.push_back(FailureRecord {
+                node: node.to_string(),
+                epoch,
+                reason,
+                at_ms: now_ms,
+            });
+        }
+        vec![MemberCommand::Down {
+            node: node.to_string(),
+            epoch,
+            reason,
+        }]
+    }
+
+    /// State of `node`, if it ever registered.
+    pub fn state_of(&self, node: &str) -> Option<(MemberState, Option<DownReason>, u64)> {
+        self.members
+            .get(node)
+            .map(|m| (m.state, m.reason, m.epoch))
+    }
+
+    /// Milliseconds since each known worker was last heard from.
+    pub fn heartbeat_ages(&self, now_ms: u64) -> impl Iterator<Item = (&str, u64)> {
+        self.members
+            .iter()
+            .map(move |(n, m)| (n.as_str(), now_ms.saturating_sub(m.last_seen_ms)))
+    }
+
+    pub fn count(&self, state: MemberState) -> usize {
+        self.members.values().filter(|m| m.state == state).count()
+    }
+
+    pub fn views(&self, now_ms: u64) -> Vec<WorkerView> {
+        self.members
+            .iter()
+            .map(|(node, m)| WorkerView {
+                node: node.clone(),
+                advertise: m.info.advertise.clone(),
+                state: m.state,
+                reason: m.reason,
+                epoch: m.epoch,
+                heartbeat_age_ms: now_ms.saturating_sub(m.last_seen_ms),
+                status: m.status,
+                error: m.error.clone(),
+                queue_ratio: m.queue_ratio,
+                active_tasks: m.active_tasks,
+                max_concurrency: m.info.max_concurrency,
+                capabilities: m.info.capabilities.clone(),
+                devices: m.info.devices.clone(),
+                registrations: m.registrations,
+            })
+            .collect()
+    }
+
+    pub fn status(&self, master: &str, now_ms: u64) -> ClusterStatus {
+        let healthy = self.members.values().filter(|m| m.state == MemberState::Healthy);
+        ClusterStatus {
+            master: master.to_string(),
+            protocol_version: PROTOCOL_VERSION,
+            uptime_ms: now_ms,
+            workers_total: self.members.len() as u32,
+            workers_healthy: self.count(MemberState::Healthy) as u32,
+            workers_unhealthy: self.count(MemberState::Unhealthy) as u32,
+            workers_unregistered: self.count(MemberState::Unregistered) as u32,
+            devices_total: healthy.clone().map(|m| m.info.devices.len() as u32).sum(),
+            queue_depth_summary: healthy.map(|m| m.queue_ratio).fold(0.0, f32::max),
+            recent_failures: self.failures.iter().cloned().collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::DeviceInfo;
+
+    const HB: u64 = 1000;
+
+    fn membership() -> Membership {
+        Membership::new(
+            DetectorConfig {
+                heartbeat_ms: HB,
+                missed_heartbeats: 3,
+            },
+            100,
+        )
+    }
+
+    fn reg(node: &str, instance: u64, attempt: u64) -> Register {
+        Register {
+            protocol_version: PROTOCOL_VERSION,
+            node: node.into(),
+            advertise: "127.0.0.1:1".into(),
+            capabilities: Default::default(),
+            devices: vec![DeviceInfo {
+                id: "d0".into(),
+                handle: "h".into(),
+                capabilities: Default::default(),
+            }],
+            max_concurrency: 4,
+            instance,
+            attempt,
+        }
+    }
+
+    fn hb(node: &str, epoch: u64, seq: u64) -> Heartbeat {
+        Heartbeat {
+            node: node.into(),
+            epoch,
+            seq,
+            queue_ratio: 0.25,
+            gpu_usage: 0.0,
+            active_tasks: 0,
+            last_frame: None,
+            status: WorkerStatus::Ok,
+            error: None,
+        }
+    }
+
+    fn registered_epoch(cmds: &[MemberCommand]) -> u64 {
+        cmds.iter()
+            .find_map(|c| match c {
+                MemberCommand::Send {
+                    msg: ToWorker::Registered { epoch, .. },
+                    ..
+                } => Some(*epoch),
+                _ => None,
+            })
+            .expect("a Registered reply")
+    }
+
+    fn downs(cmds: &[MemberCommand]) -> Vec<(String, DownReason)> {
+        cmds.iter()
+            .filter_map(|c| match c {
+                MemberCommand::Down { node, reason, .. } => Some((node.clone(), *reason)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn registration_is_acknowledged_watched_and_epochs_grow() {
+        let mut m = membership();
+        let c = m.on_event(MemberEvent::Register(reg("w1", 7, 1)), 0);
+        let e1 = registered_epoch(&c);
+        assert!(e1 > 100, "epochs start above the floor");
+        assert!(c.contains(&MemberCommand::Watch {
+            node: "w1".into(),
+            epoch: e1
+        }));
+        let c = m.on_event(MemberEvent::Register(reg("w2", 8, 1)), 0);
+        assert!(registered_epoch(&c) > e1);
+        assert_eq!(m.count(MemberState::Healthy), 2);
+        assert_eq!(m.status("m", 0).devices_total, 2);
+    }
+
+    #[test]
+    fn protocol_mismatch_is_refused_with_both_versions_named() {
+        let mut m = membership();
+        let mut r = reg("w1", 1, 1);
+        r.protocol_version = PROTOCOL_VERSION + 1;
+        let c = m.on_event(MemberEvent::Register(r), 0);
+        match &c[..] {
+            [MemberCommand::Send {
+                msg: ToWorker::Refused { reason },
+                ..
+            }] => {
+                assert!(reason.contains(&format!("`{}`", PROTOCOL_VERSION + 1)), "{reason}");
+                assert!(reason.contains(&format!("`{PROTOCOL_VERSION}`")), "{reason}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(m.state_of("w1"), None);
+    }
+
+    #[test]
+    fn retransmitted_registration_gets_the_same_epoch_and_no_failure() {
+        let mut m = membership();
+        let e = registered_epoch(&m.on_event(MemberEvent::Register(reg("w1", 7, 1)), 0));
+        let c = m.on_event(MemberEvent::Register(reg("w1", 7, 1)), 10);
+        assert_eq!(registered_epoch(&c), e);
+        assert!(downs(&c).is_empty());
+    }
+
+    #[test]
+    fn heartbeats_keep_a_worker_healthy() {
+        let mut m = membership();
+        let e = registered_epoch(&m.on_event(MemberEvent::Register(reg("w1", 7, 1)), 0));
+        for t in 1..=20 {
+            assert!(m.on_event(MemberEvent::Heartbeat(hb("w1", e, t)), t * HB).is_empty());
+            assert!(downs(&m.on_event(MemberEvent::Tick, t * HB + HB / 2)).is_empty());
+        }
+        assert_eq!(m.state_of("w1").unwrap().0, MemberState::Healthy);
+    }
+
+    #[test]
+    fn silence_past_missed_heartbeats_is_a_heartbeat_timeout() {
+        let mut m = membership();
+        let e = registered_epoch(&m.on_event(MemberEvent::Register(reg("w1", 7, 1)), 0));
+        m.on_event(MemberEvent::Heartbeat(hb("w1", e, 1)), 1000);
+        // exactly 3 heartbeats late: not yet
+        assert!(downs(&m.on_event(MemberEvent::Tick, 4000)).is_empty());
+        let c = m.on_event(MemberEvent::Tick, 4001);
+        assert_eq!(downs(&c), vec![("w1".into(), DownReason::HeartbeatTimeout)]);
+        // declared once only
+        assert!(downs(&m.on_event(MemberEvent::Tick, 9000)).is_empty());
+        assert_eq!(m.status("m", 9000).recent_failures.len(), 1);
+    }
+
+    #[test]
+    fn a_late_heartbeat_after_timeout_is_fenced_and_reregistration_raises_the_epoch() {
+        let mut m = membership();
+        let e1 = registered_epoch(&m.on_event(MemberEvent::Register(reg("w1", 7, 1)), 0));
+        m.on_event(MemberEvent::Tick, 5000);
+        assert_eq!(m.state_of("w1").unwrap().1, Some(DownReason::HeartbeatTimeout));
+        let c = m.on_event(MemberEvent::Heartbeat(hb("w1", e1, 2)), 6000);
+        assert!(matches!(
+            &c[..],
+            [MemberCommand::Send {
+                msg: ToWorker::Reregister { .. },
+                ..
+            }]
+        ));
+        let c = m.on_event(MemberEvent::Register(reg("w1", 7, 2)), 6001);
+        let e2 = registered_epoch(&c);
+        assert!(e2 > e1);
+        assert!(downs(&c).is_empty(), "already down: no second failure");
+        assert_eq!(
+            m.state_of("w1").unwrap(),
+            (MemberState::Healthy, None, e2)
+        );
+        assert_eq!(m.views(6001)[0].registrations, 2);
+    }
+
+    #[test]
+    fn node_down_is_immediate_and_only_for_the_current_epoch() {
+        let mut m = membership();
+        let e1 = registered_epoch(&m.on_event(MemberEvent::Register(reg("w1", 7, 1)), 0));
+        let c = m.on_event(
+            MemberEvent::NodeDown {
+                node: "w1".into(),
+                epoch: e1 - 1,
+            },
+            10,
+        );
+        assert!(downs(&c).is_empty(), "a stale monitor must not kill the new epoch");
+        let c = m.on_event(
+            MemberEvent::NodeDown {
+                node: "w1".into(),
+                epoch: e1,
+            },
+            10,
+        );
+        assert_eq!(downs(&c), vec![("w1".into(), DownReason::NodeDown)]);
+    }
+
+    #[test]
+    fn a_restarted_worker_replaces_its_healthy_predecessor() {
+        let mut m = membership();
+        let e1 = registered_epoch(&m.on_event(MemberEvent::Register(reg("w1", 7, 1)), 0));
+        let c = m.on_event(MemberEvent::Register(reg("w1", 99, 1)), 50);
+        assert_eq!(downs(&c), vec![("w1".into(), DownReason::NodeDown)]);
+        assert!(registered_epoch(&c) > e1);
+    }
+
+    #[test]
+    fn unregister_is_a_clean_leave_not_a_failure() {
+        let mut m = membership();
+        let e = registered_epoch(&m.on_event(MemberEvent::Register(reg("w1", 7, 1)), 0));
+        let c = m.on_event(
+            MemberEvent::Unregister {
+                node: "w1".into(),
+                epoch: e,
+            },
+            10,
+        );
+        assert_eq!(downs(&c), vec![("w1".into(), DownReason::Unregistered)]);
+        assert!(c.contains(&MemberCommand::Send {
+            node: "w1".into(),
+            msg: ToWorker::Unregistered
+        }));
+        assert_eq!(m.count(MemberState::Unregistered), 1);
+        assert!(m.status("m", 10).recent_failures.is_empty());
+        // and it is not timed out later
+        assert!(downs(&m.on_event(MemberEvent::Tick, 60_000)).is_empty());
+    }
+
+    #[test]
+    fn heartbeat_from_an_unknown_worker_asks_it_to_register() {
+        let mut m = membership();
+        let c = m.on_event(MemberEvent::Heartbeat(hb("ghost", 5, 1)), 0);
+        assert!(matches!(
+            &c[..],
+            [MemberCommand::Send {
+                msg: ToWorker::Reregister { .. },
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn queue_depth_summary_is_the_max_over_healthy_workers() {
+        let mut m = membership();
+        let e1 = registered_epoch(&m.on_event(MemberEvent::Register(reg("w1", 1, 1)), 0));
+        let e2 = registered_epoch(&m.on_event(MemberEvent::Register(reg("w2", 2, 1)), 0));
+        let mut h = hb("w1", e1, 1);
+        h.queue_ratio = 0.8;
+        m.on_event(MemberEvent::Heartbeat(h), 1);
+        let mut h = hb("w2", e2, 1);
+        h.queue_ratio = 0.3;
+        m.on_event(MemberEvent::Heartbeat(h), 1);
+        assert!((m.status("m", 2).queue_depth_summary - 0.8).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,330 @@
+//! rmp-serde encoding of the cross-node messages, with a depth limit, and the
+//! ractor `Message` impls of the two remotable actors (Master, Worker).
+//!
+//! ractor's `deserialize` must return a value: bytes that do not decode become
+//! a `Malformed` message, which the receiving actor counts and logs. Nothing
+//! here panics on bytes from the network.
+
+use ractor::message::{BoxedDowncastErr, SerializedMessage};
+use ractor::{Message, RpcReplyPort};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::master::MasterMsg;
+use crate::worker::WorkerMsg;
+
+/// Deepest nesting accepted when decoding a network message.
+pub const MAX_DEPTH: usize = 32;
+
+const VARIANT_TO_MASTER: &str = "orch.to_master";
+const VARIANT_TO_WORKER: &str = "orch.to_worker";
+const VARIANT_ADMIN: &str = "orch.admin";
+
+/// Encode a value for the wire (field names kept, so that fields can be added).
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
+    rmp_serde::to_vec_named(value).map_err(|e| format!("cannot encode message: {e}"))
+}
+
+/// Decode bytes from the network, refusing nesting deeper than [`MAX_DEPTH`].
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MAX_DEPTH);
+    T::deserialize(&mut de).map_err(|e| {
+        format!(
+            "malformed `{}` ({} bytes): {e}",
+            std::any::type_name::<T>().rsplit("::").next().unwrap_or("message"),
+            bytes.len()
+        )
+    })
+}
+
+fn cast(variant: &str, args: Vec<u8>) -> SerializedMessage {
+    SerializedMessage::Cast {
+        variant: variant.to_string(),
+        args,
+        metadata: None,
+    }
+}
+
+/// Typed reply port -> byte reply port (the caller's side of a remote call).
+fn port_to_bytes<T: DeserializeOwned + Send + 'static>(
+    port: RpcReplyPort<T>,
+) -> RpcReplyPort<Vec<u8>> {
+    let (tx, rx) = ractor::concurrency::oneshot::<Vec<u8>>();
+    let timeout = port.get_timeout();
+    tokio::spawn(async move {
+        let bytes = match timeout {
+            Some(t) => tokio::time::timeout(t, rx).await.ok().and_then(Result::ok),
+            None => rx.await.ok(),
+        };
+        if let Some(bytes) = bytes {
+            match decode::<T>(&bytes) {
+                Ok(value) => {
+                    let _ = port.send(value);
+                }
+                Err(e) => {
+                    metrics::counter!(crate::metrics::WIRE_DECODE_ERRORS).increment(1);
+                    tracing::warn!(error = %e, "dropped a malformed reply");
+                }
+            }
+        }
+    });
+    match timeout {
+        Some(t) => RpcReplyPort::from((tx, t)),
+        None => RpcReplyPort::from(tx),
+    }
+}
+
+/// Byte reply port -> typed reply port (the callee's side of a remote call).
+fn port_from_bytes<T: Serialize + Send + 'static>(port: RpcReplyPort<Vec<u8>>) -> RpcReplyPort<T> {
+    let (tx, rx) = ractor::concurrency::oneshot::<T>();
+    let timeout = port.get_timeout();
+    tokio::spawn(async move {
+        let value = match timeout {
+            Some(t) => tokio::time::timeout(t, rx).await.ok().and_then(Result::ok),
+            None => rx.await.ok(),
+        };
+        if let Some(value) = value {
+            match encode(&value) {
+                Ok(bytes) => {
+                    let _ = port.send(bytes);
+                }
+                Err(e) => tracing::error!(error = %e, "cannot encode a reply"),
+            }
+        }
+    });
+    match timeout {
+        Some(t) => RpcReplyPort::from((tx, t)),
+        None => RpcReplyPort::from(tx),
+    }
+}
+
+fn unexpected(what: &str, msg: &SerializedMessage) -> String {
+    match msg {
+        SerializedMessage::Cast { variant, .. } => {
+            format!("unknown cast `{variant}` for {what}")
+        }
+        SerializedMessage::Call { variant, .. } => {
+            format!("unknown call `{variant}` for {what}")
+        }
+        SerializedMessage::CallReply(..) => format!("unexpected call reply for {what}"),
+    }
+}
+
+impl Message for MasterMsg {
+    fn serializable() -> bool {
+        true
+    }
+
+    fn serialize(self) -> Result<SerializedMessage, BoxedDowncastErr> {
+        match self {
+            MasterMsg::Worker(m) => Ok(cast(
+                VARIANT_TO_MASTER,
+                encode(&m).map_err(|_| BoxedDowncastErr)?,
+            )),
+            MasterMsg::Admin(req, reply) => Ok(SerializedMessage::Call {
+                variant: VARIANT_ADMIN.to_string(),
+                args: encode(&req).map_err(|_| BoxedDowncastErr)?,
+                reply: port_to_bytes(reply),
+                metadata: None,
+            }),
+            // Local-only messages never leave the node.
+            _ => Err(BoxedDowncastErr),
+        }
+    }
+
+    fn deserialize(msg: SerializedMessage) -> Result<Self, BoxedDowncastErr> {
+        Ok(match msg {
+            SerializedMessage::Cast { variant, args, .. } if variant == VARIANT_TO_MASTER => {
+                match decode(&args) {
+                    Ok(m) => MasterMsg::Worker(m),
+                    Err(e) => MasterMsg::Malformed(e),
+                }
+            }
+            SerializedMessage::Call {
+                variant,
+                args,
+                reply,
+                ..
+            } if variant == VARIANT_ADMIN => match decode(&args) {
+                Ok(req) => MasterMsg::Admin(req, port_from_bytes(reply)),
+                Err(e) => MasterMsg::Malformed(e),
+            },
+            other => MasterMsg::Malformed(unexpected("master", &other)),
+        })
+    }
+}
+
+impl Message for WorkerMsg {
+    fn serializable() -> bool {
+        true
+    }
+
+    fn serialize(self) -> Result<SerializedMessage, BoxedDowncastErr> {
+        match self {
+            WorkerMsg::Master(m) => Ok(cast(
+                VARIANT_TO_WORKER,
+                encode(&m).map_err(|_| BoxedDowncastErr)?,
+            )),
+            _ => Err(BoxedDowncastErr),
+        }
+    }
+
+    fn deserialize(msg: SerializedMessage) -> Result<Self, BoxedDowncastErr> {
+        Ok(match msg {
+            SerializedMessage::Cast { variant, args, .. } if variant == VARIANT_TO_WORKER => {
+                match decode(&args) {
+                    Ok(m) => WorkerMsg::Master(m),
+                    Err(e) => WorkerMsg::Malformed(e),
+                }
+            }
+            other => WorkerMsg::Malformed(unexpected("worker", &other)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::*;
+    use proptest::prelude::*;
+
+    fn cap_value() -> impl Strategy<Value = CapValue> {
+        prop_oneof![
+            any::<bool>().prop_map(CapValue::Bool),
+            any::<i64>().prop_map(CapValue::Int),
+            "[a-z0-9]{0,12}".prop_map(CapValue::Str),
+            proptest::collection::vec("[a-z]{1,6}", 0..4).prop_map(CapValue::List),
+        ]
+    }
+
+    fn caps() -> impl Strategy<Value = Capabilities> {
+        proptest::collection::btree_map("[a-z_]{1,8}", cap_value(), 0..5)
+    }
+
+    fn to_master() -> impl Strategy<Value = ToMaster> {
+        let device = ("[a-z0-9-]{1,10}", "[a-z0-9:]{0,10}", caps()).prop_map(|(id, handle, c)| {
+            DeviceInfo {
+                id,
+                handle,
+                capabilities: c,
+            }
+        });
+        prop_oneof![
+            (
+                any::<u32>(),
+                "[a-z0-9-]{1,12}",
+                caps(),
+                proptest::collection::vec(device, 0..4),
+                any::<u32>(),
+                any::<u64>(),
+                any::<u64>()
+            )
+                .prop_map(|(v, node, capabilities, devices, mc, instance, attempt)| {
+                    ToMaster::Register(Register {
+                        protocol_version: v,
+                        node,
+                        advertise: "127.0.0.1:7700".into(),
+                        capabilities,
+                        devices,
+                        max_concurrency: mc,
+                        instance,
+                        attempt,
+                    })
+                }),
+            (
+                "[a-z0-9-]{1,12}",
+                any::<u64>(),
+                any::<u64>(),
+                0f32..1.0,
+                any::<u32>(),
+                proptest::option::of(any::<u64>()),
+                proptest::option::of("[ -~]{0,20}")
+            )
+                .prop_map(|(node, epoch, seq, q, active, last, error)| {
+                    ToMaster::Heartbeat(Heartbeat {
+                        node,
+                        epoch,
+                        seq,
+                        queue_ratio: q,
+                        gpu_usage: q / 2.0,
+                        active_tasks: active,
+                        last_frame: last,
+                        status: WorkerStatus::Ok,
+                        error,
+                    })
+                }),
+            ("[a-z0-9-]{1,12}", any::<u64>())
+                .prop_map(|(node, epoch)| ToMaster::Unregister { node, epoch }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn to_master_round_trips(m in to_master()) {
+            let bytes = encode(&m).unwrap();
+            let back: ToMaster = decode(&bytes).unwrap();
+            prop_assert_eq!(back, m);
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode::<ToMaster>(&bytes);
+            let _ = decode::<ToWorker>(&bytes);
+            let _ = decode::<AdminRequest>(&bytes);
+        }
+
+        #[test]
+        fn remote_cast_round_trips_through_ractor(m in to_master()) {
+            let ser = MasterMsg::Worker(m.clone()).serialize().unwrap();
+            match MasterMsg::deserialize(ser).unwrap() {
+                MasterMsg::Worker(back) => prop_assert_eq!(back, m),
+                _ => prop_assert!(false, "expected a worker message"),
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_becomes_malformed_not_a_panic() {
+        let msg = SerializedMessage::Cast {
+            variant: VARIANT_TO_MASTER.into(),
+            args: vec![0xc1, 0xff, 0x00, 0x13],
+            metadata: None,
+        };
+        match MasterMsg::deserialize(msg).unwrap() {
+            MasterMsg::Malformed(e) => assert!(e.contains("malformed `ToMaster`"), "{e}"),
+            _ => panic!("garbage must decode as Malformed"),
+        }
+    }
+
+    #[test]
+    fn unknown_variant_becomes_malformed() {
+        let msg = cast("something.else", vec![]);
+        match WorkerMsg::deserialize(msg).unwrap() {
+            WorkerMsg::Malformed(e) => assert!(e.contains("unknown cast `something.else`"), "{e}"),
+            _ => panic!("unknown variant must decode as Malformed"),
+        }
+    }
+
+    #[test]
+    fn nesting_beyond_the_depth_limit_is_refused() {
+        // 200 nested one-element arrays: [[[[...]]]]
+        let mut bytes = vec![0x91u8; 200];
+        bytes.push(0xc0);
+        let err = decode::<serde_json::Value>(&bytes).unwrap_err();
+        assert!(err.contains("depth"), "{err}");
+    }
+
+    #[test]
+    fn huge_declared_length_does_not_allocate() {
+        // An array header claiming 2^32-1 elements followed by nothing.
+        let bytes = [0xdd, 0xff, 0xff, 0xff, 0xff];
+        assert!(decode::<Vec<u64>>(&bytes).is_err());
+    }
+
+    #[test]
+    fn local_only_messages_refuse_to_serialize() {
+        assert!(MasterMsg::Tick.serialize().is_err());
+        assert!(WorkerMsg::Tick.serialize().is_err());
+    }
+}
