@@ -1,0 +1,143 @@
+//! The admin HTTP API (SPEC §11). Every request becomes a message to the
+//! master actor, local or remote (any node forwards to the master).
+//! A bearer token is required whenever one is configured; the config refuses a
+//! non-loopback listener without one.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use orch_actors::master::MasterMsg;
+use orch_actors::protocol::{AdminReply, AdminRequest, MASTER_GROUP};
+use ractor::rpc::CallResult;
+use ractor::{pg, ActorRef};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::config::Secret;
+use crate::metrics as m;
+
+/// How long an admin request waits for the master.
+const MASTER_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct AdminCtx {
+    node: String,
+    token: Option<Secret>,
+}
+
+/// An error answer: a status code and one clear line.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+/// Bind the admin listener (a taken port is one clear error).
+pub async fn bind(listen: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open the admin port `{listen}` (`admin.listen`): {e}"))
+}
+
+/// The admin router for this node.
+pub fn router(node: String, token: Option<Secret>) -> Router {
+    let ctx = Arc::new(AdminCtx { node, token });
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/workers", get(workers))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(ctx.clone(), authorize))
+        .with_state(ctx)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn authorize(State(ctx): State<Arc<AdminCtx>>, req: Request, next: Next) -> Response {
+    let route = req.uri().path().to_string();
+    let response = match &ctx.token {
+        None => next.run(req).await,
+        Some(token) => {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            match given {
+                None => ApiError(
+                    StatusCode::UNAUTHORIZED,
+                    "missing bearer token: this admin endpoint requires `Authorization: Bearer <token>`".into(),
+                )
+                .into_response(),
+                Some(t) if !constant_time_eq(t.trim().as_bytes(), token.expose().as_bytes()) => {
+                    tracing::warn!(node_id = %ctx.node, %route, "admin request with a wrong token");
+                    ApiError(StatusCode::UNAUTHORIZED, "wrong bearer token".into()).into_response()
+                }
+                Some(_) => next.run(req).await,
+            }
+        }
+    };
+    let known = matches!(route.as_str(), "/v1/status" | "/v1/workers");
+    metrics::counter!(m::ADMIN_REQUESTS,
+        "route" => if known { route } else { "other".to_string() },
+        "code" => response.status().as_u16().to_string())
+    .increment(1);
+    response
+}
+
+async fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "no such admin route".into())
+}
+
+/// Ask the master, wherever it runs.
+async fn ask_master(ctx: &AdminCtx, req: AdminRequest) -> Result<AdminReply, ApiError> {
+    let Some(cell) = pg::get_members(&MASTER_GROUP.to_string()).into_iter().next() else {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no master is reachable from node `{}`", ctx.node),
+        ));
+    };
+    let master: ActorRef<MasterMsg> = cell.into();
+    match master
+        .call(|port| MasterMsg::Admin(req, port), Some(MASTER_TIMEOUT))
+        .await
+    {
+        Ok(CallResult::Success(AdminReply::Error(e))) => Err(ApiError(StatusCode::BAD_REQUEST, e)),
+        Ok(CallResult::Success(reply)) => Ok(reply),
+        Ok(CallResult::Timeout) => Err(ApiError(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("the master did not answer within {MASTER_TIMEOUT:?}"),
+        )),
+        Ok(CallResult::SenderError) | Err(_) => Err(ApiError(
+            StatusCode::BAD_GATEWAY,
+            "the master went away before answering".into(),
+        )),
+    }
+}
+
+async fn status(State(ctx): State<Arc<AdminCtx>>) -> Result<Response, ApiError> {
+    match ask_master(&ctx, AdminRequest::Status).await? {
+        AdminReply::Status(s) => {
+            let mut v = serde_json::to_value(s).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            v["answered_by"] = json!(ctx.node);
+            Ok(Json(v).into_response())
+        }
+        _ => Err(ApiError(StatusCode::BAD_GATEWAY, "unexpected reply from the master".into())),
+    }
+}
+
+async fn workers(State(ctx): State<Arc<AdminCtx>>) -> Result<Response, ApiError> {
+    match ask_master(&ctx, AdminRequest::Workers).await? {
+        AdminReply::Workers(w) => Ok(Json(w).into_response()),
+        _ => Err(ApiError(StatusCode::BAD_GATEWAY, "unexpected reply from the master".into())),
+    }
+}

@@ -1,0 +1,360 @@
+//! ClusterLink: owns the ractor_cluster `NodeServer` (the cluster port), dials
+//! every configured peer and redials after any disconnect with capped
+//! exponential backoff and jitter (ractor_cluster never reconnects by itself).
+//! The NodeSupervisor starts it; the NodeServer reports session events to it.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
+use ractor_cluster::{NetworkStream, NodeEventSubscription, NodeServer, NodeServerMessage};
+use rand::Rng;
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use crate::metrics as m;
+
+/// First redial delay.
+pub const BACKOFF_START: Duration = Duration::from_millis(100);
+/// Largest redial delay.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// A TCP connect that takes longer than this is abandoned (a cut link).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A connection that does not authenticate within this is dropped and redialed.
+const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The cluster port and the peer dialer.
+pub struct ClusterLink;
+
+/// Arguments of [`ClusterLink`].
+pub struct ClusterLinkArgs {
+    pub node: String,
+    pub listen: SocketAddr,
+    pub secret: String,
+    pub peers: Vec<String>,
+}
+
+/// Next delay of a capped exponential backoff, with ±20 % jitter.
+pub fn next_backoff(current: Duration) -> (Duration, Duration) {
+    let jitter = rand::rng().random_range(0.8..1.2);
+    let wait = current.mul_f64(jitter);
+    let next = (current * 2).min(BACKOFF_CAP);
+    (wait, next)
+}
+
+#[derive(Debug)]
+struct Peer {
+    addr: String,
+    backoff: Duration,
+    /// Address of the TCP connection we opened and wait to see authenticate.
+    dialed: Option<String>,
+    /// The authenticated session to this peer.
+    session: Option<u64>,
+    failures: u32,
+}
+
+/// State of [`ClusterLink`].
+pub struct ClusterLinkState {
+    node: String,
+    server: ActorRef<NodeServerMessage>,
+    peers: Vec<Peer>,
+    /// Sessions opened but not (yet) authenticated: node id -> peer address.
+    unauthenticated: HashMap<u64, String>,
+    authenticated: HashSet<u64>,
+}
+
+impl ClusterLinkState {
+    fn schedule_dial(&mut self, myself: &ActorRef<ClusterLinkMsg>, i: usize) {
+        let peer = &mut self.peers[i];
+        peer.dialed = None;
+        let (wait, next) = next_backoff(peer.backoff);
+        peer.backoff = next;
+        myself.send_after(wait, move || ClusterLinkMsg::Dial(i));
+    }
+
+    fn publish(&self) {
+        let up = self.peers.iter().filter(|p| p.session.is_some()).count();
+        metrics::gauge!(m::PEERS_CONNECTED).set(up as f64);
+        metrics::gauge!(m::SESSIONS).set(self.authenticated.len() as f64);
+    }
+}
+
+/// Session events, as the NodeServer reports them.
+#[derive(Debug)]
+pub enum SessionEvent {
+    Opened,
+    Authenticated,
+    Ready,
+    Disconnected,
+}
+
+/// Messages of [`ClusterLink`].
+pub enum ClusterLinkMsg {
+    /// Dial configured peer `i` unless it is connected.
+    Dial(usize),
+    /// The TCP connect of peer `i` finished: the connection's peer address, or an error.
+    Dialed(usize, Result<String, String>),
+    /// A node session changed.
+    Session(SessionEvent, NodeServerSessionInformation),
+    /// The dialed connection of peer `i` to `addr` did not authenticate in time.
+    AuthDeadline(usize, String),
+}
+
+impl ractor::Message for ClusterLinkMsg {}
+
+struct Subscription(ActorRef<ClusterLinkMsg>);
+
+impl Subscription {
+    fn send(&self, ev: SessionEvent, ses: NodeServerSessionInformation) {
+        let _ = self.0.cast(ClusterLinkMsg::Session(ev, ses));
+    }
+}
+
+impl NodeEventSubscription for Subscription {
+    fn node_session_opened(&self, ses: NodeServerSessionInformation) {
+        self.send(SessionEvent::Opened, ses)
+    }
+    fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
+        self.send(SessionEvent::Disconnected, ses)
+    }
+    fn node_session_authenticated(&self, ses: NodeServerSessionInformation) {
+        self.send(SessionEvent::Authenticated, ses)
+    }
+    fn node_session_ready(&self, ses: NodeServerSessionInformation) {
+        self.send(SessionEvent::Ready, ses)
+    }
+}
+
+async fn dial(addr: &str) -> Result<TcpStream, String> {
+    let connect = TcpStream::connect(addr);
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| format!("no answer within {CONNECT_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    Ok(stream)
+}
+
+impl Actor for ClusterLink {
+    type Msg = ClusterLinkMsg;
+    type State = ClusterLinkState;
+    type Arguments = ClusterLinkArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: ClusterLinkArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let server = NodeServer::new(
+            args.listen.port(),
+            args.secret,
+            args.node.clone(),
+            args.listen.ip().to_string(),
+            None,
+            Some(NodeConnectionMode::Isolated),
+        )
+        .with_listen_addr(args.listen.ip());
+        let (server, _) = Actor::spawn_linked(None, server, (), myself.get_cell())
+            .await
+            .map_err(|e| format!("cannot open the cluster port `{}`: {e}", args.listen))?;
+        server.cast(NodeServerMessage::SubscribeToEvents {
+            id: format!("orch.cluster_link.{}", args.node),
+            subscription: Box::new(Subscription(myself.clone())),
+        })?;
+        info!(node_id = %args.node, listen = %args.listen, peers = args.peers.len(), "cluster port open");
+        let peers: Vec<Peer> = args
+            .peers
+            .into_iter()
+            .map(|addr| Peer {
+                addr,
+                backoff: BACKOFF_START,
+                dialed: None,
+                session: None,
+                failures: 0,
+            })
+            .collect();
+        for i in 0..peers.len() {
+            myself.cast(ClusterLinkMsg::Dial(i))?;
+        }
+        Ok(ClusterLinkState {
+            node: args.node,
+            server,
+            peers,
+            unauthenticated: HashMap::new(),
+            authenticated: HashSet::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ClusterLinkMsg::Dial(i) => {
+                let peer = &state.peers[i];
+                if peer.session.is_some() || peer.dialed.is_some() {
+                    return Ok(());
+                }
+                let addr = peer.addr.clone();
+                let server = state.server.clone();
+                let me = myself.clone();
+                tokio::spawn(async move {
+                    let result = match dial(&addr).await {
+                        Ok(stream) => match (stream.peer_addr(), stream.local_addr()) {
+                            (Ok(peer_addr), Ok(local_addr)) => {
+                                let opened = server.cast(NodeServerMessage::ConnectionOpened {
+                                    stream: Box::new(NetworkStream::Raw {
+                                        peer_addr,
+                                        local_addr,
+                                        stream,
+                                    }),
+                                    is_server: false,
+                                });
+                                opened.map(|_| peer_addr.to_string()).map_err(|e| e.to_string())
+                            }
+                            (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+                        },
+                        Err(e) => Err(e),
+                    };
+                    let _ = me.cast(ClusterLinkMsg::Dialed(i, result));
+                });
+                // Mark as in flight so that a second Dial does not race this one.
+                state.peers[i].dialed = Some(String::new());
+            }
+            ClusterLinkMsg::Dialed(i, Ok(conn)) => {
+                debug!(node_id = %state.node, peer = %state.peers[i].addr, "tcp connected, authenticating");
+                state.peers[i].dialed = Some(conn.clone());
+                myself.send_after(AUTH_TIMEOUT, move || ClusterLinkMsg::AuthDeadline(i, conn));
+            }
+            ClusterLinkMsg::Dialed(i, Err(e)) => {
+                let peer = &mut state.peers[i];
+                peer.failures += 1;
+                metrics::counter!(m::DIAL_FAILURES).increment(1);
+                // Say it once, then every 10th failure, so a long outage does not flood the log.
+                if peer.failures == 1 || peer.failures % 10 == 0 {
+                    warn!(node_id = %state.node, peer = %peer.addr, failures = peer.failures, error = %e, "cannot reach peer; retrying with backoff");
+                }
+                state.schedule_dial(&myself, i);
+            }
+            ClusterLinkMsg::AuthDeadline(i, conn) => {
+                let peer = &state.peers[i];
+                if peer.session.is_none() && peer.dialed.as_deref() == Some(conn.as_str()) {
+                    warn!(node_id = %state.node, peer = %peer.addr, "peer did not authenticate in time; redialing");
+                    let sessions = ractor::call!(state.server, NodeServerMessage::GetSessions)?;
+                    for s in sessions.values() {
+                        if !s.is_server && s.peer_addr == conn {
+                            s.actor.stop(Some("auth_timeout".into()));
+                        }
+                    }
+                    state.schedule_dial(&myself, i);
+                }
+            }
+            ClusterLinkMsg::Session(ev, ses) => on_session(&myself, state, ev, ses),
+        }
+        state.publish();
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        evt: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match evt {
+            SupervisionEvent::ActorTerminated(cell, _, reason) if cell.get_id() == state.server.get_id() => {
+                Err(format!("cluster node server stopped: {reason:?}").into())
+            }
+            SupervisionEvent::ActorFailed(cell, err) if cell.get_id() == state.server.get_id() => {
+                Err(format!("cluster node server failed: {err}").into())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn on_session(
+    myself: &ActorRef<ClusterLinkMsg>,
+    state: &mut ClusterLinkState,
+    ev: SessionEvent,
+    ses: NodeServerSessionInformation,
+) {
+    let peer_name = ses
+        .peer_name
+        .as_ref()
+        .map(|n| n.name.clone())
+        .unwrap_or_default();
+    match ev {
+        SessionEvent::Opened => {
+            state.unauthenticated.insert(ses.node_id, ses.peer_addr.clone());
+        }
+        SessionEvent::Authenticated => {
+            state.unauthenticated.remove(&ses.node_id);
+            state.authenticated.insert(ses.node_id);
+            metrics::counter!(m::NODE_EVENTS, "event" => "up").increment(1);
+            info!(node_id = %state.node, peer = %peer_name, addr = %ses.peer_addr, incoming = ses.is_server, "peer connected");
+            if !ses.is_server {
+                if let Some(p) = state
+                    .peers
+                    .iter_mut()
+                    .find(|p| p.dialed.as_deref() == Some(ses.peer_addr.as_str()))
+                {
+                    p.session = Some(ses.node_id);
+                    p.dialed = None;
+                    p.backoff = BACKOFF_START;
+                    p.failures = 0;
+                }
+            }
+        }
+        SessionEvent::Ready => {
+            debug!(node_id = %state.node, peer = %peer_name, "peer session ready");
+        }
+        SessionEvent::Disconnected => {
+            if let Some(addr) = state.unauthenticated.remove(&ses.node_id) {
+                metrics::counter!(m::AUTH_FAILURES).increment(1);
+                warn!(node_id = %state.node, addr = %addr, incoming = ses.is_server, "cluster connection closed before authentication (wrong secret, or not an orch node)");
+            }
+            if state.authenticated.remove(&ses.node_id) {
+                metrics::counter!(m::NODE_EVENTS, "event" => "down").increment(1);
+                info!(node_id = %state.node, peer = %peer_name, addr = %ses.peer_addr, "peer disconnected");
+            }
+            let lost: Vec<usize> = state
+                .peers
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| {
+                    p.session == Some(ses.node_id)
+                        || (!ses.is_server && p.dialed.as_deref() == Some(ses.peer_addr.as_str()))
+                })
+                .map(|(i, _)| i)
+                .collect();
+            for i in lost {
+                state.peers[i].session = None;
+                state.schedule_dial(myself, i);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_bounded_jitter() {
+        let mut cur = BACKOFF_START;
+        let mut waits = Vec::new();
+        for _ in 0..12 {
+            let (wait, next) = next_backoff(cur);
+            assert!(wait >= cur.mul_f64(0.79) && wait <= cur.mul_f64(1.21), "{wait:?} around {cur:?}");
+            waits.push(next);
+            cur = next;
+        }
+        assert_eq!(waits[0], Duration::from_millis(200));
+        assert_eq!(*waits.last().unwrap(), BACKOFF_CAP);
+    }
+}

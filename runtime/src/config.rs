@@ -1,0 +1,808 @@
+//! `cluster.toml`: parsing and validation (SPEC §4).
+//!
+//! serde with `deny_unknown_fields` gives the shape; [`RawConfig::validate`]
+//! then checks every value and returns every problem, each as one line naming
+//! the file, the key and what was expected.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use orch_actors::protocol::{CapValue, Capabilities, DeviceInfo};
+use serde::Deserialize;
+
+/// Largest `count` of one device generator.
+pub const MAX_GENERATED_DEVICES: u32 = 100_000;
+/// Largest total number of devices on one node.
+pub const MAX_DEVICES: usize = 100_000;
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid `{key}` in `{file}`: {expected}")]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub expected: String,
+}
+
+/// Every problem found in one file; `Display` prints one line each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A secret that never shows up in logs or debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A validated node configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub node: NodeConfig,
+    pub cluster: ClusterConfig,
+    pub worker: WorkerConfig,
+    pub devices: Vec<DeviceInfo>,
+    pub admin: AdminConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub name: String,
+    pub master: bool,
+    pub worker: bool,
+    pub listen: SocketAddr,
+    pub advertise: String,
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub secret: Secret,
+    pub peers: Vec<String>,
+    pub heartbeat_ms: u64,
+    pub missed_heartbeats: u32,
+    pub online_window_s: u64,
+    pub grace_wait_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub max_concurrency: u32,
+    pub capabilities: Capabilities,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Bearer token; `None` only when `listen` is a loopback address.
+    pub token: Option<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    pub listen: SocketAddr,
+}
+
+// ---- the file's shape ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    node: RawNode,
+    cluster: RawCluster,
+    #[serde(default)]
+    worker: RawWorker,
+    #[serde(default, rename = "device")]
+    devices: Vec<RawDevice>,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: String,
+    roles: Option<Vec<String>>,
+    listen: String,
+    advertise: Option<String>,
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+    #[serde(default)]
+    peers: Vec<String>,
+    #[serde(default = "default_heartbeat_ms")]
+    heartbeat_ms: u64,
+    #[serde(default = "default_missed")]
+    missed_heartbeats: u32,
+    #[serde(default = "default_online_window_s")]
+    online_window_s: u64,
+    #[serde(default = "default_grace_wait_ms")]
+    grace_wait_ms: u64,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorker {
+    #[serde(default = "default_max_concurrency")]
+    max_concurrency: u32,
+    #[serde(default)]
+    capabilities: BTreeMap<String, toml::Value>,
+}
+
+impl Default for RawWorker {
+    fn default() -> Self {
+        Self {
+            max_concurrency: default_max_concurrency(),
+            capabilities: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDevice {
+    id: Option<String>,
+    handle: Option<String>,
+    count: Option<u32>,
+    id_prefix: Option<String>,
+    #[serde(default)]
+    capabilities: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default = "default_admin_listen")]
+    listen: String,
+    token_file: Option<PathBuf>,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+            token_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    #[serde(default = "default_metrics_listen")]
+    listen: String,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        Self {
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
+fn default_heartbeat_ms() -> u64 {
+    1000
+}
+fn default_missed() -> u32 {
+    3
+}
+fn default_online_window_s() -> u64 {
+    30
+}
+fn default_grace_wait_ms() -> u64 {
+    15_000
+}
+fn default_max_concurrency() -> u32 {
+    20
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:7701".into()
+}
+fn default_metrics_listen() -> String {
+    "127.0.0.1:9100".into()
+}
+
+/// Read, parse and validate a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: file.clone(),
+            key: "(file)".into(),
+            expected: format!("a readable TOML file: {e}"),
+        }])
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&text, &file, base)
+}
+
+/// Parse and validate configuration text; relative paths resolve against `base`.
+pub fn parse(text: &str, file: &str, base: &Path) -> Result<Config, ConfigErrors> {
+    let raw = parse_raw(text, file)?;
+    raw.validate(file, base)
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, col)
+}
+
+fn parse_raw(text: &str, file: &str) -> Result<RawConfig, ConfigErrors> {
+    let shape_error = |key: String, err: &toml::de::Error| {
+        let at = err
+            .span()
+            .map(|s| {
+                let (l, c) = line_col(text, s.start);
+                format!(" (line {l}, column {c})")
+            })
+            .unwrap_or_default();
+        let msg = err.message().trim().replace('\n', " ");
+        ConfigErrors(vec![ConfigError {
+            file: file.to_string(),
+            key,
+            expected: format!("{msg}{at}"),
+        }])
+    };
+    let de = toml::de::Deserializer::parse(text).map_err(|e| shape_error("(syntax)".into(), &e))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let key = if path == "." { "(top level)".to_string() } else { path };
+        shape_error(key, e.inner())
+    })
+}
+
+struct Problems<'a> {
+    file: &'a str,
+    list: Vec<ConfigError>,
+}
+
+impl Problems<'_> {
+    fn add(&mut self, key: impl Into<String>, expected: impl Into<String>) {
+        self.list.push(ConfigError {
+            file: self.file.to_string(),
+            key: key.into(),
+            expected: expected.into(),
+        });
+    }
+
+    fn socket_addr(&mut self, key: &str, value: &str) -> Option<SocketAddr> {
+        match value.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.add(
+                    key,
+                    format!("expected an `IP:port` address such as `127.0.0.1:7700`, got `{value}`"),
+                );
+                None
+            }
+        }
+    }
+
+    fn host_port(&mut self, key: &str, value: &str) -> bool {
+        let ok = match value.rsplit_once(':') {
+            Some((host, port)) => {
+                !host.is_empty()
+                    && !host.contains(char::is_whitespace)
+                    && port.parse::<u16>().is_ok_and(|p| p > 0)
+            }
+            None => false,
+        };
+        if !ok {
+            self.add(
+                key,
+                format!("expected a `host:port` address with a port from 1 to 65535, got `{value}`"),
+            );
+        }
+        ok
+    }
+
+    fn read_secret(&mut self, key: &str, path: &Path) -> Option<Secret> {
+        match std::fs::read_to_string(path) {
+            Ok(s) if s.trim().is_empty() => {
+                self.add(key, format!("file `{}` is empty; expected a secret", path.display()));
+                None
+            }
+            Ok(s) => Some(Secret(s.trim().to_string())),
+            Err(e) => {
+                self.add(key, format!("cannot read `{}`: {e}", path.display()));
+                None
+            }
+        }
+    }
+
+    fn capabilities(
+        &mut self,
+        key: &str,
+        raw: &BTreeMap<String, toml::Value>,
+    ) -> Capabilities {
+        let mut caps = Capabilities::new();
+        for (name, v) in raw {
+            let value = match v {
+                toml::Value::Boolean(b) => Some(CapValue::Bool(*b)),
+                toml::Value::Integer(i) => Some(CapValue::Int(*i)),
+                toml::Value::String(s) => Some(CapValue::Str(s.clone())),
+                toml::Value::Array(items) => items
+                    .iter()
+                    .map(|i| i.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()
+                    .map(CapValue::List),
+                _ => None,
+            };
+            match value {
+                Some(value) => {
+                    caps.insert(name.clone(), value);
+                }
+                None => self.add(
+                    format!("{key}.{name}"),
+                    format!(
+                        "expected a boolean, an integer, a string or a list of strings, got a {}",
+                        v.type_str()
+                    ),
+                ),
+            }
+        }
+        caps
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn valid_device_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+}
+
+impl RawConfig {
+    /// Check every value; return the validated config or every problem found.
+    pub fn validate(self, file: &str, base: &Path) -> Result<Config, ConfigErrors> {
+        let mut p = Problems {
+            file,
+            list: Vec::new(),
+        };
+        let resolve = |path: &Path| {
+            if path.is_absolute() {
+                path.to_path_buf()
+            } else {
+                base.join(path)
+            }
+        };
+
+        // [node]
+        let n = &self.node;
+        if !valid_name(&n.name) {
+            p.add(
+                "node.name",
+                format!(
+                    "expected 1 to 64 characters from `A-Z a-z 0-9 - _ .`, got `{}`",
+                    n.name
+                ),
+            );
+        }
+        let roles = n
+            .roles
+            .clone()
+            .unwrap_or_else(|| vec!["master".into(), "worker".into()]);
+        let mut seen = BTreeSet::new();
+        for r in &roles {
+            if r != "master" && r != "worker" {
+                p.add("node.roles", format!("expected `master` and/or `worker`, got `{r}`"));
+            } else if !seen.insert(r.as_str()) {
+                p.add("node.roles", format!("role `{r}` is listed twice"));
+            }
+        }
+        if roles.is_empty() {
+            p.add("node.roles", "expected at least one of `master`, `worker`, got none");
+        }
+        let listen = p.socket_addr("node.listen", &n.listen);
+        let advertise = match &n.advertise {
+            Some(a) => {
+                p.host_port("node.advertise", a);
+                a.clone()
+            }
+            None => match listen {
+                Some(l) if l.ip().is_unspecified() => format!("127.0.0.1:{}", l.port()),
+                _ => n.listen.clone(),
+            },
+        };
+        let data_dir = resolve(n.data_dir.as_deref().unwrap_or(Path::new("orch-data")));
+
+        // [cluster]
+        let c = &self.cluster;
+        let secret = match (&c.secret, &c.secret_file) {
+            (Some(_), Some(_)) => {
+                p.add("cluster.secret", "set either `secret` or `secret_file`, not both");
+                None
+            }
+            (Some(s), None) if s.trim().is_empty() => {
+                p.add("cluster.secret", "expected a non-empty secret, got an empty string");
+                None
+            }
+            (Some(s), None) => Some(Secret(s.clone())),
+            (None, Some(f)) => p.read_secret("cluster.secret_file", &resolve(f)),
+            (None, None) => {
+                p.add("cluster.secret", "missing; expected `secret` or `secret_file`");
+                None
+            }
+        };
+        let mut peers = BTreeSet::new();
+        for (i, peer) in c.peers.iter().enumerate() {
+            let key = format!("cluster.peers[{i}]");
+            if p.host_port(&key, peer) && !peers.insert(peer.clone()) {
+                p.add(key, format!("peer `{peer}` is listed twice"));
+            }
+        }
+        if c.heartbeat_ms == 0 || c.heartbeat_ms > 600_000 {
+            p.add(
+                "cluster.heartbeat_ms",
+                format!("expected 1 to 600000 milliseconds, got `{}`", c.heartbeat_ms),
+            );
+        }
+        if c.missed_heartbeats == 0 || c.missed_heartbeats > 1000 {
+            p.add(
+                "cluster.missed_heartbeats",
+                format!("expected 1 to 1000, got `{}`", c.missed_heartbeats),
+            );
+        }
+        if c.online_window_s == 0 {
+            p.add("cluster.online_window_s", "expected more than 0 seconds, got `0`");
+        }
+        if c.grace_wait_ms == 0 {
+            p.add("cluster.grace_wait_ms", "expected more than 0 milliseconds, got `0`");
+        }
+        if c.tls.is_some() {
+            p.add(
+                "cluster.tls",
+                "mutual TLS between nodes is not available in this version; remove the key",
+            );
+        }
+
+        // [worker] and [[device]]
+        let max_concurrency = self.worker.max_concurrency;
+        if max_concurrency == 0 || max_concurrency > 100_000 {
+            p.add(
+                "worker.max_concurrency",
+                format!("expected 1 to 100000, got `{max_concurrency}`"),
+            );
+        }
+        let worker_caps = p.capabilities("worker.capabilities", &self.worker.capabilities);
+        let mut devices: Vec<DeviceInfo> = Vec::new();
+        let mut ids = BTreeSet::new();
+        for (i, d) in self.devices.iter().enumerate() {
+            let key = format!("device[{i}]");
+            let mut caps = worker_caps.clone();
+            caps.extend(p.capabilities(&format!("{key}.capabilities"), &d.capabilities));
+            let generated: Vec<(String, String)> = match (&d.id, d.count, &d.id_prefix) {
+                (Some(id), None, None) => {
+                    vec![(id.clone(), d.handle.clone().unwrap_or_else(|| id.clone()))]
+                }
+                (None, Some(count), Some(prefix)) => {
+                    if count == 0 || count > MAX_GENERATED_DEVICES {
+                        p.add(
+                            format!("{key}.count"),
+                            format!("expected 1 to {MAX_GENERATED_DEVICES}, got `{count}`"),
+                        );
+                        Vec::new()
+                    } else {
+                        (0..count)
+                            .map(|n| {
+                                let id = format!("{prefix}{n}");
+                                let handle = d
+                                    .handle
+                                    .as_ref()
+                                    .map(|h| h.replace("{n}", &n.to_string()))
+                                    .unwrap_or_else(|| id.clone());
+                                (id, handle)
+                            })
+                            .collect()
+                    }
+                }
+                _ => {
+                    p.add(
+                        key.clone(),
+                        "expected either `id` (one device) or both `count` and `id_prefix` (a generator)",
+                    );
+                    Vec::new()
+                }
+            };
+            for (id, handle) in generated {
+                if !valid_device_id(&id) {
+                    p.add(
+                        format!("{key}.id"),
+                        format!("expected 1 to 128 characters from `A-Z a-z 0-9 - _ . :`, got `{id}`"),
+                    );
+                } else if !ids.insert(id.clone()) {
+                    p.add(format!("{key}.id"), format!("device id `{id}` is used twice"));
+                } else {
+                    devices.push(DeviceInfo {
+                        id,
+                        handle,
+                        capabilities: caps.clone(),
+                    });
+                }
+            }
+        }
+        if devices.len() > MAX_DEVICES {
+            p.add("device", format!("expected at most {MAX_DEVICES} devices, got {}", devices.len()));
+        }
+        let is_worker = roles.iter().any(|r| r == "worker");
+        if is_worker && self.devices.is_empty() {
+            p.add("device", "a node with role `worker` needs at least one `[[device]]`");
+        }
+
+        // [admin] and [metrics]
+        let admin_listen = p.socket_addr("admin.listen", &self.admin.listen);
+        let token = self
+            .admin
+            .token_file
+            .as_ref()
+            .and_then(|f| p.read_secret("admin.token_file", &resolve(f)));
+        if let Some(a) = admin_listen {
+            if !a.ip().is_loopback() && self.admin.token_file.is_none() {
+                p.add(
+                    "admin.token_file",
+                    format!("`admin.listen` `{a}` is not a loopback address, so a token file is required"),
+                );
+            }
+        }
+        let metrics_listen = p.socket_addr("metrics.listen", &self.metrics.listen);
+        let mut ports = BTreeMap::new();
+        for (key, addr) in [
+            ("node.listen", listen),
+            ("admin.listen", admin_listen),
+            ("metrics.listen", metrics_listen),
+        ] {
+            if let Some(a) = addr.filter(|a| a.port() != 0) {
+                if let Some(other) = ports.insert(a.port(), key) {
+                    p.add(key, format!("port `{}` is already used by `{other}`", a.port()));
+                }
+            }
+        }
+
+        if !p.list.is_empty() {
+            return Err(ConfigErrors(p.list));
+        }
+        let unwrap = |a: Option<SocketAddr>| a.unwrap_or_else(|| unreachable!("checked above"));
+        Ok(Config {
+            path: PathBuf::from(file),
+            node: NodeConfig {
+                name: n.name.clone(),
+                master: roles.iter().any(|r| r == "master"),
+                worker: is_worker,
+                listen: unwrap(listen),
+                advertise,
+                data_dir,
+            },
+            cluster: ClusterConfig {
+                secret: secret.unwrap_or_else(|| unreachable!("checked above")),
+                peers: c.peers.clone(),
+                heartbeat_ms: c.heartbeat_ms,
+                missed_heartbeats: c.missed_heartbeats,
+                online_window_s: c.online_window_s,
+                grace_wait_ms: c.grace_wait_ms,
+            },
+            worker: WorkerConfig {
+                max_concurrency,
+                capabilities: worker_caps,
+            },
+            devices,
+            admin: AdminConfig {
+                listen: unwrap(admin_listen),
+                token,
+            },
+            metrics: MetricsConfig {
+                listen: unwrap(metrics_listen),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[node]
+name = "n1"
+listen = "127.0.0.1:7700"
+
+[cluster]
+secret = "s3cret"
+peers = ["127.0.0.1:7800"]
+
+[[device]]
+id = "gpu0"
+handle = "cuda:0"
+capabilities = { gpu = true }
+"#;
+
+    fn errs(text: &str) -> Vec<ConfigError> {
+        match parse(text, "c.toml", Path::new("/tmp")) {
+            Ok(_) => panic!("expected an error for:\n{text}"),
+            Err(e) => e.0,
+        }
+    }
+
+    fn one_error(text: &str) -> String {
+        let e = errs(text);
+        assert_eq!(e.len(), 1, "expected exactly one problem, got {e:?}");
+        let line = e[0].to_string();
+        assert!(!line.contains('\n'), "one line: {line}");
+        assert!(line.contains("`c.toml`"), "names the file: {line}");
+        line
+    }
+
+    #[test]
+    fn a_good_file_parses_with_defaults() {
+        let c = parse(GOOD, "c.toml", Path::new("/tmp")).unwrap();
+        assert!(c.node.master && c.node.worker);
+        assert_eq!(c.cluster.heartbeat_ms, 1000);
+        assert_eq!(c.cluster.missed_heartbeats, 3);
+        assert_eq!(c.devices.len(), 1);
+        assert_eq!(c.devices[0].capabilities["gpu"], CapValue::Bool(true));
+        assert_eq!(c.node.data_dir, Path::new("/tmp/orch-data"));
+        assert_eq!(c.admin.listen.port(), 7701);
+        assert!(!format!("{c:?}").contains("s3cret"), "secret must not be printed");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let line = one_error(&GOOD.replace("[cluster]", "[cluster]\nheartbeat = 5"));
+        assert!(line.contains("`cluster`") || line.contains("cluster"), "{line}");
+        assert!(line.contains("unknown field `heartbeat`"), "{line}");
+        assert!(line.contains("line"), "{line}");
+    }
+
+    #[test]
+    fn bad_addresses_are_named() {
+        let line = one_error(&GOOD.replace("127.0.0.1:7700", "localhost"));
+        assert!(line.contains("invalid `node.listen`"), "{line}");
+        assert!(line.contains("got `localhost`"), "{line}");
+        let line = one_error(&GOOD.replace("127.0.0.1:7800", "nohost"));
+        assert!(line.contains("`cluster.peers[0]`"), "{line}");
+        let line = one_error(&GOOD.replace("127.0.0.1:7800", "h:99999"));
+        assert!(line.contains("port from 1 to 65535"), "{line}");
+    }
+
+    #[test]
+    fn duplicate_device_ids_are_refused_even_when_generated() {
+        let text = format!("{GOOD}\n[[device]]\nid = \"gpu0\"\n");
+        let line = one_error(&text);
+        assert!(line.contains("device id `gpu0` is used twice"), "{line}");
+        let text = format!(
+            "{GOOD}\n[[device]]\ncount = 3\nid_prefix = \"s-\"\n[[device]]\nid = \"s-2\"\n"
+        );
+        assert!(one_error(&text).contains("`s-2` is used twice"));
+    }
+
+    #[test]
+    fn a_generator_makes_hundreds_of_devices() {
+        let text = format!("{GOOD}\n[[device]]\ncount = 300\nid_prefix = \"slot-\"\nhandle = \"cpu:{{n}}\"\n");
+        let c = parse(&text, "c.toml", Path::new("/tmp")).unwrap();
+        assert_eq!(c.devices.len(), 301);
+        assert_eq!(c.devices[300].id, "slot-299");
+        assert_eq!(c.devices[300].handle, "cpu:299");
+    }
+
+    #[test]
+    fn missing_or_empty_secret_is_refused() {
+        let line = one_error(&GOOD.replace("secret = \"s3cret\"", ""));
+        assert!(line.contains("invalid `cluster.secret`") && line.contains("missing"), "{line}");
+        let line = one_error(&GOOD.replace("\"s3cret\"", "\"  \""));
+        assert!(line.contains("non-empty secret"), "{line}");
+        let line = one_error(&GOOD.replace("secret = \"s3cret\"", "secret_file = \"/nonexistent/x\""));
+        assert!(line.contains("`cluster.secret_file`") && line.contains("cannot read"), "{line}");
+    }
+
+    #[test]
+    fn heartbeat_zero_is_refused() {
+        let line = one_error(&GOOD.replace("[cluster]", "[cluster]\nheartbeat_ms = 0"));
+        assert!(line.contains("invalid `cluster.heartbeat_ms`"), "{line}");
+        assert!(line.contains("got `0`"), "{line}");
+        let line = one_error(&GOOD.replace("[cluster]", "[cluster]\nmissed_heartbeats = 0"));
+        assert!(line.contains("`cluster.missed_heartbeats`"), "{line}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_key_and_line() {
+        let line = one_error(&GOOD.replace("[cluster]", "[cluster]\nheartbeat_ms = \"fast\""));
+        assert!(line.contains("cluster.heartbeat_ms"), "{line}");
+        assert!(line.contains("line 8"), "{line}");
+    }
+
+    #[test]
+    fn syntax_errors_are_one_line() {
+        let line = one_error("[node\nname=1");
+        assert!(line.contains("(syntax)"), "{line}");
+    }
+
+    #[test]
+    fn bad_capability_types_are_named() {
+        let line = one_error(&GOOD.replace("gpu = true", "vram = 2.5"));
+        assert!(line.contains("`device[0].capabilities.vram`"), "{line}");
+        assert!(line.contains("got a float"), "{line}");
+    }
+
+    #[test]
+    fn a_public_admin_listener_needs_a_token() {
+        let text = format!("{GOOD}\n[admin]\nlisten = \"0.0.0.0:7701\"\n");
+        assert!(one_error(&text).contains("token file is required"));
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let text = GOOD
+            .replace("[cluster]", "[cluster]\nheartbeat_ms = 0\nmissed_heartbeats = 0")
+            .replace("n1", "bad name!");
+        assert_eq!(errs(&text).len(), 3);
+    }
+
+    #[test]
+    fn a_worker_needs_devices_and_roles_must_be_known() {
+        let text = GOOD.split("[[device]]").next().unwrap().to_string();
+        assert!(one_error(&text).contains("needs at least one `[[device]]`"));
+        let text = text.replace("name = \"n1\"", "name = \"n1\"\nroles = [\"master\"]");
+        assert!(parse(&text, "c.toml", Path::new("/tmp")).is_ok());
+        let text = GOOD.replace("name = \"n1\"", "name = \"n1\"\nroles = [\"boss\"]");
+        assert!(one_error(&text).contains("got `boss`"));
+    }
+
+    #[test]
+    fn ports_must_not_collide() {
+        let text = format!("{GOOD}\n[metrics]\nlisten = \"127.0.0.1:7700\"\n");
+        assert!(one_error(&text).contains("already used by `node.listen`"));
+    }
+}

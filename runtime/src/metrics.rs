@@ -1,0 +1,55 @@
+//! Metric names of the runtime crate, and the Prometheus exporter (SPEC §12).
+
+use std::net::SocketAddr;
+
+use metrics_exporter_prometheus::PrometheusBuilder;
+use orch_actors::protocol::{DownReason, MemberState};
+
+/// Counter: cluster connections closed before they authenticated (wrong secret, garbage).
+pub const AUTH_FAILURES: &str = "orch_cluster_auth_failures_total";
+/// Gauge: configured peers this node holds an authenticated session to.
+pub const PEERS_CONNECTED: &str = "orch_cluster_peers_connected";
+/// Gauge: authenticated node sessions, incoming and outgoing.
+pub const SESSIONS: &str = "orch_cluster_sessions";
+/// Counter: failed TCP dials of configured peers.
+pub const DIAL_FAILURES: &str = "orch_cluster_dial_failures_total";
+/// Counter, label `event` (up / down): node sessions authenticated and lost.
+pub const NODE_EVENTS: &str = "orch_cluster_node_events_total";
+/// Counter, labels `route` and `code`: admin API requests.
+pub const ADMIN_REQUESTS: &str = "orch_admin_requests_total";
+
+const CATALOG: &[(&str, &str)] = &[
+    (AUTH_FAILURES, "cluster connections closed before authentication"),
+    (PEERS_CONNECTED, "configured peers with an authenticated session"),
+    (SESSIONS, "authenticated node sessions"),
+    (DIAL_FAILURES, "failed dials of configured peers"),
+    (NODE_EVENTS, "node sessions authenticated (up) and lost (down)"),
+    (ADMIN_REQUESTS, "admin API requests by route and status code"),
+];
+
+/// Install the global recorder and serve `/metrics` on `listen`.
+pub fn install_exporter(listen: SocketAddr) -> anyhow::Result<()> {
+    // Bind first so that a taken port is one clear error, not a background log line.
+    drop(std::net::TcpListener::bind(listen).map_err(|e| {
+        anyhow::anyhow!("cannot open the metrics port `{listen}` (`metrics.listen`): {e}")
+    })?);
+    PrometheusBuilder::new()
+        .with_http_listener(listen)
+        .install()
+        .map_err(|e| anyhow::anyhow!("cannot start the metrics exporter on `{listen}`: {e}"))?;
+    for (name, help) in CATALOG.iter().chain(orch_actors::metrics::CATALOG) {
+        metrics::describe_counter!(*name, *help);
+    }
+    // Make every series visible from the first scrape.
+    for name in [AUTH_FAILURES, DIAL_FAILURES, orch_actors::metrics::WIRE_DECODE_ERRORS] {
+        metrics::counter!(name).increment(0);
+    }
+    for reason in DownReason::ALL.iter().filter(|r| r.is_failure()) {
+        metrics::counter!(orch_actors::metrics::WORKER_FAILURES, "reason" => reason.as_str())
+            .increment(0);
+    }
+    for state in MemberState::ALL {
+        metrics::gauge!(orch_actors::metrics::CLUSTER_WORKERS, "state" => state.as_str()).set(0.0);
+    }
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! NodeSupervisor, the root of one orch-node's actor tree (SPEC §3), and
+//! [`run_node`], which opens the node's ports and runs it until shutdown.
+//!
+//! ```text
+//! NodeSupervisor
+//! ├── ClusterLink      cluster port, peer dialer
+//! ├── Master           (role master)
+//! └── Worker           (role worker)
+//!     └── Device ×M
+//! ```
+
+use std::future::Future;
+use std::time::Duration;
+
+use orch_actors::master::{Master, MasterArgs, MasterMsg};
+use orch_actors::membership::DetectorConfig;
+use orch_actors::worker::{Worker, WorkerArgs, WorkerMsg};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tracing::{error, info, warn};
+
+use crate::cluster_link::{ClusterLink, ClusterLinkArgs, ClusterLinkMsg};
+use crate::config::Config;
+
+/// How long a leaving worker waits for the master to record the leave.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The root actor of a node.
+pub struct NodeSupervisor;
+
+/// State of [`NodeSupervisor`].
+pub struct NodeState {
+    node: String,
+    link: ActorRef<ClusterLinkMsg>,
+    master: Option<ActorRef<MasterMsg>>,
+    worker: Option<ActorRef<WorkerMsg>>,
+    stopping: bool,
+}
+
+/// Messages of [`NodeSupervisor`].
+pub enum NodeMsg {
+    /// Leave the cluster cleanly (the worker unregisters) and stop.
+    Shutdown(RpcReplyPort<()>),
+}
+
+impl ractor::Message for NodeMsg {}
+
+impl Actor for NodeSupervisor {
+    type Msg = NodeMsg;
+    type State = NodeState;
+    type Arguments = Config;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        cfg: Config,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let node = cfg.node.name.clone();
+        let (link, _) = Actor::spawn_linked(
+            None,
+            ClusterLink,
+            ClusterLinkArgs {
+                node: node.clone(),
+                listen: cfg.node.listen,
+                secret: cfg.cluster.secret.expose().to_string(),
+                peers: cfg.cluster.peers.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await
+        .map_err(|e| format!("{e}"))?;
+        let master = if cfg.node.master {
+            let args = MasterArgs {
+                node: node.clone(),
+                detector: DetectorConfig {
+                    heartbeat_ms: cfg.cluster.heartbeat_ms,
+                    missed_heartbeats: cfg.cluster.missed_heartbeats,
+                },
+            };
+            Some(Actor::spawn_linked(None, Master, args, myself.get_cell()).await?.0)
+        } else {
+            None
+        };
+        let worker = if cfg.node.worker {
+            let args = WorkerArgs {
+                node: node.clone(),
+                advertise: cfg.node.advertise.clone(),
+                capabilities: cfg.worker.capabilities.clone(),
+                devices: cfg.devices.clone(),
+                max_concurrency: cfg.worker.max_concurrency,
+                heartbeat_ms: cfg.cluster.heartbeat_ms,
+            };
+            Some(Actor::spawn_linked(None, Worker, args, myself.get_cell()).await?.0)
+        } else {
+            None
+        };
+        info!(node_id = %node, master = master.is_some(), worker = worker.is_some(), "node started");
+        Ok(NodeState {
+            node,
+            link,
+            master,
+            worker,
+            stopping: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            NodeMsg::Shutdown(reply) => {
+                state.stopping = true;
+                if let Some(worker) = &state.worker {
+                    match worker.call(WorkerMsg::Leave, Some(LEAVE_TIMEOUT)).await {
+                        Ok(ractor::rpc::CallResult::Success(true)) => {
+                            info!(node_id = %state.node, "unregistered from the master")
+                        }
+                        Ok(ractor::rpc::CallResult::Success(false)) => {
+                            info!(node_id = %state.node, "not registered; leaving")
+                        }
+                        _ => warn!(node_id = %state.node, "the master did not confirm the leave in time"),
+                    }
+                }
+                if let Some(worker) = &state.worker {
+                    worker.stop(Some("shutdown".into()));
+                }
+                if let Some(master) = &state.master {
+                    master.stop(Some("shutdown".into()));
+                }
+                state.link.stop(Some("shutdown".into()));
+                myself.stop(Some("shutdown".into()));
+                let _ = reply.send(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        evt: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.stopping {
+            return Ok(());
+        }
+        match evt {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                error!(node_id = %state.node, actor = %cell.get_id(), error = %err, "a node actor failed; stopping the node");
+                myself.stop(Some(format!("actor failed: {err}")));
+            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                error!(node_id = %state.node, actor = %cell.get_id(), ?reason, "a node actor stopped; stopping the node");
+                myself.stop(Some(format!("actor stopped: {reason:?}")));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Run a node until `shutdown` resolves: open the metrics, cluster and admin
+/// ports, start the actor tree, then leave cleanly.
+pub async fn run_node(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let node = cfg.node.name.clone();
+    std::fs::create_dir_all(&cfg.node.data_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create `node.data_dir` `{}`: {e}",
+            cfg.node.data_dir.display()
+        )
+    })?;
+    crate::metrics::install_exporter(cfg.metrics.listen)?;
+    let admin_listener = crate::admin::bind(cfg.admin.listen).await?;
+    let admin = crate::admin::router(node.clone(), cfg.admin.token.clone());
+    let (sup, sup_handle) = Actor::spawn(None, NodeSupervisor, cfg)
+        .await
+        .map_err(|e| anyhow::anyhow!("node `{node}` failed to start: {}", root_cause(&e)))?;
+    let (stop_admin_tx, stop_admin_rx) = tokio::sync::oneshot::channel::<()>();
+    let admin_task = tokio::spawn(async move {
+        axum::serve(admin_listener, admin)
+            .with_graceful_shutdown(async {
+                let _ = stop_admin_rx.await;
+            })
+            .await
+    });
+
+    let mut sup_handle = sup_handle;
+    let outcome = tokio::select! {
+        _ = shutdown => {
+            info!(node_id = %node, "shutting down");
+            let _ = ractor::call_t!(sup, NodeMsg::Shutdown, 10_000);
+            let _ = (&mut sup_handle).await;
+            Ok(())
+        }
+        _ = &mut sup_handle => Err(anyhow::anyhow!("node `{node}` stopped unexpectedly; see the log above")),
+    };
+    let _ = stop_admin_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
+    outcome
+}
+
+fn root_cause(e: &ractor::SpawnErr) -> String {
+    match e {
+        ractor::SpawnErr::StartupFailed(inner) => inner.to_string(),
+        other => other.to_string(),
+    }
+}
