@@ -1,1 +1,481 @@
+//! orch-tests: a harness that runs real `orch-node` processes on 127.0.0.1
+//! (or in network namespaces), talks to them with `orchctl`, and waits with
+//! deadlines that say what they wait for.
+//!
+//! The binaries' paths come from the caller (`env!("CARGO_BIN_EXE_orch-node")`
+//! exists only in `runtime/tests/`).
 
+pub mod netns;
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+/// Paths of the binaries under test.
+#[derive(Debug, Clone)]
+pub struct Bins {
+    pub node: PathBuf,
+    pub ctl: PathBuf,
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+/// How one node is configured.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub name: String,
+    pub master: bool,
+    pub worker: bool,
+    /// IP the cluster port listens on.
+    pub ip: String,
+    pub peers: Vec<String>,
+    pub secret: String,
+    pub heartbeat_ms: u64,
+    pub missed_heartbeats: u32,
+    pub devices: u32,
+    pub admin_token: Option<String>,
+    /// Run inside this network namespace.
+    pub netns: Option<String>,
+}
+
+impl NodeSpec {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            master: false,
+            worker: true,
+            ip: "127.0.0.1".into(),
+            peers: Vec::new(),
+            secret: "test-secret".into(),
+            heartbeat_ms: 500,
+            missed_heartbeats: 3,
+            devices: 2,
+            admin_token: None,
+            netns: None,
+        }
+    }
+
+    pub fn master(mut self) -> Self {
+        self.master = true;
+        self
+    }
+
+    pub fn peer(mut self, addr: impl Into<String>) -> Self {
+        self.peers.push(addr.into());
+        self
+    }
+
+    pub fn heartbeat(mut self, ms: u64, missed: u32) -> Self {
+        self.heartbeat_ms = ms;
+        self.missed_heartbeats = missed;
+        self
+    }
+}
+
+/// One running (or stopped) `orch-node` process.
+#[derive(Debug)]
+pub struct TestNode {
+    pub spec: NodeSpec,
+    pub cluster_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl TestNode {
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    fn signal(&self, sig: i32) {
+        if let Some(pid) = self.pid() {
+            unsafe_kill(pid, sig);
+        }
+    }
+
+    /// kill -9, and reap the process.
+    pub fn kill9(&mut self) {
+        self.signal(libc::SIGKILL);
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+
+    pub fn sigstop(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    pub fn sigcont(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    pub fn sigterm(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Wait for the process to exit; its exit code (`None`: killed by a signal).
+    pub fn wait_exit(&mut self, within: Duration) -> Result<Option<i32>> {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut().context("node is not running")?;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status.code());
+            }
+            if Instant::now() > deadline {
+                bail!("node `{}` did not exit within {within:?}", self.spec.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait until the admin port accepts connections (the node is up).
+    pub fn wait_admin(&mut self, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        while TcpStream::connect_timeout(&self.admin_addr, Duration::from_millis(200)).is_err() {
+            if !self.is_running() {
+                bail!("node `{}` exited during start:\n{}", self.spec.name, self.log_tail(20));
+            }
+            if Instant::now() > deadline {
+                bail!("node `{}` did not open its admin port within {within:?}", self.spec.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// The last `n` lines of this node's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Scrape `/metrics` and return the value of the first sample whose line starts with `series`.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let body = http_get(self.metrics_addr, "/metrics", None).ok()?.1;
+        body.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with([' ', '{']))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+#[allow(unsafe_code)]
+fn unsafe_kill(pid: i32, sig: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// Several nodes sharing one temporary directory.
+pub struct TestCluster {
+    pub bins: Bins,
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<TestNode>,
+}
+
+impl TestCluster {
+    pub fn new(bins: Bins) -> Self {
+        Self {
+            bins,
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            nodes: Vec::new(),
+        }
+    }
+
+    /// A master+worker and `workers` plain workers, all pointed at the master.
+    pub fn start_standard(bins: Bins, workers: usize, heartbeat_ms: u64, missed: u32) -> Result<Self> {
+        let mut c = Self::new(bins);
+        let master_port = free_port();
+        let mut m = NodeSpec::new("node-0").master().heartbeat(heartbeat_ms, missed);
+        m.devices = 3;
+        c.add_with_port(m, master_port)?;
+        for i in 1..=workers {
+            let w = NodeSpec::new(&format!("node-{i}"))
+                .peer(format!("127.0.0.1:{master_port}"))
+                .heartbeat(heartbeat_ms, missed);
+            c.add(w)?;
+        }
+        Ok(c)
+    }
+
+    pub fn add(&mut self, spec: NodeSpec) -> Result<usize> {
+        self.add_with_port(spec, free_port())
+    }
+
+    /// Write the node's config and start it; returns its index.
+    pub fn add_with_port(&mut self, spec: NodeSpec, cluster_port: u16) -> Result<usize> {
+        let dir = self.dir.path().join(&spec.name);
+        std::fs::create_dir_all(&dir)?;
+        let cluster_addr: SocketAddr = format!("{}:{cluster_port}", spec.ip).parse()?;
+        let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let config = dir.join("cluster.toml");
+        std::fs::write(&config, render_config(&spec, &dir, cluster_addr, admin_addr, metrics_addr))?;
+        let mut node = TestNode {
+            spec,
+            cluster_addr,
+            admin_addr,
+            metrics_addr,
+            log: dir.join("node.log"),
+            config,
+            child: None,
+            starts: 0,
+        };
+        self.spawn(&mut node)?;
+        self.nodes.push(node);
+        Ok(self.nodes.len() - 1)
+    }
+
+    fn spawn(&self, node: &mut TestNode) -> Result<()> {
+        node.starts += 1;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)?;
+        let mut cmd = match &node.spec.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.bins.node);
+                c
+            }
+            None => Command::new(&self.bins.node),
+        };
+        cmd.arg("--cluster")
+            .arg(&node.config)
+            .env("RUST_LOG", "info,ractor=warn,ractor_cluster=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        node.child = Some(cmd.spawn().context("start orch-node")?);
+        if node.spec.netns.is_none() {
+            node.wait_admin(Duration::from_secs(10))?;
+        }
+        Ok(())
+    }
+
+    /// Start a node again (after kill9), with the same config.
+    pub fn restart(&mut self, i: usize) -> Result<()> {
+        let mut node = std::mem::replace(&mut self.nodes[i], placeholder());
+        let r = self.spawn(&mut node);
+        self.nodes[i] = node;
+        r
+    }
+
+    pub fn node(&mut self, name: &str) -> &mut TestNode {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.spec.name == name)
+            .unwrap_or_else(|| panic!("no node `{name}`"))
+    }
+
+    /// Run `orchctl --node <admin of node i> ARGS`.
+    pub fn orchctl(&self, i: usize, args: &[&str]) -> Output {
+        let mut cmd = Command::new(&self.bins.ctl);
+        cmd.arg("--node").arg(self.nodes[i].admin_addr.to_string());
+        cmd.args(args).env_remove("ORCH_NODE").env_remove("ORCH_TOKEN_FILE");
+        cmd.output().expect("run orchctl")
+    }
+
+    /// `orchctl workers --json` through node 0 (the master), parsed.
+    pub fn workers(&self) -> Result<Vec<Value>> {
+        let out = self.orchctl(0, &["workers", "--json"]);
+        if !out.status.success() {
+            bail!("orchctl workers failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice::<Vec<Value>>(&out.stdout)?)
+    }
+
+    /// The master's view of one worker.
+    pub fn worker(&self, name: &str) -> Option<Value> {
+        self.workers()
+            .ok()?
+            .into_iter()
+            .find(|w| w["node"] == name)
+    }
+
+    /// Poll `cond` over the master's worker list every 50 ms until it holds
+    /// or `within` passes; on timeout fail with `what`, the last list and logs.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        within: Duration,
+        cond: impl Fn(&[Value]) -> bool,
+    ) -> Result<Duration> {
+        let start = Instant::now();
+        let mut last = Vec::new();
+        while start.elapsed() < within {
+            if let Ok(ws) = self.workers() {
+                if cond(&ws) {
+                    return Ok(start.elapsed());
+                }
+                last = ws;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "timed out after {within:?} waiting for: {what}\nlast worker list: {}\n{}",
+            serde_json::to_string_pretty(&last).unwrap_or_default(),
+            self.logs()
+        )
+    }
+
+    /// The tail of every node's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        for n in &self.nodes {
+            let _ = writeln!(s, "---- log of {} ----\n{}", n.spec.name, n.log_tail(30));
+        }
+        s
+    }
+}
+
+fn placeholder() -> TestNode {
+    TestNode {
+        spec: NodeSpec::new("placeholder"),
+        cluster_addr: "127.0.0.1:1".parse().unwrap(),
+        admin_addr: "127.0.0.1:1".parse().unwrap(),
+        metrics_addr: "127.0.0.1:1".parse().unwrap(),
+        config: PathBuf::new(),
+        log: PathBuf::new(),
+        child: None,
+        starts: 0,
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.sigcont();
+            n.kill9();
+        }
+    }
+}
+
+/// Every worker named in `names` is healthy in `ws`.
+pub fn all_healthy(ws: &[Value], names: &[&str]) -> bool {
+    names.iter().all(|n| {
+        ws.iter()
+            .any(|w| w["node"] == *n && w["state"] == "healthy")
+    })
+}
+
+/// `name` is in `state` (and, when given, with `reason`).
+pub fn has_state(ws: &[Value], name: &str, state: &str, reason: Option<&str>) -> bool {
+    ws.iter().any(|w| {
+        w["node"] == name
+            && w["state"] == state
+            && reason.is_none_or(|r| w["reason"] == r)
+    })
+}
+
+/// Render a node's cluster.toml.
+pub fn render_config(
+    spec: &NodeSpec,
+    dir: &Path,
+    cluster: SocketAddr,
+    admin: SocketAddr,
+    metrics: SocketAddr,
+) -> String {
+    let mut roles = Vec::new();
+    if spec.master {
+        roles.push("\"master\"");
+    }
+    if spec.worker {
+        roles.push("\"worker\"");
+    }
+    let peers: Vec<String> = spec.peers.iter().map(|p| format!("\"{p}\"")).collect();
+    let token = match &spec.admin_token {
+        Some(t) => {
+            let f = dir.join("admin.token");
+            std::fs::write(&f, t).expect("write token file");
+            format!("token_file = \"{}\"\n", f.display())
+        }
+        None => String::new(),
+    };
+    let devices = if spec.worker {
+        format!(
+            "[[device]]\ncount = {}\nid_prefix = \"{}-dev-\"\ncapabilities = {{ gpu = false }}\n",
+            spec.devices, spec.name
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        r#"[node]
+name = "{name}"
+roles = [{roles}]
+listen = "{cluster}"
+data_dir = "{data}"
+
+[cluster]
+secret = "{secret}"
+peers = [{peers}]
+heartbeat_ms = {hb}
+missed_heartbeats = {missed}
+
+[worker]
+max_concurrency = 4
+
+{devices}
+[admin]
+listen = "{admin}"
+{token}
+[metrics]
+listen = "{metrics}"
+"#,
+        name = spec.name,
+        roles = roles.join(", "),
+        data = dir.join("data").display(),
+        secret = spec.secret,
+        peers = peers.join(", "),
+        hb = spec.heartbeat_ms,
+        missed = spec.missed_heartbeats,
+    )
+}
+
+/// A minimal HTTP/1.1 GET: (status code, body).
+pub fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let code = buf
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("an HTTP status line")?;
+    let body = buf.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("").to_string();
+    Ok((code, body))
+}
