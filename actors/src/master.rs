@@ -11,8 +11,7 @@ use tracing::{debug, info, warn};
 use crate::membership::{DetectorConfig, MemberCommand, MemberEvent, Membership};
 use crate::metrics as m;
 use crate::protocol::{
-    worker_group, AdminReply, AdminRequest, MemberState, ToMaster, ToWorker,
-    MASTER_GROUP,
+    worker_group, AdminReply, AdminRequest, MemberState, ToMaster, ToWorker, MASTER_GROUP,
 };
 use crate::worker::WorkerMsg;
 
@@ -50,8 +49,13 @@ impl MasterState {
     fn execute(&mut self, myself: &ActorRef<MasterMsg>, cmd: MemberCommand) {
         match cmd {
             MemberCommand::Send { node, mut msg } => {
-                if let ToWorker::Registered { master, .. } = &mut msg {
-                    master.clone_from(&self.node);
+                match &mut msg {
+                    ToWorker::Registered { master, .. } => master.clone_from(&self.node),
+                    ToWorker::Refused { reason } => {
+                        metrics::counter!(m::REGISTRATIONS_REFUSED).increment(1);
+                        warn!(node_id = %self.node, worker = %node, %reason, "registration refused");
+                    }
+                    _ => {}
                 }
                 let members = pg::get_members(&worker_group(&node));
                 if members.is_empty() {

@@ -33,9 +33,15 @@ impl DetectorConfig {
 pub enum MemberEvent {
     Register(Register),
     Heartbeat(Heartbeat),
-    Unregister { node: String, epoch: u64 },
+    Unregister {
+        node: String,
+        epoch: u64,
+    },
     /// The connection to the worker registered under `epoch` died (monitor termination).
-    NodeDown { node: String, epoch: u64 },
+    NodeDown {
+        node: String,
+        epoch: u64,
+    },
     /// Periodic check of heartbeat deadlines.
     Tick,
 }
@@ -271,9 +277,7 @@ impl Membership {
 
     /// State of `node`, if it ever registered.
     pub fn state_of(&self, node: &str) -> Option<(MemberState, Option<DownReason>, u64)> {
-        self.members
-            .get(node)
-            .map(|m| (m.state, m.reason, m.epoch))
+        self.members.get(node).map(|m| (m.state, m.reason, m.epoch))
     }
 
     /// Milliseconds since each known worker was last heard from.
@@ -310,7 +314,10 @@ impl Membership {
     }
 
     pub fn status(&self, master: &str, now_ms: u64) -> ClusterStatus {
-        let healthy = self.members.values().filter(|m| m.state == MemberState::Healthy);
+        let healthy = self
+            .members
+            .values()
+            .filter(|m| m.state == MemberState::Healthy);
         ClusterStatus {
             master: master.to_string(),
             protocol_version: PROTOCOL_VERSION,
@@ -422,8 +429,14 @@ mod tests {
                 msg: ToWorker::Refused { reason },
                 ..
             }] => {
-                assert!(reason.contains(&format!("`{}`", PROTOCOL_VERSION + 1)), "{reason}");
-                assert!(reason.contains(&format!("`{PROTOCOL_VERSION}`")), "{reason}");
+                assert!(
+                    reason.contains(&format!("`{}`", PROTOCOL_VERSION + 1)),
+                    "{reason}"
+                );
+                assert!(
+                    reason.contains(&format!("`{PROTOCOL_VERSION}`")),
+                    "{reason}"
+                );
             }
             other => panic!("expected a refusal, got {other:?}"),
         }
@@ -444,7 +457,9 @@ mod tests {
         let mut m = membership();
         let e = registered_epoch(&m.on_event(MemberEvent::Register(reg("w1", 7, 1)), 0));
         for t in 1..=20 {
-            assert!(m.on_event(MemberEvent::Heartbeat(hb("w1", e, t)), t * HB).is_empty());
+            assert!(m
+                .on_event(MemberEvent::Heartbeat(hb("w1", e, t)), t * HB)
+                .is_empty());
             assert!(downs(&m.on_event(MemberEvent::Tick, t * HB + HB / 2)).is_empty());
         }
         assert_eq!(m.state_of("w1").unwrap().0, MemberState::Healthy);
@@ -469,7 +484,10 @@ mod tests {
         let mut m = membership();
         let e1 = registered_epoch(&m.on_event(MemberEvent::Register(reg("w1", 7, 1)), 0));
         m.on_event(MemberEvent::Tick, 5000);
-        assert_eq!(m.state_of("w1").unwrap().1, Some(DownReason::HeartbeatTimeout));
+        assert_eq!(
+            m.state_of("w1").unwrap().1,
+            Some(DownReason::HeartbeatTimeout)
+        );
         let c = m.on_event(MemberEvent::Heartbeat(hb("w1", e1, 2)), 6000);
         assert!(matches!(
             &c[..],
@@ -482,10 +500,7 @@ mod tests {
         let e2 = registered_epoch(&c);
         assert!(e2 > e1);
         assert!(downs(&c).is_empty(), "already down: no second failure");
-        assert_eq!(
-            m.state_of("w1").unwrap(),
-            (MemberState::Healthy, None, e2)
-        );
+        assert_eq!(m.state_of("w1").unwrap(), (MemberState::Healthy, None, e2));
         assert_eq!(m.views(6001)[0].registrations, 2);
     }
 
@@ -500,7 +515,10 @@ mod tests {
             },
             10,
         );
-        assert!(downs(&c).is_empty(), "a stale monitor must not kill the new epoch");
+        assert!(
+            downs(&c).is_empty(),
+            "a stale monitor must not kill the new epoch"
+        );
         let c = m.on_event(
             MemberEvent::NodeDown {
                 node: "w1".into(),

@@ -15,8 +15,14 @@ pub const REGISTRATIONS_REFUSED: &str = "orch_worker_registrations_refused_total
 /// Every metric of this crate with its help text, for the exporter to describe.
 pub const CATALOG: &[(&str, &str)] = &[
     (CLUSTER_WORKERS, "workers known to the master, by state"),
-    (HEARTBEAT_AGE, "seconds since the master last heard from each worker"),
+    (
+        HEARTBEAT_AGE,
+        "seconds since the master last heard from each worker",
+    ),
     (WORKER_FAILURES, "workers declared unhealthy, by reason"),
-    (WIRE_DECODE_ERRORS, "cluster messages that did not decode and were dropped"),
+    (
+        WIRE_DECODE_ERRORS,
+        "cluster messages that did not decode and were dropped",
+    ),
     (REGISTRATIONS_REFUSED, "registrations refused by the master"),
 ];

@@ -91,7 +91,10 @@ pub enum ToMaster {
     Register(Register),
     Heartbeat(Heartbeat),
     /// Clean leave (SIGTERM): not a failure.
-    Unregister { node: String, epoch: u64 },
+    Unregister {
+        node: String,
+        epoch: u64,
+    },
 }
 
 /// Every message the master sends to a worker.

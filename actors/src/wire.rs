@@ -32,7 +32,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     T::deserialize(&mut de).map_err(|e| {
         format!(
             "malformed `{}` ({} bytes): {e}",
-            std::any::type_name::<T>().rsplit("::").next().unwrap_or("message"),
+            std::any::type_name::<T>()
+                .rsplit("::")
+                .next()
+                .unwrap_or("message"),
             bytes.len()
         )
     })
@@ -203,13 +206,12 @@ mod tests {
     }
 
     fn to_master() -> impl Strategy<Value = ToMaster> {
-        let device = ("[a-z0-9-]{1,10}", "[a-z0-9:]{0,10}", caps()).prop_map(|(id, handle, c)| {
-            DeviceInfo {
+        let device =
+            ("[a-z0-9-]{1,10}", "[a-z0-9:]{0,10}", caps()).prop_map(|(id, handle, c)| DeviceInfo {
                 id,
                 handle,
                 capabilities: c,
-            }
-        });
+            });
         prop_oneof![
             (
                 any::<u32>(),

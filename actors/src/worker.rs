@@ -13,8 +13,8 @@ use crate::device::{Device, DeviceMsg};
 use crate::master::MasterMsg;
 use crate::metrics as m;
 use crate::protocol::{
-    worker_group, Capabilities, DeviceInfo, Heartbeat, Register, ToMaster, ToWorker,
-    WorkerStatus, MASTER_GROUP, PROTOCOL_VERSION,
+    worker_group, Capabilities, DeviceInfo, Heartbeat, Register, ToMaster, ToWorker, WorkerStatus,
+    MASTER_GROUP, PROTOCOL_VERSION,
 };
 
 /// A worker node's agent.
@@ -35,10 +35,27 @@ pub struct WorkerArgs {
 enum Phase {
     /// No master visible in the cluster.
     NoMaster,
-    Registering { master: ActorId },
-    Registered { master: ActorId, epoch: u64 },
+    Registering {
+        master: ActorId,
+    },
+    Registered {
+        master: ActorId,
+        epoch: u64,
+    },
     /// This master refused us for good; wait for another master.
-    Refused { master: ActorId },
+    Refused {
+        master: ActorId,
+        reason: String,
+    },
+}
+
+/// Where a worker stands with the master, as [`WorkerMsg::Registration`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registration {
+    NoMaster,
+    Registering,
+    Registered { epoch: u64 },
+    Refused { reason: String },
 }
 
 /// State of [`Worker`].
@@ -116,7 +133,7 @@ impl WorkerState {
             }
             // Not acknowledged yet: retransmit the same registration.
             Phase::Registering { master: m } if m == id => self.send(&master, self.register_msg()),
-            Phase::Refused { master: m } if m == id => {}
+            Phase::Refused { master: m, .. } if m == id => {}
             _ => self.start_registration(&master),
         }
     }
@@ -140,9 +157,8 @@ impl WorkerState {
             }
             ToWorker::Refused { reason } => {
                 if let Phase::Registering { master } = self.phase {
-                    metrics::counter!(m::REGISTRATIONS_REFUSED).increment(1);
-                    error!(node_id = %self.args.node, %reason, "master refused registration");
-                    self.phase = Phase::Refused { master };
+                    error!(node_id = %self.args.node, %reason, "master refused registration; waiting for another master");
+                    self.phase = Phase::Refused { master, reason };
                 }
             }
             ToWorker::Reregister { reason } => {
@@ -194,6 +210,8 @@ pub enum WorkerMsg {
     /// Local: unregister from the master; replies `true` once the master
     /// recorded the leave, `false` at once when not registered.
     Leave(RpcReplyPort<bool>),
+    /// Local: where this worker stands with the master.
+    Registration(RpcReplyPort<Registration>),
     /// Local: the devices of this worker, in configuration order.
     Devices(RpcReplyPort<Vec<ActorRef<DeviceMsg>>>),
 }
@@ -245,6 +263,16 @@ impl Actor for Worker {
             }
             WorkerMsg::Tick => state.step(),
             WorkerMsg::Leave(reply) => state.leave(reply),
+            WorkerMsg::Registration(reply) => {
+                let _ = reply.send(match &state.phase {
+                    Phase::NoMaster => Registration::NoMaster,
+                    Phase::Registering { .. } => Registration::Registering,
+                    Phase::Registered { epoch, .. } => Registration::Registered { epoch: *epoch },
+                    Phase::Refused { reason, .. } => Registration::Refused {
+                        reason: reason.clone(),
+                    },
+                });
+            }
             WorkerMsg::Devices(reply) => {
                 let _ = reply.send(state.devices.clone());
             }
@@ -259,13 +287,11 @@ impl Actor for Worker {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match evt {
-            SupervisionEvent::ProcessGroupChanged(change) => {
-                if change.get_group() == MASTER_GROUP {
-                    if let GroupChangeMessage::Leave(..) = change {
-                        info!(node_id = %state.args.node, "master left the cluster view");
-                    }
-                    state.step();
+            SupervisionEvent::ProcessGroupChanged(change) if change.get_group() == MASTER_GROUP => {
+                if let GroupChangeMessage::Leave(..) = change {
+                    info!(node_id = %state.args.node, "master left the cluster view");
                 }
+                state.step();
             }
             SupervisionEvent::ActorFailed(cell, err) => {
                 return Err(format!("device actor {} failed: {err}", cell.get_id()).into());

@@ -100,7 +100,10 @@ async fn not_found() -> ApiError {
 
 /// Ask the master, wherever it runs.
 async fn ask_master(ctx: &AdminCtx, req: AdminRequest) -> Result<AdminReply, ApiError> {
-    let Some(cell) = pg::get_members(&MASTER_GROUP.to_string()).into_iter().next() else {
+    let Some(cell) = pg::get_members(&MASTER_GROUP.to_string())
+        .into_iter()
+        .next()
+    else {
         return Err(ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("no master is reachable from node `{}`", ctx.node),
@@ -127,17 +130,24 @@ async fn ask_master(ctx: &AdminCtx, req: AdminRequest) -> Result<AdminReply, Api
 async fn status(State(ctx): State<Arc<AdminCtx>>) -> Result<Response, ApiError> {
     match ask_master(&ctx, AdminRequest::Status).await? {
         AdminReply::Status(s) => {
-            let mut v = serde_json::to_value(s).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            let mut v = serde_json::to_value(s)
+                .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
             v["answered_by"] = json!(ctx.node);
             Ok(Json(v).into_response())
         }
-        _ => Err(ApiError(StatusCode::BAD_GATEWAY, "unexpected reply from the master".into())),
+        _ => Err(ApiError(
+            StatusCode::BAD_GATEWAY,
+            "unexpected reply from the master".into(),
+        )),
     }
 }
 
 async fn workers(State(ctx): State<Arc<AdminCtx>>) -> Result<Response, ApiError> {
     match ask_master(&ctx, AdminRequest::Workers).await? {
         AdminReply::Workers(w) => Ok(Json(w).into_response()),
-        _ => Err(ApiError(StatusCode::BAD_GATEWAY, "unexpected reply from the master".into())),
+        _ => Err(ApiError(
+            StatusCode::BAD_GATEWAY,
+            "unexpected reply from the master".into(),
+        )),
     }
 }

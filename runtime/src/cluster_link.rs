@@ -214,7 +214,9 @@ impl Actor for ClusterLink {
                                     }),
                                     is_server: false,
                                 });
-                                opened.map(|_| peer_addr.to_string()).map_err(|e| e.to_string())
+                                opened
+                                    .map(|_| peer_addr.to_string())
+                                    .map_err(|e| e.to_string())
                             }
                             (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
                         },
@@ -266,7 +268,9 @@ impl Actor for ClusterLink {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match evt {
-            SupervisionEvent::ActorTerminated(cell, _, reason) if cell.get_id() == state.server.get_id() => {
+            SupervisionEvent::ActorTerminated(cell, _, reason)
+                if cell.get_id() == state.server.get_id() =>
+            {
                 Err(format!("cluster node server stopped: {reason:?}").into())
             }
             SupervisionEvent::ActorFailed(cell, err) if cell.get_id() == state.server.get_id() => {
@@ -290,7 +294,9 @@ fn on_session(
         .unwrap_or_default();
     match ev {
         SessionEvent::Opened => {
-            state.unauthenticated.insert(ses.node_id, ses.peer_addr.clone());
+            state
+                .unauthenticated
+                .insert(ses.node_id, ses.peer_addr.clone());
         }
         SessionEvent::Authenticated => {
             state.unauthenticated.remove(&ses.node_id);
@@ -350,7 +356,10 @@ mod tests {
         let mut waits = Vec::new();
         for _ in 0..12 {
             let (wait, next) = next_backoff(cur);
-            assert!(wait >= cur.mul_f64(0.79) && wait <= cur.mul_f64(1.21), "{wait:?} around {cur:?}");
+            assert!(
+                wait >= cur.mul_f64(0.79) && wait <= cur.mul_f64(1.21),
+                "{wait:?} around {cur:?}"
+            );
             waits.push(next);
             cur = next;
         }

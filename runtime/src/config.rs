@@ -293,7 +293,11 @@ fn parse_raw(text: &str, file: &str) -> Result<RawConfig, ConfigErrors> {
     let de = toml::de::Deserializer::parse(text).map_err(|e| shape_error("(syntax)".into(), &e))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let key = if path == "." { "(top level)".to_string() } else { path };
+        let key = if path == "." {
+            "(top level)".to_string()
+        } else {
+            path
+        };
         shape_error(key, e.inner())
     })
 }
@@ -318,7 +322,9 @@ impl Problems<'_> {
             Err(_) => {
                 self.add(
                     key,
-                    format!("expected an `IP:port` address such as `127.0.0.1:7700`, got `{value}`"),
+                    format!(
+                        "expected an `IP:port` address such as `127.0.0.1:7700`, got `{value}`"
+                    ),
                 );
                 None
             }
@@ -337,7 +343,9 @@ impl Problems<'_> {
         if !ok {
             self.add(
                 key,
-                format!("expected a `host:port` address with a port from 1 to 65535, got `{value}`"),
+                format!(
+                    "expected a `host:port` address with a port from 1 to 65535, got `{value}`"
+                ),
             );
         }
         ok
@@ -346,7 +354,10 @@ impl Problems<'_> {
     fn read_secret(&mut self, key: &str, path: &Path) -> Option<Secret> {
         match std::fs::read_to_string(path) {
             Ok(s) if s.trim().is_empty() => {
-                self.add(key, format!("file `{}` is empty; expected a secret", path.display()));
+                self.add(
+                    key,
+                    format!("file `{}` is empty; expected a secret", path.display()),
+                );
                 None
             }
             Ok(s) => Some(Secret(s.trim().to_string())),
@@ -357,11 +368,7 @@ impl Problems<'_> {
         }
     }
 
-    fn capabilities(
-        &mut self,
-        key: &str,
-        raw: &BTreeMap<String, toml::Value>,
-    ) -> Capabilities {
+    fn capabilities(&mut self, key: &str, raw: &BTreeMap<String, toml::Value>) -> Capabilities {
         let mut caps = Capabilities::new();
         for (name, v) in raw {
             let value = match v {
@@ -439,13 +446,19 @@ impl RawConfig {
         let mut seen = BTreeSet::new();
         for r in &roles {
             if r != "master" && r != "worker" {
-                p.add("node.roles", format!("expected `master` and/or `worker`, got `{r}`"));
+                p.add(
+                    "node.roles",
+                    format!("expected `master` and/or `worker`, got `{r}`"),
+                );
             } else if !seen.insert(r.as_str()) {
                 p.add("node.roles", format!("role `{r}` is listed twice"));
             }
         }
         if roles.is_empty() {
-            p.add("node.roles", "expected at least one of `master`, `worker`, got none");
+            p.add(
+                "node.roles",
+                "expected at least one of `master`, `worker`, got none",
+            );
         }
         let listen = p.socket_addr("node.listen", &n.listen);
         let advertise = match &n.advertise {
@@ -464,17 +477,26 @@ impl RawConfig {
         let c = &self.cluster;
         let secret = match (&c.secret, &c.secret_file) {
             (Some(_), Some(_)) => {
-                p.add("cluster.secret", "set either `secret` or `secret_file`, not both");
+                p.add(
+                    "cluster.secret",
+                    "set either `secret` or `secret_file`, not both",
+                );
                 None
             }
             (Some(s), None) if s.trim().is_empty() => {
-                p.add("cluster.secret", "expected a non-empty secret, got an empty string");
+                p.add(
+                    "cluster.secret",
+                    "expected a non-empty secret, got an empty string",
+                );
                 None
             }
             (Some(s), None) => Some(Secret(s.clone())),
             (None, Some(f)) => p.read_secret("cluster.secret_file", &resolve(f)),
             (None, None) => {
-                p.add("cluster.secret", "missing; expected `secret` or `secret_file`");
+                p.add(
+                    "cluster.secret",
+                    "missing; expected `secret` or `secret_file`",
+                );
                 None
             }
         };
@@ -488,7 +510,10 @@ impl RawConfig {
         if c.heartbeat_ms == 0 || c.heartbeat_ms > 600_000 {
             p.add(
                 "cluster.heartbeat_ms",
-                format!("expected 1 to 600000 milliseconds, got `{}`", c.heartbeat_ms),
+                format!(
+                    "expected 1 to 600000 milliseconds, got `{}`",
+                    c.heartbeat_ms
+                ),
             );
         }
         if c.missed_heartbeats == 0 || c.missed_heartbeats > 1000 {
@@ -498,10 +523,16 @@ impl RawConfig {
             );
         }
         if c.online_window_s == 0 {
-            p.add("cluster.online_window_s", "expected more than 0 seconds, got `0`");
+            p.add(
+                "cluster.online_window_s",
+                "expected more than 0 seconds, got `0`",
+            );
         }
         if c.grace_wait_ms == 0 {
-            p.add("cluster.grace_wait_ms", "expected more than 0 milliseconds, got `0`");
+            p.add(
+                "cluster.grace_wait_ms",
+                "expected more than 0 milliseconds, got `0`",
+            );
         }
         if c.tls.is_some() {
             p.add(
@@ -562,10 +593,15 @@ impl RawConfig {
                 if !valid_device_id(&id) {
                     p.add(
                         format!("{key}.id"),
-                        format!("expected 1 to 128 characters from `A-Z a-z 0-9 - _ . :`, got `{id}`"),
+                        format!(
+                            "expected 1 to 128 characters from `A-Z a-z 0-9 - _ . :`, got `{id}`"
+                        ),
                     );
                 } else if !ids.insert(id.clone()) {
-                    p.add(format!("{key}.id"), format!("device id `{id}` is used twice"));
+                    p.add(
+                        format!("{key}.id"),
+                        format!("device id `{id}` is used twice"),
+                    );
                 } else {
                     devices.push(DeviceInfo {
                         id,
@@ -576,11 +612,20 @@ impl RawConfig {
             }
         }
         if devices.len() > MAX_DEVICES {
-            p.add("device", format!("expected at most {MAX_DEVICES} devices, got {}", devices.len()));
+            p.add(
+                "device",
+                format!(
+                    "expected at most {MAX_DEVICES} devices, got {}",
+                    devices.len()
+                ),
+            );
         }
         let is_worker = roles.iter().any(|r| r == "worker");
         if is_worker && self.devices.is_empty() {
-            p.add("device", "a node with role `worker` needs at least one `[[device]]`");
+            p.add(
+                "device",
+                "a node with role `worker` needs at least one `[[device]]`",
+            );
         }
 
         // [admin] and [metrics]
@@ -607,7 +652,10 @@ impl RawConfig {
         ] {
             if let Some(a) = addr.filter(|a| a.port() != 0) {
                 if let Some(other) = ports.insert(a.port(), key) {
-                    p.add(key, format!("port `{}` is already used by `{other}`", a.port()));
+                    p.add(
+                        key,
+                        format!("port `{}` is already used by `{other}`", a.port()),
+                    );
                 }
             }
         }
@@ -695,13 +743,19 @@ capabilities = { gpu = true }
         assert_eq!(c.devices[0].capabilities["gpu"], CapValue::Bool(true));
         assert_eq!(c.node.data_dir, Path::new("/tmp/orch-data"));
         assert_eq!(c.admin.listen.port(), 7701);
-        assert!(!format!("{c:?}").contains("s3cret"), "secret must not be printed");
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "secret must not be printed"
+        );
     }
 
     #[test]
     fn unknown_keys_are_named() {
         let line = one_error(&GOOD.replace("[cluster]", "[cluster]\nheartbeat = 5"));
-        assert!(line.contains("`cluster`") || line.contains("cluster"), "{line}");
+        assert!(
+            line.contains("`cluster`") || line.contains("cluster"),
+            "{line}"
+        );
         assert!(line.contains("unknown field `heartbeat`"), "{line}");
         assert!(line.contains("line"), "{line}");
     }
@@ -730,7 +784,9 @@ capabilities = { gpu = true }
 
     #[test]
     fn a_generator_makes_hundreds_of_devices() {
-        let text = format!("{GOOD}\n[[device]]\ncount = 300\nid_prefix = \"slot-\"\nhandle = \"cpu:{{n}}\"\n");
+        let text = format!(
+            "{GOOD}\n[[device]]\ncount = 300\nid_prefix = \"slot-\"\nhandle = \"cpu:{{n}}\"\n"
+        );
         let c = parse(&text, "c.toml", Path::new("/tmp")).unwrap();
         assert_eq!(c.devices.len(), 301);
         assert_eq!(c.devices[300].id, "slot-299");
@@ -740,11 +796,18 @@ capabilities = { gpu = true }
     #[test]
     fn missing_or_empty_secret_is_refused() {
         let line = one_error(&GOOD.replace("secret = \"s3cret\"", ""));
-        assert!(line.contains("invalid `cluster.secret`") && line.contains("missing"), "{line}");
+        assert!(
+            line.contains("invalid `cluster.secret`") && line.contains("missing"),
+            "{line}"
+        );
         let line = one_error(&GOOD.replace("\"s3cret\"", "\"  \""));
         assert!(line.contains("non-empty secret"), "{line}");
-        let line = one_error(&GOOD.replace("secret = \"s3cret\"", "secret_file = \"/nonexistent/x\""));
-        assert!(line.contains("`cluster.secret_file`") && line.contains("cannot read"), "{line}");
+        let line =
+            one_error(&GOOD.replace("secret = \"s3cret\"", "secret_file = \"/nonexistent/x\""));
+        assert!(
+            line.contains("`cluster.secret_file`") && line.contains("cannot read"),
+            "{line}"
+        );
     }
 
     #[test]
@@ -785,7 +848,10 @@ capabilities = { gpu = true }
     #[test]
     fn every_problem_is_reported() {
         let text = GOOD
-            .replace("[cluster]", "[cluster]\nheartbeat_ms = 0\nmissed_heartbeats = 0")
+            .replace(
+                "[cluster]",
+                "[cluster]\nheartbeat_ms = 0\nmissed_heartbeats = 0",
+            )
             .replace("n1", "bad name!");
         assert_eq!(errs(&text).len(), 3);
     }

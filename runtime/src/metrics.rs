@@ -19,12 +19,24 @@ pub const NODE_EVENTS: &str = "orch_cluster_node_events_total";
 pub const ADMIN_REQUESTS: &str = "orch_admin_requests_total";
 
 const CATALOG: &[(&str, &str)] = &[
-    (AUTH_FAILURES, "cluster connections closed before authentication"),
-    (PEERS_CONNECTED, "configured peers with an authenticated session"),
+    (
+        AUTH_FAILURES,
+        "cluster connections closed before authentication",
+    ),
+    (
+        PEERS_CONNECTED,
+        "configured peers with an authenticated session",
+    ),
     (SESSIONS, "authenticated node sessions"),
     (DIAL_FAILURES, "failed dials of configured peers"),
-    (NODE_EVENTS, "node sessions authenticated (up) and lost (down)"),
-    (ADMIN_REQUESTS, "admin API requests by route and status code"),
+    (
+        NODE_EVENTS,
+        "node sessions authenticated (up) and lost (down)",
+    ),
+    (
+        ADMIN_REQUESTS,
+        "admin API requests by route and status code",
+    ),
 ];
 
 /// Install the global recorder and serve `/metrics` on `listen`.
@@ -41,7 +53,11 @@ pub fn install_exporter(listen: SocketAddr) -> anyhow::Result<()> {
         metrics::describe_counter!(*name, *help);
     }
     // Make every series visible from the first scrape.
-    for name in [AUTH_FAILURES, DIAL_FAILURES, orch_actors::metrics::WIRE_DECODE_ERRORS] {
+    for name in [
+        AUTH_FAILURES,
+        DIAL_FAILURES,
+        orch_actors::metrics::WIRE_DECODE_ERRORS,
+    ] {
         metrics::counter!(name).increment(0);
     }
     for reason in DownReason::ALL.iter().filter(|r| r.is_failure()) {

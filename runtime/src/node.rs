@@ -76,7 +76,11 @@ impl Actor for NodeSupervisor {
                     missed_heartbeats: cfg.cluster.missed_heartbeats,
                 },
             };
-            Some(Actor::spawn_linked(None, Master, args, myself.get_cell()).await?.0)
+            Some(
+                Actor::spawn_linked(None, Master, args, myself.get_cell())
+                    .await?
+                    .0,
+            )
         } else {
             None
         };
@@ -89,7 +93,11 @@ impl Actor for NodeSupervisor {
                 max_concurrency: cfg.worker.max_concurrency,
                 heartbeat_ms: cfg.cluster.heartbeat_ms,
             };
-            Some(Actor::spawn_linked(None, Worker, args, myself.get_cell()).await?.0)
+            Some(
+                Actor::spawn_linked(None, Worker, args, myself.get_cell())
+                    .await?
+                    .0,
+            )
         } else {
             None
         };
@@ -120,7 +128,9 @@ impl Actor for NodeSupervisor {
                         Ok(ractor::rpc::CallResult::Success(false)) => {
                             info!(node_id = %state.node, "not registered; leaving")
                         }
-                        _ => warn!(node_id = %state.node, "the master did not confirm the leave in time"),
+                        _ => {
+                            warn!(node_id = %state.node, "the master did not confirm the leave in time")
+                        }
                     }
                 }
                 if let Some(worker) = &state.worker {

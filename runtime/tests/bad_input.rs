@@ -53,28 +53,62 @@ fn run_config(text: &str) -> (Option<i32>, String) {
         );
     }
     let out = child.wait_with_output().unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn assert_refused(text: &str, key: &str, expected: &str) {
     let (code, stderr) = run_config(text);
-    assert_eq!(code, Some(2), "exit code 2 for a bad config; stderr: {stderr}");
+    assert_eq!(
+        code,
+        Some(2),
+        "exit code 2 for a bad config; stderr: {stderr}"
+    );
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "exactly one line: {stderr}");
     assert!(lines[0].starts_with("error: invalid "), "{stderr}");
-    assert!(lines[0].contains("cluster.toml`"), "names the file: {stderr}");
+    assert!(
+        lines[0].contains("cluster.toml`"),
+        "names the file: {stderr}"
+    );
     assert!(lines[0].contains(key), "names `{key}`: {stderr}");
     assert!(lines[0].contains(expected), "says `{expected}`: {stderr}");
 }
 
 #[test]
 fn malformed_cluster_toml_is_one_line_exit_2_and_no_port() {
-    assert_refused(&GOOD.replace("[cluster]", "[cluster]\nturbo = true"), "cluster", "unknown field `turbo`");
-    assert_refused(&GOOD.replace("127.0.0.1:PORT", "localhost:PORT"), "node.listen", "`IP:port`");
-    assert_refused(&format!("{GOOD}\n[[device]]\nid = \"gpu0\"\n"), "device[1].id", "used twice");
-    assert_refused(&GOOD.replace("secret = \"s3cret\"", ""), "cluster.secret", "missing");
-    assert_refused(&GOOD.replace("\"s3cret\"", "\"\""), "cluster.secret", "non-empty");
-    assert_refused(&GOOD.replace("[cluster]", "[cluster]\nheartbeat_ms = 0"), "cluster.heartbeat_ms", "got `0`");
+    assert_refused(
+        &GOOD.replace("[cluster]", "[cluster]\nturbo = true"),
+        "cluster",
+        "unknown field `turbo`",
+    );
+    assert_refused(
+        &GOOD.replace("127.0.0.1:PORT", "localhost:PORT"),
+        "node.listen",
+        "`IP:port`",
+    );
+    assert_refused(
+        &format!("{GOOD}\n[[device]]\nid = \"gpu0\"\n"),
+        "device[1].id",
+        "used twice",
+    );
+    assert_refused(
+        &GOOD.replace("secret = \"s3cret\"", ""),
+        "cluster.secret",
+        "missing",
+    );
+    assert_refused(
+        &GOOD.replace("\"s3cret\"", "\"\""),
+        "cluster.secret",
+        "non-empty",
+    );
+    assert_refused(
+        &GOOD.replace("[cluster]", "[cluster]\nheartbeat_ms = 0"),
+        "cluster.heartbeat_ms",
+        "got `0`",
+    );
     assert_refused(
         &GOOD.replace("name = \"n1\"", "name = \"n1\"\n[node.extra]"),
         "node",
@@ -90,32 +124,52 @@ fn a_missing_config_file_is_exit_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("/nonexistent/cluster.toml") && err.contains("readable"), "{err}");
+    assert!(
+        err.contains("/nonexistent/cluster.toml") && err.contains("readable"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_peer_with_the_wrong_secret_is_refused_and_both_keep_running() {
     let mut c = TestCluster::new(bins());
     let mport = free_port();
-    c.add_with_port(NodeSpec::new("node-0").master(), mport).unwrap();
+    c.add_with_port(NodeSpec::new("node-0").master(), mport)
+        .unwrap();
     let mut bad = NodeSpec::new("intruder").peer(format!("127.0.0.1:{mport}"));
     bad.secret = "not-the-secret".into();
     c.add(bad).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while c.nodes[0].metric("orch_cluster_auth_failures_total").unwrap_or(0.0) < 1.0 {
-        assert!(Instant::now() < deadline, "auth failure counted within 5 s\n{}", c.logs());
+    while c.nodes[0]
+        .metric("orch_cluster_auth_failures_total")
+        .unwrap_or(0.0)
+        < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "auth failure counted within 5 s\n{}",
+            c.logs()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // The intruder never registers; both processes still run.
     let ws = c.workers().unwrap();
     assert!(ws.iter().all(|w| w["node"] != "intruder"), "{ws:?}");
     assert!(c.nodes[0].is_running() && c.nodes[1].is_running());
-    assert!(c.nodes[1].metric("orch_cluster_auth_failures_total").unwrap_or(0.0) >= 1.0);
+    assert!(
+        c.nodes[1]
+            .metric("orch_cluster_auth_failures_total")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
     // A good peer still joins.
-    c.add(NodeSpec::new("node-1").peer(format!("127.0.0.1:{mport}"))).unwrap();
-    c.wait_for("node-1 joins despite the intruder", Duration::from_secs(5), |ws| {
-        all_healthy(ws, &["node-0", "node-1"])
-    })
+    c.add(NodeSpec::new("node-1").peer(format!("127.0.0.1:{mport}")))
+        .unwrap();
+    c.wait_for(
+        "node-1 joins despite the intruder",
+        Duration::from_secs(5),
+        |ws| all_healthy(ws, &["node-0", "node-1"]),
+    )
     .unwrap();
 }
 
@@ -128,7 +182,9 @@ fn expect_dropped(addr: std::net::SocketAddr, bytes: &[u8], what: &str) {
     let mut buf = [0u8; 64];
     match s.read(&mut buf) {
         Ok(0) => {}
-        Err(e) if e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut => {}
+        Err(e)
+            if e.kind() != std::io::ErrorKind::WouldBlock
+                && e.kind() != std::io::ErrorKind::TimedOut => {}
         other => panic!("{what}: connection must be dropped, got {other:?}"),
     }
 }
@@ -137,15 +193,24 @@ fn expect_dropped(addr: std::net::SocketAddr, bytes: &[u8], what: &str) {
 fn garbage_http_and_huge_length_prefix_drop_the_connection_only() {
     let mut c = TestCluster::new(bins());
     let mport = free_port();
-    c.add_with_port(NodeSpec::new("node-0").master(), mport).unwrap();
-    c.wait_for("the master registered itself", Duration::from_secs(5), |ws| {
-        all_healthy(ws, &["node-0"])
-    })
+    c.add_with_port(NodeSpec::new("node-0").master(), mport)
+        .unwrap();
+    c.wait_for(
+        "the master registered itself",
+        Duration::from_secs(5),
+        |ws| all_healthy(ws, &["node-0"]),
+    )
     .unwrap();
     let addr = c.nodes[0].cluster_addr;
-    let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let garbage: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     expect_dropped(addr, &garbage, "garbage bytes");
-    expect_dropped(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "an HTTP request");
+    expect_dropped(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        "an HTTP request",
+    );
     let mut huge = u64::MAX.to_be_bytes().to_vec();
     huge.extend_from_slice(&[0u8; 32]);
     expect_dropped(addr, &huge, "a huge length prefix");
@@ -155,10 +220,13 @@ fn garbage_http_and_huge_length_prefix_drop_the_connection_only() {
     expect_dropped(addr, &bad, "an undecodable frame");
     assert!(c.nodes[0].is_running(), "the node survives");
     // Still serving, and a good peer still joins.
-    c.add(NodeSpec::new("node-1").peer(format!("127.0.0.1:{mport}"))).unwrap();
-    c.wait_for("node-1 joins after the garbage", Duration::from_secs(5), |ws| {
-        all_healthy(ws, &["node-0", "node-1"])
-    })
+    c.add(NodeSpec::new("node-1").peer(format!("127.0.0.1:{mport}")))
+        .unwrap();
+    c.wait_for(
+        "node-1 joins after the garbage",
+        Duration::from_secs(5),
+        |ws| all_healthy(ws, &["node-0", "node-1"]),
+    )
     .unwrap();
 }
 
@@ -180,7 +248,10 @@ fn admin_requests_need_the_right_token() {
     let out = c.orchctl(0, &["workers"]);
     assert_eq!(out.status.code(), Some(4));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not authorized") && err.contains("--token-file"), "{err}");
+    assert!(
+        err.contains("not authorized") && err.contains("--token-file"),
+        "{err}"
+    );
     let wrong = c.dir.path().join("wrong.token");
     std::fs::write(&wrong, "nope\n").unwrap();
     let out = c.orchctl(0, &["--token-file", wrong.to_str().unwrap(), "status"]);
@@ -188,15 +259,26 @@ fn admin_requests_need_the_right_token() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("wrong bearer token"));
     // The right token works, from the file or the environment.
     let right = c.dir.path().join("node-0").join("admin.token");
-    let out = c.orchctl(0, &["--token-file", right.to_str().unwrap(), "workers", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = c.orchctl(
+        0,
+        &["--token-file", right.to_str().unwrap(), "workers", "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_orchctl"))
         .args(["status", "--json"])
         .env("ORCH_NODE", admin.to_string())
         .env("ORCH_TOKEN_FILE", &right)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -208,6 +290,9 @@ fn orchctl_reports_an_unreachable_node_and_unknown_commands() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the admin endpoint"));
-    let out = Command::new(env!("CARGO_BIN_EXE_orchctl")).arg("frobnicate").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_orchctl"))
+        .arg("frobnicate")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }

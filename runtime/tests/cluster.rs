@@ -27,12 +27,18 @@ fn three_nodes_form_a_cluster_with_their_devices_within_5s() {
         let devices = w["devices"].as_array().unwrap();
         assert_eq!(devices.len(), expected, "devices of {}", w["node"]);
         let prefix = format!("{}-dev-", w["node"].as_str().unwrap());
-        assert!(devices.iter().all(|d| d["id"].as_str().unwrap().starts_with(&prefix)));
+        assert!(devices
+            .iter()
+            .all(|d| d["id"].as_str().unwrap().starts_with(&prefix)));
         assert_eq!(devices[0]["capabilities"]["gpu"], false);
     }
     // Any node forwards admin requests to the master.
     let out = c.orchctl(2, &["status", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["master"], "node-0");
     assert_eq!(status["answered_by"], "node-2");
@@ -47,15 +53,22 @@ fn three_nodes_form_a_cluster_with_their_devices_within_5s() {
 #[test]
 fn kill_9_of_a_worker_is_node_down_within_2s() {
     let mut c = TestCluster::start_standard(bins(), 2, 500, 3).unwrap();
-    c.wait_for("3 healthy workers", Duration::from_secs(5), |ws| all_healthy(ws, &ALL))
-        .unwrap();
-    c.node("node-2").kill9();
-    c.wait_for("node-2 unhealthy with reason node_down", Duration::from_secs(2), |ws| {
-        has_state(ws, "node-2", "unhealthy", Some("node_down"))
+    c.wait_for("3 healthy workers", Duration::from_secs(5), |ws| {
+        all_healthy(ws, &ALL)
     })
     .unwrap();
+    c.node("node-2").kill9();
+    c.wait_for(
+        "node-2 unhealthy with reason node_down",
+        Duration::from_secs(2),
+        |ws| has_state(ws, "node-2", "unhealthy", Some("node_down")),
+    )
+    .unwrap();
     let ws = c.workers().unwrap();
-    assert!(all_healthy(&ws, &["node-0", "node-1"]), "the others stay healthy");
+    assert!(
+        all_healthy(&ws, &["node-0", "node-1"]),
+        "the others stay healthy"
+    );
     assert_eq!(
         c.nodes[0].metric("orch_worker_failures_total{reason=\"node_down\"}"),
         Some(1.0)
@@ -66,8 +79,10 @@ fn kill_9_of_a_worker_is_node_down_within_2s() {
 fn sigstop_is_heartbeat_timeout_and_sigcont_rejoins_with_a_higher_epoch() {
     let (hb, missed) = (1000, 3);
     let c = TestCluster::start_standard(bins(), 2, hb, missed).unwrap();
-    c.wait_for("3 healthy workers", Duration::from_secs(5), |ws| all_healthy(ws, &ALL))
-        .unwrap();
+    c.wait_for("3 healthy workers", Duration::from_secs(5), |ws| {
+        all_healthy(ws, &ALL)
+    })
+    .unwrap();
     let epoch_before = c.worker("node-1").unwrap()["epoch"].as_u64().unwrap();
     c.nodes[1].sigstop();
     let bound = Duration::from_millis(hb * (u64::from(missed) + 1));
@@ -78,13 +93,17 @@ fn sigstop_is_heartbeat_timeout_and_sigcont_rejoins_with_a_higher_epoch() {
     )
     .unwrap();
     c.nodes[1].sigcont();
-    c.wait_for("node-1 healthy again with a new epoch", Duration::from_secs(10), |ws| {
-        ws.iter().any(|w| {
-            w["node"] == "node-1"
-                && w["state"] == "healthy"
-                && w["epoch"].as_u64().unwrap() > epoch_before
-        })
-    })
+    c.wait_for(
+        "node-1 healthy again with a new epoch",
+        Duration::from_secs(10),
+        |ws| {
+            ws.iter().any(|w| {
+                w["node"] == "node-1"
+                    && w["state"] == "healthy"
+                    && w["epoch"].as_u64().unwrap() > epoch_before
+            })
+        },
+    )
     .unwrap();
     assert_eq!(c.worker("node-1").unwrap()["registrations"], 2);
 }
@@ -92,8 +111,10 @@ fn sigstop_is_heartbeat_timeout_and_sigcont_rejoins_with_a_higher_epoch() {
 #[test]
 fn master_kill_9_and_restart_every_worker_reregisters_within_10s() {
     let mut c = TestCluster::start_standard(bins(), 2, 500, 3).unwrap();
-    c.wait_for("3 healthy workers", Duration::from_secs(5), |ws| all_healthy(ws, &ALL))
-        .unwrap();
+    c.wait_for("3 healthy workers", Duration::from_secs(5), |ws| {
+        all_healthy(ws, &ALL)
+    })
+    .unwrap();
     let worker_pids: Vec<_> = c.nodes[1..].iter().map(|n| n.pid()).collect();
     c.nodes[0].kill9();
     // Let the workers notice and start redialing.
@@ -120,19 +141,29 @@ fn sigterm_unregisters_cleanly_and_exits_0() {
     })
     .unwrap();
     c.nodes[1].sigterm();
-    assert_eq!(c.nodes[1].wait_exit(Duration::from_secs(10)).unwrap(), Some(0));
+    assert_eq!(
+        c.nodes[1].wait_exit(Duration::from_secs(10)).unwrap(),
+        Some(0)
+    );
     c.wait_for("node-1 unregistered", Duration::from_secs(2), |ws| {
         has_state(ws, "node-1", "unregistered", Some("unregistered"))
     })
     .unwrap();
     let status = c.orchctl(0, &["status", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    assert_eq!(status["recent_failures"].as_array().unwrap().len(), 0, "a leave is not a failure");
+    assert_eq!(
+        status["recent_failures"].as_array().unwrap().len(),
+        0,
+        "a leave is not a failure"
+    );
     assert_eq!(
         c.nodes[0].metric("orch_worker_failures_total{reason=\"node_down\"}"),
         Some(0.0)
     );
     // The master itself also leaves cleanly.
     c.nodes[0].sigterm();
-    assert_eq!(c.nodes[0].wait_exit(Duration::from_secs(10)).unwrap(), Some(0));
+    assert_eq!(
+        c.nodes[0].wait_exit(Duration::from_secs(10)).unwrap(),
+        Some(0)
+    );
 }

@@ -149,10 +149,17 @@ impl TestNode {
         let deadline = Instant::now() + within;
         while TcpStream::connect_timeout(&self.admin_addr, Duration::from_millis(200)).is_err() {
             if !self.is_running() {
-                bail!("node `{}` exited during start:\n{}", self.spec.name, self.log_tail(20));
+                bail!(
+                    "node `{}` exited during start:\n{}",
+                    self.spec.name,
+                    self.log_tail(20)
+                );
             }
             if Instant::now() > deadline {
-                bail!("node `{}` did not open its admin port within {within:?}", self.spec.name);
+                bail!(
+                    "node `{}` did not open its admin port within {within:?}",
+                    self.spec.name
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -208,10 +215,17 @@ impl TestCluster {
     }
 
     /// A master+worker and `workers` plain workers, all pointed at the master.
-    pub fn start_standard(bins: Bins, workers: usize, heartbeat_ms: u64, missed: u32) -> Result<Self> {
+    pub fn start_standard(
+        bins: Bins,
+        workers: usize,
+        heartbeat_ms: u64,
+        missed: u32,
+    ) -> Result<Self> {
         let mut c = Self::new(bins);
         let master_port = free_port();
-        let mut m = NodeSpec::new("node-0").master().heartbeat(heartbeat_ms, missed);
+        let mut m = NodeSpec::new("node-0")
+            .master()
+            .heartbeat(heartbeat_ms, missed);
         m.devices = 3;
         c.add_with_port(m, master_port)?;
         for i in 1..=workers {
@@ -235,7 +249,10 @@ impl TestCluster {
         let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let config = dir.join("cluster.toml");
-        std::fs::write(&config, render_config(&spec, &dir, cluster_addr, admin_addr, metrics_addr))?;
+        std::fs::write(
+            &config,
+            render_config(&spec, &dir, cluster_addr, admin_addr, metrics_addr),
+        )?;
         let mut node = TestNode {
             spec,
             cluster_addr,
@@ -297,7 +314,9 @@ impl TestCluster {
     pub fn orchctl(&self, i: usize, args: &[&str]) -> Output {
         let mut cmd = Command::new(&self.bins.ctl);
         cmd.arg("--node").arg(self.nodes[i].admin_addr.to_string());
-        cmd.args(args).env_remove("ORCH_NODE").env_remove("ORCH_TOKEN_FILE");
+        cmd.args(args)
+            .env_remove("ORCH_NODE")
+            .env_remove("ORCH_TOKEN_FILE");
         cmd.output().expect("run orchctl")
     }
 
@@ -305,17 +324,17 @@ impl TestCluster {
     pub fn workers(&self) -> Result<Vec<Value>> {
         let out = self.orchctl(0, &["workers", "--json"]);
         if !out.status.success() {
-            bail!("orchctl workers failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "orchctl workers failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(serde_json::from_slice::<Vec<Value>>(&out.stdout)?)
     }
 
     /// The master's view of one worker.
     pub fn worker(&self, name: &str) -> Option<Value> {
-        self.workers()
-            .ok()?
-            .into_iter()
-            .find(|w| w["node"] == name)
+        self.workers().ok()?.into_iter().find(|w| w["node"] == name)
     }
 
     /// Poll `cond` over the master's worker list every 50 ms until it holds
@@ -387,9 +406,7 @@ pub fn all_healthy(ws: &[Value], names: &[&str]) -> bool {
 /// `name` is in `state` (and, when given, with `reason`).
 pub fn has_state(ws: &[Value], name: &str, state: &str, reason: Option<&str>) -> bool {
     ws.iter().any(|w| {
-        w["node"] == name
-            && w["state"] == state
-            && reason.is_none_or(|r| w["reason"] == r)
+        w["node"] == name && w["state"] == state && reason.is_none_or(|r| w["reason"] == r)
     })
 }
 
@@ -476,6 +493,10 @@ pub fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> Result<(u1
         .nth(1)
         .and_then(|c| c.parse().ok())
         .context("an HTTP status line")?;
-    let body = buf.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("").to_string();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
     Ok((code, body))
 }

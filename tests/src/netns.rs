@@ -41,11 +41,34 @@ impl NetNs {
         let ns_if = format!("on{tag}");
         ip(&["netns", "add", &ns.name])?;
         let setup = || -> Result<()> {
-            ip(&["link", "add", &ns.host_if, "type", "veth", "peer", "name", &ns_if])?;
+            ip(&[
+                "link",
+                "add",
+                &ns.host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &ns_if,
+            ])?;
             ip(&["link", "set", &ns_if, "netns", &ns.name])?;
-            ip(&["addr", "add", &format!("{}/30", ns.host_ip), "dev", &ns.host_if])?;
+            ip(&[
+                "addr",
+                "add",
+                &format!("{}/30", ns.host_ip),
+                "dev",
+                &ns.host_if,
+            ])?;
             ip(&["link", "set", &ns.host_if, "up"])?;
-            ip(&["-n", &ns.name, "addr", "add", &format!("{}/30", ns.ns_ip), "dev", &ns_if])?;
+            ip(&[
+                "-n",
+                &ns.name,
+                "addr",
+                "add",
+                &format!("{}/30", ns.ns_ip),
+                "dev",
+                &ns_if,
+            ])?;
             ip(&["-n", &ns.name, "link", "set", &ns_if, "up"])?;
             ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
             Ok(())

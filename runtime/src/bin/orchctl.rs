@@ -19,7 +19,12 @@ const EXIT_AUTH: u8 = 4;
 #[command(name = "orchctl", version, about)]
 struct Cli {
     /// Admin address of any node (`host:port`).
-    #[arg(long, global = true, env = "ORCH_NODE", default_value = "127.0.0.1:7701")]
+    #[arg(
+        long,
+        global = true,
+        env = "ORCH_NODE",
+        default_value = "127.0.0.1:7701"
+    )]
     node: String,
     /// File holding the admin bearer token.
     #[arg(long, global = true, env = "ORCH_TOKEN_FILE", value_name = "FILE")]
@@ -40,6 +45,9 @@ enum Cmd {
 }
 
 struct Failure(u8, String);
+
+/// Prints one command's answer as a human table.
+type Printer = fn(Value) -> Result<(), Failure>;
 
 fn get(cli: &Cli, path: &str) -> Result<Value, Failure> {
     let token = match &cli.token_file {
@@ -81,7 +89,10 @@ fn get(cli: &Cli, path: &str) -> Result<Value, Failure> {
                 404 => EXIT_NOT_FOUND,
                 _ => EXIT_FAILED,
             };
-            Err(Failure(exit, format!("`{}` answered {code}: {msg}", cli.node)))
+            Err(Failure(
+                exit,
+                format!("`{}` answered {code}: {msg}", cli.node),
+            ))
         }
         Err(e) => Err(Failure(
             EXIT_FAILED,
@@ -97,7 +108,12 @@ fn secs(ms: u64) -> String {
 fn print_status(v: Value) -> Result<(), Failure> {
     let s: ClusterStatus = serde_json::from_value(v)
         .map_err(|e| Failure(EXIT_FAILED, format!("unexpected status format: {e}")))?;
-    println!("master       {} (protocol {}, up {})", s.master, s.protocol_version, secs(s.uptime_ms));
+    println!(
+        "master       {} (protocol {}, up {})",
+        s.master,
+        s.protocol_version,
+        secs(s.uptime_ms)
+    );
     println!(
         "workers      {} total: {} healthy, {} unhealthy, {} unregistered",
         s.workers_total, s.workers_healthy, s.workers_unhealthy, s.workers_unregistered
@@ -109,7 +125,13 @@ fn print_status(v: Value) -> Result<(), Failure> {
     } else {
         println!("failures     (most recent last)");
         for f in &s.recent_failures {
-            println!("  {:<20} {:<18} epoch {} at {}", f.node, f.reason.as_str(), f.epoch, secs(f.at_ms));
+            println!(
+                "  {:<20} {:<18} epoch {} at {}",
+                f.node,
+                f.reason.as_str(),
+                f.epoch,
+                secs(f.at_ms)
+            );
         }
     }
     Ok(())
@@ -142,14 +164,14 @@ fn print_workers(v: Value) -> Result<(), Failure> {
 }
 
 fn run(cli: &Cli) -> Result<(), Failure> {
-    let (path, print): (&str, fn(Value) -> Result<(), Failure>) = match cli.cmd {
+    let (path, print): (&str, Printer) = match cli.cmd {
         Cmd::Status => ("/v1/status", print_status),
         Cmd::Workers => ("/v1/workers", print_workers),
     };
     let v = get(cli, path)?;
     if cli.json {
-        let text = serde_json::to_string_pretty(&v)
-            .map_err(|e| Failure(EXIT_FAILED, e.to_string()))?;
+        let text =
+            serde_json::to_string_pretty(&v).map_err(|e| Failure(EXIT_FAILED, e.to_string()))?;
         println!("{text}");
         Ok(())
     } else {

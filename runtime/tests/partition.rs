@@ -1,0 +1,81 @@
+//! A worker in its own network namespace, cut off by `ip link set down` on the
+//! host end of its veth link (acceptance e). Needs root and iproute2; where
+//! `ip netns` is unavailable the test says so loudly and skips.
+
+use std::time::Duration;
+
+use orch_tests::netns::NetNs;
+use orch_tests::{all_healthy, free_port, has_state, Bins, NodeSpec, TestCluster};
+
+fn bins() -> Bins {
+    Bins {
+        node: env!("CARGO_BIN_EXE_orch-node").into(),
+        ctl: env!("CARGO_BIN_EXE_orchctl").into(),
+    }
+}
+
+#[test]
+fn a_worker_cut_off_for_10s_is_heartbeat_timeout_and_rejoins_after_healing() {
+    let ns = match NetNs::create(1) {
+        Ok(ns) => ns,
+        Err(e) => {
+            eprintln!("\n!!!!!!!! SKIPPED: network namespaces are unavailable here: {e}\n!!!!!!!! (run as root with iproute2 to test partitions)\n");
+            return;
+        }
+    };
+    let (hb, missed) = (500, 3);
+    let mut c = TestCluster::new(bins());
+    // The master listens on the host end of the link; the worker dials it from the namespace.
+    let mport = free_port();
+    let mut master = NodeSpec::new("node-0").master().heartbeat(hb, missed);
+    master.ip = ns.host_ip.clone();
+    c.add_with_port(master, mport).unwrap();
+    let mut w = NodeSpec::new("node-ns")
+        .peer(format!("{}:{mport}", ns.host_ip))
+        .heartbeat(hb, missed);
+    w.ip = ns.ns_ip.clone();
+    w.netns = Some(ns.name.clone());
+    c.add(w).unwrap();
+    c.wait_for(
+        "node-ns joins from its namespace",
+        Duration::from_secs(10),
+        |ws| all_healthy(ws, &["node-0", "node-ns"]),
+    )
+    .unwrap();
+    let epoch_before = c.worker("node-ns").unwrap()["epoch"].as_u64().unwrap();
+
+    ns.set_link(false).unwrap();
+    c.wait_for(
+        "node-ns unhealthy with reason heartbeat_timeout while its link is down",
+        Duration::from_millis(hb * (u64::from(missed) + 2)),
+        |ws| has_state(ws, "node-ns", "unhealthy", Some("heartbeat_timeout")),
+    )
+    .unwrap();
+    // Keep it cut off for 10 s in all; it must stay unhealthy meanwhile.
+    let cut_until = std::time::Instant::now() + Duration::from_secs(8);
+    while std::time::Instant::now() < cut_until {
+        let ws = c.workers().unwrap();
+        assert!(
+            has_state(&ws, "node-ns", "unhealthy", Some("heartbeat_timeout")),
+            "{ws:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    ns.set_link(true).unwrap();
+    c.wait_for(
+        "node-ns healthy again with a new epoch after the link is back",
+        Duration::from_secs(30),
+        |ws| {
+            ws.iter().any(|w| {
+                w["node"] == "node-ns"
+                    && w["state"] == "healthy"
+                    && w["epoch"].as_u64().unwrap() > epoch_before
+            })
+        },
+    )
+    .unwrap();
+    assert!(
+        c.node("node-ns").is_running(),
+        "the worker was never restarted"
+    );
+}
