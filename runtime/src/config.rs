@@ -823,7 +823,7 @@ capabilities = { gpu = true }
     fn wrong_types_name_the_key_and_line() {
         let line = one_error(&GOOD.replace("[cluster]", "[cluster]\nheartbeat_ms = \"fast\""));
         assert!(line.contains("cluster.heartbeat_ms"), "{line}");
-        assert!(line.contains("line 8"), "{line}");
+        assert!(line.contains("line 7, column 16"), "{line}");
     }
 
     #[test]
