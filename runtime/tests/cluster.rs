@@ -167,3 +167,33 @@ fn sigterm_unregisters_cleanly_and_exits_0() {
         Some(0)
     );
 }
+
+#[test]
+fn a_worker_started_before_its_master_joins_when_the_master_comes_up() {
+    let mut c = TestCluster::new(bins());
+    let mport = orch_tests::free_port();
+    let worker = orch_tests::NodeSpec::new("early").peer(format!("127.0.0.1:{mport}"));
+    c.add(worker).unwrap();
+    // The worker redials with backoff while nothing listens.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while c.nodes[0]
+        .metric("orch_cluster_dial_failures_total")
+        .unwrap_or(0.0)
+        < 2.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker keeps redialing"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.add_with_port(orch_tests::NodeSpec::new("late-master").master(), mport)
+        .unwrap();
+    c.nodes.swap(0, 1);
+    c.wait_for(
+        "the early worker joined the late master",
+        Duration::from_secs(10),
+        |ws| all_healthy(ws, &["early", "late-master"]),
+    )
+    .unwrap();
+}
