@@ -1,11 +1,23 @@
 //! A Device actor: one single-tenant executor slot on a worker (SPEC §2). Its
-//! mailbox is the device's FIFO queue. Only its Worker talks to it; it is never
-//! remotable.
+//! mailbox is the device's FIFO queue: it runs one task at a time, in order,
+//! each after taking one of the node's `max_concurrency` slots. Only its Worker
+//! talks to it; it is never remotable.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
-use crate::protocol::DeviceInfo;
+use crate::executor::{ExecError, ExecJob, ExecReport, NodeIo};
+use crate::protocol::{out_dir, AttemptKey, DeviceInfo, TaskOutcome, TaskSpec};
+use crate::worker::{DeviceEvent, WorkerMsg};
+
+/// Least time between two progress reports of one task.
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
 /// A device slot.
 pub struct Device;
@@ -25,35 +37,201 @@ pub enum DeviceState {
 pub struct DeviceStatus {
     pub info: DeviceInfo,
     pub state: DeviceState,
+    pub tasks_run: u64,
+}
+
+/// Arguments of [`Device`].
+pub struct DeviceArgs {
+    pub info: DeviceInfo,
+    pub node: String,
+    pub worker: ActorRef<WorkerMsg>,
+    /// The node's `max_concurrency` slots.
+    pub slots: Arc<Semaphore>,
+    pub io: Arc<dyn NodeIo>,
 }
 
 /// State of [`Device`].
 pub struct DeviceActorState {
-    info: DeviceInfo,
+    args: DeviceArgs,
     state: DeviceState,
+    tasks_run: u64,
 }
 
 /// Messages of [`Device`].
 pub enum DeviceMsg {
+    /// Run a task (after the ones queued before it) unless `cancel` fired.
+    Run(Box<TaskSpec>, CancellationToken),
+    /// Quarantine an attempt's outputs except `keep` (runs after the attempt stopped).
+    Quarantine(AttemptKey, Vec<String>),
     /// Report what the device is and what it is doing.
     Status(RpcReplyPort<DeviceStatus>),
 }
 
 impl ractor::Message for DeviceMsg {}
 
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl DeviceActorState {
+    fn send(&self, ev: DeviceEvent) {
+        let _ = self.args.worker.cast(WorkerMsg::Device(Box::new(ev)));
+    }
+
+    async fn run(&mut self, task: TaskSpec, cancel: CancellationToken) {
+        let key = AttemptKey {
+            session: task.session.clone(),
+            task: task.task,
+            attempt: task.attempt,
+        };
+        if cancel.is_cancelled() {
+            return;
+        }
+        // One of the node's slots; FIFO-fair, so no device starves.
+        let _permit = tokio::select! {
+            p = self.args.slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = cancel.cancelled() => return,
+        };
+        self.state = crate::device::DeviceState::Busy;
+        let started_ms = unix_ms();
+        let rel = out_dir(&key, &self.args.node, &self.args.info.id);
+        let outcome = match self.args.io.prepare_out_dir(&rel) {
+            Ok(dir) => {
+                let job = ExecJob {
+                    task: task.clone(),
+                    node: self.args.node.clone(),
+                    handle: self.args.info.handle.clone(),
+                    out_dir: dir,
+                };
+                self.execute(job, &key, cancel.clone()).await
+            }
+            Err(e) => Err(ExecError {
+                message: e,
+                report: ExecReport::default(),
+            }),
+        };
+        self.state = DeviceState::Idle;
+        self.tasks_run += 1;
+        if cancel.is_cancelled() {
+            // Stale or cancelled: the master no longer wants this result.
+            return;
+        }
+        let (report, outcome) = match outcome {
+            Ok(r) => (r, TaskOutcome::Completed),
+            Err(e) => {
+                warn!(node_id = %self.args.node, device_id = %self.args.info.id, session = %key.session, task = key.task, attempt = key.attempt, error = %e.message, "task failed");
+                let done = e.report.frames_done;
+                (
+                    e.report,
+                    TaskOutcome::Failed {
+                        frames_done: done,
+                        error: e.message,
+                    },
+                )
+            }
+        };
+        self.send(DeviceEvent::Finished {
+            key,
+            device: self.args.info.id.clone(),
+            started_ms,
+            finished_ms: unix_ms(),
+            last_id_used: report.last_id_used,
+            outputs: report.outputs,
+            outcome,
+        });
+    }
+
+    /// Run the executor with the task's timeout, forwarding throttled progress.
+    async fn execute(
+        &self,
+        job: ExecJob,
+        key: &AttemptKey,
+        cancel: CancellationToken,
+    ) -> Result<ExecReport, ExecError> {
+        let timeout = Duration::from_millis(job.task.timeout_ms.max(1));
+        let exec = self.args.io.executor(&job.task.executor);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let run_cancel = cancel.child_token();
+        let mut fut = exec.run(job, tx, run_cancel.clone());
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut pending = ExecReport::default();
+        let mut last_sent = Instant::now() - PROGRESS_EVERY;
+        let mut timed_out = false;
+        let result = loop {
+            tokio::select! {
+                r = &mut fut => break r,
+                Some(p) = rx.recv() => {
+                    pending.frames_done = pending.frames_done.max(p.frames_done);
+                    pending.last_id_used = p.last_id_used.or(pending.last_id_used);
+                    pending.outputs.extend(p.outputs);
+                    if last_sent.elapsed() >= PROGRESS_EVERY {
+                        self.progress(key, &mut pending);
+                        last_sent = Instant::now();
+                    }
+                }
+                _ = &mut deadline, if !timed_out => {
+                    timed_out = true;
+                    run_cancel.cancel();
+                }
+            }
+        };
+        // Outputs reported but not yet forwarded travel with the result.
+        while let Ok(p) = rx.try_recv() {
+            pending.frames_done = pending.frames_done.max(p.frames_done);
+            pending.last_id_used = p.last_id_used.or(pending.last_id_used);
+            pending.outputs.extend(p.outputs);
+        }
+        let merge = |mut r: ExecReport, pending: ExecReport| {
+            r.frames_done = r.frames_done.max(pending.frames_done);
+            r.last_id_used = r.last_id_used.or(pending.last_id_used);
+            let mut outputs = pending.outputs;
+            outputs.extend(r.outputs);
+            r.outputs = outputs;
+            r
+        };
+        match result {
+            Ok(r) => Ok(merge(r, pending)),
+            Err(mut e) => {
+                if timed_out {
+                    e.message = format!("timed out after {} ms", timeout.as_millis());
+                }
+                e.report = merge(e.report, pending);
+                Err(e)
+            }
+        }
+    }
+
+    fn progress(&self, key: &AttemptKey, pending: &mut ExecReport) {
+        self.send(DeviceEvent::Progress {
+            key: key.clone(),
+            frames_done: pending.frames_done,
+            last_id_used: pending.last_id_used,
+            outputs: std::mem::take(&mut pending.outputs),
+        });
+    }
+}
+
 impl Actor for Device {
     type Msg = DeviceMsg;
     type State = DeviceActorState;
-    type Arguments = DeviceInfo;
+    type Arguments = DeviceArgs;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        info: DeviceInfo,
+        args: DeviceArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(DeviceActorState {
-            info,
+            args,
             state: DeviceState::Idle,
+            tasks_run: 0,
         })
     }
 
@@ -64,33 +242,27 @@ impl Actor for Device {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            DeviceMsg::Run(task, cancel) => state.run(*task, cancel).await,
+            DeviceMsg::Quarantine(key, keep) => {
+                let rel = out_dir(&key, &state.args.node, &state.args.info.id);
+                match state.args.io.quarantine(&rel, &keep) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        info!(node_id = %state.args.node, device_id = %state.args.info.id, session = %key.session, task = key.task, attempt = key.attempt, files = n, "partial outputs quarantined")
+                    }
+                    Err(e) => {
+                        warn!(node_id = %state.args.node, device_id = %state.args.info.id, error = %e, "quarantine failed")
+                    }
+                }
+            }
             DeviceMsg::Status(reply) => {
                 let _ = reply.send(DeviceStatus {
-                    info: state.info.clone(),
+                    info: state.args.info.clone(),
                     state: state.state,
+                    tasks_run: state.tasks_run,
                 });
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_new_device_is_idle_and_reports_itself() {
-        let info = DeviceInfo {
-            id: "gpu0".into(),
-            handle: "cuda:0".into(),
-            capabilities: Default::default(),
-        };
-        let (dev, handle) = Actor::spawn(None, Device, info.clone()).await.unwrap();
-        let status = ractor::call!(dev, DeviceMsg::Status).unwrap();
-        assert_eq!(status.info, info);
-        assert_eq!(status.state, DeviceState::Idle);
-        dev.stop(None);
-        handle.await.unwrap();
     }
 }

@@ -2,9 +2,12 @@
 //! the pure decision logic they feed. No sockets, no files.
 
 pub mod device;
+pub mod executor;
+pub mod ids;
 pub mod master;
 pub mod membership;
 pub mod metrics;
 pub mod protocol;
+pub mod scheduler;
 pub mod wire;
 pub mod worker;

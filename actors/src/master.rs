@@ -1,18 +1,23 @@
-//! The Master actor: worker membership and failure detection (SPEC §5).
-//! Workers (local or remote) send it [`ToMaster`] messages; admin endpoints on
-//! any node ask it [`AdminRequest`]s. It joins the `orch.master` process group.
+//! The Master actor: worker membership and failure detection (SPEC §5), and
+//! the sessions' ledger and placement (SPEC §6-§7). Workers (local or remote)
+//! send it [`ToMaster`] messages; admin endpoints on any node ask it
+//! [`AdminRequest`]s. It joins the `orch.master` process group.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ractor::{pg, Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{debug, info, warn};
 
+use crate::executor::NodeIo;
 use crate::membership::{DetectorConfig, MemberCommand, MemberEvent, Membership};
 use crate::metrics as m;
 use crate::protocol::{
-    worker_group, AdminReply, AdminRequest, MemberState, ToMaster, ToWorker, MASTER_GROUP,
+    worker_group, AdminReply, AdminRequest, MemberState, SessionState, ToMaster, ToWorker,
+    MASTER_GROUP,
 };
+use crate::scheduler::{SchedCommand, SchedEvent, Scheduler};
 use crate::worker::WorkerMsg;
 
 /// The master of the cluster; exactly one is active.
@@ -23,15 +28,24 @@ pub struct MasterArgs {
     /// This node's name.
     pub node: String,
     pub detector: DetectorConfig,
+    pub io: Arc<dyn NodeIo>,
 }
 
 /// State of [`Master`].
 pub struct MasterState {
     node: String,
     started: Instant,
+    /// Unix milliseconds at `started`.
+    started_unix_ms: u64,
     membership: Membership,
+    sched: Scheduler,
+    io: Arc<dyn NodeIo>,
     /// Monitored worker stand-ins -> (node, epoch) they were registered under.
     watched: HashMap<ActorId, (String, u64)>,
+    /// Worker actors by node, refreshed on registration.
+    routes: HashMap<String, Vec<ActorRef<WorkerMsg>>>,
+    submitted: u64,
+    frames_reported: u64,
 }
 
 impl MasterState {
@@ -39,10 +53,41 @@ impl MasterState {
         self.started.elapsed().as_millis() as u64
     }
 
+    fn unix_ms(&self, at: u64) -> u64 {
+        self.started_unix_ms + at
+    }
+
     fn feed(&mut self, myself: &ActorRef<MasterMsg>, ev: MemberEvent) {
         let now = self.now_ms();
         for cmd in self.membership.on_event(ev, now) {
             self.execute(myself, cmd);
+        }
+    }
+
+    fn schedule(&mut self, ev: SchedEvent) {
+        // The scheduler's clock is unix milliseconds: its timestamps go to the manifest.
+        let now = self.unix_ms(self.now_ms());
+        for cmd in self.sched.on_event(ev, now) {
+            self.carry_out(cmd);
+        }
+    }
+
+    fn send_to(&mut self, node: &str, msg: ToWorker) {
+        if self.routes.get(node).is_none_or(Vec::is_empty) {
+            let found: Vec<ActorRef<WorkerMsg>> = pg::get_members(&worker_group(node))
+                .into_iter()
+                .map(ActorRef::from)
+                .collect();
+            if found.is_empty() {
+                debug!(node_id = %self.node, worker = %node, "no route to worker, message dropped");
+                return;
+            }
+            self.routes.insert(node.to_string(), found);
+        }
+        for worker in &self.routes[node] {
+            if let Err(e) = worker.cast(WorkerMsg::Master(msg.clone())) {
+                debug!(node_id = %self.node, worker = %node, error = %e, "message to worker failed");
+            }
         }
     }
 
@@ -57,26 +102,32 @@ impl MasterState {
                     }
                     _ => {}
                 }
-                let members = pg::get_members(&worker_group(&node));
-                if members.is_empty() {
-                    debug!(node_id = %self.node, worker = %node, "no route to worker, reply dropped");
-                }
-                for cell in members {
-                    let worker: ActorRef<WorkerMsg> = cell.into();
-                    if let Err(e) = worker.cast(WorkerMsg::Master(msg.clone())) {
-                        debug!(node_id = %self.node, worker = %node, error = %e, "reply to worker failed");
-                    }
-                }
+                self.send_to(&node, msg);
             }
             MemberCommand::Watch { node, epoch } => {
                 self.watched.retain(|_, (n, _)| *n != node);
-                for cell in pg::get_members(&worker_group(&node)) {
+                let members = pg::get_members(&worker_group(&node));
+                for cell in &members {
                     myself.monitor(cell.clone());
                     self.watched.insert(cell.get_id(), (node.clone(), epoch));
                 }
+                self.routes
+                    .insert(node, members.into_iter().map(ActorRef::from).collect());
             }
             MemberCommand::Up { node, epoch } => {
                 info!(node_id = %self.node, worker = %node, epoch, "worker registered");
+                if let Some(reg) = self.membership.registration(&node) {
+                    let ev = SchedEvent::NodeUp {
+                        node,
+                        epoch,
+                        max_concurrency: reg.max_concurrency,
+                        devices: reg.devices.clone(),
+                    };
+                    self.schedule(ev);
+                }
+            }
+            MemberCommand::Accepting { node, accepting } => {
+                self.schedule(SchedEvent::NodeAccepting { node, accepting })
             }
             MemberCommand::Down {
                 node,
@@ -89,11 +140,63 @@ impl MasterState {
                 } else {
                     info!(node_id = %self.node, worker = %node, epoch, "worker unregistered");
                 }
+                self.routes.remove(&node);
+                self.schedule(SchedEvent::NodeDown {
+                    node,
+                    epoch,
+                    reason: reason.as_str().to_string(),
+                });
             }
         }
     }
 
-    fn publish_gauges(&self) {
+    fn carry_out(&mut self, cmd: SchedCommand) {
+        match cmd {
+            SchedCommand::Assign { node, task } => {
+                metrics::counter!(m::TASKS_ASSIGNED).increment(1);
+                self.send_to(&node, ToWorker::Assign(task));
+            }
+            SchedCommand::Drop {
+                node,
+                key,
+                device,
+                keep,
+                reason,
+            } => self.send_to(
+                &node,
+                ToWorker::Drop {
+                    key,
+                    device,
+                    keep,
+                    reason,
+                },
+            ),
+            SchedCommand::RejectedStale { node, key } => {
+                metrics::counter!(m::TASKS_REJECTED_STALE).increment(1);
+                info!(node_id = %self.node, worker = %node, session = %key.session, task = key.task, attempt = key.attempt, "stale result rejected");
+            }
+            SchedCommand::Reassigned { frames, reason } => {
+                metrics::counter!(m::FAILOVERS, "reason" => reason.clone()).increment(1);
+                metrics::counter!(m::FRAMES_REASSIGNED).increment(frames);
+                warn!(node_id = %self.node, frames, %reason, "frames reassigned");
+            }
+            SchedCommand::SessionFinished { session, state } => {
+                metrics::counter!(m::SESSIONS_FINISHED, "state" => state.as_str()).increment(1);
+                if let Some(manifest) = self.sched.manifest(&session) {
+                    match self.io.write_manifest(&manifest) {
+                        Ok(path) => {
+                            info!(node_id = %self.node, session = %session, state = state.as_str(), manifest = %path.display(), "session finished")
+                        }
+                        Err(e) => {
+                            warn!(node_id = %self.node, session = %session, error = %e, "cannot write the manifest")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn publish_gauges(&mut self) {
         let now = self.now_ms();
         for state in MemberState::ALL {
             metrics::gauge!(m::CLUSTER_WORKERS, "state" => state.as_str())
@@ -102,13 +205,63 @@ impl MasterState {
         for (node, age) in self.membership.heartbeat_ages(now) {
             metrics::gauge!(m::HEARTBEAT_AGE, "node" => node.to_string()).set(age as f64 / 1000.0);
         }
+        metrics::gauge!(m::TASKS_INFLIGHT).set(self.sched.inflight() as f64);
+        let views = self.sched.views(self.unix_ms(now));
+        let done: u64 = views.iter().map(|v| v.frames_done).sum();
+        if done > self.frames_reported {
+            metrics::counter!(m::FRAMES_COMPLETED).increment(done - self.frames_reported);
+            self.frames_reported = done;
+        }
+        let running = views
+            .iter()
+            .filter(|v| v.state == SessionState::Running)
+            .count();
+        metrics::gauge!(m::SESSIONS_RUNNING).set(running as f64);
     }
 
-    fn answer(&self, req: AdminRequest) -> AdminReply {
+    fn answer(&mut self, req: AdminRequest) -> AdminReply {
         let now = self.now_ms();
+        let unix_now = self.unix_ms(now);
         match req {
-            AdminRequest::Status => AdminReply::Status(self.membership.status(&self.node, now)),
+            AdminRequest::Status => {
+                let mut s = self.membership.status(&self.node, now);
+                s.sessions = self.sched.views(unix_now);
+                AdminReply::Status(s)
+            }
             AdminRequest::Workers => AdminReply::Workers(self.membership.views(now)),
+            AdminRequest::Submit(spec) => {
+                self.submitted += 1;
+                let id = format!(
+                    "{}-{:x}",
+                    spec.name,
+                    self.started_unix_ms / 1000 * 1000 + self.submitted
+                );
+                info!(node_id = %self.node, session = %id, frames = spec.frames.len(), executor = spec.executor.name(), "session submitted");
+                metrics::counter!(m::SESSIONS_SUBMITTED).increment(1);
+                self.schedule(SchedEvent::Submit {
+                    id: id.clone(),
+                    spec,
+                });
+                AdminReply::Submitted { id }
+            }
+            AdminRequest::Sessions => AdminReply::Sessions(self.sched.views(unix_now)),
+            AdminRequest::Session(id) => match self.sched.view(&id, unix_now) {
+                Some(v) => AdminReply::Session(v),
+                None => AdminReply::NotFound(format!("no session `{id}`")),
+            },
+            AdminRequest::Manifest(id) => match self.sched.manifest(&id) {
+                Some(m) => AdminReply::Manifest(Box::new(m)),
+                None => AdminReply::NotFound(format!("no session `{id}`")),
+            },
+            AdminRequest::Cancel(id) => {
+                if self.sched.view(&id, unix_now).is_none() {
+                    return AdminReply::NotFound(format!("no session `{id}`"));
+                }
+                self.schedule(SchedEvent::Cancel {
+                    session: id.clone(),
+                });
+                AdminReply::Cancelled { id }
+            }
         }
     }
 }
@@ -121,7 +274,7 @@ pub enum MasterMsg {
     Admin(AdminRequest, RpcReplyPort<AdminReply>),
     /// Bytes from the network that did not decode; counted and logged.
     Malformed(String),
-    /// Local: check heartbeat deadlines and refresh gauges.
+    /// Local: check heartbeat deadlines, wake retries, refresh gauges.
     Tick,
 }
 
@@ -135,19 +288,25 @@ impl Actor for Master {
         myself: ActorRef<Self::Msg>,
         args: MasterArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let epoch_floor = SystemTime::now()
+        let started_unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         pg::join(MASTER_GROUP.to_string(), vec![myself.get_cell()]);
-        let tick = Duration::from_millis((args.detector.heartbeat_ms / 4).max(10));
+        let tick = Duration::from_millis((args.detector.heartbeat_ms / 4).clamp(10, 250));
         myself.send_interval(tick, || MasterMsg::Tick);
         info!(node_id = %args.node, "master started");
         Ok(MasterState {
             node: args.node,
             started: Instant::now(),
-            membership: Membership::new(args.detector, epoch_floor),
+            started_unix_ms,
+            membership: Membership::new(args.detector, started_unix_ms),
+            sched: Scheduler::new(0),
+            io: args.io,
             watched: HashMap::new(),
+            routes: HashMap::new(),
+            submitted: 0,
+            frames_reported: 0,
         })
     }
 
@@ -172,6 +331,15 @@ impl Actor for Master {
             MasterMsg::Worker(ToMaster::Unregister { node, epoch }) => {
                 state.feed(&myself, MemberEvent::Unregister { node, epoch })
             }
+            MasterMsg::Worker(ToMaster::Progress(p)) => state.schedule(SchedEvent::Progress(p)),
+            MasterMsg::Worker(ToMaster::Result(r)) => {
+                if matches!(r.outcome, crate::protocol::TaskOutcome::Completed) {
+                    metrics::counter!(m::TASKS_COMPLETED).increment(1);
+                } else {
+                    metrics::counter!(m::TASKS_FAILED).increment(1);
+                }
+                state.schedule(SchedEvent::Result(r))
+            }
             MasterMsg::Admin(req, reply) => {
                 let _ = reply.send(state.answer(req));
             }
@@ -181,6 +349,7 @@ impl Actor for Master {
             }
             MasterMsg::Tick => {
                 state.feed(&myself, MemberEvent::Tick);
+                state.schedule(SchedEvent::Tick);
                 state.publish_gauges();
             }
         }
@@ -200,7 +369,6 @@ impl Actor for Master {
                     state.feed(&myself, MemberEvent::NodeDown { node, epoch });
                 }
             }
-            SupervisionEvent::ActorStarted(_) => {}
             other => debug!(node_id = %state.node, event = ?other, "supervision event ignored"),
         }
         Ok(())

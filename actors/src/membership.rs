@@ -55,6 +55,8 @@ pub enum MemberCommand {
     Watch { node: String, epoch: u64 },
     /// `node` joined (or rejoined) under `epoch`.
     Up { node: String, epoch: u64 },
+    /// `node` takes new work or not (its heartbeat status changed).
+    Accepting { node: String, accepting: bool },
     /// `node`, registered under `epoch`, left the healthy state: its in-flight work is lost.
     Down {
         node: String,
@@ -186,7 +188,16 @@ impl Membership {
     fn on_heartbeat(&mut self, hb: Heartbeat, now_ms: u64) -> Vec<MemberCommand> {
         match self.members.get_mut(&hb.node) {
             Some(m) if m.epoch == hb.epoch && m.state == MemberState::Healthy => {
+                let mut cmds = Vec::new();
                 if hb.seq >= m.last_seq {
+                    let was = m.status == WorkerStatus::Ok;
+                    let is = hb.status == WorkerStatus::Ok;
+                    if was != is {
+                        cmds.push(MemberCommand::Accepting {
+                            node: hb.node.clone(),
+                            accepting: is,
+                        });
+                    }
                     m.last_seq = hb.seq;
                     m.last_seen_ms = now_ms;
                     m.status = hb.status;
@@ -194,7 +205,7 @@ impl Membership {
                     m.queue_ratio = hb.queue_ratio;
                     m.active_tasks = hb.active_tasks;
                 }
-                Vec::new()
+                cmds
             }
             Some(m) if hb.epoch < m.epoch || m.state != MemberState::Healthy => {
                 // Fenced: the worker was declared dead (or replaced) since it got this epoch.
@@ -275,6 +286,11 @@ impl Membership {
         }]
     }
 
+    /// What `node` registered with.
+    pub fn registration(&self, node: &str) -> Option<&Register> {
+        self.members.get(node).map(|m| &m.info)
+    }
+
     /// State of `node`, if it ever registered.
     pub fn state_of(&self, node: &str) -> Option<(MemberState, Option<DownReason>, u64)> {
         self.members.get(node).map(|m| (m.state, m.reason, m.epoch))
@@ -329,6 +345,7 @@ impl Membership {
             devices_total: healthy.clone().map(|m| m.info.devices.len() as u32).sum(),
             queue_depth_summary: healthy.map(|m| m.queue_ratio).fold(0.0, f32::max),
             recent_failures: self.failures.iter().cloned().collect(),
+            sessions: Vec::new(),
         }
     }
 }

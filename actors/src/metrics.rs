@@ -12,6 +12,29 @@ pub const WIRE_DECODE_ERRORS: &str = "orch_wire_decode_errors_total";
 /// Counter: registrations the master refused (protocol mismatch).
 pub const REGISTRATIONS_REFUSED: &str = "orch_worker_registrations_refused_total";
 
+/// Counter: task attempts handed to devices.
+pub const TASKS_ASSIGNED: &str = "orch_tasks_assigned_total";
+/// Counter: task attempts that reported completion.
+pub const TASKS_COMPLETED: &str = "orch_tasks_completed_total";
+/// Counter: task attempts that reported a failure.
+pub const TASKS_FAILED: &str = "orch_tasks_failed_total";
+/// Counter: results or progress for an attempt that was no longer current (fenced).
+pub const TASKS_REJECTED_STALE: &str = "orch_tasks_rejected_stale_total";
+/// Gauge: task attempts in flight on the cluster.
+pub const TASKS_INFLIGHT: &str = "orch_tasks_inflight";
+/// Counter, label `reason`: failovers (a worker's running attempts reassigned).
+pub const FAILOVERS: &str = "orch_failovers_total";
+/// Counter: frames reassigned after a failure.
+pub const FRAMES_REASSIGNED: &str = "orch_frames_reassigned_total";
+/// Counter: frames produced.
+pub const FRAMES_COMPLETED: &str = "orch_frames_completed_total";
+/// Counter: sessions submitted.
+pub const SESSIONS_SUBMITTED: &str = "orch_sessions_submitted_total";
+/// Counter, label `state`: sessions finished.
+pub const SESSIONS_FINISHED: &str = "orch_sessions_finished_total";
+/// Gauge: sessions running.
+pub const SESSIONS_RUNNING: &str = "orch_sessions_running";
+
 /// Every metric of this crate with its help text, for the exporter to describe.
 pub const CATALOG: &[(&str, &str)] = &[
     (CLUSTER_WORKERS, "workers known to the master, by state"),
@@ -25,4 +48,18 @@ pub const CATALOG: &[(&str, &str)] = &[
         "cluster messages that did not decode and were dropped",
     ),
     (REGISTRATIONS_REFUSED, "registrations refused by the master"),
+    (TASKS_ASSIGNED, "task attempts handed to devices"),
+    (TASKS_COMPLETED, "task attempts that reported completion"),
+    (TASKS_FAILED, "task attempts that reported a failure"),
+    (
+        TASKS_REJECTED_STALE,
+        "results for attempts that were no longer current",
+    ),
+    (TASKS_INFLIGHT, "task attempts in flight"),
+    (FAILOVERS, "failovers by reason"),
+    (FRAMES_REASSIGNED, "frames reassigned after a failure"),
+    (FRAMES_COMPLETED, "frames produced"),
+    (SESSIONS_SUBMITTED, "sessions submitted"),
+    (SESSIONS_FINISHED, "sessions finished by state"),
+    (SESSIONS_RUNNING, "sessions running"),
 ];

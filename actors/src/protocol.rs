@@ -95,6 +95,8 @@ pub enum ToMaster {
         node: String,
         epoch: u64,
     },
+    Progress(TaskProgress),
+    Result(TaskResult),
 }
 
 /// Every message the master sends to a worker.
@@ -108,6 +110,16 @@ pub enum ToWorker {
     Reregister { reason: String },
     /// The clean leave was recorded.
     Unregistered,
+    /// Run this task on `task.device` (queued behind the device's earlier tasks).
+    Assign(TaskSpec),
+    /// Stop this attempt if it runs, and move its output files, except `keep`,
+    /// to quarantine.
+    Drop {
+        key: AttemptKey,
+        device: String,
+        keep: Vec<String>,
+        reason: String,
+    },
 }
 
 /// Admin queries answered by the master (SPEC §11). Any node forwards them.
@@ -115,6 +127,11 @@ pub enum ToWorker {
 pub enum AdminRequest {
     Status,
     Workers,
+    Submit(SessionSpec),
+    Sessions,
+    Session(String),
+    Manifest(String),
+    Cancel(String),
 }
 
 /// Answer to an [`AdminRequest`].
@@ -122,6 +139,12 @@ pub enum AdminRequest {
 pub enum AdminReply {
     Status(ClusterStatus),
     Workers(Vec<WorkerView>),
+    Submitted { id: String },
+    Sessions(Vec<SessionView>),
+    Session(SessionView),
+    Manifest(Box<Manifest>),
+    Cancelled { id: String },
+    NotFound(String),
     Error(String),
 }
 
@@ -207,6 +230,7 @@ pub struct ClusterStatus {
     pub queue_depth_summary: f32,
     /// Most recent membership failures, newest last.
     pub recent_failures: Vec<FailureRecord>,
+    pub sessions: Vec<SessionView>,
 }
 
 /// A recorded transition out of `healthy`.
@@ -217,4 +241,277 @@ pub struct FailureRecord {
     pub reason: DownReason,
     /// Milliseconds since the master started.
     pub at_ms: u64,
+}
+
+// ---- sessions and tasks (SPEC §6-§8) ----
+
+/// A half-open range of frames `[start, end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FrameRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl FrameRange {
+    pub fn len(&self) -> u64 {
+        self.end.saturating_sub(self.start)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A half-open range of global IDs `[lo, hi)` reserved for one task attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct IdRange {
+    pub lo: u64,
+    pub hi: u64,
+}
+
+impl IdRange {
+    pub fn len(&self) -> u64 {
+        self.hi.saturating_sub(self.lo)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn overlaps(&self, other: &IdRange) -> bool {
+        self.lo < other.hi && other.lo < self.hi
+    }
+}
+
+/// What runs a task on a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum ExecutorSpec {
+    /// Does nothing; completes at once (tests, benchmarks).
+    Noop,
+    /// Sleeps `ms_per_frame` for every frame.
+    Sleep { ms_per_frame: u64 },
+    /// An external program; `argv` and `env` values may hold placeholders
+    /// such as `{start}` (see the README).
+    Command {
+        argv: Vec<String>,
+        env: BTreeMap<String, String>,
+    },
+}
+
+impl ExecutorSpec {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Noop => "builtin:noop",
+            Self::Sleep { .. } => "builtin:sleep",
+            Self::Command { .. } => "command",
+        }
+    }
+}
+
+/// A validated session, as submitted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionSpec {
+    pub name: String,
+    pub frames: FrameRange,
+    /// Work items, when the session is a list: frame `i` is `items[i]`.
+    pub items: Option<Vec<String>>,
+    pub chunk_frames: u64,
+    pub id_chunk_size: u64,
+    /// Hard requirements: a device must have every capability with this value.
+    pub require: Capabilities,
+    /// Preference weights: a device whose capability is set scores the weight.
+    pub prefer: BTreeMap<String, i64>,
+    pub max_attempts: u32,
+    pub backoff_ms: u64,
+    pub backoff_max_ms: u64,
+    pub executor: ExecutorSpec,
+    /// Per-task timeout.
+    pub timeout_ms: u64,
+}
+
+/// One assignment, master -> worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub session: String,
+    pub session_name: String,
+    pub task: u64,
+    pub attempt: u32,
+    pub frames: FrameRange,
+    pub ids: IdRange,
+    pub device: String,
+    pub executor: ExecutorSpec,
+    pub timeout_ms: u64,
+    /// The work items of `frames`, when the session is a list.
+    pub items: Vec<String>,
+}
+
+/// Identifies one attempt of one task.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AttemptKey {
+    pub session: String,
+    pub task: u64,
+    pub attempt: u32,
+}
+
+/// An output file, relative to its attempt's output folder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputFile {
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Worker -> master: frames finished so far in one attempt (SPEC §5.4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskProgress {
+    pub node: String,
+    pub epoch: u64,
+    pub key: AttemptKey,
+    /// Frames finished from the start of the attempt's range.
+    pub frames_done: u64,
+    pub last_id_used: Option<u64>,
+    /// Output files that appeared since the previous report.
+    pub outputs: Vec<OutputFile>,
+}
+
+/// Worker -> master: an attempt ended (SPEC §5.5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskResult {
+    pub node: String,
+    pub epoch: u64,
+    pub key: AttemptKey,
+    pub device: String,
+    /// Unix milliseconds.
+    pub started_ms: u64,
+    pub finished_ms: u64,
+    pub last_id_used: Option<u64>,
+    /// Output files not reported by progress.
+    pub outputs: Vec<OutputFile>,
+    pub outcome: TaskOutcome,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "status")]
+pub enum TaskOutcome {
+    Completed,
+    Failed {
+        /// Frames finished before the failure.
+        frames_done: u64,
+        error: String,
+    },
+}
+
+/// Where a session stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    Running,
+    Completed,
+    Partial,
+    Failed,
+    Cancelled,
+}
+
+impl SessionState {
+    pub fn is_final(self) -> bool {
+        !matches!(self, Self::Running)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Partial => "partial",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A session's progress, as `orchctl sessions` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionView {
+    pub id: String,
+    pub name: String,
+    pub state: SessionState,
+    /// Why nothing runs, when the session waits (no matching device, ...).
+    pub waiting: Option<String>,
+    pub frames_total: u64,
+    pub frames_done: u64,
+    pub frames_failed: u64,
+    pub tasks_total: u64,
+    pub tasks_completed: u64,
+    pub tasks_running: u64,
+    pub tasks_pending: u64,
+    pub tasks_failed: u64,
+    pub retries: u64,
+    pub failovers: u64,
+    pub stale_rejected: u64,
+    /// Milliseconds since submission (to the end, once final).
+    pub elapsed_ms: u64,
+}
+
+/// The result of a session (SPEC §2 manifest).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub session: String,
+    pub name: String,
+    pub state: SessionState,
+    pub frames: FrameRange,
+    pub executor: String,
+    /// Unix milliseconds.
+    pub submitted_ms: u64,
+    pub finished_ms: Option<u64>,
+    /// Produced ranges, sorted by frame; together they cover each done frame once.
+    pub ranges: Vec<ManifestRange>,
+    /// Ranges produced again after a failure, and why.
+    pub replay: Vec<ReplayRecord>,
+    /// Ranges that exhausted their attempts, with the last error.
+    pub failed: Vec<FailedRange>,
+}
+
+/// One produced range.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestRange {
+    pub frames: FrameRange,
+    pub task: u64,
+    pub attempt: u32,
+    pub node: String,
+    pub device: String,
+    /// The attempt's ID chunk, and the part of it that was used (retired).
+    pub ids: IdRange,
+    pub ids_used: Option<u64>,
+    pub outputs: Vec<OutputFile>,
+    /// Unix milliseconds; `finished_ms` is when the master learnt the frames were done.
+    pub started_ms: u64,
+    pub finished_ms: u64,
+    /// The output folder, relative to the node's `data_dir`.
+    pub out_dir: String,
+}
+
+/// A range reassigned after a failure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplayRecord {
+    pub frames: FrameRange,
+    pub task: u64,
+    pub old_attempt: u32,
+    pub new_attempt: u32,
+    pub node: String,
+    pub device: String,
+    pub reason: String,
+}
+
+/// A range that failed for good.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailedRange {
+    pub frames: FrameRange,
+    pub task: u64,
+    pub attempts: u32,
+    pub error: String,
+}
+
+/// Output folder of an attempt, relative to `data_dir` (SPEC §8).
+pub fn out_dir(key: &AttemptKey, node: &str, device: &str) -> String {
+    format!(
+        "out/{}/{node}/{device}/{}-a{}",
+        key.session, key.task, key.attempt
+    )
 }

@@ -3,19 +3,25 @@
 //! cleanly on shutdown (SPEC §5). The master reaches it through the
 //! `orch.worker.{node}` process group.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::pg::GroupChangeMessage;
 use ractor::{pg, Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{error, info, warn};
 
-use crate::device::{Device, DeviceMsg};
+use crate::device::{Device, DeviceArgs, DeviceMsg};
+use crate::executor::NodeIo;
 use crate::master::MasterMsg;
 use crate::metrics as m;
 use crate::protocol::{
-    worker_group, Capabilities, DeviceInfo, Heartbeat, Register, ToMaster, ToWorker, WorkerStatus,
+    worker_group, AttemptKey, Capabilities, DeviceInfo, Heartbeat, OutputFile, Register,
+    TaskOutcome, TaskProgress, TaskResult, TaskSpec, ToMaster, ToWorker, WorkerStatus,
     MASTER_GROUP, PROTOCOL_VERSION,
 };
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 /// A worker node's agent.
 pub struct Worker;
@@ -28,6 +34,27 @@ pub struct WorkerArgs {
     pub devices: Vec<DeviceInfo>,
     pub max_concurrency: u32,
     pub heartbeat_ms: u64,
+    pub io: Arc<dyn NodeIo>,
+}
+
+/// What a device tells its worker.
+#[derive(Debug)]
+pub enum DeviceEvent {
+    Progress {
+        key: AttemptKey,
+        frames_done: u64,
+        last_id_used: Option<u64>,
+        outputs: Vec<OutputFile>,
+    },
+    Finished {
+        key: AttemptKey,
+        device: String,
+        started_ms: u64,
+        finished_ms: u64,
+        last_id_used: Option<u64>,
+        outputs: Vec<OutputFile>,
+        outcome: TaskOutcome,
+    },
 }
 
 /// Where the worker stands with the master it currently sees.
@@ -67,6 +94,9 @@ pub struct WorkerState {
     attempt: u64,
     seq: u64,
     devices: Vec<ActorRef<DeviceMsg>>,
+    by_id: HashMap<String, usize>,
+    /// Attempts queued or running here, with their cancel switches.
+    tasks: HashMap<AttemptKey, CancellationToken>,
     leaving: Option<RpcReplyPort<bool>>,
 }
 
@@ -120,7 +150,7 @@ impl WorkerState {
                         seq: self.seq,
                         queue_ratio: 0.0,
                         gpu_usage: 0.0,
-                        active_tasks: 0,
+                        active_tasks: self.tasks.len() as u32,
                         last_frame: None,
                         status: if self.leaving.is_some() {
                             WorkerStatus::Draining
@@ -174,6 +204,111 @@ impl WorkerState {
                     let _ = port.send(true);
                 }
             }
+            ToWorker::Assign(task) => self.assign(task),
+            ToWorker::Drop {
+                key,
+                device,
+                keep,
+                reason,
+            } => {
+                if let Some(token) = self.tasks.remove(&key) {
+                    info!(node_id = %self.args.node, device_id = %device, session = %key.session, task = key.task, attempt = key.attempt, %reason, "dropping attempt");
+                    token.cancel();
+                }
+                if let Some(&d) = self.by_id.get(&device) {
+                    let _ = self.devices[d].cast(DeviceMsg::Quarantine(key, keep));
+                }
+            }
+        }
+    }
+
+    fn assign(&mut self, task: TaskSpec) {
+        let key = AttemptKey {
+            session: task.session.clone(),
+            task: task.task,
+            attempt: task.attempt,
+        };
+        let Some(&d) = self.by_id.get(&task.device) else {
+            warn!(node_id = %self.args.node, device_id = %task.device, "assignment for an unknown device");
+            self.to_master(ToMaster::Result(TaskResult {
+                node: self.args.node.clone(),
+                epoch: self.epoch(),
+                key,
+                device: task.device.clone(),
+                started_ms: 0,
+                finished_ms: 0,
+                last_id_used: None,
+                outputs: vec![],
+                outcome: TaskOutcome::Failed {
+                    frames_done: 0,
+                    error: format!("no device `{}` on node `{}`", task.device, self.args.node),
+                },
+            }));
+            return;
+        };
+        let token = CancellationToken::new();
+        self.tasks.insert(key, token.clone());
+        let _ = self.devices[d].cast(DeviceMsg::Run(Box::new(task), token));
+    }
+
+    fn epoch(&self) -> u64 {
+        match self.phase {
+            Phase::Registered { epoch, .. } => epoch,
+            _ => 0,
+        }
+    }
+
+    fn to_master(&self, msg: ToMaster) {
+        match self.current_master() {
+            Some(master) => self.send(&master, msg),
+            None => warn!(node_id = %self.args.node, "master unreachable; a task report is lost"),
+        }
+    }
+
+    fn on_device(&mut self, ev: DeviceEvent) {
+        let epoch = self.epoch();
+        let node = self.args.node.clone();
+        match ev {
+            DeviceEvent::Progress {
+                key,
+                frames_done,
+                last_id_used,
+                outputs,
+            } => {
+                if self.tasks.contains_key(&key) {
+                    self.to_master(ToMaster::Progress(TaskProgress {
+                        node,
+                        epoch,
+                        key,
+                        frames_done,
+                        last_id_used,
+                        outputs,
+                    }));
+                }
+            }
+            DeviceEvent::Finished {
+                key,
+                device,
+                started_ms,
+                finished_ms,
+                last_id_used,
+                outputs,
+                outcome,
+            } => {
+                if self.tasks.remove(&key).is_some() {
+                    self.to_master(ToMaster::Result(TaskResult {
+                        node,
+                        epoch,
+                        key,
+                        device,
+                        started_ms,
+                        finished_ms,
+                        last_id_used,
+                        outputs,
+                        outcome,
+                    }));
+                }
+            }
         }
     }
 
@@ -212,6 +347,8 @@ pub enum WorkerMsg {
     Leave(RpcReplyPort<bool>),
     /// Local: where this worker stands with the master.
     Registration(RpcReplyPort<Registration>),
+    /// Local: a device's progress or result.
+    Device(Box<DeviceEvent>),
     /// Local: the devices of this worker, in configuration order.
     Devices(RpcReplyPort<Vec<ActorRef<DeviceMsg>>>),
 }
@@ -227,11 +364,24 @@ impl Actor for Worker {
         args: WorkerArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut devices = Vec::with_capacity(args.devices.len());
+        let slots = Arc::new(Semaphore::new(args.max_concurrency.max(1) as usize));
         for info in &args.devices {
-            let (dev, _) =
-                Actor::spawn_linked(None, Device, info.clone(), myself.get_cell()).await?;
+            let dargs = DeviceArgs {
+                info: info.clone(),
+                node: args.node.clone(),
+                worker: myself.clone(),
+                slots: slots.clone(),
+                io: args.io.clone(),
+            };
+            let (dev, _) = Actor::spawn_linked(None, Device, dargs, myself.get_cell()).await?;
             devices.push(dev);
         }
+        let by_id = args
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.id.clone(), i))
+            .collect();
         pg::join(worker_group(&args.node), vec![myself.get_cell()]);
         pg::monitor(MASTER_GROUP.to_string(), myself.get_cell());
         myself.send_interval(Duration::from_millis(args.heartbeat_ms), || WorkerMsg::Tick);
@@ -243,6 +393,8 @@ impl Actor for Worker {
             attempt: 0,
             seq: 0,
             devices,
+            by_id,
+            tasks: HashMap::new(),
             leaving: None,
         };
         state.step();
@@ -262,6 +414,7 @@ impl Actor for Worker {
                 warn!(node_id = %state.args.node, error = %what, "dropped an undecodable message");
             }
             WorkerMsg::Tick => state.step(),
+            WorkerMsg::Device(ev) => state.on_device(*ev),
             WorkerMsg::Leave(reply) => state.leave(reply),
             WorkerMsg::Registration(reply) => {
                 let _ = reply.send(match &state.phase {

@@ -81,6 +81,7 @@ async fn a_protocol_mismatch_is_refused_on_both_sides() {
         None,
         Master,
         MasterArgs {
+            io: std::sync::Arc::new(orch_actors::executor::NullIo),
             node: "m".into(),
             detector,
         },
@@ -126,6 +127,7 @@ async fn a_protocol_mismatch_is_refused_on_both_sides() {
         None,
         Worker,
         WorkerArgs {
+            io: std::sync::Arc::new(orch_actors::executor::NullIo),
             node: "w-old".into(),
             advertise: "127.0.0.1:2".into(),
             capabilities: Default::default(),

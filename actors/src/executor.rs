@@ -1,0 +1,150 @@
+//! How a device runs a task (SPEC §8): the [`Executor`] trait, the builtin
+//! `noop` and `sleep` executors, and [`NodeIo`], the file work a node's actors
+//! ask of the runtime (output folders, quarantine, manifests).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::{ExecutorSpec, Manifest, OutputFile, TaskSpec};
+
+/// One task on one device, as an executor sees it.
+#[derive(Debug, Clone)]
+pub struct ExecJob {
+    pub task: TaskSpec,
+    pub node: String,
+    /// The device's runtime handle (`cuda:0`, an adb serial, ...).
+    pub handle: String,
+    /// The attempt's output folder (absolute; created by the runtime).
+    pub out_dir: PathBuf,
+}
+
+/// Cumulative progress of a running task.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExecReport {
+    /// Frames finished from the start of the task's range.
+    pub frames_done: u64,
+    pub last_id_used: Option<u64>,
+    /// Output files that appeared since the previous report.
+    pub outputs: Vec<OutputFile>,
+}
+
+/// Why a task did not complete, with what it got done first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecError {
+    pub message: String,
+    pub report: ExecReport,
+}
+
+pub type ExecFuture = Pin<Box<dyn Future<Output = Result<ExecReport, ExecError>> + Send>>;
+
+/// Runs tasks. `run` reports progress on `progress` and stops promptly when
+/// `cancel` fires (timeout, stale attempt, cancelled session).
+pub trait Executor: Send + Sync + 'static {
+    fn run(
+        &self,
+        job: ExecJob,
+        progress: UnboundedSender<ExecReport>,
+        cancel: CancellationToken,
+    ) -> ExecFuture;
+}
+
+/// File work the actors need from the runtime. Implementations must confine
+/// every path to the node's `data_dir`.
+pub trait NodeIo: Send + Sync + 'static {
+    /// The absolute output folder for `rel` (from [`crate::protocol::out_dir`]), created.
+    fn prepare_out_dir(&self, rel: &str) -> Result<PathBuf, String>;
+    /// Move every file under `rel` except `keep` to quarantine; returns how many moved.
+    fn quarantine(&self, rel: &str, keep: &[String]) -> Result<usize, String>;
+    /// Persist a finished session's manifest.
+    fn write_manifest(&self, manifest: &Manifest) -> Result<PathBuf, String>;
+    /// The executor for a spec.
+    fn executor(&self, spec: &ExecutorSpec) -> Arc<dyn Executor>;
+}
+
+/// `builtin:noop`: completes every frame at once.
+pub struct Noop;
+
+impl Executor for Noop {
+    fn run(
+        &self,
+        job: ExecJob,
+        _: UnboundedSender<ExecReport>,
+        _: CancellationToken,
+    ) -> ExecFuture {
+        let n = job.task.frames.len();
+        Box::pin(async move {
+            Ok(ExecReport {
+                frames_done: n,
+                last_id_used: None,
+                outputs: Vec::new(),
+            })
+        })
+    }
+}
+
+/// `builtin:sleep`: sleeps `ms_per_frame` per frame, reporting each frame.
+pub struct Sleep;
+
+impl Executor for Sleep {
+    fn run(
+        &self,
+        job: ExecJob,
+        progress: UnboundedSender<ExecReport>,
+        cancel: CancellationToken,
+    ) -> ExecFuture {
+        let ms = match job.task.executor {
+            ExecutorSpec::Sleep { ms_per_frame } => ms_per_frame,
+            _ => 0,
+        };
+        let n = job.task.frames.len();
+        Box::pin(async move {
+            for done in 1..=n {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
+                    _ = cancel.cancelled() => {
+                        return Err(ExecError {
+                            message: "cancelled".into(),
+                            report: ExecReport { frames_done: done - 1, ..ExecReport::default() },
+                        });
+                    }
+                }
+                let _ = progress.send(ExecReport {
+                    frames_done: done,
+                    ..ExecReport::default()
+                });
+            }
+            Ok(ExecReport {
+                frames_done: n,
+                ..ExecReport::default()
+            })
+        })
+    }
+}
+
+/// A [`NodeIo`] that touches no file, for tests and benchmarks of builtin
+/// executors: output folders are not created, manifests are not written.
+pub struct NullIo;
+
+impl NodeIo for NullIo {
+    fn prepare_out_dir(&self, rel: &str) -> Result<PathBuf, String> {
+        Ok(PathBuf::from(rel))
+    }
+    fn quarantine(&self, _rel: &str, _keep: &[String]) -> Result<usize, String> {
+        Ok(0)
+    }
+    fn write_manifest(&self, manifest: &Manifest) -> Result<PathBuf, String> {
+        Ok(PathBuf::from(format!("(not written) {}", manifest.session)))
+    }
+    fn executor(&self, spec: &ExecutorSpec) -> Arc<dyn Executor> {
+        match spec {
+            ExecutorSpec::Sleep { .. } => Arc::new(Sleep),
+            _ => Arc::new(Noop),
+        }
+    }
+}

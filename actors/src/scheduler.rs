@@ -1,0 +1,1069 @@
+//! The master's frame ledger and placement (SPEC §6-§7), as pure logic.
+//!
+//! Sessions are split into tasks of `chunk_frames` frames. Each attempt of a
+//! task is a fenced lease on one device with its own ID chunk. The Master actor
+//! feeds [`SchedEvent`]s with the time and carries out the [`SchedCommand`]s.
+//!
+//! Invariants (checked by the state-machine tests after every step):
+//! - a frame is in at most one produced range, and a produced frame is never
+//!   assigned again;
+//! - ID chunks of live attempts and the used parts of ended ones are pairwise
+//!   disjoint;
+//! - a device holds at most `1 + prefetch` attempts, a node at most
+//!   `2 x max_concurrency`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use crate::ids::IdAllocator;
+use crate::protocol::{
+    out_dir, AttemptKey, CapValue, Capabilities, DeviceInfo, FailedRange, FrameRange, IdRange,
+    Manifest, ManifestRange, OutputFile, ReplayRecord, SessionSpec, SessionState, SessionView,
+    TaskOutcome, TaskProgress, TaskResult, TaskSpec,
+};
+
+/// Attempts queued on a device beyond the running one.
+pub const PREFETCH: u32 = 1;
+/// A task lost this many times with its node fails for good.
+pub const MAX_LOSSES: u32 = 10;
+
+/// Something that happened.
+#[derive(Debug, Clone)]
+pub enum SchedEvent {
+    NodeUp {
+        node: String,
+        epoch: u64,
+        max_concurrency: u32,
+        devices: Vec<DeviceInfo>,
+    },
+    NodeDown {
+        node: String,
+        epoch: u64,
+        reason: String,
+    },
+    /// The node takes new work (`true`) or not (error status, draining).
+    NodeAccepting {
+        node: String,
+        accepting: bool,
+    },
+    Submit {
+        id: String,
+        spec: SessionSpec,
+    },
+    Cancel {
+        session: String,
+    },
+    Progress(TaskProgress),
+    Result(TaskResult),
+    Tick,
+}
+
+/// What the master must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SchedCommand {
+    Assign {
+        node: String,
+        task: TaskSpec,
+    },
+    /// Tell `node` to stop an attempt and quarantine its outputs but `keep`.
+    Drop {
+        node: String,
+        key: AttemptKey,
+        device: String,
+        keep: Vec<String>,
+        reason: String,
+    },
+    /// A result or progress report for an attempt that is no longer current.
+    RejectedStale {
+        node: String,
+        key: AttemptKey,
+    },
+    /// Frames were reassigned after a failure (`reason`).
+    Reassigned {
+        frames: u64,
+        reason: String,
+    },
+    SessionFinished {
+        session: String,
+        state: SessionState,
+    },
+}
+
+#[derive(Debug)]
+struct Running {
+    node: Arc<str>,
+    device: Arc<str>,
+    ids: IdRange,
+    started_ms: u64,
+    done: u64,
+    last_id: Option<u64>,
+    outputs: Vec<OutputFile>,
+}
+
+#[derive(Debug)]
+enum TaskState {
+    Pending,
+    /// Backoff after a failure, until `not_before`.
+    Waiting,
+    Running(Box<Running>),
+    Done,
+    Failed,
+}
+
+#[derive(Debug)]
+struct Task {
+    /// What is left to produce: shrinks as progress is banked.
+    frames: FrameRange,
+    attempt: u32,
+    failures: u32,
+    losses: u32,
+    state: TaskState,
+    /// The device of the last failed attempt, avoided on retry if possible.
+    avoid: Option<(Arc<str>, Arc<str>)>,
+    last_error: Option<String>,
+}
+
+#[derive(Debug)]
+struct Session {
+    id: String,
+    spec: SessionSpec,
+    submitted_ms: u64,
+    finished_ms: Option<u64>,
+    state: SessionState,
+    tasks: Vec<Task>,
+    pending: VecDeque<u32>,
+    waiting: BTreeSet<(u64, u32)>,
+    ranges: Vec<ManifestRange>,
+    replay: Vec<ReplayRecord>,
+    failed: Vec<FailedRange>,
+    frames_done: u64,
+    tasks_done: u64,
+    running: u64,
+    retries: u64,
+    failovers: u64,
+    stale: u64,
+    waiting_reason: Option<String>,
+}
+
+#[derive(Debug)]
+struct Device {
+    id: Arc<str>,
+    caps: Capabilities,
+    inflight: u32,
+    last_used: u64,
+}
+
+#[derive(Debug)]
+struct Node {
+    name: Arc<str>,
+    epoch: u64,
+    max_concurrency: u32,
+    accepting: bool,
+    devices: Vec<Device>,
+    by_id: HashMap<Arc<str>, usize>,
+    inflight: u32,
+    /// (session index, task index) of attempts running here.
+    running: HashSet<(usize, u32)>,
+}
+
+impl Node {
+    fn cap(&self) -> u32 {
+        self.max_concurrency.saturating_mul(2)
+    }
+}
+
+/// A lost attempt whose node must quarantine its outputs when it returns.
+#[derive(Debug, Clone)]
+struct Orphan {
+    key: AttemptKey,
+    device: String,
+    keep: Vec<String>,
+    reason: String,
+}
+
+/// The master's ledger of every session and the cluster's capacity.
+#[derive(Debug, Default)]
+pub struct Scheduler {
+    nodes: BTreeMap<Arc<str>, Node>,
+    sessions: Vec<Session>,
+    by_id: HashMap<String, usize>,
+    ids: IdAllocator,
+    /// Round-robin position over sessions.
+    rr: usize,
+    use_counter: u64,
+    orphans: HashMap<Arc<str>, Vec<Orphan>>,
+}
+
+/// Whether `caps` satisfies every requirement.
+pub fn caps_match(require: &Capabilities, caps: &Capabilities) -> bool {
+    require.iter().all(|(k, want)| match (want, caps.get(k)) {
+        (CapValue::List(want), Some(CapValue::List(have))) => want.iter().all(|w| have.contains(w)),
+        (CapValue::Str(want), Some(CapValue::List(have))) => have.contains(want),
+        (want, Some(have)) => want == have,
+        (_, None) => false,
+    })
+}
+
+fn cap_set(v: Option<&CapValue>) -> bool {
+    match v {
+        Some(CapValue::Bool(b)) => *b,
+        Some(CapValue::Int(i)) => *i != 0,
+        Some(CapValue::Str(s)) => !s.is_empty(),
+        Some(CapValue::List(l)) => !l.is_empty(),
+        None => false,
+    }
+}
+
+fn score(prefer: &BTreeMap<String, i64>, caps: &Capabilities) -> i64 {
+    prefer
+        .iter()
+        .filter(|(k, _)| cap_set(caps.get(*k)))
+        .map(|(_, w)| *w)
+        .sum()
+}
+
+impl Scheduler {
+    pub fn new(id_high_water: u64) -> Self {
+        Self {
+            ids: IdAllocator::new(id_high_water),
+            ..Self::default()
+        }
+    }
+
+    pub fn ids(&self) -> &IdAllocator {
+        &self.ids
+    }
+
+    pub fn on_event(&mut self, ev: SchedEvent, now_ms: u64) -> Vec<SchedCommand> {
+        let mut out = Vec::new();
+        match ev {
+            SchedEvent::NodeUp {
+                node,
+                epoch,
+                max_concurrency,
+                devices,
+            } => self.node_up(node, epoch, max_concurrency, devices, now_ms, &mut out),
+            SchedEvent::NodeDown {
+                node,
+                epoch,
+                reason,
+            } => self.node_down(&node, epoch, &reason, now_ms, &mut out),
+            SchedEvent::NodeAccepting { node, accepting } => {
+                if let Some(n) = self.nodes.get_mut(node.as_str()) {
+                    n.accepting = accepting;
+                }
+            }
+            SchedEvent::Submit { id, spec } => self.submit(id, spec, now_ms),
+            SchedEvent::Cancel { session } => self.cancel(&session, now_ms, &mut out),
+            SchedEvent::Progress(p) => self.progress(p, &mut out),
+            SchedEvent::Result(r) => self.result(r, now_ms, &mut out),
+            SchedEvent::Tick => self.wake(now_ms),
+        }
+        self.place(now_ms, &mut out);
+        self.finish(now_ms, &mut out);
+        out
+    }
+
+    fn node_up(
+        &mut self,
+        name: String,
+        epoch: u64,
+        max_concurrency: u32,
+        devices: Vec<DeviceInfo>,
+        now_ms: u64,
+        out: &mut Vec<SchedCommand>,
+    ) {
+        if let Some(old) = self.nodes.get(name.as_str()) {
+            let old_epoch = old.epoch;
+            self.node_down(&name, old_epoch, "node_down", now_ms, out);
+        }
+        let name: Arc<str> = name.into();
+        let devices: Vec<Device> = devices
+            .into_iter()
+            .map(|d| Device {
+                id: d.id.into(),
+                caps: d.capabilities,
+                inflight: 0,
+                last_used: 0,
+            })
+            .collect();
+        let by_id = devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.id.clone(), i))
+            .collect();
+        for o in self.orphans.remove(&name).unwrap_or_default() {
+            out.push(SchedCommand::Drop {
+                node: name.to_string(),
+                key: o.key,
+                device: o.device,
+                keep: o.keep,
+                reason: o.reason,
+            });
+        }
+        self.nodes.insert(
+            name.clone(),
+            Node {
+                name,
+                epoch,
+                max_concurrency: max_concurrency.max(1),
+                accepting: true,
+                devices,
+                by_id,
+                inflight: 0,
+                running: HashSet::new(),
+            },
+        );
+    }
+
+    fn node_down(
+        &mut self,
+        name: &str,
+        epoch: u64,
+        reason: &str,
+        now_ms: u64,
+        out: &mut Vec<SchedCommand>,
+    ) {
+        let Some(node) = self.nodes.get(name) else {
+            return;
+        };
+        if node.epoch != epoch {
+            return;
+        }
+        let node = self.nodes.remove(name).expect("checked above");
+        let mut lost: Vec<(usize, u32)> = node.running.into_iter().collect();
+        lost.sort_unstable();
+        let mut reassigned = 0;
+        for (s, t) in lost {
+            reassigned += self.lose(s, t, reason, now_ms, true);
+        }
+        if reassigned > 0 {
+            out.push(SchedCommand::Reassigned {
+                frames: reassigned,
+                reason: reason.to_string(),
+            });
+        }
+    }
+
+    /// Take the running attempt of task `t` off its device and node.
+    fn take_running(&mut self, s: usize, t: u32) -> Option<Box<Running>> {
+        let sess = &mut self.sessions[s];
+        let task = &mut sess.tasks[t as usize];
+        if !matches!(task.state, TaskState::Running(_)) {
+            return None;
+        }
+        let TaskState::Running(run) = std::mem::replace(&mut task.state, TaskState::Pending) else {
+            return None;
+        };
+        sess.running -= 1;
+        if let Some(n) = self.nodes.get_mut(&run.node) {
+            if n.running.remove(&(s, t)) {
+                n.inflight -= 1;
+                if let Some(&d) = n.by_id.get(&run.device) {
+                    n.devices[d].inflight -= 1;
+                }
+            }
+        }
+        Some(run)
+    }
+
+    /// Output paths the manifest holds for one attempt: a node keeps them.
+    fn keep_for(&self, s: usize, t: u32, attempt: u32) -> Vec<String> {
+        self.sessions[s]
+            .ranges
+            .iter()
+            .filter(|r| r.task == u64::from(t) && r.attempt == attempt)
+            .flat_map(|r| r.outputs.iter().map(|o| o.path.clone()))
+            .collect()
+    }
+
+    /// The running attempt of task `t` is lost: bank its reported frames,
+    /// requeue the rest with a new attempt. Returns the frames requeued.
+    fn lose(&mut self, s: usize, t: u32, reason: &str, now_ms: u64, node_gone: bool) -> u64 {
+        let Some(run) = self.take_running(s, t) else {
+            return 0;
+        };
+        let sess = &mut self.sessions[s];
+        let task = &mut sess.tasks[t as usize];
+        let key = AttemptKey {
+            session: sess.id.clone(),
+            task: u64::from(t),
+            attempt: task.attempt,
+        };
+        let keep: Vec<String> = run.outputs.iter().map(|o| o.path.clone()).collect();
+        bank(sess, t, &run, run.done, now_ms);
+        let task = &mut sess.tasks[t as usize];
+        let rest = task.frames;
+        // Return the never-used tail of the chunk; the used part is retired.
+        let used_hi = run
+            .last_id
+            .map(|l| (l + 1).clamp(run.ids.lo, run.ids.hi))
+            .unwrap_or(run.ids.lo);
+        self.ids.release(IdRange {
+            lo: used_hi,
+            hi: run.ids.hi,
+        });
+        let orphan = Orphan {
+            key: key.clone(),
+            device: run.device.to_string(),
+            keep,
+            reason: reason.to_string(),
+        };
+        if node_gone {
+            self.orphans
+                .entry(run.node.clone())
+                .or_default()
+                .push(orphan);
+        }
+        let sess = &mut self.sessions[s];
+        let task = &mut sess.tasks[t as usize];
+        if rest.is_empty() {
+            task.state = TaskState::Done;
+            sess.tasks_done += 1;
+            return 0;
+        }
+        task.losses += 1;
+        task.attempt += 1;
+        sess.failovers += 1;
+        sess.replay.push(ReplayRecord {
+            frames: rest,
+            task: u64::from(t),
+            old_attempt: key.attempt,
+            new_attempt: task.attempt,
+            node: run.node.to_string(),
+            device: run.device.to_string(),
+            reason: reason.to_string(),
+        });
+        if task.losses >= MAX_LOSSES {
+            fail_task(sess, t, format!("lost {MAX_LOSSES} times, last: {reason}"));
+            return 0;
+        }
+        // Lost work goes first: it is what the session waits for.
+        task.state = TaskState::Pending;
+        sess.pending.push_front(t);
+        rest.len()
+    }
+
+    fn submit(&mut self, id: String, spec: SessionSpec, now_ms: u64) {
+        if self.by_id.contains_key(&id) {
+            return;
+        }
+        let chunk = spec.chunk_frames.max(1);
+        let mut tasks = Vec::new();
+        let mut start = spec.frames.start;
+        while start < spec.frames.end {
+            let end = start.saturating_add(chunk).min(spec.frames.end);
+            tasks.push(Task {
+                frames: FrameRange { start, end },
+                attempt: 1,
+                failures: 0,
+                losses: 0,
+                state: TaskState::Pending,
+                avoid: None,
+                last_error: None,
+            });
+            start = end;
+        }
+        let n = tasks.len() as u32;
+        self.by_id.insert(id.clone(), self.sessions.len());
+        self.sessions.push(Session {
+            id,
+            spec,
+            submitted_ms: now_ms,
+            finished_ms: None,
+            state: SessionState::Running,
+            tasks,
+            pending: (0..n).collect(),
+            waiting: BTreeSet::new(),
+            ranges: Vec::new(),
+            replay: Vec::new(),
+            failed: Vec::new(),
+            frames_done: 0,
+            tasks_done: 0,
+            running: 0,
+            retries: 0,
+            failovers: 0,
+            stale: 0,
+            waiting_reason: None,
+        });
+    }
+
+    fn cancel(&mut self, id: &str, now_ms: u64, out: &mut Vec<SchedCommand>) {
+        let Some(&s) = self.by_id.get(id) else {
+            return;
+        };
+        if self.sessions[s].state.is_final() {
+            return;
+        }
+        for t in 0..self.sessions[s].tasks.len() as u32 {
+            let attempt = self.sessions[s].tasks[t as usize].attempt;
+            let Some(run) = self.take_running(s, t) else {
+                continue;
+            };
+            let sess = &mut self.sessions[s];
+            bank(sess, t, &run, run.done, now_ms);
+            let keep = run.outputs.iter().map(|o| o.path.clone()).collect();
+            let used_hi = run
+                .last_id
+                .map(|l| (l + 1).clamp(run.ids.lo, run.ids.hi))
+                .unwrap_or(run.ids.lo);
+            self.ids.release(IdRange {
+                lo: used_hi,
+                hi: run.ids.hi,
+            });
+            self.sessions[s].tasks[t as usize].state = TaskState::Failed;
+            out.push(SchedCommand::Drop {
+                node: run.node.to_string(),
+                key: AttemptKey {
+                    session: id.to_string(),
+                    task: u64::from(t),
+                    attempt,
+                },
+                device: run.device.to_string(),
+                keep,
+                reason: "cancelled".into(),
+            });
+        }
+        let sess = &mut self.sessions[s];
+        sess.pending.clear();
+        sess.waiting.clear();
+        sess.state = SessionState::Cancelled;
+        sess.finished_ms = Some(now_ms);
+        out.push(SchedCommand::SessionFinished {
+            session: id.to_string(),
+            state: SessionState::Cancelled,
+        });
+    }
+
+    /// Find the running attempt a report is about; `None` if it is stale.
+    fn current(&self, node: &str, key: &AttemptKey) -> Option<(usize, u32)> {
+        let s = *self.by_id.get(&key.session)?;
+        let t = u32::try_from(key.task).ok()?;
+        let task = self.sessions[s].tasks.get(t as usize)?;
+        match &task.state {
+            TaskState::Running(r) if task.attempt == key.attempt && &*r.node == node => {
+                Some((s, t))
+            }
+            _ => None,
+        }
+    }
+
+    fn progress(&mut self, p: TaskProgress, out: &mut Vec<SchedCommand>) {
+        let Some((s, t)) = self.current(&p.node, &p.key) else {
+            self.reject(&p.node, p.key, out);
+            return;
+        };
+        let task = &mut self.sessions[s].tasks[t as usize];
+        let len = task.frames.len();
+        if let TaskState::Running(r) = &mut task.state {
+            r.done = r.done.max(p.frames_done.min(len));
+            if let Some(l) = p.last_id_used.filter(|l| *l >= r.ids.lo && *l < r.ids.hi) {
+                r.last_id = Some(r.last_id.map_or(l, |x| x.max(l)));
+            }
+            r.outputs.extend(p.outputs);
+        }
+    }
+
+    fn reject(&mut self, node: &str, key: AttemptKey, out: &mut Vec<SchedCommand>) {
+        if let Some(&s) = self.by_id.get(&key.session) {
+            self.sessions[s].stale += 1;
+        }
+        out.push(SchedCommand::RejectedStale {
+            node: node.to_string(),
+            key,
+        });
+    }
+
+    fn result(&mut self, r: TaskResult, now_ms: u64, out: &mut Vec<SchedCommand>) {
+        let Some((s, t)) = self.current(&r.node, &r.key) else {
+            let device = r.device.clone();
+            let key = r.key.clone();
+            let keep = match (self.by_id.get(&key.session), u32::try_from(key.task)) {
+                (Some(&s), Ok(t)) => self.keep_for(s, t, key.attempt),
+                _ => Vec::new(),
+            };
+            self.reject(&r.node, r.key, out);
+            out.push(SchedCommand::Drop {
+                node: r.node,
+                key,
+                device,
+                keep,
+                reason: "stale attempt".into(),
+            });
+            return;
+        };
+        let Some(mut run) = self.take_running(s, t) else {
+            return;
+        };
+        let (node, device) = (run.node.clone(), run.device.clone());
+        let sess = &mut self.sessions[s];
+        let task = &mut sess.tasks[t as usize];
+        if let Some(l) = r
+            .last_id_used
+            .filter(|l| *l >= run.ids.lo && *l < run.ids.hi)
+        {
+            run.last_id = Some(run.last_id.map_or(l, |x| x.max(l)));
+        }
+        run.started_ms = r.started_ms;
+        run.outputs.extend(r.outputs);
+        match r.outcome {
+            TaskOutcome::Completed => {
+                let len = task.frames.len();
+                bank(sess, t, &run, len, r.finished_ms.max(run.started_ms));
+                sess.tasks[t as usize].state = TaskState::Done;
+                sess.tasks_done += 1;
+            }
+            TaskOutcome::Failed { frames_done, error } => {
+                let done = run.done.max(frames_done.min(task.frames.len()));
+                let keep: Vec<String> = run.outputs.iter().map(|o| o.path.clone()).collect();
+                bank(sess, t, &run, done, r.finished_ms.max(run.started_ms));
+                let used_hi = run
+                    .last_id
+                    .map(|l| (l + 1).clamp(run.ids.lo, run.ids.hi))
+                    .unwrap_or(run.ids.lo);
+                self.ids.release(IdRange {
+                    lo: used_hi,
+                    hi: run.ids.hi,
+                });
+                let sess = &mut self.sessions[s];
+                let key = AttemptKey {
+                    session: sess.id.clone(),
+                    task: u64::from(t),
+                    attempt: sess.tasks[t as usize].attempt,
+                };
+                if matches!(
+                    sess.spec.executor,
+                    crate::protocol::ExecutorSpec::Command { .. }
+                ) {
+                    out.push(SchedCommand::Drop {
+                        node: node.to_string(),
+                        key,
+                        device: device.to_string(),
+                        keep,
+                        reason: format!("attempt failed: {error}"),
+                    });
+                }
+                let task = &mut sess.tasks[t as usize];
+                task.last_error = Some(error.clone());
+                if task.frames.is_empty() {
+                    task.state = TaskState::Done;
+                    sess.tasks_done += 1;
+                    return;
+                }
+                task.failures += 1;
+                if task.failures >= sess.spec.max_attempts {
+                    fail_task(sess, t, error);
+                    return;
+                }
+                task.attempt += 1;
+                task.avoid = Some((node, device));
+                sess.retries += 1;
+                let exp = (task.failures - 1).min(20);
+                let delay = sess
+                    .spec
+                    .backoff_ms
+                    .saturating_mul(1 << exp)
+                    .min(sess.spec.backoff_max_ms);
+                task.state = TaskState::Waiting;
+                sess.waiting.insert((now_ms + delay, t));
+            }
+        }
+    }
+
+    fn wake(&mut self, now_ms: u64) {
+        for sess in &mut self.sessions {
+            while let Some(&(at, t)) = sess.waiting.first() {
+                if at > now_ms {
+                    break;
+                }
+                sess.waiting.pop_first();
+                sess.tasks[t as usize].state = TaskState::Pending;
+                sess.pending.push_back(t);
+            }
+        }
+    }
+
+    /// Give pending tasks to devices while there is capacity.
+    fn place(&mut self, now_ms: u64, out: &mut Vec<SchedCommand>) {
+        let n = self.sessions.len();
+        if n == 0 {
+            return;
+        }
+        let mut blocked = vec![false; n];
+        loop {
+            if self
+                .nodes
+                .values()
+                .all(|nd| !nd.accepting || nd.inflight >= nd.cap())
+            {
+                break;
+            }
+            let mut progressed = false;
+            for k in 0..n {
+                let s = (self.rr + k) % n;
+                if blocked[s] || self.sessions[s].state.is_final() {
+                    continue;
+                }
+                let Some(&t) = self.sessions[s].pending.front() else {
+                    blocked[s] = true;
+                    continue;
+                };
+                match self.pick(s, t) {
+                    Some((node, d)) => {
+                        self.sessions[s].pending.pop_front();
+                        self.sessions[s].waiting_reason = None;
+                        if let Some(cmd) = self.assign(s, t, &node, d, now_ms) {
+                            out.push(cmd);
+                        }
+                        progressed = true;
+                    }
+                    None => {
+                        blocked[s] = true;
+                        self.sessions[s].waiting_reason = Some(self.why_waiting(s));
+                    }
+                }
+            }
+            self.rr = (self.rr + 1) % n;
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn why_waiting(&self, s: usize) -> String {
+        let spec = &self.sessions[s].spec;
+        let matching = self
+            .nodes
+            .values()
+            .flat_map(|n| n.devices.iter())
+            .any(|d| caps_match(&spec.require, &d.caps));
+        if matching {
+            "all matching devices are busy".into()
+        } else if spec.require.is_empty() {
+            "no healthy worker with devices".into()
+        } else {
+            let req: Vec<String> = spec
+                .require
+                .iter()
+                .map(|(k, v)| format!("{k} = {}", render_cap(v)))
+                .collect();
+            format!("no healthy device matches `{}`", req.join(", "))
+        }
+    }
+
+    /// The best device for task `t` of session `s`.
+    fn pick(&self, s: usize, t: u32) -> Option<(Arc<str>, usize)> {
+        let sess = &self.sessions[s];
+        let task = &sess.tasks[t as usize];
+        let mut best: Option<((bool, i64, u32, u64, u64), Arc<str>, usize)> = None;
+        for node in self.nodes.values() {
+            if !node.accepting || node.inflight >= node.cap() {
+                continue;
+            }
+            let load = u64::from(node.inflight) * 1000 / u64::from(node.cap().max(1));
+            for (i, d) in node.devices.iter().enumerate() {
+                if d.inflight > PREFETCH || !caps_match(&sess.spec.require, &d.caps) {
+                    continue;
+                }
+                let avoided = task
+                    .avoid
+                    .as_ref()
+                    .is_some_and(|(an, ad)| *an == node.name && *ad == d.id);
+                // Higher is better: not the failed device, preference, idle, less load, least recently used.
+                let key = (
+                    !avoided,
+                    score(&sess.spec.prefer, &d.caps),
+                    u32::MAX - d.inflight,
+                    u64::MAX - load,
+                    u64::MAX - d.last_used,
+                );
+                if best.as_ref().is_none_or(|(b, _, _)| key > *b) {
+                    best = Some((key, node.name.clone(), i));
+                }
+            }
+        }
+        best.map(|(_, n, i)| (n, i))
+    }
+
+    fn assign(
+        &mut self,
+        s: usize,
+        t: u32,
+        node: &Arc<str>,
+        d: usize,
+        now_ms: u64,
+    ) -> Option<SchedCommand> {
+        let size = self.sessions[s].spec.id_chunk_size;
+        let Some(ids) = self.ids.allocate(size) else {
+            fail_task(
+                &mut self.sessions[s],
+                t,
+                "the 64-bit ID space is exhausted".into(),
+            );
+            return None;
+        };
+        self.use_counter += 1;
+        let n = self.nodes.get_mut(node).expect("picked from nodes");
+        n.inflight += 1;
+        n.running.insert((s, t));
+        let dev = &mut n.devices[d];
+        dev.inflight += 1;
+        dev.last_used = self.use_counter;
+        let device = dev.id.clone();
+        let sess = &mut self.sessions[s];
+        sess.running += 1;
+        let task = &mut sess.tasks[t as usize];
+        task.state = TaskState::Running(Box::new(Running {
+            node: node.clone(),
+            device: device.clone(),
+            ids,
+            started_ms: now_ms,
+            done: 0,
+            last_id: None,
+            outputs: Vec::new(),
+        }));
+        let items = match &sess.spec.items {
+            Some(items) => {
+                let base = sess.spec.frames.start;
+                let lo = (task.frames.start - base) as usize;
+                let hi = (task.frames.end - base) as usize;
+                items
+                    .get(lo..hi)
+                    .map(<[String]>::to_vec)
+                    .unwrap_or_default()
+            }
+            None => Vec::new(),
+        };
+        Some(SchedCommand::Assign {
+            node: node.to_string(),
+            task: TaskSpec {
+                session: sess.id.clone(),
+                session_name: sess.spec.name.clone(),
+                task: u64::from(t),
+                attempt: task.attempt,
+                frames: task.frames,
+                ids,
+                device: device.to_string(),
+                executor: sess.spec.executor.clone(),
+                timeout_ms: sess.spec.timeout_ms,
+                items,
+            },
+        })
+    }
+
+    fn finish(&mut self, now_ms: u64, out: &mut Vec<SchedCommand>) {
+        for sess in &mut self.sessions {
+            if sess.state.is_final()
+                || !sess.pending.is_empty()
+                || !sess.waiting.is_empty()
+                || sess.running > 0
+            {
+                continue;
+            }
+            sess.state = if sess.failed.is_empty() {
+                SessionState::Completed
+            } else if sess.frames_done == 0 {
+                SessionState::Failed
+            } else {
+                SessionState::Partial
+            };
+            sess.finished_ms = Some(now_ms);
+            out.push(SchedCommand::SessionFinished {
+                session: sess.id.clone(),
+                state: sess.state,
+            });
+        }
+    }
+
+    // ---- views ----
+
+    pub fn session_ids(&self) -> impl Iterator<Item = &str> {
+        self.sessions.iter().map(|s| s.id.as_str())
+    }
+
+    pub fn view(&self, id: &str, now_ms: u64) -> Option<SessionView> {
+        let s = &self.sessions[*self.by_id.get(id)?];
+        let failed_frames: u64 = s.failed.iter().map(|f| f.frames.len()).sum();
+        let banked_running: u64 = s
+            .tasks
+            .iter()
+            .filter_map(|t| match &t.state {
+                TaskState::Running(r) => Some(r.done),
+                _ => None,
+            })
+            .sum();
+        Some(SessionView {
+            id: s.id.clone(),
+            name: s.spec.name.clone(),
+            state: s.state,
+            waiting: if s.state.is_final() {
+                None
+            } else {
+                s.waiting_reason.clone()
+            },
+            frames_total: s.spec.frames.len(),
+            frames_done: s.frames_done + banked_running,
+            frames_failed: failed_frames,
+            tasks_total: s.tasks.len() as u64,
+            tasks_completed: s.tasks_done,
+            tasks_running: s.running,
+            tasks_pending: (s.pending.len() + s.waiting.len()) as u64,
+            tasks_failed: s
+                .tasks
+                .iter()
+                .filter(|t| matches!(t.state, TaskState::Failed))
+                .count() as u64,
+            retries: s.retries,
+            failovers: s.failovers,
+            stale_rejected: s.stale,
+            elapsed_ms: s
+                .finished_ms
+                .unwrap_or(now_ms)
+                .saturating_sub(s.submitted_ms),
+        })
+    }
+
+    pub fn views(&self, now_ms: u64) -> Vec<SessionView> {
+        self.sessions
+            .iter()
+            .filter_map(|s| self.view(&s.id, now_ms))
+            .collect()
+    }
+
+    /// Tasks in flight on the whole cluster.
+    pub fn inflight(&self) -> u64 {
+        self.nodes.values().map(|n| u64::from(n.inflight)).sum()
+    }
+
+    /// The manifest of a session; `submitted_ms`/`finished_ms` are on the caller's clock.
+    pub fn manifest(&self, id: &str) -> Option<Manifest> {
+        let s = &self.sessions[*self.by_id.get(id)?];
+        let mut ranges = s.ranges.clone();
+        ranges.sort_by_key(|r| r.frames.start);
+        let mut failed = s.failed.clone();
+        failed.sort_by_key(|f| f.frames.start);
+        Some(Manifest {
+            session: s.id.clone(),
+            name: s.spec.name.clone(),
+            state: s.state,
+            frames: s.spec.frames,
+            executor: s.spec.executor.name().to_string(),
+            submitted_ms: s.submitted_ms,
+            finished_ms: s.finished_ms,
+            ranges,
+            replay: s.replay.clone(),
+            failed,
+        })
+    }
+
+    /// Every ID range handed out and not returned: live chunks whole, ended
+    /// attempts' used parts. For invariant checks.
+    pub fn issued_ids(&self) -> Vec<IdRange> {
+        let mut v = Vec::new();
+        for s in &self.sessions {
+            for r in &s.ranges {
+                if let Some(used) = r.ids_used {
+                    v.push(IdRange {
+                        lo: r.ids.lo,
+                        hi: used,
+                    });
+                }
+            }
+            for t in &s.tasks {
+                if let TaskState::Running(r) = &t.state {
+                    v.push(r.ids);
+                }
+            }
+        }
+        v
+    }
+
+    /// (node, in flight, cap, [device in flight]) for invariant checks.
+    pub fn capacity(&self) -> Vec<(String, u32, u32, Vec<u32>)> {
+        self.nodes
+            .values()
+            .map(|n| {
+                (
+                    n.name.to_string(),
+                    n.inflight,
+                    n.cap(),
+                    n.devices.iter().map(|d| d.inflight).collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// Frame ranges currently assigned (running) in a session.
+    pub fn running_ranges(&self, id: &str) -> Vec<FrameRange> {
+        let Some(&s) = self.by_id.get(id) else {
+            return Vec::new();
+        };
+        self.sessions[s]
+            .tasks
+            .iter()
+            .filter(|t| matches!(t.state, TaskState::Running(_)))
+            .map(|t| t.frames)
+            .collect()
+    }
+}
+
+fn render_cap(v: &CapValue) -> String {
+    match v {
+        CapValue::Bool(b) => b.to_string(),
+        CapValue::Int(i) => i.to_string(),
+        CapValue::Str(s) => format!("\"{s}\""),
+        CapValue::List(l) => format!("{l:?}"),
+    }
+}
+
+/// Record the first `done` frames of the task's current range as produced by
+/// this attempt, and shrink the task to what is left.
+fn bank(sess: &mut Session, t: u32, run: &Running, done: u64, now_ms: u64) {
+    let task = &mut sess.tasks[t as usize];
+    let done = done.min(task.frames.len());
+    let ids_used = run.last_id.map(|l| (l + 1).clamp(run.ids.lo, run.ids.hi));
+    if done == 0 {
+        return;
+    }
+    let key = AttemptKey {
+        session: sess.id.clone(),
+        task: u64::from(t),
+        attempt: task.attempt,
+    };
+    let frames = FrameRange {
+        start: task.frames.start,
+        end: task.frames.start + done,
+    };
+    sess.ranges.push(ManifestRange {
+        frames,
+        task: u64::from(t),
+        attempt: task.attempt,
+        node: run.node.to_string(),
+        device: run.device.to_string(),
+        ids: run.ids,
+        // A completed attempt retires its whole chunk.
+        ids_used: if done == task.frames.len() {
+            Some(run.ids.hi)
+        } else {
+            ids_used.or(Some(run.ids.lo))
+        },
+        outputs: run.outputs.clone(),
+        started_ms: run.started_ms,
+        finished_ms: now_ms,
+        out_dir: out_dir(&key, &run.node, &run.device),
+    });
+    sess.frames_done += done;
+    task.frames.start += done;
+}
+
+fn fail_task(sess: &mut Session, t: u32, error: String) {
+    let task = &mut sess.tasks[t as usize];
+    sess.failed.push(FailedRange {
+        frames: task.frames,
+        task: u64::from(t),
+        attempts: task.attempt,
+        error: error.clone(),
+    });
+    task.last_error = Some(error);
+    task.state = TaskState::Failed;
+}

@@ -1,0 +1,524 @@
+//! State-machine tests of the frame ledger, ID allocation and placement:
+//! random sequences of node up/down, progress, completion, failure, stale and
+//! duplicate results, checked against the invariants of SPEC §6 after every step.
+
+use std::collections::BTreeMap;
+
+use orch_actors::protocol::{
+    AttemptKey, CapValue, DeviceInfo, ExecutorSpec, FrameRange, IdRange, SessionSpec, SessionState,
+    TaskOutcome, TaskProgress, TaskResult, TaskSpec,
+};
+use orch_actors::scheduler::{SchedCommand, SchedEvent, Scheduler, PREFETCH};
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Up(usize),
+    Down(usize),
+    Progress(usize, u8),
+    Complete(usize),
+    Fail(usize, u8),
+    Stale(usize),
+    Duplicate(usize),
+    Tick(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        2 => (0usize..3).prop_map(Op::Up),
+        1 => (0usize..3).prop_map(Op::Down),
+        3 => (any::<usize>(), any::<u8>()).prop_map(|(i, f)| Op::Progress(i, f)),
+        6 => any::<usize>().prop_map(Op::Complete),
+        2 => (any::<usize>(), any::<u8>()).prop_map(|(i, f)| Op::Fail(i, f)),
+        1 => any::<usize>().prop_map(Op::Stale),
+        1 => any::<usize>().prop_map(Op::Duplicate),
+        1 => (1u64..200).prop_map(Op::Tick),
+    ]
+}
+
+/// An assignment as the worker side sees it.
+#[derive(Debug, Clone)]
+struct Lease {
+    node: String,
+    epoch: u64,
+    task: TaskSpec,
+    progress: u64,
+}
+
+struct World {
+    sched: Scheduler,
+    now: u64,
+    epochs: [u64; 3],
+    up: [bool; 3],
+    live: Vec<Lease>,
+    /// Leases whose results were delivered or whose node died: their results are stale.
+    dead: Vec<Lease>,
+    frames: FrameRange,
+    session: String,
+}
+
+fn node_name(i: usize) -> String {
+    format!("n{i}")
+}
+
+fn devices(i: usize) -> Vec<DeviceInfo> {
+    (0..=i)
+        .map(|d| DeviceInfo {
+            id: format!("d{d}"),
+            handle: String::new(),
+            capabilities: BTreeMap::from([("gpu".to_string(), CapValue::Bool(d == 0))]),
+        })
+        .collect()
+}
+
+impl World {
+    fn new(n_frames: u64, chunk: u64, max_attempts: u32) -> Self {
+        let mut w = World {
+            sched: Scheduler::new(1_000),
+            now: 0,
+            epochs: [0; 3],
+            up: [false; 3],
+            live: Vec::new(),
+            dead: Vec::new(),
+            frames: FrameRange {
+                start: 5,
+                end: 5 + n_frames,
+            },
+            session: "s1".into(),
+        };
+        let spec = SessionSpec {
+            name: "model".into(),
+            frames: w.frames,
+            items: None,
+            chunk_frames: chunk,
+            id_chunk_size: 10,
+            require: Default::default(),
+            prefer: BTreeMap::from([("gpu".to_string(), 5)]),
+            max_attempts,
+            backoff_ms: 10,
+            backoff_max_ms: 40,
+            executor: ExecutorSpec::Noop,
+            timeout_ms: 1000,
+        };
+        w.feed(SchedEvent::Submit {
+            id: w.session.clone(),
+            spec,
+        });
+        w
+    }
+
+    fn feed(&mut self, ev: SchedEvent) {
+        for cmd in self.sched.on_event(ev, self.now) {
+            if let SchedCommand::Assign { node, task } = cmd {
+                let i: usize = node[1..].parse().unwrap();
+                // A new assignment never covers a produced frame.
+                let m = self.sched.manifest(&self.session).unwrap();
+                for r in &m.ranges {
+                    assert!(
+                        r.frames.end <= task.frames.start || task.frames.end <= r.frames.start,
+                        "assigned {:?} overlaps produced {:?}",
+                        task.frames,
+                        r.frames
+                    );
+                }
+                self.live.push(Lease {
+                    node,
+                    epoch: self.epochs[i],
+                    task,
+                    progress: 0,
+                });
+            }
+        }
+    }
+
+    fn result(&self, l: &Lease, outcome: TaskOutcome) -> SchedEvent {
+        SchedEvent::Result(TaskResult {
+            node: l.node.clone(),
+            epoch: l.epoch,
+            key: AttemptKey {
+                session: l.task.session.clone(),
+                task: l.task.task,
+                attempt: l.task.attempt,
+            },
+            device: l.task.device.clone(),
+            started_ms: self.now,
+            finished_ms: self.now,
+            last_id_used: Some(l.task.ids.lo + l.progress.min(l.task.ids.len() - 1)),
+            outputs: vec![],
+            outcome,
+        })
+    }
+
+    fn apply(&mut self, op: Op) {
+        match op {
+            Op::Up(i) if !self.up[i] => {
+                self.up[i] = true;
+                self.epochs[i] += 1;
+                self.feed(SchedEvent::NodeUp {
+                    node: node_name(i),
+                    epoch: self.epochs[i],
+                    max_concurrency: 1 + i as u32,
+                    devices: devices(i),
+                });
+            }
+            Op::Down(i) if self.up[i] => {
+                self.up[i] = false;
+                let name = node_name(i);
+                let (gone, keep): (Vec<_>, Vec<_>) =
+                    self.live.drain(..).partition(|l| l.node == name);
+                self.live = keep;
+                self.dead.extend(gone);
+                self.feed(SchedEvent::NodeDown {
+                    node: name,
+                    epoch: self.epochs[i],
+                    reason: "node_down".into(),
+                });
+            }
+            Op::Progress(i, f) if !self.live.is_empty() => {
+                let k = i % self.live.len();
+                let len = self.live[k].task.frames.len();
+                let done = (len * u64::from(f) / 255).max(self.live[k].progress);
+                self.live[k].progress = done;
+                let l = self.live[k].clone();
+                self.feed(SchedEvent::Progress(TaskProgress {
+                    node: l.node.clone(),
+                    epoch: l.epoch,
+                    key: AttemptKey {
+                        session: l.task.session.clone(),
+                        task: l.task.task,
+                        attempt: l.task.attempt,
+                    },
+                    frames_done: done,
+                    last_id_used: Some(l.task.ids.lo + done.min(l.task.ids.len() - 1)),
+                    outputs: vec![],
+                }));
+            }
+            Op::Complete(i) if !self.live.is_empty() => {
+                let l = self.live.remove(i % self.live.len());
+                let ev = self.result(&l, TaskOutcome::Completed);
+                self.feed(ev);
+                self.dead.push(l);
+            }
+            Op::Duplicate(i) if !self.live.is_empty() => {
+                let l = self.live.remove(i % self.live.len());
+                let ev = self.result(&l, TaskOutcome::Completed);
+                self.feed(ev.clone());
+                let before = self.sched.manifest(&self.session).unwrap().ranges.len();
+                self.feed(ev);
+                let after = self.sched.manifest(&self.session).unwrap().ranges.len();
+                assert_eq!(before, after, "a duplicate result adds nothing");
+                self.dead.push(l);
+            }
+            Op::Fail(i, f) if !self.live.is_empty() => {
+                let l = self.live.remove(i % self.live.len());
+                let done = l.progress.max(l.task.frames.len() * u64::from(f) / 512);
+                let ev = self.result(
+                    &l,
+                    TaskOutcome::Failed {
+                        frames_done: done,
+                        error: "boom".into(),
+                    },
+                );
+                self.feed(ev);
+                self.dead.push(l);
+            }
+            Op::Stale(i) if !self.dead.is_empty() => {
+                let l = self.dead[i % self.dead.len()].clone();
+                let before = self.sched.manifest(&self.session).unwrap();
+                let ev = self.result(&l, TaskOutcome::Completed);
+                let cmds = self.sched.on_event(ev, self.now);
+                let after = self.sched.manifest(&self.session).unwrap();
+                assert_eq!(
+                    before.ranges, after.ranges,
+                    "a stale result changes nothing"
+                );
+                assert!(cmds
+                    .iter()
+                    .any(|c| matches!(c, SchedCommand::RejectedStale { .. })));
+                for c in cmds {
+                    assert!(!matches!(c, SchedCommand::Assign { .. }));
+                }
+            }
+            Op::Tick(ms) => {
+                self.now += ms;
+                self.feed(SchedEvent::Tick);
+            }
+            _ => {}
+        }
+        self.check();
+    }
+
+    fn check(&self) {
+        let m = self.sched.manifest(&self.session).unwrap();
+        // Produced and running ranges: inside the session, pairwise disjoint.
+        let mut spans: Vec<FrameRange> = m.ranges.iter().map(|r| r.frames).collect();
+        spans.extend(self.sched.running_ranges(&self.session));
+        spans.extend(m.failed.iter().map(|f| f.frames));
+        spans.sort();
+        for r in &spans {
+            assert!(
+                r.start >= self.frames.start && r.end <= self.frames.end && r.start < r.end,
+                "{r:?}"
+            );
+        }
+        for w in spans.windows(2) {
+            assert!(w[0].end <= w[1].start, "overlap: {:?} and {:?}", w[0], w[1]);
+        }
+        // IDs: every issued range disjoint from every other and from the free list.
+        let mut ids: Vec<IdRange> = self.sched.issued_ids();
+        ids.extend(self.sched.ids().free_ranges().iter().copied());
+        ids.retain(|r| !r.is_empty());
+        ids.sort();
+        for w in ids.windows(2) {
+            assert!(w[0].hi <= w[1].lo, "ID overlap: {:?} and {:?}", w[0], w[1]);
+        }
+        for r in &ids {
+            assert!(r.lo >= 1_000 && r.hi <= self.sched.ids().high_water());
+        }
+        // Capacity: per device and per node.
+        for (node, inflight, cap, devs) in self.sched.capacity() {
+            assert!(inflight <= cap, "{node}: {inflight} > {cap}");
+            assert_eq!(inflight, devs.iter().sum::<u32>(), "{node}");
+            assert!(devs.iter().all(|d| *d <= 1 + PREFETCH), "{node}: {devs:?}");
+        }
+    }
+
+    /// Heal everything and run to the end.
+    fn drain(&mut self) {
+        if !self.up.iter().any(|u| *u) {
+            self.apply(Op::Up(2));
+        }
+        for _ in 0..10_000 {
+            let state = self.sched.view(&self.session, self.now).unwrap().state;
+            if state.is_final() {
+                return;
+            }
+            if self.live.is_empty() {
+                self.apply(Op::Tick(50));
+            } else {
+                self.apply(Op::Complete(0));
+            }
+        }
+        panic!("session did not finish");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_frame_exactly_once_whatever_happens(
+        n_frames in 1u64..80,
+        chunk in 1u64..12,
+        max_attempts in 1u32..4,
+        ops in proptest::collection::vec(op(), 0..120),
+    ) {
+        let mut w = World::new(n_frames, chunk, max_attempts);
+        for o in ops {
+            w.apply(o);
+        }
+        w.drain();
+        let m = w.sched.manifest(&w.session).unwrap();
+        // Every frame is produced exactly once, or listed as failed.
+        let mut covered: Vec<FrameRange> = m.ranges.iter().map(|r| r.frames).collect();
+        covered.extend(m.failed.iter().map(|f| f.frames));
+        covered.sort();
+        let mut at = w.frames.start;
+        for r in &covered {
+            prop_assert_eq!(r.start, at, "gap or overlap at {}", at);
+            at = r.end;
+        }
+        prop_assert_eq!(at, w.frames.end);
+        let expected = if m.failed.is_empty() {
+            SessionState::Completed
+        } else if m.ranges.is_empty() {
+            SessionState::Failed
+        } else {
+            SessionState::Partial
+        };
+        prop_assert_eq!(m.state, expected);
+        // Each replay record names a range that was produced again or failed.
+        for r in &m.replay {
+            prop_assert!(r.new_attempt == r.old_attempt + 1);
+        }
+    }
+}
+
+#[test]
+fn lost_work_keeps_reported_frames_and_replays_the_rest() {
+    let mut w = World::new(10, 10, 3);
+    w.apply(Op::Up(0));
+    assert_eq!(w.live.len(), 1);
+    w.apply(Op::Progress(0, 102)); // 4 of 10 frames
+    assert_eq!(w.live[0].progress, 4);
+    let old = w.live[0].task.clone();
+    w.apply(Op::Up(1));
+    w.apply(Op::Down(0));
+    let m = w.sched.manifest(&w.session).unwrap();
+    assert_eq!(m.ranges.len(), 1);
+    assert_eq!(m.ranges[0].frames, FrameRange { start: 5, end: 9 });
+    assert_eq!(m.replay.len(), 1);
+    assert_eq!(m.replay[0].frames, FrameRange { start: 9, end: 15 });
+    assert_eq!(m.replay[0].reason, "node_down");
+    let new = &w.live[0].task;
+    assert_eq!(new.frames, FrameRange { start: 9, end: 15 });
+    assert_eq!(new.attempt, old.attempt + 1);
+    assert!(
+        !new.ids.overlaps(&IdRange {
+            lo: old.ids.lo,
+            hi: old.ids.lo + 5
+        }),
+        "used IDs are retired"
+    );
+    // The unused tail of the old chunk went back to the allocator (too short
+    // for a whole new chunk, so the new attempt got fresh IDs).
+    assert_eq!(
+        w.sched.ids().free_ranges(),
+        &[IdRange {
+            lo: old.ids.lo + 5,
+            hi: old.ids.hi
+        }]
+    );
+    assert!(!new.ids.overlaps(&old.ids));
+}
+
+#[test]
+fn a_failing_task_retries_on_another_device_then_fails_the_range() {
+    let mut w = World::new(3, 3, 2);
+    w.apply(Op::Up(1)); // devices d0 (gpu, preferred) and d1
+    let first = w.live[0].task.device.clone();
+    assert_eq!(first, "d0", "preference weight picks the gpu device");
+    w.apply(Op::Fail(0, 0));
+    w.apply(Op::Tick(20));
+    assert_eq!(w.live.len(), 1);
+    assert_ne!(
+        w.live[0].task.device, first,
+        "the retry avoids the failed device"
+    );
+    w.apply(Op::Fail(0, 0));
+    let v = w.sched.view(&w.session, w.now).unwrap();
+    assert_eq!(v.state, SessionState::Failed);
+    assert_eq!(v.retries, 1);
+    let m = w.sched.manifest(&w.session).unwrap();
+    assert_eq!(m.failed[0].error, "boom");
+}
+
+#[test]
+fn a_session_no_device_can_serve_waits_and_says_why() {
+    let mut s = Scheduler::new(0);
+    s.on_event(
+        SchedEvent::NodeUp {
+            node: "n".into(),
+            epoch: 1,
+            max_concurrency: 2,
+            devices: devices(0),
+        },
+        0,
+    );
+    let spec = SessionSpec {
+        name: "needs-tpu".into(),
+        frames: FrameRange { start: 0, end: 4 },
+        items: None,
+        chunk_frames: 2,
+        id_chunk_size: 1,
+        require: BTreeMap::from([("tpu".to_string(), CapValue::Bool(true))]),
+        prefer: BTreeMap::new(),
+        max_attempts: 3,
+        backoff_ms: 1,
+        backoff_max_ms: 1,
+        executor: ExecutorSpec::Noop,
+        timeout_ms: 1,
+    };
+    let cmds = s.on_event(
+        SchedEvent::Submit {
+            id: "x".into(),
+            spec,
+        },
+        0,
+    );
+    assert!(cmds.is_empty());
+    let v = s.view("x", 0).unwrap();
+    assert_eq!(
+        v.waiting.as_deref(),
+        Some("no healthy device matches `tpu = true`")
+    );
+}
+
+#[test]
+fn per_device_fifo_depth_and_round_robin_over_many_devices() {
+    let mut s = Scheduler::new(0);
+    let devs: Vec<DeviceInfo> = (0..100)
+        .map(|d| DeviceInfo {
+            id: format!("d{d}"),
+            handle: String::new(),
+            capabilities: Default::default(),
+        })
+        .collect();
+    s.on_event(
+        SchedEvent::NodeUp {
+            node: "n".into(),
+            epoch: 1,
+            max_concurrency: 20,
+            devices: devs,
+        },
+        0,
+    );
+    let spec = SessionSpec {
+        name: "many".into(),
+        frames: FrameRange {
+            start: 0,
+            end: 1000,
+        },
+        items: None,
+        chunk_frames: 1,
+        id_chunk_size: 1,
+        require: Default::default(),
+        prefer: BTreeMap::new(),
+        max_attempts: 3,
+        backoff_ms: 1,
+        backoff_max_ms: 1,
+        executor: ExecutorSpec::Noop,
+        timeout_ms: 1,
+    };
+    let mut leases: Vec<TaskSpec> = s
+        .on_event(
+            SchedEvent::Submit {
+                id: "m".into(),
+                spec,
+            },
+            0,
+        )
+        .into_iter()
+        .filter_map(|c| match c {
+            SchedCommand::Assign { task, .. } => Some(task),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(leases.len(), 40, "2 x max_concurrency in flight");
+    let mut used = std::collections::BTreeSet::new();
+    while let Some(t) = leases.pop() {
+        used.insert(t.device.clone());
+        let r = TaskResult {
+            node: "n".into(),
+            epoch: 1,
+            key: AttemptKey {
+                session: "m".into(),
+                task: t.task,
+                attempt: t.attempt,
+            },
+            device: t.device,
+            started_ms: 0,
+            finished_ms: 0,
+            last_id_used: None,
+            outputs: vec![],
+            outcome: TaskOutcome::Completed,
+        };
+        for c in s.on_event(SchedEvent::Result(r), 0) {
+            if let SchedCommand::Assign { task, .. } = c {
+                leases.insert(0, task);
+            }
+        }
+    }
+    assert_eq!(used.len(), 100, "every device got work");
+    assert_eq!(s.view("m", 0).unwrap().state, SessionState::Completed);
+}
