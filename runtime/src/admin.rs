@@ -11,7 +11,8 @@ use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::extract::{DefaultBodyLimit, Path};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use orch_actors::master::MasterMsg;
 use orch_actors::protocol::{AdminReply, AdminRequest, MASTER_GROUP};
@@ -22,6 +23,9 @@ use tokio::net::TcpListener;
 
 use crate::config::Secret;
 use crate::metrics as m;
+
+/// Largest request body (a session file); it must also fit one cluster frame.
+const MAX_BODY: usize = 8 * 1024 * 1024;
 
 /// How long an admin request waits for the master.
 const MASTER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -53,6 +57,11 @@ pub fn router(node: String, token: Option<Secret>) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/workers", get(workers))
+        .route("/v1/sessions", get(sessions).post(submit))
+        .route("/v1/sessions/{id}", get(session))
+        .route("/v1/sessions/{id}/manifest", get(manifest))
+        .route("/v1/sessions/{id}/cancel", post(cancel))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(ctx.clone(), authorize))
         .with_state(ctx)
@@ -86,7 +95,7 @@ async fn authorize(State(ctx): State<Arc<AdminCtx>>, req: Request, next: Next) -
             }
         }
     };
-    let known = matches!(route.as_str(), "/v1/status" | "/v1/workers");
+    let known = matches!(route.as_str(), "/v1/status" | "/v1/workers" | "/v1/sessions");
     metrics::counter!(m::ADMIN_REQUESTS,
         "route" => if known { route } else { "other".to_string() },
         "code" => response.status().as_u16().to_string())
@@ -115,6 +124,7 @@ async fn ask_master(ctx: &AdminCtx, req: AdminRequest) -> Result<AdminReply, Api
         .await
     {
         Ok(CallResult::Success(AdminReply::Error(e))) => Err(ApiError(StatusCode::BAD_REQUEST, e)),
+        Ok(CallResult::Success(AdminReply::NotFound(e))) => Err(ApiError(StatusCode::NOT_FOUND, e)),
         Ok(CallResult::Success(reply)) => Ok(reply),
         Ok(CallResult::Timeout) => Err(ApiError(
             StatusCode::GATEWAY_TIMEOUT,
@@ -149,5 +159,50 @@ async fn workers(State(ctx): State<Arc<AdminCtx>>) -> Result<Response, ApiError>
             StatusCode::BAD_GATEWAY,
             "unexpected reply from the master".into(),
         )),
+    }
+}
+
+fn unexpected() -> ApiError {
+    ApiError(StatusCode::BAD_GATEWAY, "unexpected reply from the master".into())
+}
+
+fn json<T: serde::Serialize>(v: T) -> Result<Response, ApiError> {
+    Ok(Json(v).into_response())
+}
+
+async fn submit(State(ctx): State<Arc<AdminCtx>>, body: String) -> Result<Response, ApiError> {
+    let spec = crate::session_file::parse(&body, "request body", None)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    match ask_master(&ctx, AdminRequest::Submit(spec)).await? {
+        AdminReply::Submitted { id } => json(json!({ "id": id })),
+        _ => Err(unexpected()),
+    }
+}
+
+async fn sessions(State(ctx): State<Arc<AdminCtx>>) -> Result<Response, ApiError> {
+    match ask_master(&ctx, AdminRequest::Sessions).await? {
+        AdminReply::Sessions(v) => json(v),
+        _ => Err(unexpected()),
+    }
+}
+
+async fn session(State(ctx): State<Arc<AdminCtx>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    match ask_master(&ctx, AdminRequest::Session(id)).await? {
+        AdminReply::Session(v) => json(v),
+        _ => Err(unexpected()),
+    }
+}
+
+async fn manifest(State(ctx): State<Arc<AdminCtx>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    match ask_master(&ctx, AdminRequest::Manifest(id)).await? {
+        AdminReply::Manifest(m) => json(m),
+        _ => Err(unexpected()),
+    }
+}
+
+async fn cancel(State(ctx): State<Arc<AdminCtx>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    match ask_master(&ctx, AdminRequest::Cancel(id)).await? {
+        AdminReply::Cancelled { id } => json(json!({ "id": id, "state": "cancelled" })),
+        _ => Err(unexpected()),
     }
 }

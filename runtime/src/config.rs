@@ -263,7 +263,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Parse and validate configuration text; relative paths resolve against `base`.
 pub fn parse(text: &str, file: &str, base: &Path) -> Result<Config, ConfigErrors> {
-    let raw = parse_raw(text, file)?;
+    let raw: RawConfig = parse_toml(text, file)?;
     raw.validate(file, base)
 }
 
@@ -274,7 +274,8 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-fn parse_raw(text: &str, file: &str) -> Result<RawConfig, ConfigErrors> {
+/// Parse TOML into `T`, mapping shape errors to one line with key and position.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<T, ConfigErrors> {
     let shape_error = |key: String, err: &toml::de::Error| {
         let at = err
             .span()
@@ -399,7 +400,8 @@ impl Problems<'_> {
     }
 }
 
-fn valid_name(s: &str) -> bool {
+/// A node or session name: 1 to 64 characters from `A-Z a-z 0-9 - _ .`.
+pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.chars()

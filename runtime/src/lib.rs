@@ -4,9 +4,13 @@
 
 pub mod admin;
 pub mod cluster_link;
+pub mod command;
 pub mod config;
 pub mod metrics;
 pub mod node;
+pub mod node_io;
+pub mod runner;
+pub mod session_file;
 
 pub use node::run_node;
 
@@ -14,10 +18,15 @@ pub use node::run_node;
 pub const EXIT_USAGE: i32 = 2;
 
 /// Set up `tracing` to stderr; `RUST_LOG` overrides the default filter.
-pub fn init_tracing(json: bool) {
+/// `quiet` (a foreground `--run`) keeps only warnings, so the progress bar stays readable.
+pub fn init_tracing(json: bool, quiet: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,ractor=warn,ractor_cluster=warn"));
+    let default = if quiet {
+        "warn,ractor=error,ractor_cluster=error"
+    } else {
+        "info,ractor=warn,ractor_cluster=warn"
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

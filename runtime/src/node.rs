@@ -10,7 +10,10 @@
 //! ```
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
+
+use orch_actors::executor::NodeIo;
 
 use orch_actors::master::{Master, MasterArgs, MasterMsg};
 use orch_actors::membership::DetectorConfig;
@@ -20,6 +23,7 @@ use tracing::{error, info, warn};
 
 use crate::cluster_link::{ClusterLink, ClusterLinkArgs, ClusterLinkMsg};
 use crate::config::Config;
+use crate::node_io::FsIo;
 
 /// How long a leaving worker waits for the master to record the leave.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -55,6 +59,7 @@ impl Actor for NodeSupervisor {
         cfg: Config,
     ) -> Result<Self::State, ActorProcessingErr> {
         let node = cfg.node.name.clone();
+        let io: Arc<dyn NodeIo> = Arc::new(FsIo::new(cfg.node.data_dir.clone()));
         let (link, _) = Actor::spawn_linked(
             None,
             ClusterLink,
@@ -75,6 +80,7 @@ impl Actor for NodeSupervisor {
                     heartbeat_ms: cfg.cluster.heartbeat_ms,
                     missed_heartbeats: cfg.cluster.missed_heartbeats,
                 },
+                io: io.clone(),
             };
             Some(
                 Actor::spawn_linked(None, Master, args, myself.get_cell())
@@ -92,6 +98,7 @@ impl Actor for NodeSupervisor {
                 devices: cfg.devices.clone(),
                 max_concurrency: cfg.worker.max_concurrency,
                 heartbeat_ms: cfg.cluster.heartbeat_ms,
+                io,
             };
             Some(
                 Actor::spawn_linked(None, Worker, args, myself.get_cell())

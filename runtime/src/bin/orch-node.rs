@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use orch_actors::protocol::SessionState;
 
 /// Run one node of an orch cluster.
 #[derive(Parser, Debug)]
@@ -15,6 +16,10 @@ struct Args {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
+    /// Run this session file to the end, print a summary and exit
+    /// (0 when every frame was produced).
+    #[arg(long, value_name = "SESSION.toml")]
+    run: Option<PathBuf>,
 }
 
 async fn shutdown_signal() {
@@ -44,7 +49,19 @@ fn main() -> ExitCode {
             return ExitCode::from(orch_runtime::EXIT_USAGE as u8);
         }
     };
-    orch_runtime::init_tracing(args.log_json);
+    let session = match &args.run {
+        Some(path) => match orch_runtime::session_file::load(path) {
+            Ok(s) => Some(s),
+            Err(errors) => {
+                for e in &errors.0 {
+                    eprintln!("error: {e}");
+                }
+                return ExitCode::from(orch_runtime::EXIT_USAGE as u8);
+            }
+        },
+        None => None,
+    };
+    orch_runtime::init_tracing(args.log_json, session.is_some());
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -52,9 +69,30 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(orch_runtime::run_node(cfg, shutdown_signal())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    let data_dir = cfg.node.data_dir.clone();
+    let outcome = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let slot = outcome.clone();
+    let stop = async move {
+        match session {
+            None => shutdown_signal().await,
+            Some(spec) => tokio::select! {
+                _ = shutdown_signal() => {}
+                r = orch_runtime::runner::run_session(spec, &data_dir) => {
+                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                }
+            },
+        }
+    };
+    if let Err(e) = rt.block_on(orch_runtime::run_node(cfg, stop)) {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    let outcome = outcome.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match outcome {
+        None => ExitCode::SUCCESS,
+        Some(Ok(SessionState::Completed)) => ExitCode::SUCCESS,
+        Some(Ok(_)) => ExitCode::FAILURE,
+        Some(Err(e)) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }

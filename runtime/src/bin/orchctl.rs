@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use orch_actors::protocol::{ClusterStatus, WorkerView};
+use orch_actors::protocol::{ClusterStatus, Manifest, SessionState, SessionView, WorkerView};
 use serde_json::Value;
 
 const EXIT_FAILED: u8 = 1;
@@ -42,14 +42,30 @@ enum Cmd {
     Status,
     /// Every worker the master knows, with its state and devices.
     Workers,
+    /// Submit a session file; with --wait, follow it to the end (exit 0 only if completed).
+    Submit {
+        file: PathBuf,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Every session with its progress.
+    Sessions,
+    /// One session's progress.
+    Session { id: String },
+    /// A session's manifest: every range with its task, attempt, node, device, outputs.
+    Manifest { id: String },
+    /// Cancel a running session.
+    Cancel { id: String },
 }
 
 struct Failure(u8, String);
 
-/// Prints one command's answer as a human table.
-type Printer = fn(Value) -> Result<(), Failure>;
 
 fn get(cli: &Cli, path: &str) -> Result<Value, Failure> {
+    request(cli, "GET", path, None)
+}
+
+fn request(cli: &Cli, method: &str, path: &str, body: Option<&str>) -> Result<Value, Failure> {
     let token = match &cli.token_file {
         Some(f) => Some(
             std::fs::read_to_string(f)
@@ -60,11 +76,15 @@ fn get(cli: &Cli, path: &str) -> Result<Value, Failure> {
         None => None,
     };
     let url = format!("http://{}{path}", cli.node);
-    let mut req = ureq::get(&url).timeout(Duration::from_secs(15));
+    let mut req = ureq::request(method, &url).timeout(Duration::from_secs(15));
     if let Some(t) = &token {
         req = req.set("Authorization", &format!("Bearer {t}"));
     }
-    match req.call() {
+    let sent = match body {
+        Some(b) => req.set("Content-Type", "application/toml").send_string(b),
+        None => req.call(),
+    };
+    match sent {
         Ok(resp) => resp
             .into_json::<Value>()
             .map_err(|e| Failure(EXIT_FAILED, format!("bad answer from `{url}`: {e}"))),
@@ -163,19 +183,149 @@ fn print_workers(v: Value) -> Result<(), Failure> {
     Ok(())
 }
 
-fn run(cli: &Cli) -> Result<(), Failure> {
-    let (path, print): (&str, Printer) = match cli.cmd {
-        Cmd::Status => ("/v1/status", print_status),
-        Cmd::Workers => ("/v1/workers", print_workers),
+fn print_json(v: &Value) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| Failure(EXIT_FAILED, e.to_string()))?;
+    println!("{text}");
+    Ok(())
+}
+
+fn session_line(v: &SessionView) -> String {
+    let pct = if v.frames_total == 0 {
+        100.0
+    } else {
+        v.frames_done as f64 * 100.0 / v.frames_total as f64
     };
-    let v = get(cli, path)?;
+    format!(
+        "{:<32} {:<10} {:>6.1}% {:>10}/{:<10} {:>6} {:>6} {:>8} {:>7}  {}",
+        v.id,
+        v.state.as_str(),
+        pct,
+        v.frames_done,
+        v.frames_total,
+        v.frames_failed,
+        v.retries,
+        v.failovers,
+        format!("{:.1}s", v.elapsed_ms as f64 / 1000.0),
+        v.waiting.as_deref().unwrap_or("")
+    )
+}
+
+const SESSION_HEADER: &str = "ID                               STATE        DONE      FRAMES/TOTAL     FAILED  RETRY FAILOVER    TIME  WAITING";
+
+fn parse_view(v: Value) -> Result<SessionView, Failure> {
+    serde_json::from_value(v).map_err(|e| Failure(EXIT_FAILED, format!("unexpected session format: {e}")))
+}
+
+fn submit(cli: &Cli, file: &std::path::Path, wait: bool) -> Result<(), Failure> {
+    // Validate here too, so that mistakes are reported with the file's name.
+    orch_runtime::session_file::load(file).map_err(|e| Failure(2, e.to_string()))?;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Failure(2, format!("cannot read `{}`: {e}", file.display())))?;
+    let dir = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let text = text.replace("{session_dir}", &dir.display().to_string());
+    let v = request(cli, "POST", "/v1/sessions", Some(&text))?;
+    let id = v["id"].as_str().unwrap_or_default().to_string();
+    if !wait {
+        return if cli.json { print_json(&v) } else {
+            println!("{id}");
+            Ok(())
+        };
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} frames {per_sec} eta {eta} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let view = loop {
+        let v = parse_view(get(cli, &format!("/v1/sessions/{id}"))?)?;
+        bar.set_length(v.frames_total);
+        bar.set_position(v.frames_done);
+        bar.set_message(match &v.waiting {
+            Some(w) if v.tasks_running == 0 => format!("waiting: {w}"),
+            _ => format!("failed {} retries {} failovers {}", v.frames_failed, v.retries, v.failovers),
+        });
+        if v.state.is_final() {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    bar.finish_and_clear();
     if cli.json {
-        let text =
-            serde_json::to_string_pretty(&v).map_err(|e| Failure(EXIT_FAILED, e.to_string()))?;
-        println!("{text}");
+        print_json(&serde_json::to_value(&view).unwrap_or_default())?;
+    } else {
+        println!("{SESSION_HEADER}");
+        println!("{}", session_line(&view));
+    }
+    if view.state == SessionState::Completed {
         Ok(())
     } else {
-        print(v)
+        Err(Failure(EXIT_FAILED, format!("session `{id}` ended {}", view.state.as_str())))
+    }
+}
+
+fn run(cli: &Cli) -> Result<(), Failure> {
+    match &cli.cmd {
+        Cmd::Submit { file, wait } => return submit(cli, file, *wait),
+        Cmd::Cancel { id } => {
+            let v = request(cli, "POST", &format!("/v1/sessions/{id}/cancel"), Some(""))?;
+            return if cli.json { print_json(&v) } else {
+                println!("cancelled {id}");
+                Ok(())
+            };
+        }
+        _ => {}
+    }
+    let path = match &cli.cmd {
+        Cmd::Status => "/v1/status".to_string(),
+        Cmd::Workers => "/v1/workers".to_string(),
+        Cmd::Sessions => "/v1/sessions".to_string(),
+        Cmd::Session { id } => format!("/v1/sessions/{id}"),
+        Cmd::Manifest { id } => format!("/v1/sessions/{id}/manifest"),
+        Cmd::Submit { .. } | Cmd::Cancel { .. } => unreachable!("handled above"),
+    };
+    let v = get(cli, &path)?;
+    if cli.json {
+        return print_json(&v);
+    }
+    match &cli.cmd {
+        Cmd::Status => print_status(v),
+        Cmd::Workers => print_workers(v),
+        Cmd::Sessions => {
+            let list: Vec<SessionView> = serde_json::from_value(v)
+                .map_err(|e| Failure(EXIT_FAILED, format!("unexpected sessions format: {e}")))?;
+            println!("{SESSION_HEADER}");
+            for s in &list {
+                println!("{}", session_line(s));
+            }
+            Ok(())
+        }
+        Cmd::Session { .. } => {
+            println!("{SESSION_HEADER}");
+            println!("{}", session_line(&parse_view(v)?));
+            Ok(())
+        }
+        Cmd::Manifest { .. } => {
+            let m: Manifest = serde_json::from_value(v)
+                .map_err(|e| Failure(EXIT_FAILED, format!("unexpected manifest format: {e}")))?;
+            println!("session {} ({}) {}: frames [{}, {})", m.session, m.name, m.state.as_str(), m.frames.start, m.frames.end);
+            println!("{:<22} {:>8} {:>7} {:<16} {:<16} {:>7}", "FRAMES", "TASK", "ATTEMPT", "NODE", "DEVICE", "OUTPUTS");
+            for r in &m.ranges {
+                println!(
+                    "{:<22} {:>8} {:>7} {:<16} {:<16} {:>7}",
+                    format!("[{}, {})", r.frames.start, r.frames.end),
+                    r.task, r.attempt, r.node, r.device, r.outputs.len()
+                );
+            }
+            for r in &m.replay {
+                println!("replay  [{}, {}) task {} attempt {} -> {} from {}/{}: {}", r.frames.start, r.frames.end, r.task, r.old_attempt, r.new_attempt, r.node, r.device, r.reason);
+            }
+            for f in &m.failed {
+                println!("failed  [{}, {}) task {} after {} attempts: {}", f.frames.start, f.frames.end, f.task, f.attempts, f.error);
+            }
+            Ok(())
+        }
+        Cmd::Submit { .. } | Cmd::Cancel { .. } => unreachable!("handled above"),
     }
 }
 

@@ -1,0 +1,132 @@
+//! The node's file work: output folders, quarantine and manifests, all
+//! confined to `data_dir` (SPEC §8, §13).
+
+use std::collections::HashSet;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use orch_actors::executor::{Executor, NodeIo, Noop, Sleep};
+use orch_actors::protocol::{ExecutorSpec, Manifest};
+
+use crate::command::CommandExecutor;
+
+/// [`NodeIo`] on the local file system under `data_dir`.
+pub struct FsIo {
+    data_dir: PathBuf,
+    command: Arc<CommandExecutor>,
+}
+
+impl FsIo {
+    pub fn new(data_dir: PathBuf) -> Self {
+        let command = Arc::new(CommandExecutor {
+            work_dir: data_dir.join("work"),
+        });
+        Self { data_dir, command }
+    }
+
+    /// `data_dir/rel`, refusing anything but plain relative components.
+    pub fn confined(&self, rel: &str) -> Result<PathBuf, String> {
+        let p = Path::new(rel);
+        if rel.is_empty() || !p.components().all(|c| matches!(c, Component::Normal(_))) {
+            return Err(format!("path `{rel}` is not a plain relative path inside `data_dir`"));
+        }
+        Ok(self.data_dir.join(p))
+    }
+}
+
+fn files_under(dir: &Path, base: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.is_dir() {
+            files_under(&path, base, out)?;
+        } else if let Ok(rel) = path.strip_prefix(base) {
+            out.push(rel.to_path_buf());
+        }
+    }
+    Ok(())
+}
+
+impl NodeIo for FsIo {
+    fn prepare_out_dir(&self, rel: &str) -> Result<PathBuf, String> {
+        let dir = self.confined(rel)?;
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
+        Ok(dir)
+    }
+
+    fn quarantine(&self, rel: &str, keep: &[String]) -> Result<usize, String> {
+        let src = self.confined(rel)?;
+        if !src.exists() {
+            return Ok(0);
+        }
+        let tail = rel.strip_prefix("out/").unwrap_or(rel);
+        let dst = self.confined(&format!("quarantine/{tail}"))?;
+        let keep: HashSet<&str> = keep.iter().map(String::as_str).collect();
+        let mut files = Vec::new();
+        files_under(&src, &src, &mut files).map_err(|e| format!("cannot list `{}`: {e}", src.display()))?;
+        let mut moved = 0;
+        for f in files {
+            if keep.contains(f.to_string_lossy().as_ref()) {
+                continue;
+            }
+            let to = dst.join(&f);
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| format!("cannot create `{}`: {e}", parent.display()))?;
+            }
+            std::fs::rename(src.join(&f), &to)
+                .map_err(|e| format!("cannot move `{}` to quarantine: {e}", f.display()))?;
+            moved += 1;
+        }
+        Ok(moved)
+    }
+
+    fn write_manifest(&self, manifest: &Manifest) -> Result<PathBuf, String> {
+        let dir = self.confined(&format!("sessions/{}", manifest.session))?;
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
+        let path = dir.join("manifest.json");
+        let tmp = dir.join(".manifest.json.tmp");
+        let file = std::fs::File::create(&tmp).map_err(|e| format!("cannot write `{}`: {e}", tmp.display()))?;
+        let mut w = std::io::BufWriter::new(file);
+        serde_json::to_writer_pretty(&mut w, manifest).map_err(|e| e.to_string())?;
+        use std::io::Write;
+        w.flush().map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, &path).map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
+        Ok(path)
+    }
+
+    fn executor(&self, spec: &ExecutorSpec) -> Arc<dyn Executor> {
+        match spec {
+            ExecutorSpec::Noop => Arc::new(Noop),
+            ExecutorSpec::Sleep { .. } => Arc::new(Sleep),
+            ExecutorSpec::Command { .. } => self.command.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_stay_inside_data_dir() {
+        let io = FsIo::new(PathBuf::from("/data"));
+        assert!(io.confined("out/s/n/d/1-a1").is_ok());
+        assert!(io.confined("../etc").is_err());
+        assert!(io.confined("/etc/passwd").is_err());
+        assert!(io.confined("out/../../x").is_err());
+        assert!(io.confined("").is_err());
+    }
+
+    #[test]
+    fn quarantine_moves_all_but_kept_files() {
+        let d = tempfile::tempdir().unwrap();
+        let io = FsIo::new(d.path().to_path_buf());
+        let out = io.prepare_out_dir("out/s/n/dev/3-a1").unwrap();
+        std::fs::write(out.join("frame_0.png"), b"ok").unwrap();
+        std::fs::write(out.join("frame_1.png"), b"partial").unwrap();
+        let moved = io.quarantine("out/s/n/dev/3-a1", &["frame_0.png".into()]).unwrap();
+        assert_eq!(moved, 1);
+        assert!(out.join("frame_0.png").exists());
+        assert!(d.path().join("quarantine/s/n/dev/3-a1/frame_1.png").exists());
+    }
+}

@@ -1,0 +1,332 @@
+//! Session files (TOML): parsing and validation into a [`SessionSpec`].
+//!
+//! ```toml
+//! name = "quickstart"
+//! frames = { start = 0, end = 48 }     # or: items = ["a.mp4", "b.mp4"]
+//! chunk_frames = 4
+//! id_chunk_size = 1000                 # global IDs reserved per task
+//! max_attempts = 3
+//! backoff_ms = 500                     # doubles per retry, up to backoff_max_ms
+//! timeout_ms = 90000                   # per task
+//! [require]                            # hard match on device capabilities
+//! gpu = true
+//! [prefer]                             # weights for devices with the capability
+//! hw_accel = 10
+//! [executor]
+//! kind = "command"                     # or "builtin:noop", "builtin:sleep"
+//! argv = ["python3", "{session_dir}/render.py", "{start}", "{end}", "{out_dir}"]
+//! ```
+//!
+//! `{session_dir}` is replaced, when the file is read, by the folder the file is in.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use orch_actors::protocol::{CapValue, Capabilities, ExecutorSpec, FrameRange, SessionSpec};
+use serde::Deserialize;
+
+use crate::config::{ConfigError, ConfigErrors};
+
+/// Most tasks one session may have (the ledger keeps one record each).
+pub const MAX_TASKS: u64 = 10_000_000;
+/// Most work items in one session.
+pub const MAX_ITEMS: usize = 100_000;
+/// Longest work item.
+pub const MAX_ITEM_LEN: usize = 4096;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSession {
+    name: String,
+    frames: Option<RawFrames>,
+    items: Option<Vec<String>>,
+    chunk_frames: u64,
+    #[serde(default = "default_id_chunk")]
+    id_chunk_size: u64,
+    #[serde(default = "default_attempts")]
+    max_attempts: u32,
+    #[serde(default = "default_backoff")]
+    backoff_ms: u64,
+    #[serde(default = "default_backoff_max")]
+    backoff_max_ms: u64,
+    #[serde(default = "default_timeout")]
+    timeout_ms: u64,
+    #[serde(default)]
+    require: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    prefer: BTreeMap<String, i64>,
+    executor: RawExecutor,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFrames {
+    start: u64,
+    end: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExecutor {
+    kind: String,
+    argv: Option<Vec<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    ms_per_frame: Option<u64>,
+}
+
+fn default_id_chunk() -> u64 {
+    1_000_000
+}
+fn default_attempts() -> u32 {
+    3
+}
+fn default_backoff() -> u64 {
+    500
+}
+fn default_backoff_max() -> u64 {
+    30_000
+}
+fn default_timeout() -> u64 {
+    90_000
+}
+
+/// Read and validate a session file.
+pub fn load(path: &Path) -> Result<SessionSpec, ConfigErrors> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: file.clone(),
+            key: "(file)".into(),
+            expected: format!("a readable TOML file: {e}"),
+        }])
+    })?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    parse(&text, &file, Some(&dir))
+}
+
+/// Parse and validate session text; `session_dir` replaces `{session_dir}`.
+pub fn parse(text: &str, file: &str, session_dir: Option<&Path>) -> Result<SessionSpec, ConfigErrors> {
+    let raw: RawSession = crate::config::parse_toml(text, file)?;
+    let mut problems = Vec::new();
+    let mut add = |key: &str, expected: String| {
+        problems.push(ConfigError {
+            file: file.to_string(),
+            key: key.to_string(),
+            expected,
+        })
+    };
+    if !crate::config::valid_name(&raw.name) {
+        add(
+            "name",
+            format!("expected 1 to 64 characters from `A-Z a-z 0-9 - _ .`, got `{}`", raw.name),
+        );
+    }
+    let frames = match (&raw.frames, &raw.items) {
+        (Some(f), None) => {
+            if f.end <= f.start {
+                add(
+                    "frames",
+                    format!("expected `end` > `start`, got start `{}` and end `{}`", f.start, f.end),
+                );
+            }
+            FrameRange {
+                start: f.start,
+                end: f.end,
+            }
+        }
+        (None, Some(items)) => {
+            if items.is_empty() || items.len() > MAX_ITEMS {
+                add("items", format!("expected 1 to {MAX_ITEMS} items, got {}", items.len()));
+            }
+            if let Some((i, _)) = items.iter().enumerate().find(|(_, s)| s.len() > MAX_ITEM_LEN || s.contains('\n')) {
+                add(
+                    &format!("items[{i}]"),
+                    format!("expected at most {MAX_ITEM_LEN} bytes on one line"),
+                );
+            }
+            FrameRange {
+                start: 0,
+                end: items.len() as u64,
+            }
+        }
+        _ => {
+            add("frames", "set exactly one of `frames = { start, end }` and `items = [...]`".into());
+            FrameRange { start: 0, end: 1 }
+        }
+    };
+    if raw.chunk_frames == 0 {
+        add("chunk_frames", "expected at least 1, got `0`".into());
+    } else if frames.end > frames.start && frames.len().div_ceil(raw.chunk_frames) > MAX_TASKS {
+        add(
+            "chunk_frames",
+            format!(
+                "{} frames in chunks of {} make {} tasks; at most {MAX_TASKS}: raise `chunk_frames`",
+                frames.len(),
+                raw.chunk_frames,
+                frames.len().div_ceil(raw.chunk_frames)
+            ),
+        );
+    }
+    if raw.id_chunk_size == 0 || raw.id_chunk_size > 1 << 40 {
+        add(
+            "id_chunk_size",
+            format!("expected 1 to {}, got `{}`", 1u64 << 40, raw.id_chunk_size),
+        );
+    }
+    if raw.max_attempts == 0 || raw.max_attempts > 100 {
+        add("max_attempts", format!("expected 1 to 100, got `{}`", raw.max_attempts));
+    }
+    if raw.backoff_ms > 3_600_000 {
+        add("backoff_ms", format!("expected at most 3600000, got `{}`", raw.backoff_ms));
+    }
+    if raw.backoff_max_ms < raw.backoff_ms {
+        add(
+            "backoff_max_ms",
+            format!("expected at least `backoff_ms` ({}), got `{}`", raw.backoff_ms, raw.backoff_max_ms),
+        );
+    }
+    if raw.timeout_ms == 0 || raw.timeout_ms > 7 * 24 * 3_600_000 {
+        add("timeout_ms", format!("expected 1 to 604800000, got `{}`", raw.timeout_ms));
+    }
+    let mut require = Capabilities::new();
+    for (k, v) in &raw.require {
+        let value = match v {
+            toml::Value::Boolean(b) => Some(CapValue::Bool(*b)),
+            toml::Value::Integer(i) => Some(CapValue::Int(*i)),
+            toml::Value::String(s) => Some(CapValue::Str(s.clone())),
+            toml::Value::Array(a) => a
+                .iter()
+                .map(|x| x.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .map(CapValue::List),
+            _ => None,
+        };
+        match value {
+            Some(v) => {
+                require.insert(k.clone(), v);
+            }
+            None => add(
+                &format!("require.{k}"),
+                format!(
+                    "unknown capability type `{}`: expected a boolean, an integer, a string or a list of strings",
+                    v.type_str()
+                ),
+            ),
+        }
+    }
+    let sub = |s: &str| match session_dir {
+        Some(d) => s.replace("{session_dir}", &d.display().to_string()),
+        None => s.to_string(),
+    };
+    let e = &raw.executor;
+    let executor = match e.kind.as_str() {
+        "builtin:noop" => ExecutorSpec::Noop,
+        "builtin:sleep" => match e.ms_per_frame {
+            Some(ms) if ms <= 600_000 => ExecutorSpec::Sleep { ms_per_frame: ms },
+            Some(ms) => {
+                add("executor.ms_per_frame", format!("expected at most 600000, got `{ms}`"));
+                ExecutorSpec::Noop
+            }
+            None => {
+                add("executor.ms_per_frame", "missing; `builtin:sleep` needs it".into());
+                ExecutorSpec::Noop
+            }
+        },
+        "command" => match &e.argv {
+            Some(argv) if !argv.is_empty() && !argv[0].is_empty() => ExecutorSpec::Command {
+                argv: argv.iter().map(|a| sub(a)).collect(),
+                env: e.env.iter().map(|(k, v)| (k.clone(), sub(v))).collect(),
+            },
+            _ => {
+                add("executor.argv", "expected a non-empty list: the program and its arguments".into());
+                ExecutorSpec::Noop
+            }
+        },
+        other => {
+            add(
+                "executor.kind",
+                format!("unknown executor `{other}`; expected `command`, `builtin:noop` or `builtin:sleep`"),
+            );
+            ExecutorSpec::Noop
+        }
+    };
+    if !problems.is_empty() {
+        return Err(ConfigErrors(problems));
+    }
+    Ok(SessionSpec {
+        name: raw.name,
+        frames,
+        items: raw.items,
+        chunk_frames: raw.chunk_frames,
+        id_chunk_size: raw.id_chunk_size,
+        require,
+        prefer: raw.prefer,
+        max_attempts: raw.max_attempts,
+        backoff_ms: raw.backoff_ms,
+        backoff_max_ms: raw.backoff_max_ms,
+        executor,
+        timeout_ms: raw.timeout_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "s1"
+frames = { start = 0, end = 100 }
+chunk_frames = 10
+[executor]
+kind = "builtin:noop"
+"#;
+
+    fn err(text: &str) -> String {
+        let e = parse(text, "s.toml", None).unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        e.to_string()
+    }
+
+    #[test]
+    fn a_good_session_parses_with_defaults() {
+        let s = parse(GOOD, "s.toml", None).unwrap();
+        assert_eq!(s.frames, FrameRange { start: 0, end: 100 });
+        assert_eq!(s.max_attempts, 3);
+        assert_eq!(s.executor, ExecutorSpec::Noop);
+    }
+
+    #[test]
+    fn bad_sessions_name_the_key() {
+        assert!(err(&GOOD.replace("chunk_frames = 10", "chunk_frames = 0")).contains("`chunk_frames`"));
+        assert!(err(&GOOD.replace("end = 100", "end = 0")).contains("`end` > `start`"));
+        let e = err(&GOOD.replace("chunk_frames = 10", "chunk_frames = 1").replace("end = 100", "end = 100000000000"));
+        assert!(e.contains("raise `chunk_frames`"), "{e}");
+        assert!(err(&GOOD.replace("builtin:noop", "builtin:teleport")).contains("unknown executor `builtin:teleport`"));
+        assert!(err(&GOOD.replace("kind = \"builtin:noop\"", "kind = \"command\"")).contains("executor.argv"));
+        assert!(err(&GOOD.replace("kind = \"builtin:noop\"", "kind = \"builtin:sleep\"")).contains("ms_per_frame"));
+        assert!(err(&format!("extra = 1\n{GOOD}")).contains("unknown field `extra`"));
+    }
+
+    #[test]
+    fn unknown_capability_types_are_refused() {
+        let text = "name = \"s\"\nframes = { start = 0, end = 4 }\nchunk_frames = 1\n[require]\nvram = 1.5\n[executor]\nkind = \"builtin:noop\"\n";
+        let e = err(text);
+        assert!(e.contains("`require.vram`") && e.contains("unknown capability type `float`"), "{e}");
+    }
+
+    #[test]
+    fn items_make_frames_and_session_dir_is_substituted() {
+        let text = "name = \"t\"\nitems = [\"a\", \"b\", \"c\"]\nchunk_frames = 2\n[executor]\nkind = \"command\"\nargv = [\"{session_dir}/x.sh\", \"{start}\"]\n";
+        let s = parse(text, "s.toml", Some(Path::new("/srv/jobs"))).unwrap();
+        assert_eq!(s.frames, FrameRange { start: 0, end: 3 });
+        match s.executor {
+            ExecutorSpec::Command { argv, .. } => assert_eq!(argv, vec!["/srv/jobs/x.sh", "{start}"]),
+            other => panic!("{other:?}"),
+        }
+    }
+}
