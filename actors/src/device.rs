@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::executor::{ExecError, ExecJob, ExecReport, NodeIo};
-use crate::protocol::{out_dir, AttemptKey, DeviceInfo, TaskOutcome, TaskSpec};
+use crate::protocol::{out_dir, AttemptKey, DeviceInfo, ExecutorSpec, TaskOutcome, TaskSpec};
 use crate::worker::{DeviceEvent, WorkerMsg};
 
 /// Least time between two progress reports of one task.
@@ -101,7 +101,12 @@ impl DeviceActorState {
         self.state = crate::device::DeviceState::Busy;
         let started_ms = unix_ms();
         let rel = out_dir(&key, &self.args.node, &self.args.info.id);
-        let outcome = match self.args.io.prepare_out_dir(&rel) {
+        // Builtin executors write nothing: no folder for them.
+        let prepared = match task.executor {
+            ExecutorSpec::Command { .. } => self.args.io.prepare_out_dir(&rel),
+            _ => Ok(std::path::PathBuf::from(&rel)),
+        };
+        let outcome = match prepared {
             Ok(dir) => {
                 let job = ExecJob {
                     task: task.clone(),

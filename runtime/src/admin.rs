@@ -7,11 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::{DefaultBodyLimit, Path};
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::extract::{DefaultBodyLimit, Path};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use orch_actors::master::MasterMsg;
@@ -95,7 +95,10 @@ async fn authorize(State(ctx): State<Arc<AdminCtx>>, req: Request, next: Next) -
             }
         }
     };
-    let known = matches!(route.as_str(), "/v1/status" | "/v1/workers" | "/v1/sessions");
+    let known = matches!(
+        route.as_str(),
+        "/v1/status" | "/v1/workers" | "/v1/sessions"
+    );
     metrics::counter!(m::ADMIN_REQUESTS,
         "route" => if known { route } else { "other".to_string() },
         "code" => response.status().as_u16().to_string())
@@ -163,7 +166,10 @@ async fn workers(State(ctx): State<Arc<AdminCtx>>) -> Result<Response, ApiError>
 }
 
 fn unexpected() -> ApiError {
-    ApiError(StatusCode::BAD_GATEWAY, "unexpected reply from the master".into())
+    ApiError(
+        StatusCode::BAD_GATEWAY,
+        "unexpected reply from the master".into(),
+    )
 }
 
 fn json<T: serde::Serialize>(v: T) -> Result<Response, ApiError> {
@@ -186,21 +192,30 @@ async fn sessions(State(ctx): State<Arc<AdminCtx>>) -> Result<Response, ApiError
     }
 }
 
-async fn session(State(ctx): State<Arc<AdminCtx>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn session(
+    State(ctx): State<Arc<AdminCtx>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     match ask_master(&ctx, AdminRequest::Session(id)).await? {
         AdminReply::Session(v) => json(v),
         _ => Err(unexpected()),
     }
 }
 
-async fn manifest(State(ctx): State<Arc<AdminCtx>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn manifest(
+    State(ctx): State<Arc<AdminCtx>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     match ask_master(&ctx, AdminRequest::Manifest(id)).await? {
         AdminReply::Manifest(m) => json(m),
         _ => Err(unexpected()),
     }
 }
 
-async fn cancel(State(ctx): State<Arc<AdminCtx>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn cancel(
+    State(ctx): State<Arc<AdminCtx>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     match ask_master(&ctx, AdminRequest::Cancel(id)).await? {
         AdminReply::Cancelled { id } => json(json!({ "id": id, "state": "cancelled" })),
         _ => Err(unexpected()),

@@ -99,7 +99,8 @@ pub fn scan_outputs(dir: &Path, seen: &mut HashSet<String>) -> Result<Vec<Output
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let entries = std::fs::read_dir(&d).map_err(|e| format!("cannot list `{}`: {e}", d.display()))?;
+        let entries =
+            std::fs::read_dir(&d).map_err(|e| format!("cannot list `{}`: {e}", d.display()))?;
         for entry in entries {
             let entry = entry.map_err(|e| e.to_string())?;
             let path = entry.path();
@@ -118,10 +119,15 @@ pub fn scan_outputs(dir: &Path, seen: &mut HashSet<String>) -> Result<Vec<Output
                 stack.push(path);
                 continue;
             }
-            if name.starts_with('.') || name.ends_with(".tmp") || seen.contains(&rel) || !meta.is_file() {
+            if name.starts_with('.')
+                || name.ends_with(".tmp")
+                || seen.contains(&rel)
+                || !meta.is_file()
+            {
                 continue;
             }
-            let (size, sha256) = sha256_file(&path).map_err(|e| format!("cannot read output `{rel}`: {e}"))?;
+            let (size, sha256) =
+                sha256_file(&path).map_err(|e| format!("cannot read output `{rel}`: {e}"))?;
             seen.insert(rel.clone());
             found.push(OutputFile {
                 path: rel,
@@ -161,7 +167,9 @@ impl<R: AsyncRead + Unpin> BoundedLines<R> {
                 if std::mem::take(&mut self.skipping) {
                     continue;
                 }
-                return Ok(Some(String::from_utf8_lossy(&line[..line.len() - 1]).into_owned()));
+                return Ok(Some(
+                    String::from_utf8_lossy(&line[..line.len() - 1]).into_owned(),
+                ));
             }
             if self.buf.len() > MAX_LINE {
                 self.buf.clear();
@@ -230,7 +238,12 @@ async fn run_command(
         let text = job.task.items.join("\n") + "\n";
         std::fs::create_dir_all(&work_dir)
             .and_then(|_| std::fs::write(&items_file, text))
-            .map_err(|e| fail(format!("cannot write `{}`: {e}", items_file.display()), &report))?;
+            .map_err(|e| {
+                fail(
+                    format!("cannot write `{}`: {e}", items_file.display()),
+                    &report,
+                )
+            })?;
     }
     let vars = placeholders(&job, &items_file);
     let argv: Vec<String> = argv.iter().map(|a| expand(a, &vars)).collect();
@@ -248,7 +261,10 @@ async fn run_command(
     for (k, v) in &vars {
         cmd.env(format!("ORCH_{}", k.to_uppercase()), v);
     }
-    let env: BTreeMap<String, String> = env.iter().map(|(k, v)| (k.clone(), expand(v, &vars))).collect();
+    let env: BTreeMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.clone(), expand(v, &vars)))
+        .collect();
     cmd.envs(&env);
     let mut child = cmd
         .spawn()
@@ -376,7 +392,10 @@ mod tests {
     #[test]
     fn progress_lines_parse() {
         assert_eq!(parse_progress("ORCH_PROGRESS 3"), Some((3, None)));
-        assert_eq!(parse_progress("ORCH_PROGRESS 3 1007"), Some((3, Some(1007))));
+        assert_eq!(
+            parse_progress("ORCH_PROGRESS 3 1007"),
+            Some((3, Some(1007)))
+        );
         assert_eq!(parse_progress("ORCH_PROGRESS x"), None);
         assert_eq!(parse_progress("progress 3"), None);
         assert_eq!(parse_progress("ORCH_PROGRESS 3 y"), None);

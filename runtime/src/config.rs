@@ -275,7 +275,10 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// Parse TOML into `T`, mapping shape errors to one line with key and position.
-pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<T, ConfigErrors> {
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &str,
+) -> Result<T, ConfigErrors> {
     let shape_error = |key: String, err: &toml::de::Error| {
         let at = err
             .span()

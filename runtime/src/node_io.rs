@@ -28,7 +28,9 @@ impl FsIo {
     pub fn confined(&self, rel: &str) -> Result<PathBuf, String> {
         let p = Path::new(rel);
         if rel.is_empty() || !p.components().all(|c| matches!(c, Component::Normal(_))) {
-            return Err(format!("path `{rel}` is not a plain relative path inside `data_dir`"));
+            return Err(format!(
+                "path `{rel}` is not a plain relative path inside `data_dir`"
+            ));
         }
         Ok(self.data_dir.join(p))
     }
@@ -50,7 +52,8 @@ fn files_under(dir: &Path, base: &Path, out: &mut Vec<PathBuf>) -> std::io::Resu
 impl NodeIo for FsIo {
     fn prepare_out_dir(&self, rel: &str) -> Result<PathBuf, String> {
         let dir = self.confined(rel)?;
-        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
         Ok(dir)
     }
 
@@ -63,7 +66,8 @@ impl NodeIo for FsIo {
         let dst = self.confined(&format!("quarantine/{tail}"))?;
         let keep: HashSet<&str> = keep.iter().map(String::as_str).collect();
         let mut files = Vec::new();
-        files_under(&src, &src, &mut files).map_err(|e| format!("cannot list `{}`: {e}", src.display()))?;
+        files_under(&src, &src, &mut files)
+            .map_err(|e| format!("cannot list `{}`: {e}", src.display()))?;
         let mut moved = 0;
         for f in files {
             if keep.contains(f.to_string_lossy().as_ref()) {
@@ -71,7 +75,8 @@ impl NodeIo for FsIo {
             }
             let to = dst.join(&f);
             if let Some(parent) = to.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| format!("cannot create `{}`: {e}", parent.display()))?;
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("cannot create `{}`: {e}", parent.display()))?;
             }
             std::fs::rename(src.join(&f), &to)
                 .map_err(|e| format!("cannot move `{}` to quarantine: {e}", f.display()))?;
@@ -82,15 +87,18 @@ impl NodeIo for FsIo {
 
     fn write_manifest(&self, manifest: &Manifest) -> Result<PathBuf, String> {
         let dir = self.confined(&format!("sessions/{}", manifest.session))?;
-        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
         let path = dir.join("manifest.json");
         let tmp = dir.join(".manifest.json.tmp");
-        let file = std::fs::File::create(&tmp).map_err(|e| format!("cannot write `{}`: {e}", tmp.display()))?;
+        let file = std::fs::File::create(&tmp)
+            .map_err(|e| format!("cannot write `{}`: {e}", tmp.display()))?;
         let mut w = std::io::BufWriter::new(file);
         serde_json::to_writer_pretty(&mut w, manifest).map_err(|e| e.to_string())?;
         use std::io::Write;
         w.flush().map_err(|e| e.to_string())?;
-        std::fs::rename(&tmp, &path).map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
+        std::fs::rename(&tmp, &path)
+            .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
         Ok(path)
     }
 
@@ -124,9 +132,14 @@ mod tests {
         let out = io.prepare_out_dir("out/s/n/dev/3-a1").unwrap();
         std::fs::write(out.join("frame_0.png"), b"ok").unwrap();
         std::fs::write(out.join("frame_1.png"), b"partial").unwrap();
-        let moved = io.quarantine("out/s/n/dev/3-a1", &["frame_0.png".into()]).unwrap();
+        let moved = io
+            .quarantine("out/s/n/dev/3-a1", &["frame_0.png".into()])
+            .unwrap();
         assert_eq!(moved, 1);
         assert!(out.join("frame_0.png").exists());
-        assert!(d.path().join("quarantine/s/n/dev/3-a1/frame_1.png").exists());
+        assert!(d
+            .path()
+            .join("quarantine/s/n/dev/3-a1/frame_1.png")
+            .exists());
     }
 }

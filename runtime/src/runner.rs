@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use orch_actors::master::MasterMsg;
-use orch_actors::protocol::{AdminReply, AdminRequest, SessionSpec, SessionState, SessionView, MASTER_GROUP};
+use orch_actors::protocol::{
+    AdminReply, AdminRequest, SessionSpec, SessionState, SessionView, MASTER_GROUP,
+};
 use ractor::rpc::CallResult;
 use ractor::{pg, ActorRef};
 
@@ -16,7 +18,10 @@ const MASTER_WAIT: Duration = Duration::from_secs(30);
 async fn ask(req: AdminRequest) -> anyhow::Result<AdminReply> {
     let deadline = Instant::now() + MASTER_WAIT;
     let master: ActorRef<MasterMsg> = loop {
-        if let Some(cell) = pg::get_members(&MASTER_GROUP.to_string()).into_iter().next() {
+        if let Some(cell) = pg::get_members(&MASTER_GROUP.to_string())
+            .into_iter()
+            .next()
+        {
             break cell.into();
         }
         if Instant::now() > deadline {
@@ -25,7 +30,10 @@ async fn ask(req: AdminRequest) -> anyhow::Result<AdminReply> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     match master
-        .call(|port| MasterMsg::Admin(req, port), Some(Duration::from_secs(10)))
+        .call(
+            |port| MasterMsg::Admin(req, port),
+            Some(Duration::from_secs(10)),
+        )
         .await
     {
         Ok(CallResult::Success(r)) => Ok(r),
@@ -66,7 +74,10 @@ pub async fn run_session(spec: SessionSpec, data_dir: &Path) -> anyhow::Result<S
     let v = loop {
         let v = view(&id).await?;
         bar.set_position(v.frames_done);
-        let mut msg = format!("running {} failed {} retries {}", v.tasks_running, v.frames_failed, v.retries);
+        let mut msg = format!(
+            "running {} failed {} retries {}",
+            v.tasks_running, v.frames_failed, v.retries
+        );
         if let Some(w) = &v.waiting {
             if v.tasks_running == 0 {
                 msg = format!("waiting: {w}");
@@ -84,13 +95,28 @@ pub async fn run_session(spec: SessionSpec, data_dir: &Path) -> anyhow::Result<S
     };
     bar.finish_and_clear();
     let data_dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-    println!("session {} {} in {:.1}s", v.id, v.state.as_str(), started.elapsed().as_secs_f64());
-    println!("  frames    {}/{} done, {} failed", v.frames_done, v.frames_total, v.frames_failed);
+    println!(
+        "session {} {} in {:.1}s",
+        v.id,
+        v.state.as_str(),
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "  frames    {}/{} done, {} failed",
+        v.frames_done, v.frames_total, v.frames_failed
+    );
     println!(
         "  tasks     {} ({} retries, {} failovers, {} stale results rejected)",
         v.tasks_total, v.retries, v.failovers, v.stale_rejected
     );
-    println!("  manifest  {}", data_dir.join("sessions").join(&v.id).join("manifest.json").display());
+    println!(
+        "  manifest  {}",
+        data_dir
+            .join("sessions")
+            .join(&v.id)
+            .join("manifest.json")
+            .display()
+    );
     println!("  outputs   {}", data_dir.join("out").join(&v.id).display());
     if let AdminReply::Manifest(m) = ask(AdminRequest::Manifest(id.clone())).await? {
         for f in &m.failed {

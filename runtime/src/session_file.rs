@@ -110,7 +110,11 @@ pub fn load(path: &Path) -> Result<SessionSpec, ConfigErrors> {
 }
 
 /// Parse and validate session text; `session_dir` replaces `{session_dir}`.
-pub fn parse(text: &str, file: &str, session_dir: Option<&Path>) -> Result<SessionSpec, ConfigErrors> {
+pub fn parse(
+    text: &str,
+    file: &str,
+    session_dir: Option<&Path>,
+) -> Result<SessionSpec, ConfigErrors> {
     let raw: RawSession = crate::config::parse_toml(text, file)?;
     let mut problems = Vec::new();
     let mut add = |key: &str, expected: String| {
@@ -123,7 +127,10 @@ pub fn parse(text: &str, file: &str, session_dir: Option<&Path>) -> Result<Sessi
     if !crate::config::valid_name(&raw.name) {
         add(
             "name",
-            format!("expected 1 to 64 characters from `A-Z a-z 0-9 - _ .`, got `{}`", raw.name),
+            format!(
+                "expected 1 to 64 characters from `A-Z a-z 0-9 - _ .`, got `{}`",
+                raw.name
+            ),
         );
     }
     let frames = match (&raw.frames, &raw.items) {
@@ -131,7 +138,10 @@ pub fn parse(text: &str, file: &str, session_dir: Option<&Path>) -> Result<Sessi
             if f.end <= f.start {
                 add(
                     "frames",
-                    format!("expected `end` > `start`, got start `{}` and end `{}`", f.start, f.end),
+                    format!(
+                        "expected `end` > `start`, got start `{}` and end `{}`",
+                        f.start, f.end
+                    ),
                 );
             }
             FrameRange {
@@ -141,9 +151,16 @@ pub fn parse(text: &str, file: &str, session_dir: Option<&Path>) -> Result<Sessi
         }
         (None, Some(items)) => {
             if items.is_empty() || items.len() > MAX_ITEMS {
-                add("items", format!("expected 1 to {MAX_ITEMS} items, got {}", items.len()));
+                add(
+                    "items",
+                    format!("expected 1 to {MAX_ITEMS} items, got {}", items.len()),
+                );
             }
-            if let Some((i, _)) = items.iter().enumerate().find(|(_, s)| s.len() > MAX_ITEM_LEN || s.contains('\n')) {
+            if let Some((i, _)) = items
+                .iter()
+                .enumerate()
+                .find(|(_, s)| s.len() > MAX_ITEM_LEN || s.contains('\n'))
+            {
                 add(
                     &format!("items[{i}]"),
                     format!("expected at most {MAX_ITEM_LEN} bytes on one line"),
@@ -155,7 +172,10 @@ pub fn parse(text: &str, file: &str, session_dir: Option<&Path>) -> Result<Sessi
             }
         }
         _ => {
-            add("frames", "set exactly one of `frames = { start, end }` and `items = [...]`".into());
+            add(
+                "frames",
+                "set exactly one of `frames = { start, end }` and `items = [...]`".into(),
+            );
             FrameRange { start: 0, end: 1 }
         }
     };
@@ -179,19 +199,31 @@ pub fn parse(text: &str, file: &str, session_dir: Option<&Path>) -> Result<Sessi
         );
     }
     if raw.max_attempts == 0 || raw.max_attempts > 100 {
-        add("max_attempts", format!("expected 1 to 100, got `{}`", raw.max_attempts));
+        add(
+            "max_attempts",
+            format!("expected 1 to 100, got `{}`", raw.max_attempts),
+        );
     }
     if raw.backoff_ms > 3_600_000 {
-        add("backoff_ms", format!("expected at most 3600000, got `{}`", raw.backoff_ms));
+        add(
+            "backoff_ms",
+            format!("expected at most 3600000, got `{}`", raw.backoff_ms),
+        );
     }
     if raw.backoff_max_ms < raw.backoff_ms {
         add(
             "backoff_max_ms",
-            format!("expected at least `backoff_ms` ({}), got `{}`", raw.backoff_ms, raw.backoff_max_ms),
+            format!(
+                "expected at least `backoff_ms` ({}), got `{}`",
+                raw.backoff_ms, raw.backoff_max_ms
+            ),
         );
     }
     if raw.timeout_ms == 0 || raw.timeout_ms > 7 * 24 * 3_600_000 {
-        add("timeout_ms", format!("expected 1 to 604800000, got `{}`", raw.timeout_ms));
+        add(
+            "timeout_ms",
+            format!("expected 1 to 604800000, got `{}`", raw.timeout_ms),
+        );
     }
     let mut require = Capabilities::new();
     for (k, v) in &raw.require {
@@ -229,11 +261,17 @@ pub fn parse(text: &str, file: &str, session_dir: Option<&Path>) -> Result<Sessi
         "builtin:sleep" => match e.ms_per_frame {
             Some(ms) if ms <= 600_000 => ExecutorSpec::Sleep { ms_per_frame: ms },
             Some(ms) => {
-                add("executor.ms_per_frame", format!("expected at most 600000, got `{ms}`"));
+                add(
+                    "executor.ms_per_frame",
+                    format!("expected at most 600000, got `{ms}`"),
+                );
                 ExecutorSpec::Noop
             }
             None => {
-                add("executor.ms_per_frame", "missing; `builtin:sleep` needs it".into());
+                add(
+                    "executor.ms_per_frame",
+                    "missing; `builtin:sleep` needs it".into(),
+                );
                 ExecutorSpec::Noop
             }
         },
@@ -243,7 +281,10 @@ pub fn parse(text: &str, file: &str, session_dir: Option<&Path>) -> Result<Sessi
                 env: e.env.iter().map(|(k, v)| (k.clone(), sub(v))).collect(),
             },
             _ => {
-                add("executor.argv", "expected a non-empty list: the program and its arguments".into());
+                add(
+                    "executor.argv",
+                    "expected a non-empty list: the program and its arguments".into(),
+                );
                 ExecutorSpec::Noop
             }
         },
@@ -302,13 +343,24 @@ kind = "builtin:noop"
 
     #[test]
     fn bad_sessions_name_the_key() {
-        assert!(err(&GOOD.replace("chunk_frames = 10", "chunk_frames = 0")).contains("`chunk_frames`"));
+        assert!(
+            err(&GOOD.replace("chunk_frames = 10", "chunk_frames = 0")).contains("`chunk_frames`")
+        );
         assert!(err(&GOOD.replace("end = 100", "end = 0")).contains("`end` > `start`"));
-        let e = err(&GOOD.replace("chunk_frames = 10", "chunk_frames = 1").replace("end = 100", "end = 100000000000"));
+        let e = err(&GOOD
+            .replace("chunk_frames = 10", "chunk_frames = 1")
+            .replace("end = 100", "end = 100000000000"));
         assert!(e.contains("raise `chunk_frames`"), "{e}");
-        assert!(err(&GOOD.replace("builtin:noop", "builtin:teleport")).contains("unknown executor `builtin:teleport`"));
-        assert!(err(&GOOD.replace("kind = \"builtin:noop\"", "kind = \"command\"")).contains("executor.argv"));
-        assert!(err(&GOOD.replace("kind = \"builtin:noop\"", "kind = \"builtin:sleep\"")).contains("ms_per_frame"));
+        assert!(err(&GOOD.replace("builtin:noop", "builtin:teleport"))
+            .contains("unknown executor `builtin:teleport`"));
+        assert!(
+            err(&GOOD.replace("kind = \"builtin:noop\"", "kind = \"command\""))
+                .contains("executor.argv")
+        );
+        assert!(
+            err(&GOOD.replace("kind = \"builtin:noop\"", "kind = \"builtin:sleep\""))
+                .contains("ms_per_frame")
+        );
         assert!(err(&format!("extra = 1\n{GOOD}")).contains("unknown field `extra`"));
     }
 
@@ -316,7 +368,10 @@ kind = "builtin:noop"
     fn unknown_capability_types_are_refused() {
         let text = "name = \"s\"\nframes = { start = 0, end = 4 }\nchunk_frames = 1\n[require]\nvram = 1.5\n[executor]\nkind = \"builtin:noop\"\n";
         let e = err(text);
-        assert!(e.contains("`require.vram`") && e.contains("unknown capability type `float`"), "{e}");
+        assert!(
+            e.contains("`require.vram`") && e.contains("unknown capability type `float`"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -325,7 +380,9 @@ kind = "builtin:noop"
         let s = parse(text, "s.toml", Some(Path::new("/srv/jobs"))).unwrap();
         assert_eq!(s.frames, FrameRange { start: 0, end: 3 });
         match s.executor {
-            ExecutorSpec::Command { argv, .. } => assert_eq!(argv, vec!["/srv/jobs/x.sh", "{start}"]),
+            ExecutorSpec::Command { argv, .. } => {
+                assert_eq!(argv, vec!["/srv/jobs/x.sh", "{start}"])
+            }
             other => panic!("{other:?}"),
         }
     }

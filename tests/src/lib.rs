@@ -48,6 +48,9 @@ pub struct NodeSpec {
     pub admin_token: Option<String>,
     /// Run inside this network namespace.
     pub netns: Option<String>,
+    pub max_concurrency: u32,
+    /// `[[device]]` tables replacing the generated ones.
+    pub devices_toml: Option<String>,
 }
 
 impl NodeSpec {
@@ -64,6 +67,8 @@ impl NodeSpec {
             devices: 2,
             admin_token: None,
             netns: None,
+            max_concurrency: 4,
+            devices_toml: None,
         }
     }
 
@@ -363,6 +368,75 @@ impl TestCluster {
         )
     }
 
+    /// Submit a session (TOML text) through node 0; its id.
+    pub fn submit(&self, name: &str, toml: &str) -> Result<String> {
+        let f = self.dir.path().join(format!("{name}.session.toml"));
+        std::fs::write(&f, toml)?;
+        let out = self.orchctl(0, &["submit", f.to_str().context("utf-8 path")?, "--json"]);
+        if !out.status.success() {
+            bail!(
+                "orchctl submit failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let v: Value = serde_json::from_slice(&out.stdout)?;
+        Ok(v["id"].as_str().context("an id")?.to_string())
+    }
+
+    /// `orchctl session ID --json`.
+    pub fn session(&self, id: &str) -> Result<Value> {
+        let out = self.orchctl(0, &["session", id, "--json"]);
+        if !out.status.success() {
+            bail!(
+                "orchctl session failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// `orchctl manifest ID --json`.
+    pub fn manifest(&self, id: &str) -> Result<Value> {
+        let out = self.orchctl(0, &["manifest", id, "--json"]);
+        if !out.status.success() {
+            bail!(
+                "orchctl manifest failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Poll a session every 100 ms until `cond` holds or `within` passes.
+    pub fn wait_session(
+        &self,
+        id: &str,
+        what: &str,
+        within: Duration,
+        cond: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let start = Instant::now();
+        let mut last = Value::Null;
+        while start.elapsed() < within {
+            if let Ok(v) = self.session(id) {
+                if cond(&v) {
+                    return Ok(v);
+                }
+                last = v;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "timed out after {within:?} waiting for: {what}\nlast session view: {last}\n{}",
+            self.logs()
+        )
+    }
+
+    /// Wait until session `id` ends; its final view.
+    pub fn wait_done(&self, id: &str, within: Duration) -> Result<Value> {
+        self.wait_session(id, "the session ends", within, |v| v["state"] != "running")
+    }
+
     /// The tail of every node's log, for failure messages.
     pub fn logs(&self) -> String {
         let mut s = String::new();
@@ -434,7 +508,9 @@ pub fn render_config(
         }
         None => String::new(),
     };
-    let devices = if spec.worker {
+    let devices = if let Some(d) = &spec.devices_toml {
+        d.clone()
+    } else if spec.worker {
         format!(
             "[[device]]\ncount = {}\nid_prefix = \"{}-dev-\"\ncapabilities = {{ gpu = false }}\n",
             spec.devices, spec.name
@@ -456,7 +532,7 @@ heartbeat_ms = {hb}
 missed_heartbeats = {missed}
 
 [worker]
-max_concurrency = 4
+max_concurrency = {max_concurrency}
 
 {devices}
 [admin]
@@ -472,6 +548,7 @@ listen = "{metrics}"
         peers = peers.join(", "),
         hb = spec.heartbeat_ms,
         missed = spec.missed_heartbeats,
+        max_concurrency = spec.max_concurrency,
     )
 }
 
@@ -499,4 +576,96 @@ pub fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> Result<(u1
         .unwrap_or("")
         .to_string();
     Ok((code, body))
+}
+
+fn range(v: &Value) -> (u64, u64) {
+    (
+        v["start"].as_u64().expect("start"),
+        v["end"].as_u64().expect("end"),
+    )
+}
+
+/// SPEC §6: every frame of `[start, end)` is in exactly one produced range or
+/// one failed range. Returns the number of produced frames.
+pub fn assert_exactly_once(manifest: &Value, start: u64, end: u64) -> u64 {
+    let mut spans: Vec<(u64, u64, &str)> = Vec::new();
+    for r in manifest["ranges"].as_array().expect("ranges") {
+        let (s, e) = range(&r["frames"]);
+        spans.push((s, e, "produced"));
+    }
+    for r in manifest["failed"].as_array().expect("failed") {
+        let (s, e) = range(&r["frames"]);
+        spans.push((s, e, "failed"));
+    }
+    spans.sort();
+    let mut at = start;
+    let mut produced = 0;
+    for (s, e, kind) in &spans {
+        assert!(s < e, "empty {kind} range [{s}, {e})");
+        assert_eq!(
+            *s, at,
+            "frames [{at}, {s}) missing or overlapping at a {kind} range [{s}, {e})"
+        );
+        if *kind == "produced" {
+            produced += e - s;
+        }
+        at = *e;
+    }
+    assert_eq!(at, end, "frames [{at}, {end}) missing");
+    produced
+}
+
+/// SPEC §6: the ID ranges used by produced ranges never overlap.
+pub fn assert_ids_disjoint(manifest: &Value) {
+    let mut ids: Vec<(u64, u64)> = manifest["ranges"]
+        .as_array()
+        .expect("ranges")
+        .iter()
+        .map(|r| {
+            let lo = r["ids"]["lo"].as_u64().expect("lo");
+            let used = r["ids_used"].as_u64().unwrap_or(lo);
+            (lo, used)
+        })
+        .filter(|(lo, hi)| hi > lo)
+        .collect();
+    ids.sort();
+    for w in ids.windows(2) {
+        assert!(
+            w[0].1 <= w[1].0,
+            "ID ranges overlap: {:?} and {:?}",
+            w[0],
+            w[1]
+        );
+    }
+}
+
+/// Most tasks that ran at once, from manifest timestamps, per key (`node` or `device`).
+pub fn max_overlap(manifest: &Value, key: &str) -> std::collections::BTreeMap<String, usize> {
+    let mut events: std::collections::BTreeMap<String, Vec<(u64, i32)>> = Default::default();
+    for r in manifest["ranges"].as_array().expect("ranges") {
+        let k = match key {
+            "device" => format!(
+                "{}/{}",
+                r["node"].as_str().unwrap_or(""),
+                r["device"].as_str().unwrap_or("")
+            ),
+            _ => r[key].as_str().unwrap_or("").to_string(),
+        };
+        let e = events.entry(k).or_default();
+        // Ends sort before starts at the same millisecond: [start, end) intervals.
+        e.push((r["started_ms"].as_u64().expect("started"), 1));
+        e.push((r["finished_ms"].as_u64().expect("finished"), -1));
+    }
+    events
+        .into_iter()
+        .map(|(k, mut ev)| {
+            ev.sort();
+            let (mut cur, mut max) = (0i32, 0i32);
+            for (_, d) in ev {
+                cur += d;
+                max = max.max(cur);
+            }
+            (k, max as usize)
+        })
+        .collect()
 }

@@ -60,7 +60,6 @@ enum Cmd {
 
 struct Failure(u8, String);
 
-
 fn get(cli: &Cli, path: &str) -> Result<Value, Failure> {
     request(cli, "GET", path, None)
 }
@@ -213,7 +212,8 @@ fn session_line(v: &SessionView) -> String {
 const SESSION_HEADER: &str = "ID                               STATE        DONE      FRAMES/TOTAL     FAILED  RETRY FAILOVER    TIME  WAITING";
 
 fn parse_view(v: Value) -> Result<SessionView, Failure> {
-    serde_json::from_value(v).map_err(|e| Failure(EXIT_FAILED, format!("unexpected session format: {e}")))
+    serde_json::from_value(v)
+        .map_err(|e| Failure(EXIT_FAILED, format!("unexpected session format: {e}")))
 }
 
 fn submit(cli: &Cli, file: &std::path::Path, wait: bool) -> Result<(), Failure> {
@@ -221,21 +221,28 @@ fn submit(cli: &Cli, file: &std::path::Path, wait: bool) -> Result<(), Failure> 
     orch_runtime::session_file::load(file).map_err(|e| Failure(2, e.to_string()))?;
     let text = std::fs::read_to_string(file)
         .map_err(|e| Failure(2, format!("cannot read `{}`: {e}", file.display())))?;
-    let dir = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let dir = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let text = text.replace("{session_dir}", &dir.display().to_string());
     let v = request(cli, "POST", "/v1/sessions", Some(&text))?;
     let id = v["id"].as_str().unwrap_or_default().to_string();
     if !wait {
-        return if cli.json { print_json(&v) } else {
+        return if cli.json {
+            print_json(&v)
+        } else {
             println!("{id}");
             Ok(())
         };
     }
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} frames {per_sec} eta {eta} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} frames {per_sec} eta {eta} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let view = loop {
         let v = parse_view(get(cli, &format!("/v1/sessions/{id}"))?)?;
@@ -243,7 +250,10 @@ fn submit(cli: &Cli, file: &std::path::Path, wait: bool) -> Result<(), Failure> 
         bar.set_position(v.frames_done);
         bar.set_message(match &v.waiting {
             Some(w) if v.tasks_running == 0 => format!("waiting: {w}"),
-            _ => format!("failed {} retries {} failovers {}", v.frames_failed, v.retries, v.failovers),
+            _ => format!(
+                "failed {} retries {} failovers {}",
+                v.frames_failed, v.retries, v.failovers
+            ),
         });
         if v.state.is_final() {
             break v;
@@ -260,7 +270,10 @@ fn submit(cli: &Cli, file: &std::path::Path, wait: bool) -> Result<(), Failure> 
     if view.state == SessionState::Completed {
         Ok(())
     } else {
-        Err(Failure(EXIT_FAILED, format!("session `{id}` ended {}", view.state.as_str())))
+        Err(Failure(
+            EXIT_FAILED,
+            format!("session `{id}` ended {}", view.state.as_str()),
+        ))
     }
 }
 
@@ -269,7 +282,9 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Cmd::Submit { file, wait } => return submit(cli, file, *wait),
         Cmd::Cancel { id } => {
             let v = request(cli, "POST", &format!("/v1/sessions/{id}/cancel"), Some(""))?;
-            return if cli.json { print_json(&v) } else {
+            return if cli.json {
+                print_json(&v)
+            } else {
                 println!("cancelled {id}");
                 Ok(())
             };
@@ -308,20 +323,47 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Cmd::Manifest { .. } => {
             let m: Manifest = serde_json::from_value(v)
                 .map_err(|e| Failure(EXIT_FAILED, format!("unexpected manifest format: {e}")))?;
-            println!("session {} ({}) {}: frames [{}, {})", m.session, m.name, m.state.as_str(), m.frames.start, m.frames.end);
-            println!("{:<22} {:>8} {:>7} {:<16} {:<16} {:>7}", "FRAMES", "TASK", "ATTEMPT", "NODE", "DEVICE", "OUTPUTS");
+            println!(
+                "session {} ({}) {}: frames [{}, {})",
+                m.session,
+                m.name,
+                m.state.as_str(),
+                m.frames.start,
+                m.frames.end
+            );
+            println!(
+                "{:<22} {:>8} {:>7} {:<16} {:<16} {:>7}",
+                "FRAMES", "TASK", "ATTEMPT", "NODE", "DEVICE", "OUTPUTS"
+            );
             for r in &m.ranges {
                 println!(
                     "{:<22} {:>8} {:>7} {:<16} {:<16} {:>7}",
                     format!("[{}, {})", r.frames.start, r.frames.end),
-                    r.task, r.attempt, r.node, r.device, r.outputs.len()
+                    r.task,
+                    r.attempt,
+                    r.node,
+                    r.device,
+                    r.outputs.len()
                 );
             }
             for r in &m.replay {
-                println!("replay  [{}, {}) task {} attempt {} -> {} from {}/{}: {}", r.frames.start, r.frames.end, r.task, r.old_attempt, r.new_attempt, r.node, r.device, r.reason);
+                println!(
+                    "replay  [{}, {}) task {} attempt {} -> {} from {}/{}: {}",
+                    r.frames.start,
+                    r.frames.end,
+                    r.task,
+                    r.old_attempt,
+                    r.new_attempt,
+                    r.node,
+                    r.device,
+                    r.reason
+                );
             }
             for f in &m.failed {
-                println!("failed  [{}, {}) task {} after {} attempts: {}", f.frames.start, f.frames.end, f.task, f.attempts, f.error);
+                println!(
+                    "failed  [{}, {}) task {} after {} attempts: {}",
+                    f.frames.start, f.frames.end, f.task, f.attempts, f.error
+                );
             }
             Ok(())
         }
