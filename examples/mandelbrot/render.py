@@ -101,64 +101,93 @@ def render(frame, total, width, height, base_iter, palette):
     black = b"\x00\x00\x00"
     pal = palette
     psize = len(pal)
-    # Colour index = (smooth escape time) * scale + offset; the offset puts
-    # the fast-escaping outside of frame 0 at the dark-blue end.
+    # Colour index = smooth escape time * scale, wrapped round the palette.
     scale = psize / PALETTE_PERIOD
     log = math.log
     log2 = math.log(2.0)
     r2 = ESCAPE_R
-    x_left = cx - (width / 2.0 - 0.5) * pixel
-    xs = [x_left + i * pixel for i in range(width)]
+    xs = [cx + (i - width / 2.0 + 0.5) * pixel for i in range(width)]
+    ys = [cy + (height / 2.0 - 0.5 - j) * pixel for j in range(height)]
+
+    def colour(x, y):
+        """Colour of the point x + iy: 3 bytes; `black` (this object) inside."""
+        # Main cardioid and period-2 bulb: inside, no need to iterate.
+        y2 = y * y
+        xq = x - 0.25
+        q = xq * xq + y2
+        if q * (q + xq) <= 0.25 * y2 or (x + 1.0) * (x + 1.0) + y2 <= 0.0625:
+            return black
+        c = complex(x, y)
+        z = 0j
+        n = 0
+        while n < max_iter:
+            z0 = z
+            z = z * z + c
+            z = z * z + c
+            z = z * z + c
+            z = z * z + c
+            if abs(z) > r2:
+                # Escaped in this block: redo it one step at a time.
+                z = z0
+                while True:
+                    z = z * z + c
+                    n += 1
+                    if abs(z) > r2:
+                        break
+                break
+            n += 4
+        if n >= max_iter:
+            return black
+        # Smooth (continuous) escape time.
+        nu = n + 1.0 - log(log(abs(z))) / log2
+        return pal[int(nu * scale) % psize]
+
+    # Mariani-Silver subdivision, for the inside only: when the whole border
+    # of a rectangle is inside the set, so is everything in it (the set is
+    # connected and has no holes), so it is filled black without iterating.
+    # Escaping pixels are always computed one by one (smooth colours differ).
+    grid = [None] * (width * height)
+
+    def px(i, j):
+        k = j * width + i
+        v = grid[k]
+        if v is None:
+            v = grid[k] = colour(xs[i], ys[j])
+        return v
+
+    stack = [(0, 0, width - 1, height - 1)]
+    while stack:
+        x0, y0, x1, y1 = stack.pop()
+        inside = True
+        for i in range(x0, x1 + 1):
+            if px(i, y0) is not black:
+                inside = False
+            if px(i, y1) is not black:
+                inside = False
+        for j in range(y0 + 1, y1):
+            if px(x0, j) is not black:
+                inside = False
+            if px(x1, j) is not black:
+                inside = False
+        if x1 - x0 < 2 or y1 - y0 < 2:
+            continue  # no pixels strictly inside the border
+        if inside:
+            for j in range(y0 + 1, y1):
+                base = j * width
+                grid[base + x0 + 1:base + x1] = [black] * (x1 - x0 - 1)
+        elif x1 - x0 <= 6 or y1 - y0 <= 6:
+            for j in range(y0 + 1, y1):
+                for i in range(x0 + 1, x1):
+                    px(i, j)
+        else:
+            xm = (x0 + x1) // 2
+            ym = (y0 + y1) // 2
+            stack += ((x0, y0, xm, ym), (xm, y0, x1, ym), (x0, ym, xm, y1), (xm, ym, x1, y1))
 
     rows = []
     for j in range(height):
-        y = cy + (height / 2.0 - 0.5 - j) * pixel
-        y2 = y * y
-        parts = [b"\x00"]  # PNG filter type 0 (None)
-        append = parts.append
-        for x in xs:
-            # Main cardioid and period-2 bulb: inside, no need to iterate.
-            xq = x - 0.25
-            q = xq * xq + y2
-            if q * (q + xq) <= 0.25 * y2 or (x + 1.0) * (x + 1.0) + y2 <= 0.0625:
-                append(black)
-                continue
-            c = complex(x, y)
-            z = 0j
-            n = 0
-            # Brent-style periodicity check: remember z at block boundaries
-            # and stop when the orbit comes back to it (interior points).
-            saved = 0j
-            check = 8
-            while n < max_iter:
-                z0 = z
-                z = z * z + c
-                z = z * z + c
-                z = z * z + c
-                z = z * z + c
-                if abs(z) > r2:
-                    # Escaped in this block: redo it one step at a time.
-                    z = z0
-                    while True:
-                        z = z * z + c
-                        n += 1
-                        if abs(z) > r2:
-                            break
-                    break
-                n += 4
-                if abs(z - saved) < 1e-13:
-                    n = max_iter
-                    break
-                if n >= check:
-                    saved = z
-                    check += check
-            if n >= max_iter:
-                append(black)
-            else:
-                # Smooth (continuous) escape time.
-                nu = n + 1.0 - log(log(abs(z))) / log2
-                append(pal[int(nu * scale) % psize])
-        rows.append(b"".join(parts))
+        rows.append(b"\x00")  # PNG filter type 0 (None)
+        rows.extend(grid[j * width:(j + 1) * width])
     return b"".join(rows)
 
 

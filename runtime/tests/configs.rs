@@ -30,18 +30,21 @@ fn the_embedded_default_is_one_node_with_both_roles_and_devices() {
 }
 
 #[test]
-fn every_node_config_under_examples_is_valid() {
+fn every_node_config_and_session_file_under_examples_is_valid() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let mut files = Vec::new();
     toml_files(&root, &mut files);
-    let mut checked = 0;
+    let (mut checked, mut sessions) = (0, 0);
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
-        if !text.contains("[node]") {
-            continue; // session files and other formats have their own tests
+        if text.contains("[node]") {
+            orch_runtime::config::load(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            checked += 1;
+        } else if text.contains("[executor]") {
+            orch_runtime::session_file::load(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            sessions += 1;
         }
-        orch_runtime::config::load(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-        checked += 1;
     }
     assert!(checked >= 3, "found {checked} node configs under examples/");
+    assert!(sessions >= 3, "found {sessions} session files under examples/");
 }
