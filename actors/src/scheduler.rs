@@ -172,6 +172,10 @@ impl Node {
     }
 }
 
+/// How good a device is for a task; higher is better: not the device that
+/// just failed it, preference score, free queue, node load, least recently used.
+type PlacementKey = (bool, i64, u32, u64, u64);
+
 /// A lost attempt whose node must quarantine its outputs when it returns.
 #[derive(Debug, Clone)]
 struct Orphan {
@@ -755,7 +759,7 @@ impl Scheduler {
     fn pick(&self, s: usize, t: u32) -> Option<(Arc<str>, usize)> {
         let sess = &self.sessions[s];
         let task = &sess.tasks[t as usize];
-        let mut best: Option<((bool, i64, u32, u64, u64), Arc<str>, usize)> = None;
+        let mut best: Option<(PlacementKey, Arc<str>, usize)> = None;
         for node in self.nodes.values() {
             if !node.accepting || node.inflight >= node.cap() {
                 continue;

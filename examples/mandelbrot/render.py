@@ -20,6 +20,7 @@ Standard library only; exit status 0 on success, 2 on bad arguments (one line
 import argparse
 import math
 import os
+import re
 import struct
 import sys
 import zlib
@@ -37,7 +38,8 @@ DEFAULT_HEIGHT = 120
 DEFAULT_MAX_ITER = 200  # at frame 0; grows with depth, see max_iter_for()
 
 ESCAPE_R = 256.0  # large bailout radius: smoother colour bands
-UNROLL = 4  # iterations per escape test; 256**(2**4) = 2**128 cannot overflow
+# The loop tests for escape every 4 iterations; |z| <= 256 at the start of a
+# block, so it stays below 256**16 = 2**128 and cannot overflow a float.
 
 PALETTE_SIZE = 1024
 PALETTE_PERIOD = 48.0  # escape-time units per full trip round the palette
@@ -65,13 +67,13 @@ def max_iter_for(base, zoom):
 
 # --- colour ------------------------------------------------------------------
 
-# A cyclic gradient (deep blue -> sky blue -> white -> gold -> near-black).
+# A cyclic gradient (deep blue -> sky blue -> white -> gold -> dark purple).
 STOPS = (
     (0.0, (0, 7, 100)),
     (0.16, (32, 107, 203)),
     (0.42, (237, 255, 255)),
     (0.6425, (255, 170, 0)),
-    (0.8575, (0, 2, 0)),
+    (0.8575, (40, 8, 56)),
     (1.0, (0, 7, 100)),
 )
 
@@ -105,7 +107,7 @@ def render(frame, total, width, height, base_iter, palette):
     scale = psize / PALETTE_PERIOD
     log = math.log
     log2 = math.log(2.0)
-    r2 = ESCAPE_R
+    radius = ESCAPE_R
     xs = [cx + (i - width / 2.0 + 0.5) * pixel for i in range(width)]
     ys = [cy + (height / 2.0 - 0.5 - j) * pixel for j in range(height)]
 
@@ -126,13 +128,13 @@ def render(frame, total, width, height, base_iter, palette):
             z = z * z + c
             z = z * z + c
             z = z * z + c
-            if abs(z) > r2:
+            if abs(z) > radius:
                 # Escaped in this block: redo it one step at a time.
                 z = z0
                 while True:
                     z = z * z + c
                     n += 1
-                    if abs(z) > r2:
+                    if abs(z) > radius:
                         break
                 break
             n += 4
@@ -242,10 +244,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _int(text):
-    try:
-        return int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if not re.fullmatch(r"[+-]?[0-9]+", text):
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer")
+    return int(text, 10)
 
 
 def parse_args(argv):
@@ -271,8 +272,14 @@ def parse_args(argv):
 
     if a.frames < 1:
         fail(f"--frames must be at least 1, got {a.frames}")
-    if not 0 <= a.start < a.end <= a.frames:
-        fail(f"need 0 <= START < END <= TOTAL, got START={a.start} END={a.end} TOTAL={a.frames}")
+    if a.start < 0:
+        fail(f"START must be 0 or more, got {a.start}")
+    if a.end <= a.start:
+        fail(f"END must be greater than START (frames START..END-1 are rendered), "
+             f"got START={a.start} END={a.end}")
+    if a.end > a.frames:
+        fail(f"END must be at most TOTAL={a.frames} (the animation's frame count, --frames), "
+             f"got END={a.end}")
     for name, value in (("--width", a.width), ("--height", a.height)):
         if not 8 <= value <= 4096:
             fail(f"{name} must be between 8 and 4096, got {value}")
@@ -303,9 +310,19 @@ def main(argv=None):
                   file=sys.stderr, flush=True)
             return 1
         done += 1
+        # Only now, with the file in place under its final name.
         print(f"ORCH_PROGRESS {done}", flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        status = main()
+    except KeyboardInterrupt:
+        status = 130
+    except BrokenPipeError:
+        # Nobody reads our stdout any more; do not let the exit flush fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("error: stdout was closed", file=sys.stderr, flush=True)
+        status = 1
+    sys.exit(status)

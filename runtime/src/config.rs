@@ -257,8 +257,13 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             expected: format!("a readable TOML file: {e}"),
         }])
     })?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    parse(&text, &file, base)
+    // Relative paths in the file resolve against its folder, made absolute.
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+    parse(&text, &file, &base)
 }
 
 /// Parse and validate configuration text; relative paths resolve against `base`.
@@ -510,6 +515,11 @@ impl RawConfig {
             let key = format!("cluster.peers[{i}]");
             if p.host_port(&key, peer) && !peers.insert(peer.clone()) {
                 p.add(key, format!("peer `{peer}` is listed twice"));
+            } else if listen.is_some_and(|l| peer.parse::<SocketAddr>().ok() == Some(l)) {
+                p.add(
+                    key,
+                    format!("peer `{peer}` is this node's own `node.listen` address"),
+                );
             }
         }
         if c.heartbeat_ms == 0 || c.heartbeat_ms > 600_000 {
@@ -869,6 +879,15 @@ capabilities = { gpu = true }
         assert!(parse(&text, "c.toml", Path::new("/tmp")).is_ok());
         let text = GOOD.replace("name = \"n1\"", "name = \"n1\"\nroles = [\"boss\"]");
         assert!(one_error(&text).contains("got `boss`"));
+    }
+
+    #[test]
+    fn a_node_cannot_list_itself_as_a_peer() {
+        let line = one_error(&GOOD.replace("127.0.0.1:7800", "127.0.0.1:7700"));
+        assert!(
+            line.contains("`cluster.peers[0]`") && line.contains("own `node.listen`"),
+            "{line}"
+        );
     }
 
     #[test]

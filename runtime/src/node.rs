@@ -180,11 +180,18 @@ impl Actor for NodeSupervisor {
 
 /// Run a node until `shutdown` resolves: open the metrics, cluster and admin
 /// ports, start the actor tree, then leave cleanly.
-pub async fn run_node(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run_node(mut cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let node = cfg.node.name.clone();
     std::fs::create_dir_all(&cfg.node.data_dir).map_err(|e| {
         anyhow::anyhow!(
             "cannot create `node.data_dir` `{}`: {e}",
+            cfg.node.data_dir.display()
+        )
+    })?;
+    // Commands run in their output folders: every path handed out must be absolute.
+    cfg.node.data_dir = std::fs::canonicalize(&cfg.node.data_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot resolve `node.data_dir` `{}`: {e}",
             cfg.node.data_dir.display()
         )
     })?;

@@ -75,7 +75,7 @@ pub async fn run_session(spec: SessionSpec, data_dir: &Path) -> anyhow::Result<S
         let v = view(&id).await?;
         bar.set_position(v.frames_done);
         let mut msg = format!(
-            "running {} failed {} retries {}",
+            "in flight {} failed {} retries {}",
             v.tasks_running, v.frames_failed, v.retries
         );
         if let Some(w) = &v.waiting {

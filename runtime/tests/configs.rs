@@ -46,5 +46,8 @@ fn every_node_config_and_session_file_under_examples_is_valid() {
         }
     }
     assert!(checked >= 3, "found {checked} node configs under examples/");
-    assert!(sessions >= 3, "found {sessions} session files under examples/");
+    assert!(
+        sessions >= 3,
+        "found {sessions} session files under examples/"
+    );
 }

@@ -135,4 +135,3 @@ fn a_worker_cut_off_for_20s_loses_nothing_and_nothing_waits_forever() {
     })
     .unwrap();
 }
-

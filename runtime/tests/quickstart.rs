@@ -29,22 +29,40 @@ fn the_main_job_renders_every_frame_and_writes_the_manifest() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
     assert!(stdout.contains("completed"), "{stdout}");
     assert!(stdout.contains("48/48 done"), "{stdout}");
     // The manifest: every frame exactly once, each with its PNG and checksum.
     let sessions = dir.path().join("orch-data/sessions");
-    let id = std::fs::read_dir(&sessions).unwrap().next().unwrap().unwrap().file_name();
+    let id = std::fs::read_dir(&sessions)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name();
     let manifest: Value = serde_json::from_str(
         &std::fs::read_to_string(sessions.join(&id).join("manifest.json")).unwrap(),
     )
     .unwrap();
     assert_eq!(manifest["state"], "completed");
     assert_eq!(assert_exactly_once(&manifest, 0, 48), 48);
-    assert!(stdout.contains(&format!("{}", sessions.join(&id).join("manifest.json").display())), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "{}",
+            sessions.join(&id).join("manifest.json").display()
+        )),
+        "{stdout}"
+    );
     let mut pngs = 0;
     for r in manifest["ranges"].as_array().unwrap() {
-        let folder = dir.path().join("orch-data").join(r["out_dir"].as_str().unwrap());
+        let folder = dir
+            .path()
+            .join("orch-data")
+            .join(r["out_dir"].as_str().unwrap());
         for o in r["outputs"].as_array().unwrap() {
             let bytes = std::fs::read(folder.join(o["path"].as_str().unwrap())).unwrap();
             assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{} is a PNG", o["path"]);
