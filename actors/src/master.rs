@@ -20,6 +20,10 @@ use crate::protocol::{
 use crate::scheduler::{SchedCommand, SchedEvent, Scheduler};
 use crate::worker::WorkerMsg;
 
+/// Most manifest ranges sent to another node in one answer (a cluster frame
+/// over 16 MiB would drop the connection).
+const MAX_FORWARDED_RANGES: usize = 20_000;
+
 /// The master of the cluster; exactly one is active.
 pub struct Master;
 
@@ -270,8 +274,10 @@ impl MasterState {
 pub enum MasterMsg {
     /// A message from a worker (remote or local).
     Worker(ToMaster),
-    /// An admin query, forwarded from any node's admin endpoint.
+    /// An admin query from this node's admin endpoint.
     Admin(AdminRequest, RpcReplyPort<AdminReply>),
+    /// An admin query forwarded by another node: its answer must fit one cluster frame.
+    RemoteAdmin(AdminRequest, RpcReplyPort<AdminReply>),
     /// Bytes from the network that did not decode; counted and logged.
     Malformed(String),
     /// Local: check heartbeat deadlines, wake retries, refresh gauges.
@@ -342,6 +348,21 @@ impl Actor for Master {
             }
             MasterMsg::Admin(req, reply) => {
                 let _ = reply.send(state.answer(req));
+            }
+            MasterMsg::RemoteAdmin(req, reply) => {
+                let answer = match state.answer(req) {
+                    AdminReply::Manifest(m) if m.ranges.len() > MAX_FORWARDED_RANGES => {
+                        AdminReply::Error(format!(
+                            "the manifest of `{}` has {} ranges, too many to forward across the cluster; ask the master node `{}` directly, or read `sessions/{}/manifest.json` in its data_dir",
+                            m.session,
+                            m.ranges.len(),
+                            state.node,
+                            m.session
+                        ))
+                    }
+                    other => other,
+                };
+                let _ = reply.send(answer);
             }
             MasterMsg::Malformed(what) => {
                 metrics::counter!(m::WIRE_DECODE_ERRORS).increment(1);

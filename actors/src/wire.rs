@@ -125,12 +125,14 @@ impl Message for MasterMsg {
                 VARIANT_TO_MASTER,
                 encode(&m).map_err(|_| BoxedDowncastErr)?,
             )),
-            MasterMsg::Admin(req, reply) => Ok(SerializedMessage::Call {
-                variant: VARIANT_ADMIN.to_string(),
-                args: encode(&req).map_err(|_| BoxedDowncastErr)?,
-                reply: port_to_bytes(reply),
-                metadata: None,
-            }),
+            MasterMsg::Admin(req, reply) | MasterMsg::RemoteAdmin(req, reply) => {
+                Ok(SerializedMessage::Call {
+                    variant: VARIANT_ADMIN.to_string(),
+                    args: encode(&req).map_err(|_| BoxedDowncastErr)?,
+                    reply: port_to_bytes(reply),
+                    metadata: None,
+                })
+            }
             // Local-only messages never leave the node.
             _ => Err(BoxedDowncastErr),
         }
@@ -150,7 +152,7 @@ impl Message for MasterMsg {
                 reply,
                 ..
             } if variant == VARIANT_ADMIN => match decode(&args) {
-                Ok(req) => MasterMsg::Admin(req, port_from_bytes(reply)),
+                Ok(req) => MasterMsg::RemoteAdmin(req, port_from_bytes(reply)),
                 Err(e) => MasterMsg::Malformed(e),
             },
             other => MasterMsg::Malformed(unexpected("master", &other)),
