@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::executor::{ExecError, ExecJob, ExecReport, NodeIo};
-use crate::protocol::{out_dir, AttemptKey, DeviceInfo, ExecutorSpec, TaskOutcome, TaskSpec};
+use crate::protocol::{
+    out_dir, AttemptKey, DeviceInfo, DeviceState, ExecutorSpec, TaskOutcome, TaskSpec,
+};
 use crate::worker::{DeviceEvent, WorkerMsg};
 
 /// Least time between two progress reports of one task.
@@ -21,16 +23,6 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
 /// A device slot.
 pub struct Device;
-
-/// What a device is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeviceState {
-    Idle,
-    Busy,
-    Offline,
-    Quarantined,
-}
 
 /// A device as its worker reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,6 +57,8 @@ pub enum DeviceMsg {
     Quarantine(AttemptKey, Vec<String>),
     /// Report what the device is and what it is doing.
     Status(RpcReplyPort<DeviceStatus>),
+    /// Start afresh (after its attempts were dropped).
+    Restart,
 }
 
 impl ractor::Message for DeviceMsg {}
@@ -98,7 +92,7 @@ impl DeviceActorState {
             },
             _ = cancel.cancelled() => return,
         };
-        self.state = crate::device::DeviceState::Busy;
+        self.state = DeviceState::Busy;
         let started_ms = unix_ms();
         let rel = out_dir(&key, &self.args.node, &self.args.info.id);
         // Builtin executors write nothing: no folder for them.
@@ -259,6 +253,11 @@ impl Actor for Device {
                         warn!(node_id = %state.args.node, device_id = %state.args.info.id, error = %e, "quarantine failed")
                     }
                 }
+            }
+            DeviceMsg::Restart => {
+                state.state = DeviceState::Idle;
+                state.tasks_run = 0;
+                info!(node_id = %state.args.node, device_id = %state.args.info.id, "device restarted");
             }
             DeviceMsg::Status(reply) => {
                 let _ = reply.send(DeviceStatus {

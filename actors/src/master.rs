@@ -14,8 +14,8 @@ use crate::executor::NodeIo;
 use crate::membership::{DetectorConfig, MemberCommand, MemberEvent, Membership};
 use crate::metrics as m;
 use crate::protocol::{
-    worker_group, AdminReply, AdminRequest, MemberState, SessionState, ToMaster, ToWorker,
-    MASTER_GROUP,
+    worker_group, AdminReply, AdminRequest, DeviceState, DeviceView, FailoverRecord, MemberState,
+    SessionState, ToMaster, ToWorker, MASTER_GROUP,
 };
 use crate::scheduler::{SchedCommand, SchedEvent, Scheduler};
 use crate::worker::WorkerMsg;
@@ -230,7 +230,86 @@ impl MasterState {
             AdminRequest::Status => {
                 let mut s = self.membership.status(&self.node, now);
                 s.sessions = self.sched.views(unix_now);
+                s.recent_failovers = self
+                    .sched
+                    .recent_failovers(20)
+                    .into_iter()
+                    .map(|(session, replay)| FailoverRecord { session, replay })
+                    .collect();
                 AdminReply::Status(s)
+            }
+            AdminRequest::Devices(filter) => {
+                if let Some(n) = &filter {
+                    if self.membership.registration(n).is_none() {
+                        return AdminReply::NotFound(format!("no worker `{n}`"));
+                    }
+                }
+                let mut views = self.sched.device_views(filter.as_deref());
+                // Devices of workers that are not (or no longer) healthy are offline.
+                for w in self.membership.views(now) {
+                    if filter.as_ref().is_some_and(|f| *f != w.node) || self.sched.has_device(&w.node, None) {
+                        continue;
+                    }
+                    for d in w.devices {
+                        views.push(DeviceView {
+                            node: w.node.clone(),
+                            device: d.id,
+                            state: DeviceState::Offline,
+                            tasks: Vec::new(),
+                            tasks_done: 0,
+                            last_error: w.reason.map(|r| r.as_str().to_string()),
+                            capabilities: d.capabilities,
+                        });
+                    }
+                }
+                AdminReply::Devices(views)
+            }
+            AdminRequest::Drain(node) | AdminRequest::Undrain(node)
+                if self.membership.registration(&node).is_none() =>
+            {
+                AdminReply::NotFound(format!("no worker `{node}`"))
+            }
+            AdminRequest::Drain(node) => {
+                self.schedule(SchedEvent::Drain {
+                    node: node.clone(),
+                    drained: true,
+                });
+                AdminReply::Done(format!(
+                    "node `{node}` drained: it finishes the tasks it has and takes no new ones"
+                ))
+            }
+            AdminRequest::Undrain(node) => {
+                self.schedule(SchedEvent::Drain {
+                    node: node.clone(),
+                    drained: false,
+                });
+                AdminReply::Done(format!("node `{node}` takes work again"))
+            }
+            AdminRequest::RestartDevice { node, device } | AdminRequest::KillDevice { node, device }
+                if !self.sched.has_device(&node, Some(&device)) =>
+            {
+                AdminReply::NotFound(format!("no device `{device}` on a healthy worker `{node}`"))
+            }
+            AdminRequest::RestartDevice { node, device } => {
+                self.schedule(SchedEvent::DeviceDown {
+                    node: node.clone(),
+                    device: device.clone(),
+                    reason: "device_restart".into(),
+                    disable: false,
+                });
+                self.send_to(&node, ToWorker::RestartDevice { device: device.clone() });
+                AdminReply::Done(format!("device `{device}` on `{node}` restarted; its tasks were reassigned"))
+            }
+            AdminRequest::KillDevice { node, device } => {
+                self.schedule(SchedEvent::DeviceDown {
+                    node: node.clone(),
+                    device: device.clone(),
+                    reason: "device_killed".into(),
+                    disable: true,
+                });
+                AdminReply::Done(format!(
+                    "device `{device}` on `{node}` quarantined; its tasks were reassigned (restart-device brings it back)"
+                ))
             }
             AdminRequest::Workers => AdminReply::Workers(self.membership.views(now)),
             AdminRequest::Submit(spec) => {

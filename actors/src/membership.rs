@@ -334,6 +334,7 @@ impl Membership {
             .members
             .values()
             .filter(|m| m.state == MemberState::Healthy);
+        let healthy_active = healthy.clone().filter(|m| m.active_tasks > 0).count() as u32;
         ClusterStatus {
             master: master.to_string(),
             protocol_version: PROTOCOL_VERSION,
@@ -346,6 +347,9 @@ impl Membership {
             queue_depth_summary: healthy.map(|m| m.queue_ratio).fold(0.0, f32::max),
             recent_failures: self.failures.iter().cloned().collect(),
             sessions: Vec::new(),
+            workers_active: healthy_active,
+            workers_idle: self.count(MemberState::Healthy) as u32 - healthy_active,
+            recent_failovers: Vec::new(),
         }
     }
 }

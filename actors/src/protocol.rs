@@ -120,6 +120,8 @@ pub enum ToWorker {
         keep: Vec<String>,
         reason: String,
     },
+    /// Restart a device actor (after its attempts were dropped).
+    RestartDevice { device: String },
 }
 
 /// Admin queries answered by the master (SPEC §11). Any node forwards them.
@@ -132,6 +134,12 @@ pub enum AdminRequest {
     Session(String),
     Manifest(String),
     Cancel(String),
+    /// Devices, of one node or all.
+    Devices(Option<String>),
+    Drain(String),
+    Undrain(String),
+    RestartDevice { node: String, device: String },
+    KillDevice { node: String, device: String },
 }
 
 /// Answer to an [`AdminRequest`].
@@ -144,6 +152,9 @@ pub enum AdminReply {
     Session(SessionView),
     Manifest(Box<Manifest>),
     Cancelled { id: String },
+    Devices(Vec<DeviceView>),
+    /// A mutating command succeeded; what was done.
+    Done(String),
     NotFound(String),
     Error(String),
 }
@@ -231,6 +242,18 @@ pub struct ClusterStatus {
     /// Most recent membership failures, newest last.
     pub recent_failures: Vec<FailureRecord>,
     pub sessions: Vec<SessionView>,
+    /// Healthy workers with work in flight / without.
+    pub workers_active: u32,
+    pub workers_idle: u32,
+    /// Most recent reassignments (newest last): session, range, node, reason.
+    pub recent_failovers: Vec<FailoverRecord>,
+}
+
+/// A reassignment, for `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailoverRecord {
+    pub session: String,
+    pub replay: ReplayRecord,
 }
 
 /// A recorded transition out of `healthy`.
@@ -514,4 +537,50 @@ pub fn out_dir(key: &AttemptKey, node: &str, device: &str) -> String {
         "out/{}/{node}/{device}/{}-a{}",
         key.session, key.task, key.attempt
     )
+}
+
+/// What a device is doing, as the master sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceState {
+    Idle,
+    Busy,
+    /// Its node is unhealthy or gone.
+    Offline,
+    /// Killed by an operator; takes no work until restarted.
+    Quarantined,
+}
+
+impl DeviceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Busy => "busy",
+            Self::Offline => "offline",
+            Self::Quarantined => "quarantined",
+        }
+    }
+}
+
+/// An attempt on a device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRef {
+    pub session: String,
+    pub task: u64,
+    pub attempt: u32,
+    pub frames: FrameRange,
+    pub frames_done: u64,
+}
+
+/// One device, as `orchctl devices` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceView {
+    pub node: String,
+    pub device: String,
+    pub state: DeviceState,
+    /// The running attempt first, then the queued one.
+    pub tasks: Vec<TaskRef>,
+    pub tasks_done: u64,
+    pub last_error: Option<String>,
+    pub capabilities: Capabilities,
 }

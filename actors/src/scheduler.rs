@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use crate::ids::IdAllocator;
 use crate::protocol::{
-    out_dir, AttemptKey, CapValue, Capabilities, DeviceInfo, FailedRange, FrameRange, IdRange,
+    out_dir, AttemptKey, CapValue, Capabilities, DeviceInfo, DeviceState, DeviceView, TaskRef, FailedRange, FrameRange, IdRange,
     Manifest, ManifestRange, OutputFile, ReplayRecord, SessionSpec, SessionState, SessionView,
     TaskOutcome, TaskProgress, TaskResult, TaskSpec,
 };
@@ -49,6 +49,18 @@ pub enum SchedEvent {
     Submit {
         id: String,
         spec: SessionSpec,
+    },
+    /// An operator drains (`true`) or undrains a node.
+    Drain {
+        node: String,
+        drained: bool,
+    },
+    /// An operator restarts (`disable = false`) or kills a device: its attempts are requeued.
+    DeviceDown {
+        node: String,
+        device: String,
+        reason: String,
+        disable: bool,
     },
     Cancel {
         session: String,
@@ -151,6 +163,10 @@ struct Device {
     caps: Capabilities,
     inflight: u32,
     last_used: u64,
+    /// Killed by an operator: takes no work until restarted.
+    disabled: bool,
+    last_error: Option<String>,
+    tasks_done: u64,
 }
 
 #[derive(Debug)]
@@ -159,6 +175,8 @@ struct Node {
     epoch: u64,
     max_concurrency: u32,
     accepting: bool,
+    /// Drained by an operator: finishes what it has, takes nothing new.
+    drained: bool,
     devices: Vec<Device>,
     by_id: HashMap<Arc<str>, usize>,
     inflight: u32,
@@ -196,6 +214,8 @@ pub struct Scheduler {
     rr: usize,
     use_counter: u64,
     orphans: HashMap<Arc<str>, Vec<Orphan>>,
+    /// Nodes drained by an operator (kept across re-registration).
+    drained: HashSet<Arc<str>>,
 }
 
 /// Whether `caps` satisfies every requirement.
@@ -258,6 +278,20 @@ impl Scheduler {
                 }
             }
             SchedEvent::Submit { id, spec } => self.submit(id, spec, now_ms),
+            SchedEvent::Drain { node, drained } => {
+                let name: Arc<str> = node.into();
+                if drained {
+                    self.drained.insert(name.clone());
+                } else {
+                    self.drained.remove(&name);
+                }
+                if let Some(n) = self.nodes.get_mut(&name) {
+                    n.drained = drained;
+                }
+            }
+            SchedEvent::DeviceDown { node, device, reason, disable } => {
+                self.device_down(&node, &device, &reason, disable, now_ms, &mut out);
+            }
             SchedEvent::Cancel { session } => self.cancel(&session, now_ms, &mut out),
             SchedEvent::Progress(p) => self.progress(p, &mut out),
             SchedEvent::Result(r) => self.result(r, now_ms, &mut out),
@@ -282,6 +316,7 @@ impl Scheduler {
             self.node_down(&name, old_epoch, "node_down", now_ms, out);
         }
         let name: Arc<str> = name.into();
+        let drained = self.drained.contains(&name);
         let devices: Vec<Device> = devices
             .into_iter()
             .map(|d| Device {
@@ -289,6 +324,9 @@ impl Scheduler {
                 caps: d.capabilities,
                 inflight: 0,
                 last_used: 0,
+                disabled: false,
+                last_error: None,
+                tasks_done: 0,
             })
             .collect();
         let by_id = devices
@@ -312,6 +350,7 @@ impl Scheduler {
                 epoch,
                 max_concurrency: max_concurrency.max(1),
                 accepting: true,
+                drained,
                 devices,
                 by_id,
                 inflight: 0,
@@ -339,7 +378,11 @@ impl Scheduler {
         lost.sort_unstable();
         let mut reassigned = 0;
         for (s, t) in lost {
-            reassigned += self.lose(s, t, reason, now_ms, true);
+            let (frames, orphan) = self.lose(s, t, reason, now_ms);
+            reassigned += frames;
+            if let Some((node, o)) = orphan {
+                self.orphans.entry(node).or_default().push(o);
+            }
         }
         if reassigned > 0 {
             out.push(SchedCommand::Reassigned {
@@ -382,10 +425,11 @@ impl Scheduler {
     }
 
     /// The running attempt of task `t` is lost: bank its reported frames,
-    /// requeue the rest with a new attempt. Returns the frames requeued.
-    fn lose(&mut self, s: usize, t: u32, reason: &str, now_ms: u64, node_gone: bool) -> u64 {
+    /// requeue the rest with a new attempt. Returns the frames requeued and
+    /// what the attempt's node must quarantine.
+    fn lose(&mut self, s: usize, t: u32, reason: &str, now_ms: u64) -> (u64, Option<(Arc<str>, Orphan)>) {
         let Some(run) = self.take_running(s, t) else {
-            return 0;
+            return (0, None);
         };
         let sess = &mut self.sessions[s];
         let task = &mut sess.tasks[t as usize];
@@ -413,18 +457,18 @@ impl Scheduler {
             keep,
             reason: reason.to_string(),
         };
-        if node_gone {
-            self.orphans
-                .entry(run.node.clone())
-                .or_default()
-                .push(orphan);
+        let orphan = Some((run.node.clone(), orphan));
+        if let Some(n) = self.nodes.get_mut(&run.node) {
+            if let Some(&d) = n.by_id.get(&run.device) {
+                n.devices[d].last_error = Some(reason.to_string());
+            }
         }
         let sess = &mut self.sessions[s];
         let task = &mut sess.tasks[t as usize];
         if rest.is_empty() {
             task.state = TaskState::Done;
             sess.tasks_done += 1;
-            return 0;
+            return (0, orphan);
         }
         task.losses += 1;
         task.attempt += 1;
@@ -440,12 +484,54 @@ impl Scheduler {
         });
         if task.losses >= MAX_LOSSES {
             fail_task(sess, t, format!("lost {MAX_LOSSES} times, last: {reason}"));
-            return 0;
+            return (0, orphan);
         }
         // Lost work goes first: it is what the session waits for.
         task.state = TaskState::Pending;
         sess.pending.push_front(t);
-        rest.len()
+        (rest.len(), orphan)
+    }
+
+    /// Take the attempts of one device back (restart or kill), requeueing them.
+    fn device_down(&mut self, node: &str, device: &str, reason: &str, disable: bool, now_ms: u64, out: &mut Vec<SchedCommand>) -> bool {
+        let Some(n) = self.nodes.get_mut(node) else {
+            return false;
+        };
+        let Some(&d) = n.by_id.get(device) else {
+            return false;
+        };
+        n.devices[d].disabled = disable;
+        let mut on_device: Vec<(usize, u32)> = n
+            .running
+            .iter()
+            .copied()
+            .filter(|&(s, t)| match &self.sessions[s].tasks[t as usize].state {
+                TaskState::Running(r) => &*r.device == device,
+                _ => false,
+            })
+            .collect();
+        on_device.sort_unstable();
+        let mut reassigned = 0;
+        for (s, t) in on_device {
+            let (frames, orphan) = self.lose(s, t, reason, now_ms);
+            reassigned += frames;
+            if let Some((node, o)) = orphan {
+                out.push(SchedCommand::Drop {
+                    node: node.to_string(),
+                    key: o.key,
+                    device: o.device,
+                    keep: o.keep,
+                    reason: o.reason,
+                });
+            }
+        }
+        if reassigned > 0 {
+            out.push(SchedCommand::Reassigned {
+                frames: reassigned,
+                reason: reason.to_string(),
+            });
+        }
+        true
     }
 
     fn submit(&mut self, id: String, spec: SessionSpec, now_ms: u64) {
@@ -600,6 +686,15 @@ impl Scheduler {
             return;
         };
         let (node, device) = (run.node.clone(), run.device.clone());
+        if let Some(n) = self.nodes.get_mut(&node) {
+            if let Some(&d) = n.by_id.get(&device) {
+                let dev = &mut n.devices[d];
+                dev.tasks_done += 1;
+                if let TaskOutcome::Failed { error, .. } = &r.outcome {
+                    dev.last_error = Some(error.clone());
+                }
+            }
+        }
         let sess = &mut self.sessions[s];
         let task = &mut sess.tasks[t as usize];
         if let Some(l) = r
@@ -761,12 +856,12 @@ impl Scheduler {
         let task = &sess.tasks[t as usize];
         let mut best: Option<(PlacementKey, Arc<str>, usize)> = None;
         for node in self.nodes.values() {
-            if !node.accepting || node.inflight >= node.cap() {
+            if !node.accepting || node.drained || node.inflight >= node.cap() {
                 continue;
             }
             let load = u64::from(node.inflight) * 1000 / u64::from(node.cap().max(1));
             for (i, d) in node.devices.iter().enumerate() {
-                if d.inflight > PREFETCH || !caps_match(&sess.spec.require, &d.caps) {
+                if d.disabled || d.inflight > PREFETCH || !caps_match(&sess.spec.require, &d.caps) {
                     continue;
                 }
                 let avoided = task
@@ -934,6 +1029,61 @@ impl Scheduler {
             .collect()
     }
 
+    /// Whether `node` is registered and, if so, `device` exists on it.
+    pub fn has_device(&self, node: &str, device: Option<&str>) -> bool {
+        match (self.nodes.get(node), device) {
+            (Some(n), Some(d)) => n.by_id.contains_key(d),
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+
+    pub fn is_drained(&self, node: &str) -> bool {
+        self.drained.contains(node)
+    }
+
+    /// Devices of registered nodes, with what each is doing.
+    pub fn device_views(&self, node: Option<&str>) -> Vec<DeviceView> {
+        let mut out = Vec::new();
+        for n in self.nodes.values().filter(|n| node.is_none_or(|f| *n.name == *f)) {
+            let mut current: HashMap<&str, Vec<TaskRef>> = HashMap::new();
+            let mut running: Vec<&(usize, u32)> = n.running.iter().collect();
+            running.sort_unstable();
+            for &(s, t) in running {
+                let task = &self.sessions[s].tasks[t as usize];
+                if let TaskState::Running(r) = &task.state {
+                    current.entry(&r.device).or_default().push(TaskRef {
+                        session: self.sessions[s].id.clone(),
+                        task: u64::from(t),
+                        attempt: task.attempt,
+                        frames: task.frames,
+                        frames_done: r.done,
+                    });
+                }
+            }
+            for d in &n.devices {
+                let tasks = current.remove(&*d.id).unwrap_or_default();
+                let state = if d.disabled {
+                    DeviceState::Quarantined
+                } else if tasks.is_empty() {
+                    DeviceState::Idle
+                } else {
+                    DeviceState::Busy
+                };
+                out.push(DeviceView {
+                    node: n.name.to_string(),
+                    device: d.id.to_string(),
+                    state,
+                    tasks,
+                    tasks_done: d.tasks_done,
+                    last_error: d.last_error.clone(),
+                    capabilities: d.caps.clone(),
+                });
+            }
+        }
+        out
+    }
+
     /// Tasks in flight on the whole cluster.
     pub fn inflight(&self) -> u64 {
         self.nodes.values().map(|n| u64::from(n.inflight)).sum()
@@ -995,6 +1145,19 @@ impl Scheduler {
                 )
             })
             .collect()
+    }
+
+    /// The most recent reassignments over every session, newest last.
+    pub fn recent_failovers(&self, n: usize) -> Vec<(String, ReplayRecord)> {
+        let mut all: Vec<(String, ReplayRecord)> = self
+            .sessions
+            .iter()
+            .rev()
+            .flat_map(|s| s.replay.iter().rev().take(n).map(|r| (s.id.clone(), r.clone())))
+            .take(n)
+            .collect();
+        all.reverse();
+        all
     }
 
     /// Frame ranges currently assigned (running) in a session.

@@ -219,6 +219,12 @@ impl WorkerState {
                     let _ = self.devices[d].cast(DeviceMsg::Quarantine(key, keep));
                 }
             }
+            ToWorker::RestartDevice { device } => {
+                if let Some(&d) = self.by_id.get(&device) {
+                    info!(node_id = %self.args.node, device_id = %device, "restarting device");
+                    let _ = self.devices[d].cast(DeviceMsg::Restart);
+                }
+            }
         }
     }
 

@@ -61,6 +61,12 @@ pub fn router(node: String, token: Option<Secret>) -> Router {
         .route("/v1/sessions/{id}", get(session))
         .route("/v1/sessions/{id}/manifest", get(manifest))
         .route("/v1/sessions/{id}/cancel", post(cancel))
+        .route("/v1/devices", get(devices))
+        .route("/v1/nodes/{node}/drain", post(drain))
+        .route("/v1/nodes/{node}/undrain", post(undrain))
+        .route("/v1/nodes/{node}/devices/{device}/restart", post(restart_device))
+        .route("/v1/nodes/{node}/devices/{device}/kill", post(kill_device))
+        .route("/", get(status_page))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(ctx.clone(), authorize))
@@ -71,9 +77,30 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Who made a request, for the audit log: a short digest of the token, never the token.
+fn token_id(token: Option<&str>) -> String {
+    match token {
+        None => "no-token".into(),
+        Some(t) => {
+            use sha2::{Digest, Sha256};
+            let d = Sha256::digest(t.as_bytes());
+            format!("token:{:02x}{:02x}{:02x}{:02x}", d[0], d[1], d[2], d[3])
+        }
+    }
+}
+
 async fn authorize(State(ctx): State<Arc<AdminCtx>>, req: Request, next: Next) -> Response {
     let route = req.uri().path().to_string();
+    let mutating = req.method() == axum::http::Method::POST;
+    let who = token_id(
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ")),
+    );
     let response = match &ctx.token {
+        // The page itself holds no data; its API calls carry the token.
+        _ if route == "/" => next.run(req).await,
         None => next.run(req).await,
         Some(token) => {
             let given = req
@@ -95,9 +122,12 @@ async fn authorize(State(ctx): State<Arc<AdminCtx>>, req: Request, next: Next) -
             }
         }
     };
+    if mutating {
+        tracing::info!(target: "orch::audit", node_id = %ctx.node, who = %who, action = %route, status = response.status().as_u16(), "admin command");
+    }
     let known = matches!(
         route.as_str(),
-        "/v1/status" | "/v1/workers" | "/v1/sessions"
+        "/v1/status" | "/v1/workers" | "/v1/sessions" | "/v1/devices" | "/"
     );
     metrics::counter!(m::ADMIN_REQUESTS,
         "route" => if known { route } else { "other".to_string() },
@@ -220,4 +250,57 @@ async fn cancel(
         AdminReply::Cancelled { id } => json(json!({ "id": id, "state": "cancelled" })),
         _ => Err(unexpected()),
     }
+}
+
+#[derive(serde::Deserialize)]
+struct DeviceQuery {
+    node: Option<String>,
+}
+
+async fn devices(
+    State(ctx): State<Arc<AdminCtx>>,
+    axum::extract::Query(q): axum::extract::Query<DeviceQuery>,
+) -> Result<Response, ApiError> {
+    match ask_master(&ctx, AdminRequest::Devices(q.node)).await? {
+        AdminReply::Devices(v) => json(v),
+        _ => Err(unexpected()),
+    }
+}
+
+async fn done(ctx: &AdminCtx, req: AdminRequest) -> Result<Response, ApiError> {
+    match ask_master(ctx, req).await? {
+        AdminReply::Done(msg) => json(json!({ "ok": true, "message": msg })),
+        _ => Err(unexpected()),
+    }
+}
+
+async fn drain(State(ctx): State<Arc<AdminCtx>>, Path(node): Path<String>) -> Result<Response, ApiError> {
+    done(&ctx, AdminRequest::Drain(node)).await
+}
+
+async fn undrain(State(ctx): State<Arc<AdminCtx>>, Path(node): Path<String>) -> Result<Response, ApiError> {
+    done(&ctx, AdminRequest::Undrain(node)).await
+}
+
+async fn restart_device(
+    State(ctx): State<Arc<AdminCtx>>,
+    Path((node, device)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    done(&ctx, AdminRequest::RestartDevice { node, device }).await
+}
+
+async fn kill_device(
+    State(ctx): State<Arc<AdminCtx>>,
+    Path((node, device)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    done(&ctx, AdminRequest::KillDevice { node, device }).await
+}
+
+/// The live status page: static HTML and JS polling the JSON API.
+async fn status_page() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("status.html"),
+    )
+        .into_response()
 }

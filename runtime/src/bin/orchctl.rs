@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use orch_actors::protocol::{ClusterStatus, Manifest, SessionState, SessionView, WorkerView};
+use orch_actors::protocol::{
+    ClusterStatus, DeviceView, Manifest, SessionState, SessionView, WorkerView,
+};
 use serde_json::Value;
 
 const EXIT_FAILED: u8 = 1;
@@ -56,6 +58,18 @@ enum Cmd {
     Manifest { id: String },
     /// Cancel a running session.
     Cancel { id: String },
+    /// Follow a session with a live progress bar until it ends (exit 0 only if completed).
+    Watch { id: String },
+    /// Devices of every worker, or of NODE: state, current task, last error.
+    Devices { node: Option<String> },
+    /// Let NODE finish the tasks it has and give it no new ones.
+    Drain { node: String },
+    /// Give work to a drained NODE again.
+    Undrain { node: String },
+    /// Restart a device: its tasks are reassigned (reason `device_restart`).
+    RestartDevice { node: String, device: String },
+    /// Take a device out of service: its tasks are reassigned, it gets no new ones.
+    KillDevice { node: String, device: String },
 }
 
 struct Failure(u8, String);
@@ -139,6 +153,28 @@ fn print_status(v: Value) -> Result<(), Failure> {
     );
     println!("devices      {} on healthy workers", s.devices_total);
     println!("queue depth  {:.2}", s.queue_depth_summary);
+    println!(
+        "activity     {} active, {} idle",
+        s.workers_active, s.workers_idle
+    );
+    if !s.sessions.is_empty() {
+        println!("sessions     (ranges: total / completed / in progress / pending / failed)");
+        for v in &s.sessions {
+            println!(
+                "  {:<32} {:<10} {} / {} / {} / {} / {}  frames {}/{}",
+                v.id, v.state.as_str(), v.tasks_total, v.tasks_completed, v.tasks_running, v.tasks_pending, v.tasks_failed, v.frames_done, v.frames_total
+            );
+        }
+    }
+    if !s.recent_failovers.is_empty() {
+        println!("failovers    (most recent last)");
+        for f in &s.recent_failovers {
+            println!(
+                "  {:<32} [{}, {}) task {} a{}->a{} from {}/{}: {}",
+                f.session, f.replay.frames.start, f.replay.frames.end, f.replay.task, f.replay.old_attempt, f.replay.new_attempt, f.replay.node, f.replay.device, f.replay.reason
+            );
+        }
+    }
     if s.recent_failures.is_empty() {
         println!("failures     none");
     } else {
@@ -289,6 +325,15 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 Ok(())
             };
         }
+        Cmd::Watch { id } => return follow(cli, id),
+        Cmd::Drain { node } => return mutate(cli, &format!("/v1/nodes/{node}/drain")),
+        Cmd::Undrain { node } => return mutate(cli, &format!("/v1/nodes/{node}/undrain")),
+        Cmd::RestartDevice { node, device } => {
+            return mutate(cli, &format!("/v1/nodes/{node}/devices/{device}/restart"))
+        }
+        Cmd::KillDevice { node, device } => {
+            return mutate(cli, &format!("/v1/nodes/{node}/devices/{device}/kill"))
+        }
         _ => {}
     }
     let path = match &cli.cmd {
@@ -297,7 +342,9 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Cmd::Sessions => "/v1/sessions".to_string(),
         Cmd::Session { id } => format!("/v1/sessions/{id}"),
         Cmd::Manifest { id } => format!("/v1/sessions/{id}/manifest"),
-        Cmd::Submit { .. } | Cmd::Cancel { .. } => unreachable!("handled above"),
+        Cmd::Devices { node: Some(n) } => format!("/v1/devices?node={n}"),
+        Cmd::Devices { node: None } => "/v1/devices".to_string(),
+        _ => unreachable!("handled above"),
     };
     let v = get(cli, &path)?;
     if cli.json {
@@ -367,7 +414,40 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Cmd::Submit { .. } | Cmd::Cancel { .. } => unreachable!("handled above"),
+        Cmd::Devices { .. } => {
+            let list: Vec<DeviceView> = serde_json::from_value(v)
+                .map_err(|e| Failure(EXIT_FAILED, format!("unexpected devices format: {e}")))?;
+            println!("{:<20} {:<20} {:<12} {:<40} {:>6}  LAST ERROR", "NODE", "DEVICE", "STATE", "TASK", "DONE");
+            for d in &list {
+                let task = d
+                    .tasks
+                    .first()
+                    .map(|t| format!("{} #{} a{} [{}, {})", t.session, t.task, t.attempt, t.frames.start, t.frames.end))
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<20} {:<20} {:<12} {:<40} {:>6}  {}",
+                    d.node,
+                    d.device,
+                    d.state.as_str(),
+                    task,
+                    d.tasks_done,
+                    d.last_error.as_deref().unwrap_or("-")
+                );
+            }
+            Ok(())
+        }
+        _ => unreachable!("handled above"),
+    }
+}
+
+/// A mutating command: POST, then print what was done.
+fn mutate(cli: &Cli, path: &str) -> Result<(), Failure> {
+    let v = request(cli, "POST", path, Some(""))?;
+    if cli.json {
+        print_json(&v)
+    } else {
+        println!("{}", v["message"].as_str().unwrap_or("done"));
+        Ok(())
     }
 }
 
