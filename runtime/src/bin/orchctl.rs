@@ -273,6 +273,11 @@ fn submit(cli: &Cli, file: &std::path::Path, wait: bool) -> Result<(), Failure> 
             Ok(())
         };
     }
+    follow(cli, &id)
+}
+
+/// Show a live progress bar for session `id` until it ends.
+fn follow(cli: &Cli, id: &str) -> Result<(), Failure> {
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
