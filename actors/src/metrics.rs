@@ -24,6 +24,14 @@ pub const TASKS_REJECTED_STALE: &str = "orch_tasks_rejected_stale_total";
 pub const TASKS_INFLIGHT: &str = "orch_tasks_inflight";
 /// Counter, label `reason`: failovers (a worker's running attempts reassigned).
 pub const FAILOVERS: &str = "orch_failovers_total";
+/// Values of the `reason` label of [`FAILOVERS`].
+pub const FAILOVER_REASONS: &[&str] = &[
+    "node_down",
+    "heartbeat_timeout",
+    "unregistered",
+    "device_restart",
+    "device_killed",
+];
 /// Counter: frames reassigned after a failure.
 pub const FRAMES_REASSIGNED: &str = "orch_frames_reassigned_total";
 /// Counter: frames produced.

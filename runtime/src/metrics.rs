@@ -18,7 +18,8 @@ pub const NODE_EVENTS: &str = "orch_cluster_node_events_total";
 /// Counter, labels `route` and `code`: admin API requests.
 pub const ADMIN_REQUESTS: &str = "orch_admin_requests_total";
 
-const CATALOG: &[(&str, &str)] = &[
+/// Every metric of this crate with its help text.
+pub const CATALOG: &[(&str, &str)] = &[
     (
         AUTH_FAILURES,
         "cluster connections closed before authentication",
@@ -53,12 +54,33 @@ pub fn install_exporter(listen: SocketAddr) -> anyhow::Result<()> {
         metrics::describe_counter!(*name, *help);
     }
     // Make every series visible from the first scrape.
+    use orch_actors::metrics as am;
     for name in [
         AUTH_FAILURES,
         DIAL_FAILURES,
-        orch_actors::metrics::WIRE_DECODE_ERRORS,
+        am::WIRE_DECODE_ERRORS,
+        am::REGISTRATIONS_REFUSED,
+        am::TASKS_ASSIGNED,
+        am::TASKS_COMPLETED,
+        am::TASKS_FAILED,
+        am::TASKS_REJECTED_STALE,
+        am::FRAMES_REASSIGNED,
+        am::FRAMES_COMPLETED,
+        am::SESSIONS_SUBMITTED,
     ] {
         metrics::counter!(name).increment(0);
+    }
+    for name in [PEERS_CONNECTED, SESSIONS, am::TASKS_INFLIGHT, am::SESSIONS_RUNNING] {
+        metrics::gauge!(name).set(0.0);
+    }
+    for event in ["up", "down"] {
+        metrics::counter!(NODE_EVENTS, "event" => event).increment(0);
+    }
+    for reason in am::FAILOVER_REASONS {
+        metrics::counter!(am::FAILOVERS, "reason" => *reason).increment(0);
+    }
+    for state in ["completed", "partial", "failed", "cancelled"] {
+        metrics::counter!(am::SESSIONS_FINISHED, "state" => state).increment(0);
     }
     for reason in DownReason::ALL.iter().filter(|r| r.is_failure()) {
         metrics::counter!(orch_actors::metrics::WORKER_FAILURES, "reason" => reason.as_str())

@@ -61,15 +61,32 @@ enum Cmd {
     /// Follow a session with a live progress bar until it ends (exit 0 only if completed).
     Watch { id: String },
     /// Devices of every worker, or of NODE: state, current task, last error.
-    Devices { node: Option<String> },
+    Devices {
+        #[arg(value_name = "NODE")]
+        worker: Option<String>,
+    },
     /// Let NODE finish the tasks it has and give it no new ones.
-    Drain { node: String },
+    Drain {
+        #[arg(value_name = "NODE")]
+        worker: String,
+    },
     /// Give work to a drained NODE again.
-    Undrain { node: String },
+    Undrain {
+        #[arg(value_name = "NODE")]
+        worker: String,
+    },
     /// Restart a device: its tasks are reassigned (reason `device_restart`).
-    RestartDevice { node: String, device: String },
+    RestartDevice {
+        #[arg(value_name = "NODE")]
+        worker: String,
+        device: String,
+    },
     /// Take a device out of service: its tasks are reassigned, it gets no new ones.
-    KillDevice { node: String, device: String },
+    KillDevice {
+        #[arg(value_name = "NODE")]
+        worker: String,
+        device: String,
+    },
 }
 
 struct Failure(u8, String);
@@ -331,13 +348,13 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             };
         }
         Cmd::Watch { id } => return follow(cli, id),
-        Cmd::Drain { node } => return mutate(cli, &format!("/v1/nodes/{node}/drain")),
-        Cmd::Undrain { node } => return mutate(cli, &format!("/v1/nodes/{node}/undrain")),
-        Cmd::RestartDevice { node, device } => {
-            return mutate(cli, &format!("/v1/nodes/{node}/devices/{device}/restart"))
+        Cmd::Drain { worker } => return mutate(cli, &format!("/v1/nodes/{worker}/drain")),
+        Cmd::Undrain { worker } => return mutate(cli, &format!("/v1/nodes/{worker}/undrain")),
+        Cmd::RestartDevice { worker, device } => {
+            return mutate(cli, &format!("/v1/nodes/{worker}/devices/{device}/restart"))
         }
-        Cmd::KillDevice { node, device } => {
-            return mutate(cli, &format!("/v1/nodes/{node}/devices/{device}/kill"))
+        Cmd::KillDevice { worker, device } => {
+            return mutate(cli, &format!("/v1/nodes/{worker}/devices/{device}/kill"))
         }
         _ => {}
     }
@@ -347,8 +364,8 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Cmd::Sessions => "/v1/sessions".to_string(),
         Cmd::Session { id } => format!("/v1/sessions/{id}"),
         Cmd::Manifest { id } => format!("/v1/sessions/{id}/manifest"),
-        Cmd::Devices { node: Some(n) } => format!("/v1/devices?node={n}"),
-        Cmd::Devices { node: None } => "/v1/devices".to_string(),
+        Cmd::Devices { worker: Some(n) } => format!("/v1/devices?node={n}"),
+        Cmd::Devices { worker: None } => "/v1/devices".to_string(),
         _ => unreachable!("handled above"),
     };
     let v = get(cli, &path)?;
