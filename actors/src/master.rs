@@ -179,8 +179,13 @@ impl MasterState {
                 metrics::counter!(m::TASKS_REJECTED_STALE).increment(1);
                 info!(node_id = %self.node, worker = %node, session = %key.session, task = key.task, attempt = key.attempt, "stale result rejected");
             }
-            SchedCommand::Reassigned { frames, reason } => {
+            SchedCommand::Reassigned {
+                tasks,
+                frames,
+                reason,
+            } => {
                 metrics::counter!(m::FAILOVERS, "reason" => reason.clone()).increment(1);
+                metrics::counter!(m::TASKS_LOST, "reason" => reason.clone()).increment(tasks);
                 metrics::counter!(m::FRAMES_REASSIGNED).increment(frames);
                 warn!(node_id = %self.node, frames, %reason, "frames reassigned");
             }
@@ -206,8 +211,13 @@ impl MasterState {
             metrics::gauge!(m::CLUSTER_WORKERS, "state" => state.as_str())
                 .set(self.membership.count(state) as f64);
         }
-        for (node, age) in self.membership.heartbeat_ages(now) {
-            metrics::gauge!(m::HEARTBEAT_AGE, "node" => node.to_string()).set(age as f64 / 1000.0);
+        for w in self.membership.views(now) {
+            metrics::gauge!(m::HEARTBEAT_AGE, "node" => w.node.clone())
+                .set(w.heartbeat_age_ms as f64 / 1000.0);
+            metrics::gauge!(m::WORKER_QUEUE_RATIO, "node" => w.node.clone())
+                .set(f64::from(w.queue_ratio));
+            metrics::gauge!(m::WORKER_TASKS_QUEUED, "node" => w.node)
+                .set(f64::from(w.active_tasks));
         }
         metrics::gauge!(m::TASKS_INFLIGHT).set(self.sched.inflight() as f64);
         let views = self.sched.views(self.unix_ms(now));
@@ -247,7 +257,9 @@ impl MasterState {
                 let mut views = self.sched.device_views(filter.as_deref());
                 // Devices of workers that are not (or no longer) healthy are offline.
                 for w in self.membership.views(now) {
-                    if filter.as_ref().is_some_and(|f| *f != w.node) || self.sched.has_device(&w.node, None) {
+                    if filter.as_ref().is_some_and(|f| *f != w.node)
+                        || self.sched.has_device(&w.node, None)
+                    {
                         continue;
                     }
                     for d in w.devices {
@@ -285,7 +297,8 @@ impl MasterState {
                 });
                 AdminReply::Done(format!("node `{node}` takes work again"))
             }
-            AdminRequest::RestartDevice { node, device } | AdminRequest::KillDevice { node, device }
+            AdminRequest::RestartDevice { node, device }
+            | AdminRequest::KillDevice { node, device }
                 if !self.sched.has_device(&node, Some(&device)) =>
             {
                 AdminReply::NotFound(format!("no device `{device}` on a healthy worker `{node}`"))
@@ -297,8 +310,15 @@ impl MasterState {
                     reason: "device_restart".into(),
                     disable: false,
                 });
-                self.send_to(&node, ToWorker::RestartDevice { device: device.clone() });
-                AdminReply::Done(format!("device `{device}` on `{node}` restarted; its tasks were reassigned"))
+                self.send_to(
+                    &node,
+                    ToWorker::RestartDevice {
+                        device: device.clone(),
+                    },
+                );
+                AdminReply::Done(format!(
+                    "device `{device}` on `{node}` restarted; its tasks were reassigned"
+                ))
             }
             AdminRequest::KillDevice { node, device } => {
                 self.schedule(SchedEvent::DeviceDown {
@@ -418,6 +438,8 @@ impl Actor for Master {
             }
             MasterMsg::Worker(ToMaster::Progress(p)) => state.schedule(SchedEvent::Progress(p)),
             MasterMsg::Worker(ToMaster::Result(r)) => {
+                metrics::histogram!(m::TASK_DURATION)
+                    .record(r.finished_ms.saturating_sub(r.started_ms) as f64 / 1000.0);
                 if matches!(r.outcome, crate::protocol::TaskOutcome::Completed) {
                     metrics::counter!(m::TASKS_COMPLETED).increment(1);
                 } else {

@@ -32,6 +32,14 @@ pub const FAILOVER_REASONS: &[&str] = &[
     "device_restart",
     "device_killed",
 ];
+/// Counter, label `reason`: task attempts lost with their worker or device.
+pub const TASKS_LOST: &str = "orch_tasks_lost_total";
+/// Histogram: seconds from a task's start on its device to its result.
+pub const TASK_DURATION: &str = "orch_task_duration_seconds";
+/// Gauge, label `node`: a worker's queued and running attempts over its device capacity.
+pub const WORKER_QUEUE_RATIO: &str = "orch_worker_queue_ratio";
+/// Gauge, label `node`: attempts queued or running in a worker's device mailboxes.
+pub const WORKER_TASKS_QUEUED: &str = "orch_worker_tasks_queued";
 /// Counter: frames reassigned after a failure.
 pub const FRAMES_REASSIGNED: &str = "orch_frames_reassigned_total";
 /// Counter: frames produced.
@@ -65,6 +73,22 @@ pub const CATALOG: &[(&str, &str)] = &[
     ),
     (TASKS_INFLIGHT, "task attempts in flight"),
     (FAILOVERS, "failovers by reason"),
+    (
+        TASKS_LOST,
+        "task attempts lost with their worker or device, by reason",
+    ),
+    (
+        TASK_DURATION,
+        "seconds from a task's start on its device to its result",
+    ),
+    (
+        WORKER_QUEUE_RATIO,
+        "queued and running attempts over device capacity, per worker",
+    ),
+    (
+        WORKER_TASKS_QUEUED,
+        "attempts in a worker's device mailboxes",
+    ),
     (FRAMES_REASSIGNED, "frames reassigned after a failure"),
     (FRAMES_COMPLETED, "frames produced"),
     (SESSIONS_SUBMITTED, "sessions submitted"),

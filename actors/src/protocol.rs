@@ -138,8 +138,14 @@ pub enum AdminRequest {
     Devices(Option<String>),
     Drain(String),
     Undrain(String),
-    RestartDevice { node: String, device: String },
-    KillDevice { node: String, device: String },
+    RestartDevice {
+        node: String,
+        device: String,
+    },
+    KillDevice {
+        node: String,
+        device: String,
+    },
 }
 
 /// Answer to an [`AdminRequest`].
@@ -147,11 +153,15 @@ pub enum AdminRequest {
 pub enum AdminReply {
     Status(ClusterStatus),
     Workers(Vec<WorkerView>),
-    Submitted { id: String },
+    Submitted {
+        id: String,
+    },
     Sessions(Vec<SessionView>),
     Session(SessionView),
     Manifest(Box<Manifest>),
-    Cancelled { id: String },
+    Cancelled {
+        id: String,
+    },
     Devices(Vec<DeviceView>),
     /// A mutating command succeeded; what was done.
     Done(String),

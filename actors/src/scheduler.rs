@@ -17,9 +17,9 @@ use std::sync::Arc;
 
 use crate::ids::IdAllocator;
 use crate::protocol::{
-    out_dir, AttemptKey, CapValue, Capabilities, DeviceInfo, DeviceState, DeviceView, TaskRef, FailedRange, FrameRange, IdRange,
-    Manifest, ManifestRange, OutputFile, ReplayRecord, SessionSpec, SessionState, SessionView,
-    TaskOutcome, TaskProgress, TaskResult, TaskSpec,
+    out_dir, AttemptKey, CapValue, Capabilities, DeviceInfo, DeviceState, DeviceView, FailedRange,
+    FrameRange, IdRange, Manifest, ManifestRange, OutputFile, ReplayRecord, SessionSpec,
+    SessionState, SessionView, TaskOutcome, TaskProgress, TaskRef, TaskResult, TaskSpec,
 };
 
 /// Attempts queued on a device beyond the running one.
@@ -90,8 +90,9 @@ pub enum SchedCommand {
         node: String,
         key: AttemptKey,
     },
-    /// Frames were reassigned after a failure (`reason`).
+    /// `tasks` attempts were lost and their `frames` reassigned after a failure (`reason`).
     Reassigned {
+        tasks: u64,
         frames: u64,
         reason: String,
     },
@@ -289,7 +290,12 @@ impl Scheduler {
                     n.drained = drained;
                 }
             }
-            SchedEvent::DeviceDown { node, device, reason, disable } => {
+            SchedEvent::DeviceDown {
+                node,
+                device,
+                reason,
+                disable,
+            } => {
                 self.device_down(&node, &device, &reason, disable, now_ms, &mut out);
             }
             SchedEvent::Cancel { session } => self.cancel(&session, now_ms, &mut out),
@@ -376,16 +382,18 @@ impl Scheduler {
         let node = self.nodes.remove(name).expect("checked above");
         let mut lost: Vec<(usize, u32)> = node.running.into_iter().collect();
         lost.sort_unstable();
-        let mut reassigned = 0;
+        let (mut reassigned, mut tasks) = (0, 0);
         for (s, t) in lost {
             let (frames, orphan) = self.lose(s, t, reason, now_ms);
             reassigned += frames;
+            tasks += 1;
             if let Some((node, o)) = orphan {
                 self.orphans.entry(node).or_default().push(o);
             }
         }
         if reassigned > 0 {
             out.push(SchedCommand::Reassigned {
+                tasks,
                 frames: reassigned,
                 reason: reason.to_string(),
             });
@@ -427,7 +435,13 @@ impl Scheduler {
     /// The running attempt of task `t` is lost: bank its reported frames,
     /// requeue the rest with a new attempt. Returns the frames requeued and
     /// what the attempt's node must quarantine.
-    fn lose(&mut self, s: usize, t: u32, reason: &str, now_ms: u64) -> (u64, Option<(Arc<str>, Orphan)>) {
+    fn lose(
+        &mut self,
+        s: usize,
+        t: u32,
+        reason: &str,
+        now_ms: u64,
+    ) -> (u64, Option<(Arc<str>, Orphan)>) {
         let Some(run) = self.take_running(s, t) else {
             return (0, None);
         };
@@ -493,7 +507,15 @@ impl Scheduler {
     }
 
     /// Take the attempts of one device back (restart or kill), requeueing them.
-    fn device_down(&mut self, node: &str, device: &str, reason: &str, disable: bool, now_ms: u64, out: &mut Vec<SchedCommand>) -> bool {
+    fn device_down(
+        &mut self,
+        node: &str,
+        device: &str,
+        reason: &str,
+        disable: bool,
+        now_ms: u64,
+        out: &mut Vec<SchedCommand>,
+    ) -> bool {
         let Some(n) = self.nodes.get_mut(node) else {
             return false;
         };
@@ -511,10 +533,11 @@ impl Scheduler {
             })
             .collect();
         on_device.sort_unstable();
-        let mut reassigned = 0;
+        let (mut reassigned, mut tasks) = (0, 0);
         for (s, t) in on_device {
             let (frames, orphan) = self.lose(s, t, reason, now_ms);
             reassigned += frames;
+            tasks += 1;
             if let Some((node, o)) = orphan {
                 out.push(SchedCommand::Drop {
                     node: node.to_string(),
@@ -527,6 +550,7 @@ impl Scheduler {
         }
         if reassigned > 0 {
             out.push(SchedCommand::Reassigned {
+                tasks,
                 frames: reassigned,
                 reason: reason.to_string(),
             });
@@ -1045,7 +1069,11 @@ impl Scheduler {
     /// Devices of registered nodes, with what each is doing.
     pub fn device_views(&self, node: Option<&str>) -> Vec<DeviceView> {
         let mut out = Vec::new();
-        for n in self.nodes.values().filter(|n| node.is_none_or(|f| *n.name == *f)) {
+        for n in self
+            .nodes
+            .values()
+            .filter(|n| node.is_none_or(|f| *n.name == *f))
+        {
             let mut current: HashMap<&str, Vec<TaskRef>> = HashMap::new();
             let mut running: Vec<&(usize, u32)> = n.running.iter().collect();
             running.sort_unstable();
@@ -1153,7 +1181,13 @@ impl Scheduler {
             .sessions
             .iter()
             .rev()
-            .flat_map(|s| s.replay.iter().rev().take(n).map(|r| (s.id.clone(), r.clone())))
+            .flat_map(|s| {
+                s.replay
+                    .iter()
+                    .rev()
+                    .take(n)
+                    .map(|r| (s.id.clone(), r.clone()))
+            })
             .take(n)
             .collect();
         all.reverse();

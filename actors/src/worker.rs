@@ -148,7 +148,8 @@ impl WorkerState {
                         node: self.args.node.clone(),
                         epoch,
                         seq: self.seq,
-                        queue_ratio: 0.0,
+                        queue_ratio: self.tasks.len() as f32
+                            / (2 * self.devices.len().max(1)) as f32,
                         gpu_usage: 0.0,
                         active_tasks: self.tasks.len() as u32,
                         last_frame: None,

@@ -64,7 +64,10 @@ pub fn router(node: String, token: Option<Secret>) -> Router {
         .route("/v1/devices", get(devices))
         .route("/v1/nodes/{node}/drain", post(drain))
         .route("/v1/nodes/{node}/undrain", post(undrain))
-        .route("/v1/nodes/{node}/devices/{device}/restart", post(restart_device))
+        .route(
+            "/v1/nodes/{node}/devices/{device}/restart",
+            post(restart_device),
+        )
         .route("/v1/nodes/{node}/devices/{device}/kill", post(kill_device))
         .route("/", get(status_page))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -274,11 +277,17 @@ async fn done(ctx: &AdminCtx, req: AdminRequest) -> Result<Response, ApiError> {
     }
 }
 
-async fn drain(State(ctx): State<Arc<AdminCtx>>, Path(node): Path<String>) -> Result<Response, ApiError> {
+async fn drain(
+    State(ctx): State<Arc<AdminCtx>>,
+    Path(node): Path<String>,
+) -> Result<Response, ApiError> {
     done(&ctx, AdminRequest::Drain(node)).await
 }
 
-async fn undrain(State(ctx): State<Arc<AdminCtx>>, Path(node): Path<String>) -> Result<Response, ApiError> {
+async fn undrain(
+    State(ctx): State<Arc<AdminCtx>>,
+    Path(node): Path<String>,
+) -> Result<Response, ApiError> {
     done(&ctx, AdminRequest::Undrain(node)).await
 }
 

@@ -48,10 +48,21 @@ pub fn install_exporter(listen: SocketAddr) -> anyhow::Result<()> {
     })?);
     PrometheusBuilder::new()
         .with_http_listener(listen)
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(orch_actors::metrics::TASK_DURATION.into()),
+            &[
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 1800.0,
+            ],
+        )
+        .map_err(|e| anyhow::anyhow!("cannot configure the metrics exporter: {e}"))?
         .install()
         .map_err(|e| anyhow::anyhow!("cannot start the metrics exporter on `{listen}`: {e}"))?;
     for (name, help) in CATALOG.iter().chain(orch_actors::metrics::CATALOG) {
-        metrics::describe_counter!(*name, *help);
+        if *name == orch_actors::metrics::TASK_DURATION {
+            metrics::describe_histogram!(*name, metrics::Unit::Seconds, *help);
+        } else {
+            metrics::describe_counter!(*name, *help);
+        }
     }
     // Make every series visible from the first scrape.
     use orch_actors::metrics as am;
@@ -70,7 +81,12 @@ pub fn install_exporter(listen: SocketAddr) -> anyhow::Result<()> {
     ] {
         metrics::counter!(name).increment(0);
     }
-    for name in [PEERS_CONNECTED, SESSIONS, am::TASKS_INFLIGHT, am::SESSIONS_RUNNING] {
+    for name in [
+        PEERS_CONNECTED,
+        SESSIONS,
+        am::TASKS_INFLIGHT,
+        am::SESSIONS_RUNNING,
+    ] {
         metrics::gauge!(name).set(0.0);
     }
     for event in ["up", "down"] {
@@ -78,7 +94,9 @@ pub fn install_exporter(listen: SocketAddr) -> anyhow::Result<()> {
     }
     for reason in am::FAILOVER_REASONS {
         metrics::counter!(am::FAILOVERS, "reason" => *reason).increment(0);
+        metrics::counter!(am::TASKS_LOST, "reason" => *reason).increment(0);
     }
+    metrics::histogram!(am::TASK_DURATION).record(0.0);
     for state in ["completed", "partial", "failed", "cancelled"] {
         metrics::counter!(am::SESSIONS_FINISHED, "state" => state).increment(0);
     }

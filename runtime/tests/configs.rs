@@ -51,3 +51,43 @@ fn every_node_config_and_session_file_under_examples_is_valid() {
         "found {sessions} session files under examples/"
     );
 }
+
+#[test]
+fn the_grafana_dashboard_uses_only_real_metric_names() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/monitoring");
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let known: Vec<&str> = orch_actors::metrics::CATALOG
+        .iter()
+        .chain(orch_runtime::metrics::CATALOG)
+        .map(|(n, _)| *n)
+        .collect();
+    let mut used = 0;
+    for panel in dash["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for (i, _) in expr.match_indices("orch_") {
+                let name: String = expr[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let base = name
+                    .strip_suffix("_bucket")
+                    .or_else(|| name.strip_suffix("_count"))
+                    .or_else(|| name.strip_suffix("_sum"))
+                    .unwrap_or(&name);
+                assert!(
+                    known.contains(&base),
+                    "dashboard panel `{}` uses unknown metric `{name}`",
+                    panel["title"]
+                );
+                used += 1;
+            }
+        }
+    }
+    assert!(used >= 20, "the dashboard covers the catalog ({used} uses)");
+    let scrape = std::fs::read_to_string(root.join("prometheus.yml")).unwrap();
+    assert!(scrape.contains("metrics_path: /metrics"));
+}

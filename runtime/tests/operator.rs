@@ -19,8 +19,10 @@ const ALL: [&str; 3] = ["node-0", "node-1", "node-2"];
 
 fn three_nodes() -> TestCluster {
     let c = TestCluster::start_standard(bins(), 2, 500, 3).unwrap();
-    c.wait_for("3 healthy workers", Duration::from_secs(10), |ws| all_healthy(ws, &ALL))
-        .unwrap();
+    c.wait_for("3 healthy workers", Duration::from_secs(10), |ws| {
+        all_healthy(ws, &ALL)
+    })
+    .unwrap();
     c
 }
 
@@ -43,7 +45,10 @@ fn json(c: &TestCluster, args: &[&str]) -> Value {
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 #[test]
@@ -51,20 +56,38 @@ fn every_command_answers_json_and_unknown_names_are_exit_3() {
     let c = three_nodes();
     let id = c.submit("ops", &sleep_session("ops", 300, 10, 10)).unwrap();
     // Mid-session: devices show work, status shows the session.
-    c.wait_session(&id, "work in flight", Duration::from_secs(20), |v| v["tasks_running"].as_u64().unwrap() > 0)
-        .unwrap();
+    c.wait_session(&id, "work in flight", Duration::from_secs(20), |v| {
+        v["tasks_running"].as_u64().unwrap() > 0
+    })
+    .unwrap();
     let devices = json(&c, &["devices"]);
     let devices = devices.as_array().unwrap();
     assert_eq!(devices.len(), 7);
-    assert!(devices.iter().any(|d| d["state"] == "busy" && d["tasks"][0]["session"] == id.as_str()));
+    assert!(devices
+        .iter()
+        .any(|d| d["state"] == "busy" && d["tasks"][0]["session"] == id.as_str()));
     let one = json(&c, &["devices", "node-1"]);
-    assert!(one.as_array().unwrap().iter().all(|d| d["node"] == "node-1"));
+    assert!(one
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|d| d["node"] == "node-1"));
     let status = json(&c, &["status"]);
     assert_eq!(status["workers_healthy"], 3);
-    assert!(status["sessions"].as_array().unwrap().iter().any(|s| s["id"] == id.as_str()));
-    assert!(status["workers_active"].as_u64().unwrap() + status["workers_idle"].as_u64().unwrap() == 3);
+    assert!(status["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["id"] == id.as_str()));
+    assert!(
+        status["workers_active"].as_u64().unwrap() + status["workers_idle"].as_u64().unwrap() == 3
+    );
     let watched = c.orchctl(0, &["watch", &id, "--json"]);
-    assert!(watched.status.success(), "{}", String::from_utf8_lossy(&watched.stderr));
+    assert!(
+        watched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&watched.stderr)
+    );
     let w: Value = serde_json::from_slice(&watched.stdout).unwrap();
     assert_eq!(w["state"], "completed");
     assert_eq!(w["frames_done"], 300);
@@ -84,12 +107,22 @@ fn every_command_answers_json_and_unknown_names_are_exit_3() {
     let d = json(&c, &["restart-device", "node-2", "node-2-dev-0"]);
     assert_eq!(d["ok"], true);
     assert_eq!(json(&c, &["devices", "node-2"])[0]["state"], "idle");
-    let second = c.submit("cancel-me", &sleep_session("cancel-me", 1000, 10, 50)).unwrap();
+    let second = c
+        .submit("cancel-me", &sleep_session("cancel-me", 1000, 10, 50))
+        .unwrap();
     assert_eq!(json(&c, &["cancel", &second])["state"], "cancelled");
     // Human tables print too.
-    for cmd in [vec!["status"], vec!["devices"], vec!["sessions"], vec!["manifest", id.as_str()]] {
+    for cmd in [
+        vec!["status"],
+        vec!["devices"],
+        vec!["sessions"],
+        vec!["manifest", id.as_str()],
+    ] {
         let out = c.orchctl(1, &cmd);
-        assert!(out.status.success() && !out.stdout.is_empty(), "orchctl {cmd:?}");
+        assert!(
+            out.status.success() && !out.stdout.is_empty(),
+            "orchctl {cmd:?}"
+        );
     }
     // Unknown names: exit 3 with a clear message.
     for cmd in [
@@ -105,19 +138,28 @@ fn every_command_answers_json_and_unknown_names_are_exit_3() {
         let out = c.orchctl(0, &cmd);
         assert_eq!(out.status.code(), Some(3), "orchctl {cmd:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("no ") && err.contains("404"), "orchctl {cmd:?}: {err}");
+        assert!(
+            err.contains("no ") && err.contains("404"),
+            "orchctl {cmd:?}: {err}"
+        );
     }
     // Every mutating command was audited with who did it.
     let log = std::fs::read_to_string(&c.nodes[0].log).unwrap();
-    assert!(log.lines().any(|l| l.contains("orch::audit") && l.contains("/v1/nodes/node-2/drain") && l.contains("who=no-token")));
+    assert!(log.lines().any(|l| l.contains("orch::audit")
+        && l.contains("/v1/nodes/node-2/drain")
+        && l.contains("who=no-token")));
 }
 
 #[test]
 fn a_drained_node_finishes_its_tasks_and_takes_no_new_ones() {
     let c = three_nodes();
-    let id = c.submit("drain", &sleep_session("drain", 600, 10, 20)).unwrap();
-    c.wait_session(&id, "some frames done", Duration::from_secs(20), |v| v["frames_done"].as_u64().unwrap() >= 60)
+    let id = c
+        .submit("drain", &sleep_session("drain", 600, 10, 20))
         .unwrap();
+    c.wait_session(&id, "some frames done", Duration::from_secs(20), |v| {
+        v["frames_done"].as_u64().unwrap() >= 60
+    })
+    .unwrap();
     let drained_at = unix_ms();
     json(&c, &["drain", "node-1"]);
     let held = json(&c, &["devices", "node-1"])
@@ -142,28 +184,44 @@ fn a_drained_node_finishes_its_tasks_and_takes_no_new_ones() {
     );
     // Undrained, it takes work again.
     json(&c, &["undrain", "node-1"]);
-    let id2 = c.submit("after", &sleep_session("after", 300, 5, 5)).unwrap();
+    let id2 = c
+        .submit("after", &sleep_session("after", 300, 5, 5))
+        .unwrap();
     c.wait_done(&id2, Duration::from_secs(60)).unwrap();
     let m = c.manifest(&id2).unwrap();
-    assert!(m["ranges"].as_array().unwrap().iter().any(|r| r["node"] == "node-1"));
+    assert!(m["ranges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["node"] == "node-1"));
 }
 
 #[test]
 fn restarting_a_busy_device_reassigns_its_task_exactly_once() {
     let c = three_nodes();
-    let id = c.submit("restart", &sleep_session("restart", 300, 10, 50)).unwrap();
+    let id = c
+        .submit("restart", &sleep_session("restart", 300, 10, 50))
+        .unwrap();
     let busy = {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let devs = json(&c, &["devices"]);
-            if let Some(d) = devs.as_array().unwrap().iter().find(|d| d["state"] == "busy") {
+            if let Some(d) = devs
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["state"] == "busy")
+            {
                 break d.clone();
             }
             assert!(Instant::now() < deadline, "a busy device within 20 s");
             std::thread::sleep(Duration::from_millis(50));
         }
     };
-    let (node, device) = (busy["node"].as_str().unwrap(), busy["device"].as_str().unwrap());
+    let (node, device) = (
+        busy["node"].as_str().unwrap(),
+        busy["device"].as_str().unwrap(),
+    );
     json(&c, &["restart-device", node, device]);
     let v = c.wait_done(&id, Duration::from_secs(60)).unwrap();
     assert_eq!(v["state"], "completed");
@@ -171,13 +229,17 @@ fn restarting_a_busy_device_reassigns_its_task_exactly_once() {
     assert_exactly_once(&m, 0, 300);
     let replay = m["replay"].as_array().unwrap();
     assert!(
-        replay.iter().any(|r| r["reason"] == "device_restart" && r["node"] == node && r["device"] == device),
+        replay
+            .iter()
+            .any(|r| r["reason"] == "device_restart" && r["node"] == node && r["device"] == device),
         "{replay:?}"
     );
 }
 
 fn scrape(c: &TestCluster) -> String {
-    orch_tests::http_get(c.nodes[0].metrics_addr, "/metrics", None).unwrap().1
+    orch_tests::http_get(c.nodes[0].metrics_addr, "/metrics", None)
+        .unwrap()
+        .1
 }
 
 fn sample(text: &str, series: &str) -> f64 {
@@ -191,24 +253,42 @@ fn sample(text: &str, series: &str) -> f64 {
 #[test]
 fn the_metrics_catalog_is_complete_and_moves_during_a_session() {
     let mut c = three_nodes();
-    let id = c.submit("metrics", &sleep_session("metrics", 600, 10, 20)).unwrap();
-    c.wait_session(&id, "work under way", Duration::from_secs(20), |v| v["frames_done"].as_u64().unwrap() >= 50)
+    let id = c
+        .submit("metrics", &sleep_session("metrics", 600, 10, 20))
         .unwrap();
+    c.wait_session(&id, "work under way", Duration::from_secs(20), |v| {
+        v["frames_done"].as_u64().unwrap() >= 50
+    })
+    .unwrap();
     let _ = c.orchctl(0, &["status"]);
     let first = scrape(&c);
-    for (name, _) in orch_actors::metrics::CATALOG.iter().chain(orch_runtime::metrics::CATALOG) {
-        assert!(first.lines().any(|l| l.starts_with(name)), "metric `{name}` missing from /metrics");
-        assert!(first.contains(&format!("# HELP {name} ")), "metric `{name}` has no help text");
+    for (name, _) in orch_actors::metrics::CATALOG
+        .iter()
+        .chain(orch_runtime::metrics::CATALOG)
+    {
+        assert!(
+            first.lines().any(|l| l.starts_with(name)),
+            "metric `{name}` missing from /metrics"
+        );
+        assert!(
+            first.contains(&format!("# HELP {name} ")),
+            "metric `{name}` has no help text"
+        );
     }
     assert!(sample(&first, "orch_tasks_inflight") > 0.0);
     let failovers_before = sample(&first, "orch_failovers_total{reason=\"node_down\"}");
     c.node("node-2").kill9();
     c.wait_done(&id, Duration::from_secs(60)).unwrap();
     let last = scrape(&c);
-    assert!(sample(&last, "orch_frames_completed_total") > sample(&first, "orch_frames_completed_total"));
+    assert!(
+        sample(&last, "orch_frames_completed_total")
+            > sample(&first, "orch_frames_completed_total")
+    );
     assert_eq!(sample(&last, "orch_frames_completed_total"), 600.0);
     assert_eq!(sample(&last, "orch_tasks_inflight"), 0.0);
-    assert!(sample(&last, "orch_tasks_completed_total") > sample(&first, "orch_tasks_completed_total"));
+    assert!(
+        sample(&last, "orch_tasks_completed_total") > sample(&first, "orch_tasks_completed_total")
+    );
     assert!(sample(&last, "orch_worker_failures_total{reason=\"node_down\"}") >= 1.0);
     // Only a kill while node-2 held work makes a failover; it held work at 50 frames in.
     assert!(
@@ -220,7 +300,12 @@ fn the_metrics_catalog_is_complete_and_moves_during_a_session() {
 fn chromium() -> Option<String> {
     ["chromium", "chromium-browser", "google-chrome"]
         .into_iter()
-        .find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
         .map(str::to_string)
 }
 
@@ -231,9 +316,13 @@ fn the_status_page_shows_live_progress_in_headless_chromium() {
         return;
     };
     let c = three_nodes();
-    let id = c.submit("page", &sleep_session("page", 2000, 10, 20)).unwrap();
-    c.wait_session(&id, "some frames done", Duration::from_secs(20), |v| v["frames_done"].as_u64().unwrap() >= 100)
+    let id = c
+        .submit("page", &sleep_session("page", 2000, 10, 20))
         .unwrap();
+    c.wait_session(&id, "some frames done", Duration::from_secs(20), |v| {
+        v["frames_done"].as_u64().unwrap() >= 100
+    })
+    .unwrap();
     let profile = c.dir.path().join("chromium-profile");
     let url = format!("http://{}/", c.nodes[0].admin_addr);
     let common = [
@@ -262,7 +351,12 @@ fn the_status_page_shows_live_progress_in_headless_chromium() {
         .lines()
         .flat_map(|l| l.split("<tr"))
         .find(|r| r.contains("class=\"session\"") && r.contains(&format!("data-id=\"{id}\"")))
-        .unwrap_or_else(|| panic!("the page shows session {id}:\n{dom}\n{}", String::from_utf8_lossy(&out.stderr)));
+        .unwrap_or_else(|| {
+            panic!(
+                "the page shows session {id}:\n{dom}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
     let attr = |name: &str| -> u64 {
         let start = row.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
         row[start..].split('"').next().unwrap().parse().unwrap()
@@ -271,7 +365,10 @@ fn the_status_page_shows_live_progress_in_headless_chromium() {
     assert_eq!(total, 2000);
     assert!(done >= 100, "progress shown: {done}");
     assert!(row.contains(&format!("{done} / 2000")), "{row}");
-    assert!(dom.contains("node-1") && dom.contains("class=\"dev "), "workers and the device grid are shown");
+    assert!(
+        dom.contains("node-1") && dom.contains("class=\"dev "),
+        "workers and the device grid are shown"
+    );
     // A screenshot, for people.
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
     let out = Command::new(&browser)
@@ -281,7 +378,11 @@ fn the_status_page_shows_live_progress_in_headless_chromium() {
         .arg(&url)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let png = std::fs::read(&shot).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
 }

@@ -179,7 +179,15 @@ fn print_status(v: Value) -> Result<(), Failure> {
         for v in &s.sessions {
             println!(
                 "  {:<32} {:<10} {} / {} / {} / {} / {}  frames {}/{}",
-                v.id, v.state.as_str(), v.tasks_total, v.tasks_completed, v.tasks_running, v.tasks_pending, v.tasks_failed, v.frames_done, v.frames_total
+                v.id,
+                v.state.as_str(),
+                v.tasks_total,
+                v.tasks_completed,
+                v.tasks_running,
+                v.tasks_pending,
+                v.tasks_failed,
+                v.frames_done,
+                v.frames_total
             );
         }
     }
@@ -188,7 +196,15 @@ fn print_status(v: Value) -> Result<(), Failure> {
         for f in &s.recent_failovers {
             println!(
                 "  {:<32} [{}, {}) task {} a{}->a{} from {}/{}: {}",
-                f.session, f.replay.frames.start, f.replay.frames.end, f.replay.task, f.replay.old_attempt, f.replay.new_attempt, f.replay.node, f.replay.device, f.replay.reason
+                f.session,
+                f.replay.frames.start,
+                f.replay.frames.end,
+                f.replay.task,
+                f.replay.old_attempt,
+                f.replay.new_attempt,
+                f.replay.node,
+                f.replay.device,
+                f.replay.reason
             );
         }
     }
@@ -439,12 +455,20 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Cmd::Devices { .. } => {
             let list: Vec<DeviceView> = serde_json::from_value(v)
                 .map_err(|e| Failure(EXIT_FAILED, format!("unexpected devices format: {e}")))?;
-            println!("{:<20} {:<20} {:<12} {:<40} {:>6}  LAST ERROR", "NODE", "DEVICE", "STATE", "TASK", "DONE");
+            println!(
+                "{:<20} {:<20} {:<12} {:<40} {:>6}  LAST ERROR",
+                "NODE", "DEVICE", "STATE", "TASK", "DONE"
+            );
             for d in &list {
                 let task = d
                     .tasks
                     .first()
-                    .map(|t| format!("{} #{} a{} [{}, {})", t.session, t.task, t.attempt, t.frames.start, t.frames.end))
+                    .map(|t| {
+                        format!(
+                            "{} #{} a{} [{}, {})",
+                            t.session, t.task, t.attempt, t.frames.start, t.frames.end
+                        )
+                    })
                     .unwrap_or_else(|| "-".into());
                 println!(
                     "{:<20} {:<20} {:<12} {:<40} {:>6}  {}",
