@@ -32,6 +32,8 @@ pub struct MasterArgs {
     /// This node's name.
     pub node: String,
     pub detector: DetectorConfig,
+    /// An attempt silent this long past its timeouts is declared lost.
+    pub grace_wait_ms: u64,
     pub io: Arc<dyn NodeIo>,
 }
 
@@ -406,7 +408,7 @@ impl Actor for Master {
             started: Instant::now(),
             started_unix_ms,
             membership: Membership::new(args.detector, started_unix_ms),
-            sched: Scheduler::new(0),
+            sched: Scheduler::new(0).with_grace(args.grace_wait_ms),
             io: args.io,
             watched: HashMap::new(),
             routes: HashMap::new(),

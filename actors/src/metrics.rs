@@ -31,6 +31,7 @@ pub const FAILOVER_REASONS: &[&str] = &[
     "unregistered",
     "device_restart",
     "device_killed",
+    "no_answer",
 ];
 /// Counter, label `reason`: task attempts lost with their worker or device.
 pub const TASKS_LOST: &str = "orch_tasks_lost_total";

@@ -217,6 +217,9 @@ pub struct Scheduler {
     orphans: HashMap<Arc<str>, Vec<Orphan>>,
     /// Nodes drained by an operator (kept across re-registration).
     drained: HashSet<Arc<str>>,
+    grace_ms: u64,
+    /// (deadline, session, task, attempt): an attempt silent past its deadline is lost.
+    deadlines: BTreeSet<(u64, usize, u32, u32)>,
 }
 
 /// Whether `caps` satisfies every requirement.
@@ -251,8 +254,16 @@ impl Scheduler {
     pub fn new(id_high_water: u64) -> Self {
         Self {
             ids: IdAllocator::new(id_high_water),
+            grace_ms: 15_000,
             ..Self::default()
         }
+    }
+
+    /// How long past its timeouts a silent attempt is given before it is
+    /// declared lost (`grace_wait_ms`).
+    pub fn with_grace(mut self, grace_ms: u64) -> Self {
+        self.grace_ms = grace_ms;
+        self
     }
 
     pub fn ids(&self) -> &IdAllocator {
@@ -301,7 +312,10 @@ impl Scheduler {
             SchedEvent::Cancel { session } => self.cancel(&session, now_ms, &mut out),
             SchedEvent::Progress(p) => self.progress(p, &mut out),
             SchedEvent::Result(r) => self.result(r, now_ms, &mut out),
-            SchedEvent::Tick => self.wake(now_ms),
+            SchedEvent::Tick => {
+                self.expire(now_ms, &mut out);
+                self.wake(now_ms);
+            }
         }
         self.place(now_ms, &mut out);
         self.finish(now_ms, &mut out);
@@ -453,14 +467,11 @@ impl Scheduler {
             attempt: task.attempt,
         };
         let keep: Vec<String> = run.outputs.iter().map(|o| o.path.clone()).collect();
-        bank(sess, t, &run, run.done, now_ms);
+        bank(sess, t, &run, run.done, false, now_ms);
         let task = &mut sess.tasks[t as usize];
         let rest = task.frames;
         // Return the never-used tail of the chunk; the used part is retired.
-        let used_hi = run
-            .last_id
-            .map(|l| (l + 1).clamp(run.ids.lo, run.ids.hi))
-            .unwrap_or(run.ids.lo);
+        let used_hi = used_hi(&run);
         self.ids.release(IdRange {
             lo: used_hi,
             hi: run.ids.hi,
@@ -615,12 +626,9 @@ impl Scheduler {
                 continue;
             };
             let sess = &mut self.sessions[s];
-            bank(sess, t, &run, run.done, now_ms);
+            bank(sess, t, &run, run.done, false, now_ms);
             let keep = run.outputs.iter().map(|o| o.path.clone()).collect();
-            let used_hi = run
-                .last_id
-                .map(|l| (l + 1).clamp(run.ids.lo, run.ids.hi))
-                .unwrap_or(run.ids.lo);
+            let used_hi = used_hi(&run);
             self.ids.release(IdRange {
                 lo: used_hi,
                 hi: run.ids.hi,
@@ -732,18 +740,22 @@ impl Scheduler {
         match r.outcome {
             TaskOutcome::Completed => {
                 let len = task.frames.len();
-                bank(sess, t, &run, len, r.finished_ms.max(run.started_ms));
+                bank(sess, t, &run, len, true, r.finished_ms.max(run.started_ms));
                 sess.tasks[t as usize].state = TaskState::Done;
                 sess.tasks_done += 1;
             }
             TaskOutcome::Failed { frames_done, error } => {
                 let done = run.done.max(frames_done.min(task.frames.len()));
                 let keep: Vec<String> = run.outputs.iter().map(|o| o.path.clone()).collect();
-                bank(sess, t, &run, done, r.finished_ms.max(run.started_ms));
-                let used_hi = run
-                    .last_id
-                    .map(|l| (l + 1).clamp(run.ids.lo, run.ids.hi))
-                    .unwrap_or(run.ids.lo);
+                bank(
+                    sess,
+                    t,
+                    &run,
+                    done,
+                    false,
+                    r.finished_ms.max(run.started_ms),
+                );
+                let used_hi = used_hi(&run);
                 self.ids.release(IdRange {
                     lo: used_hi,
                     hi: run.ids.hi,
@@ -790,6 +802,40 @@ impl Scheduler {
                 task.state = TaskState::Waiting;
                 sess.waiting.insert((now_ms + delay, t));
             }
+        }
+    }
+
+    /// Attempts that said nothing past their deadline are lost (`no_answer`).
+    fn expire(&mut self, now_ms: u64, out: &mut Vec<SchedCommand>) {
+        let (mut frames, mut tasks) = (0, 0);
+        while let Some(&(at, s, t, attempt)) = self.deadlines.first() {
+            if at > now_ms {
+                break;
+            }
+            self.deadlines.pop_first();
+            let task = &self.sessions[s].tasks[t as usize];
+            if task.attempt != attempt || !matches!(task.state, TaskState::Running(_)) {
+                continue;
+            }
+            let (f, orphan) = self.lose(s, t, "no_answer", now_ms);
+            frames += f;
+            tasks += 1;
+            if let Some((node, o)) = orphan {
+                out.push(SchedCommand::Drop {
+                    node: node.to_string(),
+                    key: o.key,
+                    device: o.device,
+                    keep: o.keep,
+                    reason: o.reason,
+                });
+            }
+        }
+        if tasks > 0 {
+            out.push(SchedCommand::Reassigned {
+                tasks,
+                frames,
+                reason: "no_answer".into(),
+            });
         }
     }
 
@@ -936,6 +982,9 @@ impl Scheduler {
         let sess = &mut self.sessions[s];
         sess.running += 1;
         let task = &mut sess.tasks[t as usize];
+        // Queued behind one attempt at most, then its own timeout, then grace.
+        let deadline = now_ms + 2 * sess.spec.timeout_ms + self.grace_ms;
+        self.deadlines.insert((deadline, s, t, task.attempt));
         task.state = TaskState::Running(Box::new(Running {
             node: node.clone(),
             device: device.clone(),
@@ -1217,12 +1266,20 @@ fn render_cap(v: &CapValue) -> String {
     }
 }
 
+/// The end of the used part of an attempt's ID chunk: what it reported using.
+fn used_hi(run: &Running) -> u64 {
+    run.last_id
+        .map(|l| (l + 1).clamp(run.ids.lo, run.ids.hi))
+        .unwrap_or(run.ids.lo)
+}
+
 /// Record the first `done` frames of the task's current range as produced by
-/// this attempt, and shrink the task to what is left.
-fn bank(sess: &mut Session, t: u32, run: &Running, done: u64, now_ms: u64) {
+/// this attempt, and shrink the task to what is left. A completed attempt
+/// (`completed`) retires its whole ID chunk; any other retires what it used,
+/// and the caller returns the rest to the allocator.
+fn bank(sess: &mut Session, t: u32, run: &Running, done: u64, completed: bool, now_ms: u64) {
     let task = &mut sess.tasks[t as usize];
     let done = done.min(task.frames.len());
-    let ids_used = run.last_id.map(|l| (l + 1).clamp(run.ids.lo, run.ids.hi));
     if done == 0 {
         return;
     }
@@ -1242,12 +1299,7 @@ fn bank(sess: &mut Session, t: u32, run: &Running, done: u64, now_ms: u64) {
         node: run.node.to_string(),
         device: run.device.to_string(),
         ids: run.ids,
-        // A completed attempt retires its whole chunk.
-        ids_used: if done == task.frames.len() {
-            Some(run.ids.hi)
-        } else {
-            ids_used.or(Some(run.ids.lo))
-        },
+        ids_used: Some(if completed { run.ids.hi } else { used_hi(run) }),
         outputs: run.outputs.clone(),
         started_ms: run.started_ms,
         finished_ms: now_ms,

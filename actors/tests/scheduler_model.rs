@@ -522,3 +522,24 @@ fn per_device_fifo_depth_and_round_robin_over_many_devices() {
     assert_eq!(used.len(), 100, "every device got work");
     assert_eq!(s.view("m", 0).unwrap().state, SessionState::Completed);
 }
+
+#[test]
+fn an_attempt_silent_past_its_deadline_is_reassigned_as_no_answer() {
+    let mut w = World::new(4, 4, 3);
+    w.apply(Op::Up(0));
+    let first = w.live[0].task.clone();
+    // timeout 1000 ms, queued behind one more, grace 15000 ms: 17 s of silence.
+    w.apply(Op::Tick(16_999));
+    assert!(w.sched.manifest(&w.session).unwrap().replay.is_empty());
+    w.apply(Op::Tick(2));
+    let m = w.sched.manifest(&w.session).unwrap();
+    assert_eq!(m.replay.len(), 1);
+    assert_eq!(m.replay[0].reason, "no_answer");
+    let again = &w.live.last().unwrap().task;
+    assert_eq!(again.frames, first.frames);
+    assert_eq!(again.attempt, first.attempt + 1);
+    // The silent attempt's late result is stale.
+    let silent = w.live.remove(0);
+    w.dead.push(silent);
+    w.apply(Op::Stale(w.dead.len() - 1));
+}

@@ -80,6 +80,7 @@ impl Actor for NodeSupervisor {
                     heartbeat_ms: cfg.cluster.heartbeat_ms,
                     missed_heartbeats: cfg.cluster.missed_heartbeats,
                 },
+                grace_wait_ms: cfg.cluster.grace_wait_ms,
                 io: io.clone(),
             };
             Some(
