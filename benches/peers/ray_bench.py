@@ -18,6 +18,22 @@ RAY_SPEC = "ray>=2,<3"
 # Never send usage statistics anywhere: this benchmark talks to 127.0.0.1 only.
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 os.environ.setdefault("RAY_DISABLE_DOCKER_CPU_WARNING", "1")
+# On Linux Ray rewrites 127.0.0.1 (for --node-ip-address, --address and ray.init) to the
+# machine's routable address. With this switch off, Ray's own "which IP am I" helper returns
+# 127.0.0.1, so every Ray process (GCS, raylets, agents, workers, drivers) stays on loopback.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+# The same switch makes `ray start --address` refuse to add a second node, so the victim node's
+# `ray start` goes through this wrapper: allow the worker node, keep the answer on loopback.
+JOIN_WRAPPER = """
+import sys
+import ray._private.ray_constants as rc
+import ray._private.services as sv
+rc.ENABLE_RAY_CLUSTER = True
+sv.node_ip_address_from_perspective = lambda *a, **k: "127.0.0.1"
+from ray.scripts.scripts import main
+sys.exit(main())
+"""
 
 WARMUP_TASKS = 500
 LATENCY_WARMUP = 20
@@ -57,6 +73,21 @@ def kill_ray_processes_under(tmpdir):
         pc.wait_pids_gone(pids, 5)
 
 
+def forget_token_if_new(cleanup):
+    """Ray >= 2.5x writes ~/.ray/auth_token on a fresh ray.init(); remove it again if we made it."""
+    path = os.path.expanduser("~/.ray/auth_token")
+    existed_dir = os.path.isdir(os.path.dirname(path))
+    if os.path.exists(path):
+        return
+
+    def _rm():
+        if os.path.exists(path):
+            os.unlink(path)
+        if not existed_dir and os.path.isdir(os.path.dirname(path)) and not os.listdir(os.path.dirname(path)):
+            os.rmdir(os.path.dirname(path))
+    cleanup.push(_rm, what="remove ~/.ray/auth_token created by this run")
+
+
 def kill_my_descendants():
     pids = pc.descendants([os.getpid()]) - {os.getpid()}
     if pids:
@@ -69,6 +100,7 @@ def local_cluster(cleanup):
     """One local Ray node with as many CPUs as the machine (ray.init starts it)."""
     import ray
     tmp = pc.make_tempdir("rb", cleanup)
+    forget_token_if_new(cleanup)
     cleanup.push(kill_my_descendants, what="kill Ray processes started by ray.init")
     cleanup.push(kill_ray_processes_under, tmp, what="kill Ray processes under temp dir")
     cleanup.push(ray.shutdown, what="ray.shutdown")
@@ -151,19 +183,19 @@ def shape_failover(cleanup, task_s):
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     tmp = pc.make_tempdir("rf", cleanup)
+    forget_token_if_new(cleanup)
     marker_dir = os.path.join(tmp, "markers")
     os.mkdir(marker_dir)
     cli = ray_cli()
     gcs_port = pc.free_port()
     victim_nm_port = pc.free_port()
-    client_port = pc.free_port()
     env = dict(os.environ)
 
     cleanup.push(kill_ray_processes_under, tmp, what="kill failover Ray processes")
     common = ["--node-ip-address=127.0.0.1", "--disable-usage-stats", "--num-cpus=1"]
     t0 = time.monotonic()
     head = pc.spawn(cli + ["start", "--head", "--port=%d" % gcs_port, "--include-dashboard=false",
-                           "--ray-client-server-port=%d" % client_port, "--temp-dir=%s" % tmp] + common,
+                           "--temp-dir=%s" % tmp] + common,
                     cleanup, env=env, what="kill Ray head node")
     try:
         rc = head.wait(timeout=START_TIMEOUT)
@@ -172,7 +204,7 @@ def shape_failover(cleanup, task_s):
     if rc != 0:
         raise RuntimeError("`ray start --head` exited %d" % rc)
     head_sid = head.pid
-    victim = pc.spawn(cli + ["start", "--address=127.0.0.1:%d" % gcs_port, "--resources={\"victim\": 1}",
+    victim = pc.spawn([sys.executable, "-c", JOIN_WRAPPER, "start", "--address=127.0.0.1:%d" % gcs_port, "--resources={\"victim\": 1}",
                              "--node-manager-port=%d" % victim_nm_port] + common,
                       cleanup, env=env, what="kill Ray victim node")
     try:

@@ -1,0 +1,392 @@
+//! `bench-cluster`: start real `orch-node` processes on 127.0.0.1 and measure
+//! dispatch throughput, single-task latency, failover and scale; with
+//! `--peers`, run the peer scripts in `benches/peers/` in the same run and
+//! print orch/peer ratios. Prints a table and, with `--json FILE`, writes JSON.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use orch_tests::{all_healthy, free_port, Bins, NodeSpec, TestCluster};
+use serde_json::{json, Value};
+
+/// Benchmark a real orch cluster on this machine.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Smaller sizes (a smoke run of a minute or two).
+    #[arg(long)]
+    quick: bool,
+    /// Also run the peers (Ray, Dask, Erlang/OTP) and print ratios.
+    #[arg(long)]
+    peers: bool,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Do not run `cargo build --release` for the binaries first.
+    #[arg(long)]
+    no_build: bool,
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn bins(no_build: bool) -> Result<Bins> {
+    if !no_build {
+        let st = Command::new("cargo")
+            .args(["build", "--release", "-p", "orch-runtime", "--bins"])
+            .current_dir(root())
+            .status()
+            .context("run cargo build")?;
+        if !st.success() {
+            bail!("cargo build --release failed");
+        }
+    }
+    let dir = root().join("target/release");
+    let b = Bins {
+        node: dir.join("orch-node"),
+        ctl: dir.join("orchctl"),
+    };
+    if !b.node.exists() {
+        bail!(
+            "no `{}`; build it with cargo build --release",
+            b.node.display()
+        );
+    }
+    Ok(b)
+}
+
+/// (VmRSS, VmHWM) of a process, in bytes.
+fn memory(pid: i32) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        s.lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse::<u64>()
+            .ok()
+            .map(|kb| kb * 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+fn noop_session(name: &str, frames: u64, chunk: u64) -> String {
+    format!(
+        "name = \"{name}\"\nframes = {{ start = 0, end = {frames} }}\nchunk_frames = {chunk}\nid_chunk_size = 100\n[executor]\nkind = \"builtin:noop\"\n"
+    )
+}
+
+fn cluster(bins: &Bins, devices: u32, hb: u64) -> Result<TestCluster> {
+    let mut c = TestCluster::new(bins.clone());
+    let mport = free_port();
+    let mut m = NodeSpec::new("node-0").master().heartbeat(hb, 3);
+    m.devices = devices;
+    m.max_concurrency = devices;
+    c.add_with_port(m, mport)?;
+    for i in 1..=2 {
+        let mut w = NodeSpec::new(&format!("node-{i}"))
+            .peer(format!("127.0.0.1:{mport}"))
+            .heartbeat(hb, 3);
+        w.devices = devices;
+        w.max_concurrency = devices;
+        c.add(w)?;
+    }
+    c.wait_for("3 healthy workers", Duration::from_secs(20), |ws| {
+        all_healthy(ws, &["node-0", "node-1", "node-2"])
+    })?;
+    Ok(c)
+}
+
+fn run_session(c: &TestCluster, name: &str, frames: u64, chunk: u64) -> Result<Value> {
+    let started = Instant::now();
+    let id = c.submit(name, &noop_session(name, frames, chunk))?;
+    c.wait_session(&id, "the session ends", Duration::from_secs(1800), |v| {
+        v["state"] != "running"
+    })?;
+    let wall = started.elapsed().as_secs_f64();
+    let m = c.manifest(&id)?;
+    let secs = (m["finished_ms"].as_u64().unwrap_or(0) - m["submitted_ms"].as_u64().unwrap_or(0))
+        as f64
+        / 1000.0;
+    let tasks = frames.div_ceil(chunk);
+    Ok(json!({
+        "frames": frames, "chunk_frames": chunk, "tasks": tasks,
+        "seconds": secs, "wall_seconds": wall,
+        "frames_per_s": frames as f64 / secs.max(1e-3),
+        "tasks_per_s": tasks as f64 / secs.max(1e-3),
+        "state": m["state"],
+    }))
+}
+
+fn throughput(bins: &Bins, quick: bool) -> Result<Value> {
+    let c = cluster(bins, 4, 1000)?;
+    let frames = if quick { 100_000 } else { 1_000_000 };
+    let single = run_session(&c, "tp-1", frames, 1)?;
+    let (rss, hwm) = c.nodes[0].pid().and_then(memory).unwrap_or((0, 0));
+    let hundred = run_session(&c, "tp-100", frames, 100)?;
+    Ok(json!({ "chunk_1": single, "chunk_100": hundred,
+               "master_rss_bytes_after": rss, "master_peak_rss_bytes": hwm }))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn latency(bins: &Bins, quick: bool) -> Result<Value> {
+    let c = cluster(bins, 2, 1000)?;
+    let n = if quick { 200 } else { 1000 };
+    let admin = c.nodes[0].admin_addr;
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build();
+    let body = noop_session("lat", 1, 1);
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let v: Value = agent
+            .post(&format!("http://{admin}/v1/sessions"))
+            .send_string(&body)?
+            .into_json()?;
+        let id = v["id"].as_str().context("an id")?.to_string();
+        loop {
+            let s: Value = agent
+                .get(&format!("http://{admin}/v1/sessions/{id}"))
+                .call()?
+                .into_json()?;
+            if s["state"] == "completed" {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                bail!("a single-frame session did not complete in 10 s");
+            }
+        }
+        samples.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(
+        json!({ "samples": n, "p50_ms": percentile(&samples, 0.5), "p99_ms": percentile(&samples, 0.99),
+               "method": "HTTP submit, then poll the session until completed" }),
+    )
+}
+
+fn failover(bins: &Bins) -> Result<Value> {
+    let mut c = cluster(bins, 4, 1000)?;
+    let id = c.submit(
+        "fo",
+        "name = \"fo\"\nframes = { start = 0, end = 1200 }\nchunk_frames = 10\nid_chunk_size = 10\n[executor]\nkind = \"builtin:sleep\"\nms_per_frame = 50\n",
+    )?;
+    c.wait_session(&id, "30% done", Duration::from_secs(120), |v| {
+        v["frames_done"].as_u64().unwrap_or(0) >= 360
+    })?;
+    let t0 = Instant::now();
+    c.node("node-2").kill9();
+    let mut detect = None;
+    let mut rerun = None;
+    let admin = c.nodes[0].admin_addr;
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(5))
+        .build();
+    while rerun.is_none() && t0.elapsed() < Duration::from_secs(60) {
+        if detect.is_none() {
+            let ws: Value = agent
+                .get(&format!("http://{admin}/v1/workers"))
+                .call()?
+                .into_json()?;
+            if ws
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|w| w["node"] == "node-2" && w["state"] == "unhealthy")
+            {
+                detect = Some(t0.elapsed());
+            }
+        } else {
+            // Every replayed range is running again (or done) on a survivor.
+            let m: Value = agent
+                .get(&format!("http://{admin}/v1/sessions/{id}/manifest"))
+                .call()?
+                .into_json()?;
+            let devs: Value = agent
+                .get(&format!("http://{admin}/v1/devices"))
+                .call()?
+                .into_json()?;
+            let replay = m["replay"].as_array().cloned().unwrap_or_default();
+            let running_or_done = |task: &Value, attempt: &Value| {
+                devs.as_array().into_iter().flatten().any(|d| {
+                    d["tasks"].as_array().into_iter().flatten().any(|t| {
+                        t["task"] == *task
+                            && t["attempt"] == *attempt
+                            && t["frames_done"].as_u64().unwrap_or(0) > 0
+                    })
+                }) || m["ranges"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|r| r["task"] == *task && r["attempt"] == *attempt)
+            };
+            if !replay.is_empty()
+                && replay
+                    .iter()
+                    .all(|r| running_or_done(&r["task"], &r["new_attempt"]))
+            {
+                rerun = Some(t0.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let v = c.wait_done(&id, Duration::from_secs(300))?;
+    let complete = t0.elapsed();
+    Ok(json!({
+        "detect_ms": detect.map(|d| d.as_secs_f64() * 1000.0),
+        "rerun_ms": rerun.map(|d| d.as_secs_f64() * 1000.0),
+        "complete_ms": complete.as_secs_f64() * 1000.0,
+        "state": v["state"],
+        "heartbeat_ms": 1000, "missed_heartbeats": 3,
+        "rerun_means": "every replayed range has reported a frame on a surviving device",
+    }))
+}
+
+fn scale(bins: &Bins, quick: bool) -> Result<Value> {
+    let n = if quick { 2_000 } else { 10_000 };
+    let base = {
+        let mut c = TestCluster::new(bins.clone());
+        let mut s = NodeSpec::new("small").master();
+        s.devices = 1;
+        c.add(s)?;
+        c.wait_for("registered", Duration::from_secs(20), |ws| {
+            all_healthy(ws, &["small"])
+        })?;
+        std::thread::sleep(Duration::from_millis(500));
+        c.nodes[0].pid().and_then(memory).map(|m| m.0).unwrap_or(0)
+    };
+    let mut c = TestCluster::new(bins.clone());
+    let mut s = NodeSpec::new("big").master();
+    s.devices = n;
+    s.max_concurrency = 100;
+    let t0 = Instant::now();
+    c.add(s)?;
+    c.wait_for(
+        "10,000 devices registered",
+        Duration::from_secs(120),
+        |ws| all_healthy(ws, &["big"]),
+    )?;
+    let register = t0.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let big = c.nodes[0].pid().and_then(memory).map(|m| m.0).unwrap_or(0);
+    Ok(json!({
+        "devices": n,
+        "seconds_to_register": register.as_secs_f64(),
+        "rss_1_device_bytes": base, "rss_n_devices_bytes": big,
+        "bytes_per_device": (big.saturating_sub(base)) as f64 / f64::from(n - 1),
+        "note": "RSS of one node (master + worker) with N devices minus with 1, over N - 1",
+    }))
+}
+
+fn peer(script: &str, quick: bool) -> Value {
+    let path = root().join("benches/peers").join(script);
+    if !path.exists() {
+        return json!({ "error": format!("no `{}`", path.display()) });
+    }
+    let mut cmd = Command::new("python3");
+    cmd.arg(&path);
+    if quick {
+        cmd.arg("--quick");
+    }
+    match cmd.output() {
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            text.lines()
+                .rev()
+                .find_map(|l| serde_json::from_str::<Value>(l).ok())
+                .unwrap_or_else(|| json!({ "error": format!("no JSON from {script}: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")) }))
+        }
+        Err(e) => json!({ "error": format!("cannot run {script}: {e}") }),
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Value {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => json!((a / b * 100.0).round() / 100.0),
+        _ => Value::Null,
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let bins = bins(args.no_build)?;
+    let mut out = json!({
+        "machine": { "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
+        "quick": args.quick,
+    });
+    eprintln!("== throughput");
+    out["throughput"] = throughput(&bins, args.quick)?;
+    eprintln!("== latency");
+    out["latency"] = latency(&bins, args.quick)?;
+    eprintln!("== failover");
+    out["failover"] = failover(&bins)?;
+    eprintln!("== scale");
+    out["scale"] = scale(&bins, args.quick)?;
+    if args.peers {
+        let mut ratios = serde_json::Map::new();
+        for (name, script) in [
+            ("ray", "ray_bench.py"),
+            ("dask", "dask_bench.py"),
+            ("erlang", "erlang_bench.py"),
+        ] {
+            eprintln!("== peer {name}");
+            let p = peer(script, args.quick);
+            let orch_tp = out["throughput"]["chunk_1"]["tasks_per_s"].as_f64();
+            ratios.insert(name.into(), json!({
+                "throughput_orch_over_peer": ratio(orch_tp, p["throughput"]["tasks_per_s"].as_f64()),
+                "latency_p50_peer_over_orch": ratio(p["latency"]["p50_ms"].as_f64(), out["latency"]["p50_ms"].as_f64()),
+                "failover_rerun_peer_over_orch": ratio(p["failover"]["rerun_ms"].as_f64(), out["failover"]["rerun_ms"].as_f64()),
+            }));
+            out["peers"][name] = p;
+        }
+        out["ratios"] = Value::Object(ratios);
+    }
+    let t = &out["throughput"];
+    println!("orch on {} cores", out["machine"]["cores"]);
+    for k in ["chunk_1", "chunk_100"] {
+        println!(
+            "throughput {:<10} {:>9} frames {:>9} tasks  {:>8.2} s  {:>12.0} frames/s  {:>10.0} tasks/s",
+            k, t[k]["frames"], t[k]["tasks"], t[k]["seconds"].as_f64().unwrap_or(0.0),
+            t[k]["frames_per_s"].as_f64().unwrap_or(0.0), t[k]["tasks_per_s"].as_f64().unwrap_or(0.0)
+        );
+    }
+    println!(
+        "master peak RSS      {:.1} MiB",
+        t["master_peak_rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
+    );
+    println!(
+        "latency              p50 {:.2} ms  p99 {:.2} ms ({} samples)",
+        out["latency"]["p50_ms"].as_f64().unwrap_or(0.0),
+        out["latency"]["p99_ms"].as_f64().unwrap_or(0.0),
+        out["latency"]["samples"]
+    );
+    println!(
+        "failover             detect {:?} ms  rerun {:?} ms  complete {:.0} ms",
+        out["failover"]["detect_ms"].as_f64().map(|x| x.round()),
+        out["failover"]["rerun_ms"].as_f64().map(|x| x.round()),
+        out["failover"]["complete_ms"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "scale                {} devices registered in {:.2} s, {:.0} bytes per device",
+        out["scale"]["devices"],
+        out["scale"]["seconds_to_register"].as_f64().unwrap_or(0.0),
+        out["scale"]["bytes_per_device"].as_f64().unwrap_or(0.0)
+    );
+    if let Some(r) = out.get("ratios") {
+        println!("ratios               {}", serde_json::to_string(r)?);
+    }
+    let text = serde_json::to_string_pretty(&out)?;
+    if let Some(f) = &args.json {
+        std::fs::write(f, &text)?;
+    }
+    println!("{}", serde_json::to_string(&out)?);
+    Ok(())
+}
