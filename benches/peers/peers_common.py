@@ -53,7 +53,8 @@ def log(*args):
 # --- CLI ---------------------------------------------------------------------------------
 def parse_args(peer, argv=None, extra=None):
     p = argparse.ArgumentParser(description="%s peer benchmark (see benches/peers/README.md)" % peer)
-    p.add_argument("--shape", default="all", choices=list(SHAPES) + ["all"])
+    p.add_argument("--shape", default="all",
+                   help="throughput|latency|failover|all, or a comma list such as throughput,latency")
     p.add_argument("--tasks", type=int, default=None, help="throughput: number of no-op tasks")
     p.add_argument("--samples", type=int, default=None, help="latency: number of sequential round trips")
     p.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
@@ -68,7 +69,11 @@ def parse_args(peer, argv=None, extra=None):
         a.samples = QUICK_SAMPLES if a.quick else DEFAULT_SAMPLES
     if a.tasks < 1 or a.samples < 1:
         p.error("--tasks and --samples must be >= 1")
-    a.shapes = list(SHAPES) if a.shape == "all" else [a.shape]
+    wanted = [x.strip() for x in a.shape.split(",") if x.strip()]
+    bad = [x for x in wanted if x not in SHAPES + ("all",)]
+    if bad or not wanted:
+        p.error("--shape: unknown shape(s) %s; use throughput, latency, failover or all" % ", ".join(bad))
+    a.shapes = list(SHAPES) if "all" in wanted else [x for x in SHAPES if x in wanted]
     return a
 
 

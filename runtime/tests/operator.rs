@@ -279,7 +279,19 @@ fn the_metrics_catalog_is_complete_and_moves_during_a_session() {
     let failovers_before = sample(&first, "orch_failovers_total{reason=\"node_down\"}");
     c.node("node-2").kill9();
     c.wait_done(&id, Duration::from_secs(60)).unwrap();
-    let last = scrape(&c);
+    // Gauges and the frame counter are published on the master's tick: poll.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let last = loop {
+        let text = scrape(&c);
+        if sample(&text, "orch_frames_completed_total") == 600.0 && sample(&text, "orch_tasks_inflight") == 0.0 {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "frames completed reaches 600 and in-flight falls to 0 within 5 s of the end:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(
         sample(&last, "orch_frames_completed_total")
             > sample(&first, "orch_frames_completed_total")
