@@ -11,7 +11,8 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::{ExecutorSpec, Manifest, OutputFile, TaskSpec};
+use crate::protocol::{ExecutorSpec, OutputFile, TaskSpec};
+use crate::scheduler::ManifestStream;
 
 /// One task on one device, as an executor sees it.
 #[derive(Debug, Clone)]
@@ -62,7 +63,7 @@ pub trait NodeIo: Send + Sync + 'static {
     /// Move every file under `rel` except `keep` to quarantine; returns how many moved.
     fn quarantine(&self, rel: &str, keep: &[String]) -> Result<usize, String>;
     /// Persist a finished session's manifest.
-    fn write_manifest(&self, manifest: &Manifest) -> Result<PathBuf, String>;
+    fn write_manifest(&self, manifest: &ManifestStream<'_>) -> Result<PathBuf, String>;
     /// The executor for a spec.
     fn executor(&self, spec: &ExecutorSpec) -> Arc<dyn Executor>;
 }
@@ -138,8 +139,11 @@ impl NodeIo for NullIo {
     fn quarantine(&self, _rel: &str, _keep: &[String]) -> Result<usize, String> {
         Ok(0)
     }
-    fn write_manifest(&self, manifest: &Manifest) -> Result<PathBuf, String> {
-        Ok(PathBuf::from(format!("(not written) {}", manifest.session)))
+    fn write_manifest(&self, manifest: &ManifestStream<'_>) -> Result<PathBuf, String> {
+        Ok(PathBuf::from(format!(
+            "(not written) {}",
+            manifest.session()
+        )))
     }
     fn executor(&self, spec: &ExecutorSpec) -> Arc<dyn Executor> {
         match spec {

@@ -193,7 +193,7 @@ impl MasterState {
             }
             SchedCommand::SessionFinished { session, state } => {
                 metrics::counter!(m::SESSIONS_FINISHED, "state" => state.as_str()).increment(1);
-                if let Some(manifest) = self.sched.manifest(&session) {
+                if let Some(manifest) = self.sched.manifest_stream(&session) {
                     match self.io.write_manifest(&manifest) {
                         Ok(path) => {
                             info!(node_id = %self.node, session = %session, state = state.as_str(), manifest = %path.display(), "session finished")

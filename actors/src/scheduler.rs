@@ -106,6 +106,8 @@ pub enum SchedCommand {
 struct Running {
     node: Arc<str>,
     device: Arc<str>,
+    /// When the attempt is declared lost if it says nothing (`no_answer`).
+    deadline: u64,
     ids: IdRange,
     started_ms: u64,
     done: u64,
@@ -136,6 +138,44 @@ struct Task {
     last_error: Option<String>,
 }
 
+/// A produced range, kept compact: a million of them must fit in memory.
+#[derive(Debug, Clone)]
+struct Segment {
+    frames: FrameRange,
+    task: u32,
+    attempt: u32,
+    node: Arc<str>,
+    device: Arc<str>,
+    ids: IdRange,
+    ids_used: u64,
+    outputs: Box<[OutputFile]>,
+    started_ms: u64,
+    finished_ms: u64,
+}
+
+impl Segment {
+    fn to_range(&self, session: &str) -> ManifestRange {
+        let key = AttemptKey {
+            session: session.to_string(),
+            task: u64::from(self.task),
+            attempt: self.attempt,
+        };
+        ManifestRange {
+            frames: self.frames,
+            task: u64::from(self.task),
+            attempt: self.attempt,
+            node: self.node.to_string(),
+            device: self.device.to_string(),
+            ids: self.ids,
+            ids_used: Some(self.ids_used),
+            outputs: self.outputs.to_vec(),
+            started_ms: self.started_ms,
+            finished_ms: self.finished_ms,
+            out_dir: out_dir(&key, &self.node, &self.device),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Session {
     id: String,
@@ -146,7 +186,9 @@ struct Session {
     tasks: Vec<Task>,
     pending: VecDeque<u32>,
     waiting: BTreeSet<(u64, u32)>,
-    ranges: Vec<ManifestRange>,
+    ranges: Vec<Segment>,
+    /// Frames reported done by running attempts (not yet banked).
+    running_done: u64,
     replay: Vec<ReplayRecord>,
     failed: Vec<FailedRange>,
     frames_done: u64,
@@ -424,7 +466,10 @@ impl Scheduler {
         let TaskState::Running(run) = std::mem::replace(&mut task.state, TaskState::Pending) else {
             return None;
         };
+        let attempt = task.attempt;
         sess.running -= 1;
+        self.deadlines.remove(&(run.deadline, s, t, attempt));
+        sess.running_done -= run.done;
         if let Some(n) = self.nodes.get_mut(&run.node) {
             if n.running.remove(&(s, t)) {
                 n.inflight -= 1;
@@ -441,7 +486,7 @@ impl Scheduler {
         self.sessions[s]
             .ranges
             .iter()
-            .filter(|r| r.task == u64::from(t) && r.attempt == attempt)
+            .filter(|r| r.task == t && r.attempt == attempt)
             .flat_map(|r| r.outputs.iter().map(|o| o.path.clone()))
             .collect()
     }
@@ -603,6 +648,7 @@ impl Scheduler {
             ranges: Vec::new(),
             replay: Vec::new(),
             failed: Vec::new(),
+            running_done: 0,
             frames_done: 0,
             tasks_done: 0,
             running: 0,
@@ -675,10 +721,13 @@ impl Scheduler {
             self.reject(&p.node, p.key, out);
             return;
         };
-        let task = &mut self.sessions[s].tasks[t as usize];
+        let sess = &mut self.sessions[s];
+        let task = &mut sess.tasks[t as usize];
         let len = task.frames.len();
         if let TaskState::Running(r) = &mut task.state {
+            let before = r.done;
             r.done = r.done.max(p.frames_done.min(len));
+            sess.running_done += r.done - before;
             if let Some(l) = p.last_id_used.filter(|l| *l >= r.ids.lo && *l < r.ids.hi) {
                 r.last_id = Some(r.last_id.map_or(l, |x| x.max(l)));
             }
@@ -988,6 +1037,7 @@ impl Scheduler {
         task.state = TaskState::Running(Box::new(Running {
             node: node.clone(),
             device: device.clone(),
+            deadline,
             ids,
             started_ms: now_ms,
             done: 0,
@@ -1056,14 +1106,7 @@ impl Scheduler {
     pub fn view(&self, id: &str, now_ms: u64) -> Option<SessionView> {
         let s = &self.sessions[*self.by_id.get(id)?];
         let failed_frames: u64 = s.failed.iter().map(|f| f.frames.len()).sum();
-        let banked_running: u64 = s
-            .tasks
-            .iter()
-            .filter_map(|t| match &t.state {
-                TaskState::Running(r) => Some(r.done),
-                _ => None,
-            })
-            .sum();
+        let banked_running = s.running_done;
         Some(SessionView {
             id: s.id.clone(),
             name: s.spec.name.clone(),
@@ -1080,11 +1123,7 @@ impl Scheduler {
             tasks_completed: s.tasks_done,
             tasks_running: s.running,
             tasks_pending: (s.pending.len() + s.waiting.len()) as u64,
-            tasks_failed: s
-                .tasks
-                .iter()
-                .filter(|t| matches!(t.state, TaskState::Failed))
-                .count() as u64,
+            tasks_failed: s.failed.len() as u64,
             retries: s.retries,
             failovers: s.failovers,
             stale_rejected: s.stale,
@@ -1169,7 +1208,7 @@ impl Scheduler {
     /// The manifest of a session; `submitted_ms`/`finished_ms` are on the caller's clock.
     pub fn manifest(&self, id: &str) -> Option<Manifest> {
         let s = &self.sessions[*self.by_id.get(id)?];
-        let mut ranges = s.ranges.clone();
+        let mut ranges: Vec<ManifestRange> = s.ranges.iter().map(|r| r.to_range(&s.id)).collect();
         ranges.sort_by_key(|r| r.frames.start);
         let mut failed = s.failed.clone();
         failed.sort_by_key(|f| f.frames.start);
@@ -1187,18 +1226,25 @@ impl Scheduler {
         })
     }
 
+    /// A session's manifest, serialized straight from the ledger (no copy of
+    /// its ranges): for writing large manifests to disk.
+    pub fn manifest_stream(&self, id: &str) -> Option<ManifestStream<'_>> {
+        let sess = &self.sessions[*self.by_id.get(id)?];
+        let mut order: Vec<u32> = (0..sess.ranges.len() as u32).collect();
+        order.sort_by_key(|&i| sess.ranges[i as usize].frames.start);
+        Some(ManifestStream { sess, order })
+    }
+
     /// Every ID range handed out and not returned: live chunks whole, ended
     /// attempts' used parts. For invariant checks.
     pub fn issued_ids(&self) -> Vec<IdRange> {
         let mut v = Vec::new();
         for s in &self.sessions {
             for r in &s.ranges {
-                if let Some(used) = r.ids_used {
-                    v.push(IdRange {
-                        lo: r.ids.lo,
-                        hi: used,
-                    });
-                }
+                v.push(IdRange {
+                    lo: r.ids.lo,
+                    hi: r.ids_used,
+                });
             }
             for t in &s.tasks {
                 if let TaskState::Running(r) = &t.state {
@@ -1283,27 +1329,21 @@ fn bank(sess: &mut Session, t: u32, run: &Running, done: u64, completed: bool, n
     if done == 0 {
         return;
     }
-    let key = AttemptKey {
-        session: sess.id.clone(),
-        task: u64::from(t),
-        attempt: task.attempt,
-    };
     let frames = FrameRange {
         start: task.frames.start,
         end: task.frames.start + done,
     };
-    sess.ranges.push(ManifestRange {
+    sess.ranges.push(Segment {
         frames,
-        task: u64::from(t),
+        task: t,
         attempt: task.attempt,
-        node: run.node.to_string(),
-        device: run.device.to_string(),
+        node: run.node.clone(),
+        device: run.device.clone(),
         ids: run.ids,
-        ids_used: Some(if completed { run.ids.hi } else { used_hi(run) }),
-        outputs: run.outputs.clone(),
+        ids_used: if completed { run.ids.hi } else { used_hi(run) },
+        outputs: run.outputs.clone().into_boxed_slice(),
         started_ms: run.started_ms,
         finished_ms: now_ms,
-        out_dir: out_dir(&key, &run.node, &run.device),
     });
     sess.frames_done += done;
     task.frames.start += done;
@@ -1319,4 +1359,51 @@ fn fail_task(sess: &mut Session, t: u32, error: String) {
     });
     task.last_error = Some(error);
     task.state = TaskState::Failed;
+}
+
+/// A session's manifest that serializes exactly like [`Manifest`], reading
+/// the ledger as it goes.
+pub struct ManifestStream<'a> {
+    sess: &'a Session,
+    order: Vec<u32>,
+}
+
+impl ManifestStream<'_> {
+    pub fn session(&self) -> &str {
+        &self.sess.id
+    }
+}
+
+struct RangesInOrder<'a>(&'a Session, &'a [u32]);
+
+impl serde::Serialize for RangesInOrder<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = ser.serialize_seq(Some(self.1.len()))?;
+        for &i in self.1 {
+            seq.serialize_element(&self.0.ranges[i as usize].to_range(&self.0.id))?;
+        }
+        seq.end()
+    }
+}
+
+impl serde::Serialize for ManifestStream<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let s = self.sess;
+        let mut failed = s.failed.clone();
+        failed.sort_by_key(|f| f.frames.start);
+        let mut st = ser.serialize_struct("Manifest", 10)?;
+        st.serialize_field("session", &s.id)?;
+        st.serialize_field("name", &s.spec.name)?;
+        st.serialize_field("state", &s.state)?;
+        st.serialize_field("frames", &s.spec.frames)?;
+        st.serialize_field("executor", s.spec.executor.name())?;
+        st.serialize_field("submitted_ms", &s.submitted_ms)?;
+        st.serialize_field("finished_ms", &s.finished_ms)?;
+        st.serialize_field("ranges", &RangesInOrder(s, &self.order))?;
+        st.serialize_field("replay", &s.replay)?;
+        st.serialize_field("failed", &failed)?;
+        st.end()
+    }
 }

@@ -6,7 +6,8 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use orch_actors::executor::{Executor, NodeIo, Noop, Sleep};
-use orch_actors::protocol::{ExecutorSpec, Manifest};
+use orch_actors::protocol::ExecutorSpec;
+use orch_actors::scheduler::ManifestStream;
 
 use crate::command::CommandExecutor;
 
@@ -85,8 +86,8 @@ impl NodeIo for FsIo {
         Ok(moved)
     }
 
-    fn write_manifest(&self, manifest: &Manifest) -> Result<PathBuf, String> {
-        let dir = self.confined(&format!("sessions/{}", manifest.session))?;
+    fn write_manifest(&self, manifest: &ManifestStream<'_>) -> Result<PathBuf, String> {
+        let dir = self.confined(&format!("sessions/{}", manifest.session()))?;
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
         let path = dir.join("manifest.json");

@@ -283,7 +283,9 @@ fn the_metrics_catalog_is_complete_and_moves_during_a_session() {
     let deadline = Instant::now() + Duration::from_secs(5);
     let last = loop {
         let text = scrape(&c);
-        if sample(&text, "orch_frames_completed_total") == 600.0 && sample(&text, "orch_tasks_inflight") == 0.0 {
+        if sample(&text, "orch_frames_completed_total") == 600.0
+            && sample(&text, "orch_tasks_inflight") == 0.0
+        {
             break text;
         }
         assert!(

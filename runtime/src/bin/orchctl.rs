@@ -106,7 +106,12 @@ fn request(cli: &Cli, method: &str, path: &str, body: Option<&str>) -> Result<Va
         None => None,
     };
     let url = format!("http://{}{path}", cli.node);
-    let mut req = ureq::request(method, &url).timeout(Duration::from_secs(15));
+    // A large manifest may take a while to stream: bound each read, not the whole.
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(5))
+        .timeout_read(Duration::from_secs(60))
+        .build();
+    let mut req = agent.request(method, &url);
     if let Some(t) = &token {
         req = req.set("Authorization", &format!("Bearer {t}"));
     }
