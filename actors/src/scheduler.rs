@@ -233,6 +233,19 @@ impl Node {
     }
 }
 
+impl Orphan {
+    /// The command telling `node` to stop this attempt and quarantine its outputs.
+    fn into_drop(self, node: &str) -> SchedCommand {
+        SchedCommand::Drop {
+            node: node.to_string(),
+            key: self.key,
+            device: self.device,
+            keep: self.keep,
+            reason: self.reason,
+        }
+    }
+}
+
 /// How good a device is for a task; higher is better: not the device that
 /// just failed it, preference score, free queue, node load, least recently used.
 type PlacementKey = (bool, i64, u32, u64, u64);
@@ -397,13 +410,7 @@ impl Scheduler {
             .map(|(i, d)| (d.id.clone(), i))
             .collect();
         for o in self.orphans.remove(&name).unwrap_or_default() {
-            out.push(SchedCommand::Drop {
-                node: name.to_string(),
-                key: o.key,
-                device: o.device,
-                keep: o.keep,
-                reason: o.reason,
-            });
+            out.push(o.into_drop(&name));
         }
         self.nodes.insert(
             name.clone(),
@@ -595,13 +602,7 @@ impl Scheduler {
             reassigned += frames;
             tasks += 1;
             if let Some((node, o)) = orphan {
-                out.push(SchedCommand::Drop {
-                    node: node.to_string(),
-                    key: o.key,
-                    device: o.device,
-                    keep: o.keep,
-                    reason: o.reason,
-                });
+                out.push(o.into_drop(&node));
             }
         }
         if reassigned > 0 {
@@ -870,13 +871,7 @@ impl Scheduler {
             frames += f;
             tasks += 1;
             if let Some((node, o)) = orphan {
-                out.push(SchedCommand::Drop {
-                    node: node.to_string(),
-                    key: o.key,
-                    device: o.device,
-                    keep: o.keep,
-                    reason: o.reason,
-                });
+                out.push(o.into_drop(&node));
             }
         }
         if tasks > 0 {

@@ -249,6 +249,13 @@ fn default_metrics_listen() -> String {
 
 /// Read, parse and validate a configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let (file, text, base) = read_toml_file(path)?;
+    parse(&text, &file, &base)
+}
+
+/// Read a TOML file: its name for messages, its text, and its folder made
+/// absolute (relative paths in the file resolve against it).
+pub fn read_toml_file(path: &Path) -> Result<(String, String, PathBuf), ConfigErrors> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
@@ -257,13 +264,12 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             expected: format!("a readable TOML file: {e}"),
         }])
     })?;
-    // Relative paths in the file resolve against its folder, made absolute.
-    let base = path
+    let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
-    parse(&text, &file, &base)
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    Ok((file, text, dir))
 }
 
 /// Parse and validate configuration text; relative paths resolve against `base`.

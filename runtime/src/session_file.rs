@@ -93,19 +93,8 @@ fn default_timeout() -> u64 {
 
 /// Read and validate a session file.
 pub fn load(path: &Path) -> Result<SessionSpec, ConfigErrors> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: file.clone(),
-            key: "(file)".into(),
-            expected: format!("a readable TOML file: {e}"),
-        }])
-    })?;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let (file, text, dir) = crate::config::read_toml_file(path)?;
+    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
     parse(&text, &file, Some(&dir))
 }
 
