@@ -203,12 +203,13 @@ def _not_zombie(pid):
         return False
 
 
-def spawn(cmd, cleanup, env=None, what=None, cwd=None, stdin=None, stdout=None):
+def spawn(cmd, cleanup, env=None, what=None, cwd=None, stdin=None, stdout=None, stderr=None):
     """Start a process in its own session (so we can kill its whole tree) and register
     a kill of that session + the process's descendants in `cleanup`."""
     log("spawn:", " ".join(cmd))
     p = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=stdin if stdin is not None else subprocess.DEVNULL,
-                         stdout=stdout if stdout is not None else sys.stderr, stderr=sys.stderr,
+                         stdout=stdout if stdout is not None else sys.stderr,
+                         stderr=stderr if stderr is not None else sys.stderr,
                          start_new_session=True)
 
     def _kill():

@@ -88,6 +88,48 @@ def forget_token_if_new(cleanup):
     cleanup.push(_rm, what="remove ~/.ray/auth_token created by this run")
 
 
+def restore_auth_mode(saved):
+    """A fresh local ray.init() turns token auth on *for this process and its children* by
+    setting os.environ["RAY_AUTH_MODE"] = "token" (and refreshing the cached RayConfig); it is
+    not undone by ray.shutdown(). Once forget_token_if_new() has deleted ~/.ray/auth_token
+    again, a later `ray start --head` (which inherits our environment) or ray.init(address=)
+    then fails with "Token authentication is enabled but no authentication token was found".
+    Put RAY_AUTH_MODE back as it was before ray.init() and refresh Ray's cached config."""
+    if saved is None:
+        os.environ.pop("RAY_AUTH_MODE", None)
+    else:
+        os.environ["RAY_AUTH_MODE"] = saved
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+    except Exception as e:  # noqa: BLE001  (older Ray without token auth)
+        pc.log("could not refresh Ray's auth config: %s" % pc.one_line(e))
+
+
+def ray_start(cmd, cleanup, env, tmp, name, label):
+    """Run a (non-blocking) `ray start ...`; its stdout/stderr go to a file in `tmp`, which is
+    copied to our stderr afterwards. On failure the error names the last line of that output."""
+    log_path = os.path.join(tmp, "%s.log" % name)
+    with open(log_path, "wb") as out:
+        p = pc.spawn(cmd, cleanup, env=env, what="kill Ray %s" % name, stdout=out, stderr=out)
+    try:
+        rc = p.wait(timeout=START_TIMEOUT)
+    except Exception:
+        rc = None
+    with open(log_path, errors="replace") as f:
+        text = f.read()
+    sys.stderr.write(text)
+    sys.stderr.flush()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    last = (": " + lines[-1][:400]) if lines else ""
+    if rc is None:
+        raise TimeoutError("timed out after %ds waiting for `%s`%s" % (START_TIMEOUT, label, last))
+    if rc != 0:
+        raise RuntimeError("`%s` exited %d%s" % (label, rc, last))
+    return p
+
+
 def kill_my_descendants():
     pids = pc.descendants([os.getpid()]) - {os.getpid()}
     if pids:
@@ -100,6 +142,8 @@ def local_cluster(cleanup):
     """One local Ray node with as many CPUs as the machine (ray.init starts it)."""
     import ray
     tmp = pc.make_tempdir("rb", cleanup)
+    # Pushed first, so it runs last: after ray.shutdown() and the removal of the token.
+    cleanup.push(restore_auth_mode, os.environ.get("RAY_AUTH_MODE"), what="restore RAY_AUTH_MODE")
     forget_token_if_new(cleanup)
     cleanup.push(kill_my_descendants, what="kill Ray processes started by ray.init")
     cleanup.push(kill_ray_processes_under, tmp, what="kill Ray processes under temp dir")
@@ -194,25 +238,13 @@ def shape_failover(cleanup, task_s):
     cleanup.push(kill_ray_processes_under, tmp, what="kill failover Ray processes")
     common = ["--node-ip-address=127.0.0.1", "--disable-usage-stats", "--num-cpus=1"]
     t0 = time.monotonic()
-    head = pc.spawn(cli + ["start", "--head", "--port=%d" % gcs_port, "--include-dashboard=false",
-                           "--temp-dir=%s" % tmp] + common,
-                    cleanup, env=env, what="kill Ray head node")
-    try:
-        rc = head.wait(timeout=START_TIMEOUT)
-    except Exception:
-        raise TimeoutError("timed out after %ds waiting for `ray start --head`" % START_TIMEOUT)
-    if rc != 0:
-        raise RuntimeError("`ray start --head` exited %d" % rc)
+    head = ray_start(cli + ["start", "--head", "--port=%d" % gcs_port, "--include-dashboard=false",
+                            "--temp-dir=%s" % tmp] + common,
+                     cleanup, env, tmp, "head", "ray start --head")
     head_sid = head.pid
-    victim = pc.spawn([sys.executable, "-c", JOIN_WRAPPER, "start", "--address=127.0.0.1:%d" % gcs_port, "--resources={\"victim\": 1}",
-                             "--node-manager-port=%d" % victim_nm_port] + common,
-                      cleanup, env=env, what="kill Ray victim node")
-    try:
-        rc = victim.wait(timeout=START_TIMEOUT)
-    except Exception:
-        raise TimeoutError("timed out after %ds waiting for `ray start --address` (victim node)" % START_TIMEOUT)
-    if rc != 0:
-        raise RuntimeError("`ray start --address` (victim node) exited %d" % rc)
+    victim = ray_start([sys.executable, "-c", JOIN_WRAPPER, "start", "--address=127.0.0.1:%d" % gcs_port,
+                        "--resources={\"victim\": 1}", "--node-manager-port=%d" % victim_nm_port] + common,
+                       cleanup, env, tmp, "victim", "ray start --address (victim node)")
     victim_sid = victim.pid
     pc.log("two-node cluster started in %.1fs" % (time.monotonic() - t0))
 
