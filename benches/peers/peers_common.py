@@ -358,3 +358,34 @@ def run_shape(result, name, fn, *a, **kw):
         traceback.print_exc(file=sys.stderr)
         result[name] = {"error": one_line(e)}
     log("shape %s took %.1fs: %s" % (name, time.monotonic() - t0, json.dumps(result[name])))
+
+
+def run_shapes(result, args, label, start, throughput, latency, failover):
+    """Throughput and latency on one local cluster made by `start(cleanup)`
+    (its return value, unless None, is passed to both shapes), then failover,
+    which builds its own cluster; each cleaned up before the next."""
+    if "throughput" in args.shapes or "latency" in args.shapes:
+        sub = Cleanup()
+        try:
+            try:
+                handle = start(sub)
+            except Interrupted:
+                raise
+            except Exception as e:  # noqa: BLE001
+                for s in ("throughput", "latency"):
+                    if s in args.shapes:
+                        result[s] = {"error": "%s did not start: %s" % (label, one_line(e))}
+            else:
+                first = () if handle is None else (handle,)
+                if "throughput" in args.shapes:
+                    run_shape(result, "throughput", throughput, *first, args.tasks)
+                if "latency" in args.shapes:
+                    run_shape(result, "latency", latency, *first, args.samples)
+        finally:
+            sub.run()
+    if "failover" in args.shapes:
+        sub = Cleanup()
+        try:
+            run_shape(result, "failover", failover, sub, args.failover_task_s)
+        finally:
+            sub.run()

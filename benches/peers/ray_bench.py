@@ -332,30 +332,8 @@ def shape_failover(cleanup, task_s):
 
 
 def body(result, cleanup, args):
-    if "throughput" in args.shapes or "latency" in args.shapes:
-        sub = pc.Cleanup()
-        try:
-            try:
-                local_cluster(sub)
-            except pc.Interrupted:
-                raise
-            except Exception as e:  # noqa: BLE001
-                for s in ("throughput", "latency"):
-                    if s in args.shapes:
-                        result[s] = {"error": "local Ray did not start: %s" % pc.one_line(e)}
-            else:
-                if "throughput" in args.shapes:
-                    pc.run_shape(result, "throughput", shape_throughput, args.tasks)
-                if "latency" in args.shapes:
-                    pc.run_shape(result, "latency", shape_latency, args.samples)
-        finally:
-            sub.run()
-    if "failover" in args.shapes:
-        sub = pc.Cleanup()
-        try:
-            pc.run_shape(result, "failover", shape_failover, sub, args.failover_task_s)
-        finally:
-            sub.run()
+    pc.run_shapes(result, args, 'local Ray', local_cluster,
+                  shape_throughput, shape_latency, shape_failover)
 
 
 def main():
