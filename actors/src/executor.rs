@@ -64,6 +64,8 @@ pub trait NodeIo: Send + Sync + 'static {
     fn quarantine(&self, rel: &str, keep: &[String]) -> Result<usize, String>;
     /// Persist a finished session's manifest.
     fn write_manifest(&self, manifest: &ManifestStream<'_>) -> Result<PathBuf, String>;
+    /// Whether the manifest of `session` was written.
+    fn manifest_exists(&self, session: &str) -> bool;
     /// The executor for a spec.
     fn executor(&self, spec: &ExecutorSpec) -> Arc<dyn Executor>;
 }
@@ -144,6 +146,9 @@ impl NodeIo for NullIo {
             "(not written) {}",
             manifest.session()
         )))
+    }
+    fn manifest_exists(&self, _session: &str) -> bool {
+        true
     }
     fn executor(&self, spec: &ExecutorSpec) -> Arc<dyn Executor> {
         match spec {

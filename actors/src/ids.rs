@@ -53,6 +53,13 @@ impl IdAllocator {
         Some(chunk)
     }
 
+    /// After a restart: issue nothing below `floor`, and forget returned
+    /// tails (one of them may have been handed out again before the crash).
+    pub fn resume_above(&mut self, floor: u64) {
+        self.next = self.next.max(floor);
+        self.free.clear();
+    }
+
     /// Give back the never-used tail of a chunk.
     pub fn release(&mut self, tail: IdRange) {
         if tail.is_empty() || tail.lo >= self.next {

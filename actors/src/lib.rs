@@ -4,10 +4,13 @@
 pub mod device;
 pub mod executor;
 pub mod ids;
+pub mod journal;
 pub mod master;
 pub mod membership;
 pub mod metrics;
+pub mod outbox;
 pub mod protocol;
 pub mod scheduler;
+pub mod store;
 pub mod wire;
 pub mod worker;

@@ -2,6 +2,12 @@
 //! the sessions' ledger and placement (SPEC §6-§7). Workers (local or remote)
 //! send it [`ToMaster`] messages; admin endpoints on any node ask it
 //! [`AdminRequest`]s. It joins the `orch.master` process group.
+//!
+//! Every ledger event goes to the [`Journal`] first; what the master decides
+//! (assignments, acknowledgements, answers to submissions) waits in
+//! `outgoing` until the batch holding its cause is committed. A `Flush`
+//! message the master sends itself closes the batch, so everything already
+//! in the mailbox shares one commit.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,6 +17,7 @@ use ractor::{pg, Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Sup
 use tracing::{debug, info, warn};
 
 use crate::executor::NodeIo;
+use crate::journal::{Journal, Recovered};
 use crate::membership::{DetectorConfig, MemberCommand, MemberEvent, Membership};
 use crate::metrics as m;
 use crate::protocol::{
@@ -35,6 +42,22 @@ pub struct MasterArgs {
     /// An attempt silent this long past its timeouts is declared lost.
     pub grace_wait_ms: u64,
     pub io: Arc<dyn NodeIo>,
+    /// Where the ledger is recorded (`None`: memory only, lost on restart).
+    pub store: Option<Box<dyn crate::store::EventLog>>,
+    /// The ledger replayed from `store`.
+    pub recovered: Option<Recovered>,
+    /// Sync every commit to disk (survive power loss), not only ID reservations.
+    pub sync_always: bool,
+    /// After a restart, how long known workers have to register again before
+    /// their attempts are requeued.
+    pub resume_within_ms: u64,
+}
+
+/// Something the master does once the events behind it are committed.
+enum Outgoing {
+    Send(String, ToWorker),
+    Reply(RpcReplyPort<AdminReply>, AdminReply),
+    Manifest(String),
 }
 
 /// State of [`Master`].
@@ -52,6 +75,13 @@ pub struct MasterState {
     routes: HashMap<String, Vec<ActorRef<WorkerMsg>>>,
     submitted: u64,
     frames_reported: u64,
+    journal: Journal,
+    /// Decisions waiting for the commit of their cause.
+    outgoing: Vec<Outgoing>,
+    /// Outbox entries to acknowledge once committed, per worker.
+    acks: HashMap<String, Vec<u64>>,
+    /// A `Flush` is in the mailbox.
+    flush_queued: bool,
 }
 
 impl MasterState {
@@ -73,12 +103,71 @@ impl MasterState {
     fn schedule(&mut self, ev: SchedEvent) {
         // The scheduler's clock is unix milliseconds: its timestamps go to the manifest.
         let now = self.unix_ms(self.now_ms());
+        self.journal.record(now, &ev);
         for cmd in self.sched.on_event(ev, now) {
             self.carry_out(cmd);
         }
     }
 
     fn send_to(&mut self, node: &str, msg: ToWorker) {
+        self.outgoing.push(Outgoing::Send(node.to_string(), msg));
+    }
+
+    fn reply(&mut self, port: RpcReplyPort<AdminReply>, answer: AdminReply) {
+        self.outgoing.push(Outgoing::Reply(port, answer));
+    }
+
+    /// After each message: act now if nothing waits for a commit, else make
+    /// sure a `Flush` is on its way.
+    fn settle(&mut self, myself: &ActorRef<MasterMsg>) {
+        if self.journal.pending() {
+            if !self.flush_queued && self.journal.ready() {
+                self.flush_queued = myself.cast(MasterMsg::Flush).is_ok();
+            }
+        } else if !self.flush_queued {
+            self.deliver();
+        }
+    }
+
+    /// Commit the batch, then carry out what waited for it.
+    fn flush(&mut self) {
+        self.flush_queued = false;
+        let hw = self.sched.ids().high_water();
+        if self.journal.commit(hw, self.membership.last_epoch()).is_ok() {
+            self.deliver();
+        }
+    }
+
+    fn deliver(&mut self) {
+        for out in std::mem::take(&mut self.outgoing) {
+            match out {
+                Outgoing::Send(node, msg) => self.deliver_to(&node, msg),
+                Outgoing::Reply(port, answer) => {
+                    let _ = port.send(answer);
+                }
+                Outgoing::Manifest(session) => self.write_manifest(&session),
+            }
+        }
+        for (node, seqs) in std::mem::take(&mut self.acks) {
+            self.deliver_to(&node, ToWorker::Ack { seqs });
+        }
+    }
+
+    fn write_manifest(&self, session: &str) {
+        let Some(manifest) = self.sched.manifest_stream(session) else {
+            return;
+        };
+        match self.io.write_manifest(&manifest) {
+            Ok(path) => {
+                info!(node_id = %self.node, session = %session, manifest = %path.display(), "manifest written")
+            }
+            Err(e) => {
+                warn!(node_id = %self.node, session = %session, error = %e, "cannot write the manifest")
+            }
+        }
+    }
+
+    fn deliver_to(&mut self, node: &str, msg: ToWorker) {
         if self.routes.get(node).is_none_or(Vec::is_empty) {
             let found: Vec<ActorRef<WorkerMsg>> = pg::get_members(&worker_group(node))
                 .into_iter()
@@ -128,6 +217,7 @@ impl MasterState {
                         epoch,
                         max_concurrency: reg.max_concurrency,
                         devices: reg.devices.clone(),
+                        held: reg.held.clone(),
                     };
                     self.schedule(ev);
                 }
@@ -193,16 +283,8 @@ impl MasterState {
             }
             SchedCommand::SessionFinished { session, state } => {
                 metrics::counter!(m::SESSIONS_FINISHED, "state" => state.as_str()).increment(1);
-                if let Some(manifest) = self.sched.manifest_stream(&session) {
-                    match self.io.write_manifest(&manifest) {
-                        Ok(path) => {
-                            info!(node_id = %self.node, session = %session, state = state.as_str(), manifest = %path.display(), "session finished")
-                        }
-                        Err(e) => {
-                            warn!(node_id = %self.node, session = %session, error = %e, "cannot write the manifest")
-                        }
-                    }
-                }
+                info!(node_id = %self.node, session = %session, state = state.as_str(), "session finished");
+                self.outgoing.push(Outgoing::Manifest(session));
             }
         }
     }
@@ -335,12 +417,19 @@ impl MasterState {
             }
             AdminRequest::Workers => AdminReply::Workers(self.membership.views(now)),
             AdminRequest::Submit(spec) => {
-                self.submitted += 1;
-                let id = format!(
-                    "{}-{:x}",
-                    spec.name,
-                    self.started_unix_ms / 1000 * 1000 + self.submitted
-                );
+                let mut id;
+                loop {
+                    self.submitted += 1;
+                    id = format!(
+                        "{}-{:x}",
+                        spec.name,
+                        self.started_unix_ms / 1000 * 1000 + self.submitted
+                    );
+                    // A restarted master must not reuse the id of a session it replayed.
+                    if !self.sched.has_session(&id) {
+                        break;
+                    }
+                }
                 info!(node_id = %self.node, session = %id, frames = spec.frames.len(), executor = spec.executor.name(), "session submitted");
                 metrics::counter!(m::SESSIONS_SUBMITTED).increment(1);
                 self.schedule(SchedEvent::Submit {
@@ -371,6 +460,19 @@ impl MasterState {
     }
 }
 
+/// Whether an admin request changes the ledger: its answer waits for the commit.
+fn mutates(req: &AdminRequest) -> bool {
+    matches!(
+        req,
+        AdminRequest::Submit(_)
+            | AdminRequest::Cancel(_)
+            | AdminRequest::Drain(_)
+            | AdminRequest::Undrain(_)
+            | AdminRequest::RestartDevice { .. }
+            | AdminRequest::KillDevice { .. }
+    )
+}
+
 /// Messages of [`Master`].
 pub enum MasterMsg {
     /// A message from a worker (remote or local).
@@ -383,6 +485,8 @@ pub enum MasterMsg {
     Malformed(String),
     /// Local: check heartbeat deadlines, wake retries, refresh gauges.
     Tick,
+    /// Local: commit the events recorded so far, then act on them.
+    Flush,
 }
 
 impl Actor for Master {
@@ -395,26 +499,72 @@ impl Actor for Master {
         myself: ActorRef<Self::Msg>,
         args: MasterArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let started_unix_ms = SystemTime::now()
+        let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        pg::join(MASTER_GROUP.to_string(), vec![myself.get_cell()]);
-        let tick = Duration::from_millis((args.detector.heartbeat_ms / 4).clamp(10, 250));
-        myself.send_interval(tick, || MasterMsg::Tick);
-        info!(node_id = %args.node, "master started");
-        Ok(MasterState {
+        let (sched, meta, last_at, finished, replayed) = match args.recovered {
+            Some(r) => (r.sched, r.meta, r.last_at_ms, r.finished, r.events),
+            None => (
+                Scheduler::new(0).with_grace(args.grace_wait_ms),
+                Default::default(),
+                0,
+                Vec::new(),
+                0,
+            ),
+        };
+        // The ledger's clock never runs backwards across a restart.
+        let started_unix_ms = wall.max(last_at + 1);
+        let journal = Journal::new(args.store, meta, args.sync_always);
+        let durable = journal.durable();
+        let mut state = MasterState {
             node: args.node,
             started: Instant::now(),
             started_unix_ms,
-            membership: Membership::new(args.detector, started_unix_ms),
-            sched: Scheduler::new(0).with_grace(args.grace_wait_ms),
+            // Epochs grow across restarts: fencing holds for workers of the old master.
+            membership: Membership::new(args.detector, started_unix_ms.max(meta.last_epoch + 1)),
+            sched: sched.with_grace(args.grace_wait_ms),
             io: args.io,
             watched: HashMap::new(),
             routes: HashMap::new(),
             submitted: 0,
             frames_reported: 0,
-        })
+            journal,
+            outgoing: Vec::new(),
+            acks: HashMap::new(),
+            flush_queued: false,
+        };
+        if replayed > 0 {
+            let running = state
+                .sched
+                .views(started_unix_ms)
+                .iter()
+                .filter(|v| !v.state.is_final())
+                .count();
+            info!(node_id = %state.node, events = replayed, sessions_running = running, id_reserved = meta.id_reserved, "ledger replayed from the store; waiting for workers to register again");
+            state.schedule(SchedEvent::Resume {
+                id_floor: meta.id_reserved,
+                within_ms: args.resume_within_ms,
+            });
+            // A crash between a session's end and its manifest: write it now.
+            for session in finished {
+                if !state.io.manifest_exists(&session) {
+                    state.outgoing.push(Outgoing::Manifest(session));
+                }
+            }
+            state.flush();
+        }
+        state.frames_reported = state
+            .sched
+            .views(started_unix_ms)
+            .iter()
+            .map(|v| v.frames_done)
+            .sum();
+        pg::join(MASTER_GROUP.to_string(), vec![myself.get_cell()]);
+        let tick = Duration::from_millis((args.detector.heartbeat_ms / 4).clamp(10, 250));
+        myself.send_interval(tick, || MasterMsg::Tick);
+        info!(node_id = %state.node, durable, "master started");
+        Ok(state)
     }
 
     async fn handle(
@@ -438,8 +588,16 @@ impl Actor for Master {
             MasterMsg::Worker(ToMaster::Unregister { node, epoch }) => {
                 state.feed(&myself, MemberEvent::Unregister { node, epoch })
             }
-            MasterMsg::Worker(ToMaster::Progress(p)) => state.schedule(SchedEvent::Progress(p)),
+            MasterMsg::Worker(ToMaster::Progress(p)) => {
+                if p.seq > 0 {
+                    state.acks.entry(p.node.clone()).or_default().push(p.seq);
+                }
+                state.schedule(SchedEvent::Progress(p))
+            }
             MasterMsg::Worker(ToMaster::Result(r)) => {
+                if r.seq > 0 {
+                    state.acks.entry(r.node.clone()).or_default().push(r.seq);
+                }
                 metrics::histogram!(m::TASK_DURATION)
                     .record(r.finished_ms.saturating_sub(r.started_ms) as f64 / 1000.0);
                 if matches!(r.outcome, crate::protocol::TaskOutcome::Completed) {
@@ -450,7 +608,13 @@ impl Actor for Master {
                 state.schedule(SchedEvent::Result(r))
             }
             MasterMsg::Admin(req, reply) => {
-                let _ = reply.send(state.answer(req));
+                let mutates = mutates(&req);
+                let answer = state.answer(req);
+                if mutates {
+                    state.reply(reply, answer);
+                } else {
+                    let _ = reply.send(answer);
+                }
             }
             MasterMsg::RemoteAdmin(req, reply) => {
                 let answer = match state.answer(req) {
@@ -465,7 +629,7 @@ impl Actor for Master {
                     }
                     other => other,
                 };
-                let _ = reply.send(answer);
+                state.reply(reply, answer);
             }
             MasterMsg::Malformed(what) => {
                 metrics::counter!(m::WIRE_DECODE_ERRORS).increment(1);
@@ -473,10 +637,14 @@ impl Actor for Master {
             }
             MasterMsg::Tick => {
                 state.feed(&myself, MemberEvent::Tick);
-                state.schedule(SchedEvent::Tick);
+                if state.sched.tick_due(state.unix_ms(state.now_ms())) {
+                    state.schedule(SchedEvent::Tick);
+                }
                 state.publish_gauges();
             }
+            MasterMsg::Flush => state.flush(),
         }
+        state.settle(&myself);
         Ok(())
     }
 
@@ -491,6 +659,7 @@ impl Actor for Master {
             | SupervisionEvent::ActorFailed(cell, _) => {
                 if let Some((node, epoch)) = state.watched.remove(&cell.get_id()) {
                     state.feed(&myself, MemberEvent::NodeDown { node, epoch });
+                    state.settle(&myself);
                 }
             }
             other => debug!(node_id = %state.node, event = ?other, "supervision event ignored"),

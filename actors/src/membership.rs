@@ -287,6 +287,11 @@ impl Membership {
     }
 
     /// What `node` registered with.
+    /// Highest epoch granted so far.
+    pub fn last_epoch(&self) -> u64 {
+        self.last_epoch
+    }
+
     pub fn registration(&self, node: &str) -> Option<&Register> {
         self.members.get(node).map(|m| &m.info)
     }
@@ -385,6 +390,7 @@ mod tests {
             max_concurrency: 4,
             instance,
             attempt,
+            held: vec![],
         }
     }
 

@@ -32,6 +32,8 @@ pub const FAILOVER_REASONS: &[&str] = &[
     "device_restart",
     "device_killed",
     "no_answer",
+    "master_restart",
+    "resume_timeout",
 ];
 /// Counter, label `reason`: task attempts lost with their worker or device.
 pub const TASKS_LOST: &str = "orch_tasks_lost_total";
@@ -51,6 +53,19 @@ pub const SESSIONS_SUBMITTED: &str = "orch_sessions_submitted_total";
 pub const SESSIONS_FINISHED: &str = "orch_sessions_finished_total";
 /// Gauge: sessions running.
 pub const SESSIONS_RUNNING: &str = "orch_sessions_running";
+
+/// Counter: group commits of the master's store.
+pub const STORE_COMMITS: &str = "orch_store_commits_total";
+/// Counter: events recorded in the master's store.
+pub const STORE_EVENTS: &str = "orch_store_events_total";
+/// Histogram: seconds one group commit of the master's store took.
+pub const STORE_COMMIT_DURATION: &str = "orch_store_commit_duration_seconds";
+/// Counter: failed writes to the master's store or a worker's outbox (retried).
+pub const STORE_ERRORS: &str = "orch_store_errors_total";
+/// Gauge: a worker's progress reports and results not yet acknowledged by the master.
+pub const OUTBOX_PENDING: &str = "orch_outbox_pending";
+/// Counter: outbox entries sent again (after a master restart or reconnection).
+pub const OUTBOX_RESENT: &str = "orch_outbox_resent_total";
 
 /// Every metric of this crate with its help text, for the exporter to describe.
 pub const CATALOG: &[(&str, &str)] = &[
@@ -95,4 +110,19 @@ pub const CATALOG: &[(&str, &str)] = &[
     (SESSIONS_SUBMITTED, "sessions submitted"),
     (SESSIONS_FINISHED, "sessions finished by state"),
     (SESSIONS_RUNNING, "sessions running"),
+    (STORE_COMMITS, "group commits of the master's store"),
+    (STORE_EVENTS, "ledger events recorded in the master's store"),
+    (
+        STORE_COMMIT_DURATION,
+        "seconds one group commit of the master's store took",
+    ),
+    (
+        STORE_ERRORS,
+        "failed writes to the master's store or a worker's outbox",
+    ),
+    (
+        OUTBOX_PENDING,
+        "progress reports and results waiting for the master's acknowledgement",
+    ),
+    (OUTBOX_RESENT, "outbox entries sent to the master again"),
 ];

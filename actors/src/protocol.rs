@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Version of the worker <-> master protocol. Bump on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Process group every master joins (cluster edge; see SPEC §3).
 pub const MASTER_GROUP: &str = "orch.master";
@@ -57,6 +57,11 @@ pub struct Register {
     pub instance: u64,
     /// Registration cycle of this process; a retransmission repeats it.
     pub attempt: u64,
+    /// Attempts this worker still holds: queued, running, or finished with
+    /// a result not yet acknowledged. After a master restart these continue;
+    /// the master's other attempts on this node are requeued.
+    #[serde(default)]
+    pub held: Vec<AttemptKey>,
 }
 
 /// Worker health as the worker reports it (SPEC §5.2).
@@ -122,6 +127,9 @@ pub enum ToWorker {
     },
     /// Restart a device actor (after its attempts were dropped).
     RestartDevice { device: String },
+    /// These outbox entries (progress and results, by `seq`) are recorded in
+    /// the master's store: the worker may forget them.
+    Ack { seqs: Vec<u64> },
 }
 
 /// Admin queries answered by the master (SPEC §11). Any node forwards them.
@@ -403,6 +411,9 @@ pub struct TaskProgress {
     pub last_id_used: Option<u64>,
     /// Output files that appeared since the previous report.
     pub outputs: Vec<OutputFile>,
+    /// Position in the worker's outbox; the master acknowledges it with [`ToWorker::Ack`].
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// Worker -> master: an attempt ended (SPEC §5.5).
@@ -419,6 +430,9 @@ pub struct TaskResult {
     /// Output files not reported by progress.
     pub outputs: Vec<OutputFile>,
     pub outcome: TaskOutcome,
+    /// Position in the worker's outbox; the master acknowledges it with [`ToWorker::Ack`].
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// How an attempt ended.

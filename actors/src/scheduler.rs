@@ -15,6 +15,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use crate::ids::IdAllocator;
 use crate::protocol::{
     out_dir, AttemptKey, CapValue, Capabilities, DeviceInfo, DeviceState, DeviceView, FailedRange,
@@ -27,14 +29,20 @@ pub const PREFETCH: u32 = 1;
 /// A task lost this many times with its node fails for good.
 pub const MAX_LOSSES: u32 = 10;
 
-/// Something that happened.
-#[derive(Debug, Clone)]
+/// Something that happened. The master records every event in its store,
+/// with its time, before acting on the commands it returns: replaying them
+/// in order rebuilds the same ledger (SPEC §9).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum SchedEvent {
     NodeUp {
         node: String,
         epoch: u64,
         max_concurrency: u32,
         devices: Vec<DeviceInfo>,
+        /// Attempts the worker still holds: after a master restart they
+        /// continue; the node's other attempts are requeued.
+        #[serde(default)]
+        held: Vec<AttemptKey>,
     },
     NodeDown {
         node: String,
@@ -68,6 +76,13 @@ pub enum SchedEvent {
     Progress(TaskProgress),
     Result(TaskResult),
     Tick,
+    /// The master restarted and replayed its store: no ID below `id_floor`
+    /// is issued again, and the nodes it knew have `within_ms` to register
+    /// again before their attempts are requeued.
+    Resume {
+        id_floor: u64,
+        within_ms: u64,
+    },
 }
 
 /// What the master must do.
@@ -225,6 +240,9 @@ struct Node {
     inflight: u32,
     /// (session index, task index) of attempts running here.
     running: HashSet<(usize, u32)>,
+    /// Known from before a master restart, not registered again yet: takes
+    /// no work, and its attempts are requeued if it is not back by then.
+    resume_by: Option<u64>,
 }
 
 impl Node {
@@ -333,7 +351,8 @@ impl Scheduler {
                 epoch,
                 max_concurrency,
                 devices,
-            } => self.node_up(node, epoch, max_concurrency, devices, now_ms, &mut out),
+                held,
+            } => self.node_up(node, epoch, max_concurrency, devices, &held, now_ms, &mut out),
             SchedEvent::NodeDown {
                 node,
                 epoch,
@@ -369,7 +388,19 @@ impl Scheduler {
             SchedEvent::Result(r) => self.result(r, now_ms, &mut out),
             SchedEvent::Tick => {
                 self.expire(now_ms, &mut out);
+                self.expire_resume(now_ms, &mut out);
                 self.wake(now_ms);
+            }
+            SchedEvent::Resume {
+                id_floor,
+                within_ms,
+            } => {
+                // Chunks handed out after the last durable commit are unknown:
+                // issue nothing below the reservation, not even returned tails.
+                self.ids.resume_above(id_floor);
+                for n in self.nodes.values_mut() {
+                    n.resume_by = Some(now_ms + within_ms);
+                }
             }
         }
         self.place(now_ms, &mut out);
@@ -377,18 +408,56 @@ impl Scheduler {
         out
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn node_up(
         &mut self,
         name: String,
         epoch: u64,
         max_concurrency: u32,
         devices: Vec<DeviceInfo>,
+        held: &[AttemptKey],
         now_ms: u64,
         out: &mut Vec<SchedCommand>,
     ) {
-        if let Some(old) = self.nodes.get(name.as_str()) {
-            let old_epoch = old.epoch;
-            self.node_down(&name, old_epoch, "node_down", now_ms, out);
+        let mut kept = Vec::new();
+        if let Some(old) = self.nodes.get_mut(name.as_str()) {
+            // Back after a master restart: what the worker still holds continues.
+            if old.resume_by.is_some() {
+                let held: HashSet<&AttemptKey> = held.iter().collect();
+                let mut keep: Vec<(usize, u32)> = old
+                    .running
+                    .iter()
+                    .copied()
+                    .filter(|&(s, t)| {
+                        let sess = &self.sessions[s];
+                        let task = &sess.tasks[t as usize];
+                        let on_device = match &task.state {
+                            TaskState::Running(r) => devices.iter().any(|d| *d.id == *r.device),
+                            _ => false,
+                        };
+                        on_device
+                            && held.contains(&AttemptKey {
+                                session: sess.id.clone(),
+                                task: u64::from(t),
+                                attempt: task.attempt,
+                            })
+                    })
+                    .collect();
+                keep.sort_unstable();
+                for k in &keep {
+                    old.running.remove(k);
+                }
+                kept = keep;
+            }
+            let (old_epoch, reason) = (
+                old.epoch,
+                if old.resume_by.is_some() {
+                    "master_restart"
+                } else {
+                    "node_down"
+                },
+            );
+            self.node_down(&name, old_epoch, reason, now_ms, out);
         }
         let name: Arc<str> = name.into();
         let drained = self.drained.contains(&name);
@@ -424,8 +493,66 @@ impl Scheduler {
                 by_id,
                 inflight: 0,
                 running: HashSet::new(),
+                resume_by: None,
             },
         );
+        for (s, t) in kept {
+            self.keep_running(s, t, now_ms);
+        }
+    }
+
+    /// Attach an attempt that survived a master restart to its (re-registered)
+    /// node, with a fresh deadline.
+    fn keep_running(&mut self, s: usize, t: u32, now_ms: u64) {
+        let deadline = now_ms + 2 * self.sessions[s].spec.timeout_ms + self.grace_ms;
+        let task = &mut self.sessions[s].tasks[t as usize];
+        let TaskState::Running(run) = &mut task.state else {
+            return;
+        };
+        let Some(n) = self.nodes.get_mut(&run.node) else {
+            return;
+        };
+        let Some(&d) = n.by_id.get(&run.device) else {
+            return;
+        };
+        self.deadlines.remove(&(run.deadline, s, t, task.attempt));
+        run.deadline = deadline;
+        self.deadlines.insert((deadline, s, t, task.attempt));
+        n.running.insert((s, t));
+        n.inflight += 1;
+        n.devices[d].inflight += 1;
+    }
+
+    /// Nodes known from before a master restart that did not register again in time.
+    fn expire_resume(&mut self, now_ms: u64, out: &mut Vec<SchedCommand>) {
+        let late: Vec<(Arc<str>, u64)> = self
+            .nodes
+            .values()
+            .filter(|n| n.resume_by.is_some_and(|at| at <= now_ms))
+            .map(|n| (n.name.clone(), n.epoch))
+            .collect();
+        for (node, epoch) in late {
+            self.node_down(&node, epoch, "resume_timeout", now_ms, out);
+        }
+    }
+
+    /// Whether a [`SchedEvent::Tick`] at `now_ms` would change anything: a
+    /// deadline passed, a backoff ended, or a resume window closed.
+    pub fn tick_due(&self, now_ms: u64) -> bool {
+        self.deadlines.first().is_some_and(|d| d.0 <= now_ms)
+            || self
+                .sessions
+                .iter()
+                .any(|s| s.waiting.first().is_some_and(|w| w.0 <= now_ms))
+            || self
+                .nodes
+                .values()
+                .any(|n| n.resume_by.is_some_and(|at| at <= now_ms))
+    }
+
+    /// Whether a session with this id exists.
+    pub fn has_session(&self, id: &str) -> bool {
+        self.by_id.contains_key(id)
     }
 
     fn node_down(
@@ -717,9 +844,26 @@ impl Scheduler {
         }
     }
 
+    /// Whether `key` is the attempt that finished its task: a report about
+    /// it again is a redelivery from the worker's outbox, not a stale attempt.
+    fn settled(&self, key: &AttemptKey) -> bool {
+        let Some(&s) = self.by_id.get(&key.session) else {
+            return false;
+        };
+        let Some(task) = usize::try_from(key.task)
+            .ok()
+            .and_then(|t| self.sessions[s].tasks.get(t))
+        else {
+            return false;
+        };
+        task.attempt == key.attempt && matches!(task.state, TaskState::Done)
+    }
+
     fn progress(&mut self, p: TaskProgress, out: &mut Vec<SchedCommand>) {
         let Some((s, t)) = self.current(&p.node, &p.key) else {
-            self.reject(&p.node, p.key, out);
+            if !self.settled(&p.key) {
+                self.reject(&p.node, p.key, out);
+            }
             return;
         };
         let sess = &mut self.sessions[s];
@@ -732,7 +876,7 @@ impl Scheduler {
             if let Some(l) = p.last_id_used.filter(|l| *l >= r.ids.lo && *l < r.ids.hi) {
                 r.last_id = Some(r.last_id.map_or(l, |x| x.max(l)));
             }
-            r.outputs.extend(p.outputs);
+            add_outputs(&mut r.outputs, p.outputs);
         }
     }
 
@@ -754,6 +898,10 @@ impl Scheduler {
                 (Some(&s), Ok(t)) => self.keep_for(s, t, key.attempt),
                 _ => Vec::new(),
             };
+            if self.settled(&key) {
+                // Delivered again from the outbox: already in the ledger.
+                return;
+            }
             self.reject(&r.node, r.key, out);
             out.push(SchedCommand::Drop {
                 node: r.node,
@@ -786,7 +934,7 @@ impl Scheduler {
             run.last_id = Some(run.last_id.map_or(l, |x| x.max(l)));
         }
         run.started_ms = r.started_ms;
-        run.outputs.extend(r.outputs);
+        add_outputs(&mut run.outputs, r.outputs);
         match r.outcome {
             TaskOutcome::Completed => {
                 let len = task.frames.len();
@@ -970,7 +1118,11 @@ impl Scheduler {
         let task = &sess.tasks[t as usize];
         let mut best: Option<(PlacementKey, Arc<str>, usize)> = None;
         for node in self.nodes.values() {
-            if !node.accepting || node.drained || node.inflight >= node.cap() {
+            if !node.accepting
+                || node.drained
+                || node.resume_by.is_some()
+                || node.inflight >= node.cap()
+            {
                 continue;
             }
             let load = u64::from(node.inflight) * 1000 / u64::from(node.cap().max(1));
@@ -1304,6 +1456,15 @@ fn render_cap(v: &CapValue) -> String {
         CapValue::Int(i) => i.to_string(),
         CapValue::Str(s) => format!("\"{s}\""),
         CapValue::List(l) => format!("{l:?}"),
+    }
+}
+
+/// Add newly reported outputs; a report delivered twice adds nothing.
+fn add_outputs(have: &mut Vec<OutputFile>, new: Vec<OutputFile>) {
+    for o in new {
+        if !have.iter().any(|h| h.path == o.path) {
+            have.push(o);
+        }
     }
 }
 

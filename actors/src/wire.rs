@@ -234,6 +234,7 @@ mod tests {
                         max_concurrency: mc,
                         instance,
                         attempt,
+                        held: vec![],
                     })
                 }),
             (

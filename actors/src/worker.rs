@@ -1,7 +1,8 @@
 //! The Worker actor: owns this node's Device actors, registers with the master
 //! (found through the `orch.master` process group), heartbeats, and leaves
 //! cleanly on shutdown (SPEC §5). The master reaches it through the
-//! `orch.worker.{node}` process group.
+//! `orch.worker.{node}` process group. Progress and results go through the
+//! [`Outbox`] and stay there until the master acknowledges them (SPEC §5.8).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,12 +10,13 @@ use std::time::Duration;
 
 use ractor::pg::GroupChangeMessage;
 use ractor::{pg, Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::device::{Device, DeviceArgs, DeviceMsg};
 use crate::executor::NodeIo;
 use crate::master::MasterMsg;
 use crate::metrics as m;
+use crate::outbox::Outbox;
 use crate::protocol::{
     worker_group, AttemptKey, Capabilities, DeviceInfo, Heartbeat, OutputFile, Register,
     TaskOutcome, TaskProgress, TaskResult, TaskSpec, ToMaster, ToWorker, WorkerStatus,
@@ -35,6 +37,8 @@ pub struct WorkerArgs {
     pub max_concurrency: u32,
     pub heartbeat_ms: u64,
     pub io: Arc<dyn NodeIo>,
+    /// Reports not yet acknowledged, restored from disk after a restart.
+    pub outbox: Outbox,
 }
 
 /// What a device tells its worker.
@@ -98,6 +102,9 @@ pub struct WorkerState {
     /// Attempts queued or running here, with their cancel switches.
     tasks: HashMap<AttemptKey, CancellationToken>,
     leaving: Option<RpcReplyPort<bool>>,
+    outbox: Outbox,
+    /// A `Flush` is in the mailbox.
+    flush_queued: bool,
 }
 
 impl WorkerState {
@@ -111,7 +118,12 @@ impl WorkerState {
     }
 
     fn register_msg(&self) -> ToMaster {
+        let mut held: Vec<AttemptKey> = self.tasks.keys().cloned().collect();
+        held.extend(self.outbox.held());
+        held.sort();
+        held.dedup();
         ToMaster::Register(Register {
+            held,
             protocol_version: PROTOCOL_VERSION,
             node: self.args.node.clone(),
             advertise: self.args.advertise.clone(),
@@ -182,10 +194,12 @@ impl WorkerState {
         match msg {
             ToWorker::Registered { epoch, master } => {
                 if let Phase::Registering { master: id } = self.phase {
-                    info!(node_id = %self.args.node, epoch, master = %master, devices = self.devices.len(), "registered");
+                    info!(node_id = %self.args.node, epoch, master = %master, devices = self.devices.len(), outbox = self.outbox.len(), "registered");
                     self.phase = Phase::Registered { master: id, epoch };
+                    self.deliver_outbox();
                 }
             }
+            ToWorker::Ack { seqs } => self.outbox.ack(&seqs),
             ToWorker::Refused { reason } => {
                 if let Phase::Registering { master } = self.phase {
                     error!(node_id = %self.args.node, %reason, "master refused registration; waiting for another master");
@@ -235,9 +249,14 @@ impl WorkerState {
             task: task.task,
             attempt: task.attempt,
         };
+        debug!(target: "orch::ids", node_id = %self.args.node, session = %key.session, task = key.task, attempt = key.attempt, id_lo = task.ids.lo, id_hi = task.ids.hi, "chunk received");
+        if self.tasks.contains_key(&key) {
+            // The same assignment twice (a resent message): it is queued already.
+            return;
+        }
         let Some(&d) = self.by_id.get(&task.device) else {
             warn!(node_id = %self.args.node, device_id = %task.device, "assignment for an unknown device");
-            self.to_master(ToMaster::Result(TaskResult {
+            self.report(ToMaster::Result(TaskResult {
                 node: self.args.node.clone(),
                 epoch: self.epoch(),
                 key,
@@ -250,6 +269,7 @@ impl WorkerState {
                     frames_done: 0,
                     error: format!("no device `{}` on node `{}`", task.device, self.args.node),
                 },
+                seq: 0,
             }));
             return;
         };
@@ -265,10 +285,43 @@ impl WorkerState {
         }
     }
 
-    fn to_master(&self, msg: ToMaster) {
-        match self.current_master() {
-            Some(master) => self.send(&master, msg),
-            None => warn!(node_id = %self.args.node, "master unreachable; a task report is lost"),
+    /// The master this worker is registered with, if it is still the one visible.
+    fn registered_master(&self) -> Option<ActorRef<MasterMsg>> {
+        let Phase::Registered { master: id, .. } = &self.phase else {
+            return None;
+        };
+        self.current_master().filter(|m| m.get_id() == *id)
+    }
+
+    /// Put a report in the outbox, and send it if a master listens.
+    fn report(&mut self, msg: ToMaster) {
+        let master = self.registered_master();
+        let msg = self.outbox.push(msg, master.is_some());
+        if let Some(master) = master {
+            self.send(&master, msg);
+        }
+    }
+
+    /// Send every unacknowledged report, in order.
+    fn deliver_outbox(&mut self) {
+        let Some(master) = self.registered_master() else {
+            return;
+        };
+        let epoch = self.epoch();
+        let all = self.outbox.take_all(epoch);
+        if !all.is_empty() {
+            info!(node_id = %self.args.node, reports = all.len(), "delivering the outbox");
+        }
+        for msg in all {
+            self.send(&master, msg);
+        }
+    }
+
+    /// After each message: make sure outbox changes are written soon, in one
+    /// transaction with everything else already in the mailbox.
+    fn settle(&mut self, myself: &ActorRef<WorkerMsg>) {
+        if self.outbox.dirty() && !self.flush_queued && self.outbox.ready() {
+            self.flush_queued = myself.cast(WorkerMsg::Flush).is_ok();
         }
     }
 
@@ -283,13 +336,14 @@ impl WorkerState {
                 outputs,
             } => {
                 if self.tasks.contains_key(&key) {
-                    self.to_master(ToMaster::Progress(TaskProgress {
+                    self.report(ToMaster::Progress(TaskProgress {
                         node,
                         epoch,
                         key,
                         frames_done,
                         last_id_used,
                         outputs,
+                        seq: 0,
                     }));
                 }
             }
@@ -303,7 +357,8 @@ impl WorkerState {
                 outcome,
             } => {
                 if self.tasks.remove(&key).is_some() {
-                    self.to_master(ToMaster::Result(TaskResult {
+                    debug!(target: "orch::ids", node_id = %node, session = %key.session, task = key.task, attempt = key.attempt, last_id_used, completed = matches!(outcome, TaskOutcome::Completed), "attempt finished");
+                    self.report(ToMaster::Result(TaskResult {
                         node,
                         epoch,
                         key,
@@ -313,6 +368,7 @@ impl WorkerState {
                         last_id_used,
                         outputs,
                         outcome,
+                        seq: 0,
                     }));
                 }
             }
@@ -358,6 +414,8 @@ pub enum WorkerMsg {
     Device(Box<DeviceEvent>),
     /// Local: the devices of this worker, in configuration order.
     Devices(RpcReplyPort<Vec<ActorRef<DeviceMsg>>>),
+    /// Local: write the outbox changes made so far.
+    Flush,
 }
 
 impl Actor for Worker {
@@ -370,6 +428,11 @@ impl Actor for Worker {
         myself: ActorRef<Self::Msg>,
         args: WorkerArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let mut args = args;
+        let outbox = std::mem::replace(&mut args.outbox, Outbox::open(None)?);
+        if !outbox.is_empty() {
+            info!(node_id = %args.node, reports = outbox.len(), "outbox restored; delivered once a master is registered");
+        }
         let mut devices = Vec::with_capacity(args.devices.len());
         let slots = Arc::new(Semaphore::new(args.max_concurrency.max(1) as usize));
         for info in &args.devices {
@@ -403,6 +466,8 @@ impl Actor for Worker {
             by_id,
             tasks: HashMap::new(),
             leaving: None,
+            outbox,
+            flush_queued: false,
         };
         state.step();
         Ok(state)
@@ -410,7 +475,7 @@ impl Actor for Worker {
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
@@ -420,7 +485,18 @@ impl Actor for Worker {
                 metrics::counter!(m::WIRE_DECODE_ERRORS).increment(1);
                 warn!(node_id = %state.args.node, error = %what, "dropped an undecodable message");
             }
-            WorkerMsg::Tick => state.step(),
+            WorkerMsg::Tick => {
+                state.step();
+                // A report sent on a connection that broke: send everything again.
+                let patience = Duration::from_millis((state.args.heartbeat_ms * 5).max(5000));
+                if state.outbox.overdue(patience) {
+                    state.deliver_outbox();
+                }
+            }
+            WorkerMsg::Flush => {
+                state.flush_queued = false;
+                state.outbox.flush();
+            }
             WorkerMsg::Device(ev) => state.on_device(*ev),
             WorkerMsg::Leave(reply) => state.leave(reply),
             WorkerMsg::Registration(reply) => {
@@ -437,6 +513,16 @@ impl Actor for Worker {
                 let _ = reply.send(state.devices.clone());
             }
         }
+        state.settle(&myself);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.outbox.flush();
         Ok(())
     }
 

@@ -85,6 +85,10 @@ async fn a_protocol_mismatch_is_refused_on_both_sides() {
             grace_wait_ms: 1000,
             node: "m".into(),
             detector,
+            store: None,
+            recovered: None,
+            sync_always: false,
+            resume_within_ms: 5000,
         },
     )
     .await
@@ -102,6 +106,7 @@ async fn a_protocol_mismatch_is_refused_on_both_sides() {
             max_concurrency: 1,
             instance: 1,
             attempt: 1,
+            held: vec![],
         })))
         .unwrap();
     let reply = tokio::time::timeout(Duration::from_secs(5), rx.recv())
@@ -135,6 +140,7 @@ async fn a_protocol_mismatch_is_refused_on_both_sides() {
             devices: vec![],
             max_concurrency: 1,
             heartbeat_ms: 50,
+            outbox: orch_actors::outbox::Outbox::open(None).unwrap(),
         },
     )
     .await

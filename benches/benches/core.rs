@@ -62,6 +62,7 @@ fn run_ledger(tasks: u64) -> u64 {
                 epoch: 1,
                 max_concurrency: 8,
                 devices: devices(8),
+                held: Vec::new(),
             },
             0,
         );
@@ -93,6 +94,7 @@ fn run_ledger(tasks: u64) -> u64 {
                     last_id_used: None,
                     outputs: vec![],
                     outcome: TaskOutcome::Completed,
+                    seq: 0,
                 }),
                 1,
             ));
@@ -168,6 +170,7 @@ fn wire(c: &mut Criterion) {
         last_id_used: Some((1 << 40) + 99),
         outputs: vec![],
         outcome: TaskOutcome::Completed,
+        seq: 0,
     });
     let task_bytes = encode(&task).unwrap();
     let result_bytes = encode(&result).unwrap();
@@ -202,6 +205,10 @@ fn dispatch(c: &mut Criterion) {
                 },
                 grace_wait_ms: 15_000,
                 io: Arc::new(NullIo),
+                store: None,
+                recovered: None,
+                sync_always: false,
+                resume_within_ms: 10_000,
             },
         )
         .await
@@ -217,6 +224,7 @@ fn dispatch(c: &mut Criterion) {
                 max_concurrency: 8,
                 heartbeat_ms: 1000,
                 io: Arc::new(NullIo),
+                outbox: orch_actors::outbox::Outbox::open(None).unwrap(),
             },
         )
         .await

@@ -70,6 +70,13 @@ pub struct Config {
     pub devices: Vec<DeviceInfo>,
     pub admin: AdminConfig,
     pub metrics: MetricsConfig,
+    pub store: StoreConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// What a commit of the master's store and the workers' outboxes survives.
+    pub durability: crate::store::Durability,
 }
 
 #[derive(Debug, Clone)]
@@ -125,6 +132,27 @@ pub struct RawConfig {
     admin: RawAdmin,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    store: RawStore,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    #[serde(default = "default_durability")]
+    durability: String,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        Self {
+            durability: default_durability(),
+        }
+    }
+}
+
+fn default_durability() -> String {
+    "process".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -665,6 +693,16 @@ impl RawConfig {
             }
         }
         let metrics_listen = p.socket_addr("metrics.listen", &self.metrics.listen);
+        let durability = crate::store::Durability::parse(&self.store.durability);
+        if durability.is_none() {
+            p.add(
+                "store.durability",
+                format!(
+                    "expected `process`, `power` or `memory`, got `{}`",
+                    self.store.durability
+                ),
+            );
+        }
         let mut ports = BTreeMap::new();
         for (key, addr) in [
             ("node.listen", listen),
@@ -714,6 +752,9 @@ impl RawConfig {
             },
             metrics: MetricsConfig {
                 listen: unwrap(metrics_listen),
+            },
+            store: StoreConfig {
+                durability: durability.unwrap_or_else(|| unreachable!("checked above")),
             },
         })
     }

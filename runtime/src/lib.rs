@@ -11,6 +11,7 @@ pub mod node;
 pub mod node_io;
 pub mod runner;
 pub mod session_file;
+pub mod store;
 
 pub use node::run_node;
 

@@ -55,10 +55,19 @@ pub fn install_exporter(listen: SocketAddr) -> anyhow::Result<()> {
             ],
         )
         .map_err(|e| anyhow::anyhow!("cannot configure the metrics exporter: {e}"))?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(
+                orch_actors::metrics::STORE_COMMIT_DURATION.into(),
+            ),
+            &[0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0],
+        )
+        .map_err(|e| anyhow::anyhow!("cannot configure the metrics exporter: {e}"))?
         .install()
         .map_err(|e| anyhow::anyhow!("cannot start the metrics exporter on `{listen}`: {e}"))?;
     for (name, help) in CATALOG.iter().chain(orch_actors::metrics::CATALOG) {
-        if *name == orch_actors::metrics::TASK_DURATION {
+        if *name == orch_actors::metrics::TASK_DURATION
+            || *name == orch_actors::metrics::STORE_COMMIT_DURATION
+        {
             metrics::describe_histogram!(*name, metrics::Unit::Seconds, *help);
         } else {
             metrics::describe_counter!(*name, *help);
@@ -78,6 +87,10 @@ pub fn install_exporter(listen: SocketAddr) -> anyhow::Result<()> {
         am::FRAMES_REASSIGNED,
         am::FRAMES_COMPLETED,
         am::SESSIONS_SUBMITTED,
+        am::STORE_COMMITS,
+        am::STORE_EVENTS,
+        am::STORE_ERRORS,
+        am::OUTBOX_RESENT,
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -86,6 +99,7 @@ pub fn install_exporter(listen: SocketAddr) -> anyhow::Result<()> {
         SESSIONS,
         am::TASKS_INFLIGHT,
         am::SESSIONS_RUNNING,
+        am::OUTBOX_PENDING,
     ] {
         metrics::gauge!(name).set(0.0);
     }
@@ -97,6 +111,7 @@ pub fn install_exporter(listen: SocketAddr) -> anyhow::Result<()> {
         metrics::counter!(am::TASKS_LOST, "reason" => *reason).increment(0);
     }
     metrics::histogram!(am::TASK_DURATION).record(0.0);
+    metrics::histogram!(am::STORE_COMMIT_DURATION).record(0.0);
     for state in ["completed", "partial", "failed", "cancelled"] {
         metrics::counter!(am::SESSIONS_FINISHED, "state" => state).increment(0);
     }

@@ -24,6 +24,10 @@ use tracing::{error, info, warn};
 use crate::cluster_link::{ClusterLink, ClusterLinkArgs, ClusterLinkMsg};
 use crate::config::Config;
 use crate::node_io::FsIo;
+use crate::store::{Durability, SqliteEventLog, SqliteOutbox, StoreError};
+use orch_actors::journal::{recover, Recovered};
+use orch_actors::outbox::Outbox;
+use orch_actors::store::EventLog;
 
 /// How long a leaving worker waits for the master to record the leave.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -48,16 +52,73 @@ pub enum NodeMsg {
 
 impl ractor::Message for NodeMsg {}
 
+/// Arguments of [`NodeSupervisor`]: the configuration and the opened stores.
+pub struct NodeArgs {
+    pub cfg: Config,
+    pub store: Option<Box<dyn EventLog>>,
+    pub recovered: Option<Recovered>,
+    pub outbox: Option<Outbox>,
+}
+
+/// Open the node's stores under `data_dir` and replay the master's ledger.
+/// A store that is not ours, of another version, or damaged is an error.
+pub fn open_stores(cfg: &Config) -> Result<NodeArgs, StoreError> {
+    let dir = &cfg.node.data_dir;
+    let durability = cfg.store.durability;
+    let durable = durability != Durability::Memory;
+    let (mut store, mut recovered) = (None, None);
+    if cfg.node.master && durable {
+        let mut log = SqliteEventLog::open(dir, durability)?;
+        let path = log.path().to_path_buf();
+        let started = std::time::Instant::now();
+        let r = recover(&mut log, cfg.cluster.grace_wait_ms)
+            .map_err(|what| StoreError {
+                path: path.clone(),
+                what: format!("it is damaged: {what}"),
+            })?;
+        if r.events > 0 {
+            info!(node_id = %cfg.node.name, store = %path.display(), events = r.events, ms = started.elapsed().as_millis() as u64, "ledger replayed");
+        }
+        store = Some(Box::new(log) as Box<dyn EventLog>);
+        recovered = Some(r);
+    }
+    let outbox = if cfg.node.worker {
+        let log = if durable {
+            Some(Box::new(SqliteOutbox::open(dir, durability)?) as Box<dyn orch_actors::store::OutboxLog>)
+        } else {
+            None
+        };
+        Some(Outbox::open(log).map_err(|what| StoreError {
+            path: dir.join("outbox.db"),
+            what: format!("it is damaged: {what}"),
+        })?)
+    } else {
+        None
+    };
+    Ok(NodeArgs {
+        cfg: cfg.clone(),
+        store,
+        recovered,
+        outbox,
+    })
+}
+
 impl Actor for NodeSupervisor {
     type Msg = NodeMsg;
     type State = NodeState;
-    type Arguments = Config;
+    type Arguments = NodeArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        cfg: Config,
+        args: NodeArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let NodeArgs {
+            cfg,
+            store,
+            recovered,
+            outbox,
+        } = args;
         let node = cfg.node.name.clone();
         let io: Arc<dyn NodeIo> = Arc::new(FsIo::new(cfg.node.data_dir.clone()));
         let (link, _) = Actor::spawn_linked(
@@ -82,6 +143,14 @@ impl Actor for NodeSupervisor {
                 },
                 grace_wait_ms: cfg.cluster.grace_wait_ms,
                 io: io.clone(),
+                store,
+                recovered,
+                sync_always: cfg.store.durability == Durability::Power,
+                // Long enough for every worker to notice the new master and dial it.
+                resume_within_ms: cfg.cluster.heartbeat_ms
+                    * u64::from(cfg.cluster.missed_heartbeats)
+                    * 2
+                    + 6000,
             };
             Some(
                 Actor::spawn_linked(None, Master, args, myself.get_cell())
@@ -100,6 +169,10 @@ impl Actor for NodeSupervisor {
                 max_concurrency: cfg.worker.max_concurrency,
                 heartbeat_ms: cfg.cluster.heartbeat_ms,
                 io,
+                outbox: match outbox {
+                    Some(o) => o,
+                    None => Outbox::open(None)?,
+                },
             };
             Some(
                 Actor::spawn_linked(None, Worker, args, myself.get_cell())
@@ -196,10 +269,11 @@ pub async fn run_node(mut cfg: Config, shutdown: impl Future<Output = ()>) -> an
             cfg.node.data_dir.display()
         )
     })?;
+    let args = open_stores(&cfg)?;
     crate::metrics::install_exporter(cfg.metrics.listen)?;
     let admin_listener = crate::admin::bind(cfg.admin.listen).await?;
     let admin = crate::admin::router(node.clone(), cfg.admin.token.clone());
-    let (sup, sup_handle) = Actor::spawn(None, NodeSupervisor, cfg)
+    let (sup, sup_handle) = Actor::spawn(None, NodeSupervisor, args)
         .await
         .map_err(|e| anyhow::anyhow!("node `{node}` failed to start: {}", root_cause(&e)))?;
     let (stop_admin_tx, stop_admin_rx) = tokio::sync::oneshot::channel::<()>();

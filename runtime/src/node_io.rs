@@ -86,6 +86,11 @@ impl NodeIo for FsIo {
         Ok(moved)
     }
 
+    fn manifest_exists(&self, session: &str) -> bool {
+        self.confined(&format!("sessions/{session}/manifest.json"))
+            .is_ok_and(|p| p.is_file())
+    }
+
     fn write_manifest(&self, manifest: &ManifestStream<'_>) -> Result<PathBuf, String> {
         let dir = self.confined(&format!("sessions/{}", manifest.session()))?;
         std::fs::create_dir_all(&dir)

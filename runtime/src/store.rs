@@ -1,0 +1,430 @@
+//! The embedded, crash-safe stores under `data_dir` (SPEC §9, §5.8), on
+//! SQLite in WAL mode:
+//!
+//! - `master.db`: the master's event log ([`EventLog`]) and its metadata;
+//! - `outbox.db`: a worker's unacknowledged reports ([`OutboxLog`]).
+//!
+//! A file is used only if it is an orch store of this kind, of this format,
+//! written by this version of orch, and passes SQLite's own check; anything
+//! else is refused with an error naming the file, and nothing is written to
+//! it. A new store is created under a temporary name and renamed into place,
+//! so a crash during creation never leaves a half-made store behind.
+
+use std::path::{Path, PathBuf};
+
+use orch_actors::store::{EventLog, OutboxLog, StoreMeta};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+/// `PRAGMA application_id` of every orch store ("orch").
+const APPLICATION_ID: i64 = 0x6f72_6368;
+/// `PRAGMA user_version`: the layout of the tables.
+const FORMAT: i64 = 1;
+/// The orch version that wrote a store: events replay only under the same code.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How much a commit survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// The process dying at any moment (kill -9, OOM, panic) loses nothing.
+    /// A power loss may roll back the last commits, never damages the store,
+    /// and never lets an ID be issued twice (ID reservations are synced).
+    Process,
+    /// Every commit is synced to disk before the master acts on it.
+    Power,
+    /// No store: a master restart loses every session (benchmarks, throwaway clusters).
+    Memory,
+}
+
+impl Durability {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "process" => Some(Self::Process),
+            "power" => Some(Self::Power),
+            "memory" => Some(Self::Memory),
+            _ => None,
+        }
+    }
+}
+
+/// A store that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot use the store `{path}`: {what}")]
+pub struct StoreError {
+    pub path: PathBuf,
+    pub what: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Master,
+    Outbox,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Master => "master",
+            Kind::Outbox => "outbox",
+        }
+    }
+
+    fn schema(self) -> &'static str {
+        match self {
+            Kind::Master => {
+                "CREATE TABLE events (seq INTEGER PRIMARY KEY, body BLOB NOT NULL);
+                 INSERT INTO meta (key, value) VALUES ('id_reserved', 0), ('last_epoch', 0);"
+            }
+            Kind::Outbox => "CREATE TABLE outbox (seq INTEGER PRIMARY KEY, body BLOB NOT NULL);",
+        }
+    }
+}
+
+fn err(path: &Path, what: impl Into<String>) -> StoreError {
+    StoreError {
+        path: path.to_path_buf(),
+        what: what.into(),
+    }
+}
+
+/// Open (or create) the store at `path`, refusing anything that is not ours.
+fn open(path: &Path, kind: Kind, durability: Durability) -> Result<Connection, StoreError> {
+    if !path.exists() {
+        create(path, kind)?;
+    }
+    check_header(path)?;
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(|e| err(path, format!("cannot open it: {e}")))?;
+    let app: i64 = pragma(&conn, path, "application_id")?;
+    if app != APPLICATION_ID {
+        return Err(err(
+            path,
+            format!("it is an SQLite database not written by orch (application_id `{app:#x}`); refusing to touch it, move it away or set another `node.data_dir`"),
+        ));
+    }
+    let format: i64 = pragma(&conn, path, "user_version")?;
+    if format != FORMAT {
+        return Err(err(
+            path,
+            format!("it has store format `{format}`, this orch reads format `{FORMAT}`"),
+        ));
+    }
+    let check: String = pragma(&conn, path, "quick_check")?;
+    if check != "ok" {
+        return Err(err(path, format!("it is damaged: {check}")));
+    }
+    let meta = |key: &str| -> Result<Option<String>, StoreError> {
+        conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
+            r.get::<_, String>(0)
+        })
+        .optional()
+        .map_err(|e| err(path, format!("it is damaged: cannot read `meta.{key}`: {e}")))
+    };
+    let found = meta("kind")?.unwrap_or_default();
+    if found != kind.name() {
+        return Err(err(
+            path,
+            format!("it is an orch `{found}` store, expected a `{}` store", kind.name()),
+        ));
+    }
+    let version = meta("orch_version")?.unwrap_or_default();
+    if version != VERSION {
+        return Err(err(
+            path,
+            format!("it was written by orch `{version}`, this is orch `{VERSION}`: its ledger replays only under the version that wrote it; finish its sessions with orch `{version}` or move the file away"),
+        ));
+    }
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(|e| err(path, format!("cannot enable its write-ahead log: {e}")))?;
+    let sync = if durability == Durability::Power {
+        "FULL"
+    } else {
+        "NORMAL"
+    };
+    conn.pragma_update(None, "synchronous", sync)
+        .map_err(|e| err(path, format!("cannot set `synchronous`: {e}")))?;
+    Ok(conn)
+}
+
+fn pragma<T: rusqlite::types::FromSql>(
+    conn: &Connection,
+    path: &Path,
+    name: &str,
+) -> Result<T, StoreError> {
+    conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+        .map_err(|e| err(path, format!("it is not a readable SQLite database ({name}: {e})")))
+}
+
+/// Refuse a file that does not even start like an SQLite database, before
+/// SQLite could treat an empty file as a new database.
+fn check_header(path: &Path) -> Result<(), StoreError> {
+    use std::io::Read;
+    let mut head = [0u8; 16];
+    let mut f = std::fs::File::open(path).map_err(|e| err(path, format!("cannot read it: {e}")))?;
+    let n = f
+        .read(&mut head)
+        .map_err(|e| err(path, format!("cannot read it: {e}")))?;
+    if n < head.len() || &head != b"SQLite format 3\0" {
+        return Err(err(
+            path,
+            "it is not an orch store (no SQLite header: empty, truncated or another kind of file); refusing to touch it",
+        ));
+    }
+    Ok(())
+}
+
+/// Make a new store under a temporary name, then rename it into place.
+fn create(path: &Path, kind: Kind) -> Result<(), StoreError> {
+    let tmp = path.with_extension("db.new");
+    let _ = std::fs::remove_file(&tmp);
+    let conn = Connection::open(&tmp).map_err(|e| err(&tmp, format!("cannot create it: {e}")))?;
+    let sql = format!(
+        "PRAGMA application_id = {APPLICATION_ID};
+         PRAGMA user_version = {FORMAT};
+         BEGIN;
+         CREATE TABLE meta (key TEXT PRIMARY KEY, value ANY NOT NULL) STRICT;
+         INSERT INTO meta (key, value) VALUES ('kind', '{}'), ('orch_version', '{VERSION}');
+         {}
+         COMMIT;",
+        kind.name(),
+        kind.schema()
+    );
+    conn.execute_batch(&sql)
+        .map_err(|e| err(&tmp, format!("cannot create it: {e}")))?;
+    conn.close()
+        .map_err(|(_, e)| err(&tmp, format!("cannot create it: {e}")))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| err(&tmp, format!("cannot sync it: {e}")))?;
+    std::fs::rename(&tmp, path).map_err(|e| err(path, format!("cannot create it: {e}")))?;
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
+}
+
+/// The master's event log in `data_dir/master.db`.
+pub struct SqliteEventLog {
+    conn: Connection,
+    path: PathBuf,
+    power: bool,
+}
+
+impl SqliteEventLog {
+    pub fn open(data_dir: &Path, durability: Durability) -> Result<Self, StoreError> {
+        let path = data_dir.join("master.db");
+        let conn = open(&path, Kind::Master, durability)?;
+        Ok(Self {
+            conn,
+            path,
+            power: durability == Durability::Power,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn append_inner(
+        &mut self,
+        records: &[Vec<u8>],
+        meta: &StoreMeta,
+    ) -> Result<(), rusqlite::Error> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut ins = tx.prepare_cached("INSERT INTO events (body) VALUES (?1)")?;
+            for r in records {
+                ins.execute([r])?;
+            }
+            let mut set = tx.prepare_cached("UPDATE meta SET value = ?2 WHERE key = ?1")?;
+            set.execute(params!["id_reserved", meta.id_reserved as i64])?;
+            set.execute(params!["last_epoch", meta.last_epoch as i64])?;
+        }
+        tx.commit()
+    }
+}
+
+impl EventLog for SqliteEventLog {
+    fn replay(
+        &mut self,
+        each: &mut dyn FnMut(&[u8]) -> Result<(), String>,
+    ) -> Result<Option<StoreMeta>, String> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT body FROM events ORDER BY seq")
+            .map_err(|e| e.to_string())?;
+        let mut rows = stmt.query([]).map_err(|e| e.to_string())?;
+        let mut any = false;
+        while let Some(row) = rows.next().map_err(|e| e.to_string())? {
+            let body = row.get_ref(0).map_err(|e| e.to_string())?;
+            let bytes = body
+                .as_blob()
+                .map_err(|_| "an event is not a blob".to_string())?;
+            each(bytes)?;
+            any = true;
+        }
+        let get = |key: &str| -> Result<u64, String> {
+            self.conn
+                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map(|v| v as u64)
+                .map_err(|e| format!("cannot read `meta.{key}`: {e}"))
+        };
+        let meta = StoreMeta {
+            id_reserved: get("id_reserved")?,
+            last_epoch: get("last_epoch")?,
+        };
+        Ok((any || meta != StoreMeta::default()).then_some(meta))
+    }
+
+    fn append(&mut self, records: &[Vec<u8>], meta: &StoreMeta, sync: bool) -> Result<(), String> {
+        let full = sync && !self.power;
+        if full {
+            self.conn
+                .pragma_update(None, "synchronous", "FULL")
+                .map_err(|e| e.to_string())?;
+        }
+        let r = self.append_inner(records, meta);
+        if full {
+            let _ = self.conn.pragma_update(None, "synchronous", "NORMAL");
+        }
+        r.map_err(|e| format!("`{}`: {e}", self.path.display()))
+    }
+}
+
+/// A worker's outbox in `data_dir/outbox.db`.
+pub struct SqliteOutbox {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl SqliteOutbox {
+    pub fn open(data_dir: &Path, durability: Durability) -> Result<Self, StoreError> {
+        let path = data_dir.join("outbox.db");
+        let conn = open(&path, Kind::Outbox, durability)?;
+        Ok(Self { conn, path })
+    }
+
+    fn write_inner(&mut self, add: &[(u64, Vec<u8>)], remove: &[u64]) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut ins = tx.prepare_cached("INSERT OR REPLACE INTO outbox (seq, body) VALUES (?1, ?2)")?;
+            for (seq, body) in add {
+                ins.execute(params![*seq as i64, body])?;
+            }
+            let mut del = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
+            for seq in remove {
+                del.execute([*seq as i64])?;
+            }
+        }
+        tx.commit()
+    }
+}
+
+impl OutboxLog for SqliteOutbox {
+    fn load(&mut self) -> Result<Vec<(u64, Vec<u8>)>, String> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, body FROM outbox ORDER BY seq")
+            .map_err(|e| e.to_string())?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?)))
+            .map_err(|e| e.to_string())?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("`{}`: {e}", self.path.display()))
+    }
+
+    fn write(&mut self, add: &[(u64, Vec<u8>)], remove: &[u64]) -> Result<(), String> {
+        self.write_inner(add, remove)
+            .map_err(|e| format!("`{}`: {e}", self.path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(r: u64) -> StoreMeta {
+        StoreMeta {
+            id_reserved: r,
+            last_epoch: 3,
+        }
+    }
+
+    #[test]
+    fn events_come_back_in_order_with_the_last_meta() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = SqliteEventLog::open(dir.path(), Durability::Process).unwrap();
+        log.append(&[vec![1], vec![2]], &meta(10), false).unwrap();
+        log.append(&[vec![3]], &meta(20), true).unwrap();
+        drop(log);
+        let mut log = SqliteEventLog::open(dir.path(), Durability::Process).unwrap();
+        let mut seen = Vec::new();
+        let m = log
+            .replay(&mut |b| {
+                seen.push(b.to_vec());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(seen, vec![vec![1], vec![2], vec![3]]);
+        assert_eq!(m, Some(meta(20)));
+    }
+
+    #[test]
+    fn a_new_store_replays_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = SqliteEventLog::open(dir.path(), Durability::Power).unwrap();
+        assert_eq!(log.replay(&mut |_| Ok(())).unwrap(), None);
+    }
+
+    #[test]
+    fn foreign_and_damaged_files_are_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.db");
+        for (bytes, says) in [
+            (b"".to_vec(), "no SQLite header"),
+            (b"hello, this is a text file\n".repeat(10), "no SQLite header"),
+        ] {
+            std::fs::write(&path, &bytes).unwrap();
+            let e = SqliteEventLog::open(dir.path(), Durability::Process)
+                .err()
+                .expect("refused");
+            assert!(e.to_string().contains(says), "{e}");
+            assert!(e.to_string().contains("master.db"), "{e}");
+            assert_eq!(std::fs::read(&path).unwrap(), bytes, "file left as it was");
+        }
+        // Another program's SQLite database.
+        std::fs::remove_file(&path).unwrap();
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        drop(c);
+        let before = std::fs::read(&path).unwrap();
+        let e = SqliteEventLog::open(dir.path(), Durability::Process)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("not written by orch"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        // An outbox is not a master store.
+        std::fs::remove_file(&path).unwrap();
+        drop(SqliteOutbox::open(dir.path(), Durability::Process).unwrap());
+        std::fs::rename(dir.path().join("outbox.db"), &path).unwrap();
+        let e = SqliteEventLog::open(dir.path(), Durability::Process)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("expected a `master` store"), "{e}");
+    }
+
+    #[test]
+    fn outbox_entries_are_added_and_removed_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = SqliteOutbox::open(dir.path(), Durability::Process).unwrap();
+        ob.write(&[(5, vec![5]), (6, vec![6]), (7, vec![7])], &[])
+            .unwrap();
+        ob.write(&[(8, vec![8])], &[6]).unwrap();
+        drop(ob);
+        let mut ob = SqliteOutbox::open(dir.path(), Durability::Process).unwrap();
+        let keys: Vec<u64> = ob.load().unwrap().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, vec![5, 7, 8]);
+    }
+}
