@@ -70,6 +70,10 @@ pub trait NodeIo: Send + Sync + 'static {
     fn executor(&self, spec: &ExecutorSpec) -> Arc<dyn Executor>;
 }
 
+/// Least time between two progress reports of `builtin:sleep`: fast frames
+/// must not flood the master (and its store) with one report each.
+pub const PROGRESS_EVERY_MS: u64 = 100;
+
 /// `builtin:noop`: completes every frame at once.
 pub struct Noop;
 
@@ -91,7 +95,8 @@ impl Executor for Noop {
     }
 }
 
-/// `builtin:sleep`: sleeps `ms_per_frame` per frame, reporting each frame.
+/// `builtin:sleep`: sleeps `ms_per_frame` per frame, reporting progress after
+/// each frame, at most every [`PROGRESS_EVERY_MS`].
 pub struct Sleep;
 
 impl Executor for Sleep {
@@ -107,6 +112,7 @@ impl Executor for Sleep {
         };
         let n = job.task.frames.len();
         Box::pin(async move {
+            let mut last_report = tokio::time::Instant::now();
             for done in 1..=n {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
@@ -117,10 +123,13 @@ impl Executor for Sleep {
                         });
                     }
                 }
-                let _ = progress.send(ExecReport {
-                    frames_done: done,
-                    ..ExecReport::default()
-                });
+                if last_report.elapsed() >= Duration::from_millis(PROGRESS_EVERY_MS) {
+                    last_report = tokio::time::Instant::now();
+                    let _ = progress.send(ExecReport {
+                        frames_done: done,
+                        ..ExecReport::default()
+                    });
+                }
             }
             Ok(ExecReport {
                 frames_done: n,

@@ -1,8 +1,10 @@
 //! GlobalIdAllocator: disjoint 64-bit ID chunks (SPEC §6), as pure logic.
 //!
 //! Chunks come from a free list of returned tails (first fit) or from the
-//! high-water mark. A chunk's used part is retired for good; only an unused
-//! tail comes back.
+//! high-water mark. A chunk's used part is retired for good; only a tail the
+//! worker itself reported unused (a failed attempt) comes back. The chunk of
+//! a lost attempt is retired whole: its worker may have used IDs it never
+//! reported, so handing them out again could issue an ID twice.
 
 use crate::protocol::IdRange;
 

@@ -70,6 +70,11 @@ impl Outbox {
         })
     }
 
+    /// Set the `orch_outbox_pending` gauge (once the metrics recorder is installed).
+    pub fn publish(&self) {
+        metrics::gauge!(m::OUTBOX_PENDING).set(self.entries.len() as f64);
+    }
+
     /// Entries waiting for an acknowledgement.
     pub fn len(&self) -> usize {
         self.entries.len()

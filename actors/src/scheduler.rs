@@ -649,12 +649,8 @@ impl Scheduler {
         bank(sess, t, &run, run.done, false, now_ms);
         let task = &mut sess.tasks[t as usize];
         let rest = task.frames;
-        // Return the never-used tail of the chunk; the used part is retired.
-        let used_hi = used_hi(&run);
-        self.ids.release(IdRange {
-            lo: used_hi,
-            hi: run.ids.hi,
-        });
+        // The whole chunk is retired: a worker that vanished (or a master
+        // that restarted) may have used IDs past its last report.
         let orphan = Orphan {
             key: key.clone(),
             device: run.device.to_string(),
@@ -801,12 +797,8 @@ impl Scheduler {
             };
             let sess = &mut self.sessions[s];
             bank(sess, t, &run, run.done, false, now_ms);
+            // Retired whole: the attempt may still run until it gets the Drop.
             let keep = run.outputs.iter().map(|o| o.path.clone()).collect();
-            let used_hi = used_hi(&run);
-            self.ids.release(IdRange {
-                lo: used_hi,
-                hi: run.ids.hi,
-            });
             self.sessions[s].tasks[t as usize].state = TaskState::Failed;
             out.push(SchedCommand::Drop {
                 node: run.node.to_string(),
@@ -953,6 +945,7 @@ impl Scheduler {
                     false,
                     r.finished_ms.max(run.started_ms),
                 );
+                // The worker reported the end and what it used: the rest comes back.
                 let used_hi = used_hi(&run);
                 self.ids.release(IdRange {
                     lo: used_hi,

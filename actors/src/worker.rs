@@ -430,6 +430,7 @@ impl Actor for Worker {
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut args = args;
         let outbox = std::mem::replace(&mut args.outbox, Outbox::open(None)?);
+        outbox.publish();
         if !outbox.is_empty() {
             info!(node_id = %args.node, reports = outbox.len(), "outbox restored; delivered once a master is registered");
         }

@@ -467,15 +467,9 @@ fn lost_work_keeps_reported_frames_and_replays_the_rest() {
         }),
         "used IDs are retired"
     );
-    // The unused tail of the old chunk went back to the allocator (too short
-    // for a whole new chunk, so the new attempt got fresh IDs).
-    assert_eq!(
-        w.sched.ids().free_ranges(),
-        &[IdRange {
-            lo: old.ids.lo + 5,
-            hi: old.ids.hi
-        }]
-    );
+    // The lost chunk is retired whole: the dead worker may have used IDs
+    // past its last report.
+    assert!(w.sched.ids().free_ranges().is_empty());
     assert!(!new.ids.overlaps(&old.ids));
 }
 

@@ -289,7 +289,10 @@ impl TestCluster {
         };
         cmd.arg("--cluster")
             .arg(&node.config)
-            .env("RUST_LOG", "info,ractor=warn,ractor_cluster=warn")
+            .env(
+                "RUST_LOG",
+                "info,ractor=warn,ractor_cluster=warn,orch::ids=debug",
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -668,4 +671,151 @@ pub fn max_overlap(manifest: &Value, key: &str) -> std::collections::BTreeMap<St
             (k, max as usize)
         })
         .collect()
+}
+
+/// One `orch::ids` line of a worker's log: an ID chunk it received, or an
+/// attempt it finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdEvent {
+    pub node: String,
+    pub session: String,
+    pub task: u64,
+    pub attempt: u64,
+    /// `Some((lo, hi))` for "chunk received".
+    pub chunk: Option<(u64, u64)>,
+    /// `Some(completed)` for "attempt finished".
+    pub finished: Option<bool>,
+}
+
+/// Every `orch::ids` line in the logs of every node, every start included.
+pub fn id_events(cluster: &TestCluster) -> Vec<IdEvent> {
+    let mut out = Vec::new();
+    for n in &cluster.nodes {
+        let text = std::fs::read_to_string(&n.log).unwrap_or_default();
+        for line in text.lines().filter(|l| l.contains(" orch::ids: ")) {
+            let field = |k: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(&format!("{k}=")))
+                    .map(|v| v.trim_matches('"').to_string())
+            };
+            let num = |k: &str| field(k).and_then(|v| v.parse::<u64>().ok());
+            let (Some(node), Some(session), Some(task), Some(attempt)) =
+                (field("node_id"), field("session"), num("task"), num("attempt"))
+            else {
+                continue;
+            };
+            let chunk = match (num("id_lo"), num("id_hi")) {
+                (Some(lo), Some(hi)) if line.contains("chunk received") => Some((lo, hi)),
+                _ => None,
+            };
+            let finished = line
+                .contains("attempt finished")
+                .then(|| field("completed").as_deref() == Some("true"));
+            out.push(IdEvent {
+                node,
+                session,
+                task,
+                attempt,
+                chunk,
+                finished,
+            });
+        }
+    }
+    out
+}
+
+/// No ID was issued twice: every attempt any worker received kept one chunk
+/// whenever it was received; the chunks workers received are pairwise
+/// disjoint (apart from the reported-unused tail of a failed attempt); and
+/// each range of the manifest carries the chunk its worker received.
+/// Returns how many chunks were checked.
+pub fn assert_no_id_issued_twice(events: &[IdEvent], manifest: &Value) -> usize {
+    use std::collections::BTreeMap;
+    let mut chunks: BTreeMap<(String, u64, u64), (u64, u64)> = BTreeMap::new();
+    for e in events {
+        if let Some(c) = e.chunk {
+            let key = (e.session.clone(), e.task, e.attempt);
+            if let Some(prev) = chunks.insert(key.clone(), c) {
+                assert_eq!(prev, c, "attempt {key:?} received two different ID chunks");
+            }
+        }
+    }
+    // A failed attempt reports what it used and its tail may be issued
+    // again; every other chunk a worker received is its own for good.
+    let failed: std::collections::BTreeSet<(String, u64, u64)> = events
+        .iter()
+        .filter(|e| e.finished == Some(false))
+        .map(|e| (e.session.clone(), e.task, e.attempt))
+        .collect();
+    let mut held: Vec<(u64, u64, String)> = chunks
+        .iter()
+        .filter(|(k, _)| !failed.contains(*k))
+        .map(|(k, c)| (c.0, c.1, format!("{k:?}")))
+        .collect();
+    held.sort();
+    for w in held.windows(2) {
+        assert!(
+            w[0].1 <= w[1].0,
+            "two attempts received overlapping ID chunks: {:?} and {:?}",
+            w[0],
+            w[1]
+        );
+    }
+    let session = manifest["session"].as_str().unwrap_or_default().to_string();
+    for r in manifest["ranges"].as_array().expect("ranges") {
+        let key = (
+            session.clone(),
+            r["task"].as_u64().expect("task"),
+            r["attempt"].as_u64().expect("attempt"),
+        );
+        let lo = r["ids"]["lo"].as_u64().expect("lo");
+        let hi = r["ids"]["hi"].as_u64().expect("hi");
+        let got = chunks.get(&key);
+        assert_eq!(
+            got,
+            Some(&(lo, hi)),
+            "manifest range of {key:?} has chunk {:?}, the worker received {got:?}",
+            (lo, hi)
+        );
+    }
+    assert_ids_disjoint(manifest);
+    chunks.len()
+}
+
+/// Frames a worker completed more than once, outside every range the
+/// manifest's `replay` section lists: should be empty.
+pub fn rerun_outside_replay(events: &[IdEvent], manifest: &Value) -> Vec<String> {
+    use std::collections::BTreeMap;
+    let session = manifest["session"].as_str().unwrap_or_default();
+    // Which frames each attempt covered: from the manifest's ranges and replay records.
+    let mut runs: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for e in events
+        .iter()
+        .filter(|e| e.finished == Some(true) && e.session == session)
+    {
+        let v = runs.entry(e.task).or_default();
+        if !v.contains(&e.attempt) {
+            v.push(e.attempt);
+        }
+    }
+    let replayed: Vec<(u64, u64)> = manifest["replay"]
+        .as_array()
+        .expect("replay")
+        .iter()
+        .map(|r| (r["task"].as_u64().unwrap_or(0), r["old_attempt"].as_u64().unwrap_or(0)))
+        .collect();
+    let mut bad = Vec::new();
+    for (task, attempts) in runs {
+        if attempts.len() < 2 {
+            continue;
+        }
+        // Every completed attempt but the last must have been replaced with a reason.
+        let last = *attempts.iter().max().expect("non-empty");
+        for a in attempts.iter().filter(|a| **a != last) {
+            if !replayed.contains(&(task, *a)) {
+                bad.push(format!("task {task} attempt {a} completed, then ran again as attempt {last} with no replay record"));
+            }
+        }
+    }
+    bad
 }

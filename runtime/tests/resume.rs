@@ -1,0 +1,275 @@
+//! Master checkpoint and resume, and the workers' outbox (SPEC §9, §5.8), on
+//! real `orch-node` processes: kill -9 of the master at random moments and
+//! during store writes, a master down for 30 s, damaged and foreign stores.
+
+use std::time::{Duration, Instant};
+
+use orch_tests::{
+    all_healthy, assert_exactly_once, assert_no_id_issued_twice, id_events, rerun_outside_replay,
+    Bins, NodeSpec, TestCluster,
+};
+use rand::Rng;
+use serde_json::Value;
+
+fn bins() -> Bins {
+    Bins {
+        node: env!("CARGO_BIN_EXE_orch-node").into(),
+        ctl: env!("CARGO_BIN_EXE_orchctl").into(),
+    }
+}
+
+/// A master+worker `node-0` and `workers` workers, each with `devices` devices.
+fn cluster(workers: usize, devices: u32) -> TestCluster {
+    let mut c = TestCluster::new(bins());
+    let port = orch_tests::free_port();
+    let mut m = NodeSpec::new("node-0").master().heartbeat(300, 3);
+    m.devices = devices;
+    c.add_with_port(m, port).unwrap();
+    for i in 1..=workers {
+        let mut w = NodeSpec::new(&format!("node-{i}"))
+            .peer(format!("127.0.0.1:{port}"))
+            .heartbeat(300, 3);
+        w.devices = devices;
+        c.add(w).unwrap();
+    }
+    let names: Vec<String> = (0..=workers).map(|i| format!("node-{i}")).collect();
+    c.wait_for("every worker healthy", Duration::from_secs(15), |ws| {
+        all_healthy(ws, &names.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .unwrap();
+    c
+}
+
+fn frames_done(c: &TestCluster, id: &str) -> u64 {
+    c.session(id)
+        .ok()
+        .and_then(|v| v["frames_done"].as_u64())
+        .unwrap_or(0)
+}
+
+/// How many times the master replayed its store, from its log.
+fn replays(c: &TestCluster) -> usize {
+    std::fs::read_to_string(&c.nodes[0].log)
+        .unwrap_or_default()
+        .matches("ledger replayed from the store")
+        .count()
+}
+
+#[test]
+fn five_master_kills_during_a_200k_frame_session_lose_nothing_and_reissue_no_id() {
+    let c = &mut cluster(2, 4);
+    // 12 devices, 1 ms a frame: about 20 s of work, reported every 100 ms.
+    let id = c
+        .submit(
+            "resume",
+            "name = \"resume\"\nframes = { start = 0, end = 200000 }\nchunk_frames = 2000\nid_chunk_size = 5000\n[executor]\nkind = \"builtin:sleep\"\nms_per_frame = 1\n",
+        )
+        .unwrap();
+    // Five kill moments at random points of the session's progress.
+    let mut rng = rand::rng();
+    let mut at: Vec<u64> = (0..5).map(|_| rng.random_range(5_000..150_000)).collect();
+    at.sort_unstable();
+    for (k, threshold) in at.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while frames_done(c, &id) < *threshold {
+            assert!(
+                Instant::now() < deadline,
+                "kill {k}: the session did not reach {threshold} frames\n{}",
+                c.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let v = c.session(&id).unwrap();
+        assert_eq!(v["state"], "running", "kill {k} must hit a running session: {v}");
+        c.nodes[0].kill9();
+        c.restart(0).unwrap();
+    }
+    let v = c.wait_done(&id, Duration::from_secs(180)).unwrap();
+    assert_eq!(v["state"], "completed", "{v}");
+    assert_eq!(replays(c), 5, "the master replayed its store after each kill");
+    let m = c.manifest(&id).unwrap();
+    assert_eq!(assert_exactly_once(&m, 0, 200_000), 200_000);
+    let events = id_events(c);
+    let chunks = assert_no_id_issued_twice(&events, &m);
+    assert!(chunks >= 100, "every task's chunk was logged: {chunks}");
+    // Completed work is not run again, unless the manifest says why.
+    let rerun = rerun_outside_replay(&events, &m);
+    assert!(rerun.is_empty(), "{rerun:#?}");
+    for r in m["replay"].as_array().unwrap() {
+        assert!(
+            !r["reason"].as_str().unwrap_or_default().is_empty(),
+            "every replayed range has a reason: {r}"
+        );
+    }
+}
+
+#[test]
+fn a_master_down_for_30s_gets_every_result_from_the_outboxes() {
+    let c = &mut cluster(2, 2);
+    // 2-frame tasks of 1 s each: the workers hold 4 tasks each (running + prefetched).
+    let id = c
+        .submit(
+            "outbox",
+            "name = \"outbox\"\nframes = { start = 0, end = 120 }\nchunk_frames = 2\nid_chunk_size = 10\n[executor]\nkind = \"builtin:sleep\"\nms_per_frame = 500\n",
+        )
+        .unwrap();
+    c.wait_session(&id, "some frames done", Duration::from_secs(30), |v| {
+        v["frames_done"].as_u64().unwrap_or(0) >= 4
+    })
+    .unwrap();
+    c.nodes[0].kill9();
+    let down = Instant::now();
+    // The workers finish what they hold and keep the results.
+    let pending = |c: &TestCluster, i: usize| c.nodes[i].metric("orch_outbox_pending").unwrap_or(0.0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pending(c, 1) < 1.0 || pending(c, 2) < 1.0 {
+        assert!(Instant::now() < deadline, "outboxes stayed empty\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A worker restarted with a full outbox keeps it.
+    let before = pending(c, 2);
+    c.nodes[2].kill9();
+    c.restart(2).unwrap();
+    let after = pending(c, 2);
+    assert!(
+        after >= before,
+        "node-2's outbox survived its restart: {before} before, {after} after"
+    );
+    // The master stays down for 30 s; nothing is delivered anywhere meanwhile.
+    while down.elapsed() < Duration::from_secs(30) {
+        assert!(pending(c, 1) >= 1.0 && pending(c, 2) >= 1.0);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.restart(0).unwrap();
+    let v = c.wait_done(&id, Duration::from_secs(120)).unwrap();
+    assert_eq!(v["state"], "completed", "{v}");
+    let m = c.manifest(&id).unwrap();
+    assert_eq!(assert_exactly_once(&m, 0, 120), 120);
+    // Every attempt node-1 and node-2 completed is in the manifest, as theirs.
+    let events = id_events(c);
+    let ranges = m["ranges"].as_array().unwrap();
+    let mut delivered = 0;
+    for e in events
+        .iter()
+        .filter(|e| e.finished == Some(true) && e.node != "node-0")
+    {
+        let found = ranges.iter().any(|r| {
+            r["task"].as_u64() == Some(e.task)
+                && r["attempt"].as_u64() == Some(e.attempt)
+                && r["node"] == e.node.as_str()
+        });
+        assert!(found, "result of {e:?} was lost\n{m}");
+        delivered += 1;
+    }
+    assert!(delivered >= 8, "both workers completed work: {delivered}");
+    let rerun = rerun_outside_replay(&events, &m);
+    assert!(rerun.is_empty(), "{rerun:#?}");
+    assert_no_id_issued_twice(&events, &m);
+    for i in [1, 2] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pending(c, i) > 0.0 {
+            assert!(Instant::now() < deadline, "node-{i}'s outbox never emptied");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn fifty_kills_during_store_writes_always_reopen_and_resume() {
+    let c = &mut cluster(1, 4);
+    let id = c
+        .submit(
+            "writes",
+            "name = \"writes\"\nframes = { start = 0, end = 300000 }\nchunk_frames = 10\nid_chunk_size = 10\n[executor]\nkind = \"builtin:noop\"\n",
+        )
+        .unwrap();
+    let mut rng = rand::rng();
+    for k in 0..50 {
+        // A random moment within the first 400 ms: replaying, resuming,
+        // taking registrations, or committing results.
+        let ms = rng.random_range(0..400);
+        std::thread::sleep(Duration::from_millis(ms));
+        c.nodes[0].kill9();
+        c.restart(0)
+            .unwrap_or_else(|e| panic!("restart {k} after {ms} ms: the store did not open: {e}"));
+    }
+    assert_eq!(replays(c), 50);
+    let v = c.wait_done(&id, Duration::from_secs(240)).unwrap();
+    assert_eq!(v["state"], "completed", "{v}");
+    let m = c.manifest(&id).unwrap();
+    assert_eq!(assert_exactly_once(&m, 0, 300_000), 300_000);
+    assert_no_id_issued_twice(&id_events(c), &m);
+}
+
+/// Start `node-0` on its existing data_dir and expect a refusal: exit 2,
+/// one error naming the store, and the file left as it was.
+fn refused(c: &mut TestCluster, store: &std::path::Path, says: &str) {
+    let before = std::fs::read(store).unwrap();
+    let out = std::process::Command::new(&c.bins.node)
+        .arg("--cluster")
+        .arg(&c.nodes[0].config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&store.display().to_string()), "names the file: {err}");
+    assert!(err.contains(says), "expected `{says}` in: {err}");
+    assert_eq!(std::fs::read(store).unwrap(), before, "nothing overwritten");
+}
+
+#[test]
+fn damaged_foreign_or_other_version_stores_are_refused_untouched() {
+    let mut c = TestCluster::new(bins());
+    let mut spec = NodeSpec::new("node-0").master();
+    spec.devices = 1;
+    c.add(spec).unwrap();
+    let id = c
+        .submit(
+            "small",
+            "name = \"small\"\nframes = { start = 0, end = 50 }\nchunk_frames = 5\n[executor]\nkind = \"builtin:noop\"\n",
+        )
+        .unwrap();
+    c.wait_done(&id, Duration::from_secs(30)).unwrap();
+    // A clean stop checkpoints the write-ahead log into the store file.
+    c.nodes[0].sigterm();
+    assert_eq!(c.nodes[0].wait_exit(Duration::from_secs(10)).unwrap(), Some(0));
+    let data = c.dir.path().join("node-0/data");
+    let store = data.join("master.db");
+    let good = std::fs::read(&store).unwrap();
+
+    // Written by another version of orch.
+    {
+        let conn = rusqlite::Connection::open(&store).unwrap();
+        conn.execute("UPDATE meta SET value = '0.0.1' WHERE key = 'orch_version'", [])
+            .unwrap();
+    }
+    refused(&mut c, &store, "written by orch `0.0.1`");
+
+    // Damaged: the schema page overwritten.
+    let mut bad = good.clone();
+    for b in &mut bad[100..4096] {
+        *b = 0xA5;
+    }
+    std::fs::write(&store, &bad).unwrap();
+    refused(&mut c, &store, "");
+
+    // Foreign: not a database at all.
+    std::fs::write(&store, "a shopping list\n".repeat(20)).unwrap();
+    refused(&mut c, &store, "not an orch store");
+
+    // Another program's database.
+    std::fs::remove_file(&store).unwrap();
+    {
+        let conn = rusqlite::Connection::open(&store).unwrap();
+        conn.execute_batch("CREATE TABLE notes (x TEXT); INSERT INTO notes VALUES ('mine');")
+            .unwrap();
+    }
+    refused(&mut c, &store, "not written by orch");
+
+    // The good store still resumes, and its session kept its manifest.
+    std::fs::write(&store, &good).unwrap();
+    c.restart(0).unwrap();
+    let m: Value = c.manifest(&id).unwrap();
+    assert_eq!(assert_exactly_once(&m, 0, 50), 50);
+    assert_eq!(m["state"], "completed");
+}
