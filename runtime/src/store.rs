@@ -117,13 +117,21 @@ fn open(path: &Path, kind: Kind, durability: Durability) -> Result<Connection, S
             r.get::<_, String>(0)
         })
         .optional()
-        .map_err(|e| err(path, format!("it is damaged: cannot read `meta.{key}`: {e}")))
+        .map_err(|e| {
+            err(
+                path,
+                format!("it is damaged: cannot read `meta.{key}`: {e}"),
+            )
+        })
     };
     let found = meta("kind")?.unwrap_or_default();
     if found != kind.name() {
         return Err(err(
             path,
-            format!("it is an orch `{found}` store, expected a `{}` store", kind.name()),
+            format!(
+                "it is an orch `{found}` store, expected a `{}` store",
+                kind.name()
+            ),
         ));
     }
     let version = meta("orch_version")?.unwrap_or_default();
@@ -151,7 +159,7 @@ fn pragma<T: rusqlite::types::FromSql>(
     name: &str,
 ) -> Result<T, StoreError> {
     conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
-        .map_err(|e| err(path, format!("it is not a readable SQLite database ({name}: {e})")))
+        .map_err(|e| err(path, format!("it is damaged (`PRAGMA {name}`: {e})")))
 }
 
 /// Refuse a file that does not even start like an SQLite database, before
@@ -308,7 +316,8 @@ impl SqliteOutbox {
     fn write_inner(&mut self, add: &[(u64, Vec<u8>)], remove: &[u64]) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
         {
-            let mut ins = tx.prepare_cached("INSERT OR REPLACE INTO outbox (seq, body) VALUES (?1, ?2)")?;
+            let mut ins =
+                tx.prepare_cached("INSERT OR REPLACE INTO outbox (seq, body) VALUES (?1, ?2)")?;
             for (seq, body) in add {
                 ins.execute(params![*seq as i64, body])?;
             }
@@ -328,7 +337,9 @@ impl OutboxLog for SqliteOutbox {
             .prepare("SELECT seq, body FROM outbox ORDER BY seq")
             .map_err(|e| e.to_string())?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?)))
+            .query_map([], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?))
+            })
             .map_err(|e| e.to_string())?;
         rows.collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("`{}`: {e}", self.path.display()))
@@ -383,7 +394,10 @@ mod tests {
         let path = dir.path().join("master.db");
         for (bytes, says) in [
             (b"".to_vec(), "no SQLite header"),
-            (b"hello, this is a text file\n".repeat(10), "no SQLite header"),
+            (
+                b"hello, this is a text file\n".repeat(10),
+                "no SQLite header",
+            ),
         ] {
             std::fs::write(&path, &bytes).unwrap();
             let e = SqliteEventLog::open(dir.path(), Durability::Process)

@@ -80,13 +80,20 @@ fn five_master_kills_during_a_200k_frame_session_lose_nothing_and_reissue_no_id(
             std::thread::sleep(Duration::from_millis(50));
         }
         let v = c.session(&id).unwrap();
-        assert_eq!(v["state"], "running", "kill {k} must hit a running session: {v}");
+        assert_eq!(
+            v["state"], "running",
+            "kill {k} must hit a running session: {v}"
+        );
         c.nodes[0].kill9();
         c.restart(0).unwrap();
     }
     let v = c.wait_done(&id, Duration::from_secs(180)).unwrap();
     assert_eq!(v["state"], "completed", "{v}");
-    assert_eq!(replays(c), 5, "the master replayed its store after each kill");
+    assert_eq!(
+        replays(c),
+        5,
+        "the master replayed its store after each kill"
+    );
     let m = c.manifest(&id).unwrap();
     assert_eq!(assert_exactly_once(&m, 0, 200_000), 200_000);
     let events = id_events(c);
@@ -120,10 +127,15 @@ fn a_master_down_for_30s_gets_every_result_from_the_outboxes() {
     c.nodes[0].kill9();
     let down = Instant::now();
     // The workers finish what they hold and keep the results.
-    let pending = |c: &TestCluster, i: usize| c.nodes[i].metric("orch_outbox_pending").unwrap_or(0.0);
+    let pending =
+        |c: &TestCluster, i: usize| c.nodes[i].metric("orch_outbox_pending").unwrap_or(0.0);
     let deadline = Instant::now() + Duration::from_secs(20);
     while pending(c, 1) < 1.0 || pending(c, 2) < 1.0 {
-        assert!(Instant::now() < deadline, "outboxes stayed empty\n{}", c.logs());
+        assert!(
+            Instant::now() < deadline,
+            "outboxes stayed empty\n{}",
+            c.logs()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // A worker restarted with a full outbox keeps it.
@@ -212,7 +224,10 @@ fn refused(c: &mut TestCluster, store: &std::path::Path, says: &str) {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains(&store.display().to_string()), "names the file: {err}");
+    assert!(
+        err.contains(&store.display().to_string()),
+        "names the file: {err}"
+    );
     assert!(err.contains(says), "expected `{says}` in: {err}");
     assert_eq!(std::fs::read(store).unwrap(), before, "nothing overwritten");
 }
@@ -232,7 +247,10 @@ fn damaged_foreign_or_other_version_stores_are_refused_untouched() {
     c.wait_done(&id, Duration::from_secs(30)).unwrap();
     // A clean stop checkpoints the write-ahead log into the store file.
     c.nodes[0].sigterm();
-    assert_eq!(c.nodes[0].wait_exit(Duration::from_secs(10)).unwrap(), Some(0));
+    assert_eq!(
+        c.nodes[0].wait_exit(Duration::from_secs(10)).unwrap(),
+        Some(0)
+    );
     let data = c.dir.path().join("node-0/data");
     let store = data.join("master.db");
     let good = std::fs::read(&store).unwrap();
@@ -240,8 +258,11 @@ fn damaged_foreign_or_other_version_stores_are_refused_untouched() {
     // Written by another version of orch.
     {
         let conn = rusqlite::Connection::open(&store).unwrap();
-        conn.execute("UPDATE meta SET value = '0.0.1' WHERE key = 'orch_version'", [])
-            .unwrap();
+        conn.execute(
+            "UPDATE meta SET value = '0.0.1' WHERE key = 'orch_version'",
+            [],
+        )
+        .unwrap();
     }
     refused(&mut c, &store, "written by orch `0.0.1`");
 
@@ -251,7 +272,7 @@ fn damaged_foreign_or_other_version_stores_are_refused_untouched() {
         *b = 0xA5;
     }
     std::fs::write(&store, &bad).unwrap();
-    refused(&mut c, &store, "");
+    refused(&mut c, &store, "it is damaged");
 
     // Foreign: not a database at all.
     std::fs::write(&store, "a shopping list\n".repeat(20)).unwrap();
