@@ -133,7 +133,11 @@ impl MasterState {
     fn flush(&mut self) {
         self.flush_queued = false;
         let hw = self.sched.ids().high_water();
-        if self.journal.commit(hw, self.membership.last_epoch()).is_ok() {
+        if self
+            .journal
+            .commit(hw, self.membership.last_epoch())
+            .is_ok()
+        {
             self.deliver();
         }
     }

@@ -352,7 +352,15 @@ impl Scheduler {
                 max_concurrency,
                 devices,
                 held,
-            } => self.node_up(node, epoch, max_concurrency, devices, &held, now_ms, &mut out),
+            } => self.node_up(
+                node,
+                epoch,
+                max_concurrency,
+                devices,
+                &held,
+                now_ms,
+                &mut out,
+            ),
             SchedEvent::NodeDown {
                 node,
                 epoch,

@@ -91,14 +91,19 @@ mod tests {
         };
         let (at, back) = decode_event(&encode_event(42, &ev)).expect("decodes");
         assert_eq!(at, 42);
-        assert!(matches!(back, SchedEvent::Resume { id_floor, within_ms: 9000 } if id_floor == 7 << 32));
+        assert!(
+            matches!(back, SchedEvent::Resume { id_floor, within_ms: 9000 } if id_floor == 7 << 32)
+        );
     }
 
     #[test]
     fn damaged_records_are_errors() {
         let bytes = encode_event(1, &SchedEvent::Tick);
         for cut in 0..bytes.len() {
-            assert!(decode_event(&bytes[..cut]).is_err(), "prefix of {cut} bytes");
+            assert!(
+                decode_event(&bytes[..cut]).is_err(),
+                "prefix of {cut} bytes"
+            );
         }
         assert!(decode_event(&[0xc1; 16]).is_err());
     }

@@ -71,11 +71,10 @@ pub fn open_stores(cfg: &Config) -> Result<NodeArgs, StoreError> {
         let mut log = SqliteEventLog::open(dir, durability)?;
         let path = log.path().to_path_buf();
         let started = std::time::Instant::now();
-        let r = recover(&mut log, cfg.cluster.grace_wait_ms)
-            .map_err(|what| StoreError {
-                path: path.clone(),
-                what: format!("it is damaged: {what}"),
-            })?;
+        let r = recover(&mut log, cfg.cluster.grace_wait_ms).map_err(|what| StoreError {
+            path: path.clone(),
+            what: format!("it is damaged: {what}"),
+        })?;
         if r.events > 0 {
             info!(node_id = %cfg.node.name, store = %path.display(), events = r.events, ms = started.elapsed().as_millis() as u64, "ledger replayed");
         }
@@ -84,7 +83,8 @@ pub fn open_stores(cfg: &Config) -> Result<NodeArgs, StoreError> {
     }
     let outbox = if cfg.node.worker {
         let log = if durable {
-            Some(Box::new(SqliteOutbox::open(dir, durability)?) as Box<dyn orch_actors::store::OutboxLog>)
+            Some(Box::new(SqliteOutbox::open(dir, durability)?)
+                as Box<dyn orch_actors::store::OutboxLog>)
         } else {
             None
         };

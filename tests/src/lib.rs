@@ -699,9 +699,12 @@ pub fn id_events(cluster: &TestCluster) -> Vec<IdEvent> {
                     .map(|v| v.trim_matches('"').to_string())
             };
             let num = |k: &str| field(k).and_then(|v| v.parse::<u64>().ok());
-            let (Some(node), Some(session), Some(task), Some(attempt)) =
-                (field("node_id"), field("session"), num("task"), num("attempt"))
-            else {
+            let (Some(node), Some(session), Some(task), Some(attempt)) = (
+                field("node_id"),
+                field("session"),
+                num("task"),
+                num("attempt"),
+            ) else {
                 continue;
             };
             let chunk = match (num("id_lo"), num("id_hi")) {
@@ -802,7 +805,12 @@ pub fn rerun_outside_replay(events: &[IdEvent], manifest: &Value) -> Vec<String>
         .as_array()
         .expect("replay")
         .iter()
-        .map(|r| (r["task"].as_u64().unwrap_or(0), r["old_attempt"].as_u64().unwrap_or(0)))
+        .map(|r| {
+            (
+                r["task"].as_u64().unwrap_or(0),
+                r["old_attempt"].as_u64().unwrap_or(0),
+            )
+        })
         .collect();
     let mut bad = Vec::new();
     for (task, attempts) in runs {

@@ -86,7 +86,9 @@ fn main() -> ExitCode {
     if let Err(e) = rt.block_on(orch_runtime::run_node(cfg, stop)) {
         eprintln!("error: {e:#}");
         // A store that is not ours or is damaged: like a bad config, a usage error.
-        if e.downcast_ref::<orch_runtime::store::StoreError>().is_some() {
+        if e.downcast_ref::<orch_runtime::store::StoreError>()
+            .is_some()
+        {
             return ExitCode::from(orch_runtime::EXIT_USAGE as u8);
         }
         return ExitCode::FAILURE;
