@@ -5,9 +5,12 @@
 //!
 //! Every ledger event goes to the [`Journal`] first; what the master decides
 //! (assignments, acknowledgements, answers to submissions) waits in
-//! `outgoing` until the batch holding its cause is committed. A `Flush`
-//! message the master sends itself closes the batch, so everything already
-//! in the mailbox shares one commit.
+//! `outgoing` until the batch holding its cause is committed. Batches close
+//! after each message and are written on the store's thread, which groups
+//! whatever is queued into one transaction; finished commits are picked up
+//! after every message, so nothing waits behind the mailbox. A store that
+//! cannot be written stops the master: nothing it did not record was acted
+//! on, and a restart resumes from the store.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -80,9 +83,12 @@ pub struct MasterState {
     outgoing: Vec<Outgoing>,
     /// Outbox entries to acknowledge once committed, per worker.
     acks: HashMap<String, Vec<u64>>,
-    /// A `Flush` is in the mailbox.
-    flush_queued: bool,
+    /// What waits for each commit being written, oldest first.
+    committing: std::collections::VecDeque<Waiting>,
 }
+
+/// Decisions and acknowledgements waiting for one commit.
+type Waiting = (Vec<Outgoing>, HashMap<String, Vec<u64>>);
 
 impl MasterState {
     fn now_ms(&self) -> u64 {
@@ -117,33 +123,38 @@ impl MasterState {
         self.outgoing.push(Outgoing::Reply(port, answer));
     }
 
-    /// After each message: act now if nothing waits for a commit, else make
-    /// sure a `Flush` is on its way.
-    fn settle(&mut self, myself: &ActorRef<MasterMsg>) {
-        if self.journal.pending() {
-            if !self.flush_queued && self.journal.ready() {
-                self.flush_queued = myself.cast(MasterMsg::Flush).is_ok();
+    /// After each message: act on finished commits, send the new batch to
+    /// the store, and act at once on what waits for nothing.
+    fn settle(&mut self) -> Result<(), ActorProcessingErr> {
+        while let Some(done) = self.journal.finished() {
+            if let Err(e) = done {
+                return Err(format!("cannot write the master's store: {e}; stopping (every decision acted on is recorded, a restart resumes from the store)").into());
             }
-        } else if !self.flush_queued {
-            self.deliver();
+            if let Some((out, acks)) = self.committing.pop_front() {
+                self.deliver(out, acks);
+            }
         }
-    }
-
-    /// Commit the batch, then carry out what waited for it.
-    fn flush(&mut self) {
-        self.flush_queued = false;
         let hw = self.sched.ids().high_water();
-        if self
-            .journal
-            .commit(hw, self.membership.last_epoch())
-            .is_ok()
-        {
-            self.deliver();
+        let (out, acks) = (
+            std::mem::take(&mut self.outgoing),
+            std::mem::take(&mut self.acks),
+        );
+        if self.journal.begin(hw, self.membership.last_epoch()) {
+            self.committing.push_back((out, acks));
+        } else if let Some((o, a)) = self.committing.back_mut() {
+            // Nothing new to record, but earlier decisions are not out yet: keep the order.
+            o.extend(out);
+            for (node, seqs) in acks {
+                a.entry(node).or_default().extend(seqs);
+            }
+        } else {
+            self.deliver(out, acks);
         }
+        Ok(())
     }
 
-    fn deliver(&mut self) {
-        for out in std::mem::take(&mut self.outgoing) {
+    fn deliver(&mut self, outgoing: Vec<Outgoing>, acks: HashMap<String, Vec<u64>>) {
+        for out in outgoing {
             match out {
                 Outgoing::Send(node, msg) => self.deliver_to(&node, msg),
                 Outgoing::Reply(port, answer) => {
@@ -152,7 +163,7 @@ impl MasterState {
                 Outgoing::Manifest(session) => self.write_manifest(&session),
             }
         }
-        for (node, seqs) in std::mem::take(&mut self.acks) {
+        for (node, seqs) in acks {
             self.deliver_to(&node, ToWorker::Ack { seqs });
         }
     }
@@ -489,8 +500,8 @@ pub enum MasterMsg {
     Malformed(String),
     /// Local: check heartbeat deadlines, wake retries, refresh gauges.
     Tick,
-    /// Local: commit the events recorded so far, then act on them.
-    Flush,
+    /// Local: the store finished writing a commit (picked up by `settle`).
+    Committed,
 }
 
 impl Actor for Master {
@@ -519,7 +530,10 @@ impl Actor for Master {
         };
         // The ledger's clock never runs backwards across a restart.
         let started_unix_ms = wall.max(last_at + 1);
-        let journal = Journal::new(args.store, meta, args.sync_always);
+        let me = myself.clone();
+        let journal = Journal::new(args.store, meta, args.sync_always, move || {
+            let _ = me.cast(MasterMsg::Committed);
+        });
         let durable = journal.durable();
         let mut state = MasterState {
             node: args.node,
@@ -536,7 +550,7 @@ impl Actor for Master {
             journal,
             outgoing: Vec::new(),
             acks: HashMap::new(),
-            flush_queued: false,
+            committing: Default::default(),
         };
         if replayed > 0 {
             let running = state
@@ -556,7 +570,7 @@ impl Actor for Master {
                     state.outgoing.push(Outgoing::Manifest(session));
                 }
             }
-            state.flush();
+            state.settle()?;
         }
         state.frames_reported = state
             .sched
@@ -646,9 +660,21 @@ impl Actor for Master {
                 }
                 state.publish_gauges();
             }
-            MasterMsg::Flush => state.flush(),
+            MasterMsg::Committed => {}
         }
-        state.settle(&myself);
+        state.settle()?;
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Commit the last batch and close the store cleanly.
+        let hw = state.sched.ids().high_water();
+        state.journal.begin(hw, state.membership.last_epoch());
+        state.journal.close();
         Ok(())
     }
 
@@ -663,7 +689,7 @@ impl Actor for Master {
             | SupervisionEvent::ActorFailed(cell, _) => {
                 if let Some((node, epoch)) = state.watched.remove(&cell.get_id()) {
                     state.feed(&myself, MemberEvent::NodeDown { node, epoch });
-                    state.settle(&myself);
+                    state.settle()?;
                 }
             }
             other => debug!(node_id = %state.node, event = ?other, "supervision event ignored"),

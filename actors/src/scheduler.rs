@@ -247,7 +247,7 @@ struct Node {
 
 impl Node {
     fn cap(&self) -> u32 {
-        self.max_concurrency.saturating_mul(2)
+        self.max_concurrency.saturating_mul(1 + PREFETCH)
     }
 }
 

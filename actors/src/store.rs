@@ -31,15 +31,15 @@ pub struct StoreMeta {
 
 /// The master's crash-safe event log.
 pub trait EventLog: Send + 'static {
-    /// Feed every recorded event to `each`, in order; returns the metadata of
-    /// the last commit, `None` for a new store.
+    /// Feed every recorded batch (see [`encode_event_into`]) to `each`, in
+    /// order; returns the metadata of the last commit, `None` for a new store.
     fn replay(
         &mut self,
         each: &mut dyn FnMut(&[u8]) -> Result<(), String>,
     ) -> Result<Option<StoreMeta>, String>;
-    /// Append `records` and set `meta`, atomically. With `sync` the commit
-    /// also survives a power loss before this returns.
-    fn append(&mut self, records: &[Vec<u8>], meta: &StoreMeta, sync: bool) -> Result<(), String>;
+    /// Append one batch of records and set `meta`, atomically. With `sync`
+    /// the commit also survives a power loss before this returns.
+    fn append(&mut self, batch: &[u8], meta: &StoreMeta, sync: bool) -> Result<(), String>;
 }
 
 /// A worker's durable outbox.
@@ -57,12 +57,36 @@ struct Record<E> {
     event: E,
 }
 
-/// Encode one event for [`EventLog::append`].
+/// Append one event to a batch for [`EventLog::append`]: a batch is records
+/// one after the other.
+pub fn encode_event_into(batch: &mut Vec<u8>, at_ms: u64, event: &SchedEvent) {
+    rmp_serde::encode::write_named(batch, &Record { at_ms, event })
+        .expect("events are plain data and always encode")
+}
+
+/// Encode one event as a batch of one.
 pub fn encode_event(at_ms: u64, event: &SchedEvent) -> Vec<u8> {
     encode(&Record { at_ms, event }).expect("events are plain data and always encode")
 }
 
-/// Decode one record of [`EventLog::replay`].
+/// Decode a batch of [`EventLog::replay`], feeding each event to `each`;
+/// returns how many there were.
+pub fn decode_events(batch: &[u8], mut each: impl FnMut(u64, SchedEvent)) -> Result<usize, String> {
+    use serde::Deserialize as _;
+    let mut rest = batch;
+    let mut n = 0;
+    while !rest.is_empty() {
+        let mut de = rmp_serde::Deserializer::new(&mut rest);
+        de.set_max_depth(crate::wire::MAX_DEPTH);
+        let r = Record::<SchedEvent>::deserialize(&mut de)
+            .map_err(|e| format!("record {} of a batch of {} bytes: {e}", n + 1, batch.len()))?;
+        each(r.at_ms, r.event);
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Decode a batch that holds exactly one event.
 pub fn decode_event(bytes: &[u8]) -> Result<(u64, SchedEvent), String> {
     let r: Record<SchedEvent> = decode(bytes)?;
     Ok((r.at_ms, r.event))
@@ -94,6 +118,25 @@ mod tests {
         assert!(
             matches!(back, SchedEvent::Resume { id_floor, within_ms: 9000 } if id_floor == 7 << 32)
         );
+    }
+
+    #[test]
+    fn a_batch_decodes_record_by_record_and_a_cut_batch_is_an_error() {
+        let mut batch = Vec::new();
+        for i in 0..5 {
+            encode_event_into(&mut batch, i, &SchedEvent::Tick);
+        }
+        let mut times = Vec::new();
+        assert_eq!(decode_events(&batch, |at, _| times.push(at)), Ok(5));
+        assert_eq!(times, vec![0, 1, 2, 3, 4]);
+        for cut in 1..batch.len() {
+            if decode_events(&batch[..cut], |_, _| {}).is_ok() {
+                // Only a cut between two records decodes, to fewer of them.
+                let n = decode_events(&batch[..cut], |_, _| {}).unwrap();
+                assert!(n < 5);
+            }
+        }
+        assert!(decode_events(&[0xc1, 0x00], |_, _| {}).is_err());
     }
 
     #[test]

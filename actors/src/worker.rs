@@ -318,7 +318,8 @@ impl WorkerState {
     }
 
     /// After each message: make sure outbox changes are written soon, in one
-    /// transaction with everything else already in the mailbox.
+    /// transaction with everything else already in the mailbox. (Reports
+    /// acknowledged before the write never touch the disk.)
     fn settle(&mut self, myself: &ActorRef<WorkerMsg>) {
         if self.outbox.dirty() && !self.flush_queued && self.outbox.ready() {
             self.flush_queued = myself.cast(WorkerMsg::Flush).is_ok();

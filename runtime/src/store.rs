@@ -215,6 +215,8 @@ pub struct SqliteEventLog {
     conn: Connection,
     path: PathBuf,
     power: bool,
+    /// The metadata as last written: rewritten only when it changes.
+    meta: Option<StoreMeta>,
 }
 
 impl SqliteEventLog {
@@ -225,6 +227,7 @@ impl SqliteEventLog {
             conn,
             path,
             power: durability == Durability::Power,
+            meta: None,
         })
     }
 
@@ -232,22 +235,22 @@ impl SqliteEventLog {
         &self.path
     }
 
-    fn append_inner(
-        &mut self,
-        records: &[Vec<u8>],
-        meta: &StoreMeta,
-    ) -> Result<(), rusqlite::Error> {
+    fn append_inner(&mut self, batch: &[u8], meta: &StoreMeta) -> Result<(), rusqlite::Error> {
         let tx = self.conn.transaction()?;
         {
-            let mut ins = tx.prepare_cached("INSERT INTO events (body) VALUES (?1)")?;
-            for r in records {
-                ins.execute([r])?;
+            if !batch.is_empty() {
+                let mut ins = tx.prepare_cached("INSERT INTO events (body) VALUES (?1)")?;
+                ins.execute([batch])?;
             }
-            let mut set = tx.prepare_cached("UPDATE meta SET value = ?2 WHERE key = ?1")?;
-            set.execute(params!["id_reserved", meta.id_reserved as i64])?;
-            set.execute(params!["last_epoch", meta.last_epoch as i64])?;
+            if self.meta.as_ref() != Some(meta) {
+                let mut set = tx.prepare_cached("UPDATE meta SET value = ?2 WHERE key = ?1")?;
+                set.execute(params!["id_reserved", meta.id_reserved as i64])?;
+                set.execute(params!["last_epoch", meta.last_epoch as i64])?;
+            }
         }
-        tx.commit()
+        tx.commit()?;
+        self.meta = Some(*meta);
+        Ok(())
     }
 }
 
@@ -282,17 +285,18 @@ impl EventLog for SqliteEventLog {
             id_reserved: get("id_reserved")?,
             last_epoch: get("last_epoch")?,
         };
+        self.meta = Some(meta);
         Ok((any || meta != StoreMeta::default()).then_some(meta))
     }
 
-    fn append(&mut self, records: &[Vec<u8>], meta: &StoreMeta, sync: bool) -> Result<(), String> {
+    fn append(&mut self, batch: &[u8], meta: &StoreMeta, sync: bool) -> Result<(), String> {
         let full = sync && !self.power;
         if full {
             self.conn
                 .pragma_update(None, "synchronous", "FULL")
                 .map_err(|e| e.to_string())?;
         }
-        let r = self.append_inner(records, meta);
+        let r = self.append_inner(batch, meta);
         if full {
             let _ = self.conn.pragma_update(None, "synchronous", "NORMAL");
         }
@@ -366,8 +370,8 @@ mod tests {
     fn events_come_back_in_order_with_the_last_meta() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = SqliteEventLog::open(dir.path(), Durability::Process).unwrap();
-        log.append(&[vec![1], vec![2]], &meta(10), false).unwrap();
-        log.append(&[vec![3]], &meta(20), true).unwrap();
+        log.append(&[1, 2], &meta(10), false).unwrap();
+        log.append(&[3], &meta(20), true).unwrap();
         drop(log);
         let mut log = SqliteEventLog::open(dir.path(), Durability::Process).unwrap();
         let mut seen = Vec::new();
@@ -377,7 +381,7 @@ mod tests {
                 Ok(())
             })
             .unwrap();
-        assert_eq!(seen, vec![vec![1], vec![2], vec![3]]);
+        assert_eq!(seen, vec![vec![1, 2], vec![3]]);
         assert_eq!(m, Some(meta(20)));
     }
 

@@ -51,6 +51,8 @@ pub struct NodeSpec {
     pub max_concurrency: u32,
     /// `[[device]]` tables replacing the generated ones.
     pub devices_toml: Option<String>,
+    /// `[store] durability` (default: the node's default, `process`).
+    pub durability: Option<String>,
 }
 
 impl NodeSpec {
@@ -69,6 +71,7 @@ impl NodeSpec {
             netns: None,
             max_concurrency: 4,
             devices_toml: None,
+            durability: None,
         }
     }
 
@@ -543,7 +546,7 @@ listen = "{admin}"
 {token}
 [metrics]
 listen = "{metrics}"
-"#,
+{store}"#,
         name = spec.name,
         roles = roles.join(", "),
         data = dir.join("data").display(),
@@ -552,6 +555,11 @@ listen = "{metrics}"
         hb = spec.heartbeat_ms,
         missed = spec.missed_heartbeats,
         max_concurrency = spec.max_concurrency,
+        store = spec
+            .durability
+            .as_ref()
+            .map(|d| format!("\n[store]\ndurability = \"{d}\"\n"))
+            .unwrap_or_default(),
     )
 }
 
