@@ -5,10 +5,11 @@
 //!
 //! Every ledger event goes to the [`Journal`] first; what the master decides
 //! (assignments, acknowledgements, answers to submissions) waits in
-//! `outgoing` until the batch holding its cause is committed. Batches close
-//! after each message and are written on the store's thread, which groups
-//! whatever is queued into one transaction; finished commits are picked up
-//! after every message, so nothing waits behind the mailbox. A store that
+//! `outgoing` until the batch holding its cause is committed. Commits are
+//! written on the store's thread, one at a time; the store tells the master
+//! through its mailbox when one is done, so everything that arrived in the
+//! meantime (at least the messages queued before that notice) shares the
+//! next commit. A store that
 //! cannot be written stops the master: nothing it did not record was acted
 //! on, and a restart resumes from the store.
 
@@ -123,10 +124,11 @@ impl MasterState {
         self.outgoing.push(Outgoing::Reply(port, answer));
     }
 
-    /// After each message: act on finished commits, send the new batch to
-    /// the store, and act at once on what waits for nothing.
-    fn settle(&mut self) -> Result<(), ActorProcessingErr> {
-        while let Some(done) = self.journal.finished() {
+    /// After each message: act on finished commits (when the store said so),
+    /// send the next batch to the store once it is free, and act at once on
+    /// what waits for nothing.
+    fn settle(&mut self, committed: bool) -> Result<(), ActorProcessingErr> {
+        while let Some(done) = committed.then(|| self.journal.finished()).flatten() {
             if let Err(e) = done {
                 return Err(format!("cannot write the master's store: {e}; stopping (every decision acted on is recorded, a restart resumes from the store)").into());
             }
@@ -139,7 +141,8 @@ impl MasterState {
             std::mem::take(&mut self.outgoing),
             std::mem::take(&mut self.acks),
         );
-        if self.journal.begin(hw, self.membership.last_epoch()) {
+        // One commit at a time: what arrives while it is written fills the next.
+        if self.journal.in_flight() == 0 && self.journal.begin(hw, self.membership.last_epoch()) {
             self.committing.push_back((out, acks));
         } else if let Some((o, a)) = self.committing.back_mut() {
             // Nothing new to record, but earlier decisions are not out yet: keep the order.
@@ -570,7 +573,7 @@ impl Actor for Master {
                     state.outgoing.push(Outgoing::Manifest(session));
                 }
             }
-            state.settle()?;
+            state.settle(false)?;
         }
         state.frames_reported = state
             .sched
@@ -660,9 +663,9 @@ impl Actor for Master {
                 }
                 state.publish_gauges();
             }
-            MasterMsg::Committed => {}
+            MasterMsg::Committed => return state.settle(true),
         }
-        state.settle()?;
+        state.settle(false)?;
         Ok(())
     }
 
@@ -689,7 +692,7 @@ impl Actor for Master {
             | SupervisionEvent::ActorFailed(cell, _) => {
                 if let Some((node, epoch)) = state.watched.remove(&cell.get_id()) {
                     state.feed(&myself, MemberEvent::NodeDown { node, epoch });
-                    state.settle()?;
+                    state.settle(false)?;
                 }
             }
             other => debug!(node_id = %state.node, event = ?other, "supervision event ignored"),

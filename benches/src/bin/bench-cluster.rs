@@ -1,5 +1,6 @@
 //! `bench-cluster`: start real `orch-node` processes on 127.0.0.1 and measure
-//! dispatch throughput, single-task latency, failover and scale; with
+//! dispatch throughput, single-task latency, failover and scale (and, with
+//! `--shapes durability`, the cost of each `[store] durability`); with
 //! `--peers`, run the peer scripts in `benches/peers/` in the same run and
 //! print orch/peer ratios. Prints a table and, with `--json FILE`, writes JSON.
 
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use orch_benches::DURABILITY_MODES;
 use orch_tests::{all_healthy, free_port, Bins, NodeSpec, TestCluster};
 use serde_json::{json, Value};
 
@@ -27,7 +29,8 @@ struct Args {
     /// Do not run `cargo build --release` for the binaries first.
     #[arg(long)]
     no_build: bool,
-    /// Shapes to run (comma-separated): throughput, latency, failover, scale.
+    /// Shapes to run (comma-separated): throughput, latency, failover, scale,
+    /// durability (not in the default set).
     #[arg(
         long,
         value_delimiter = ',',
@@ -87,11 +90,23 @@ fn noop_session(name: &str, frames: u64, chunk: u64) -> String {
 }
 
 fn cluster(bins: &Bins, devices: u32, hb: u64) -> Result<TestCluster> {
+    cluster_with(bins, devices, hb, None)
+}
+
+/// Three nodes (node-0 master + worker) with `devices` devices each;
+/// `durability`, when given, is written as each node's `[store] durability`.
+fn cluster_with(
+    bins: &Bins,
+    devices: u32,
+    hb: u64,
+    durability: Option<&str>,
+) -> Result<TestCluster> {
     let mut c = TestCluster::new(bins.clone());
     let mport = free_port();
     let mut m = NodeSpec::new("node-0").master().heartbeat(hb, 3);
     m.devices = devices;
     m.max_concurrency = devices;
+    m.durability = durability.map(str::to_string);
     c.add_with_port(m, mport)?;
     for i in 1..=2 {
         let mut w = NodeSpec::new(&format!("node-{i}"))
@@ -99,6 +114,7 @@ fn cluster(bins: &Bins, devices: u32, hb: u64) -> Result<TestCluster> {
             .heartbeat(hb, 3);
         w.devices = devices;
         w.max_concurrency = devices;
+        w.durability = durability.map(str::to_string);
         c.add(w)?;
     }
     c.wait_for("3 healthy workers", Duration::from_secs(20), |ws| {
@@ -161,6 +177,161 @@ fn throughput(bins: &Bins, quick: bool) -> Result<Value> {
     Ok(json!({ "chunk_1": single, "chunk_100": hundred,
                "master_peak_rss_in_flight_bytes": peak.load(std::sync::atomic::Ordering::Relaxed),
                "master_peak_rss_with_manifest_export_bytes": hwm }))
+}
+
+/// Frames of each durability session.
+const DURABILITY_FRAMES: u64 = 200_000;
+
+/// One durability session on a fresh cluster (fresh data directories).
+struct DurabilityRun {
+    /// Harness clock: HTTP submit until the session is seen completed.
+    wall: f64,
+    /// The master's clock: submission to the last frame (`elapsed_ms`).
+    session: f64,
+    /// The master's `orch_store_commits_total` / `_events_total` after the session.
+    commits: f64,
+    events: f64,
+    /// Sum of `orch_store_commit_duration_seconds` (seconds inside commits).
+    commit_seconds: f64,
+    /// SQLite transactions that wrote events: rows of the master's `events`
+    /// table (the store thread writes the batches queued together as one
+    /// row); 0 without a store, -1 when it could not be read.
+    transactions: f64,
+}
+
+fn durability_run(bins: &Bins, mode: &str, chunk: u64, name: &str) -> Result<DurabilityRun> {
+    let c = cluster_with(bins, 4, 1000, Some(mode))?;
+    let admin = c.nodes[0].admin_addr;
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build();
+    let body = noop_session(name, DURABILITY_FRAMES, chunk);
+    let t0 = Instant::now();
+    let v: Value = agent
+        .post(&format!("http://{admin}/v1/sessions"))
+        .send_string(&body)?
+        .into_json()?;
+    let id = v["id"].as_str().context("an id")?.to_string();
+    // Poll every 2 ms: the tasks-of-100 sessions take tens of milliseconds.
+    let view = loop {
+        let s: Value = agent
+            .get(&format!("http://{admin}/v1/sessions/{id}"))
+            .call()?
+            .into_json()?;
+        if s["state"] != "running" {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(600) {
+            bail!(
+                "durability {mode}: `{name}` still running after 600 s: {s}\n{}",
+                c.logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let wall = t0.elapsed().as_secs_f64();
+    if view["state"] != "completed" || view["frames_done"].as_u64() != Some(DURABILITY_FRAMES) {
+        bail!("durability {mode}: `{name}` ended as {view}\n{}", c.logs());
+    }
+    // Let the last group commit land before reading the master's counters.
+    std::thread::sleep(Duration::from_millis(300));
+    let metric = |s: &str| c.nodes[0].metric(s).unwrap_or(0.0);
+    let run = DurabilityRun {
+        wall,
+        session: view["elapsed_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
+        commits: metric("orch_store_commits_total"),
+        events: metric("orch_store_events_total"),
+        commit_seconds: metric("orch_store_commit_duration_seconds_sum"),
+        transactions: store_rows(&c.dir.path().join("node-0/data/master.db"))
+            .map_or(-1.0, |n| n as f64),
+    };
+    // The `[store]` table took effect: a store commits, memory has none.
+    if (mode == "memory") != (run.commits == 0.0) {
+        bail!(
+            "durability {mode}: the master made {} store commits; is `[store]` read?",
+            run.commits
+        );
+    }
+    Ok(run)
+}
+
+/// Rows of the `events` table of a master store, read with the `sqlite3`
+/// command-line tool if there is one (0: no store; `None`: no tool).
+fn store_rows(path: &Path) -> Option<u64> {
+    if !path.exists() {
+        return Some(0);
+    }
+    let out = Command::new("sqlite3")
+        .arg("-readonly")
+        .arg(path)
+        .arg("SELECT count(*) FROM events")
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[s.len() / 2]
+}
+
+/// A 200,000-frame no-op session on three nodes with each `[store]`
+/// durability, alternating memory, process, power, memory, ... on a fresh
+/// cluster each time, in tasks of 100 frames and of 1 frame: the medians,
+/// and the slowdown of each mode against memory.
+fn durability(bins: &Bins, quick: bool) -> Result<Value> {
+    let reps = if quick { 1 } else { 5 };
+    let mut out = json!({
+        "frames": DURABILITY_FRAMES,
+        "repetitions": reps,
+        "cluster": "3 orch-node processes on 127.0.0.1, 4 devices each, heartbeat 1000 ms x 3",
+        "wall_means": "HTTP submit until the session is seen completed (polled every 2 ms)",
+    });
+    for chunk in [100u64, 1] {
+        let mut runs: Vec<Vec<DurabilityRun>> =
+            DURABILITY_MODES.iter().map(|_| Vec::new()).collect();
+        for rep in 0..reps {
+            for (k, mode) in DURABILITY_MODES.iter().enumerate() {
+                let r = durability_run(bins, mode, chunk, &format!("dur-{mode}-{chunk}-{rep}"))?;
+                eprintln!(
+                    "   tasks of {chunk:>3}  {mode:<7}  wall {:.3} s  session {:.3} s  {:.0} commits  {:.0} events  {:.3} s in commits  {:.0} transactions",
+                    r.wall, r.session, r.commits, r.events, r.commit_seconds, r.transactions
+                );
+                runs[k].push(r);
+            }
+        }
+        let col = |k: usize, f: fn(&DurabilityRun) -> f64| -> Vec<f64> {
+            runs[k].iter().map(f).collect()
+        };
+        let base_wall = median(&col(0, |r| r.wall));
+        let base_session = median(&col(0, |r| r.session));
+        let tasks = DURABILITY_FRAMES.div_ceil(chunk);
+        let mut row = json!({ "frames": DURABILITY_FRAMES, "chunk_frames": chunk, "tasks": tasks });
+        for (k, mode) in DURABILITY_MODES.iter().enumerate() {
+            let wall = median(&col(k, |r| r.wall));
+            let session = median(&col(k, |r| r.session));
+            let commits = median(&col(k, |r| r.commits));
+            let commit_seconds = median(&col(k, |r| r.commit_seconds));
+            row[*mode] = json!({
+                "median_wall_seconds": wall,
+                "frames_per_s": DURABILITY_FRAMES as f64 / wall.max(1e-6),
+                "tasks_per_s": tasks as f64 / wall.max(1e-6),
+                "slowdown_vs_memory": wall / base_wall.max(1e-6) - 1.0,
+                "median_session_seconds": session,
+                "session_slowdown_vs_memory": session / base_session.max(1e-6) - 1.0,
+                "median_store_commits": commits,
+                "median_store_events": median(&col(k, |r| r.events)),
+                "median_seconds_in_commits": commit_seconds,
+                "median_store_transactions": median(&col(k, |r| r.transactions)),
+                "mean_commit_ms": if commits > 0.0 { commit_seconds / commits * 1000.0 } else { 0.0 },
+                "runs_wall_seconds": col(k, |r| r.wall),
+                "runs_session_seconds": col(k, |r| r.session),
+            });
+        }
+        out[format!("chunk_{chunk}")] = row;
+    }
+    Ok(out)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -371,6 +542,10 @@ fn main() -> Result<()> {
         eprintln!("== scale");
         out["scale"] = scale(&bins, args.quick)?;
     }
+    if want("durability") {
+        eprintln!("== durability");
+        out["durability"] = durability(&bins, args.quick)?;
+    }
     if args.peers {
         let mut ratios = serde_json::Map::new();
         for (name, script) in [
@@ -398,37 +573,82 @@ fn main() -> Result<()> {
         }
         out["ratios"] = Value::Object(ratios);
     }
-    let t = &out["throughput"];
     println!("orch on {} cores", out["machine"]["cores"]);
-    for k in ["chunk_1", "chunk_100"] {
+    if let Some(t) = out.get("throughput") {
+        for k in ["chunk_1", "chunk_100"] {
+            println!(
+                "throughput {:<10} {:>9} frames {:>9} tasks  {:>8.2} s  {:>12.0} frames/s  {:>10.0} tasks/s",
+                k, t[k]["frames"], t[k]["tasks"], t[k]["seconds"].as_f64().unwrap_or(0.0),
+                t[k]["frames_per_s"].as_f64().unwrap_or(0.0), t[k]["tasks_per_s"].as_f64().unwrap_or(0.0)
+            );
+        }
         println!(
-            "throughput {:<10} {:>9} frames {:>9} tasks  {:>8.2} s  {:>12.0} frames/s  {:>10.0} tasks/s",
-            k, t[k]["frames"], t[k]["tasks"], t[k]["seconds"].as_f64().unwrap_or(0.0),
-            t[k]["frames_per_s"].as_f64().unwrap_or(0.0), t[k]["tasks_per_s"].as_f64().unwrap_or(0.0)
+            "master peak RSS      {:.1} MiB while 1,000,000 single-frame tasks run",
+            t["master_peak_rss_in_flight_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
         );
     }
-    println!(
-        "master peak RSS      {:.1} MiB while 1,000,000 single-frame tasks run",
-        t["master_peak_rss_in_flight_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
-    );
-    println!(
-        "latency              p50 {:.2} ms  p99 {:.2} ms ({} samples)",
-        out["latency"]["p50_ms"].as_f64().unwrap_or(0.0),
-        out["latency"]["p99_ms"].as_f64().unwrap_or(0.0),
-        out["latency"]["samples"]
-    );
-    println!(
-        "failover             detect {:?} ms  rerun {:?} ms  complete {:.0} ms",
-        out["failover"]["detect_ms"].as_f64().map(|x| x.round()),
-        out["failover"]["rerun_ms"].as_f64().map(|x| x.round()),
-        out["failover"]["complete_ms"].as_f64().unwrap_or(0.0)
-    );
-    println!(
-        "scale                {} devices registered in {:.2} s, {:.0} bytes per device",
-        out["scale"]["devices"],
-        out["scale"]["seconds_to_register"].as_f64().unwrap_or(0.0),
-        out["scale"]["bytes_per_device"].as_f64().unwrap_or(0.0)
-    );
+    if let Some(l) = out.get("latency") {
+        println!(
+            "latency              p50 {:.2} ms  p99 {:.2} ms ({} samples)",
+            l["p50_ms"].as_f64().unwrap_or(0.0),
+            l["p99_ms"].as_f64().unwrap_or(0.0),
+            l["samples"]
+        );
+    }
+    if let Some(f) = out.get("failover") {
+        println!(
+            "failover             detect {:?} ms  rerun {:?} ms  complete {:.0} ms",
+            f["detect_ms"].as_f64().map(|x| x.round()),
+            f["rerun_ms"].as_f64().map(|x| x.round()),
+            f["complete_ms"].as_f64().unwrap_or(0.0)
+        );
+    }
+    if let Some(s) = out.get("scale") {
+        println!(
+            "scale                {} devices registered in {:.2} s, {:.0} bytes per device",
+            s["devices"],
+            s["seconds_to_register"].as_f64().unwrap_or(0.0),
+            s["bytes_per_device"].as_f64().unwrap_or(0.0)
+        );
+    }
+    if let Some(d) = out.get("durability") {
+        println!(
+            "durability           {} frames of builtin:noop, 3 nodes, median of {} (wall: submit to completed)",
+            d["frames"], d["repetitions"]
+        );
+        println!(
+            "  {:<14} {:<8} {:>9} {:>12} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9}",
+            "tasks",
+            "store",
+            "wall s",
+            "frames/s",
+            "vs mem",
+            "session s",
+            "vs mem",
+            "commits",
+            "ms/commit",
+            "txns"
+        );
+        for k in ["chunk_100", "chunk_1"] {
+            for mode in DURABILITY_MODES {
+                let r = &d[k][mode];
+                let f = |key: &str| r[key].as_f64().unwrap_or(0.0);
+                println!(
+                    "  {:<14} {:<8} {:>9.3} {:>12.0} {:>+8.1}% {:>10.3} {:>+8.1}% {:>9.0} {:>9.3} {:>9.0}",
+                    format!("{} x {}", d[k]["tasks"], d[k]["chunk_frames"]),
+                    mode,
+                    f("median_wall_seconds"),
+                    f("frames_per_s"),
+                    f("slowdown_vs_memory") * 100.0,
+                    f("median_session_seconds"),
+                    f("session_slowdown_vs_memory") * 100.0,
+                    f("median_store_commits"),
+                    f("mean_commit_ms"),
+                    f("median_store_transactions"),
+                );
+            }
+        }
+    }
     if let Some(r) = out.get("ratios") {
         println!("ratios               {}", serde_json::to_string(r)?);
     }
