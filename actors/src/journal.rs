@@ -181,6 +181,11 @@ impl Journal {
         }
     }
 
+    /// Events recorded and not yet sent to the store.
+    pub fn pending(&self) -> bool {
+        !self.batch.is_empty()
+    }
+
     /// Commits sent to the store and not finished yet.
     pub fn in_flight(&self) -> usize {
         self.in_flight

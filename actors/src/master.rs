@@ -144,6 +144,10 @@ impl MasterState {
         // One commit at a time: what arrives while it is written fills the next.
         if self.journal.in_flight() == 0 && self.journal.begin(hw, self.membership.last_epoch()) {
             self.committing.push_back((out, acks));
+        } else if self.journal.pending() {
+            // Caused by events not sent to the store yet: wait for their commit.
+            self.outgoing = out;
+            self.acks = acks;
         } else if let Some((o, a)) = self.committing.back_mut() {
             // Nothing new to record, but earlier decisions are not out yet: keep the order.
             o.extend(out);
