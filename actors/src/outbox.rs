@@ -59,15 +59,16 @@ impl Outbox {
             .last_key_value()
             .map_or(1, |(s, _)| s + 1)
             .max(clock);
-        metrics::gauge!(m::OUTBOX_PENDING).set(entries.len() as f64);
-        Ok(Self {
+        let outbox = Self {
             log,
             entries,
             next_seq,
             add: Vec::new(),
             remove: Vec::new(),
             retry_at: None,
-        })
+        };
+        outbox.publish();
+        Ok(outbox)
     }
 
     /// Set the `orch_outbox_pending` gauge (once the metrics recorder is installed).
@@ -102,7 +103,7 @@ impl Outbox {
                 sent,
             },
         );
-        metrics::gauge!(m::OUTBOX_PENDING).set(self.entries.len() as f64);
+        self.publish();
         msg
     }
 
@@ -113,7 +114,7 @@ impl Outbox {
                 self.remove.push(*s);
             }
         }
-        metrics::gauge!(m::OUTBOX_PENDING).set(self.entries.len() as f64);
+        self.publish();
     }
 
     /// Attempts whose result waits in the outbox.

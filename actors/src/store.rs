@@ -64,11 +64,6 @@ pub fn encode_event_into(batch: &mut Vec<u8>, at_ms: u64, event: &SchedEvent) {
         .expect("events are plain data and always encode")
 }
 
-/// Encode one event as a batch of one.
-pub fn encode_event(at_ms: u64, event: &SchedEvent) -> Vec<u8> {
-    encode(&Record { at_ms, event }).expect("events are plain data and always encode")
-}
-
 /// Decode a batch of [`EventLog::replay`], feeding each event to `each`;
 /// returns how many there were.
 pub fn decode_events(batch: &[u8], mut each: impl FnMut(u64, SchedEvent)) -> Result<usize, String> {
@@ -84,12 +79,6 @@ pub fn decode_events(batch: &[u8], mut each: impl FnMut(u64, SchedEvent)) -> Res
         n += 1;
     }
     Ok(n)
-}
-
-/// Decode a batch that holds exactly one event.
-pub fn decode_event(bytes: &[u8]) -> Result<(u64, SchedEvent), String> {
-    let r: Record<SchedEvent> = decode(bytes)?;
-    Ok((r.at_ms, r.event))
 }
 
 /// Encode one outbox entry.
@@ -113,10 +102,14 @@ mod tests {
             id_floor: 7 << 32,
             within_ms: 9000,
         };
-        let (at, back) = decode_event(&encode_event(42, &ev)).expect("decodes");
-        assert_eq!(at, 42);
+        let mut batch = Vec::new();
+        encode_event_into(&mut batch, 42, &ev);
+        let mut back = Vec::new();
+        decode_events(&batch, |at, e| back.push((at, e))).expect("decodes");
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].0, 42);
         assert!(
-            matches!(back, SchedEvent::Resume { id_floor, within_ms: 9000 } if id_floor == 7 << 32)
+            matches!(back[0].1, SchedEvent::Resume { id_floor, within_ms: 9000 } if id_floor == 7 << 32)
         );
     }
 
@@ -141,14 +134,15 @@ mod tests {
 
     #[test]
     fn damaged_records_are_errors() {
-        let bytes = encode_event(1, &SchedEvent::Tick);
-        for cut in 0..bytes.len() {
+        let mut bytes = Vec::new();
+        encode_event_into(&mut bytes, 1, &SchedEvent::Tick);
+        for cut in 1..bytes.len() {
             assert!(
-                decode_event(&bytes[..cut]).is_err(),
+                decode_events(&bytes[..cut], |_, _| {}).is_err(),
                 "prefix of {cut} bytes"
             );
         }
-        assert!(decode_event(&[0xc1; 16]).is_err());
+        assert!(decode_events(&[0xc1; 16], |_, _| {}).is_err());
     }
 
     #[test]
