@@ -60,190 +60,110 @@ pub fn recover(log: &mut dyn EventLog, grace_ms: u64) -> Result<Recovered, Strin
     })
 }
 
-/// One batch on its way to the store.
-pub struct Commit {
-    batch: Vec<u8>,
-    count: usize,
-    meta: StoreMeta,
-    sync: bool,
-    reserve: bool,
-    /// `Ok(seconds)` once written, or why it failed.
-    pub result: Result<f64, String>,
-}
-
-/// Group commit of scheduler events, pipelined. Batches go to the store's own
-/// thread as they close; the thread writes everything queued for it in one
-/// transaction, so commits grow with the load while the master keeps working.
-/// Finished commits come back in order through [`Journal::finished`]; the
-/// `wake` callback given to [`Journal::new`] tells the owner to look.
+/// Group commit of scheduler events. Events are encoded into a batch as they
+/// are recorded; [`Journal::commit`] writes the whole batch as one
+/// transaction, on the caller's thread. The master commits when a message it
+/// sent itself comes up in its mailbox, so everything that arrived before it
+/// shares one commit.
 pub struct Journal {
-    tx: Option<std::sync::mpsc::Sender<Commit>>,
-    done: Option<std::sync::mpsc::Receiver<Commit>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    log: Option<Box<dyn EventLog>>,
     /// Also survive power loss: sync every commit, not only reservations.
     sync_always: bool,
     /// Records of the batch being filled, one after the other.
     batch: Vec<u8>,
     /// Events in `batch`.
     count: usize,
-    /// Metadata as of the last commit sent.
+    /// Metadata as of the last commit.
     meta: StoreMeta,
-    in_flight: usize,
-}
-
-/// Write `jobs` as one transaction; every job gets the result.
-fn write_all(log: &mut dyn EventLog, jobs: &mut [Commit]) {
-    let started = Instant::now();
-    let result = if jobs.len() == 1 {
-        log.append(&jobs[0].batch, &jobs[0].meta, jobs[0].sync)
-    } else {
-        // A batch is records one after the other: batches concatenate.
-        let mut all = Vec::with_capacity(jobs.iter().map(|j| j.batch.len()).sum());
-        for j in jobs.iter() {
-            all.extend_from_slice(&j.batch);
-        }
-        let last = jobs.last().expect("at least one job");
-        log.append(&all, &last.meta, jobs.iter().any(|j| j.sync))
-    };
-    let secs = started.elapsed().as_secs_f64();
-    for j in jobs.iter_mut() {
-        j.result = result.clone().map(|()| secs);
-    }
 }
 
 impl Journal {
-    /// A journal writing to `log` on a thread of its own (`None`: memory only).
-    pub fn new(
-        log: Option<Box<dyn EventLog>>,
-        meta: StoreMeta,
-        sync_always: bool,
-        wake: impl Fn() + Send + 'static,
-    ) -> Self {
-        let (tx, done, thread) = match log {
-            None => (None, None, None),
-            Some(mut log) => {
-                let (tx, rx) = std::sync::mpsc::channel::<Commit>();
-                let (done_tx, done_rx) = std::sync::mpsc::channel::<Commit>();
-                let thread = std::thread::Builder::new()
-                    .name("orch-store".into())
-                    .spawn(move || {
-                        while let Ok(first) = rx.recv() {
-                            let mut jobs = vec![first];
-                            jobs.extend(rx.try_iter());
-                            write_all(log.as_mut(), &mut jobs);
-                            let failed = jobs.iter().any(|j| j.result.is_err());
-                            for j in jobs {
-                                if done_tx.send(j).is_err() {
-                                    return;
-                                }
-                            }
-                            wake();
-                            if failed {
-                                // The master stops on a failed commit; write nothing after it.
-                                return;
-                            }
-                        }
-                    })
-                    .expect("a thread for the store");
-                (Some(tx), Some(done_rx), Some(thread))
-            }
-        };
+    /// A journal writing to `log` (`None`: memory only).
+    pub fn new(log: Option<Box<dyn EventLog>>, meta: StoreMeta, sync_always: bool) -> Self {
         Self {
-            tx,
-            done,
-            thread,
+            log,
             sync_always,
             batch: Vec::new(),
             count: 0,
             meta,
-            in_flight: 0,
         }
     }
 
-    /// Write what was sent to the store and close it (on a clean stop).
+    /// Close the store (after the last commit, on a clean stop).
     pub fn close(&mut self) {
-        self.tx = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.log = None;
     }
 
     /// Whether events are recorded at all (`false`: in-memory master).
     pub fn durable(&self) -> bool {
-        self.tx.is_some()
+        self.log.is_some()
     }
 
     /// Record an event about to be fed to the scheduler at `at_ms`.
     pub fn record(&mut self, at_ms: u64, ev: &SchedEvent) {
-        if self.tx.is_some() {
+        if self.log.is_some() {
             encode_event_into(&mut self.batch, at_ms, ev);
             self.count += 1;
         }
     }
 
-    /// Events recorded and not yet sent to the store.
-    pub fn pending(&self) -> bool {
-        !self.batch.is_empty()
+    /// Events recorded since the last commit.
+    pub fn events(&self) -> usize {
+        self.count
     }
 
-    /// Commits sent to the store and not finished yet.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight
-    }
-
-    /// Close the batch and send it to the store, reserving IDs ahead of the
-    /// allocator first if `id_high_water` passed the reservation. Returns
-    /// `false` when there was nothing to write.
-    pub fn begin(&mut self, id_high_water: u64, last_epoch: u64) -> bool {
-        let Some(tx) = self.tx.as_ref() else {
-            return false;
-        };
+    /// The metadata the next commit writes.
+    fn next_meta(&self, id_high_water: u64, last_epoch: u64) -> StoreMeta {
         let mut meta = self.meta;
         meta.last_epoch = meta.last_epoch.max(last_epoch);
-        let reserve = id_high_water > meta.id_reserved;
-        if reserve {
+        if id_high_water > meta.id_reserved {
             meta.id_reserved = id_high_water.saturating_add(ID_RESERVATION);
         }
-        if self.batch.is_empty() && meta == self.meta {
-            return false;
-        }
-        let c = Commit {
-            batch: std::mem::take(&mut self.batch),
-            count: std::mem::take(&mut self.count),
-            meta,
-            sync: reserve || self.sync_always,
-            reserve,
-            result: Ok(0.0),
-        };
-        self.meta = meta;
-        if tx.send(c).is_ok() {
-            self.in_flight += 1;
-            true
-        } else {
-            false
-        }
+        meta
     }
 
-    /// The next finished commit, in order: `Ok` once durable, `Err` with
-    /// the store's error (the caller must stop: later events depend on it).
-    pub fn finished(&mut self) -> Option<Result<(), String>> {
-        let c = self.done.as_ref()?.try_recv().ok()?;
-        self.in_flight -= 1;
-        Some(match c.result {
-            Ok(secs) => {
+    /// Whether anything waits to be written: events, an epoch, or IDs above
+    /// the reservation.
+    pub fn dirty(&self, id_high_water: u64, last_epoch: u64) -> bool {
+        self.log.is_some()
+            && (!self.batch.is_empty() || self.next_meta(id_high_water, last_epoch) != self.meta)
+    }
+
+    /// Write the batch as one transaction, reserving IDs ahead of the
+    /// allocator first if `id_high_water` passed the reservation (a synced
+    /// write). `Ok(false)`: nothing to write; `Err`: the store's error (the
+    /// caller must stop: later events depend on it).
+    pub fn commit(&mut self, id_high_water: u64, last_epoch: u64) -> Result<bool, String> {
+        if !self.dirty(id_high_water, last_epoch) {
+            return Ok(false);
+        }
+        let meta = self.next_meta(id_high_water, last_epoch);
+        let Some(log) = self.log.as_mut() else {
+            return Ok(false);
+        };
+        let reserve = meta.id_reserved != self.meta.id_reserved;
+        let started = Instant::now();
+        match log.append(&self.batch, &meta, reserve || self.sync_always) {
+            Ok(()) => {
+                metrics::histogram!(m::STORE_COMMIT_DURATION)
+                    .record(started.elapsed().as_secs_f64());
                 metrics::counter!(m::STORE_COMMITS).increment(1);
-                metrics::counter!(m::STORE_EVENTS).increment(c.count as u64);
-                metrics::histogram!(m::STORE_COMMIT_DURATION).record(secs);
-                if c.reserve {
-                    info!(id_reserved = c.meta.id_reserved, "ID reservation recorded");
+                metrics::counter!(m::STORE_EVENTS).increment(self.count as u64);
+                if reserve {
+                    info!(id_reserved = meta.id_reserved, "ID reservation recorded");
                 }
-                Ok(())
+                self.meta = meta;
+                self.batch.clear();
+                self.count = 0;
+                Ok(true)
             }
             Err(e) => {
                 metrics::counter!(m::STORE_ERRORS).increment(1);
-                warn!(error = %e, events = c.count, "cannot write the master's store");
+                warn!(error = %e, events = self.count, "cannot write the master's store");
+                // Write nothing after a failed commit.
+                self.log = None;
                 Err(e)
             }
-        })
+        }
     }
 }

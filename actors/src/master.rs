@@ -84,12 +84,19 @@ pub struct MasterState {
     outgoing: Vec<Outgoing>,
     /// Outbox entries to acknowledge once committed, per worker.
     acks: HashMap<String, Vec<u64>>,
-    /// What waits for each commit being written, oldest first.
-    committing: std::collections::VecDeque<Waiting>,
+    /// A `Commit` is in the mailbox.
+    commit_queued: bool,
+    /// Messages handled since the `Commit` was (re)queued.
+    handled_since_commit_queued: u32,
+    /// When the first event of the batch being filled was recorded.
+    batch_since: Option<Instant>,
 }
 
-/// Decisions and acknowledgements waiting for one commit.
-type Waiting = (Vec<Outgoing>, HashMap<String, Vec<u64>>);
+/// A batch with fewer events than this waits for more while messages keep
+/// coming (each commit costs about as much as tens of events), ...
+const GROUP_MIN_EVENTS: usize = 32;
+/// ... but never longer than this after its first event.
+const GROUP_MAX_WAIT: Duration = Duration::from_millis(2);
 
 impl MasterState {
     fn now_ms(&self) -> u64 {
@@ -124,39 +131,53 @@ impl MasterState {
         self.outgoing.push(Outgoing::Reply(port, answer));
     }
 
-    /// After each message: act on finished commits (when the store said so),
-    /// send the next batch to the store once it is free, and act at once on
-    /// what waits for nothing.
-    fn settle(&mut self, committed: bool) -> Result<(), ActorProcessingErr> {
-        while let Some(done) = committed.then(|| self.journal.finished()).flatten() {
-            if let Err(e) = done {
-                return Err(format!("cannot write the master's store: {e}; stopping (every decision acted on is recorded, a restart resumes from the store)").into());
-            }
-            if let Some((out, acks)) = self.committing.pop_front() {
-                self.deliver(out, acks);
-            }
-        }
+    /// After each message: act at once on what waits for nothing; else make
+    /// sure a `Commit` comes after everything already in the mailbox, so the
+    /// events of all of it share one commit (group commit).
+    fn settle(&mut self, myself: &ActorRef<MasterMsg>) {
         let hw = self.sched.ids().high_water();
+        if self.commit_queued || self.journal.dirty(hw, self.membership.last_epoch()) {
+            if !self.commit_queued {
+                self.commit_queued = myself.cast(MasterMsg::Commit).is_ok();
+                self.handled_since_commit_queued = 0;
+                self.batch_since = Some(Instant::now());
+            }
+            return;
+        }
         let (out, acks) = (
             std::mem::take(&mut self.outgoing),
             std::mem::take(&mut self.acks),
         );
-        // One commit at a time: what arrives while it is written fills the next.
-        if self.journal.in_flight() == 0 && self.journal.begin(hw, self.membership.last_epoch()) {
-            self.committing.push_back((out, acks));
-        } else if self.journal.pending() {
-            // Caused by events not sent to the store yet: wait for their commit.
-            self.outgoing = out;
-            self.acks = acks;
-        } else if let Some((o, a)) = self.committing.back_mut() {
-            // Nothing new to record, but earlier decisions are not out yet: keep the order.
-            o.extend(out);
-            for (node, seqs) in acks {
-                a.entry(node).or_default().extend(seqs);
-            }
-        } else {
-            self.deliver(out, acks);
+        self.deliver(out, acks);
+    }
+
+    /// Write the events recorded so far, then carry out what waited for them.
+    /// A small batch waits behind the messages that arrived meanwhile, if
+    /// any (the mailbox is not empty), up to [`GROUP_MAX_WAIT`].
+    fn commit(&mut self, myself: &ActorRef<MasterMsg>) -> Result<(), ActorProcessingErr> {
+        let busy = self.handled_since_commit_queued > 0;
+        let young = self
+            .batch_since
+            .is_some_and(|at| at.elapsed() < GROUP_MAX_WAIT);
+        if busy
+            && young
+            && self.journal.events() < GROUP_MIN_EVENTS
+            && myself.cast(MasterMsg::Commit).is_ok()
+        {
+            self.handled_since_commit_queued = 0;
+            return Ok(());
         }
+        self.commit_queued = false;
+        self.batch_since = None;
+        let hw = self.sched.ids().high_water();
+        self.journal
+            .commit(hw, self.membership.last_epoch())
+            .map_err(|e| format!("cannot write the master's store: {e}; stopping (every decision acted on is recorded, a restart resumes from the store)"))?;
+        let (out, acks) = (
+            std::mem::take(&mut self.outgoing),
+            std::mem::take(&mut self.acks),
+        );
+        self.deliver(out, acks);
         Ok(())
     }
 
@@ -507,8 +528,9 @@ pub enum MasterMsg {
     Malformed(String),
     /// Local: check heartbeat deadlines, wake retries, refresh gauges.
     Tick,
-    /// Local: the store finished writing a commit (picked up by `settle`).
-    Committed,
+    /// Local: write the events recorded so far to the store, then send the
+    /// decisions and acknowledgements that waited for them.
+    Commit,
 }
 
 impl Actor for Master {
@@ -537,10 +559,7 @@ impl Actor for Master {
         };
         // The ledger's clock never runs backwards across a restart.
         let started_unix_ms = wall.max(last_at + 1);
-        let me = myself.clone();
-        let journal = Journal::new(args.store, meta, args.sync_always, move || {
-            let _ = me.cast(MasterMsg::Committed);
-        });
+        let journal = Journal::new(args.store, meta, args.sync_always);
         let durable = journal.durable();
         let mut state = MasterState {
             node: args.node,
@@ -557,7 +576,9 @@ impl Actor for Master {
             journal,
             outgoing: Vec::new(),
             acks: HashMap::new(),
-            committing: Default::default(),
+            commit_queued: false,
+            handled_since_commit_queued: 0,
+            batch_since: None,
         };
         if replayed > 0 {
             let running = state
@@ -577,7 +598,7 @@ impl Actor for Master {
                     state.outgoing.push(Outgoing::Manifest(session));
                 }
             }
-            state.settle(false)?;
+            state.settle(&myself);
         }
         state.frames_reported = state
             .sched
@@ -667,9 +688,13 @@ impl Actor for Master {
                 }
                 state.publish_gauges();
             }
-            MasterMsg::Committed => return state.settle(true),
+            MasterMsg::Commit => {
+                state.commit(&myself)?;
+                return Ok(());
+            }
         }
-        state.settle(false)?;
+        state.handled_since_commit_queued += 1;
+        state.settle(&myself);
         Ok(())
     }
 
@@ -680,7 +705,7 @@ impl Actor for Master {
     ) -> Result<(), ActorProcessingErr> {
         // Commit the last batch and close the store cleanly.
         let hw = state.sched.ids().high_water();
-        state.journal.begin(hw, state.membership.last_epoch());
+        let _ = state.journal.commit(hw, state.membership.last_epoch());
         state.journal.close();
         Ok(())
     }
@@ -696,7 +721,7 @@ impl Actor for Master {
             | SupervisionEvent::ActorFailed(cell, _) => {
                 if let Some((node, epoch)) = state.watched.remove(&cell.get_id()) {
                     state.feed(&myself, MemberEvent::NodeDown { node, epoch });
-                    state.settle(false)?;
+                    state.settle(&myself);
                 }
             }
             other => debug!(node_id = %state.node, event = ?other, "supervision event ignored"),

@@ -64,6 +64,9 @@ pub const STORE_COMMIT_DURATION: &str = "orch_store_commit_duration_seconds";
 pub const STORE_ERRORS: &str = "orch_store_errors_total";
 /// Gauge: a worker's progress reports and results not yet acknowledged by the master.
 pub const OUTBOX_PENDING: &str = "orch_outbox_pending";
+/// Gauge: the unacknowledged reports that are in the worker's `outbox.db`
+/// (those written after `outbox::WRITE_AFTER`, or at once with no master).
+pub const OUTBOX_STORED: &str = "orch_outbox_stored";
 /// Counter: outbox entries sent again (after a master restart or reconnection).
 pub const OUTBOX_RESENT: &str = "orch_outbox_resent_total";
 
@@ -123,6 +126,10 @@ pub const CATALOG: &[(&str, &str)] = &[
     (
         OUTBOX_PENDING,
         "progress reports and results waiting for the master's acknowledgement",
+    ),
+    (
+        OUTBOX_STORED,
+        "unacknowledged progress reports and results written to the worker's outbox.db",
     ),
     (OUTBOX_RESENT, "outbox entries sent to the master again"),
 ];

@@ -3,8 +3,17 @@
 //! (after recording it in its own store). While the master is unreachable the
 //! entries accumulate; when it is back they are delivered in order. With an
 //! [`OutboxLog`] they also survive a restart of the worker.
+//!
+//! A report still unacknowledged [`WRITE_AFTER`] after it was sent is written
+//! to the log, and so is every report made while no master listens, and every
+//! report held when the master goes away. A report the master acknowledges
+//! within [`WRITE_AFTER`] (the normal case: it commits in well under a
+//! millisecond) never touches the disk. The price: a worker killed within
+//! [`WRITE_AFTER`] of a report, with the master also not having recorded it,
+//! loses that report, and its attempt is run again like any other attempt of
+//! a dead worker (SPEC §6), recorded in the manifest's `replay`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::warn;
@@ -13,10 +22,19 @@ use crate::metrics as m;
 use crate::protocol::{AttemptKey, ToMaster};
 use crate::store::{decode_report, encode_report, OutboxLog};
 
+/// How long a report sent to a listening master may wait for its
+/// acknowledgement before it is written to the log.
+pub const WRITE_AFTER: Duration = Duration::from_millis(100);
+
+/// After a failed write, wait this long before the next try.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
+
 struct Entry {
     msg: ToMaster,
     /// When it was last sent to a master; `None`: never.
     sent: Option<Instant>,
+    /// When it is due in the log, while it is not there yet.
+    due: Option<Instant>,
 }
 
 /// Unacknowledged reports, by sequence number.
@@ -24,8 +42,15 @@ pub struct Outbox {
     log: Option<Box<dyn OutboxLog>>,
     entries: BTreeMap<u64, Entry>,
     next_seq: u64,
-    add: Vec<(u64, Vec<u8>)>,
+    /// Entries not yet in the log, in the order they are due (entries
+    /// acknowledged meanwhile are skipped when met).
+    unwritten: VecDeque<u64>,
+    /// Entries in the log that the master acknowledged, to delete.
     remove: Vec<u64>,
+    /// A report was made while no master listens: write everything now.
+    urgent: bool,
+    /// Unacknowledged entries that are in the log.
+    stored: usize,
     retry_at: Option<Instant>,
 }
 
@@ -46,7 +71,14 @@ impl Outbox {
             for (seq, bytes) in log.load()? {
                 let msg =
                     decode_report(&bytes).map_err(|e| format!("entry `{seq}` is damaged: {e}"))?;
-                entries.insert(seq, Entry { msg, sent: None });
+                entries.insert(
+                    seq,
+                    Entry {
+                        msg,
+                        sent: None,
+                        due: None,
+                    },
+                );
             }
         }
         // Sequence numbers grow across restarts even when the outbox is empty,
@@ -61,10 +93,12 @@ impl Outbox {
             .max(clock);
         let outbox = Self {
             log,
+            stored: entries.len(),
             entries,
             next_seq,
-            add: Vec::new(),
+            unwritten: VecDeque::new(),
             remove: Vec::new(),
+            urgent: false,
             retry_at: None,
         };
         outbox.publish();
@@ -74,6 +108,12 @@ impl Outbox {
     /// Set the `orch_outbox_pending` gauge (once the metrics recorder is installed).
     pub fn publish(&self) {
         metrics::gauge!(m::OUTBOX_PENDING).set(self.entries.len() as f64);
+        metrics::gauge!(m::OUTBOX_STORED).set(self.stored as f64);
+    }
+
+    /// Unacknowledged entries that are in the log.
+    pub fn stored(&self) -> usize {
+        self.stored
     }
 
     /// Entries waiting for an acknowledgement.
@@ -85,22 +125,26 @@ impl Outbox {
         self.entries.is_empty()
     }
 
-    /// Add a report; returns it with its sequence number set, to send now.
+    /// Add a report; returns it with its sequence number set, to send now if
+    /// `sending` (else it is due in the log at once).
     pub fn push(&mut self, mut msg: ToMaster, sending: bool) -> ToMaster {
         let seq = self.next_seq;
         self.next_seq += 1;
         if let Some(s) = seq_of(&mut msg) {
             *s = seq;
         }
-        if self.log.is_some() {
-            self.add.push((seq, encode_report(&msg)));
-        }
-        let sent = sending.then(Instant::now);
+        let now = Instant::now();
+        let due = self.log.is_some().then(|| {
+            self.unwritten.push_back(seq);
+            self.urgent |= !sending;
+            now + WRITE_AFTER
+        });
         self.entries.insert(
             seq,
             Entry {
                 msg: msg.clone(),
-                sent,
+                sent: sending.then_some(now),
+                due,
             },
         );
         self.publish();
@@ -110,8 +154,11 @@ impl Outbox {
     /// The master recorded these entries.
     pub fn ack(&mut self, seqs: &[u64]) {
         for s in seqs {
-            if self.entries.remove(s).is_some() && self.log.is_some() {
-                self.remove.push(*s);
+            if let Some(e) = self.entries.remove(s) {
+                if self.log.is_some() && e.due.is_none() {
+                    self.remove.push(*s);
+                    self.stored -= 1;
+                }
             }
         }
         self.publish();
@@ -162,39 +209,74 @@ impl Outbox {
             .is_some_and(|at| at.elapsed() > after)
     }
 
-    /// Changes not yet written to the log.
-    pub fn dirty(&self) -> bool {
-        !self.add.is_empty() || !self.remove.is_empty()
+    /// When the next write to the log is due (`None`: nothing to write).
+    pub fn next_write(&mut self) -> Option<Instant> {
+        self.log.as_ref()?;
+        // Drop acknowledged entries from the front of the queue.
+        while let Some(seq) = self.unwritten.front() {
+            if self.entries.get(seq).is_some_and(|e| e.due.is_some()) {
+                break;
+            }
+            self.unwritten.pop_front();
+        }
+        let first = self
+            .unwritten
+            .front()
+            .and_then(|s| self.entries.get(s))
+            .and_then(|e| e.due);
+        let at = match (first, self.remove.is_empty()) {
+            (Some(_), _) if self.urgent => Instant::now(),
+            (Some(at), _) => at,
+            // Deletions alone are not urgent: a stale entry left in the log
+            // is sent again after a restart and the master ignores it.
+            (None, false) => Instant::now() + WRITE_AFTER,
+            (None, true) => return None,
+        };
+        Some(self.retry_at.map_or(at, |r| at.max(r)))
     }
 
-    /// Whether a write may be tried now (not backing off after an error).
-    pub fn ready(&self) -> bool {
-        self.retry_at.is_none_or(|at| Instant::now() >= at)
-    }
-
-    /// Write the changes to the log (one transaction).
-    pub fn flush(&mut self) {
+    /// Write the entries that are due, with the deletions gathered so far, in
+    /// one transaction. `all`: every unacknowledged entry is due now (the
+    /// master went away, or the worker stops).
+    pub fn flush(&mut self, all: bool) {
         let Some(log) = self.log.as_mut() else {
             return;
         };
-        if self.add.is_empty() && self.remove.is_empty() {
+        let now = Instant::now();
+        let all = all || self.urgent;
+        let mut add = Vec::new();
+        let mut taken = 0;
+        for seq in &self.unwritten {
+            match self.entries.get(seq).and_then(|e| e.due) {
+                Some(due) if all || due <= now => {
+                    add.push((*seq, encode_report(&self.entries[seq].msg)))
+                }
+                Some(_) => break,
+                None => {}
+            }
+            taken += 1;
+        }
+        if add.is_empty() && self.remove.is_empty() {
             return;
         }
-        // An entry added and acknowledged within one batch never touches the disk.
-        let removed: HashSet<u64> = self.remove.iter().copied().collect();
-        let added: HashSet<u64> = self.add.iter().map(|(s, _)| *s).collect();
-        self.add.retain(|(s, _)| !removed.contains(s));
-        self.remove.retain(|s| !added.contains(s));
-        match log.write(&self.add, &self.remove) {
+        match log.write(&add, &self.remove) {
             Ok(()) => {
-                self.add.clear();
+                for (seq, _) in &add {
+                    if let Some(e) = self.entries.get_mut(seq) {
+                        e.due = None;
+                        self.stored += 1;
+                    }
+                }
+                self.publish();
+                self.unwritten.drain(..taken);
                 self.remove.clear();
+                self.urgent &= !all;
                 self.retry_at = None;
             }
             Err(e) => {
                 metrics::counter!(m::STORE_ERRORS).increment(1);
                 warn!(error = %e, "cannot write the outbox; keeping reports in memory and retrying");
-                self.retry_at = Some(Instant::now() + Duration::from_millis(500));
+                self.retry_at = Some(now + RETRY_AFTER);
             }
         }
     }
@@ -264,10 +346,17 @@ mod tests {
         let a = ob.push(result(1), false);
         let b = ob.push(result(2), false);
         let c = ob.push(result(3), false);
-        ob.flush();
+        assert!(ob.next_write().is_some_and(|t| t <= Instant::now()));
+        ob.flush(false);
+        assert_eq!(
+            log.0.lock().unwrap().len(),
+            3,
+            "reports made with no master are written at once"
+        );
         ob.ack(&[seq(&b)]);
-        ob.flush();
+        ob.flush(false);
         let mut again = Outbox::open(Some(Box::new(log))).unwrap();
+        assert_eq!(again.stored(), 2);
         let keys: Vec<u64> = again.take_all(9).iter().map(seq).collect();
         assert_eq!(keys, vec![seq(&a), seq(&c)]);
         assert_eq!(again.held().len(), 2);
@@ -280,10 +369,48 @@ mod tests {
         let log = MemLog::default();
         let mut ob = Outbox::open(Some(Box::new(log.clone()))).unwrap();
         let a = ob.push(result(1), true);
+        ob.flush(false);
+        assert!(log.0.lock().unwrap().is_empty(), "not due yet");
         ob.ack(&[seq(&a)]);
-        ob.flush();
+        assert_eq!(ob.next_write(), None);
+        ob.flush(true);
         assert!(log.0.lock().unwrap().is_empty());
         assert!(ob.is_empty());
+    }
+
+    #[test]
+    fn an_entry_unacknowledged_after_write_after_reaches_the_log() {
+        let log = MemLog::default();
+        let mut ob = Outbox::open(Some(Box::new(log.clone()))).unwrap();
+        let sent = Instant::now();
+        let a = ob.push(result(1), true);
+        let due = ob.next_write().expect("a write is due");
+        assert!(due >= sent + WRITE_AFTER, "due only after WRITE_AFTER");
+        ob.flush(false);
+        assert!(log.0.lock().unwrap().is_empty(), "not due yet");
+        // Wait for the instant it is due, then write.
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        ob.flush(false);
+        assert_eq!(
+            log.0.lock().unwrap().keys().copied().collect::<Vec<_>>(),
+            vec![seq(&a)]
+        );
+        assert_eq!(ob.next_write(), None);
+        // Its acknowledgement deletes it from the log.
+        ob.ack(&[seq(&a)]);
+        assert!(ob.next_write().is_some());
+        ob.flush(true);
+        assert!(log.0.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn flush_all_writes_every_unacknowledged_entry_at_once() {
+        let log = MemLog::default();
+        let mut ob = Outbox::open(Some(Box::new(log.clone()))).unwrap();
+        ob.push(result(1), true);
+        ob.push(result(2), true);
+        ob.flush(true);
+        assert_eq!(log.0.lock().unwrap().len(), 2);
     }
 
     #[test]

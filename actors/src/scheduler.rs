@@ -9,8 +9,8 @@
 //!   assigned again;
 //! - ID chunks of live attempts and the used parts of ended ones are pairwise
 //!   disjoint;
-//! - a device holds at most `1 + prefetch` attempts, a node at most
-//!   `2 x max_concurrency`.
+//! - a device holds at most `1 + PREFETCH` attempts, a node at most
+//!   `(1 + PREFETCH) x max_concurrency`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -24,8 +24,10 @@ use crate::protocol::{
     SessionState, SessionView, TaskOutcome, TaskProgress, TaskRef, TaskResult, TaskSpec,
 };
 
-/// Attempts queued on a device beyond the running one.
-pub const PREFETCH: u32 = 1;
+/// Attempts queued on a device beyond the running one (SPEC §7: prefetch
+/// 1-2). Two keep a device busy while its next assignments wait for the
+/// master's commit.
+pub const PREFETCH: u32 = 2;
 /// A task lost this many times with its node fails for good.
 pub const MAX_LOSSES: u32 = 10;
 

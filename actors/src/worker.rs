@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ractor::pg::GroupChangeMessage;
 use ractor::{pg, Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -103,8 +103,8 @@ pub struct WorkerState {
     tasks: HashMap<AttemptKey, CancellationToken>,
     leaving: Option<RpcReplyPort<bool>>,
     outbox: Outbox,
-    /// A `Flush` is in the mailbox.
-    flush_queued: bool,
+    /// The earliest `Flush` scheduled, if any.
+    flush_at: Option<Instant>,
 }
 
 impl WorkerState {
@@ -317,13 +317,33 @@ impl WorkerState {
         }
     }
 
-    /// After each message: make sure outbox changes are written soon, in one
-    /// transaction with everything else already in the mailbox. (Reports
-    /// acknowledged before the write never touch the disk.)
+    /// After each message: make sure a `Flush` comes when the next outbox
+    /// write is due. (Reports acknowledged before then never touch the disk.)
     fn settle(&mut self, myself: &ActorRef<WorkerMsg>) {
-        if self.outbox.dirty() && !self.flush_queued && self.outbox.ready() {
-            self.flush_queued = myself.cast(WorkerMsg::Flush).is_ok();
+        let Some(at) = self.outbox.next_write() else {
+            return;
+        };
+        if self.flush_at.is_some_and(|f| f <= at) {
+            return;
         }
+        let now = Instant::now();
+        self.flush_at = Some(at);
+        if at <= now {
+            if myself.cast(WorkerMsg::Flush).is_err() {
+                self.flush_at = None;
+            }
+        } else {
+            myself.send_after(at - now, || WorkerMsg::Flush);
+        }
+    }
+
+    /// Write what the outbox has due; everything when no master listens.
+    fn flush(&mut self) {
+        if self.flush_at.is_some_and(|f| f <= Instant::now()) {
+            self.flush_at = None;
+        }
+        let all = self.registered_master().is_none();
+        self.outbox.flush(all);
     }
 
     fn on_device(&mut self, ev: DeviceEvent) {
@@ -469,7 +489,7 @@ impl Actor for Worker {
             tasks: HashMap::new(),
             leaving: None,
             outbox,
-            flush_queued: false,
+            flush_at: None,
         };
         state.step();
         Ok(state)
@@ -495,10 +515,7 @@ impl Actor for Worker {
                     state.deliver_outbox();
                 }
             }
-            WorkerMsg::Flush => {
-                state.flush_queued = false;
-                state.outbox.flush();
-            }
+            WorkerMsg::Flush => state.flush(),
             WorkerMsg::Device(ev) => state.on_device(*ev),
             WorkerMsg::Leave(reply) => state.leave(reply),
             WorkerMsg::Registration(reply) => {
@@ -524,7 +541,7 @@ impl Actor for Worker {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        state.outbox.flush();
+        state.outbox.flush(true);
         Ok(())
     }
 
@@ -540,6 +557,8 @@ impl Actor for Worker {
                     info!(node_id = %state.args.node, "master left the cluster view");
                 }
                 state.step();
+                // Reports the master may not have recorded go to disk now.
+                state.flush();
             }
             SupervisionEvent::ActorFailed(cell, err) => {
                 return Err(format!("device actor {} failed: {err}", cell.get_id()).into());

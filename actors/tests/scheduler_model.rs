@@ -587,7 +587,11 @@ fn per_device_fifo_depth_and_round_robin_over_many_devices() {
             _ => None,
         })
         .collect();
-    assert_eq!(leases.len(), 40, "2 x max_concurrency in flight");
+    assert_eq!(
+        leases.len(),
+        20 * (1 + PREFETCH as usize),
+        "(1 + PREFETCH) x max_concurrency in flight"
+    );
     let mut used = std::collections::BTreeSet::new();
     while let Some(t) = leases.pop() {
         used.insert(t.device.clone());

@@ -1,6 +1,6 @@
 //! criterion benches of the hot paths: the frame ledger, ID allocation, the
-//! wire codec, and dispatch through real Master/Worker/Device actors in one
-//! process (no network).
+//! wire codec, the master's store (one group commit), and dispatch through
+//! real Master/Worker/Device actors in one process (no network).
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -288,5 +288,52 @@ fn dispatch(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, ledger, ids, wire, dispatch);
+/// One group commit of the master's store: a batch of 10 task results, as
+/// the master writes under load, with each `[store] durability` that has a store.
+fn store(c: &mut Criterion) {
+    use orch_actors::store::{encode_event_into, EventLog, StoreMeta};
+    use orch_runtime::store::{Durability, SqliteEventLog};
+    let mut batch = Vec::new();
+    for task in 0..10 {
+        let r = TaskResult {
+            node: "render-01".into(),
+            epoch: 1_795_000_000_000,
+            key: AttemptKey {
+                session: "render-1a2b3c".into(),
+                task,
+                attempt: 1,
+            },
+            device: "gpu0".into(),
+            started_ms: 1_795_000_000_000,
+            finished_ms: 1_795_000_000_100,
+            last_id_used: Some((1 << 40) + 99),
+            outputs: vec![],
+            outcome: TaskOutcome::Completed,
+            seq: 0,
+        };
+        encode_event_into(&mut batch, 1_795_000_000_100, &SchedEvent::Result(r));
+    }
+    let meta = StoreMeta {
+        id_reserved: 1 << 32,
+        last_epoch: 1,
+    };
+    let mut g = c.benchmark_group("store");
+    g.throughput(Throughput::Elements(10));
+    for (name, durability) in [
+        ("process", Durability::Process),
+        ("power", Durability::Power),
+    ] {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut log = SqliteEventLog::open(dir.path(), durability).expect("a new store");
+        g.bench_function(format!("commit of 10 results, durability {name}"), |b| {
+            b.iter(|| {
+                log.append(black_box(&batch), &meta, false)
+                    .expect("written")
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, ledger, ids, wire, store, dispatch);
 criterion_main!(benches);

@@ -21,6 +21,8 @@ const APPLICATION_ID: i64 = 0x6f72_6368;
 const FORMAT: i64 = 1;
 /// The orch version that wrote a store: events replay only under the same code.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// How long a write waits for a checkpoint holding the file.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How much a commit survives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,13 +88,41 @@ fn err(path: &Path, what: impl Into<String>) -> StoreError {
     }
 }
 
+/// An open store: the connection, and the lock that keeps other processes out.
+struct Opened {
+    conn: Connection,
+    /// Held (an exclusive `flock` on the file) until the store is dropped.
+    _lock: std::fs::File,
+}
+
+/// Take the file for this process alone: a second node on the same
+/// `data_dir` is refused (SQLite's own locks are per transaction).
+fn lock(path: &Path) -> Result<std::fs::File, StoreError> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .open(path)
+        .map_err(|e| err(path, format!("cannot read it: {e}")))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(err(
+            path,
+            "it is in use by another process (another orch node with the same `node.data_dir`?)",
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(err(path, format!("cannot lock it: {e}"))),
+    }
+}
+
 /// Open (or create) the store at `path`, refusing anything that is not ours.
-fn open(path: &Path, kind: Kind, durability: Durability) -> Result<Connection, StoreError> {
+fn open(path: &Path, kind: Kind, durability: Durability) -> Result<Opened, StoreError> {
     if !path.exists() {
         create(path, kind)?;
     }
     check_header(path)?;
+    let lock = lock(path)?;
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(|e| err(path, format!("cannot open it: {e}")))?;
+    // A checkpoint running on another connection makes a commit wait, never fail.
+    conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(|e| err(path, format!("cannot open it: {e}")))?;
     let app: i64 = pragma(&conn, path, "application_id")?;
     if app != APPLICATION_ID {
@@ -143,14 +173,20 @@ fn open(path: &Path, kind: Kind, durability: Durability) -> Result<Connection, S
     }
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(|e| err(path, format!("cannot enable its write-ahead log: {e}")))?;
-    let sync = if durability == Durability::Power {
+    conn.pragma_update(None, "synchronous", sync_of(durability))
+        .map_err(|e| err(path, format!("cannot set `synchronous`: {e}")))?;
+    Ok(Opened { conn, _lock: lock })
+}
+
+/// SQLite's `synchronous` for a durability: with the write-ahead log,
+/// `NORMAL` syncs only at checkpoints (a power loss may roll back the last
+/// commits, never damages the file), `FULL` at every commit.
+fn sync_of(durability: Durability) -> &'static str {
+    if durability == Durability::Power {
         "FULL"
     } else {
         "NORMAL"
-    };
-    conn.pragma_update(None, "synchronous", sync)
-        .map_err(|e| err(path, format!("cannot set `synchronous`: {e}")))?;
-    Ok(conn)
+    }
 }
 
 fn pragma<T: rusqlite::types::FromSql>(
@@ -210,6 +246,73 @@ fn create(path: &Path, kind: Kind) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Commits between two nudges of the checkpointer.
+const COMMITS_PER_CHECKPOINT: u32 = 512;
+/// A write-ahead log bigger than this after a checkpoint is emptied with one
+/// that waits for the writer (a log that never stops growing under a
+/// continuous load).
+const WAL_LIMIT: u64 = 64 << 20;
+
+/// Copies the master's write-ahead log into the database on a thread and
+/// connection of its own, so that commits never wait for a checkpoint's
+/// syncs. It stops when dropped.
+struct Checkpointer {
+    nudge: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path, sync: &str) -> Result<Self, StoreError> {
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .and_then(|c| {
+                c.busy_timeout(BUSY_TIMEOUT)?;
+                // The checkpoint syncs as this connection's `synchronous` says.
+                c.pragma_update(None, "synchronous", sync)?;
+                Ok(c)
+            })
+            .map_err(|e| err(path, format!("cannot open it for checkpoints: {e}")))?;
+        let wal = PathBuf::from(format!("{}-wal", path.display()));
+        let shown = path.display().to_string();
+        let (nudge, nudged) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("orch-checkpoint".into())
+            .spawn(move || {
+                while nudged.recv().is_ok() {
+                    let run = |mode: &str| {
+                        if let Err(e) = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(())) {
+                            tracing::warn!(store = %shown, error = %e, "checkpoint failed; the write-ahead log keeps the commits");
+                        }
+                    };
+                    run("PASSIVE");
+                    if std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_LIMIT) {
+                        run("TRUNCATE");
+                    }
+                }
+            })
+            .map_err(|e| err(path, format!("cannot start its checkpoint thread: {e}")))?;
+        Ok(Self {
+            nudge: Some(nudge),
+            thread: Some(thread),
+        })
+    }
+
+    fn nudge(&self) {
+        if let Some(n) = &self.nudge {
+            // Full: a checkpoint is due already.
+            let _ = n.try_send(());
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.nudge = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The master's event log in `data_dir/master.db`.
 pub struct SqliteEventLog {
     conn: Connection,
@@ -217,17 +320,29 @@ pub struct SqliteEventLog {
     power: bool,
     /// The metadata as last written: rewritten only when it changes.
     meta: Option<StoreMeta>,
+    checkpointer: Checkpointer,
+    /// Commits since the checkpointer was last nudged.
+    commits: u32,
+    /// Dropped last: other processes stay out until the store is closed.
+    _lock: std::fs::File,
 }
 
 impl SqliteEventLog {
     pub fn open(data_dir: &Path, durability: Durability) -> Result<Self, StoreError> {
         let path = data_dir.join("master.db");
-        let conn = open(&path, Kind::Master, durability)?;
+        let Opened { conn, _lock } = open(&path, Kind::Master, durability)?;
+        // Checkpoints run on their own thread.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(|e| err(&path, format!("cannot set `wal_autocheckpoint`: {e}")))?;
+        let checkpointer = Checkpointer::start(&path, sync_of(durability))?;
         Ok(Self {
             conn,
             path,
             power: durability == Durability::Power,
             meta: None,
+            checkpointer,
+            commits: 0,
+            _lock,
         })
     }
 
@@ -236,6 +351,16 @@ impl SqliteEventLog {
     }
 
     fn append_inner(&mut self, batch: &[u8], meta: &StoreMeta) -> Result<(), rusqlite::Error> {
+        if self.meta.as_ref() == Some(meta) {
+            // One statement is a transaction of its own: no BEGIN and COMMIT to run.
+            if !batch.is_empty() {
+                let mut ins = self
+                    .conn
+                    .prepare_cached("INSERT INTO events (body) VALUES (?1)")?;
+                ins.execute([batch])?;
+            }
+            return Ok(());
+        }
         let tx = self.conn.transaction()?;
         {
             if !batch.is_empty() {
@@ -300,6 +425,11 @@ impl EventLog for SqliteEventLog {
         if full {
             let _ = self.conn.pragma_update(None, "synchronous", "NORMAL");
         }
+        self.commits += 1;
+        if self.commits >= COMMITS_PER_CHECKPOINT {
+            self.commits = 0;
+            self.checkpointer.nudge();
+        }
         r.map_err(|e| format!("`{}`: {e}", self.path.display()))
     }
 }
@@ -308,13 +438,15 @@ impl EventLog for SqliteEventLog {
 pub struct SqliteOutbox {
     conn: Connection,
     path: PathBuf,
+    /// Dropped last: other processes stay out until the outbox is closed.
+    _lock: std::fs::File,
 }
 
 impl SqliteOutbox {
     pub fn open(data_dir: &Path, durability: Durability) -> Result<Self, StoreError> {
         let path = data_dir.join("outbox.db");
-        let conn = open(&path, Kind::Outbox, durability)?;
-        Ok(Self { conn, path })
+        let Opened { conn, _lock } = open(&path, Kind::Outbox, durability)?;
+        Ok(Self { conn, path, _lock })
     }
 
     fn write_inner(&mut self, add: &[(u64, Vec<u8>)], remove: &[u64]) -> rusqlite::Result<()> {
@@ -383,6 +515,59 @@ mod tests {
             .unwrap();
         assert_eq!(seen, vec![vec![1, 2], vec![3]]);
         assert_eq!(m, Some(meta(20)));
+    }
+
+    #[test]
+    fn a_store_in_use_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = SqliteEventLog::open(dir.path(), Durability::Process).unwrap();
+        let e = SqliteEventLog::open(dir.path(), Durability::Process)
+            .err()
+            .expect("refused while held");
+        let text = e.to_string();
+        assert!(
+            text.contains("master.db") && text.contains("in use by another process"),
+            "{text}"
+        );
+        drop(held);
+        SqliteEventLog::open(dir.path(), Durability::Process).expect("free again once closed");
+        let _outbox = SqliteOutbox::open(dir.path(), Durability::Process).unwrap();
+        let e = SqliteOutbox::open(dir.path(), Durability::Process)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("outbox.db"), "{e}");
+    }
+
+    #[test]
+    fn checkpoints_on_their_own_thread_keep_every_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = SqliteEventLog::open(dir.path(), Durability::Process).unwrap();
+        let n = COMMITS_PER_CHECKPOINT * 20;
+        let row = |i: u32| {
+            let mut r = i.to_le_bytes().to_vec();
+            r.resize(1000, 0xab);
+            r
+        };
+        for i in 0..n {
+            log.append(&row(i), &meta(10), false).unwrap();
+        }
+        // Wait for the checkpointer to have copied the log into the database
+        // (the database file grows past its first pages).
+        let db = dir.path().join("master.db");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::fs::metadata(&db).unwrap().len() < 1 << 20 {
+            assert!(std::time::Instant::now() < deadline, "no checkpoint ran");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        drop(log);
+        let mut log = SqliteEventLog::open(dir.path(), Durability::Process).unwrap();
+        let mut seen = Vec::new();
+        log.replay(&mut |b| {
+            seen.push(b.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, (0..n).map(row).collect::<Vec<_>>());
     }
 
     #[test]

@@ -37,6 +37,10 @@ struct Args {
         default_value = "throughput,latency,failover,scale"
     )]
     shapes: Vec<String>,
+    /// `[store] durability` modes of the durability shape (comma-separated;
+    /// the first is the baseline the others are compared with).
+    #[arg(long, value_delimiter = ',', default_value = "memory,process,power")]
+    modes: Vec<String>,
 }
 
 fn root() -> PathBuf {
@@ -66,6 +70,18 @@ fn bins(no_build: bool) -> Result<Bins> {
         );
     }
     Ok(b)
+}
+
+/// CPU time (user + system) a process has used so far, in seconds.
+fn cpu_seconds(pid: i32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) end with `)`.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after `)`.
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ: /proc reports in hundredths of a second on every Linux.
+    Some(ticks / 100.0)
 }
 
 /// (VmRSS, VmHWM) of a process, in bytes.
@@ -193,10 +209,8 @@ struct DurabilityRun {
     events: f64,
     /// Sum of `orch_store_commit_duration_seconds` (seconds inside commits).
     commit_seconds: f64,
-    /// SQLite transactions that wrote events: rows of the master's `events`
-    /// table (the store thread writes the batches queued together as one
-    /// row); 0 without a store, -1 when it could not be read.
-    transactions: f64,
+    /// CPU seconds each node process used during the session (node-0 first).
+    cpu: Vec<f64>,
 }
 
 fn durability_run(bins: &Bins, mode: &str, chunk: u64, name: &str) -> Result<DurabilityRun> {
@@ -206,6 +220,13 @@ fn durability_run(bins: &Bins, mode: &str, chunk: u64, name: &str) -> Result<Dur
         .timeout(Duration::from_secs(30))
         .build();
     let body = noop_session(name, DURABILITY_FRAMES, chunk);
+    let cpu_now = || -> Vec<f64> {
+        c.nodes
+            .iter()
+            .map(|n| n.pid().and_then(cpu_seconds).unwrap_or(0.0))
+            .collect()
+    };
+    let cpu0 = cpu_now();
     let t0 = Instant::now();
     let v: Value = agent
         .post(&format!("http://{admin}/v1/sessions"))
@@ -230,6 +251,7 @@ fn durability_run(bins: &Bins, mode: &str, chunk: u64, name: &str) -> Result<Dur
         std::thread::sleep(Duration::from_millis(2));
     };
     let wall = t0.elapsed().as_secs_f64();
+    let cpu = cpu_now().iter().zip(&cpu0).map(|(b, a)| b - a).collect();
     if view["state"] != "completed" || view["frames_done"].as_u64() != Some(DURABILITY_FRAMES) {
         bail!("durability {mode}: `{name}` ended as {view}\n{}", c.logs());
     }
@@ -242,8 +264,7 @@ fn durability_run(bins: &Bins, mode: &str, chunk: u64, name: &str) -> Result<Dur
         commits: metric("orch_store_commits_total"),
         events: metric("orch_store_events_total"),
         commit_seconds: metric("orch_store_commit_duration_seconds_sum"),
-        transactions: store_rows(&c.dir.path().join("node-0/data/master.db"))
-            .map_or(-1.0, |n| n as f64),
+        cpu,
     };
     // The `[store]` table took effect: a store commits, memory has none.
     if (mode == "memory") != (run.commits == 0.0) {
@@ -253,21 +274,6 @@ fn durability_run(bins: &Bins, mode: &str, chunk: u64, name: &str) -> Result<Dur
         );
     }
     Ok(run)
-}
-
-/// Rows of the `events` table of a master store, read with the `sqlite3`
-/// command-line tool if there is one (0: no store; `None`: no tool).
-fn store_rows(path: &Path) -> Option<u64> {
-    if !path.exists() {
-        return Some(0);
-    }
-    let out = Command::new("sqlite3")
-        .arg("-readonly")
-        .arg(path)
-        .arg("SELECT count(*) FROM events")
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -280,23 +286,23 @@ fn median(v: &[f64]) -> f64 {
 /// durability, alternating memory, process, power, memory, ... on a fresh
 /// cluster each time, in tasks of 100 frames and of 1 frame: the medians,
 /// and the slowdown of each mode against memory.
-fn durability(bins: &Bins, quick: bool) -> Result<Value> {
+fn durability(bins: &Bins, quick: bool, modes: &[String]) -> Result<Value> {
     let reps = if quick { 1 } else { 5 };
     let mut out = json!({
         "frames": DURABILITY_FRAMES,
         "repetitions": reps,
         "cluster": "3 orch-node processes on 127.0.0.1, 4 devices each, heartbeat 1000 ms x 3",
         "wall_means": "HTTP submit until the session is seen completed (polled every 2 ms)",
+        "modes": modes,
     });
     for chunk in [100u64, 1] {
-        let mut runs: Vec<Vec<DurabilityRun>> =
-            DURABILITY_MODES.iter().map(|_| Vec::new()).collect();
+        let mut runs: Vec<Vec<DurabilityRun>> = modes.iter().map(|_| Vec::new()).collect();
         for rep in 0..reps {
-            for (k, mode) in DURABILITY_MODES.iter().enumerate() {
+            for (k, mode) in modes.iter().enumerate() {
                 let r = durability_run(bins, mode, chunk, &format!("dur-{mode}-{chunk}-{rep}"))?;
                 eprintln!(
-                    "   tasks of {chunk:>3}  {mode:<7}  wall {:.3} s  session {:.3} s  {:.0} commits  {:.0} events  {:.3} s in commits  {:.0} transactions",
-                    r.wall, r.session, r.commits, r.events, r.commit_seconds, r.transactions
+                    "   tasks of {chunk:>3}  {mode:<7}  wall {:.3} s  session {:.3} s  {:.0} commits  {:.0} events  {:.3} s in commits  cpu s per node {:.2?}",
+                    r.wall, r.session, r.commits, r.events, r.commit_seconds, r.cpu
                 );
                 runs[k].push(r);
             }
@@ -308,12 +314,12 @@ fn durability(bins: &Bins, quick: bool) -> Result<Value> {
         let base_session = median(&col(0, |r| r.session));
         let tasks = DURABILITY_FRAMES.div_ceil(chunk);
         let mut row = json!({ "frames": DURABILITY_FRAMES, "chunk_frames": chunk, "tasks": tasks });
-        for (k, mode) in DURABILITY_MODES.iter().enumerate() {
+        for (k, mode) in modes.iter().enumerate() {
             let wall = median(&col(k, |r| r.wall));
             let session = median(&col(k, |r| r.session));
             let commits = median(&col(k, |r| r.commits));
             let commit_seconds = median(&col(k, |r| r.commit_seconds));
-            row[*mode] = json!({
+            row[mode.as_str()] = json!({
                 "median_wall_seconds": wall,
                 "frames_per_s": DURABILITY_FRAMES as f64 / wall.max(1e-6),
                 "tasks_per_s": tasks as f64 / wall.max(1e-6),
@@ -323,10 +329,11 @@ fn durability(bins: &Bins, quick: bool) -> Result<Value> {
                 "median_store_commits": commits,
                 "median_store_events": median(&col(k, |r| r.events)),
                 "median_seconds_in_commits": commit_seconds,
-                "median_store_transactions": median(&col(k, |r| r.transactions)),
                 "mean_commit_ms": if commits > 0.0 { commit_seconds / commits * 1000.0 } else { 0.0 },
                 "runs_wall_seconds": col(k, |r| r.wall),
                 "runs_session_seconds": col(k, |r| r.session),
+                "median_cpu_seconds_master": median(&col(k, |r| r.cpu.first().copied().unwrap_or(0.0))),
+                "median_cpu_seconds_all_nodes": median(&col(k, |r| r.cpu.iter().sum())),
             });
         }
         out[format!("chunk_{chunk}")] = row;
@@ -544,7 +551,12 @@ fn main() -> Result<()> {
     }
     if want("durability") {
         eprintln!("== durability");
-        out["durability"] = durability(&bins, args.quick)?;
+        for m in &args.modes {
+            if !DURABILITY_MODES.contains(&m.as_str()) {
+                bail!("--modes: unknown durability `{m}`, expected one of {DURABILITY_MODES:?}");
+            }
+        }
+        out["durability"] = durability(&bins, args.quick, &args.modes)?;
     }
     if args.peers {
         let mut ratios = serde_json::Map::new();
@@ -617,7 +629,7 @@ fn main() -> Result<()> {
             d["frames"], d["repetitions"]
         );
         println!(
-            "  {:<14} {:<8} {:>9} {:>12} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9}",
+            "  {:<14} {:<8} {:>9} {:>12} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
             "tasks",
             "store",
             "wall s",
@@ -627,14 +639,16 @@ fn main() -> Result<()> {
             "vs mem",
             "commits",
             "ms/commit",
-            "txns"
+            "cpu s",
+            "master"
         );
         for k in ["chunk_100", "chunk_1"] {
-            for mode in DURABILITY_MODES {
+            for mode in d["modes"].as_array().into_iter().flatten() {
+                let mode = mode.as_str().unwrap_or("?");
                 let r = &d[k][mode];
                 let f = |key: &str| r[key].as_f64().unwrap_or(0.0);
                 println!(
-                    "  {:<14} {:<8} {:>9.3} {:>12.0} {:>+8.1}% {:>10.3} {:>+8.1}% {:>9.0} {:>9.3} {:>9.0}",
+                    "  {:<14} {:<8} {:>9.3} {:>12.0} {:>+8.1}% {:>10.3} {:>+8.1}% {:>9.0} {:>9.3} {:>9.2} {:>9.2}",
                     format!("{} x {}", d[k]["tasks"], d[k]["chunk_frames"]),
                     mode,
                     f("median_wall_seconds"),
@@ -644,7 +658,8 @@ fn main() -> Result<()> {
                     f("session_slowdown_vs_memory") * 100.0,
                     f("median_store_commits"),
                     f("mean_commit_ms"),
-                    f("median_store_transactions"),
+                    f("median_cpu_seconds_all_nodes"),
+                    f("median_cpu_seconds_master"),
                 );
             }
         }
