@@ -116,7 +116,10 @@ impl Journal {
     fn next_meta(&self, id_high_water: u64, last_epoch: u64) -> StoreMeta {
         let mut meta = self.meta;
         meta.last_epoch = meta.last_epoch.max(last_epoch);
-        if id_high_water > meta.id_reserved {
+        // Stay half a reservation ahead of the allocator, so the synced write
+        // of the next one rarely holds up a commit (and never the first
+        // session after a start: the master reserves before it serves).
+        if id_high_water.saturating_add(ID_RESERVATION / 2) > meta.id_reserved {
             meta.id_reserved = id_high_water.saturating_add(ID_RESERVATION);
         }
         meta

@@ -598,8 +598,14 @@ impl Actor for Master {
                     state.outgoing.push(Outgoing::Manifest(session));
                 }
             }
-            state.settle(&myself);
         }
+        // Reserve IDs (a synced write) and record the resume before serving anyone.
+        let hw = state.sched.ids().high_water();
+        state
+            .journal
+            .commit(hw, state.membership.last_epoch())
+            .map_err(|e| format!("cannot write the master's store: {e}"))?;
+        state.settle(&myself);
         state.frames_reported = state
             .sched
             .views(started_unix_ms)
