@@ -21,6 +21,26 @@ use orch_actors::wire::{decode, encode};
 use orch_actors::worker::{Worker, WorkerArgs};
 use ractor::Actor;
 
+/// A completed result as a render node would send it.
+fn sample_result(task: u64) -> TaskResult {
+    TaskResult {
+        node: "render-01".into(),
+        epoch: 1_795_000_000_000,
+        key: AttemptKey {
+            session: "render-1a2b3c".into(),
+            task,
+            attempt: 1,
+        },
+        device: "gpu0".into(),
+        started_ms: 1_795_000_000_000,
+        finished_ms: 1_795_000_000_100,
+        last_id_used: Some((1 << 40) + 99),
+        outputs: vec![],
+        outcome: TaskOutcome::Completed,
+        seq: 0,
+    }
+}
+
 fn spec(frames: u64, chunk: u64) -> SessionSpec {
     SessionSpec {
         name: "bench".into(),
@@ -156,22 +176,7 @@ fn wire(c: &mut Criterion) {
         timeout_ms: 90_000,
         items: vec![],
     };
-    let result = ToMaster::Result(TaskResult {
-        node: "render-01".into(),
-        epoch: 1_795_000_000_000,
-        key: AttemptKey {
-            session: "render-1a2b3c".into(),
-            task: 12345,
-            attempt: 1,
-        },
-        device: "gpu0".into(),
-        started_ms: 1_795_000_000_000,
-        finished_ms: 1_795_000_000_100,
-        last_id_used: Some((1 << 40) + 99),
-        outputs: vec![],
-        outcome: TaskOutcome::Completed,
-        seq: 0,
-    });
+    let result = ToMaster::Result(sample_result(12345));
     let task_bytes = encode(&task).unwrap();
     let result_bytes = encode(&result).unwrap();
     let mut g = c.benchmark_group("wire");
@@ -295,23 +300,11 @@ fn store(c: &mut Criterion) {
     use orch_runtime::store::{Durability, SqliteEventLog};
     let mut batch = Vec::new();
     for task in 0..10 {
-        let r = TaskResult {
-            node: "render-01".into(),
-            epoch: 1_795_000_000_000,
-            key: AttemptKey {
-                session: "render-1a2b3c".into(),
-                task,
-                attempt: 1,
-            },
-            device: "gpu0".into(),
-            started_ms: 1_795_000_000_000,
-            finished_ms: 1_795_000_000_100,
-            last_id_used: Some((1 << 40) + 99),
-            outputs: vec![],
-            outcome: TaskOutcome::Completed,
-            seq: 0,
-        };
-        encode_event_into(&mut batch, 1_795_000_000_100, &SchedEvent::Result(r));
+        encode_event_into(
+            &mut batch,
+            1_795_000_000_100,
+            &SchedEvent::Result(sample_result(task)),
+        );
     }
     let meta = StoreMeta {
         id_reserved: 1 << 32,
