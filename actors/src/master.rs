@@ -5,13 +5,14 @@
 //!
 //! Every ledger event goes to the [`Journal`] first; what the master decides
 //! (assignments, acknowledgements, answers to submissions) waits in
-//! `outgoing` until the batch holding its cause is committed. Commits are
-//! written on the store's thread, one at a time; the store tells the master
-//! through its mailbox when one is done, so everything that arrived in the
-//! meantime (at least the messages queued before that notice) shares the
-//! next commit. A store that
-//! cannot be written stops the master: nothing it did not record was acted
-//! on, and a restart resumes from the store.
+//! `outgoing` until the batch holding its cause is committed. The first
+//! event of a batch queues a `Commit` message to the master itself; when it
+//! comes up, every message queued before it has added its events, and the
+//! master writes them all in one transaction on its own thread, then sends
+//! what waited (group commit; a small batch waits up to `GROUP_MAX_WAIT` for
+//! more while messages keep coming). A store that cannot be written stops
+//! the master: nothing it did not record was acted on, and a restart resumes
+//! from the store.
 
 use std::collections::HashMap;
 use std::sync::Arc;
