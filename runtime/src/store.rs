@@ -21,6 +21,11 @@ const APPLICATION_ID: i64 = 0x6f72_6368;
 const FORMAT: i64 = 1;
 /// The orch version that wrote a store: events replay only under the same code.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Page size of a new store. A commit rewrites the last page of the table in
+/// the write-ahead log: with 1 KiB pages a group commit of ~1 KiB writes
+/// about 2 KiB there instead of about 7 KiB with SQLite's default 4 KiB, and
+/// checkpoints copy that much less (BENCHMARKS.md, "Durability").
+const PAGE_SIZE: u32 = 1024;
 /// How long a write waits for a checkpoint holding the file.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -222,7 +227,8 @@ fn create(path: &Path, kind: Kind) -> Result<(), StoreError> {
     let _ = std::fs::remove_file(&tmp);
     let conn = Connection::open(&tmp).map_err(|e| err(&tmp, format!("cannot create it: {e}")))?;
     let sql = format!(
-        "PRAGMA application_id = {APPLICATION_ID};
+        "PRAGMA page_size = {PAGE_SIZE};
+         PRAGMA application_id = {APPLICATION_ID};
          PRAGMA user_version = {FORMAT};
          BEGIN;
          CREATE TABLE meta (key TEXT PRIMARY KEY, value ANY NOT NULL) STRICT;
@@ -248,21 +254,32 @@ fn create(path: &Path, kind: Kind) -> Result<(), StoreError> {
 
 /// Commits between two nudges of the checkpointer.
 const COMMITS_PER_CHECKPOINT: u32 = 512;
-/// A write-ahead log bigger than this after a checkpoint is emptied with one
-/// that waits for the writer (a log that never stops growing under a
-/// continuous load).
+/// A write-ahead log longer than this is emptied: the checkpointer copies
+/// it into the database, then the writer copies the little written since and
+/// starts the log again from its beginning.
 const WAL_LIMIT: u64 = 64 << 20;
 
 /// Copies the master's write-ahead log into the database on a thread and
 /// connection of its own, so that commits never wait for a checkpoint's
 /// syncs. It stops when dropped.
+///
+/// Under a steady load the writer never finds the log fully copied, so the
+/// log would never start again; and a blocking checkpoint from this thread
+/// (`TRUNCATE`) makes both connections take turns at SQLite's busy handler,
+/// which stalled commits for 180 to 330 ms. Instead, once a copy leaves the
+/// log over [`WAL_LIMIT`], this thread raises `restart_due` and copies
+/// nothing more until the writer has run a `TRUNCATE` checkpoint itself,
+/// between two commits: only the frames written since this thread's copy
+/// are left to copy, and nobody else holds the file.
 struct Checkpointer {
     nudge: Option<std::sync::mpsc::SyncSender<()>>,
+    restart_due: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Checkpointer {
-    fn start(path: &Path, sync: &str) -> Result<Self, StoreError> {
+    fn start(path: &Path, sync: &str, wal_limit: u64) -> Result<Self, StoreError> {
+        use std::sync::atomic::Ordering;
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
             .and_then(|c| {
                 c.busy_timeout(BUSY_TIMEOUT)?;
@@ -273,25 +290,29 @@ impl Checkpointer {
             .map_err(|e| err(path, format!("cannot open it for checkpoints: {e}")))?;
         let wal = PathBuf::from(format!("{}-wal", path.display()));
         let shown = path.display().to_string();
+        let restart_due = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let due = restart_due.clone();
         let (nudge, nudged) = std::sync::mpsc::sync_channel::<()>(1);
         let thread = std::thread::Builder::new()
             .name("orch-checkpoint".into())
             .spawn(move || {
                 while nudged.recv().is_ok() {
-                    let run = |mode: &str| {
-                        if let Err(e) = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(())) {
-                            tracing::warn!(store = %shown, error = %e, "checkpoint failed; the write-ahead log keeps the commits");
-                        }
-                    };
-                    run("PASSIVE");
-                    if std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_LIMIT) {
-                        run("TRUNCATE");
+                    if due.load(Ordering::Acquire) {
+                        // The writer restarts the log first.
+                        continue;
+                    }
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        tracing::warn!(store = %shown, error = %e, "checkpoint failed; the write-ahead log keeps the commits");
+                    }
+                    if std::fs::metadata(&wal).is_ok_and(|m| m.len() > wal_limit) {
+                        due.store(true, Ordering::Release);
                     }
                 }
             })
             .map_err(|e| err(path, format!("cannot start its checkpoint thread: {e}")))?;
         Ok(Self {
             nudge: Some(nudge),
+            restart_due,
             thread: Some(thread),
         })
     }
@@ -301,6 +322,17 @@ impl Checkpointer {
             // Full: a checkpoint is due already.
             let _ = n.try_send(());
         }
+    }
+
+    /// Whether the writer should restart the log now (and the thread waits for it).
+    fn restart_due(&self) -> bool {
+        self.restart_due.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The writer has restarted the log (or tried): copies go on.
+    fn restarted(&self) {
+        self.restart_due
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -329,12 +361,20 @@ pub struct SqliteEventLog {
 
 impl SqliteEventLog {
     pub fn open(data_dir: &Path, durability: Durability) -> Result<Self, StoreError> {
+        Self::open_with(data_dir, durability, WAL_LIMIT)
+    }
+
+    fn open_with(
+        data_dir: &Path,
+        durability: Durability,
+        wal_limit: u64,
+    ) -> Result<Self, StoreError> {
         let path = data_dir.join("master.db");
         let Opened { conn, _lock } = open(&path, Kind::Master, durability)?;
         // Checkpoints run on their own thread.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(|e| err(&path, format!("cannot set `wal_autocheckpoint`: {e}")))?;
-        let checkpointer = Checkpointer::start(&path, sync_of(durability))?;
+        let checkpointer = Checkpointer::start(&path, sync_of(durability), wal_limit)?;
         Ok(Self {
             conn,
             path,
@@ -348,6 +388,30 @@ impl SqliteEventLog {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Copy what the checkpointer has not, and start the write-ahead log
+    /// again from its beginning (see [`Checkpointer`]). A failure only
+    /// leaves the log longer: the commits are in it.
+    fn restart_log(&mut self) {
+        let started = std::time::Instant::now();
+        let r = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+            });
+        self.checkpointer.restarted();
+        match r {
+            Ok((0, _)) => {
+                tracing::debug!(store = %self.path.display(), ms = started.elapsed().as_secs_f64() * 1e3, "write-ahead log restarted")
+            }
+            Ok((_, frames)) => {
+                tracing::warn!(store = %self.path.display(), frames, "write-ahead log not restarted: a checkpoint is busy; the next try follows the next copy")
+            }
+            Err(e) => {
+                tracing::warn!(store = %self.path.display(), error = %e, "write-ahead log not restarted; the log keeps the commits")
+            }
+        }
     }
 
     fn append_inner(&mut self, batch: &[u8], meta: &StoreMeta) -> Result<(), rusqlite::Error> {
@@ -425,12 +489,16 @@ impl EventLog for SqliteEventLog {
         if full {
             let _ = self.conn.pragma_update(None, "synchronous", "NORMAL");
         }
+        r.map_err(|e| format!("`{}`: {e}", self.path.display()))?;
         self.commits += 1;
+        if self.checkpointer.restart_due() {
+            self.restart_log();
+        }
         if self.commits >= COMMITS_PER_CHECKPOINT {
             self.commits = 0;
             self.checkpointer.nudge();
         }
-        r.map_err(|e| format!("`{}`: {e}", self.path.display()))
+        Ok(())
     }
 }
 
@@ -568,6 +636,64 @@ mod tests {
         })
         .unwrap();
         assert_eq!(seen, (0..n).map(row).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_writer_restarts_a_long_log_once_the_checkpointer_has_copied_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let limit = 256 << 10;
+        let mut log = SqliteEventLog::open_with(dir.path(), Durability::Process, limit).unwrap();
+        let wal = dir.path().join("master.db-wal");
+        let wal_len = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        let row = |i: u32| {
+            let mut r = i.to_le_bytes().to_vec();
+            r.resize(1000, 0xcd);
+            r
+        };
+        let mut n = 0u32;
+        let mut restarts = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        // Keep committing until the log has been restarted twice: a commit
+        // after the checkpointer flagged a long log leaves it empty.
+        while restarts < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the log was restarted {restarts} times in 60 s ({n} commits, log {} bytes)",
+                wal_len()
+            );
+            let due = log.checkpointer.restart_due();
+            log.append(&row(n), &meta(10), false).unwrap();
+            n += 1;
+            if due {
+                assert_eq!(
+                    wal_len(),
+                    0,
+                    "a flagged long log is emptied by the next commit"
+                );
+                restarts += 1;
+            }
+        }
+        assert!(wal_len() < 4 * limit, "the log stays near its limit");
+        drop(log);
+        let mut log = SqliteEventLog::open(dir.path(), Durability::Process).unwrap();
+        let mut seen = Vec::new();
+        log.replay(&mut |b| {
+            seen.push(b.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, (0..n).map(row).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_new_store_is_made_of_small_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SqliteEventLog::open(dir.path(), Durability::Process).unwrap();
+        let size: u32 = log
+            .conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(size, PAGE_SIZE);
     }
 
     #[test]

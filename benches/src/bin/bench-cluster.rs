@@ -38,7 +38,9 @@ struct Args {
     )]
     shapes: Vec<String>,
     /// `[store] durability` modes of the durability shape (comma-separated;
-    /// the first is the baseline the others are compared with).
+    /// the first is the baseline the others are compared with). `MODE@PATH`
+    /// runs MODE with the `orch-node` binary at PATH, to compare two builds
+    /// side by side in one run.
     #[arg(long, value_delimiter = ',', default_value = "memory,process,power")]
     modes: Vec<String>,
 }
@@ -209,12 +211,29 @@ struct DurabilityRun {
     events: f64,
     /// Sum of `orch_store_commit_duration_seconds` (seconds inside commits).
     commit_seconds: f64,
+    /// Commits that took over 50 ms (the master stalled that long).
+    slow_commits: f64,
     /// CPU seconds each node process used during the session (node-0 first).
     cpu: Vec<f64>,
 }
 
-fn durability_run(bins: &Bins, mode: &str, chunk: u64, name: &str) -> Result<DurabilityRun> {
-    let c = cluster_with(bins, 4, 1000, Some(mode))?;
+/// A `--modes` entry: the durability, and the `orch-node` to run it with.
+fn mode_and_bins(entry: &str, bins: &Bins) -> (String, Bins) {
+    match entry.split_once('@') {
+        Some((mode, node)) => (
+            mode.to_string(),
+            Bins {
+                node: PathBuf::from(node),
+                ctl: bins.ctl.clone(),
+            },
+        ),
+        None => (entry.to_string(), bins.clone()),
+    }
+}
+
+fn durability_run(bins: &Bins, entry: &str, chunk: u64, name: &str) -> Result<DurabilityRun> {
+    let (mode, bins) = mode_and_bins(entry, bins);
+    let c = cluster_with(&bins, 4, 1000, Some(&mode))?;
     let admin = c.nodes[0].admin_addr;
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(30))
@@ -264,6 +283,8 @@ fn durability_run(bins: &Bins, mode: &str, chunk: u64, name: &str) -> Result<Dur
         commits: metric("orch_store_commits_total"),
         events: metric("orch_store_events_total"),
         commit_seconds: metric("orch_store_commit_duration_seconds_sum"),
+        slow_commits: metric("orch_store_commit_duration_seconds_count")
+            - metric("orch_store_commit_duration_seconds_bucket{le=\"0.05\"}"),
         cpu,
     };
     // The `[store]` table took effect: a store commits, memory has none.
@@ -299,10 +320,10 @@ fn durability(bins: &Bins, quick: bool, modes: &[String]) -> Result<Value> {
         let mut runs: Vec<Vec<DurabilityRun>> = modes.iter().map(|_| Vec::new()).collect();
         for rep in 0..reps {
             for (k, mode) in modes.iter().enumerate() {
-                let r = durability_run(bins, mode, chunk, &format!("dur-{mode}-{chunk}-{rep}"))?;
+                let r = durability_run(bins, mode, chunk, &format!("dur-{k}-{chunk}-{rep}"))?;
                 eprintln!(
-                    "   tasks of {chunk:>3}  {mode:<7}  wall {:.3} s  session {:.3} s  {:.0} commits  {:.0} events  {:.3} s in commits  cpu s per node {:.2?}",
-                    r.wall, r.session, r.commits, r.events, r.commit_seconds, r.cpu
+                    "   tasks of {chunk:>3}  {mode:<7}  wall {:.3} s  session {:.3} s  {:.0} commits  {:.0} events  {:.3} s in commits  {:.0} over 50 ms  cpu s per node {:.2?}",
+                    r.wall, r.session, r.commits, r.events, r.commit_seconds, r.slow_commits, r.cpu
                 );
                 runs[k].push(r);
             }
@@ -319,6 +340,7 @@ fn durability(bins: &Bins, quick: bool, modes: &[String]) -> Result<Value> {
             let session = median(&col(k, |r| r.session));
             let commits = median(&col(k, |r| r.commits));
             let commit_seconds = median(&col(k, |r| r.commit_seconds));
+            let slow_commits = col(k, |r| r.slow_commits).iter().sum::<f64>();
             row[mode.as_str()] = json!({
                 "median_wall_seconds": wall,
                 "frames_per_s": DURABILITY_FRAMES as f64 / wall.max(1e-6),
@@ -329,6 +351,7 @@ fn durability(bins: &Bins, quick: bool, modes: &[String]) -> Result<Value> {
                 "median_store_commits": commits,
                 "median_store_events": median(&col(k, |r| r.events)),
                 "median_seconds_in_commits": commit_seconds,
+                "commits_over_50ms_all_runs": slow_commits,
                 "mean_commit_ms": if commits > 0.0 { commit_seconds / commits * 1000.0 } else { 0.0 },
                 "runs_wall_seconds": col(k, |r| r.wall),
                 "runs_session_seconds": col(k, |r| r.session),
@@ -552,6 +575,10 @@ fn main() -> Result<()> {
     if want("durability") {
         eprintln!("== durability");
         for m in &args.modes {
+            let (m, b) = mode_and_bins(m, &bins);
+            if !b.node.exists() {
+                bail!("--modes: no `orch-node` at `{}`", b.node.display());
+            }
             if !DURABILITY_MODES.contains(&m.as_str()) {
                 bail!("--modes: unknown durability `{m}`, expected one of {DURABILITY_MODES:?}");
             }
