@@ -241,7 +241,10 @@ impl Actor for Device {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            DeviceMsg::Run(task, cancel) => state.run(*task, cancel).await,
+            // Boxed: the running task's future lives on the heap only while
+            // it runs, instead of inside every idle device's actor loop
+            // (3 KB per device; BENCHMARKS.md, "Memory per device actor").
+            DeviceMsg::Run(task, cancel) => Box::pin(state.run(*task, cancel)).await,
             DeviceMsg::Quarantine(key, keep) => {
                 let rel = out_dir(&key, &state.args.node, &state.args.info.id);
                 match state.args.io.quarantine(&rel, &keep) {
