@@ -606,16 +606,30 @@ mod tests {
         assert!(e.to_string().contains("outbox.db"), "{e}");
     }
 
+    /// A 1,000-byte batch that says which it is.
+    fn row(i: u32) -> Vec<u8> {
+        let mut r = i.to_le_bytes().to_vec();
+        r.resize(1000, 0xab);
+        r
+    }
+
+    /// Every batch of the master store in `dir`, reopened.
+    fn replayed(dir: &Path) -> Vec<Vec<u8>> {
+        let mut log = SqliteEventLog::open(dir, Durability::Process).unwrap();
+        let mut seen = Vec::new();
+        log.replay(&mut |b| {
+            seen.push(b.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        seen
+    }
+
     #[test]
     fn checkpoints_on_their_own_thread_keep_every_event() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = SqliteEventLog::open(dir.path(), Durability::Process).unwrap();
         let n = COMMITS_PER_CHECKPOINT * 20;
-        let row = |i: u32| {
-            let mut r = i.to_le_bytes().to_vec();
-            r.resize(1000, 0xab);
-            r
-        };
         for i in 0..n {
             log.append(&row(i), &meta(10), false).unwrap();
         }
@@ -628,14 +642,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         drop(log);
-        let mut log = SqliteEventLog::open(dir.path(), Durability::Process).unwrap();
-        let mut seen = Vec::new();
-        log.replay(&mut |b| {
-            seen.push(b.to_vec());
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(seen, (0..n).map(row).collect::<Vec<_>>());
+        assert_eq!(replayed(dir.path()), (0..n).map(row).collect::<Vec<_>>());
     }
 
     #[test]
@@ -645,11 +652,6 @@ mod tests {
         let mut log = SqliteEventLog::open_with(dir.path(), Durability::Process, limit).unwrap();
         let wal = dir.path().join("master.db-wal");
         let wal_len = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-        let row = |i: u32| {
-            let mut r = i.to_le_bytes().to_vec();
-            r.resize(1000, 0xcd);
-            r
-        };
         let mut n = 0u32;
         let mut restarts = 0;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -675,14 +677,7 @@ mod tests {
         }
         assert!(wal_len() < 4 * limit, "the log stays near its limit");
         drop(log);
-        let mut log = SqliteEventLog::open(dir.path(), Durability::Process).unwrap();
-        let mut seen = Vec::new();
-        log.replay(&mut |b| {
-            seen.push(b.to_vec());
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(seen, (0..n).map(row).collect::<Vec<_>>());
+        assert_eq!(replayed(dir.path()), (0..n).map(row).collect::<Vec<_>>());
     }
 
     #[test]
