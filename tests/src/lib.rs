@@ -24,12 +24,23 @@ pub struct Bins {
     pub ctl: PathBuf,
 }
 
-/// A free TCP port on 127.0.0.1 (bound, then released).
+/// A free TCP port on 127.0.0.1 (bound, then released), never one this
+/// process was given before: the kernel may hand a just-released port out
+/// again at once, and two settings of one node would then share it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1000 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port on 127.0.0.1");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no port on 127.0.0.1 that this process was not given before, in 1000 tries");
 }
 
 /// How one node is configured.
@@ -834,4 +845,16 @@ pub fn rerun_outside_replay(events: &[IdEvent], manifest: &Value) -> Vec<String>
         }
     }
     bad
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn free_ports_are_never_given_twice_in_a_process() {
+        let mut ports: Vec<u16> = (0..300).map(|_| super::free_port()).collect();
+        ports.sort_unstable();
+        let n = ports.len();
+        ports.dedup();
+        assert_eq!(ports.len(), n, "a port was given twice");
+    }
 }
