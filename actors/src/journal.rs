@@ -137,10 +137,10 @@ impl Journal {
     /// write). `Ok(false)`: nothing to write; `Err`: the store's error (the
     /// caller must stop: later events depend on it).
     pub fn commit(&mut self, id_high_water: u64, last_epoch: u64) -> Result<bool, String> {
-        if !self.dirty(id_high_water, last_epoch) {
+        let meta = self.next_meta(id_high_water, last_epoch);
+        if self.batch.is_empty() && meta == self.meta {
             return Ok(false);
         }
-        let meta = self.next_meta(id_high_water, last_epoch);
         let Some(log) = self.log.as_mut() else {
             return Ok(false);
         };

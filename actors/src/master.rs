@@ -132,6 +132,13 @@ impl MasterState {
         self.outgoing.push(Outgoing::Reply(port, answer));
     }
 
+    /// Write the events recorded so far, with the ID reservation and epoch
+    /// they need (see [`Journal::commit`]).
+    fn commit_journal(&mut self) -> Result<bool, String> {
+        self.journal
+            .commit(self.sched.ids().high_water(), self.membership.last_epoch())
+    }
+
     /// After each message: act at once on what waits for nothing; else make
     /// sure a `Commit` comes after everything already in the mailbox, so the
     /// events of all of it share one commit (group commit).
@@ -170,9 +177,7 @@ impl MasterState {
         }
         self.commit_queued = false;
         self.batch_since = None;
-        let hw = self.sched.ids().high_water();
-        self.journal
-            .commit(hw, self.membership.last_epoch())
+        self.commit_journal()
             .map_err(|e| format!("cannot write the master's store: {e}; stopping (every decision acted on is recorded, a restart resumes from the store)"))?;
         let (out, acks) = (
             std::mem::take(&mut self.outgoing),
@@ -601,10 +606,8 @@ impl Actor for Master {
             }
         }
         // Reserve IDs (a synced write) and record the resume before serving anyone.
-        let hw = state.sched.ids().high_water();
         state
-            .journal
-            .commit(hw, state.membership.last_epoch())
+            .commit_journal()
             .map_err(|e| format!("cannot write the master's store: {e}"))?;
         state.settle(&myself);
         state.frames_reported = state
@@ -711,8 +714,7 @@ impl Actor for Master {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         // Commit the last batch and close the store cleanly.
-        let hw = state.sched.ids().high_water();
-        let _ = state.journal.commit(hw, state.membership.last_epoch());
+        let _ = state.commit_journal();
         state.journal.close();
         Ok(())
     }
