@@ -64,7 +64,14 @@ pub struct NodeSpec {
     pub devices_toml: Option<String>,
     /// `[store] durability` (default: the node's default, `process`).
     pub durability: Option<String>,
+    /// `RUST_LOG` of the node: [`TEST_LOG`] unless changed; `None` runs the
+    /// node with its own default filter (what benchmarks measure).
+    pub rust_log: Option<String>,
 }
+
+/// The tests' log filter: the node's default plus every ID chunk a worker
+/// receives and uses (`orch::ids`, read by [`id_events`]).
+pub const TEST_LOG: &str = "info,ractor=warn,ractor_cluster=warn,orch::ids=debug";
 
 impl NodeSpec {
     pub fn new(name: &str) -> Self {
@@ -83,6 +90,7 @@ impl NodeSpec {
             max_concurrency: 4,
             devices_toml: None,
             durability: None,
+            rust_log: Some(TEST_LOG.into()),
         }
     }
 
@@ -301,13 +309,12 @@ impl TestCluster {
             }
             None => Command::new(&self.bins.node),
         };
-        cmd.arg("--cluster")
-            .arg(&node.config)
-            .env(
-                "RUST_LOG",
-                "info,ractor=warn,ractor_cluster=warn,orch::ids=debug",
-            )
-            .stdin(Stdio::null())
+        cmd.arg("--cluster").arg(&node.config);
+        match &node.spec.rust_log {
+            Some(filter) => cmd.env("RUST_LOG", filter),
+            None => cmd.env_remove("RUST_LOG"),
+        };
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
         node.child = Some(cmd.spawn().context("start orch-node")?);

@@ -107,6 +107,14 @@ fn noop_session(name: &str, frames: u64, chunk: u64) -> String {
     )
 }
 
+/// A node as an operator runs it: the node's own log filter (`info`), not
+/// the tests' per-chunk `orch::ids` lines.
+fn node_spec(name: &str) -> NodeSpec {
+    let mut s = NodeSpec::new(name);
+    s.rust_log = None;
+    s
+}
+
 fn cluster(bins: &Bins, devices: u32, hb: u64) -> Result<TestCluster> {
     cluster_with(bins, devices, hb, None)
 }
@@ -121,13 +129,13 @@ fn cluster_with(
 ) -> Result<TestCluster> {
     let mut c = TestCluster::new(bins.clone());
     let mport = free_port();
-    let mut m = NodeSpec::new("node-0").master().heartbeat(hb, 3);
+    let mut m = node_spec("node-0").master().heartbeat(hb, 3);
     m.devices = devices;
     m.max_concurrency = devices;
     m.durability = durability.map(str::to_string);
     c.add_with_port(m, mport)?;
     for i in 1..=2 {
-        let mut w = NodeSpec::new(&format!("node-{i}"))
+        let mut w = node_spec(&format!("node-{i}"))
             .peer(format!("127.0.0.1:{mport}"))
             .heartbeat(hb, 3);
         w.devices = devices;
@@ -487,7 +495,7 @@ fn scale(bins: &Bins, quick: bool) -> Result<Value> {
     let n = if quick { 2_000 } else { 10_000 };
     let base = {
         let mut c = TestCluster::new(bins.clone());
-        let mut s = NodeSpec::new("small").master();
+        let mut s = node_spec("small").master();
         s.devices = 1;
         c.add(s)?;
         c.wait_for("registered", Duration::from_secs(20), |ws| {
@@ -497,7 +505,7 @@ fn scale(bins: &Bins, quick: bool) -> Result<Value> {
         c.nodes[0].pid().and_then(memory).map(|m| m.0).unwrap_or(0)
     };
     let mut c = TestCluster::new(bins.clone());
-    let mut s = NodeSpec::new("big").master();
+    let mut s = node_spec("big").master();
     s.devices = n;
     s.max_concurrency = 100;
     let t0 = Instant::now();
