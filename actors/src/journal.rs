@@ -99,6 +99,11 @@ impl Journal {
         self.log.is_some()
     }
 
+    /// IDs below this are reserved in the store (as of the last commit).
+    pub fn id_reserved(&self) -> u64 {
+        self.meta.id_reserved
+    }
+
     /// Record an event about to be fed to the scheduler at `at_ms`.
     pub fn record(&mut self, at_ms: u64, ev: &SchedEvent) {
         if self.log.is_some() {

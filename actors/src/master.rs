@@ -4,17 +4,24 @@
 //! [`AdminRequest`]s. It joins the `orch.master` process group.
 //!
 //! Every ledger event goes to the [`Journal`] first; what the master decides
-//! (assignments, acknowledgements, answers to submissions) waits in
+//! (acknowledgements, answers to submissions, registrations, drops) waits in
 //! `outgoing` until the batch holding its cause is committed. The first
 //! event of a batch queues a `Commit` message to the master itself; when it
 //! comes up, every message queued before it has added its events, and the
 //! master writes them all in one transaction on its own thread, then sends
-//! what waited (group commit; a small batch waits up to `GROUP_MAX_WAIT` for
-//! more while messages keep coming). A store that cannot be written stops
-//! the master: nothing it did not record was acted on, and a restart resumes
-//! from the store.
+//! what waited (group commit). A batch is written at most `GROUP_MAX_WAIT`
+//! after its first event, or as soon as the mailbox is empty if something
+//! waits for it.
+//!
+//! Assignments do not wait: a task's round trip would include a commit, and
+//! the rate of small tasks would be set by it. An assignment whose cause is
+//! lost in a crash is one the restarted master never heard of; it stays
+//! harmless because its ID chunk is below the recorded reservation, and its
+//! attempt number is skipped after the restart (one per task and commit,
+//! see [`MasterState::may_send_now`]). A store that cannot be written stops
+//! the master; a restart resumes from the store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -91,12 +98,27 @@ pub struct MasterState {
     handled_since_commit_queued: u32,
     /// When the first event of the batch being filled was recorded.
     batch_since: Option<Instant>,
+    /// The queued `Commit` is a timer's (nothing waited for the batch).
+    commit_timed: bool,
+    /// Only the last `Commit` queued counts.
+    commit_generation: u64,
+    /// Something other than an assignment waits for the batch (an answer,
+    /// a registration, a manifest): write it as soon as the mailbox is empty.
+    urgent: bool,
+    /// Tasks assigned since the last commit without waiting for it.
+    sent_early: HashSet<(String, u64)>,
+    /// Nodes with a decision waiting for the next commit: what follows
+    /// for them waits too, so each node sees the master's order.
+    waiting_nodes: HashSet<String>,
 }
 
-/// A batch with fewer events than this waits for more while messages keep
-/// coming (each commit costs about as much as tens of events), ...
-const GROUP_MIN_EVENTS: usize = 32;
-/// ... but never longer than this after its first event.
+/// A batch is written once it holds this many events, ...
+const GROUP_MAX_EVENTS: usize = 4096;
+/// ... or this long after its first event, or when the mailbox is empty and
+/// a decision waits for the batch. Assignments do not wait (see
+/// [`MasterState::may_send_now`]), so under load the master commits about
+/// every `GROUP_MAX_WAIT` whatever the rate (each commit costs about as much
+/// as tens of events).
 const GROUP_MAX_WAIT: Duration = Duration::from_millis(2);
 
 impl MasterState {
@@ -125,10 +147,37 @@ impl MasterState {
     }
 
     fn send_to(&mut self, node: &str, msg: ToWorker) {
+        if self.journal.durable() && !self.waiting_nodes.contains(node) {
+            self.waiting_nodes.insert(node.to_string());
+        }
+        self.urgent |= !matches!(msg, ToWorker::Assign(_));
         self.outgoing.push(Outgoing::Send(node.to_string(), msg));
     }
 
+    /// Whether an assignment may leave before the commit of its cause. If
+    /// the master dies before that commit, the restarted one never learns
+    /// of it, and its worker may run it: that is safe when
+    /// - its ID chunk is below the recorded reservation (the restarted
+    ///   master issues nothing below it, not even returned tails);
+    /// - it is the only one of its task since the last commit (the restarted
+    ///   master skips one attempt number for each unfinished task, see
+    ///   `SchedEvent::Resume`);
+    /// - nothing waits for the commit on its node (order per node holds).
+    ///
+    /// A worker that outlives the master names the attempts it holds when it
+    /// registers again; the manifest's `replay` lists those the store never
+    /// recorded. This node's own worker dies with the master: an attempt it
+    /// finished within the last commit window (about `GROUP_MAX_WAIT`) before
+    /// a crash runs again unlisted (README, "Master restarts").
+    fn may_send_now(&mut self, node: &str, task: &crate::protocol::TaskSpec) -> bool {
+        self.journal.durable()
+            && task.ids.hi <= self.journal.id_reserved()
+            && !self.waiting_nodes.contains(node)
+            && self.sent_early.insert((task.session.clone(), task.task))
+    }
+
     fn reply(&mut self, port: RpcReplyPort<AdminReply>, answer: AdminReply) {
+        self.urgent = true;
         self.outgoing.push(Outgoing::Reply(port, answer));
     }
 
@@ -146,9 +195,13 @@ impl MasterState {
         let hw = self.sched.ids().high_water();
         if self.commit_queued || self.journal.dirty(hw, self.membership.last_epoch()) {
             if !self.commit_queued {
-                self.commit_queued = myself.cast(MasterMsg::Commit).is_ok();
+                self.commit_queued = self.queue_commit(myself);
                 self.handled_since_commit_queued = 0;
                 self.batch_since = Some(Instant::now());
+            } else if self.commit_timed && self.urgent {
+                // Something waits now: do not let it wait for the timer.
+                self.commit_timed = !self.queue_commit(myself);
+                self.handled_since_commit_queued = 0;
             }
             return;
         }
@@ -159,24 +212,49 @@ impl MasterState {
         self.deliver(out, acks);
     }
 
+    /// Put a `Commit` at the end of the mailbox; any other one queued is void.
+    fn queue_commit(&mut self, myself: &ActorRef<MasterMsg>) -> bool {
+        self.commit_generation += 1;
+        myself
+            .cast(MasterMsg::Commit(self.commit_generation))
+            .is_ok()
+    }
+
     /// Write the events recorded so far, then carry out what waited for them.
-    /// A small batch waits behind the messages that arrived meanwhile, if
-    /// any (the mailbox is not empty), up to [`GROUP_MAX_WAIT`].
-    fn commit(&mut self, myself: &ActorRef<MasterMsg>) -> Result<(), ActorProcessingErr> {
-        let busy = self.handled_since_commit_queued > 0;
-        let young = self
-            .batch_since
-            .is_some_and(|at| at.elapsed() < GROUP_MAX_WAIT);
-        if busy
-            && young
-            && self.journal.events() < GROUP_MIN_EVENTS
-            && myself.cast(MasterMsg::Commit).is_ok()
-        {
-            self.handled_since_commit_queued = 0;
+    /// A batch younger than [`GROUP_MAX_WAIT`] waits behind the messages that
+    /// arrived meanwhile, if any; with an empty mailbox it is written at once
+    /// if a decision waits for it, else when the timer ends.
+    fn commit(
+        &mut self,
+        myself: &ActorRef<MasterMsg>,
+        generation: u64,
+    ) -> Result<(), ActorProcessingErr> {
+        if !self.commit_queued || generation != self.commit_generation {
+            // A timer's `Commit`, overtaken by one for something that waited.
             return Ok(());
         }
+        let busy = self.handled_since_commit_queued > 0;
+        let age = self.batch_since.map(|at| at.elapsed()).unwrap_or_default();
+        if age < GROUP_MAX_WAIT && self.journal.events() < GROUP_MAX_EVENTS {
+            self.handled_since_commit_queued = 0;
+            if busy && self.queue_commit(myself) {
+                self.commit_timed = false;
+                return Ok(());
+            }
+            if !busy && !self.urgent {
+                self.commit_generation += 1;
+                let generation = self.commit_generation;
+                myself.send_after(GROUP_MAX_WAIT - age, move || MasterMsg::Commit(generation));
+                self.commit_timed = true;
+                return Ok(());
+            }
+        }
         self.commit_queued = false;
+        self.commit_timed = false;
         self.batch_since = None;
+        self.sent_early.clear();
+        self.waiting_nodes.clear();
+        self.urgent = false;
         self.commit_journal()
             .map_err(|e| format!("cannot write the master's store: {e}; stopping (every decision acted on is recorded, a restart resumes from the store)"))?;
         let (out, acks) = (
@@ -299,7 +377,11 @@ impl MasterState {
         match cmd {
             SchedCommand::Assign { node, task } => {
                 metrics::counter!(m::TASKS_ASSIGNED).increment(1);
-                self.send_to(&node, ToWorker::Assign(task));
+                if self.may_send_now(&node, &task) {
+                    self.deliver_to(&node, ToWorker::Assign(task));
+                } else {
+                    self.send_to(&node, ToWorker::Assign(task));
+                }
             }
             SchedCommand::Drop {
                 node,
@@ -333,6 +415,7 @@ impl MasterState {
             SchedCommand::SessionFinished { session, state } => {
                 metrics::counter!(m::SESSIONS_FINISHED, "state" => state.as_str()).increment(1);
                 info!(node_id = %self.node, session = %session, state = state.as_str(), "session finished");
+                self.urgent = true;
                 self.outgoing.push(Outgoing::Manifest(session));
             }
         }
@@ -535,8 +618,9 @@ pub enum MasterMsg {
     /// Local: check heartbeat deadlines, wake retries, refresh gauges.
     Tick,
     /// Local: write the events recorded so far to the store, then send the
-    /// decisions and acknowledgements that waited for them.
-    Commit,
+    /// decisions and acknowledgements that waited for them. Only the one
+    /// with the latest generation counts.
+    Commit(u64),
 }
 
 impl Actor for Master {
@@ -585,6 +669,11 @@ impl Actor for Master {
             commit_queued: false,
             handled_since_commit_queued: 0,
             batch_since: None,
+            commit_timed: false,
+            commit_generation: 0,
+            urgent: false,
+            sent_early: HashSet::new(),
+            waiting_nodes: HashSet::new(),
         };
         if replayed > 0 {
             let running = state
@@ -698,8 +787,8 @@ impl Actor for Master {
                 }
                 state.publish_gauges();
             }
-            MasterMsg::Commit => {
-                state.commit(&myself)?;
+            MasterMsg::Commit(generation) => {
+                state.commit(&myself, generation)?;
                 return Ok(());
             }
         }

@@ -147,12 +147,21 @@ struct Task {
     /// What is left to produce: shrinks as progress is banked.
     frames: FrameRange,
     attempt: u32,
+    /// The least number a new attempt may take (see [`SchedEvent::Resume`]).
+    attempt_floor: u32,
     failures: u32,
     losses: u32,
     state: TaskState,
     /// The device of the last failed attempt, avoided on retry if possible.
     avoid: Option<(Arc<str>, Arc<str>)>,
     last_error: Option<String>,
+}
+
+impl Task {
+    /// Move on to a new attempt.
+    fn next_attempt(&mut self) {
+        self.attempt = (self.attempt + 1).max(self.attempt_floor);
+    }
 }
 
 /// A produced range, kept compact: a million of them must fit in memory.
@@ -408,6 +417,19 @@ impl Scheduler {
                 // Chunks handed out after the last durable commit are unknown:
                 // issue nothing below the reservation, not even returned tails.
                 self.ids.resume_above(id_floor);
+                // So are attempts: the master sends an assignment before its
+                // cause is committed, at most one per task in each commit.
+                // A pending task's next number, or the one after a running
+                // attempt's, may be running somewhere: never give it out again.
+                for sess in self.sessions.iter_mut().filter(|s| !s.state.is_final()) {
+                    for task in &mut sess.tasks {
+                        match task.state {
+                            TaskState::Pending | TaskState::Waiting => task.attempt += 1,
+                            TaskState::Running(_) => task.attempt_floor = task.attempt + 2,
+                            TaskState::Done | TaskState::Failed => {}
+                        }
+                    }
+                }
                 for n in self.nodes.values_mut() {
                     n.resume_by = Some(now_ms + within_ms);
                 }
@@ -470,6 +492,7 @@ impl Scheduler {
             self.node_down(&name, old_epoch, reason, now_ms, out);
         }
         let name: Arc<str> = name.into();
+        let node_name = name.clone();
         let drained = self.drained.contains(&name);
         let devices: Vec<Device> = devices
             .into_iter()
@@ -508,6 +531,47 @@ impl Scheduler {
         );
         for (s, t) in kept {
             self.keep_running(s, t, now_ms);
+        }
+        self.note_unrecorded(&node_name, held);
+    }
+
+    /// Attempts a node holds that the ledger never recorded: sent by the
+    /// master before a crash lost their cause (see [`SchedEvent::Resume`]).
+    /// Their frames may have been produced, and run again under a new
+    /// attempt: the manifest's `replay` says so. Their results are stale.
+    fn note_unrecorded(&mut self, node: &str, held: &[AttemptKey]) {
+        for key in held {
+            if self.current(node, key).is_some() || self.settled(key) {
+                continue;
+            }
+            let (Some(&s), Ok(t)) = (self.by_id.get(&key.session), u32::try_from(key.task)) else {
+                continue;
+            };
+            let sess = &mut self.sessions[s];
+            let Some(task) = sess.tasks.get(t as usize) else {
+                continue;
+            };
+            // Numbers the ledger gave out and replaced have a record already;
+            // an unrecorded one is next to the task's current number.
+            if sess.state.is_final()
+                || key.attempt + 1 < task.attempt
+                || sess
+                    .replay
+                    .iter()
+                    .rev()
+                    .any(|r| r.task == key.task && r.old_attempt == key.attempt)
+            {
+                continue;
+            }
+            sess.replay.push(ReplayRecord {
+                frames: task.frames,
+                task: key.task,
+                old_attempt: key.attempt,
+                new_attempt: task.attempt.max(task.attempt_floor),
+                node: node.to_string(),
+                device: String::new(),
+                reason: "master_restart".into(),
+            });
         }
     }
 
@@ -681,7 +745,7 @@ impl Scheduler {
             return (0, orphan);
         }
         task.losses += 1;
-        task.attempt += 1;
+        task.next_attempt();
         sess.failovers += 1;
         sess.replay.push(ReplayRecord {
             frames: rest,
@@ -760,6 +824,7 @@ impl Scheduler {
             tasks.push(Task {
                 frames: FrameRange { start, end },
                 attempt: 1,
+                attempt_floor: 0,
                 failures: 0,
                 losses: 0,
                 state: TaskState::Pending,
@@ -991,7 +1056,7 @@ impl Scheduler {
                     fail_task(sess, t, error);
                     return;
                 }
-                task.attempt += 1;
+                task.next_attempt();
                 task.avoid = Some((node, device));
                 sess.retries += 1;
                 let exp = (task.failures - 1).min(20);
