@@ -160,7 +160,7 @@ struct Task {
 impl Task {
     /// Move on to a new attempt.
     fn next_attempt(&mut self) {
-        self.attempt = (self.attempt + 1).max(self.attempt_floor);
+        self.attempt = self.attempt.saturating_add(1).max(self.attempt_floor);
     }
 }
 
@@ -424,8 +424,12 @@ impl Scheduler {
                 for sess in self.sessions.iter_mut().filter(|s| !s.state.is_final()) {
                     for task in &mut sess.tasks {
                         match task.state {
-                            TaskState::Pending | TaskState::Waiting => task.attempt += 1,
-                            TaskState::Running(_) => task.attempt_floor = task.attempt + 2,
+                            TaskState::Pending | TaskState::Waiting => {
+                                task.attempt = task.attempt.saturating_add(1)
+                            }
+                            TaskState::Running(_) => {
+                                task.attempt_floor = task.attempt.saturating_add(2)
+                            }
                             TaskState::Done | TaskState::Failed => {}
                         }
                     }
@@ -552,9 +556,12 @@ impl Scheduler {
                 continue;
             };
             // Numbers the ledger gave out and replaced have a record already;
-            // an unrecorded one is next to the task's current number.
+            // an unrecorded one is one a restart skipped: just below a pending
+            // task's number, or just below a running one's floor. Any other
+            // number is not one this ledger could have sent.
             if sess.state.is_final()
-                || key.attempt + 1 < task.attempt
+                || key.attempt.saturating_add(1) < task.attempt
+                || key.attempt > task.attempt.max(task.attempt_floor)
                 || sess
                     .replay
                     .iter()

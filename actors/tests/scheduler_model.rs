@@ -772,3 +772,55 @@ fn a_restart_skips_the_attempt_numbers_a_lost_commit_may_have_used() {
     }
     assert!(attempts.values().all(|a| *a >= 2), "{attempts:?}");
 }
+
+/// A worker naming attempts this ledger could not have sent (a bug, or a
+/// forged registration) changes nothing: no replay record, no panic.
+#[test]
+fn held_attempts_no_master_could_have_sent_are_ignored() {
+    let mut w = World::new(50, 10, 3);
+    w.apply(Op::Up(0));
+    let mut sched = Scheduler::new(1_000);
+    for (at, ev) in w.log.iter().cloned() {
+        sched.on_event(ev, at);
+    }
+    sched.on_event(
+        SchedEvent::Resume {
+            id_floor: w.sched.ids().high_water() + 50,
+            within_ms: 100,
+        },
+        w.now,
+    );
+    let held: Vec<AttemptKey> = [u32::MAX, 1_000, 0]
+        .iter()
+        .flat_map(|&attempt| {
+            (0..5u64).map(move |task| AttemptKey {
+                session: "s1".into(),
+                task,
+                attempt,
+            })
+        })
+        .chain([AttemptKey {
+            session: "no-such-session".into(),
+            task: 0,
+            attempt: 1,
+        }])
+        .collect();
+    sched.on_event(
+        SchedEvent::NodeUp {
+            node: node_name(0),
+            epoch: 2,
+            max_concurrency: 1,
+            devices: devices(0),
+            held,
+        },
+        w.now,
+    );
+    let m = sched.manifest(&w.session).unwrap();
+    assert!(
+        m.replay
+            .iter()
+            .all(|r| r.reason != "master_restart" || !r.device.is_empty()),
+        "{:?}",
+        m.replay
+    );
+}
