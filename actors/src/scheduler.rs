@@ -536,14 +536,15 @@ impl Scheduler {
         for (s, t) in kept {
             self.keep_running(s, t, now_ms);
         }
-        self.note_unrecorded(&node_name, held);
+        self.note_unrecorded(&node_name, held, out);
     }
 
     /// Attempts a node holds that the ledger never recorded: sent by the
     /// master before a crash lost their cause (see [`SchedEvent::Resume`]).
     /// Their frames may have been produced, and run again under a new
-    /// attempt: the manifest's `replay` says so. Their results are stale.
-    fn note_unrecorded(&mut self, node: &str, held: &[AttemptKey]) {
+    /// attempt: the manifest's `replay` says so. They are stale: the node
+    /// stops them (it knows their device) and quarantines their outputs.
+    fn note_unrecorded(&mut self, node: &str, held: &[AttemptKey], out: &mut Vec<SchedCommand>) {
         for key in held {
             if self.current(node, key).is_some() || self.settled(key) {
                 continue;
@@ -578,6 +579,13 @@ impl Scheduler {
                 node: node.to_string(),
                 device: String::new(),
                 reason: "master_restart".into(),
+            });
+            out.push(SchedCommand::Drop {
+                node: node.to_string(),
+                key: key.clone(),
+                device: String::new(),
+                keep: Vec::new(),
+                reason: "master_restart: sent before the crash, never recorded".into(),
             });
         }
     }

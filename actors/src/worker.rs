@@ -99,8 +99,8 @@ pub struct WorkerState {
     seq: u64,
     devices: Vec<ActorRef<DeviceMsg>>,
     by_id: HashMap<String, usize>,
-    /// Attempts queued or running here, with their cancel switches.
-    tasks: HashMap<AttemptKey, CancellationToken>,
+    /// Attempts queued or running here, with their cancel switches and devices.
+    tasks: HashMap<AttemptKey, (CancellationToken, usize)>,
     leaving: Option<RpcReplyPort<bool>>,
     outbox: Outbox,
     /// The earliest `Flush` scheduled, if any.
@@ -226,11 +226,15 @@ impl WorkerState {
                 keep,
                 reason,
             } => {
-                if let Some(token) = self.tasks.remove(&key) {
-                    info!(node_id = %self.args.node, device_id = %device, session = %key.session, task = key.task, attempt = key.attempt, %reason, "dropping attempt");
+                // The master may not know the device (an attempt it sent just
+                // before a crash): the one it was queued on is quarantined.
+                let mut on = self.by_id.get(&device).copied();
+                if let Some((token, d)) = self.tasks.remove(&key) {
+                    info!(node_id = %self.args.node, device_id = %self.args.devices[d].id, session = %key.session, task = key.task, attempt = key.attempt, %reason, "dropping attempt");
                     token.cancel();
+                    on = on.or(Some(d));
                 }
-                if let Some(&d) = self.by_id.get(&device) {
+                if let Some(d) = on {
                     let _ = self.devices[d].cast(DeviceMsg::Quarantine(key, keep));
                 }
             }
@@ -274,7 +278,7 @@ impl WorkerState {
             return;
         };
         let token = CancellationToken::new();
-        self.tasks.insert(key, token.clone());
+        self.tasks.insert(key, (token.clone(), d));
         let _ = self.devices[d].cast(DeviceMsg::Run(Box::new(task), token));
     }
 

@@ -682,7 +682,7 @@ fn an_assignment_whose_cause_was_lost_is_never_reissued_and_is_listed() {
     // attempts, and the one the store never recorded.
     let mut held: Vec<AttemptKey> = w.live.iter().map(|l| key(&l.task)).collect();
     held.push(key(&done.task));
-    sched.on_event(
+    let out = sched.on_event(
         SchedEvent::NodeUp {
             node: node_name(0),
             epoch: 2,
@@ -691,6 +691,14 @@ fn an_assignment_whose_cause_was_lost_is_never_reissued_and_is_listed() {
             held,
         },
         w.now,
+    );
+    // The node stops it at once (it knows the device), rather than let it
+    // hold the device until it ends.
+    assert!(
+        out.iter().any(
+            |c| matches!(c, SchedCommand::Drop { key, .. } if key.task == 3 && key.attempt == 1)
+        ),
+        "{out:?}"
     );
     let m = sched.manifest(&w.session).unwrap();
     assert_eq!(m.replay.len(), 1, "{:?}", m.replay);
