@@ -642,6 +642,38 @@ fn an_attempt_silent_past_its_deadline_is_reassigned_as_no_answer() {
     w.apply(Op::Stale(w.dead.len() - 1));
 }
 
+/// The master restarted: a new ledger replays the first `committed` events of
+/// `w` and resumes above everything issued. Returns it and its ID floor.
+fn restarted(w: &World, committed: usize) -> (Scheduler, u64) {
+    let mut sched = Scheduler::new(1_000);
+    for (at, ev) in w.log[..committed].iter().cloned() {
+        sched.on_event(ev, at);
+    }
+    let floor = w.sched.ids().high_water() + 50;
+    sched.on_event(
+        SchedEvent::Resume {
+            id_floor: floor,
+            within_ms: 100,
+        },
+        w.now,
+    );
+    (sched, floor)
+}
+
+/// `n0` registers with the restarted master, naming the attempts it holds.
+fn n0_back(sched: &mut Scheduler, now: u64, held: Vec<AttemptKey>) -> Vec<SchedCommand> {
+    sched.on_event(
+        SchedEvent::NodeUp {
+            node: node_name(0),
+            epoch: 2,
+            max_concurrency: 1,
+            devices: devices(0),
+            held,
+        },
+        now,
+    )
+}
+
 /// The master sends an assignment before its cause is committed. If it dies
 /// first, the restarted master has never heard of that attempt: it must not
 /// give the attempt's number or chunk out again, and when the worker names
@@ -661,18 +693,7 @@ fn an_assignment_whose_cause_was_lost_is_never_reissued_and_is_listed() {
     assert_eq!((early.task, early.attempt), (3, 1));
 
     // The crash: the restarted master replays what was committed.
-    let mut sched = Scheduler::new(1_000);
-    for (at, ev) in w.log[..committed].iter().cloned() {
-        sched.on_event(ev, at);
-    }
-    let floor = w.sched.ids().high_water() + 50;
-    sched.on_event(
-        SchedEvent::Resume {
-            id_floor: floor,
-            within_ms: 100,
-        },
-        w.now,
-    );
+    let (mut sched, floor) = restarted(&w, committed);
     let key = |t: &TaskSpec| AttemptKey {
         session: t.session.clone(),
         task: t.task,
@@ -682,16 +703,7 @@ fn an_assignment_whose_cause_was_lost_is_never_reissued_and_is_listed() {
     // attempts, and the one the store never recorded.
     let mut held: Vec<AttemptKey> = w.live.iter().map(|l| key(&l.task)).collect();
     held.push(key(&done.task));
-    let out = sched.on_event(
-        SchedEvent::NodeUp {
-            node: node_name(0),
-            epoch: 2,
-            max_concurrency: 1,
-            devices: devices(0),
-            held,
-        },
-        w.now,
-    );
+    let out = n0_back(&mut sched, w.now, held);
     // The node stops it at once (it knows the device), rather than let it
     // hold the device until it ends.
     assert!(
@@ -787,17 +799,7 @@ fn a_restart_skips_the_attempt_numbers_a_lost_commit_may_have_used() {
 fn held_attempts_no_master_could_have_sent_are_ignored() {
     let mut w = World::new(50, 10, 3);
     w.apply(Op::Up(0));
-    let mut sched = Scheduler::new(1_000);
-    for (at, ev) in w.log.iter().cloned() {
-        sched.on_event(ev, at);
-    }
-    sched.on_event(
-        SchedEvent::Resume {
-            id_floor: w.sched.ids().high_water() + 50,
-            within_ms: 100,
-        },
-        w.now,
-    );
+    let (mut sched, _) = restarted(&w, w.log.len());
     let held: Vec<AttemptKey> = [u32::MAX, 1_000, 0]
         .iter()
         .flat_map(|&attempt| {
@@ -813,16 +815,7 @@ fn held_attempts_no_master_could_have_sent_are_ignored() {
             attempt: 1,
         }])
         .collect();
-    sched.on_event(
-        SchedEvent::NodeUp {
-            node: node_name(0),
-            epoch: 2,
-            max_concurrency: 1,
-            devices: devices(0),
-            held,
-        },
-        w.now,
-    );
+    n0_back(&mut sched, w.now, held);
     let m = sched.manifest(&w.session).unwrap();
     assert!(
         m.replay
