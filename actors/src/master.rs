@@ -256,7 +256,7 @@ impl MasterState {
         self.waiting_nodes.clear();
         self.urgent = false;
         self.commit_journal()
-            .map_err(|e| format!("cannot write the master's store: {e}; stopping (a restart resumes from the store; assignments sent since the last commit are skipped and listed, README "Master restarts and the outbox")"))?;
+            .map_err(|e| format!("cannot write the master's store: {e}; stopping (a restart resumes from the store; assignments sent since the last commit are skipped and listed, README, Master restarts and the outbox)"))?;
         let (out, acks) = (
             std::mem::take(&mut self.outgoing),
             std::mem::take(&mut self.acks),
