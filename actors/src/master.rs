@@ -18,8 +18,11 @@
 //! lost in a crash is one the restarted master never heard of; it stays
 //! harmless because its ID chunk is below the recorded reservation, and its
 //! attempt number is skipped after the restart (one per task and commit,
-//! see [`MasterState::may_send_now`]). A store that cannot be written stops
-//! the master; a restart resumes from the store.
+//! see [`MasterState::may_send_now`]). A worker that outlived the master
+//! names it; this node's own worker, which dies with the master, gets early
+//! only tasks a commit reserved for it, and a restart lists them all. A
+//! store that cannot be written stops the master; a restart resumes from
+//! the store.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -110,6 +113,11 @@ pub struct MasterState {
     /// Nodes with a decision waiting for the next commit: what follows
     /// for them waits too, so each node sees the master's order.
     waiting_nodes: HashSet<String>,
+    /// Assignments to this node since the last commit: how many tasks the
+    /// next commit reserves for it.
+    own_assigned: usize,
+    /// A reservation is being recorded: it is not committed yet.
+    reserving: bool,
 }
 
 /// A batch is written once it holds this many events, ...
@@ -166,11 +174,18 @@ impl MasterState {
     ///
     /// A worker that outlives the master names the attempts it holds when it
     /// registers again; the manifest's `replay` lists those the store never
-    /// recorded. This node's own worker dies with the master: an attempt it
-    /// finished within the last commit window (about `GROUP_MAX_WAIT`) before
-    /// a crash runs again unlisted (README, "Master restarts").
-    fn may_send_now(&mut self, node: &str, task: &crate::protocol::TaskSpec) -> bool {
+    /// recorded. This node's own worker dies with the master and names
+    /// nothing: it gets early only tasks reserved for it in an earlier
+    /// commit (`SchedEvent::Reserve`), and a restart lists every task still
+    /// reserved.
+    fn may_send_now(
+        &mut self,
+        node: &str,
+        task: &crate::protocol::TaskSpec,
+        reserved: bool,
+    ) -> bool {
         self.journal.durable()
+            && (node != self.node || (reserved && !self.reserving))
             && task.ids.hi <= self.journal.id_reserved()
             && !self.waiting_nodes.contains(node)
             && self.sent_early.insert((task.session.clone(), task.task))
@@ -220,6 +235,24 @@ impl MasterState {
             .is_ok()
     }
 
+    /// Record, with the batch about to be committed, the tasks this node's
+    /// own worker may get before the next commit: twice as many as it got
+    /// since the last one (as many would cap its rate at the last batch's;
+    /// a task reserved and never sent costs only a line in `replay` if the
+    /// master dies). Placements this causes wait for the commit.
+    fn reserve_for_own_node(&mut self) {
+        let want = std::mem::take(&mut self.own_assigned).saturating_mul(2);
+        if !self.journal.durable() {
+            return;
+        }
+        if let Some(ev) = self.sched.reservation(&self.node, want) {
+            self.reserving = true;
+            self.schedule(ev);
+            self.reserving = false;
+            self.own_assigned = 0;
+        }
+    }
+
     /// Write the events recorded so far, then carry out what waited for them.
     /// A batch younger than [`GROUP_MAX_WAIT`] waits behind the messages that
     /// arrived meanwhile, if any; with an empty mailbox it is written at once
@@ -249,6 +282,7 @@ impl MasterState {
                 return Ok(());
             }
         }
+        self.reserve_for_own_node();
         self.commit_queued = false;
         self.commit_timed = false;
         self.batch_since = None;
@@ -375,9 +409,16 @@ impl MasterState {
 
     fn carry_out(&mut self, cmd: SchedCommand) {
         match cmd {
-            SchedCommand::Assign { node, task } => {
+            SchedCommand::Assign {
+                node,
+                task,
+                reserved,
+            } => {
                 metrics::counter!(m::TASKS_ASSIGNED).increment(1);
-                if self.may_send_now(&node, &task) {
+                if node == self.node {
+                    self.own_assigned += 1;
+                }
+                if self.may_send_now(&node, &task, reserved) {
                     self.deliver_to(&node, ToWorker::Assign(task));
                 } else {
                     self.send_to(&node, ToWorker::Assign(task));
@@ -674,6 +715,8 @@ impl Actor for Master {
             urgent: false,
             sent_early: HashSet::new(),
             waiting_nodes: HashSet::new(),
+            own_assigned: 0,
+            reserving: false,
         };
         if replayed > 0 {
             let running = state

@@ -85,7 +85,19 @@ pub enum SchedEvent {
         id_floor: u64,
         within_ms: u64,
     },
+    /// Pending tasks set aside for `node`, the master's own: the master may
+    /// send them there before the commit of their cause, because this event
+    /// is committed first (see [`Scheduler::reservation`]). Other nodes take
+    /// them only when nothing else is pending.
+    Reserve {
+        node: String,
+        /// By session: task indexes, in the order they were pending.
+        tasks: Vec<(String, Vec<u32>)>,
+    },
 }
+
+/// Most tasks reserved for the master's node at once.
+pub const MAX_RESERVED: usize = 1024;
 
 /// What the master must do.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,6 +105,8 @@ pub enum SchedCommand {
     Assign {
         node: String,
         task: TaskSpec,
+        /// Taken from the tasks reserved for `node` ([`SchedEvent::Reserve`]).
+        reserved: bool,
     },
     /// Tell `node` to stop an attempt and quarantine its outputs but `keep`.
     Drop {
@@ -103,10 +117,7 @@ pub enum SchedCommand {
         reason: String,
     },
     /// A result or progress report for an attempt that is no longer current.
-    RejectedStale {
-        node: String,
-        key: AttemptKey,
-    },
+    RejectedStale { node: String, key: AttemptKey },
     /// `tasks` attempts were lost and their `frames` reassigned after a failure (`reason`).
     Reassigned {
         tasks: u64,
@@ -211,6 +222,8 @@ struct Session {
     state: SessionState,
     tasks: Vec<Task>,
     pending: VecDeque<u32>,
+    /// Pending tasks set aside for the reserve node, in order.
+    reserved: VecDeque<u32>,
     waiting: BTreeSet<(u64, u32)>,
     ranges: Vec<Segment>,
     /// Frames reported done by running attempts (not yet banked).
@@ -304,6 +317,8 @@ pub struct Scheduler {
     grace_ms: u64,
     /// (deadline, session, task, attempt): an attempt silent past its deadline is lost.
     deadlines: BTreeSet<(u64, usize, u32, u32)>,
+    /// The node the last [`SchedEvent::Reserve`] was for.
+    reserve_node: Option<Arc<str>>,
 }
 
 /// Whether `caps` satisfies every requirement.
@@ -405,6 +420,7 @@ impl Scheduler {
             SchedEvent::Cancel { session } => self.cancel(&session, now_ms, &mut out),
             SchedEvent::Progress(p) => self.progress(p, &mut out),
             SchedEvent::Result(r) => self.result(r, now_ms, &mut out),
+            SchedEvent::Reserve { node, tasks } => self.reserve(node, tasks),
             SchedEvent::Tick => {
                 self.expire(now_ms, &mut out);
                 self.expire_resume(now_ms, &mut out);
@@ -417,7 +433,12 @@ impl Scheduler {
                 // Chunks handed out after the last durable commit are unknown:
                 // issue nothing below the reservation, not even returned tails.
                 self.ids.resume_above(id_floor);
-                // So are attempts: the master sends an assignment before its
+                // Reserved tasks may have gone to the master's own node
+                // since the last commit, and its worker died with the
+                // master: nobody can say whether they ran. They run again,
+                // listed as possibly produced twice.
+                self.release_reserved(true);
+                // Attempts are unknown too: the master sends an assignment before its
                 // cause is committed, at most one per task in each commit.
                 // A pending task's next number, or the one after a running
                 // attempt's, may be running somewhere: never give it out again.
@@ -563,23 +584,31 @@ impl Scheduler {
             if sess.state.is_final()
                 || key.attempt.saturating_add(1) < task.attempt
                 || key.attempt > task.attempt.max(task.attempt_floor)
-                || sess
-                    .replay
-                    .iter()
-                    .rev()
-                    .any(|r| r.task == key.task && r.old_attempt == key.attempt)
             {
                 continue;
             }
-            sess.replay.push(ReplayRecord {
-                frames: task.frames,
-                task: key.task,
-                old_attempt: key.attempt,
-                new_attempt: task.attempt.max(task.attempt_floor),
-                node: node.to_string(),
-                device: String::new(),
-                reason: "master_restart".into(),
-            });
+            // Listed already: lost with its node (its `Drop` went with the
+            // node's orphans), or listed without a device because it was
+            // reserved for this node or named in an earlier registration.
+            let listed = sess
+                .replay
+                .iter()
+                .rev()
+                .find(|r| r.task == key.task && r.old_attempt == key.attempt);
+            if listed.is_some_and(|r| !r.device.is_empty()) {
+                continue;
+            }
+            if listed.is_none() {
+                sess.replay.push(ReplayRecord {
+                    frames: task.frames,
+                    task: key.task,
+                    old_attempt: key.attempt,
+                    new_attempt: task.attempt.max(task.attempt_floor),
+                    node: node.to_string(),
+                    device: String::new(),
+                    reason: "master_restart".into(),
+                });
+            }
             out.push(SchedCommand::Drop {
                 node: node.to_string(),
                 key: key.clone(),
@@ -587,6 +616,129 @@ impl Scheduler {
                 keep: Vec::new(),
                 reason: "master_restart: sent before the crash, never recorded".into(),
             });
+        }
+    }
+
+    /// The event that tops the tasks reserved for `node` up to `want` (at
+    /// most [`MAX_RESERVED`]): pending tasks from the front, one session
+    /// after another as [`Self::place`] takes them, from sessions a device
+    /// of `node` can serve. `None`: nothing to add.
+    ///
+    /// The master's own worker dies with the master, so nobody can tell a
+    /// restarted master which attempts it had started. The master sends it
+    /// before their commit only tasks reserved in an earlier commit; a
+    /// restart lists every task still reserved as possibly produced.
+    pub fn reservation(&self, node: &str, want: usize) -> Option<SchedEvent> {
+        let n = self.nodes.get(node)?;
+        if !n.accepting || n.drained || n.resume_by.is_some() {
+            return None;
+        }
+        let have: usize = if self.reserve_node.as_deref() == Some(node) {
+            self.sessions.iter().map(|s| s.reserved.len()).sum()
+        } else {
+            0
+        };
+        let mut left = want.min(MAX_RESERVED).saturating_sub(have);
+        let k = self.sessions.len();
+        let eligible: Vec<usize> = (0..k)
+            .map(|i| (self.rr + i) % k)
+            .filter(|&s| {
+                let sess = &self.sessions[s];
+                !sess.state.is_final()
+                    && !sess.pending.is_empty()
+                    && n.devices
+                        .iter()
+                        .any(|d| !d.disabled && caps_match(&sess.spec.require, &d.caps))
+            })
+            .collect();
+        let mut taken: Vec<Vec<u32>> = vec![Vec::new(); eligible.len()];
+        let mut depth = 0;
+        while left > 0 {
+            let mut progressed = false;
+            for (i, &s) in eligible.iter().enumerate() {
+                if left == 0 {
+                    break;
+                }
+                if let Some(&t) = self.sessions[s].pending.get(depth) {
+                    taken[i].push(t);
+                    left -= 1;
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                break;
+            }
+            depth += 1;
+        }
+        let tasks: Vec<(String, Vec<u32>)> = eligible
+            .iter()
+            .zip(taken)
+            .filter(|(_, t)| !t.is_empty())
+            .map(|(&s, t)| (self.sessions[s].id.clone(), t))
+            .collect();
+        (!tasks.is_empty()).then(|| SchedEvent::Reserve {
+            node: node.to_string(),
+            tasks,
+        })
+    }
+
+    fn reserve(&mut self, node: String, tasks: Vec<(String, Vec<u32>)>) {
+        if self.reserve_node.as_deref().is_some_and(|r| r != node) {
+            self.release_reserved(false);
+        }
+        self.reserve_node = Some(node.into());
+        let mut room =
+            MAX_RESERVED.saturating_sub(self.sessions.iter().map(|s| s.reserved.len()).sum());
+        for (id, ts) in tasks {
+            let Some(&s) = self.by_id.get(&id) else {
+                continue;
+            };
+            let sess = &mut self.sessions[s];
+            if sess.state.is_final() {
+                continue;
+            }
+            for t in ts {
+                if room == 0 {
+                    return;
+                }
+                // Taken from the front: never far in.
+                let Some(pos) = sess.pending.iter().take(MAX_RESERVED).position(|&p| p == t) else {
+                    continue;
+                };
+                sess.pending.remove(pos);
+                sess.reserved.push_back(t);
+                room -= 1;
+            }
+        }
+    }
+
+    /// Put every reserved task back in front of its session's pending tasks;
+    /// with `listed`, the manifest's `replay` lists each as possibly
+    /// produced by its current attempt on the reserve node (a master
+    /// restart: the next attempt takes the next number).
+    fn release_reserved(&mut self, listed: bool) {
+        let Some(node) = self.reserve_node.take() else {
+            return;
+        };
+        for sess in &mut self.sessions {
+            let reserved: Vec<u32> = sess.reserved.drain(..).collect();
+            if listed {
+                for &t in &reserved {
+                    let task = &sess.tasks[t as usize];
+                    sess.replay.push(ReplayRecord {
+                        frames: task.frames,
+                        task: u64::from(t),
+                        old_attempt: task.attempt,
+                        new_attempt: task.attempt.saturating_add(1),
+                        node: node.to_string(),
+                        device: String::new(),
+                        reason: "master_restart".into(),
+                    });
+                }
+            }
+            for &t in reserved.iter().rev() {
+                sess.pending.push_front(t);
+            }
         }
     }
 
@@ -659,6 +811,10 @@ impl Scheduler {
             return;
         }
         let node = self.nodes.remove(name).expect("checked above");
+        if self.reserve_node.as_deref() == Some(name) {
+            // Reserved tasks were never sent (this ledger knows every send).
+            self.release_reserved(false);
+        }
         let mut lost: Vec<(usize, u32)> = node.running.into_iter().collect();
         lost.sort_unstable();
         let (mut reassigned, mut tasks) = (0, 0);
@@ -858,6 +1014,7 @@ impl Scheduler {
             state: SessionState::Running,
             tasks,
             pending: (0..n).collect(),
+            reserved: VecDeque::new(),
             waiting: BTreeSet::new(),
             ranges: Vec::new(),
             replay: Vec::new(),
@@ -904,6 +1061,7 @@ impl Scheduler {
         }
         let sess = &mut self.sessions[s];
         sess.pending.clear();
+        sess.reserved.clear();
         sess.waiting.clear();
         sess.state = SessionState::Cancelled;
         sess.finished_ms = Some(now_ms);
@@ -1148,15 +1306,22 @@ impl Scheduler {
                 if blocked[s] || self.sessions[s].state.is_final() {
                     continue;
                 }
-                let Some(&t) = self.sessions[s].pending.front() else {
+                let sess = &self.sessions[s];
+                if sess.pending.is_empty() && sess.reserved.is_empty() {
                     blocked[s] = true;
                     continue;
-                };
-                match self.pick(s, t) {
-                    Some((node, d)) => {
-                        self.sessions[s].pending.pop_front();
-                        self.sessions[s].waiting_reason = None;
-                        if let Some(cmd) = self.assign(s, t, &node, d, now_ms) {
+                }
+                match self.next_placement(s) {
+                    Some((t, node, d, from_reserved)) => {
+                        let sess = &mut self.sessions[s];
+                        if from_reserved {
+                            sess.reserved.pop_front();
+                        } else {
+                            sess.pending.pop_front();
+                        }
+                        sess.waiting_reason = None;
+                        let reserved = from_reserved && self.reserve_node.as_ref() == Some(&node);
+                        if let Some(cmd) = self.assign(s, t, &node, d, reserved, now_ms) {
                             out.push(cmd);
                         }
                         progressed = true;
@@ -1195,42 +1360,77 @@ impl Scheduler {
         }
     }
 
-    /// The best device for task `t` of session `s`.
-    fn pick(&self, s: usize, t: u32) -> Option<(Arc<str>, usize)> {
+    /// The next task of session `s` to place, where, and whether it was
+    /// reserved: a reserved task on the reserve node first, then the first
+    /// pending task anywhere, then (nothing else pending) a reserved task
+    /// anywhere.
+    fn next_placement(&self, s: usize) -> Option<(u32, Arc<str>, usize, bool)> {
         let sess = &self.sessions[s];
-        let task = &sess.tasks[t as usize];
-        let mut best: Option<(PlacementKey, Arc<str>, usize)> = None;
-        for node in self.nodes.values() {
-            if !node.accepting
-                || node.drained
-                || node.resume_by.is_some()
-                || node.inflight >= node.cap()
-            {
-                continue;
-            }
-            let load = u64::from(node.inflight) * 1000 / u64::from(node.cap().max(1));
-            for (i, d) in node.devices.iter().enumerate() {
-                if d.disabled || d.inflight > PREFETCH || !caps_match(&sess.spec.require, &d.caps) {
-                    continue;
-                }
-                let avoided = task
-                    .avoid
-                    .as_ref()
-                    .is_some_and(|(an, ad)| *an == node.name && *ad == d.id);
-                // Higher is better: not the failed device, preference, idle, less load, least recently used.
-                let key = (
-                    !avoided,
-                    score(&sess.spec.prefer, &d.caps),
-                    u32::MAX - d.inflight,
-                    u64::MAX - load,
-                    u64::MAX - d.last_used,
-                );
-                if best.as_ref().is_none_or(|(b, _, _)| key > *b) {
-                    best = Some((key, node.name.clone(), i));
-                }
+        if let (Some(&t), Some(node)) = (
+            sess.reserved.front(),
+            self.reserve_node.as_ref().and_then(|r| self.nodes.get(r)),
+        ) {
+            let mut best = None;
+            self.best_on(s, t, node, &mut best);
+            if let Some((_, n, d)) = best {
+                return Some((t, n, d, true));
             }
         }
+        if let Some(&t) = sess.pending.front() {
+            return self.pick(s, t).map(|(n, d)| (t, n, d, false));
+        }
+        let &t = sess.reserved.front()?;
+        self.pick(s, t).map(|(n, d)| (t, n, d, true))
+    }
+
+    /// The best device for task `t` of session `s`.
+    fn pick(&self, s: usize, t: u32) -> Option<(Arc<str>, usize)> {
+        let mut best = None;
+        for node in self.nodes.values() {
+            self.best_on(s, t, node, &mut best);
+        }
         best.map(|(_, n, i)| (n, i))
+    }
+
+    /// Replace `best` with a device of `node` that is better for task `t`
+    /// of session `s`, if there is one.
+    fn best_on(
+        &self,
+        s: usize,
+        t: u32,
+        node: &Node,
+        best: &mut Option<(PlacementKey, Arc<str>, usize)>,
+    ) {
+        let sess = &self.sessions[s];
+        let task = &sess.tasks[t as usize];
+        if !node.accepting
+            || node.drained
+            || node.resume_by.is_some()
+            || node.inflight >= node.cap()
+        {
+            return;
+        }
+        let load = u64::from(node.inflight) * 1000 / u64::from(node.cap().max(1));
+        for (i, d) in node.devices.iter().enumerate() {
+            if d.disabled || d.inflight > PREFETCH || !caps_match(&sess.spec.require, &d.caps) {
+                continue;
+            }
+            let avoided = task
+                .avoid
+                .as_ref()
+                .is_some_and(|(an, ad)| *an == node.name && *ad == d.id);
+            // Higher is better: not the failed device, preference, idle, less load, least recently used.
+            let key = (
+                !avoided,
+                score(&sess.spec.prefer, &d.caps),
+                u32::MAX - d.inflight,
+                u64::MAX - load,
+                u64::MAX - d.last_used,
+            );
+            if best.as_ref().is_none_or(|(b, _, _)| key > *b) {
+                *best = Some((key, node.name.clone(), i));
+            }
+        }
     }
 
     fn assign(
@@ -1239,6 +1439,7 @@ impl Scheduler {
         t: u32,
         node: &Arc<str>,
         d: usize,
+        reserved: bool,
         now_ms: u64,
     ) -> Option<SchedCommand> {
         let size = self.sessions[s].spec.id_chunk_size;
@@ -1288,6 +1489,7 @@ impl Scheduler {
         };
         Some(SchedCommand::Assign {
             node: node.to_string(),
+            reserved,
             task: TaskSpec {
                 session: sess.id.clone(),
                 session_name: sess.spec.name.clone(),
@@ -1307,6 +1509,7 @@ impl Scheduler {
         for sess in &mut self.sessions {
             if sess.state.is_final()
                 || !sess.pending.is_empty()
+                || !sess.reserved.is_empty()
                 || !sess.waiting.is_empty()
                 || sess.running > 0
             {
@@ -1352,7 +1555,7 @@ impl Scheduler {
             tasks_total: s.tasks.len() as u64,
             tasks_completed: s.tasks_done,
             tasks_running: s.running,
-            tasks_pending: (s.pending.len() + s.waiting.len()) as u64,
+            tasks_pending: (s.pending.len() + s.reserved.len() + s.waiting.len()) as u64,
             tasks_failed: s.failed.len() as u64,
             retries: s.retries,
             failovers: s.failovers,

@@ -27,6 +27,8 @@ enum Op {
     /// at once; `forget` drops one lease per node, as if its assignment was
     /// committed but never delivered.
     Restart(u8, bool),
+    /// The master reserves up to this many tasks for node i (its own).
+    Reserve(usize, u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -40,6 +42,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(Op::Duplicate),
         1 => (1u64..200).prop_map(Op::Tick),
         1 => (any::<u8>(), any::<bool>()).prop_map(|(m, f)| Op::Restart(m, f)),
+        1 => (0usize..3, any::<u8>()).prop_map(|(i, n)| Op::Reserve(i, n % 8)),
     ]
 }
 
@@ -50,6 +53,8 @@ struct Lease {
     epoch: u64,
     task: TaskSpec,
     progress: u64,
+    /// Taken from the tasks reserved for its node.
+    reserved: bool,
 }
 
 struct World {
@@ -68,6 +73,8 @@ struct World {
     /// current for the master until the node returns or `limbo_until`.
     limbo: Vec<Lease>,
     limbo_until: u64,
+    /// The node of the last reservation.
+    reserved_for: Option<String>,
 }
 
 fn node_name(i: usize) -> String {
@@ -101,6 +108,7 @@ impl World {
             log: Vec::new(),
             limbo: Vec::new(),
             limbo_until: 0,
+            reserved_for: None,
         };
         let spec = SessionSpec {
             name: "model".into(),
@@ -126,8 +134,17 @@ impl World {
     fn feed(&mut self, ev: SchedEvent) {
         self.log.push((self.now, ev.clone()));
         for cmd in self.sched.on_event(ev, self.now) {
-            if let SchedCommand::Assign { node, task } = cmd {
+            if let SchedCommand::Assign {
+                node,
+                task,
+                reserved,
+            } = cmd
+            {
                 let i: usize = node[1..].parse().unwrap();
+                assert!(
+                    !reserved || self.reserved_for.as_ref() == Some(&node),
+                    "a reserved task goes only to the node it was reserved for"
+                );
                 // A new assignment never covers a produced frame.
                 let m = self.sched.manifest(&self.session).unwrap();
                 for r in &m.ranges {
@@ -143,6 +160,7 @@ impl World {
                     epoch: self.epochs[i],
                     task,
                     progress: 0,
+                    reserved,
                 });
             }
         }
@@ -270,6 +288,12 @@ impl World {
                 self.feed(SchedEvent::Tick);
             }
             Op::Restart(mask, forget) => self.restart(mask, forget),
+            Op::Reserve(i, n) => {
+                if let Some(ev) = self.sched.reservation(&node_name(i), n.into()) {
+                    self.reserved_for = Some(node_name(i));
+                    self.feed(ev);
+                }
+            }
             _ => {}
         }
         self.check();
@@ -741,6 +765,7 @@ fn an_assignment_whose_cause_was_lost_is_never_reissued_and_is_listed() {
         epoch: 2,
         task: early,
         progress: 0,
+        reserved: false,
     };
     let out = sched.on_event(w.result(&stale, TaskOutcome::Completed), w.now);
     assert!(
@@ -824,4 +849,87 @@ fn held_attempts_no_master_could_have_sent_are_ignored() {
         "{:?}",
         m.replay
     );
+}
+
+/// The master's own worker dies with it and names nothing when it comes
+/// back. So the master sends it early only tasks reserved for it in an
+/// earlier commit, and a restart lists every task still reserved (some may
+/// never have been sent): nothing it produced runs again unlisted.
+#[test]
+fn tasks_reserved_for_the_masters_node_are_listed_after_a_crash() {
+    let mut w = World::new(100, 10, 3);
+    w.apply(Op::Up(0));
+    assert_eq!(w.live.len(), 3);
+    w.apply(Op::Reserve(0, 2));
+    let committed = w.log.len();
+    // Not committed: task 0's result, and the reserved task it frees room for.
+    let done = w.live.remove(0);
+    let ev = w.result(&done, TaskOutcome::Completed);
+    w.feed(ev);
+    let early = w.live.last().unwrap().clone();
+    assert_eq!((early.task.task, early.task.attempt), (3, 1));
+    assert!(
+        early.reserved,
+        "the first reserved task, marked for early sending"
+    );
+
+    // The crash kills n0's worker with the master: it comes back holding nothing.
+    let (mut sched, _) = restarted(&w, committed);
+    n0_back(&mut sched, w.now, Vec::new());
+    let m = sched.manifest(&w.session).unwrap();
+    let listed: Vec<(u64, u32, &str, &str)> = m
+        .replay
+        .iter()
+        .filter(|r| r.device.is_empty())
+        .map(|r| (r.task, r.old_attempt, r.node.as_str(), r.reason.as_str()))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            (3, 1, "n0", "master_restart"),
+            (4, 1, "n0", "master_restart")
+        ],
+        "both reserved tasks, sent or not: {:?}",
+        m.replay
+    );
+    // Task 3 runs again under the next number.
+    assert!(m
+        .replay
+        .iter()
+        .any(|r| r.task == 3 && r.device.is_empty() && r.new_attempt == 2));
+}
+
+/// Reserved tasks wait for their node only while other work is pending:
+/// at the end of a session, any node takes them (not marked reserved).
+/// A reservation whose node goes down is released unlisted: this ledger
+/// knows none of them was sent.
+#[test]
+fn reserved_tasks_go_elsewhere_when_nothing_else_is_pending() {
+    let mut w = World::new(50, 10, 3);
+    w.apply(Op::Up(0)); // tasks 0-2 on n0's single device
+    w.apply(Op::Reserve(0, 5)); // 3 and 4: all that is pending
+    assert_eq!(w.live.len(), 3);
+    w.apply(Op::Up(1));
+    let on_n1: Vec<(u64, bool)> = w
+        .live
+        .iter()
+        .filter(|l| l.node == "n1")
+        .map(|l| (l.task.task, l.reserved))
+        .collect();
+    assert_eq!(on_n1, vec![(3, false), (4, false)]);
+
+    let mut w = World::new(50, 10, 3);
+    w.apply(Op::Up(0));
+    w.apply(Op::Reserve(0, 5));
+    w.apply(Op::Down(0));
+    let m = w.sched.manifest(&w.session).unwrap();
+    assert!(
+        m.replay.iter().all(|r| !r.device.is_empty()),
+        "{:?}",
+        m.replay
+    );
+    w.apply(Op::Up(1));
+    w.drain();
+    let m = w.sched.manifest(&w.session).unwrap();
+    assert_eq!(m.state, SessionState::Completed);
 }

@@ -97,7 +97,7 @@ fn run_ledger(tasks: u64) -> u64 {
     ));
     let mut done = 0;
     while let Some(cmd) = queue.pop() {
-        if let SchedCommand::Assign { node, task } = cmd {
+        if let SchedCommand::Assign { node, task, .. } = cmd {
             done += 1;
             queue.extend(s.on_event(
                 SchedEvent::Result(TaskResult {
