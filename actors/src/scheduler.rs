@@ -1361,11 +1361,16 @@ impl Scheduler {
     }
 
     /// The next task of session `s` to place, where, and whether it was
-    /// reserved: a reserved task on the reserve node first, then the first
-    /// pending task anywhere, then (nothing else pending) a reserved task
-    /// anywhere.
+    /// reserved: lost work first, anywhere (the session waits for it); then
+    /// a reserved task on the reserve node; then the first pending task
+    /// anywhere; then (nothing else pending) a reserved task anywhere.
     fn next_placement(&self, s: usize) -> Option<(u32, Arc<str>, usize, bool)> {
         let sess = &self.sessions[s];
+        if let Some(&t) = sess.pending.front() {
+            if sess.tasks[t as usize].losses > 0 {
+                return self.pick(s, t).map(|(n, d)| (t, n, d, false));
+            }
+        }
         if let (Some(&t), Some(node)) = (
             sess.reserved.front(),
             self.reserve_node.as_ref().and_then(|r| self.nodes.get(r)),

@@ -933,3 +933,23 @@ fn reserved_tasks_go_elsewhere_when_nothing_else_is_pending() {
     let m = w.sched.manifest(&w.session).unwrap();
     assert_eq!(m.state, SessionState::Completed);
 }
+
+/// Lost work goes first, even before the tasks reserved for the master's
+/// node: the session waits for it, and it waits for a slot.
+#[test]
+fn lost_work_goes_before_reserved_tasks() {
+    let mut w = World::new(100, 10, 3);
+    w.apply(Op::Up(0)); // tasks 0-2 on n0
+    w.apply(Op::Up(1)); // tasks 3-8 on n1
+    w.apply(Op::Reserve(0, 1)); // task 9
+    w.apply(Op::Down(1)); // 3-8 lost
+    w.apply(Op::Complete(0)); // a slot frees on n0
+    let l = w.live.last().unwrap();
+    assert_eq!(l.node, "n0");
+    assert!(
+        (3..=8).contains(&l.task.task) && !l.reserved,
+        "a lost task, not the reserved one: task {} (reserved: {})",
+        l.task.task,
+        l.reserved
+    );
+}
