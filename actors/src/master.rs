@@ -17,8 +17,9 @@
 //! the rate of small tasks would be set by it. An assignment whose cause is
 //! lost in a crash is one the restarted master never heard of; it stays
 //! harmless because its ID chunk is below the recorded reservation, and its
-//! attempt number is skipped after the restart (one per task and commit,
-//! see [`MasterState::may_send_now`]). A worker that outlived the master
+//! attempt number is skipped after the restart (only a task's first
+//! assignment since the last commit leaves early, see
+//! [`MasterState::may_send_now`]). A worker that outlived the master
 //! names it; this node's own worker, which dies with the master, gets early
 //! only tasks a commit reserved for it, and a restart lists them all. A
 //! store that cannot be written stops the master; a restart resumes from
@@ -108,8 +109,8 @@ pub struct MasterState {
     /// Something other than an assignment waits for the batch (an answer,
     /// a registration, a manifest): write it as soon as the mailbox is empty.
     urgent: bool,
-    /// Tasks assigned since the last commit without waiting for it.
-    sent_early: HashSet<(String, u64)>,
+    /// Tasks assigned since the last commit (sent at once or not).
+    assigned: HashSet<(String, u64)>,
     /// Nodes with a decision waiting for the next commit: what follows
     /// for them waits too, so each node sees the master's order.
     waiting_nodes: HashSet<String>,
@@ -167,9 +168,11 @@ impl MasterState {
     /// of it, and its worker may run it: that is safe when
     /// - its ID chunk is below the recorded reservation (the restarted
     ///   master issues nothing below it, not even returned tails);
-    /// - it is the only one of its task since the last commit (the restarted
-    ///   master skips one attempt number for each unfinished task, see
-    ///   `SchedEvent::Resume`);
+    /// - it is its task's first assignment since the last commit, so its
+    ///   number is the one the store has for a pending task, or the next
+    ///   one for a running task (the restarted master skips exactly those,
+    ///   see `SchedEvent::Resume`; a later assignment in the same batch
+    ///   may carry a number the restart would give out again);
     /// - nothing waits for the commit on its node (order per node holds).
     ///
     /// A worker that outlives the master names the attempts it holds when it
@@ -184,11 +187,12 @@ impl MasterState {
         task: &crate::protocol::TaskSpec,
         reserved: bool,
     ) -> bool {
-        self.journal.durable()
+        let first = self.assigned.insert((task.session.clone(), task.task));
+        first
+            && self.journal.durable()
             && (node != self.node || (reserved && !self.reserving))
             && task.ids.hi <= self.journal.id_reserved()
             && !self.waiting_nodes.contains(node)
-            && self.sent_early.insert((task.session.clone(), task.task))
     }
 
     fn reply(&mut self, port: RpcReplyPort<AdminReply>, answer: AdminReply) {
@@ -286,7 +290,7 @@ impl MasterState {
         self.commit_queued = false;
         self.commit_timed = false;
         self.batch_since = None;
-        self.sent_early.clear();
+        self.assigned.clear();
         self.waiting_nodes.clear();
         self.urgent = false;
         self.commit_journal()
@@ -713,7 +717,7 @@ impl Actor for Master {
             commit_timed: false,
             commit_generation: 0,
             urgent: false,
-            sent_early: HashSet::new(),
+            assigned: HashSet::new(),
             waiting_nodes: HashSet::new(),
             own_assigned: 0,
             reserving: false,

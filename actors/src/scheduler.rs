@@ -438,10 +438,12 @@ impl Scheduler {
                 // master: nobody can say whether they ran. They run again,
                 // listed as possibly produced twice.
                 self.release_reserved(true);
-                // Attempts are unknown too: the master sends an assignment before its
-                // cause is committed, at most one per task in each commit.
-                // A pending task's next number, or the one after a running
-                // attempt's, may be running somewhere: never give it out again.
+                // Attempts are unknown too: the master sends a task's first
+                // assignment since a commit before the next commit. So a
+                // pending task's number, or the one a running
+                // attempt's end would give (the next, or the floor an
+                // earlier restart set), may be running somewhere: never give
+                // it out again.
                 for sess in self.sessions.iter_mut().filter(|s| !s.state.is_final()) {
                     for task in &mut sess.tasks {
                         match task.state {
@@ -449,7 +451,11 @@ impl Scheduler {
                                 task.attempt = task.attempt.saturating_add(1)
                             }
                             TaskState::Running(_) => {
-                                task.attempt_floor = task.attempt.saturating_add(2)
+                                task.attempt_floor = task
+                                    .attempt
+                                    .saturating_add(1)
+                                    .max(task.attempt_floor)
+                                    .saturating_add(1)
                             }
                             TaskState::Done | TaskState::Failed => {}
                         }
