@@ -404,6 +404,13 @@ impl World {
         self.check();
     }
 
+    /// Model the master's group commit from now on (see `batches`).
+    fn with_batches(mut self) -> Self {
+        self.batches = true;
+        self.committed = self.log.len();
+        self
+    }
+
     /// A worker finished an attempt: its result waits in its outbox until
     /// the master acknowledges it (after the next commit).
     fn finished(&mut self, l: &Lease, outcome: TaskOutcome) {
@@ -694,6 +701,15 @@ impl World {
     }
 }
 
+/// Apply `ops`, then heal and run to the end.
+fn run(mut w: World, ops: Vec<Op>) -> World {
+    for o in ops {
+        w.apply(o);
+    }
+    w.drain();
+    w
+}
+
 /// After a run healed and drained: every frame produced exactly once or
 /// listed as failed, the right final state, replay records moving forward.
 fn check_final(w: &World) -> Result<(), TestCaseError> {
@@ -733,11 +749,7 @@ proptest! {
         max_attempts in 1u32..4,
         ops in proptest::collection::vec(op(), 0..120),
     ) {
-        let mut w = World::new(n_frames, chunk, max_attempts);
-        for o in ops {
-            w.apply(o);
-        }
-        w.drain();
+        let w = run(World::new(n_frames, chunk, max_attempts), ops);
         check_final(&w)?;
     }
 }
@@ -758,13 +770,7 @@ proptest! {
         max_attempts in 1u32..4,
         ops in proptest::collection::vec(op_batched(), 0..150),
     ) {
-        let mut w = World::new(n_frames, chunk, max_attempts);
-        w.batches = true;
-        w.committed = w.log.len();
-        for o in ops {
-            w.apply(o);
-        }
-        w.drain();
+        let w = run(World::new(n_frames, chunk, max_attempts).with_batches(), ops);
         check_final(&w)?;
         w.check_reruns_listed();
     }
@@ -1266,9 +1272,7 @@ fn lost_work_goes_before_reserved_tasks() {
 /// running attempt's (found by the property test above).
 #[test]
 fn a_second_restart_skips_the_number_an_earlier_floor_gave() {
-    let mut w = World::new(31, 2, 1);
-    w.batches = true;
-    w.committed = w.log.len();
+    let mut w = World::new(31, 2, 1).with_batches();
     for o in [
         Op::Up(2),
         Op::Restart(0b0110_0000, false), // n2 does not come back at once
