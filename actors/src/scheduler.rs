@@ -396,6 +396,9 @@ impl Scheduler {
                 if let Some(n) = self.nodes.get_mut(node.as_str()) {
                     n.accepting = accepting;
                 }
+                if !accepting {
+                    self.release_reserved_of(&node);
+                }
             }
             SchedEvent::Submit { id, spec } => self.submit(id, spec, now_ms),
             SchedEvent::Drain { node, drained } => {
@@ -407,6 +410,9 @@ impl Scheduler {
                 }
                 if let Some(n) = self.nodes.get_mut(&name) {
                     n.drained = drained;
+                }
+                if drained {
+                    self.release_reserved_of(&name);
                 }
             }
             SchedEvent::DeviceDown {
@@ -718,6 +724,14 @@ impl Scheduler {
         }
     }
 
+    /// A node that takes no new work keeps no reservation (never sent: this
+    /// ledger knows every send).
+    fn release_reserved_of(&mut self, node: &str) {
+        if self.reserve_node.as_deref() == Some(node) {
+            self.release_reserved(false);
+        }
+    }
+
     /// Put every reserved task back in front of its session's pending tasks;
     /// with `listed`, the manifest's `replay` lists each as possibly
     /// produced by its current attempt on the reserve node (a master
@@ -817,10 +831,7 @@ impl Scheduler {
             return;
         }
         let node = self.nodes.remove(name).expect("checked above");
-        if self.reserve_node.as_deref() == Some(name) {
-            // Reserved tasks were never sent (this ledger knows every send).
-            self.release_reserved(false);
-        }
+        self.release_reserved_of(name);
         let mut lost: Vec<(usize, u32)> = node.running.into_iter().collect();
         lost.sort_unstable();
         let (mut reassigned, mut tasks) = (0, 0);

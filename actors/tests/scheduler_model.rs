@@ -1294,3 +1294,27 @@ fn a_second_restart_skips_the_number_an_earlier_floor_gave() {
     w.drain();
     w.check_reruns_listed();
 }
+
+/// A drained reserve node keeps no reservation: its reserved tasks go back
+/// in front, for any node, instead of waiting for the end of the session.
+#[test]
+fn draining_the_reserve_node_releases_its_reservation() {
+    let mut w = World::new(100, 10, 3);
+    w.apply(Op::Up(0)); // tasks 0-2 on n0
+    w.apply(Op::Reserve(0, 2)); // 3 and 4
+    w.feed(SchedEvent::Drain {
+        node: node_name(0),
+        drained: true,
+    });
+    w.apply(Op::Up(1)); // six slots
+    let mut on_n1: Vec<u64> = w
+        .live
+        .iter()
+        .filter(|l| l.node == "n1")
+        .map(|l| l.task.task)
+        .collect();
+    on_n1.sort_unstable();
+    assert_eq!(on_n1, vec![3, 4, 5, 6, 7, 8]);
+    let m = w.sched.manifest(&w.session).unwrap();
+    assert!(m.replay.is_empty(), "{:?}", m.replay);
+}
