@@ -245,16 +245,16 @@ impl MasterState {
     /// a task reserved and never sent costs only a line in `replay` if the
     /// master dies). Placements this causes wait for the commit.
     fn reserve_for_own_node(&mut self) {
-        let want = std::mem::take(&mut self.own_assigned).saturating_mul(2);
-        if !self.journal.durable() {
-            return;
+        let want = self.own_assigned.saturating_mul(2);
+        if self.journal.durable() {
+            if let Some(ev) = self.sched.reservation(&self.node, want) {
+                self.reserving = true;
+                self.schedule(ev);
+                self.reserving = false;
+            }
         }
-        if let Some(ev) = self.sched.reservation(&self.node, want) {
-            self.reserving = true;
-            self.schedule(ev);
-            self.reserving = false;
-            self.own_assigned = 0;
-        }
+        // What this placed leaves after the commit, not in the next batch.
+        self.own_assigned = 0;
     }
 
     /// Write the events recorded so far, then carry out what waited for them.

@@ -611,15 +611,8 @@ impl Scheduler {
                 continue;
             }
             if listed.is_none() {
-                sess.replay.push(ReplayRecord {
-                    frames: task.frames,
-                    task: key.task,
-                    old_attempt: key.attempt,
-                    new_attempt: task.attempt.max(task.attempt_floor),
-                    node: node.to_string(),
-                    device: String::new(),
-                    reason: "master_restart".into(),
-                });
+                let record = unrecorded(key.task, task, key.attempt, node);
+                sess.replay.push(record);
             }
             out.push(SchedCommand::Drop {
                 node: node.to_string(),
@@ -744,16 +737,11 @@ impl Scheduler {
             let reserved: Vec<u32> = sess.reserved.drain(..).collect();
             if listed {
                 for &t in &reserved {
+                    // Pending: `Resume` moves it to the next number.
                     let task = &sess.tasks[t as usize];
-                    sess.replay.push(ReplayRecord {
-                        frames: task.frames,
-                        task: u64::from(t),
-                        old_attempt: task.attempt,
-                        new_attempt: task.attempt.saturating_add(1),
-                        node: node.to_string(),
-                        device: String::new(),
-                        reason: "master_restart".into(),
-                    });
+                    let mut record = unrecorded(u64::from(t), task, task.attempt, &node);
+                    record.new_attempt = task.attempt.saturating_add(1);
+                    sess.replay.push(record);
                 }
             }
             for &t in reserved.iter().rev() {
@@ -1755,6 +1743,21 @@ impl Scheduler {
             .filter(|t| matches!(t.state, TaskState::Running(_)))
             .map(|t| t.frames)
             .collect()
+    }
+}
+
+/// The `replay` record of an attempt the ledger never recorded (sent before
+/// a crash lost its cause): reason `master_restart`, no device; the new
+/// attempt is the task's next number.
+fn unrecorded(index: u64, task: &Task, old_attempt: u32, node: &str) -> ReplayRecord {
+    ReplayRecord {
+        frames: task.frames,
+        task: index,
+        old_attempt,
+        new_attempt: task.attempt.max(task.attempt_floor),
+        node: node.to_string(),
+        device: String::new(),
+        reason: "master_restart".into(),
     }
 }
 
