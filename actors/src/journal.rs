@@ -21,21 +21,28 @@ pub struct Recovered {
     pub last_at_ms: u64,
     /// Sessions whose end was replayed: their manifests must exist.
     pub finished: Vec<String>,
+    /// Finished sessions whose `replay` grew after their end: their
+    /// manifests are written again.
+    pub amended: Vec<String>,
 }
 
 /// Rebuild the ledger by replaying every event of `log`.
 pub fn recover(log: &mut dyn EventLog, grace_ms: u64) -> Result<Recovered, String> {
     let mut sched = Scheduler::new(0).with_grace(grace_ms);
     let (mut events, mut last_at_ms) = (0u64, 0u64);
-    let mut finished = Vec::new();
+    let (mut finished, mut amended) = (Vec::new(), Vec::new());
     let mut batches = 0u64;
     let meta = log.replay(&mut |bytes| {
         batches += 1;
         let n = decode_events(bytes, |at, ev| {
             last_at_ms = last_at_ms.max(at);
             for cmd in sched.on_event(ev, at) {
-                if let SchedCommand::SessionFinished { session, .. } = cmd {
-                    finished.push(session);
+                match cmd {
+                    SchedCommand::SessionFinished { session, .. } => finished.push(session),
+                    SchedCommand::ManifestAmended { session } if !amended.contains(&session) => {
+                        amended.push(session)
+                    }
+                    _ => {}
                 }
             }
         })
@@ -57,6 +64,7 @@ pub fn recover(log: &mut dyn EventLog, grace_ms: u64) -> Result<Recovered, Strin
         events,
         last_at_ms,
         finished,
+        amended,
     })
 }
 

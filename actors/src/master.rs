@@ -463,6 +463,11 @@ impl MasterState {
                 self.urgent = true;
                 self.outgoing.push(Outgoing::Manifest(session));
             }
+            SchedCommand::ManifestAmended { session } => {
+                info!(node_id = %self.node, session = %session, "a node named an attempt of a finished session that the store never recorded; its manifest lists it in `replay`");
+                self.urgent = true;
+                self.outgoing.push(Outgoing::Manifest(session));
+            }
         }
     }
 
@@ -682,12 +687,20 @@ impl Actor for Master {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let (sched, meta, last_at, finished, replayed) = match args.recovered {
-            Some(r) => (r.sched, r.meta, r.last_at_ms, r.finished, r.events),
+        let (sched, meta, last_at, finished, amended, replayed) = match args.recovered {
+            Some(r) => (
+                r.sched,
+                r.meta,
+                r.last_at_ms,
+                r.finished,
+                r.amended,
+                r.events,
+            ),
             None => (
                 Scheduler::new(0).with_grace(args.grace_wait_ms),
                 Default::default(),
                 0,
+                Vec::new(),
                 Vec::new(),
                 0,
             ),
@@ -736,9 +749,13 @@ impl Actor for Master {
             });
             // A crash between a session's end and its manifest: write it now.
             for session in finished {
-                if !state.io.manifest_exists(&session) {
+                if !state.io.manifest_exists(&session) && !amended.contains(&session) {
                     state.outgoing.push(Outgoing::Manifest(session));
                 }
+            }
+            // Or between an amendment and the manifest written again.
+            for session in amended {
+                state.outgoing.push(Outgoing::Manifest(session));
             }
         }
         // Reserve IDs (a synced write) and record the resume before serving anyone.

@@ -128,6 +128,9 @@ pub enum SchedCommand {
         session: String,
         state: SessionState,
     },
+    /// A finished session's `replay` gained a record: its manifest must be
+    /// written again (see [`Scheduler::note_unrecorded`]).
+    ManifestAmended { session: String },
 }
 
 #[derive(Debug)]
@@ -160,6 +163,9 @@ struct Task {
     attempt: u32,
     /// The least number a new attempt may take (see [`SchedEvent::Resume`]).
     attempt_floor: u32,
+    /// Bit n: a restart skipped attempt number n (below 64), which a
+    /// master may have sent before the crash without recording it.
+    skipped: u64,
     failures: u32,
     losses: u32,
     state: TaskState,
@@ -172,6 +178,24 @@ impl Task {
     /// Move on to a new attempt.
     fn next_attempt(&mut self) {
         self.attempt = self.attempt.saturating_add(1).max(self.attempt_floor);
+    }
+
+    /// A restart skips `attempt`: see [`SchedEvent::Resume`].
+    fn skip(&mut self, attempt: u32) {
+        if attempt < 64 {
+            self.skipped |= 1 << attempt;
+        }
+    }
+
+    /// Whether `attempt` is a number a restart skipped, the only numbers
+    /// an attempt the ledger never recorded can carry. Above 63 the
+    /// numbers are not kept: any the ledger could have reached counts.
+    fn was_skipped(&self, attempt: u32) -> bool {
+        if attempt < 64 {
+            self.skipped & (1 << attempt) != 0
+        } else {
+            attempt <= self.attempt.max(self.attempt_floor)
+        }
     }
 }
 
@@ -454,14 +478,14 @@ impl Scheduler {
                     for task in &mut sess.tasks {
                         match task.state {
                             TaskState::Pending | TaskState::Waiting => {
+                                task.skip(task.attempt);
                                 task.attempt = task.attempt.saturating_add(1)
                             }
                             TaskState::Running(_) => {
-                                task.attempt_floor = task
-                                    .attempt
-                                    .saturating_add(1)
-                                    .max(task.attempt_floor)
-                                    .saturating_add(1)
+                                let skipped =
+                                    task.attempt.saturating_add(1).max(task.attempt_floor);
+                                task.skip(skipped);
+                                task.attempt_floor = skipped.saturating_add(1)
                             }
                             TaskState::Done | TaskState::Failed => {}
                         }
@@ -590,13 +614,10 @@ impl Scheduler {
                 continue;
             };
             // Numbers the ledger gave out and replaced have a record already;
-            // an unrecorded one is one a restart skipped: just below a pending
-            // task's number, or just below a running one's floor. Any other
-            // number is not one this ledger could have sent.
-            if sess.state.is_final()
-                || key.attempt.saturating_add(1) < task.attempt
-                || key.attempt > task.attempt.max(task.attempt_floor)
-            {
+            // an unrecorded one is one a restart skipped, however many
+            // restarts ago (its node may have missed the masters between).
+            // Any other number is not one this ledger could have sent.
+            if !task.was_skipped(key.attempt) {
                 continue;
             }
             // Listed already: lost with its node (its `Drop` went with the
@@ -611,8 +632,23 @@ impl Scheduler {
                 continue;
             }
             if listed.is_none() {
-                let record = unrecorded(key.task, task, key.attempt, node);
+                let mut record = unrecorded(key.task, task, key.attempt, node);
+                // What the attempt was sent is not in the ledger, and the
+                // task may have banked frames since: list its whole range
+                // up to what is left.
+                let first = sess
+                    .spec
+                    .frames
+                    .start
+                    .saturating_add(u64::from(t).saturating_mul(sess.spec.chunk_frames.max(1)));
+                record.frames.start = first.min(record.frames.start);
                 sess.replay.push(record);
+                // The session may have ended while this node was away.
+                if sess.state.is_final() {
+                    out.push(SchedCommand::ManifestAmended {
+                        session: sess.id.clone(),
+                    });
+                }
             }
             out.push(SchedCommand::Drop {
                 node: node.to_string(),
@@ -1001,6 +1037,7 @@ impl Scheduler {
                 frames: FrameRange { start, end },
                 attempt: 1,
                 attempt_floor: 0,
+                skipped: 0,
                 failures: 0,
                 losses: 0,
                 state: TaskState::Pending,

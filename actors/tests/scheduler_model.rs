@@ -36,6 +36,8 @@ enum Op {
     /// commit, and n0's worker dies with it (back at once if the mask's
     /// bit 0 is set); the other nodes outlive it and register again with
     /// what they hold, then deliver their unacknowledged results again.
+    /// A node whose bit (1, 2) is set does not reach this master before
+    /// it dies too: it registers with a later one.
     Crash(u8),
 }
 
@@ -117,7 +119,13 @@ struct World {
     /// worker that died in the same batch as the master, its result lost
     /// with it (README, "Master restarts and the outbox").
     unnameable: Vec<(u64, u32)>,
+    /// Nodes alive but not registered with the restarted master (see
+    /// [`Op::Crash`]): the leases they hold and the results in their outbox.
+    late: [Option<Late>; 3],
 }
+
+/// What a node that missed a master holds: leases, and results in its outbox.
+type Late = (Vec<Lease>, Vec<(Lease, TaskOutcome)>);
 
 fn node_name(i: usize) -> String {
     format!("n{i}")
@@ -161,6 +169,7 @@ impl World {
             produced: Vec::new(),
             early_now: Vec::new(),
             unnameable: Vec::new(),
+            late: [None, None, None],
         };
         let spec = SessionSpec {
             name: "model".into(),
@@ -297,7 +306,7 @@ impl World {
                     held: Vec::new(),
                 });
             }
-            Op::Down(i) if self.up[i] => {
+            Op::Down(i) if self.up[i] && self.late[i].is_none() => {
                 self.up[i] = false;
                 let name = node_name(i);
                 let (gone, keep): (Vec<_>, Vec<_>) =
@@ -364,6 +373,11 @@ impl World {
             }
             Op::Stale(i) if !self.dead.is_empty() => {
                 let l = self.dead[i % self.dead.len()].clone();
+                // A node sends results only to a master it registered with.
+                let n: usize = l.node[1..].parse().unwrap();
+                if self.late[n].is_some() {
+                    return self.check();
+                }
                 let before = self.sched.manifest(&self.session).unwrap();
                 let ev = self.result(&l, TaskOutcome::Completed);
                 self.log.push((self.now, ev.clone()));
@@ -388,6 +402,7 @@ impl World {
                 if self.batches {
                     self.commit(0);
                 }
+                self.register_late();
                 self.restart(mask, forget)
             }
             Op::Commit(n) if self.batches => self.commit(n),
@@ -511,41 +526,67 @@ impl World {
                 self.commit(0);
             }
         }
-        let key = |l: &Lease| AttemptKey {
-            session: l.task.session.clone(),
-            task: l.task.task,
-            attempt: l.task.attempt,
-        };
         for i in 1..3 {
             if !self.up[i] {
                 continue;
             }
             let name = node_name(i);
-            self.epochs[i] += 1;
-            let mut held: Vec<AttemptKey> = Vec::new();
-            for l in self.live.iter_mut().filter(|l| l.node == name) {
-                l.epoch = self.epochs[i];
-                held.push(key(l));
-            }
+            let (mine, others): (Vec<_>, Vec<_>) =
+                self.live.drain(..).partition(|l| l.node == name);
+            self.live = others;
             let outbox: Vec<(Lease, TaskOutcome)> = unacked
                 .iter()
                 .filter(|(l, _)| l.node == name)
                 .cloned()
                 .collect();
-            held.extend(outbox.iter().map(|(l, _)| key(l)));
-            self.feed(SchedEvent::NodeUp {
-                node: name,
-                epoch: self.epochs[i],
-                max_concurrency: 1 + i as u32,
-                devices: devices(i),
-                held,
-            });
-            self.commit(0);
-            for (mut l, outcome) in outbox {
-                l.epoch = self.epochs[i];
-                let ev = self.result(&l, outcome);
-                self.feed(ev);
+            let late = self.late[i].get_or_insert_with(Default::default);
+            late.0.extend(mine);
+            late.1.extend(outbox);
+            if mask & (1 << i) == 0 {
+                self.register(i);
             }
+        }
+    }
+
+    /// Node i, alive all along, registers with the master it now sees,
+    /// naming what it holds, then delivers its outbox again.
+    fn register(&mut self, i: usize) {
+        let Some((leases, outbox)) = self.late[i].take() else {
+            return;
+        };
+        let key = |l: &Lease| AttemptKey {
+            session: l.task.session.clone(),
+            task: l.task.task,
+            attempt: l.task.attempt,
+        };
+        let name = node_name(i);
+        self.epochs[i] += 1;
+        let mut held: Vec<AttemptKey> = Vec::new();
+        for mut l in leases {
+            l.epoch = self.epochs[i];
+            held.push(key(&l));
+            self.live.push(l);
+        }
+        held.extend(outbox.iter().map(|(l, _)| key(l)));
+        self.feed(SchedEvent::NodeUp {
+            node: name,
+            epoch: self.epochs[i],
+            max_concurrency: 1 + i as u32,
+            devices: devices(i),
+            held,
+        });
+        self.commit(0);
+        for (mut l, outcome) in outbox {
+            l.epoch = self.epochs[i];
+            let ev = self.result(&l, outcome);
+            self.feed(ev);
+        }
+    }
+
+    /// Nodes that missed a master register with this one.
+    fn register_late(&mut self) {
+        for i in 1..3 {
+            self.register(i);
         }
     }
 
@@ -680,6 +721,7 @@ impl World {
 
     /// Heal everything and run to the end.
     fn drain(&mut self) {
+        self.register_late();
         if !self.up.iter().any(|u| *u) {
             self.apply(Op::Up(2));
         }
@@ -739,8 +781,16 @@ fn check_final(w: &World) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// `n` cases, or `PROPTEST_CASES` for a deeper run.
+fn cases(n: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(n)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(300), ..ProptestConfig::default() })]
 
     #[test]
     fn every_frame_exactly_once_whatever_happens(
@@ -757,7 +807,7 @@ proptest! {
 proptest! {
     // Crashes that matter need a commit, an assignment and a result in one
     // batch: more cases than above.
-    #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(1500), ..ProptestConfig::default() })]
 
     /// The same with the master's group commit: assignments leave before
     /// their commit (to n0, the master's node, only reserved tasks), and a
@@ -1317,4 +1367,112 @@ fn draining_the_reserve_node_releases_its_reservation() {
     assert_eq!(on_n1, vec![3, 4, 5, 6, 7, 8]);
     let m = w.sched.manifest(&w.session).unwrap();
     assert!(m.replay.is_empty(), "{:?}", m.replay);
+}
+
+/// A node that misses a restarted master (it dies before the node
+/// registers) names its unrecorded attempt to the next one, two restarts
+/// later: `replay` lists it though the task's number moved on twice.
+#[test]
+fn an_attempt_named_two_restarts_later_is_listed() {
+    let mut w = World::new(10, 1, 1).with_batches();
+    w.apply(Op::Up(1));
+    w.apply(Op::Commit(0)); // n1 gets tasks 0..=5
+    w.apply(Op::Complete(0)); // task 0 done; task 6 leaves before the commit
+    let early = w
+        .live
+        .iter()
+        .find(|l| l.task.task == 6)
+        .map(|l| l.task.attempt)
+        .expect("task 6 sent before its commit");
+    w.apply(Op::Complete(
+        w.live.iter().position(|l| l.task.task == 6).unwrap(),
+    ));
+    w.apply(Op::Crash(2)); // n1 does not reach this master
+    assert!(w.late[1].is_some());
+    w.apply(Op::Crash(0)); // n1 registers with the next one
+    let w = run(w, vec![]);
+    let m = w.sched.manifest(&w.session).unwrap();
+    let r = m
+        .replay
+        .iter()
+        .find(|r| r.task == 6 && r.old_attempt == early)
+        .unwrap_or_else(|| panic!("task 6 attempt {early} is not listed: {:?}", m.replay));
+    assert_eq!(
+        (r.node.as_str(), r.reason.as_str()),
+        ("n1", "master_restart")
+    );
+    assert!(r.new_attempt >= early + 2, "{r:?}");
+    assert_eq!(r.frames, FrameRange { start: 11, end: 12 });
+    w.check_reruns_listed();
+}
+
+/// A node away while the session finishes names, when it registers at
+/// last, attempts the store never recorded: the finished session's
+/// `replay` lists them and the scheduler asks for its manifest again.
+#[test]
+fn a_finished_session_lists_an_unrecorded_attempt_named_late() {
+    let mut w = World::new(9, 1, 1).with_batches();
+    w.apply(Op::Up(2));
+    w.apply(Op::Restart(0, false)); // n2 does not come back at once
+    w.apply(Op::Up(1));
+    w.apply(Op::Commit(0));
+    w.apply(Op::Tick(100)); // n2's window closes: its tasks go to n1, early
+    let early: Vec<(u64, u32)> = w
+        .live
+        .iter()
+        .filter(|l| l.node == "n1")
+        .map(|l| (l.task.task, l.task.attempt))
+        .collect();
+    assert!(!early.is_empty());
+    // n1 finishes one of them, then misses the restarted master.
+    let (t, a) = early[0];
+    let k = w.live.iter().position(|l| l.task.task == t).unwrap();
+    w.apply(Op::Complete(k));
+    w.apply(Op::Crash(2));
+    // n2 comes back and runs the whole session.
+    w.apply(Op::Up(2));
+    w.apply(Op::Commit(0));
+    while !w.live.is_empty() {
+        w.apply(Op::Complete(0));
+    }
+    w.apply(Op::Commit(0));
+    let m = w.sched.manifest(&w.session).unwrap();
+    assert_eq!(m.state, SessionState::Completed);
+    assert!(!m.replay.iter().any(|r| r.task == t && r.old_attempt == a));
+    // n1 registers at last, with the result in its outbox.
+    let mut cmds = Vec::new();
+    let (leases, outbox) = w.late[1].take().unwrap();
+    let held = leases
+        .iter()
+        .chain(outbox.iter().map(|(l, _)| l))
+        .map(|l| AttemptKey {
+            session: l.task.session.clone(),
+            task: l.task.task,
+            attempt: l.task.attempt,
+        })
+        .collect();
+    cmds.extend(w.sched.on_event(
+        SchedEvent::NodeUp {
+            node: "n1".into(),
+            epoch: 9,
+            max_concurrency: 2,
+            devices: devices(1),
+            held,
+        },
+        w.now,
+    ));
+    let m = w.sched.manifest(&w.session).unwrap();
+    let r = m
+        .replay
+        .iter()
+        .find(|r| r.task == t && r.old_attempt == a)
+        .unwrap_or_else(|| panic!("task {t} attempt {a} is not listed: {:?}", m.replay));
+    assert_eq!((r.node.as_str(), r.device.as_str()), ("n1", ""));
+    assert!(cmds
+        .iter()
+        .any(|c| matches!(c, SchedCommand::ManifestAmended { session } if *session == w.session)));
+    // Each attempt n1 holds is stopped.
+    for l in &leases {
+        assert!(cmds.iter().any(|c| matches!(c, SchedCommand::Drop { key, .. } if key.task == l.task.task && key.attempt == l.task.attempt)), "{:?} not dropped", l.task.task);
+    }
 }

@@ -490,6 +490,14 @@ impl Drop for TestCluster {
             n.sigcont();
             n.kill9();
         }
+        // A failed test keeps its nodes' configs, logs and stores to read.
+        if std::thread::panicking() {
+            self.dir.disable_cleanup(true);
+            eprintln!(
+                "test failed: the nodes' configs, logs and stores are kept in {}",
+                self.dir.path().display()
+            );
+        }
     }
 }
 
