@@ -518,13 +518,41 @@ fn scale(bins: &Bins, quick: bool) -> Result<Value> {
     let register = t0.elapsed();
     std::thread::sleep(Duration::from_millis(500));
     let big = c.nodes[0].pid().and_then(memory).map(|m| m.0).unwrap_or(0);
+    drop(c);
+    // The same on two nodes: what the master keeps per device, and what the
+    // worker that hosts the device actors keeps.
+    let (m1, w1) = split_rss(bins, 1)?;
+    let (mn, wn) = split_rss(bins, n)?;
+    let per = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / f64::from(n - 1);
     Ok(json!({
         "devices": n,
         "seconds_to_register": register.as_secs_f64(),
         "rss_1_device_bytes": base, "rss_n_devices_bytes": big,
-        "bytes_per_device": (big.saturating_sub(base)) as f64 / f64::from(n - 1),
-        "note": "RSS of one node (master + worker) with N devices minus with 1, over N - 1",
+        "bytes_per_device": per(base, big),
+        "master_only_bytes_per_device": per(m1, mn),
+        "worker_only_bytes_per_device": per(w1, wn),
+        "note": "RSS of one node (master + worker) with N devices minus with 1, over N - 1; then the same for a master-only node and a worker-only node",
     }))
+}
+
+/// RSS of a master-only node and of a worker-only node with `devices`
+/// devices, once the worker is registered and healthy.
+fn split_rss(bins: &Bins, devices: u32) -> Result<(u64, u64)> {
+    let mut c = TestCluster::new(bins.clone());
+    let port = orch_tests::free_port();
+    let mut m = node_spec("master").master();
+    m.worker = false;
+    c.add_with_port(m, port)?;
+    let mut w = node_spec("worker").peer(format!("127.0.0.1:{port}"));
+    w.devices = devices;
+    w.max_concurrency = devices.min(100);
+    c.add(w)?;
+    c.wait_for("the worker registered", Duration::from_secs(120), |ws| {
+        all_healthy(ws, &["worker"])
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
+    let rss = |i: usize| c.nodes[i].pid().and_then(memory).map(|m| m.0).unwrap_or(0);
+    Ok((rss(0), rss(1)))
 }
 
 fn peer(script: &str, quick: bool) -> Value {
@@ -652,10 +680,12 @@ fn main() -> Result<()> {
     }
     if let Some(s) = out.get("scale") {
         println!(
-            "scale                {} devices registered in {:.2} s, {:.0} bytes per device",
+            "scale                {} devices registered in {:.2} s, {:.0} bytes per device (apart: master {:.0}, worker {:.0})",
             s["devices"],
             s["seconds_to_register"].as_f64().unwrap_or(0.0),
-            s["bytes_per_device"].as_f64().unwrap_or(0.0)
+            s["bytes_per_device"].as_f64().unwrap_or(0.0),
+            s["master_only_bytes_per_device"].as_f64().unwrap_or(0.0),
+            s["worker_only_bytes_per_device"].as_f64().unwrap_or(0.0)
         );
     }
     if let Some(d) = out.get("durability") {
