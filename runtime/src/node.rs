@@ -76,7 +76,7 @@ pub fn open_stores(cfg: &Config) -> Result<NodeArgs, StoreError> {
             what: format!("it is damaged: {what}"),
         })?;
         if r.events > 0 {
-            info!(node_id = %cfg.node.name, store = %path.display(), events = r.events, ms = started.elapsed().as_millis() as u64, "ledger replayed");
+            info!(node_id = %cfg.node.name, store = %path.display(), events = r.events, ms = started.elapsed().as_millis() as u64, "master store opened, ledger replayed");
         }
         store = Some(Box::new(log) as Box<dyn EventLog>);
         recovered = Some(r);

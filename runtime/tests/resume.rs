@@ -47,11 +47,13 @@ fn frames_done(c: &TestCluster, id: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// How many times the master replayed its store, from its log.
+/// How many times the master opened its store and replayed the ledger,
+/// from its log: written before the node opens its admin port, so every
+/// restart that returned counts, even one killed at once.
 fn replays(c: &TestCluster) -> usize {
     std::fs::read_to_string(&c.nodes[0].log)
         .unwrap_or_default()
-        .matches("ledger replayed from the store")
+        .matches("master store opened, ledger replayed")
         .count()
 }
 
