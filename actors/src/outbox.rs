@@ -175,6 +175,14 @@ impl Outbox {
             .collect()
     }
 
+    /// The device of `key`'s result waiting here, if any.
+    pub fn device_of(&self, key: &AttemptKey) -> Option<&str> {
+        self.entries.values().find_map(|e| match &e.msg {
+            ToMaster::Result(r) if r.key == *key => Some(r.device.as_str()),
+            _ => None,
+        })
+    }
+
     /// Every entry, in order, stamped with `epoch`, to send (again).
     pub fn take_all(&mut self, epoch: u64) -> Vec<ToMaster> {
         let now = Instant::now();
@@ -337,6 +345,19 @@ mod tests {
             ToMaster::Result(r) => r.seq,
             _ => 0,
         }
+    }
+
+    #[test]
+    fn a_waiting_result_names_its_device() {
+        let mut ob = Outbox::open(None).unwrap();
+        ob.push(result(1), false);
+        let key = |task| AttemptKey {
+            session: "s".into(),
+            task,
+            attempt: 1,
+        };
+        assert_eq!(ob.device_of(&key(1)), Some("d"));
+        assert_eq!(ob.device_of(&key(2)), None);
     }
 
     #[test]

@@ -227,13 +227,19 @@ impl WorkerState {
                 reason,
             } => {
                 // The master may not know the device (an attempt it sent just
-                // before a crash): the one it was queued on is quarantined.
+                // before a crash): the one it was queued on is quarantined,
+                // or, if it finished, the one its waiting result names.
                 let mut on = self.by_id.get(&device).copied();
                 if let Some((token, d)) = self.tasks.remove(&key) {
                     info!(node_id = %self.args.node, device_id = %self.args.devices[d].id, session = %key.session, task = key.task, attempt = key.attempt, %reason, "dropping attempt");
                     token.cancel();
                     on = on.or(Some(d));
                 }
+                on = on.or_else(|| {
+                    let d = self.by_id.get(self.outbox.device_of(&key)?).copied()?;
+                    info!(node_id = %self.args.node, device_id = %self.args.devices[d].id, session = %key.session, task = key.task, attempt = key.attempt, %reason, "quarantining a finished attempt");
+                    Some(d)
+                });
                 if let Some(d) = on {
                     let _ = self.devices[d].cast(DeviceMsg::Quarantine(key, keep));
                 }
