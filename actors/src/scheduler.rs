@@ -636,12 +636,7 @@ impl Scheduler {
                 // What the attempt was sent is not in the ledger, and the
                 // task may have banked frames since: list its whole range
                 // up to what is left.
-                let first = sess
-                    .spec
-                    .frames
-                    .start
-                    .saturating_add(u64::from(t).saturating_mul(sess.spec.chunk_frames.max(1)));
-                record.frames.start = first.min(record.frames.start);
+                record.frames.start = task_range(&sess.spec, t).start.min(record.frames.start);
                 sess.replay.push(record);
                 // The session may have ended while this node was away.
                 if sess.state.is_final() {
@@ -1028,13 +1023,11 @@ impl Scheduler {
         if self.by_id.contains_key(&id) {
             return;
         }
-        let chunk = spec.chunk_frames.max(1);
+        let n = spec.frames.len().div_ceil(spec.chunk_frames.max(1));
         let mut tasks = Vec::new();
-        let mut start = spec.frames.start;
-        while start < spec.frames.end {
-            let end = start.saturating_add(chunk).min(spec.frames.end);
+        for t in 0..n {
             tasks.push(Task {
-                frames: FrameRange { start, end },
+                frames: task_range(&spec, t as u32),
                 attempt: 1,
                 attempt_floor: 0,
                 skipped: 0,
@@ -1044,7 +1037,6 @@ impl Scheduler {
                 avoid: None,
                 last_error: None,
             });
-            start = end;
         }
         let n = tasks.len() as u32;
         self.by_id.insert(id.clone(), self.sessions.len());
@@ -1780,6 +1772,20 @@ impl Scheduler {
             .filter(|t| matches!(t.state, TaskState::Running(_)))
             .map(|t| t.frames)
             .collect()
+    }
+}
+
+/// The frames of task `t` of a session: sessions are split into tasks of
+/// `chunk_frames` frames, the last one shorter.
+fn task_range(spec: &SessionSpec, t: u32) -> FrameRange {
+    let chunk = spec.chunk_frames.max(1);
+    let start = spec
+        .frames
+        .start
+        .saturating_add(u64::from(t).saturating_mul(chunk));
+    FrameRange {
+        start,
+        end: start.saturating_add(chunk).min(spec.frames.end),
     }
 }
 

@@ -502,7 +502,7 @@ fn scale(bins: &Bins, quick: bool) -> Result<Value> {
             all_healthy(ws, &["small"])
         })?;
         std::thread::sleep(Duration::from_millis(500));
-        c.nodes[0].pid().and_then(memory).map(|m| m.0).unwrap_or(0)
+        rss(&c.nodes[0])
     };
     let mut c = TestCluster::new(bins.clone());
     let mut s = node_spec("big").master();
@@ -517,7 +517,7 @@ fn scale(bins: &Bins, quick: bool) -> Result<Value> {
     )?;
     let register = t0.elapsed();
     std::thread::sleep(Duration::from_millis(500));
-    let big = c.nodes[0].pid().and_then(memory).map(|m| m.0).unwrap_or(0);
+    let big = rss(&c.nodes[0]);
     drop(c);
     // The same on two nodes: what the master keeps per device, and what the
     // worker that hosts the device actors keeps.
@@ -551,8 +551,12 @@ fn split_rss(bins: &Bins, devices: u32) -> Result<(u64, u64)> {
         all_healthy(ws, &["worker"])
     })?;
     std::thread::sleep(Duration::from_millis(500));
-    let rss = |i: usize| c.nodes[i].pid().and_then(memory).map(|m| m.0).unwrap_or(0);
-    Ok((rss(0), rss(1)))
+    Ok((rss(&c.nodes[0]), rss(&c.nodes[1])))
+}
+
+/// A node's resident memory now, in bytes (0 if it cannot be read).
+fn rss(node: &orch_tests::TestNode) -> u64 {
+    node.pid().and_then(memory).map(|m| m.0).unwrap_or(0)
 }
 
 fn peer(script: &str, quick: bool) -> Value {
