@@ -390,6 +390,12 @@ impl MasterState {
             MemberCommand::Accepting { node, accepting } => {
                 self.schedule(SchedEvent::NodeAccepting { node, accepting })
             }
+            MemberCommand::Stalled { ms } => {
+                metrics::counter!(m::MASTER_STALLS).increment(1);
+                metrics::histogram!(m::MASTER_STALL_DURATION).record(ms as f64 / 1000.0);
+                warn!(node_id = %self.node, stalled_ms = ms, "the master did not run for a while (stopped, swapped out, or overloaded); heartbeat and attempt deadlines moved by as much");
+                self.schedule(SchedEvent::Stalled { ms });
+            }
             MemberCommand::Down {
                 node,
                 epoch,
@@ -770,7 +776,7 @@ impl Actor for Master {
             .map(|v| v.frames_done)
             .sum();
         pg::join(MASTER_GROUP.to_string(), vec![myself.get_cell()]);
-        let tick = Duration::from_millis((args.detector.heartbeat_ms / 4).clamp(10, 250));
+        let tick = Duration::from_millis(args.detector.tick_ms());
         myself.send_interval(tick, || MasterMsg::Tick);
         info!(node_id = %state.node, durable, "master started");
         Ok(state)

@@ -26,6 +26,19 @@ impl DetectorConfig {
     pub fn timeout_ms(&self) -> u64 {
         self.heartbeat_ms * u64::from(self.missed_heartbeats)
     }
+
+    /// How often the master checks heartbeat deadlines.
+    pub fn tick_ms(&self) -> u64 {
+        (self.heartbeat_ms / 4).clamp(10, 250)
+    }
+
+    /// A gap between two ticks longer than one tick by at least this much
+    /// means the master itself did not run (stopped, swapped out, a VM
+    /// stall, or a handler that blocked): its clock moved, but it read none
+    /// of the heartbeats waiting for it.
+    pub fn stall_ms(&self) -> u64 {
+        self.heartbeat_ms
+    }
 }
 
 /// Something that happened, fed to [`Membership::on_event`].
@@ -42,7 +55,7 @@ pub enum MemberEvent {
         node: String,
         epoch: u64,
     },
-    /// Periodic check of heartbeat deadlines.
+    /// Periodic check of heartbeat deadlines, every [`DetectorConfig::tick_ms`].
     Tick,
 }
 
@@ -63,6 +76,11 @@ pub enum MemberCommand {
         epoch: u64,
         reason: DownReason,
     },
+    /// The master did not run for `ms` before this tick: every healthy
+    /// worker's deadline moved by as much, so that no worker is judged
+    /// before the master read what it sent meanwhile. Deadlines measured
+    /// on the master's clock elsewhere must move too.
+    Stalled { ms: u64 },
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +105,8 @@ pub struct Membership {
     members: BTreeMap<String, Member>,
     last_epoch: u64,
     failures: VecDeque<FailureRecord>,
+    /// When the last tick was handled.
+    last_tick_ms: Option<u64>,
 }
 
 impl Membership {
@@ -98,6 +118,7 @@ impl Membership {
             members: BTreeMap::new(),
             last_epoch: epoch_floor,
             failures: VecDeque::new(),
+            last_tick_ms: None,
         }
     }
 
@@ -235,6 +256,21 @@ impl Membership {
     }
 
     fn on_tick(&mut self, now_ms: u64) -> Vec<MemberCommand> {
+        let mut cmds = Vec::new();
+        // Silence counts only while the master runs: after a stall the
+        // heartbeats that arrived meanwhile are still in the mailbox, behind
+        // this tick.
+        let gap = self.last_tick_ms.map_or(0, |t| now_ms.saturating_sub(t));
+        self.last_tick_ms = Some(now_ms);
+        let stalled = gap.saturating_sub(self.cfg.tick_ms());
+        if stalled >= self.cfg.stall_ms() {
+            for m in self.members.values_mut() {
+                if m.state == MemberState::Healthy {
+                    m.last_seen_ms = m.last_seen_ms.saturating_add(stalled).min(now_ms);
+                }
+            }
+            cmds.push(MemberCommand::Stalled { ms: stalled });
+        }
         let timeout = self.cfg.timeout_ms();
         let late: Vec<(String, u64)> = self
             .members
@@ -244,9 +280,10 @@ impl Membership {
             })
             .map(|(n, m)| (n.clone(), m.epoch))
             .collect();
-        late.into_iter()
-            .flat_map(|(n, e)| self.mark_down(&n, e, DownReason::HeartbeatTimeout, now_ms))
-            .collect()
+        for (n, e) in late {
+            cmds.extend(self.mark_down(&n, e, DownReason::HeartbeatTimeout, now_ms));
+        }
+        cmds
     }
 
     fn mark_down(
@@ -504,6 +541,90 @@ mod tests {
         // declared once only
         assert!(downs(&m.on_event(MemberEvent::Tick, 9000)).is_empty());
         assert_eq!(m.status("m", 9000).recent_failures.len(), 1);
+    }
+
+    /// Ticks every `tick_ms` from `from` to `to` (inclusive); every command they gave.
+    fn ticks(m: &mut Membership, from: u64, to: u64) -> Vec<MemberCommand> {
+        let step = m.config().tick_ms();
+        let mut out = Vec::new();
+        let mut t = from;
+        while t <= to {
+            out.extend(m.on_event(MemberEvent::Tick, t));
+            t += step;
+        }
+        out
+    }
+
+    #[test]
+    fn a_stalled_master_judges_nobody_before_reading_what_they_sent() {
+        for pause in [5_000, 20_000] {
+            let mut m = membership();
+            let e1 = registered_epoch(&m.on_event(MemberEvent::Register(reg("w1", 1, 1)), 0));
+            let e2 = registered_epoch(&m.on_event(MemberEvent::Register(reg("w2", 2, 1)), 0));
+            // Both heartbeat every second while the master runs.
+            for s in 1..=3 {
+                m.on_event(MemberEvent::Heartbeat(hb("w1", e1, s)), s * HB);
+                m.on_event(MemberEvent::Heartbeat(hb("w2", e2, s)), s * HB);
+                assert!(downs(&ticks(&mut m, s * HB - 750, s * HB)).is_empty());
+            }
+            // The master stops at 3.1 s; the first thing it handles when it runs
+            // again is a tick, before the heartbeats waiting in its mailbox.
+            let back = 3_100 + pause;
+            let c = m.on_event(MemberEvent::Tick, back);
+            assert!(downs(&c).is_empty(), "pause {pause}: {c:?}");
+            assert!(
+                c.iter()
+                    .any(|c| matches!(c, MemberCommand::Stalled { ms } if *ms + 1_000 >= pause)),
+                "the stall is reported: {c:?}"
+            );
+            // Then the waiting heartbeats of w1; w2 really died during the pause.
+            m.on_event(MemberEvent::Heartbeat(hb("w1", e1, 4)), back + 1);
+            let step = m.config().tick_ms();
+            let mut w2_down = None;
+            for k in 0..40 {
+                let t = back + 1 + k * step;
+                if k % 4 == 0 {
+                    m.on_event(MemberEvent::Heartbeat(hb("w1", e1, 5 + k)), t);
+                }
+                let d = downs(&m.on_event(MemberEvent::Tick, t));
+                assert!(
+                    d.iter().all(|(n, _)| n == "w2"),
+                    "only the dead worker: {d:?}"
+                );
+                if !d.is_empty() && w2_down.is_none() {
+                    w2_down = Some(t);
+                }
+            }
+            let at = w2_down.expect("w2, silent since before the pause, is still detected");
+            assert!(
+                at - back <= 3 * HB + 2 * m.config().tick_ms(),
+                "detected within one timeout of running again: {} ms",
+                at - back
+            );
+            assert_eq!(m.state_of("w1").unwrap().0, MemberState::Healthy);
+        }
+    }
+
+    #[test]
+    fn ticks_a_little_late_are_not_a_stall() {
+        let mut m = membership();
+        m.on_event(MemberEvent::Register(reg("w1", 1, 1)), 0);
+        let step = m.config().tick_ms();
+        let c = ticks(&mut m, 0, 2_000);
+        // 40 % late, every time: the silence still counts.
+        let mut t = 2_000;
+        let mut cmds = c;
+        while t < 6_000 {
+            t += step * 14 / 10;
+            cmds.extend(m.on_event(MemberEvent::Tick, t));
+        }
+        assert!(!cmds
+            .iter()
+            .any(|c| matches!(c, MemberCommand::Stalled { .. })));
+        assert_eq!(
+            downs(&cmds),
+            vec![("w1".into(), DownReason::HeartbeatTimeout)]
+        );
     }
 
     #[test]

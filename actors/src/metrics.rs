@@ -9,6 +9,10 @@ pub const HEARTBEAT_AGE: &str = "orch_worker_heartbeat_age_seconds";
 pub const WORKER_FAILURES: &str = "orch_worker_failures_total";
 /// Counter: messages from the network that did not decode.
 pub const WIRE_DECODE_ERRORS: &str = "orch_wire_decode_errors_total";
+/// Counter: times the master found it had not run for longer than a heartbeat.
+pub const MASTER_STALLS: &str = "orch_master_stalls_total";
+/// Histogram: seconds the master did not run, per stall.
+pub const MASTER_STALL_DURATION: &str = "orch_master_stall_seconds";
 /// Counter: registrations the master refused (protocol mismatch).
 pub const REGISTRATIONS_REFUSED: &str = "orch_worker_registrations_refused_total";
 
@@ -83,6 +87,14 @@ pub const CATALOG: &[(&str, &str)] = &[
         "cluster messages that did not decode and were dropped",
     ),
     (REGISTRATIONS_REFUSED, "registrations refused by the master"),
+    (
+        MASTER_STALLS,
+        "times the master found it had not run for longer than a heartbeat",
+    ),
+    (
+        MASTER_STALL_DURATION,
+        "seconds the master did not run, per stall",
+    ),
     (TASKS_ASSIGNED, "task attempts handed to devices"),
     (TASKS_COMPLETED, "task attempts that reported completion"),
     (TASKS_FAILED, "task attempts that reported a failure"),

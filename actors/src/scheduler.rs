@@ -78,6 +78,11 @@ pub enum SchedEvent {
     Progress(TaskProgress),
     Result(TaskResult),
     Tick,
+    /// The master did not run for `ms` (see `MemberCommand::Stalled`):
+    /// every attempt's deadline, and every resume deadline, moves by as much.
+    Stalled {
+        ms: u64,
+    },
     /// The master restarted and replayed its store: no ID below `id_floor`
     /// is issued again, and the nodes it knew have `within_ms` to register
     /// again before their attempts are requeued.
@@ -451,6 +456,7 @@ impl Scheduler {
             SchedEvent::Progress(p) => self.progress(p, &mut out),
             SchedEvent::Result(r) => self.result(r, now_ms, &mut out),
             SchedEvent::Reserve { node, tasks } => self.reserve(node, tasks),
+            SchedEvent::Stalled { ms } => self.stalled(ms),
             SchedEvent::Tick => {
                 self.expire(now_ms, &mut out);
                 self.expire_resume(now_ms, &mut out);
@@ -1274,6 +1280,24 @@ impl Scheduler {
                     .min(sess.spec.backoff_max_ms);
                 task.state = TaskState::Waiting;
                 sess.waiting.insert((now_ms + delay, t));
+            }
+        }
+    }
+
+    /// The master did not run for `ms`: no attempt is judged on that time.
+    fn stalled(&mut self, ms: u64) {
+        let deadlines = std::mem::take(&mut self.deadlines);
+        for (at, s, t, attempt) in deadlines {
+            let at = at.saturating_add(ms);
+            let task = &mut self.sessions[s].tasks[t as usize];
+            if let (TaskState::Running(run), true) = (&mut task.state, task.attempt == attempt) {
+                run.deadline = at;
+            }
+            self.deadlines.insert((at, s, t, attempt));
+        }
+        for n in self.nodes.values_mut() {
+            if let Some(at) = &mut n.resume_by {
+                *at = at.saturating_add(ms);
             }
         }
     }

@@ -1027,6 +1027,24 @@ fn an_attempt_silent_past_its_deadline_is_reassigned_as_no_answer() {
     w.apply(Op::Stale(w.dead.len() - 1));
 }
 
+#[test]
+fn a_master_stall_moves_attempt_deadlines_by_its_length() {
+    let mut w = World::new(4, 4, 3);
+    w.apply(Op::Up(0));
+    // 17 s of silence would be `no_answer`; 16 s of it the master did not run.
+    w.apply(Op::Tick(10_000));
+    w.feed(SchedEvent::Stalled { ms: 16_000 });
+    w.apply(Op::Tick(6_999 + 16_000));
+    assert!(
+        w.sched.manifest(&w.session).unwrap().replay.is_empty(),
+        "the stall does not count as silence"
+    );
+    w.apply(Op::Tick(2));
+    let m = w.sched.manifest(&w.session).unwrap();
+    assert_eq!(m.replay.len(), 1, "the running time still counts");
+    assert_eq!(m.replay[0].reason, "no_answer");
+}
+
 /// The master restarted: a new ledger replays the first `committed` events of
 /// `w` and resumes above everything issued. Returns it and its ID floor.
 fn restarted(w: &World, committed: usize) -> (Scheduler, u64) {
