@@ -1,10 +1,11 @@
 //! GlobalIdAllocator: disjoint 64-bit ID chunks (SPEC §6), as pure logic.
 //!
 //! Chunks come from a free list of returned tails (first fit) or from the
-//! high-water mark. A chunk's used part is retired for good; only a tail the
-//! worker itself reported unused (a failed attempt) comes back. The chunk of
-//! a lost attempt is retired whole: its worker may have used IDs it never
-//! reported, so handing them out again could issue an ID twice.
+//! high-water mark. A chunk's used part is retired for good; only the tail
+//! above the last ID a failed attempt reported using comes back. The chunk
+//! of a lost attempt, or of a failed one that reported no ID, is retired
+//! whole: its program may have used IDs it never reported, so handing them
+//! out again could issue an ID twice.
 
 use crate::protocol::IdRange;
 

@@ -933,7 +933,7 @@ impl Scheduler {
             attempt: task.attempt,
         };
         let keep: Vec<String> = run.outputs.iter().map(|o| o.path.clone()).collect();
-        bank(sess, t, &run, run.done, false, now_ms);
+        bank(sess, t, &run, run.done, run.ids.hi, now_ms);
         let task = &mut sess.tasks[t as usize];
         let rest = task.frames;
         // The whole chunk is retired: a worker that vanished (or a master
@@ -1083,7 +1083,7 @@ impl Scheduler {
                 continue;
             };
             let sess = &mut self.sessions[s];
-            bank(sess, t, &run, run.done, false, now_ms);
+            bank(sess, t, &run, run.done, run.ids.hi, now_ms);
             // Retired whole: the attempt may still run until it gets the Drop.
             let keep = run.outputs.iter().map(|o| o.path.clone()).collect();
             self.sessions[s].tasks[t as usize].state = TaskState::Failed;
@@ -1218,25 +1218,33 @@ impl Scheduler {
         match r.outcome {
             TaskOutcome::Completed => {
                 let len = task.frames.len();
-                bank(sess, t, &run, len, true, r.finished_ms.max(run.started_ms));
+                bank(
+                    sess,
+                    t,
+                    &run,
+                    len,
+                    run.ids.hi,
+                    r.finished_ms.max(run.started_ms),
+                );
                 sess.tasks[t as usize].state = TaskState::Done;
                 sess.tasks_done += 1;
             }
             TaskOutcome::Failed { frames_done, error } => {
                 let done = run.done.max(frames_done.min(task.frames.len()));
                 let keep: Vec<String> = run.outputs.iter().map(|o| o.path.clone()).collect();
+                // Only what the attempt reported using is retired: the rest
+                // comes back. One that reported nothing retires its whole chunk.
+                let retired = retired_hi(&run);
                 bank(
                     sess,
                     t,
                     &run,
                     done,
-                    false,
+                    retired,
                     r.finished_ms.max(run.started_ms),
                 );
-                // The worker reported the end and what it used: the rest comes back.
-                let used_hi = used_hi(&run);
                 self.ids.release(IdRange {
-                    lo: used_hi,
+                    lo: retired,
                     hi: run.ids.hi,
                 });
                 let sess = &mut self.sessions[s];
@@ -1846,18 +1854,21 @@ fn add_outputs(have: &mut Vec<OutputFile>, new: Vec<OutputFile>) {
     }
 }
 
-/// The end of the used part of an attempt's ID chunk: what it reported using.
-fn used_hi(run: &Running) -> u64 {
+/// The end of the part of a failed attempt's ID chunk that is retired for
+/// good: up to the last ID it reported using, or the whole chunk when it
+/// reported none (its program may have numbered entities from `id_lo`
+/// without saying so).
+fn retired_hi(run: &Running) -> u64 {
     run.last_id
         .map(|l| (l + 1).clamp(run.ids.lo, run.ids.hi))
-        .unwrap_or(run.ids.lo)
+        .unwrap_or(run.ids.hi)
 }
 
 /// Record the first `done` frames of the task's current range as produced by
-/// this attempt, and shrink the task to what is left. A completed attempt
-/// (`completed`) retires its whole ID chunk; any other retires what it used,
-/// and the caller returns the rest to the allocator.
-fn bank(sess: &mut Session, t: u32, run: &Running, done: u64, completed: bool, now_ms: u64) {
+/// this attempt, with its ID chunk retired up to `retired_hi`, and shrink the
+/// task to what is left. A completed or lost attempt retires its whole
+/// chunk; a failed one what it reported using (the caller returns the rest).
+fn bank(sess: &mut Session, t: u32, run: &Running, done: u64, retired_hi: u64, now_ms: u64) {
     let task = &mut sess.tasks[t as usize];
     let done = done.min(task.frames.len());
     if done == 0 {
@@ -1874,7 +1885,7 @@ fn bank(sess: &mut Session, t: u32, run: &Running, done: u64, completed: bool, n
         node: run.node.clone(),
         device: run.device.clone(),
         ids: run.ids,
-        ids_used: if completed { run.ids.hi } else { used_hi(run) },
+        ids_used: retired_hi,
         outputs: run.outputs.clone().into_boxed_slice(),
         started_ms: run.started_ms,
         finished_ms: now_ms,

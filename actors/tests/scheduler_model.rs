@@ -281,7 +281,9 @@ impl World {
             device: l.task.device.clone(),
             started_ms: self.now,
             finished_ms: self.now,
-            last_id_used: Some(l.task.ids.lo + l.progress.min(l.task.ids.len() - 1)),
+            // An attempt that made no progress reports no ID either.
+            last_id_used: (l.progress > 0)
+                .then(|| l.task.ids.lo + l.progress.min(l.task.ids.len() - 1)),
             outputs: vec![],
             outcome,
             seq: 0,
@@ -877,6 +879,41 @@ fn a_failing_task_retries_on_another_device_then_fails_the_range() {
     assert_eq!(v.retries, 1);
     let m = w.sched.manifest(&w.session).unwrap();
     assert_eq!(m.failed[0].error, "boom");
+}
+
+#[test]
+fn a_failed_attempt_that_reports_no_id_retires_its_whole_chunk() {
+    let mut w = World::new(3, 3, 3);
+    w.apply(Op::Up(0));
+    let first = w.live[0].task.clone();
+    assert_eq!(w.live[0].progress, 0);
+    w.apply(Op::Fail(0, 0));
+    assert!(
+        w.sched.ids().free_ranges().is_empty(),
+        "nothing of the chunk comes back: {:?}",
+        w.sched.ids().free_ranges()
+    );
+    w.apply(Op::Tick(20));
+    let retry = &w.live[0].task;
+    assert_eq!(retry.attempt, first.attempt + 1);
+    assert!(
+        !retry.ids.overlaps(&first.ids),
+        "{:?} overlaps the failed attempt's {:?}",
+        retry.ids,
+        first.ids
+    );
+    // One that reports what it used gets the rest back.
+    w.apply(Op::Progress(0, 255));
+    let used = w.live[0].progress;
+    let chunk = w.live[0].task.ids;
+    w.apply(Op::Fail(0, 0));
+    assert_eq!(
+        w.sched.ids().free_ranges(),
+        &[IdRange {
+            lo: chunk.lo + used + 1,
+            hi: chunk.hi
+        }]
+    );
 }
 
 #[test]

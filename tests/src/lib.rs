@@ -719,6 +719,8 @@ pub struct IdEvent {
     pub chunk: Option<(u64, u64)>,
     /// `Some(completed)` for "attempt finished".
     pub finished: Option<bool>,
+    /// The last ID an attempt reported using ("attempt finished").
+    pub last_id: Option<u64>,
 }
 
 /// Every `orch::ids` line in the logs of every node, every start included.
@@ -755,6 +757,7 @@ pub fn id_events(cluster: &TestCluster) -> Vec<IdEvent> {
                 attempt,
                 chunk,
                 finished,
+                last_id: num("last_id_used"),
             });
         }
     }
@@ -777,17 +780,25 @@ pub fn assert_no_id_issued_twice(events: &[IdEvent], manifest: &Value) -> usize 
             }
         }
     }
-    // A failed attempt reports what it used and its tail may be issued
-    // again; every other chunk a worker received is its own for good.
-    let failed: std::collections::BTreeSet<(String, u64, u64)> = events
+    // A failed attempt that reported the last ID it used keeps the chunk
+    // up to it, and the rest may be issued again; every other chunk a
+    // worker received (a failed attempt that reported nothing included)
+    // is its own for good.
+    let failed: BTreeMap<(String, u64, u64), Option<u64>> = events
         .iter()
         .filter(|e| e.finished == Some(false))
-        .map(|e| (e.session.clone(), e.task, e.attempt))
+        .map(|e| ((e.session.clone(), e.task, e.attempt), e.last_id))
         .collect();
     let mut held: Vec<(u64, u64, String)> = chunks
         .iter()
-        .filter(|(k, _)| !failed.contains(*k))
-        .map(|(k, c)| (c.0, c.1, format!("{k:?}")))
+        .map(|(k, c)| {
+            let hi = match failed.get(k) {
+                Some(Some(last)) => (last + 1).clamp(c.0, c.1),
+                _ => c.1,
+            };
+            (c.0, hi, format!("{k:?}"))
+        })
+        .filter(|(lo, hi, _)| hi > lo)
         .collect();
     held.sort();
     for w in held.windows(2) {
