@@ -347,6 +347,13 @@ impl ExecutorSpec {
     }
 }
 
+/// Default of [`SessionSpec::max_losses`].
+pub const DEFAULT_MAX_LOSSES: u32 = 10;
+
+fn default_max_losses() -> u32 {
+    DEFAULT_MAX_LOSSES
+}
+
 /// A validated session, as submitted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionSpec {
@@ -361,6 +368,11 @@ pub struct SessionSpec {
     /// Preference weights: a device whose capability is set scores the weight.
     pub prefer: BTreeMap<String, i64>,
     pub max_attempts: u32,
+    /// Losses (its worker died, hung or was cut off, its device was
+    /// restarted) after which a range fails for good; losses do not count
+    /// against `max_attempts`.
+    #[serde(default = "default_max_losses")]
+    pub max_losses: u32,
     pub backoff_ms: u64,
     pub backoff_max_ms: u64,
     pub executor: ExecutorSpec,

@@ -28,8 +28,6 @@ use crate::protocol::{
 /// 1-2). Two keep a device busy while its next assignments wait for the
 /// master's commit.
 pub const PREFETCH: u32 = 2;
-/// A task lost this many times with its node fails for good.
-pub const MAX_LOSSES: u32 = 10;
 
 /// Something that happened. The master records every event in its store,
 /// with its time, before acting on the commands it returns: replaying them
@@ -176,6 +174,8 @@ struct Task {
     state: TaskState,
     /// The device of the last failed attempt, avoided on retry if possible.
     avoid: Option<(Arc<str>, Arc<str>)>,
+    /// The node of the last lost attempt: another capable node goes first.
+    lost_on: Option<Arc<str>>,
     last_error: Option<String>,
 }
 
@@ -317,9 +317,10 @@ impl Orphan {
     }
 }
 
-/// How good a device is for a task; higher is better: not the device that
-/// just failed it, preference score, free queue, node load, least recently used.
-type PlacementKey = (bool, i64, u32, u64, u64);
+/// How good a device is for a task; higher is better: not on the node that
+/// just lost it, not the device that just failed it, preference score, free
+/// queue, node load, least recently used.
+type PlacementKey = (bool, bool, i64, u32, u64, u64);
 
 /// A lost attempt whose node must quarantine its outputs when it returns.
 #[derive(Debug, Clone)]
@@ -958,6 +959,7 @@ impl Scheduler {
             return (0, orphan);
         }
         task.losses += 1;
+        task.lost_on = Some(run.node.clone());
         task.next_attempt();
         sess.failovers += 1;
         sess.replay.push(ReplayRecord {
@@ -969,8 +971,13 @@ impl Scheduler {
             device: run.device.to_string(),
             reason: reason.to_string(),
         });
-        if task.losses >= MAX_LOSSES {
-            fail_task(sess, t, format!("lost {MAX_LOSSES} times, last: {reason}"));
+        if task.losses >= sess.spec.max_losses {
+            let n = task.losses;
+            fail_task(
+                sess,
+                t,
+                format!("lost {n} times (`max_losses`), last: {reason}"),
+            );
             return (0, orphan);
         }
         // Lost work goes first: it is what the session waits for.
@@ -1041,6 +1048,7 @@ impl Scheduler {
                 losses: 0,
                 state: TaskState::Pending,
                 avoid: None,
+                lost_on: None,
                 last_error: None,
             });
         }
@@ -1482,6 +1490,7 @@ impl Scheduler {
             return;
         }
         let load = u64::from(node.inflight) * 1000 / u64::from(node.cap().max(1));
+        let lost_here = task.lost_on.as_ref() == Some(&node.name);
         for (i, d) in node.devices.iter().enumerate() {
             if d.disabled || d.inflight > PREFETCH || !caps_match(&sess.spec.require, &d.caps) {
                 continue;
@@ -1490,8 +1499,10 @@ impl Scheduler {
                 .avoid
                 .as_ref()
                 .is_some_and(|(an, ad)| *an == node.name && *ad == d.id);
-            // Higher is better: not the failed device, preference, idle, less load, least recently used.
+            // Higher is better: not the node that lost it, not the failed
+            // device, preference, idle, less load, least recently used.
             let key = (
+                !lost_here,
                 !avoided,
                 score(&sess.spec.prefer, &d.caps),
                 u32::MAX - d.inflight,

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use orch_actors::protocol::{
     AttemptKey, CapValue, DeviceInfo, ExecutorSpec, FrameRange, IdRange, SessionSpec, SessionState,
-    TaskOutcome, TaskProgress, TaskResult, TaskSpec,
+    TaskOutcome, TaskProgress, TaskResult, TaskSpec, DEFAULT_MAX_LOSSES,
 };
 use orch_actors::scheduler::{SchedCommand, SchedEvent, Scheduler, PREFETCH};
 use proptest::prelude::*;
@@ -180,6 +180,7 @@ impl World {
             require: Default::default(),
             prefer: BTreeMap::from([("gpu".to_string(), 5)]),
             max_attempts,
+            max_losses: DEFAULT_MAX_LOSSES,
             backoff_ms: 10,
             backoff_max_ms: 40,
             executor: ExecutorSpec::Noop,
@@ -938,6 +939,7 @@ fn a_session_no_device_can_serve_waits_and_says_why() {
         require: BTreeMap::from([("tpu".to_string(), CapValue::Bool(true))]),
         prefer: BTreeMap::new(),
         max_attempts: 3,
+        max_losses: DEFAULT_MAX_LOSSES,
         backoff_ms: 1,
         backoff_max_ms: 1,
         executor: ExecutorSpec::Noop,
@@ -990,6 +992,7 @@ fn per_device_fifo_depth_and_round_robin_over_many_devices() {
         require: Default::default(),
         prefer: BTreeMap::new(),
         max_attempts: 3,
+        max_losses: DEFAULT_MAX_LOSSES,
         backoff_ms: 1,
         backoff_max_ms: 1,
         executor: ExecutorSpec::Noop,
@@ -1041,6 +1044,132 @@ fn per_device_fifo_depth_and_round_robin_over_many_devices() {
     }
     assert_eq!(used.len(), 100, "every device got work");
     assert_eq!(s.view("m", 0).unwrap().state, SessionState::Completed);
+}
+
+fn dev(id: &str) -> DeviceInfo {
+    DeviceInfo {
+        id: id.into(),
+        handle: String::new(),
+        capabilities: Default::default(),
+    }
+}
+
+fn one_task(name: &str) -> SessionSpec {
+    SessionSpec {
+        name: name.into(),
+        frames: FrameRange { start: 0, end: 1 },
+        items: None,
+        chunk_frames: 1,
+        id_chunk_size: 1,
+        require: Default::default(),
+        prefer: BTreeMap::new(),
+        max_attempts: 3,
+        max_losses: 2,
+        backoff_ms: 1,
+        backoff_max_ms: 1,
+        executor: ExecutorSpec::Noop,
+        timeout_ms: 1,
+    }
+}
+
+fn assigned(cmds: Vec<SchedCommand>) -> Vec<(String, TaskSpec)> {
+    cmds.into_iter()
+        .filter_map(|c| match c {
+            SchedCommand::Assign { node, task, .. } => Some((node, task)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn up(s: &mut Scheduler, node: &str, devices: Vec<DeviceInfo>) -> Vec<SchedCommand> {
+    s.on_event(
+        SchedEvent::NodeUp {
+            node: node.into(),
+            epoch: 1,
+            max_concurrency: devices.len() as u32,
+            devices,
+            held: Vec::new(),
+        },
+        0,
+    )
+}
+
+fn completed(node: &str, t: &TaskSpec) -> SchedEvent {
+    SchedEvent::Result(TaskResult {
+        node: node.into(),
+        epoch: 1,
+        key: AttemptKey {
+            session: t.session.clone(),
+            task: t.task,
+            attempt: t.attempt,
+        },
+        device: t.device.clone(),
+        started_ms: 0,
+        finished_ms: 0,
+        last_id_used: None,
+        outputs: vec![],
+        outcome: TaskOutcome::Completed,
+        seq: 0,
+    })
+}
+
+#[test]
+fn lost_work_goes_to_another_capable_node_first_and_fails_after_max_losses() {
+    let mut s = Scheduler::new(0);
+    up(&mut s, "y", vec![dev("y0")]);
+    // y's one device has run a task; x's second device never ran one, so
+    // least-recently-used alone would send lost work back to x.
+    let warm = assigned(s.on_event(
+        SchedEvent::Submit {
+            id: "warm".into(),
+            spec: one_task("warm"),
+        },
+        0,
+    ));
+    s.on_event(completed("y", &warm[0].1), 0);
+    up(&mut s, "x", vec![dev("x0"), dev("x1")]);
+    let first = assigned(s.on_event(
+        SchedEvent::Submit {
+            id: "s".into(),
+            spec: one_task("s"),
+        },
+        0,
+    ));
+    assert_eq!(
+        (first[0].0.as_str(), first[0].1.device.as_str()),
+        ("x", "x0")
+    );
+    // Silent past its deadline (2 x 1 ms + 15 s grace): lost on x.
+    let again = assigned(s.on_event(SchedEvent::Tick, 20_000));
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].0, "y", "lost work prefers another capable node");
+    // Lost again, on y: `max_losses = 2` fails the range.
+    s.on_event(SchedEvent::Tick, 40_000);
+    let m = s.manifest("s").unwrap();
+    assert_eq!(m.failed.len(), 1, "{m:?}");
+    assert!(
+        m.failed[0].error.contains("lost 2 times"),
+        "{}",
+        m.failed[0].error
+    );
+    assert_eq!(m.state, SessionState::Failed);
+}
+
+#[test]
+fn lost_work_goes_back_to_its_node_when_no_other_can_take_it() {
+    let mut s = Scheduler::new(0);
+    up(&mut s, "x", vec![dev("x0")]);
+    let first = assigned(s.on_event(
+        SchedEvent::Submit {
+            id: "s".into(),
+            spec: one_task("s"),
+        },
+        0,
+    ));
+    assert_eq!(first[0].0, "x");
+    let again = assigned(s.on_event(SchedEvent::Tick, 20_000));
+    assert_eq!(again.len(), 1, "a preference, not an exclusion");
+    assert_eq!(again[0].0, "x");
 }
 
 #[test]

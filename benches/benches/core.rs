@@ -14,7 +14,7 @@ use orch_actors::master::{Master, MasterArgs, MasterMsg};
 use orch_actors::membership::DetectorConfig;
 use orch_actors::protocol::{
     AdminReply, AdminRequest, AttemptKey, DeviceInfo, ExecutorSpec, FrameRange, IdRange,
-    SessionSpec, TaskOutcome, TaskResult, TaskSpec, ToMaster,
+    SessionSpec, TaskOutcome, TaskResult, TaskSpec, ToMaster, DEFAULT_MAX_LOSSES,
 };
 use orch_actors::scheduler::{SchedCommand, SchedEvent, Scheduler};
 use orch_actors::wire::{decode, encode};
@@ -54,6 +54,7 @@ fn spec(frames: u64, chunk: u64) -> SessionSpec {
         require: BTreeMap::new(),
         prefer: BTreeMap::new(),
         max_attempts: 3,
+        max_losses: DEFAULT_MAX_LOSSES,
         backoff_ms: 10,
         backoff_max_ms: 100,
         executor: ExecutorSpec::Noop,

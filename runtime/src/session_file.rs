@@ -5,7 +5,8 @@
 //! frames = { start = 0, end = 48 }     # or: items = ["a.mp4", "b.mp4"]
 //! chunk_frames = 4
 //! id_chunk_size = 1000                 # global IDs reserved per task
-//! max_attempts = 3
+//! max_attempts = 3                     # failures per range before it fails for good
+//! max_losses = 10                      # losses (worker or device gone) before it fails for good
 //! backoff_ms = 500                     # doubles per retry, up to backoff_max_ms
 //! timeout_ms = 90000                   # per task
 //! [require]                            # hard match on device capabilities
@@ -22,7 +23,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use orch_actors::protocol::{CapValue, Capabilities, ExecutorSpec, FrameRange, SessionSpec};
+use orch_actors::protocol::{
+    CapValue, Capabilities, ExecutorSpec, FrameRange, SessionSpec, DEFAULT_MAX_LOSSES,
+};
 use serde::Deserialize;
 
 use crate::config::{ConfigError, ConfigErrors};
@@ -45,6 +48,8 @@ struct RawSession {
     id_chunk_size: u64,
     #[serde(default = "default_attempts")]
     max_attempts: u32,
+    #[serde(default = "default_losses")]
+    max_losses: u32,
     #[serde(default = "default_backoff")]
     backoff_ms: u64,
     #[serde(default = "default_backoff_max")]
@@ -80,6 +85,9 @@ fn default_id_chunk() -> u64 {
 }
 fn default_attempts() -> u32 {
     3
+}
+fn default_losses() -> u32 {
+    DEFAULT_MAX_LOSSES
 }
 fn default_backoff() -> u64 {
     500
@@ -193,6 +201,12 @@ pub fn parse(
             format!("expected 1 to 100, got `{}`", raw.max_attempts),
         );
     }
+    if raw.max_losses == 0 || raw.max_losses > 1000 {
+        add(
+            "max_losses",
+            format!("expected 1 to 1000, got `{}`", raw.max_losses),
+        );
+    }
     if raw.backoff_ms > 3_600_000 {
         add(
             "backoff_ms",
@@ -297,6 +311,7 @@ pub fn parse(
         require,
         prefer: raw.prefer,
         max_attempts: raw.max_attempts,
+        max_losses: raw.max_losses,
         backoff_ms: raw.backoff_ms,
         backoff_max_ms: raw.backoff_max_ms,
         executor,
@@ -327,6 +342,7 @@ kind = "builtin:noop"
         let s = parse(GOOD, "s.toml", None).unwrap();
         assert_eq!(s.frames, FrameRange { start: 0, end: 100 });
         assert_eq!(s.max_attempts, 3);
+        assert_eq!(s.max_losses, DEFAULT_MAX_LOSSES);
         assert_eq!(s.executor, ExecutorSpec::Noop);
     }
 
@@ -351,6 +367,7 @@ kind = "builtin:noop"
                 .contains("ms_per_frame")
         );
         assert!(err(&format!("extra = 1\n{GOOD}")).contains("unknown field `extra`"));
+        assert!(err(&format!("max_losses = 0\n{GOOD}")).contains("invalid `max_losses`"));
     }
 
     #[test]
