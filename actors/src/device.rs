@@ -20,6 +20,9 @@ use crate::worker::{DeviceEvent, WorkerMsg};
 
 /// Least time between two progress reports of one task.
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+/// How long an executor has to stop once its task is cancelled or timed
+/// out; then the device stops waiting for it and takes its next task.
+pub const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// A device slot.
 pub struct Device;
@@ -160,12 +163,27 @@ impl DeviceActorState {
         let mut fut = exec.run(job, tx, run_cancel.clone());
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
+        // Armed once the executor is told to stop: it must within STOP_GRACE.
+        let stop_by = tokio::time::sleep(timeout + STOP_GRACE);
+        tokio::pin!(stop_by);
+        let mut stopping = false;
         let mut pending = ExecReport::default();
         let mut last_sent = Instant::now() - PROGRESS_EVERY;
         let mut timed_out = false;
         let result = loop {
             tokio::select! {
                 r = &mut fut => break r,
+                _ = run_cancel.cancelled(), if !stopping => {
+                    stopping = true;
+                    stop_by.as_mut().reset(tokio::time::Instant::now() + STOP_GRACE);
+                }
+                _ = &mut stop_by, if stopping => {
+                    warn!(node_id = %self.args.node, device_id = %self.args.info.id, session = %key.session, task = key.task, attempt = key.attempt, "the executor did not stop within {STOP_GRACE:?}; the device no longer waits for it");
+                    break Err(ExecError {
+                        message: format!("did not stop within {} ms of being told to", STOP_GRACE.as_millis()),
+                        report: ExecReport::default(),
+                    });
+                }
                 Some(p) = rx.recv() => {
                     pending.frames_done = pending.frames_done.max(p.frames_done);
                     pending.last_id_used = p.last_id_used.or(pending.last_id_used);

@@ -3,36 +3,55 @@
 //! - `argv` and `env` values may hold `{start} {end} {frames} {id_lo} {id_hi}
 //!   {device} {handle} {session} {task} {attempt} {out_dir} {items_file}`; the
 //!   same values are also in `ORCH_*` environment variables.
-//! - The program runs in its output folder, in its own process group, which is
-//!   killed on timeout or cancellation.
+//! - The program runs in its output folder, in a process group of its own
+//!   ([`crate::procs`]). The task ends when the program exits or its deadline
+//!   passes, whatever its pipes do; then the whole group is killed, and the
+//!   device is free once no process of it is left.
 //! - A stdout line `ORCH_PROGRESS <frames_done> [<last_id_used>]` reports the
-//!   first `frames_done` frames of the task finished; files then present in the
-//!   output folder are reported with their size and sha256.
+//!   first `frames_done` frames of the task finished, with their files in
+//!   place; the files that appeared in the output folder since the previous
+//!   line are listed with their size and sha256. A count beyond the task's
+//!   frames, or an ID outside its chunk, fails the attempt.
 //! - Exit code 0 completes the task; anything else fails it with the exit code
-//!   and the last line of stderr. Outputs must be regular files inside the
+//!   and the last line of stderr, keeping the frames reported before (and
+//!   the files listed with them). Outputs must be regular files inside the
 //!   output folder: a symbolic link fails the task.
+//! - IDs: a failed attempt that reported a `last_id_used` gives the IDs above
+//!   it back; one that reported none (or was lost) retires its whole chunk.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use orch_actors::executor::{ExecError, ExecFuture, ExecJob, ExecReport, Executor};
-use orch_actors::protocol::{ExecutorSpec, OutputFile};
-use sha2::{Digest, Sha256};
+use orch_actors::protocol::ExecutorSpec;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{self, UnboundedSender};
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::outputs::{check_paths, scan_all, Changes, Found, OutputWatch, Watched};
+use crate::procs::TaskGroups;
 
 /// Bytes of stderr kept for the error message.
 const STDERR_TAIL: usize = 4096;
 /// Longest stdout line read (longer ones are cut).
 const MAX_LINE: usize = 64 * 1024;
+/// After the program's group is gone, how long its pipes may take to
+/// deliver what they still hold (a process that left the group may keep
+/// them open for ever).
+const PIPE_DRAIN: Duration = Duration::from_millis(500);
 
 /// Runs `command` tasks; `work_dir` holds per-task item lists.
 pub struct CommandExecutor {
     pub work_dir: PathBuf,
+    /// The node's running process groups.
+    pub groups: Arc<TaskGroups>,
+    /// New output files, found without rescanning folders.
+    pub watch: Arc<OutputWatch>,
 }
 
 fn placeholders(job: &ExecJob, items_file: &Path) -> Vec<(&'static str, String)> {
@@ -75,69 +94,6 @@ pub fn parse_progress(line: &str) -> Option<(u64, Option<u64>)> {
         None => None,
     };
     Some((done, last))
-}
-
-fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        h.update(&buf[..n]);
-    }
-    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    Ok((size, hex))
-}
-
-/// Files under `dir` not in `seen`, hashed; temporary names (`.*`, `*.tmp`) are skipped.
-pub fn scan_outputs(dir: &Path, seen: &mut HashSet<String>) -> Result<Vec<OutputFile>, String> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let entries =
-            std::fs::read_dir(&d).map_err(|e| format!("cannot list `{}`: {e}", d.display()))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| e.to_string())?;
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let rel = path
-                .strip_prefix(dir)
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or(name.clone());
-            let meta = std::fs::symlink_metadata(&path).map_err(|e| e.to_string())?;
-            if meta.file_type().is_symlink() {
-                return Err(format!(
-                    "output `{rel}` is a symbolic link; outputs must be regular files inside the output folder"
-                ));
-            }
-            if meta.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            if name.starts_with('.')
-                || name.ends_with(".tmp")
-                || seen.contains(&rel)
-                || !meta.is_file()
-            {
-                continue;
-            }
-            let (size, sha256) =
-                sha256_file(&path).map_err(|e| format!("cannot read output `{rel}`: {e}"))?;
-            seen.insert(rel.clone());
-            found.push(OutputFile {
-                path: rel,
-                size,
-                sha256,
-            });
-        }
-    }
-    found.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(found)
 }
 
 /// Lines of a child's stdout, each cut at [`MAX_LINE`] bytes: a program that
@@ -193,12 +149,52 @@ impl<R: AsyncRead + Unpin> BoundedLines<R> {
     }
 }
 
-#[allow(unsafe_code)]
-fn kill_group(pid: u32) {
-    // SAFETY: kill(2) on a process group id has no memory-safety preconditions.
-    unsafe {
-        libc::kill(-(pid as i32), libc::SIGKILL);
+/// Forward the progress lines of `stdout` (others are ignored) until it
+/// closes. A bounded channel: a node that falls behind slows the program's
+/// writes instead of buffering without bound.
+async fn read_progress(stdout: impl AsyncRead + Unpin, lines: mpsc::Sender<(u64, Option<u64>)>) {
+    let mut reader = BoundedLines::new(stdout);
+    while let Ok(Some(line)) = reader.next_line().await {
+        if let Some(p) = parse_progress(&line) {
+            if lines.send(p).await.is_err() {
+                return;
+            }
+        }
     }
+}
+
+/// Keep the last [`STDERR_TAIL`] bytes of `stderr` in `tail` until it closes.
+async fn keep_tail(mut stderr: impl AsyncRead + Unpin, tail: Arc<Mutex<VecDeque<u8>>>) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = stderr.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
+        for &b in &buf[..n] {
+            if t.len() == STDERR_TAIL {
+                t.pop_front();
+            }
+            t.push_back(b);
+        }
+    }
+}
+
+/// The last non-empty line of a stderr tail.
+fn last_line(tail: &Mutex<VecDeque<u8>>) -> String {
+    let bytes: Vec<u8> = tail
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .copied()
+        .collect();
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string()
 }
 
 impl Executor for CommandExecutor {
@@ -209,7 +205,9 @@ impl Executor for CommandExecutor {
         cancel: CancellationToken,
     ) -> ExecFuture {
         let work_dir = self.work_dir.clone();
-        Box::pin(async move { run_command(job, work_dir, progress, cancel).await })
+        let groups = self.groups.clone();
+        let watch = self.watch.clone();
+        Box::pin(async move { run_command(job, work_dir, &groups, &watch, progress, cancel).await })
     }
 }
 
@@ -220,13 +218,104 @@ fn fail(message: String, report: &ExecReport) -> ExecError {
     }
 }
 
+/// How the program's run ended.
+enum Ended {
+    Exited(std::io::Result<std::process::ExitStatus>),
+    Cancelled,
+    /// It broke the progress protocol, or wrote something it may not.
+    Refused(String),
+}
+
+/// The running program's progress: what it reported, checked.
+struct Tracker<'a> {
+    job: &'a ExecJob,
+    program: &'a str,
+    watched: Watched<'a>,
+    seen: HashSet<String>,
+    report: ExecReport,
+    progress: &'a UnboundedSender<ExecReport>,
+}
+
+impl Tracker<'_> {
+    /// The files that appeared since the last look, hashed off the async threads.
+    async fn new_files(&mut self) -> Found {
+        let dir = self.job.out_dir.clone();
+        let mut seen = std::mem::take(&mut self.seen);
+        let found = match self.watched.changes() {
+            Changes::Paths(paths) => {
+                let fresh: Vec<String> = paths.into_iter().filter(|p| !seen.contains(p)).collect();
+                if fresh.is_empty() {
+                    self.seen = seen;
+                    return Found::default();
+                }
+                tokio::task::spawn_blocking(move || {
+                    let f = check_paths(&dir, fresh, &mut seen);
+                    (f, seen)
+                })
+                .await
+            }
+            Changes::Everything => {
+                tokio::task::spawn_blocking(move || {
+                    let f = scan_all(&dir, &mut seen);
+                    (f, seen)
+                })
+                .await
+            }
+        };
+        match found {
+            Ok((f, seen)) => {
+                self.seen = seen;
+                f
+            }
+            Err(e) => Found {
+                files: Vec::new(),
+                problems: vec![format!("cannot look at the output folder: {e}")],
+            },
+        }
+    }
+
+    /// One progress line: check it, list the new files, forward it. An
+    /// error ends the attempt; what was valid before it stays reported.
+    async fn line(&mut self, done: u64, last: Option<u64>) -> Result<(), String> {
+        let (len, ids) = (self.job.task.frames.len(), self.job.task.ids);
+        if done > len {
+            return Err(format!(
+                "`{}` reported `ORCH_PROGRESS {done}`, beyond the task's {len} frames",
+                self.program
+            ));
+        }
+        if let Some(l) = last.filter(|l| *l < ids.lo || *l >= ids.hi) {
+            return Err(format!(
+                "`{}` reported last ID `{l}`, outside its chunk [{}, {})",
+                self.program, ids.lo, ids.hi
+            ));
+        }
+        let found = self.new_files().await;
+        self.report.frames_done = self.report.frames_done.max(done);
+        if let Some(l) = last {
+            self.report.last_id_used = Some(self.report.last_id_used.map_or(l, |x| x.max(l)));
+        }
+        let _ = self.progress.send(ExecReport {
+            frames_done: self.report.frames_done,
+            last_id_used: self.report.last_id_used,
+            outputs: found.files,
+        });
+        match found.problems.into_iter().next() {
+            Some(p) => Err(p),
+            None => Ok(()),
+        }
+    }
+}
+
 async fn run_command(
     job: ExecJob,
     work_dir: PathBuf,
+    groups: &TaskGroups,
+    watch: &OutputWatch,
     progress: UnboundedSender<ExecReport>,
     cancel: CancellationToken,
 ) -> Result<ExecReport, ExecError> {
-    let mut report = ExecReport::default();
+    let report = ExecReport::default();
     let ExecutorSpec::Command { argv, env } = &job.task.executor else {
         return Err(fail("not a command task".into(), &report));
     };
@@ -255,9 +344,8 @@ async fn run_command(
         .current_dir(&job.out_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+        .stderr(Stdio::piped());
+    crate::procs::prepare(&mut cmd);
     for (k, v) in &vars {
         cmd.env(format!("ORCH_{}", k.to_uppercase()), v);
     }
@@ -266,122 +354,129 @@ async fn run_command(
         .map(|(k, v)| (k.clone(), expand(v, &vars)))
         .collect();
     cmd.envs(&env);
+    // Watch before the program can write anything.
+    let watched = watch.watch(&job.out_dir);
     let mut child = cmd
         .spawn()
         .map_err(|e| fail(format!("cannot start `{program}`: {e}"), &report))?;
-    let pid = child.id();
-    let stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let stderr_task = tokio::spawn(async move {
-        let mut tail: VecDeque<u8> = VecDeque::with_capacity(STDERR_TAIL);
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stderr.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-            for &b in &buf[..n] {
-                if tail.len() == STDERR_TAIL {
-                    tail.pop_front();
-                }
-                tail.push_back(b);
-            }
-        }
-        String::from_utf8_lossy(&tail.into_iter().collect::<Vec<u8>>()).into_owned()
-    });
-    let mut lines = BoundedLines::new(stdout);
-    let mut seen = HashSet::new();
-    let len = job.task.frames.len();
-    let mut cancelled = false;
-    loop {
+    let group = match child.id() {
+        Some(pid) => Some(groups.started(pid, &job.task.session)),
+        None => None,
+    };
+    let (line_tx, mut lines) = mpsc::channel(64);
+    let stdout = child
+        .stdout
+        .take()
+        .map(|o| tokio::spawn(read_progress(o, line_tx)));
+    let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+    let stderr = child
+        .stderr
+        .take()
+        .map(|e| tokio::spawn(keep_tail(e, tail.clone())));
+    let mut t = Tracker {
+        job: &job,
+        program,
+        watched,
+        seen: HashSet::new(),
+        report,
+        progress: &progress,
+    };
+    let mut stdout_open = true;
+    let ended = loop {
         tokio::select! {
-            line = lines.next_line() => match line {
-                Ok(Some(line)) => {
-                    if let Some((done, last)) = parse_progress(&line) {
-                        report.frames_done = report.frames_done.max(done.min(len));
-                        if let Some(l) = last.filter(|l| *l >= job.task.ids.lo && *l < job.task.ids.hi) {
-                            report.last_id_used = Some(l);
-                        }
-                        let dir = job.out_dir.clone();
-                        let mut s = std::mem::take(&mut seen);
-                        let scanned = tokio::task::spawn_blocking(move || {
-                            let r = scan_outputs(&dir, &mut s);
-                            (r, s)
-                        })
-                        .await;
-                        let (outputs, s) = scanned.map_err(|e| fail(e.to_string(), &report))?;
-                        seen = s;
-                        match outputs {
-                            Ok(outputs) => {
-                                let _ = progress.send(ExecReport {
-                                    frames_done: report.frames_done,
-                                    last_id_used: report.last_id_used,
-                                    outputs,
-                                });
-                            }
-                            Err(e) => {
-                                if let Some(pid) = pid {
-                                    kill_group(pid);
-                                }
-                                return Err(fail(e, &report));
-                            }
-                        }
+            biased;
+            _ = cancel.cancelled() => break Ended::Cancelled,
+            line = lines.recv(), if stdout_open => match line {
+                Some((done, last)) => {
+                    if let Err(why) = t.line(done, last).await {
+                        break Ended::Refused(why);
                     }
                 }
-                Ok(None) | Err(_) => break,
+                None => stdout_open = false,
             },
-            _ = cancel.cancelled() => {
-                cancelled = true;
-                break;
-            }
-        }
-    }
-    if cancelled {
-        if let Some(pid) = pid {
-            kill_group(pid);
-        }
-        let _ = child.wait().await;
-        return Err(fail("cancelled".into(), &report));
-    }
-    let status = tokio::select! {
-        s = child.wait() => s.map_err(|e| fail(e.to_string(), &report))?,
-        _ = cancel.cancelled() => {
-            if let Some(pid) = pid {
-                kill_group(pid);
-            }
-            let _ = child.wait().await;
-            return Err(fail("cancelled".into(), &report));
+            status = child.wait() => break Ended::Exited(status),
         }
     };
-    let stderr_tail = stderr_task.await.unwrap_or_default();
-    // Whatever appeared after the last progress line.
-    let dir = job.out_dir.clone();
-    let rest = tokio::task::spawn_blocking(move || scan_outputs(&dir, &mut seen))
-        .await
-        .map_err(|e| fail(e.to_string(), &report))?;
-    let rest = rest.map_err(|e| fail(e, &report))?;
-    if status.success() {
-        report.frames_done = len;
-        report.outputs = rest;
-        Ok(report)
-    } else {
-        report.outputs = rest;
-        let last = stderr_tail
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim()
-            .to_string();
+    // The main process is gone (or must go): so is every process it started.
+    if let Some(group) = group {
+        let pgid = group.pgid();
+        if !group.end().await {
+            warn!(session = %job.task.session, task = job.task.task, pgid, "processes of a task's group survived SIGKILL; the device runs its next task anyway");
+        }
+    }
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    // What the pipes still hold, written before the group died.
+    let mut refused = None;
+    if let Ended::Exited(_) = ended {
+        let drain = tokio::time::sleep(PIPE_DRAIN);
+        tokio::pin!(drain);
+        while stdout_open {
+            tokio::select! {
+                line = lines.recv() => match line {
+                    Some((done, last)) => {
+                        if let Err(why) = t.line(done, last).await {
+                            refused = Some(why);
+                            break;
+                        }
+                    }
+                    None => stdout_open = false,
+                },
+                _ = &mut drain => break,
+            }
+        }
+        if let Some(e) = stderr.as_ref() {
+            let _ = tokio::time::timeout(PIPE_DRAIN, async {
+                while !e.is_finished() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await;
+        }
+    }
+    for task in stdout.into_iter().chain(stderr) {
+        task.abort();
+    }
+    let Tracker {
+        mut report,
+        mut seen,
+        ..
+    } = t;
+    let status = match ended {
+        Ended::Cancelled => return Err(fail("cancelled".into(), &report)),
+        Ended::Refused(why) => return Err(fail(why, &report)),
+        Ended::Exited(status) => status.map_err(|e| fail(e.to_string(), &report))?,
+    };
+    if let Some(why) = refused {
+        return Err(fail(why, &report));
+    }
+    if !status.success() {
+        // The frames it reported, with the files listed then; what it
+        // wrote after its last report is quarantined.
         let how = match status.code() {
             Some(c) => format!("exited with code {c}"),
             None => "was killed by a signal".to_string(),
         };
+        let last = last_line(&tail);
         let msg = if last.is_empty() {
             format!("`{program}` {how}")
         } else {
             format!("`{program}` {how}: {last}")
         };
-        Err(fail(msg, &report))
+        return Err(fail(msg, &report));
+    }
+    // Whatever appeared after the last progress line: one full scan.
+    let dir = job.out_dir.clone();
+    let found = tokio::task::spawn_blocking(move || scan_all(&dir, &mut seen))
+        .await
+        .map_err(|e| fail(e.to_string(), &report))?;
+    report.outputs = found.files;
+    match found.problems.into_iter().next() {
+        Some(p) => Err(fail(p, &report)),
+        None => {
+            report.frames_done = job.task.frames.len();
+            Ok(report)
+        }
     }
 }
 
@@ -407,22 +502,195 @@ mod tests {
         assert_eq!(expand("{start}-{out_dir}/{end}", &vars), "10-/o/{end}");
     }
 
-    #[test]
-    fn scan_reports_new_files_once_and_refuses_symlinks() {
+    use orch_actors::protocol::{FrameRange, IdRange, TaskSpec};
+    use std::time::Instant;
+
+    /// A command task of `frames` frames running `script` with `sh -c`.
+    fn job(dir: &Path, frames: u64, script: &str) -> ExecJob {
+        let out_dir = dir.join("out");
+        std::fs::create_dir_all(&out_dir).unwrap();
+        ExecJob {
+            task: TaskSpec {
+                session: "s-1".into(),
+                session_name: "s".into(),
+                task: 0,
+                attempt: 1,
+                frames: FrameRange {
+                    start: 0,
+                    end: frames,
+                },
+                ids: IdRange { lo: 100, hi: 200 },
+                device: "d0".into(),
+                executor: ExecutorSpec::Command {
+                    argv: vec!["sh".into(), "-c".into(), script.into()],
+                    env: BTreeMap::new(),
+                },
+                timeout_ms: 60_000,
+                items: vec![],
+            },
+            node: "n".into(),
+            handle: "h".into(),
+            out_dir,
+        }
+    }
+
+    struct Run {
+        result: Result<ExecReport, ExecError>,
+        reports: Vec<ExecReport>,
+        took: Duration,
+    }
+
+    /// Run `script`; cancel it after `cancel_after` if given.
+    async fn run(dir: &Path, frames: u64, script: &str, cancel_after: Option<Duration>) -> Run {
+        let exec = CommandExecutor {
+            work_dir: dir.join("work"),
+            groups: Arc::new(TaskGroups::in_dir(dir.join("procs"))),
+            watch: Arc::new(OutputWatch::new()),
+        };
+        std::fs::create_dir_all(dir.join("procs")).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        if let Some(after) = cancel_after {
+            let c = cancel.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                c.cancel();
+            });
+        }
+        let started = Instant::now();
+        let result = exec.run(job(dir, frames, script), tx, cancel).await;
+        let took = started.elapsed();
+        let mut reports = Vec::new();
+        while let Ok(r) = rx.try_recv() {
+            reports.push(r);
+        }
+        assert_eq!(exec.groups.running(), 0, "no group is left recorded");
+        Run {
+            result,
+            reports,
+            took,
+        }
+    }
+
+    /// Pids written by a script to `pids` in its folder are all gone.
+    fn none_alive(dir: &Path) {
+        let text = std::fs::read_to_string(dir.join("out/pids")).unwrap_or_default();
+        for pid in text
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            let alive = crate::procs::parse_stat(
+                &std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default(),
+            )
+            .is_some_and(|s| s.state != 'Z');
+            assert!(!alive, "process {pid} of the task is still running");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_background_child_holding_a_pipe_does_not_hold_the_task() {
+        for (pipe, exit) in [("2", 0), ("1", 0), ("2", 3), ("1", 3)] {
+            let dir = tempfile::tempdir().unwrap();
+            // The child keeps stdout or stderr open for 30 s; the program exits at once.
+            let script = format!(
+                "sleep 30 >&{pipe} & echo $! >> pids; echo $$ >> pids; echo ORCH_PROGRESS 1; exit {exit}"
+            );
+            let r = run(dir.path(), 2, &script, None).await;
+            assert!(
+                r.took < Duration::from_secs(5),
+                "pipe {pipe}, exit {exit}: took {:?}",
+                r.took
+            );
+            match (exit, &r.result) {
+                (0, Ok(rep)) => assert_eq!(rep.frames_done, 2),
+                (3, Err(e)) => {
+                    assert!(e.message.contains("exited with code 3"), "{}", e.message);
+                    assert_eq!(e.report.frames_done, 1, "the reported frame stays");
+                }
+                (_, other) => panic!("pipe {pipe}, exit {exit}: {other:?}"),
+            }
+            none_alive(dir.path());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_task_ends_at_once_with_every_process_of_it() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("a.png"), b"abc").unwrap();
-        std::fs::write(dir.path().join(".a.png.tmp"), b"x").unwrap();
-        let mut seen = HashSet::new();
-        let out = scan_outputs(dir.path(), &mut seen).unwrap();
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].size, 3);
-        assert_eq!(
-            out[0].sha256,
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        let script = "sleep 30 2>&1 & echo $! >> pids; (sleep 30 & echo $! >> pids; wait) & echo $$ >> pids; wait";
+        let r = run(dir.path(), 1, script, Some(Duration::from_millis(300))).await;
+        assert!(r.took < Duration::from_secs(3), "took {:?}", r.took);
+        assert_eq!(r.result.unwrap_err().message, "cancelled");
+        none_alive(dir.path());
+    }
+
+    #[tokio::test]
+    async fn progress_beyond_the_range_fails_the_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = run(
+            dir.path(),
+            4,
+            "echo ORCH_PROGRESS 2; echo ORCH_PROGRESS 999999; exit 3",
+            None,
+        )
+        .await;
+        let e = r.result.unwrap_err();
+        assert!(
+            e.message.contains("beyond the task's 4 frames"),
+            "{}",
+            e.message
         );
-        assert!(scan_outputs(dir.path(), &mut seen).unwrap().is_empty());
-        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("escape")).unwrap();
-        let err = scan_outputs(dir.path(), &mut seen).unwrap_err();
-        assert!(err.contains("`escape` is a symbolic link"), "{err}");
+        assert_eq!(e.report.frames_done, 2, "only the valid report counts");
+        // The same claim with exit 0 fails too.
+        let dir = tempfile::tempdir().unwrap();
+        let r = run(dir.path(), 4, "echo ORCH_PROGRESS 5", None).await;
+        assert!(r.result.unwrap_err().message.contains("beyond"));
+        // An ID outside the chunk [100, 200) is refused.
+        let dir = tempfile::tempdir().unwrap();
+        let r = run(dir.path(), 4, "echo ORCH_PROGRESS 1 200", None).await;
+        let e = r.result.unwrap_err();
+        assert!(e.message.contains("outside its chunk"), "{}", e.message);
+    }
+
+    #[tokio::test]
+    async fn a_symlink_fails_the_attempt_and_keeps_the_regular_files_listed() {
+        for when in ["progress", "exit"] {
+            let dir = tempfile::tempdir().unwrap();
+            let script = match when {
+                "progress" => "echo a > f0.png; echo b > f1.png; ln -s /etc/passwd x; echo ORCH_PROGRESS 2; sleep 5",
+                _ => "echo a > f0.png; echo ORCH_PROGRESS 1; echo b > f1.png; ln -s /etc/passwd x",
+            };
+            let r = run(dir.path(), 2, script, None).await;
+            let e = r.result.unwrap_err();
+            assert!(
+                e.message.contains("`x` is a symbolic link"),
+                "{when}: {}",
+                e.message
+            );
+            let mut listed: Vec<String> = r
+                .reports
+                .iter()
+                .flat_map(|p| p.outputs.iter().map(|o| o.path.clone()))
+                .chain(e.report.outputs.iter().map(|o| o.path.clone()))
+                .collect();
+            listed.sort();
+            assert_eq!(listed, vec!["f0.png", "f1.png"], "{when}");
+            assert!(r.took < Duration::from_secs(4), "{when}: {:?}", r.took);
+        }
+    }
+
+    #[tokio::test]
+    async fn each_progress_line_lists_only_the_files_new_since_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = "for i in 0 1 2 3 4 5; do echo $i > .t.tmp; mv .t.tmp frame_$i.png; echo ORCH_PROGRESS $((i+1)); done";
+        let r = run(dir.path(), 6, script, None).await;
+        let rep = r.result.unwrap();
+        let per_line: Vec<usize> = r.reports.iter().map(|p| p.outputs.len()).collect();
+        assert_eq!(
+            per_line.iter().sum::<usize>() + rep.outputs.len(),
+            6,
+            "{per_line:?}"
+        );
+        assert!(per_line.iter().all(|n| *n <= 1), "{per_line:?}");
+        assert_eq!(rep.frames_done, 6);
     }
 }

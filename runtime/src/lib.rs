@@ -9,6 +9,8 @@ pub mod config;
 pub mod metrics;
 pub mod node;
 pub mod node_io;
+pub mod outputs;
+pub mod procs;
 pub mod runner;
 pub mod session_file;
 pub mod store;

@@ -24,6 +24,7 @@ use tracing::{error, info, warn};
 use crate::cluster_link::{ClusterLink, ClusterLinkArgs, ClusterLinkMsg};
 use crate::config::Config;
 use crate::node_io::FsIo;
+use crate::procs::TaskGroups;
 use crate::store::{Durability, SqliteEventLog, SqliteOutbox, StoreError};
 use orch_actors::journal::{recover, Recovered};
 use orch_actors::outbox::Outbox;
@@ -55,6 +56,8 @@ impl ractor::Message for NodeMsg {}
 /// Arguments of [`NodeSupervisor`]: the configuration and the opened stores.
 pub struct NodeArgs {
     pub cfg: Config,
+    /// The process groups of this node's `command` tasks.
+    pub groups: Arc<TaskGroups>,
     pub store: Option<Box<dyn EventLog>>,
     pub recovered: Option<Recovered>,
     pub outbox: Option<Outbox>,
@@ -62,7 +65,7 @@ pub struct NodeArgs {
 
 /// Open the node's stores under `data_dir` and replay the master's ledger.
 /// A store that is not ours, of another version, or damaged is an error.
-pub fn open_stores(cfg: &Config) -> Result<NodeArgs, StoreError> {
+pub fn open_stores(cfg: &Config, groups: Arc<TaskGroups>) -> Result<NodeArgs, StoreError> {
     let dir = &cfg.node.data_dir;
     let durability = cfg.store.durability;
     let durable = durability != Durability::Memory;
@@ -97,6 +100,7 @@ pub fn open_stores(cfg: &Config) -> Result<NodeArgs, StoreError> {
     };
     Ok(NodeArgs {
         cfg: cfg.clone(),
+        groups,
         store,
         recovered,
         outbox,
@@ -115,12 +119,13 @@ impl Actor for NodeSupervisor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let NodeArgs {
             cfg,
+            groups,
             store,
             recovered,
             outbox,
         } = args;
         let node = cfg.node.name.clone();
-        let io: Arc<dyn NodeIo> = Arc::new(FsIo::new(cfg.node.data_dir.clone()));
+        let io: Arc<dyn NodeIo> = Arc::new(FsIo::new(cfg.node.data_dir.clone(), groups));
         let (link, _) = Actor::spawn_linked(
             None,
             ClusterLink,
@@ -269,7 +274,10 @@ pub async fn run_node(mut cfg: Config, shutdown: impl Future<Output = ()>) -> an
             cfg.node.data_dir.display()
         )
     })?;
-    let args = open_stores(&cfg)?;
+    // What an earlier run left running on this data_dir dies before
+    // anything runs (its outputs are quarantined once nothing writes them).
+    let groups = Arc::new(TaskGroups::open(&cfg.node.data_dir, &node).await?);
+    let args = open_stores(&cfg, groups.clone())?;
     crate::metrics::install_exporter(cfg.metrics.listen)?;
     let admin_listener = crate::admin::bind(cfg.admin.listen).await?;
     let admin = crate::admin::router(node.clone(), cfg.admin.token.clone());
@@ -297,6 +305,11 @@ pub async fn run_node(mut cfg: Config, shutdown: impl Future<Output = ()>) -> an
     };
     let _ = stop_admin_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
+    // A task still running (its device actor stopped mid-task) dies with the node.
+    let killed = groups.kill_all().await;
+    if killed > 0 {
+        info!(node_id = %node, groups = killed, "stopped the running tasks' process groups");
+    }
     outcome
 }
 

@@ -10,6 +10,8 @@ use orch_actors::protocol::ExecutorSpec;
 use orch_actors::scheduler::ManifestStream;
 
 use crate::command::CommandExecutor;
+use crate::outputs::OutputWatch;
+use crate::procs::TaskGroups;
 
 /// [`NodeIo`] on the local file system under `data_dir`.
 pub struct FsIo {
@@ -18,9 +20,12 @@ pub struct FsIo {
 }
 
 impl FsIo {
-    pub fn new(data_dir: PathBuf) -> Self {
+    /// File work under `data_dir`; `command` tasks run as `groups`.
+    pub fn new(data_dir: PathBuf, groups: Arc<TaskGroups>) -> Self {
         let command = Arc::new(CommandExecutor {
             work_dir: data_dir.join("work"),
+            groups,
+            watch: Arc::new(OutputWatch::new()),
         });
         Self { data_dir, command }
     }
@@ -121,9 +126,13 @@ impl NodeIo for FsIo {
 mod tests {
     use super::*;
 
+    fn groups(dir: &Path) -> Arc<TaskGroups> {
+        Arc::new(TaskGroups::in_dir(dir.join("procs")))
+    }
+
     #[test]
     fn paths_stay_inside_data_dir() {
-        let io = FsIo::new(PathBuf::from("/data"));
+        let io = FsIo::new(PathBuf::from("/data"), groups(Path::new("/tmp")));
         assert!(io.confined("out/s/n/d/1-a1").is_ok());
         assert!(io.confined("../etc").is_err());
         assert!(io.confined("/etc/passwd").is_err());
@@ -134,7 +143,7 @@ mod tests {
     #[test]
     fn quarantine_moves_all_but_kept_files() {
         let d = tempfile::tempdir().unwrap();
-        let io = FsIo::new(d.path().to_path_buf());
+        let io = FsIo::new(d.path().to_path_buf(), groups(d.path()));
         let out = io.prepare_out_dir("out/s/n/dev/3-a1").unwrap();
         std::fs::write(out.join("frame_0.png"), b"ok").unwrap();
         std::fs::write(out.join("frame_1.png"), b"partial").unwrap();

@@ -62,6 +62,13 @@ fn main() -> ExitCode {
         None => None,
     };
     orch_runtime::init_tracing(args.log_json, session.is_some());
+    // Before any thread exists: the helper that kills this node's task
+    // processes if the node dies (kill -9 included).
+    if cfg.node.worker {
+        if let Err(e) = orch_runtime::procs::start_reaper() {
+            tracing::warn!(error = %e, "cannot start the task reaper; tasks' background processes may outlive a killed node until it restarts");
+        }
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
