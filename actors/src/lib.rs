@@ -6,6 +6,7 @@ pub mod executor;
 pub mod ids;
 pub mod journal;
 pub mod master;
+pub mod masters;
 pub mod membership;
 pub mod metrics;
 pub mod outbox;

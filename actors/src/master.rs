@@ -34,11 +34,12 @@ use tracing::{debug, info, warn};
 
 use crate::executor::NodeIo;
 use crate::journal::{Journal, Recovered};
+use crate::masters::{self, Claim};
 use crate::membership::{DetectorConfig, MemberCommand, MemberEvent, Membership};
 use crate::metrics as m;
 use crate::protocol::{
-    worker_group, AdminReply, AdminRequest, DeviceState, DeviceView, FailoverRecord, MemberState,
-    SessionState, ToMaster, ToWorker, MASTER_GROUP,
+    worker_group, AdminReply, AdminRequest, DeviceState, DeviceView, DownReason, FailoverRecord,
+    MemberState, SessionState, ToMaster, ToWorker,
 };
 use crate::scheduler::{SchedCommand, SchedEvent, Scheduler};
 use crate::worker::WorkerMsg;
@@ -67,6 +68,16 @@ pub struct MasterArgs {
     /// After a restart, how long known workers have to register again before
     /// their attempts are requeued.
     pub resume_within_ms: u64,
+    /// The node's cluster link, if it has one.
+    pub cluster: Option<Arc<dyn ClusterControl>>,
+}
+
+/// What the master asks of its node's cluster link.
+pub trait ClusterControl: Send + Sync + 'static {
+    /// Close every cluster session with `node`: the master declared it dead
+    /// by silence, and a link that died without a word is noticed on the
+    /// other end only when something closes it.
+    fn disconnect(&self, node: &str);
 }
 
 /// Something the master does once the events behind it are committed.
@@ -89,7 +100,6 @@ pub struct MasterState {
     watched: HashMap<ActorId, (String, u64)>,
     /// Worker actors by node, refreshed on registration.
     routes: HashMap<String, Vec<ActorRef<WorkerMsg>>>,
-    submitted: u64,
     frames_reported: u64,
     journal: Journal,
     /// Decisions waiting for the commit of their cause.
@@ -117,6 +127,11 @@ pub struct MasterState {
     /// Assignments to this node since the last commit: how many tasks the
     /// next commit reserves for it.
     own_assigned: usize,
+    /// What this master serves under (see [`crate::masters`]).
+    claim: Claim,
+    cluster: Option<Arc<dyn ClusterControl>>,
+    /// Younger masters already warned about.
+    warned_of: HashSet<String>,
     /// A reservation is being recorded: it is not committed yet.
     reserving: bool,
 }
@@ -408,6 +423,11 @@ impl MasterState {
                     info!(node_id = %self.node, worker = %node, epoch, "worker unregistered");
                 }
                 self.routes.remove(&node);
+                if let (DownReason::HeartbeatTimeout, Some(link)) = (reason, &self.cluster) {
+                    if node != self.node {
+                        link.disconnect(&node);
+                    }
+                }
                 self.schedule(SchedEvent::NodeDown {
                     node,
                     epoch,
@@ -475,6 +495,27 @@ impl MasterState {
                 self.outgoing.push(Outgoing::Manifest(session));
             }
         }
+    }
+
+    /// At most one master serves: one that sees an older claim than its
+    /// own stops (the node exits, naming the other); one that sees a
+    /// younger claim says so once and keeps serving.
+    fn check_alone(&mut self, myself: &ActorRef<MasterMsg>) -> Result<(), ActorProcessingErr> {
+        for (claim, _) in masters::visible() {
+            if claim == self.claim {
+                continue;
+            }
+            if claim < self.claim {
+                masters::leave(&self.claim, myself.get_cell());
+                let msg = second_master(&self.node, &claim);
+                tracing::error!(node_id = %self.node, other = %claim.node, "{msg}");
+                return Err(msg.into());
+            }
+            if self.warned_of.insert(claim.node.clone()) {
+                warn!(node_id = %self.node, other = %claim.node, "node `{}` also serves as a master, since later than this one: it must stand down", claim.node);
+            }
+        }
+        Ok(())
     }
 
     fn publish_gauges(&mut self) {
@@ -605,14 +646,12 @@ impl MasterState {
             }
             AdminRequest::Workers => AdminReply::Workers(self.membership.views(now)),
             AdminRequest::Submit(spec) => {
+                // The ledger's clock (never back across restarts) in
+                // milliseconds, and 16 random bits: unique across restarts
+                // and across masters.
                 let mut id;
                 loop {
-                    self.submitted += 1;
-                    id = format!(
-                        "{}-{:x}",
-                        spec.name,
-                        self.started_unix_ms / 1000 * 1000 + self.submitted
-                    );
+                    id = format!("{}-{:x}{:04x}", spec.name, unix_now, rand::random::<u16>());
                     // A restarted master must not reuse the id of a session it replayed.
                     if !self.sched.has_session(&id) {
                         break;
@@ -646,6 +685,14 @@ impl MasterState {
             }
         }
     }
+}
+
+/// The one line a node with role `master` gives when another serves.
+pub fn second_master(node: &str, other: &Claim) -> String {
+    format!(
+        "node `{node}` has role `master`, but node `{}` already serves this cluster as its master (since unix ms {}); refusing to be a second master: remove `master` from `node.roles` of `{node}`, or stop `{}` first",
+        other.node, other.since_ms, other.node
+    )
 }
 
 /// Whether an admin request changes the ledger: its answer waits for the commit.
@@ -716,7 +763,7 @@ impl Actor for Master {
         let journal = Journal::new(args.store, meta, args.sync_always);
         let durable = journal.durable();
         let mut state = MasterState {
-            node: args.node,
+            node: args.node.clone(),
             started: Instant::now(),
             started_unix_ms,
             // Epochs grow across restarts: fencing holds for workers of the old master.
@@ -725,7 +772,6 @@ impl Actor for Master {
             io: args.io,
             watched: HashMap::new(),
             routes: HashMap::new(),
-            submitted: 0,
             frames_reported: 0,
             journal,
             outgoing: Vec::new(),
@@ -740,6 +786,12 @@ impl Actor for Master {
             waiting_nodes: HashSet::new(),
             own_assigned: 0,
             reserving: false,
+            claim: Claim {
+                since_ms: wall,
+                node: args.node.clone(),
+            },
+            warned_of: HashSet::new(),
+            cluster: args.cluster,
         };
         if replayed > 0 {
             let running = state
@@ -775,7 +827,7 @@ impl Actor for Master {
             .iter()
             .map(|v| v.frames_done)
             .sum();
-        pg::join(MASTER_GROUP.to_string(), vec![myself.get_cell()]);
+        masters::join(&state.claim, myself.get_cell());
         let tick = Duration::from_millis(args.detector.tick_ms());
         myself.send_interval(tick, || MasterMsg::Tick);
         info!(node_id = %state.node, durable, "master started");
@@ -851,6 +903,7 @@ impl Actor for Master {
                 warn!(node_id = %state.node, error = %what, "dropped an undecodable message");
             }
             MasterMsg::Tick => {
+                state.check_alone(&myself)?;
                 state.feed(&myself, MemberEvent::Tick);
                 if state.sched.tick_due(state.unix_ms(state.now_ms())) {
                     state.schedule(SchedEvent::Tick);

@@ -11,9 +11,6 @@ use serde::{Deserialize, Serialize};
 /// Version of the worker <-> master protocol. Bump on any incompatible change.
 pub const PROTOCOL_VERSION: u32 = 2;
 
-/// Process group every master joins (cluster edge; see SPEC §3).
-pub const MASTER_GROUP: &str = "orch.master";
-
 /// Process group a worker joins, qualified with its node name.
 pub fn worker_group(node: &str) -> String {
     format!("orch.worker.{node}")

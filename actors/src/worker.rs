@@ -15,12 +15,13 @@ use tracing::{debug, error, info, warn};
 use crate::device::{Device, DeviceArgs, DeviceMsg};
 use crate::executor::NodeIo;
 use crate::master::MasterMsg;
+use crate::masters::{self, Claim, MASTERS_SCOPE};
 use crate::metrics as m;
 use crate::outbox::Outbox;
 use crate::protocol::{
     worker_group, AttemptKey, Capabilities, DeviceInfo, Heartbeat, OutputFile, Register,
     TaskOutcome, TaskProgress, TaskResult, TaskSpec, ToMaster, ToWorker, WorkerStatus,
-    MASTER_GROUP, PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
 };
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -105,16 +106,25 @@ pub struct WorkerState {
     outbox: Outbox,
     /// The earliest `Flush` scheduled, if any.
     flush_at: Option<Instant>,
+    /// The masters visible when more than one was last reported.
+    masters_seen: Vec<Claim>,
 }
 
 impl WorkerState {
-    fn current_master(&self) -> Option<ActorRef<MasterMsg>> {
-        let mut members = pg::get_members(&MASTER_GROUP.to_string());
-        if members.len() > 1 {
-            warn!(node_id = %self.args.node, masters = members.len(), "more than one master visible; using the local one or the first");
+    /// The master to work for: the one rule of [`masters::current`]. More
+    /// than one visible is said once per change, naming them.
+    fn current_master(&mut self) -> Option<ActorRef<MasterMsg>> {
+        let all = masters::visible();
+        let claims: Vec<Claim> = all.iter().map(|(c, _)| c.clone()).collect();
+        if claims.len() > 1 && claims != self.masters_seen {
+            let names: Vec<String> = claims
+                .iter()
+                .map(|c| format!("`{}` (since unix ms {})", c.node, c.since_ms))
+                .collect();
+            warn!(node_id = %self.args.node, masters = claims.len(), "more than one master visible: {}; working for the oldest, `{}`", names.join(", "), claims[0].node);
         }
-        members.sort_by_key(|c| (!c.get_id().is_local(), c.get_id().pid()));
-        members.into_iter().next().map(ActorRef::from)
+        self.masters_seen = if claims.len() > 1 { claims } else { Vec::new() };
+        all.into_iter().next().map(|(_, m)| m)
     }
 
     fn register_msg(&self) -> ToMaster {
@@ -300,7 +310,9 @@ impl WorkerState {
         let Phase::Registered { master: id, .. } = &self.phase else {
             return None;
         };
-        self.current_master().filter(|m| m.get_id() == *id)
+        masters::current()
+            .map(|(_, m)| m)
+            .filter(|m| m.get_id() == *id)
     }
 
     /// Put a report in the outbox, and send it if a master listens.
@@ -407,7 +419,8 @@ impl WorkerState {
     }
 
     fn leave(&mut self, reply: RpcReplyPort<bool>) {
-        let registered = match (&self.phase, self.current_master()) {
+        let current = self.current_master();
+        let registered = match (&self.phase, current) {
             (Phase::Registered { master: id, epoch }, Some(master)) if *id == master.get_id() => {
                 self.send(
                     &master,
@@ -485,7 +498,7 @@ impl Actor for Worker {
             .map(|(i, d)| (d.id.clone(), i))
             .collect();
         pg::join(worker_group(&args.node), vec![myself.get_cell()]);
-        pg::monitor(MASTER_GROUP.to_string(), myself.get_cell());
+        masters::monitor(myself.get_cell());
         myself.send_interval(Duration::from_millis(args.heartbeat_ms), || WorkerMsg::Tick);
         info!(node_id = %args.node, devices = devices.len(), "worker started");
         let mut state = WorkerState {
@@ -500,6 +513,7 @@ impl Actor for Worker {
             leaving: None,
             outbox,
             flush_at: None,
+            masters_seen: Vec::new(),
         };
         state.step();
         Ok(state)
@@ -562,7 +576,9 @@ impl Actor for Worker {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match evt {
-            SupervisionEvent::ProcessGroupChanged(change) if change.get_group() == MASTER_GROUP => {
+            SupervisionEvent::ProcessGroupChanged(change)
+                if change.get_scope() == MASTERS_SCOPE =>
+            {
                 if let GroupChangeMessage::Leave(..) = change {
                     info!(node_id = %state.args.node, "master left the cluster view");
                 }

@@ -5,9 +5,7 @@ use std::time::{Duration, Instant};
 
 use orch_actors::master::{Master, MasterArgs, MasterMsg};
 use orch_actors::membership::DetectorConfig;
-use orch_actors::protocol::{
-    worker_group, Register, ToMaster, ToWorker, MASTER_GROUP, PROTOCOL_VERSION,
-};
+use orch_actors::protocol::{worker_group, Register, ToMaster, ToWorker, PROTOCOL_VERSION};
 use orch_actors::worker::{Registration, Worker, WorkerArgs, WorkerMsg};
 use ractor::{pg, Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
@@ -89,6 +87,7 @@ async fn a_protocol_mismatch_is_refused_on_both_sides() {
             recovered: None,
             sync_always: false,
             resume_within_ms: 5000,
+            cluster: None,
         },
     )
     .await
@@ -128,7 +127,13 @@ async fn a_protocol_mismatch_is_refused_on_both_sides() {
 
     // Worker side: a refused worker stops registering and says why.
     let (old, _) = Actor::spawn(None, OldMaster, ()).await.unwrap();
-    pg::join(MASTER_GROUP.to_string(), vec![old.get_cell()]);
+    orch_actors::masters::join(
+        &orch_actors::masters::Claim {
+            since_ms: 1,
+            node: "old-master".into(),
+        },
+        old.get_cell(),
+    );
     let (worker, _) = Actor::spawn(
         None,
         Worker,

@@ -215,6 +215,7 @@ fn dispatch(c: &mut Criterion) {
                 recovered: None,
                 sync_always: false,
                 resume_within_ms: 10_000,
+                cluster: None,
             },
         )
         .await

@@ -15,9 +15,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use orch_actors::master::MasterMsg;
-use orch_actors::protocol::{AdminReply, AdminRequest, MASTER_GROUP};
+use orch_actors::masters;
+use orch_actors::protocol::{AdminReply, AdminRequest};
 use ractor::rpc::CallResult;
-use ractor::{pg, ActorRef};
 use serde_json::json;
 use tokio::net::TcpListener;
 
@@ -143,32 +143,41 @@ async fn not_found() -> ApiError {
     ApiError(StatusCode::NOT_FOUND, "no such admin route".into())
 }
 
-/// Ask the master, wherever it runs.
+/// Ask the master (the one [`masters::current`] names), wherever it runs.
 async fn ask_master(ctx: &AdminCtx, req: AdminRequest) -> Result<AdminReply, ApiError> {
-    let Some(cell) = pg::get_members(&MASTER_GROUP.to_string())
-        .into_iter()
-        .next()
-    else {
+    let Some((claim, master)) = masters::current() else {
         return Err(ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("no master is reachable from node `{}`", ctx.node),
         ));
     };
-    let master: ActorRef<MasterMsg> = cell.into();
-    match master
-        .call(|port| MasterMsg::Admin(req, port), Some(MASTER_TIMEOUT))
-        .await
-    {
-        Ok(CallResult::Success(AdminReply::Error(e))) => Err(ApiError(StatusCode::BAD_REQUEST, e)),
-        Ok(CallResult::Success(AdminReply::NotFound(e))) => Err(ApiError(StatusCode::NOT_FOUND, e)),
-        Ok(CallResult::Success(reply)) => Ok(reply),
-        Ok(CallResult::Timeout) => Err(ApiError(
+    let silent = || {
+        ApiError(
             StatusCode::GATEWAY_TIMEOUT,
-            format!("the master did not answer within {MASTER_TIMEOUT:?}"),
-        )),
-        Ok(CallResult::SenderError) | Err(_) => Err(ApiError(
+            format!(
+                "the master `{}` did not answer within {MASTER_TIMEOUT:?} (stopped, overloaded or cut off from node `{}`)",
+                claim.node, ctx.node
+            ),
+        )
+    };
+    // The call's own limit is longer than ours: a reply port that times out
+    // is dropped, which would read as a master that went away.
+    let call = master.call(
+        |port| MasterMsg::Admin(req, port),
+        Some(MASTER_TIMEOUT + Duration::from_secs(5)),
+    );
+    match tokio::time::timeout(MASTER_TIMEOUT, call).await {
+        Err(_) | Ok(Ok(CallResult::Timeout)) => Err(silent()),
+        Ok(Ok(CallResult::Success(AdminReply::Error(e)))) => {
+            Err(ApiError(StatusCode::BAD_REQUEST, e))
+        }
+        Ok(Ok(CallResult::Success(AdminReply::NotFound(e)))) => {
+            Err(ApiError(StatusCode::NOT_FOUND, e))
+        }
+        Ok(Ok(CallResult::Success(reply))) => Ok(reply),
+        Ok(Ok(CallResult::SenderError)) | Ok(Err(_)) => Err(ApiError(
             StatusCode::BAD_GATEWAY,
-            "the master went away before answering".into(),
+            format!("the master `{}` went away before answering", claim.node),
         )),
     }
 }
@@ -179,6 +188,11 @@ async fn status(State(ctx): State<Arc<AdminCtx>>) -> Result<Response, ApiError> 
             let mut v = serde_json::to_value(s)
                 .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
             v["answered_by"] = json!(ctx.node);
+            // Every master this node sees: more than one is a misconfiguration.
+            v["masters_visible"] = json!(masters::visible()
+                .into_iter()
+                .map(|(c, _)| c)
+                .collect::<Vec<_>>());
             Ok(Json(v).into_response())
         }
         _ => Err(ApiError(

@@ -2,6 +2,13 @@
 //! every configured peer and redials after any disconnect with capped
 //! exponential backoff and jitter (ractor_cluster never reconnects by itself).
 //! The NodeSupervisor starts it; the NodeServer reports session events to it.
+//!
+//! A dead link must be noticed by both ends, or a healed partition waits for
+//! TCP's next retransmission (up to two minutes): the master closes the
+//! session of a worker it declared `heartbeat_timeout`
+//! ([`ClusterLinkMsg::Disconnect`]), and every dialed socket has TCP
+//! keepalive and `TCP_USER_TIMEOUT`, so the dialer drops a connection whose
+//! data goes unacknowledged and redials.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -18,10 +25,11 @@ use crate::metrics as m;
 
 /// First redial delay.
 pub const BACKOFF_START: Duration = Duration::from_millis(100);
-/// Largest redial delay.
-pub const BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// Largest redial delay: with [`CONNECT_TIMEOUT`], a healed link is tried
+/// again within about 2 s.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(1);
 /// A TCP connect that takes longer than this is abandoned (a cut link).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// A connection that does not authenticate within this is dropped and redialed.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -34,6 +42,44 @@ pub struct ClusterLinkArgs {
     pub listen: SocketAddr,
     pub secret: String,
     pub peers: Vec<String>,
+    /// How dead links are detected on the sockets this node dials.
+    pub liveness: Liveness,
+}
+
+/// TCP settings of dialed sockets, from the heartbeat settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    /// Keepalive probes start after this much silence, and repeat this often ...
+    pub keepalive: Duration,
+    /// ... this many times.
+    pub probes: u32,
+    /// Data unacknowledged this long closes the connection (`TCP_USER_TIMEOUT`).
+    pub user_timeout: Duration,
+}
+
+impl Liveness {
+    /// Probes every heartbeat, as many as the heartbeats that may be
+    /// missed; unacknowledged data for twice the failure timeout (at least
+    /// 5 s), so that a master that stops for a while keeps its sessions.
+    pub fn from_heartbeat(heartbeat_ms: u64, missed: u32) -> Self {
+        let timeout = heartbeat_ms.saturating_mul(u64::from(missed));
+        Self {
+            keepalive: Duration::from_millis(heartbeat_ms.max(1000)),
+            probes: missed.max(1),
+            user_timeout: Duration::from_millis(timeout.saturating_mul(2).max(5000)),
+        }
+    }
+
+    fn apply(&self, stream: &TcpStream) -> std::io::Result<()> {
+        let sock = socket2::SockRef::from(stream);
+        sock.set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(self.keepalive)
+                .with_interval(self.keepalive)
+                .with_retries(self.probes),
+        )?;
+        sock.set_tcp_user_timeout(Some(self.user_timeout))
+    }
 }
 
 /// Next delay of a capped exponential backoff, with ±20 % jitter.
@@ -53,16 +99,22 @@ struct Peer {
     /// The authenticated session to this peer.
     session: Option<u64>,
     failures: u32,
+    /// The first dial ended: with a session whose groups are synchronised,
+    /// or with a failure.
+    settled: bool,
 }
 
 /// State of [`ClusterLink`].
 pub struct ClusterLinkState {
     node: String,
+    liveness: Liveness,
     server: ActorRef<NodeServerMessage>,
     peers: Vec<Peer>,
     /// Sessions opened but not (yet) authenticated: node id -> peer address.
     unauthenticated: HashMap<u64, String>,
     authenticated: HashSet<u64>,
+    /// Callers of [`ClusterLinkMsg::WhenSettled`] still waiting.
+    settle_waiters: Vec<ractor::RpcReplyPort<()>>,
 }
 
 impl ClusterLinkState {
@@ -72,6 +124,15 @@ impl ClusterLinkState {
         let (wait, next) = next_backoff(peer.backoff);
         peer.backoff = next;
         myself.send_after(wait, move || ClusterLinkMsg::Dial(i));
+    }
+
+    /// Answer the callers waiting for every peer's first dial to end.
+    fn answer_settled(&mut self) {
+        if self.peers.iter().all(|p| p.settled) {
+            for port in self.settle_waiters.drain(..) {
+                let _ = port.send(());
+            }
+        }
     }
 
     fn publish(&self) {
@@ -100,6 +161,12 @@ pub enum ClusterLinkMsg {
     Session(SessionEvent, NodeServerSessionInformation),
     /// The dialed connection of peer `i` to `addr` did not authenticate in time.
     AuthDeadline(usize, String),
+    /// Reply once every configured peer's first dial ended: connected with
+    /// its process groups known here, or failed.
+    WhenSettled(ractor::RpcReplyPort<()>),
+    /// Close every session with node `name` (the master declared it dead:
+    /// it redials once it can reach us again).
+    Disconnect(String),
 }
 
 impl ractor::Message for ClusterLinkMsg {}
@@ -127,13 +194,16 @@ impl NodeEventSubscription for Subscription {
     }
 }
 
-async fn dial(addr: &str) -> Result<TcpStream, String> {
+async fn dial(addr: &str, liveness: Liveness) -> Result<TcpStream, String> {
     let connect = TcpStream::connect(addr);
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
         .map_err(|_| format!("no answer within {CONNECT_TIMEOUT:?}"))?
         .map_err(|e| e.to_string())?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    liveness
+        .apply(&stream)
+        .map_err(|e| format!("cannot set keepalive and TCP_USER_TIMEOUT: {e}"))?;
     Ok(stream)
 }
 
@@ -173,6 +243,7 @@ impl Actor for ClusterLink {
                 dialed: None,
                 session: None,
                 failures: 0,
+                settled: false,
             })
             .collect();
         for i in 0..peers.len() {
@@ -180,10 +251,12 @@ impl Actor for ClusterLink {
         }
         Ok(ClusterLinkState {
             node: args.node,
+            liveness: args.liveness,
             server,
             peers,
             unauthenticated: HashMap::new(),
             authenticated: HashSet::new(),
+            settle_waiters: Vec::new(),
         })
     }
 
@@ -202,8 +275,9 @@ impl Actor for ClusterLink {
                 let addr = peer.addr.clone();
                 let server = state.server.clone();
                 let me = myself.clone();
+                let liveness = state.liveness;
                 tokio::spawn(async move {
-                    let result = match dial(&addr).await {
+                    let result = match dial(&addr, liveness).await {
                         Ok(stream) => match (stream.peer_addr(), stream.local_addr()) {
                             (Ok(peer_addr), Ok(local_addr)) => {
                                 let opened = server.cast(NodeServerMessage::ConnectionOpened {
@@ -235,6 +309,7 @@ impl Actor for ClusterLink {
             ClusterLinkMsg::Dialed(i, Err(e)) => {
                 let peer = &mut state.peers[i];
                 peer.failures += 1;
+                peer.settled = true;
                 metrics::counter!(m::DIAL_FAILURES).increment(1);
                 // Say it once, then every 10th failure, so a long outage does not flood the log.
                 if peer.failures == 1 || peer.failures % 10 == 0 {
@@ -246,6 +321,7 @@ impl Actor for ClusterLink {
                 let peer = &state.peers[i];
                 if peer.session.is_none() && peer.dialed.as_deref() == Some(conn.as_str()) {
                     warn!(node_id = %state.node, peer = %peer.addr, "peer did not authenticate in time; redialing");
+                    state.peers[i].settled = true;
                     let sessions = ractor::call!(state.server, NodeServerMessage::GetSessions)?;
                     for s in sessions.values() {
                         if !s.is_server && s.peer_addr == conn {
@@ -256,7 +332,18 @@ impl Actor for ClusterLink {
                 }
             }
             ClusterLinkMsg::Session(ev, ses) => on_session(&myself, state, ev, ses),
+            ClusterLinkMsg::WhenSettled(port) => state.settle_waiters.push(port),
+            ClusterLinkMsg::Disconnect(name) => {
+                let sessions = ractor::call!(state.server, NodeServerMessage::GetSessions)?;
+                for s in sessions.values() {
+                    if s.peer_name.as_ref().is_some_and(|p| p.name == name) {
+                        info!(node_id = %state.node, peer = %name, addr = %s.peer_addr, "closing the cluster session of a worker declared dead");
+                        s.actor.stop(Some("heartbeat_timeout".into()));
+                    }
+                }
+            }
         }
+        state.answer_settled();
         state.publish();
         Ok(())
     }
@@ -318,6 +405,13 @@ fn on_session(
         }
         SessionEvent::Ready => {
             debug!(node_id = %state.node, peer = %peer_name, "peer session ready");
+            for p in state
+                .peers
+                .iter_mut()
+                .filter(|p| p.session == Some(ses.node_id))
+            {
+                p.settled = true;
+            }
         }
         SessionEvent::Disconnected => {
             if let Some(addr) = state.unauthenticated.remove(&ses.node_id) {
@@ -340,6 +434,7 @@ fn on_session(
                 .collect();
             for i in lost {
                 state.peers[i].session = None;
+                state.peers[i].settled = true;
                 state.schedule_dial(myself, i);
             }
         }

@@ -483,10 +483,15 @@ impl RawConfig {
                 ),
             );
         }
-        let roles = n
-            .roles
-            .clone()
-            .unwrap_or_else(|| vec!["master".into(), "worker".into()]);
+        // Unset roles: a node alone is a whole cluster; a node that lists
+        // peers joins one, as a worker (adding a host never adds a master).
+        let roles = n.roles.clone().unwrap_or_else(|| {
+            if self.cluster.peers.is_empty() {
+                vec!["master".into(), "worker".into()]
+            } else {
+                vec!["worker".into()]
+            }
+        });
         let mut seen = BTreeSet::new();
         for r in &roles {
             if r != "master" && r != "worker" {
@@ -796,9 +801,30 @@ capabilities = { gpu = true }
     }
 
     #[test]
+    fn roles_default_to_both_alone_and_to_worker_with_peers() {
+        let alone = GOOD.replace("peers = [\"127.0.0.1:7800\"]", "");
+        let c = parse(&alone, "c.toml", Path::new("/tmp")).unwrap();
+        assert!(
+            c.node.master && c.node.worker,
+            "a node alone is a whole cluster"
+        );
+        let c = parse(GOOD, "c.toml", Path::new("/tmp")).unwrap();
+        assert!(
+            !c.node.master && c.node.worker,
+            "a node with peers joins as a worker"
+        );
+        let both = GOOD.replace(
+            "name = \"n1\"",
+            "name = \"n1\"\nroles = [\"master\", \"worker\"]",
+        );
+        let c = parse(&both, "c.toml", Path::new("/tmp")).unwrap();
+        assert!(c.node.master && c.node.worker, "explicit roles win");
+    }
+
+    #[test]
     fn a_good_file_parses_with_defaults() {
         let c = parse(GOOD, "c.toml", Path::new("/tmp")).unwrap();
-        assert!(c.node.master && c.node.worker);
+        assert!(c.node.worker);
         assert_eq!(c.cluster.heartbeat_ms, 1000);
         assert_eq!(c.cluster.missed_heartbeats, 3);
         assert_eq!(c.devices.len(), 1);

@@ -32,13 +32,32 @@ use orch_actors::store::EventLog;
 
 /// How long a leaving worker waits for the master to record the leave.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a node with role `master` waits for its peers' first dial
+/// before it decides whether another master already serves.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A node with role `master` found another master serving its cluster.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SecondMaster(pub String);
 
 /// The root actor of a node.
 pub struct NodeSupervisor;
 
+/// What the master asks of this node's cluster link.
+struct LinkControl(ActorRef<ClusterLinkMsg>);
+
+impl orch_actors::master::ClusterControl for LinkControl {
+    fn disconnect(&self, node: &str) {
+        let _ = self.0.cast(ClusterLinkMsg::Disconnect(node.to_string()));
+    }
+}
+
 /// State of [`NodeSupervisor`].
 pub struct NodeState {
     node: String,
+    /// Why an actor of the node failed, for `run_node` to report.
+    fatal: Arc<std::sync::Mutex<Option<String>>>,
     link: ActorRef<ClusterLinkMsg>,
     master: Option<ActorRef<MasterMsg>>,
     worker: Option<ActorRef<WorkerMsg>>,
@@ -58,6 +77,8 @@ pub struct NodeArgs {
     pub cfg: Config,
     /// The process groups of this node's `command` tasks.
     pub groups: Arc<TaskGroups>,
+    /// Where the node records why an actor of it failed.
+    pub fatal: Arc<std::sync::Mutex<Option<String>>>,
     pub store: Option<Box<dyn EventLog>>,
     pub recovered: Option<Recovered>,
     pub outbox: Option<Outbox>,
@@ -101,6 +122,7 @@ pub fn open_stores(cfg: &Config, groups: Arc<TaskGroups>) -> Result<NodeArgs, St
     Ok(NodeArgs {
         cfg: cfg.clone(),
         groups,
+        fatal: Default::default(),
         store,
         recovered,
         outbox,
@@ -120,6 +142,7 @@ impl Actor for NodeSupervisor {
         let NodeArgs {
             cfg,
             groups,
+            fatal,
             store,
             recovered,
             outbox,
@@ -134,11 +157,29 @@ impl Actor for NodeSupervisor {
                 listen: cfg.node.listen,
                 secret: cfg.cluster.secret.expose().to_string(),
                 peers: cfg.cluster.peers.clone(),
+                liveness: crate::cluster_link::Liveness::from_heartbeat(
+                    cfg.cluster.heartbeat_ms,
+                    cfg.cluster.missed_heartbeats,
+                ),
             },
             myself.get_cell(),
         )
         .await
         .map_err(|e| format!("{e}"))?;
+        if cfg.node.master && !cfg.cluster.peers.is_empty() {
+            // Exactly one master: first see what the peers say.
+            let _ = ractor::call_t!(
+                link,
+                ClusterLinkMsg::WhenSettled,
+                SETTLE_TIMEOUT.as_millis() as u64
+            );
+            if let Some((other, _)) = orch_actors::masters::current() {
+                let msg = orch_actors::master::second_master(&node, &other);
+                error!(node_id = %node, other = %other.node, "{msg}");
+                link.stop(Some("second master".into()));
+                return Err(Box::new(SecondMaster(msg)));
+            }
+        }
         let master = if cfg.node.master {
             let args = MasterArgs {
                 node: node.clone(),
@@ -151,6 +192,7 @@ impl Actor for NodeSupervisor {
                 store,
                 recovered,
                 sync_always: cfg.store.durability == Durability::Power,
+                cluster: Some(Arc::new(LinkControl(link.clone()))),
                 // Long enough for every worker to notice the new master and dial it.
                 resume_within_ms: cfg.cluster.heartbeat_ms
                     * u64::from(cfg.cluster.missed_heartbeats)
@@ -190,6 +232,7 @@ impl Actor for NodeSupervisor {
         info!(node_id = %node, master = master.is_some(), worker = worker.is_some(), "node started");
         Ok(NodeState {
             node,
+            fatal,
             link,
             master,
             worker,
@@ -245,6 +288,11 @@ impl Actor for NodeSupervisor {
         match evt {
             SupervisionEvent::ActorFailed(cell, err) => {
                 error!(node_id = %state.node, actor = %cell.get_id(), error = %err, "a node actor failed; stopping the node");
+                state
+                    .fatal
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert_with(|| err.to_string());
                 myself.stop(Some(format!("actor failed: {err}")));
             }
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
@@ -278,12 +326,17 @@ pub async fn run_node(mut cfg: Config, shutdown: impl Future<Output = ()>) -> an
     // anything runs (its outputs are quarantined once nothing writes them).
     let groups = Arc::new(TaskGroups::open(&cfg.node.data_dir, &node).await?);
     let args = open_stores(&cfg, groups.clone())?;
+    let fatal = args.fatal.clone();
     crate::metrics::install_exporter(cfg.metrics.listen)?;
     let admin_listener = crate::admin::bind(cfg.admin.listen).await?;
     let admin = crate::admin::router(node.clone(), cfg.admin.token.clone());
-    let (sup, sup_handle) = Actor::spawn(None, NodeSupervisor, args)
-        .await
-        .map_err(|e| anyhow::anyhow!("node `{node}` failed to start: {}", root_cause(&e)))?;
+    let (sup, sup_handle) = match Actor::spawn(None, NodeSupervisor, args).await {
+        Ok(started) => started,
+        Err(ractor::SpawnErr::StartupFailed(e)) if e.downcast_ref::<SecondMaster>().is_some() => {
+            return Err(anyhow::anyhow!(SecondMaster(e.to_string())));
+        }
+        Err(e) => anyhow::bail!("node `{node}` failed to start: {}", root_cause(&e)),
+    };
     let (stop_admin_tx, stop_admin_rx) = tokio::sync::oneshot::channel::<()>();
     let admin_task = tokio::spawn(async move {
         axum::serve(admin_listener, admin)
@@ -301,7 +354,13 @@ pub async fn run_node(mut cfg: Config, shutdown: impl Future<Output = ()>) -> an
             let _ = (&mut sup_handle).await;
             Ok(())
         }
-        _ = &mut sup_handle => Err(anyhow::anyhow!("node `{node}` stopped unexpectedly; see the log above")),
+        _ = &mut sup_handle => {
+            let why = fatal.lock().unwrap_or_else(|p| p.into_inner()).take();
+            Err(match why {
+                Some(why) => anyhow::anyhow!("node `{node}` stopped: {why}"),
+                None => anyhow::anyhow!("node `{node}` stopped unexpectedly; see the log above"),
+            })
+        }
     };
     let _ = stop_admin_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;

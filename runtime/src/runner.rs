@@ -6,11 +6,10 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use orch_actors::master::MasterMsg;
-use orch_actors::protocol::{
-    AdminReply, AdminRequest, SessionSpec, SessionState, SessionView, MASTER_GROUP,
-};
+use orch_actors::masters;
+use orch_actors::protocol::{AdminReply, AdminRequest, SessionSpec, SessionState, SessionView};
 use ractor::rpc::CallResult;
-use ractor::{pg, ActorRef};
+use ractor::ActorRef;
 
 /// How long `--run` waits for a master to appear.
 const MASTER_WAIT: Duration = Duration::from_secs(30);
@@ -18,11 +17,8 @@ const MASTER_WAIT: Duration = Duration::from_secs(30);
 async fn ask(req: AdminRequest) -> anyhow::Result<AdminReply> {
     let deadline = Instant::now() + MASTER_WAIT;
     let master: ActorRef<MasterMsg> = loop {
-        if let Some(cell) = pg::get_members(&MASTER_GROUP.to_string())
-            .into_iter()
-            .next()
-        {
-            break cell.into();
+        if let Some((_, master)) = masters::current() {
+            break master;
         }
         if Instant::now() > deadline {
             anyhow::bail!("no master is reachable after {MASTER_WAIT:?}; is a node with role `master` running?");

@@ -95,6 +95,8 @@ fn main() -> ExitCode {
         // A store that is not ours or is damaged: like a bad config, a usage error.
         if e.downcast_ref::<orch_runtime::store::StoreError>()
             .is_some()
+            || e.downcast_ref::<orch_runtime::node::SecondMaster>()
+                .is_some()
         {
             return ExitCode::from(orch_runtime::EXIT_USAGE as u8);
         }

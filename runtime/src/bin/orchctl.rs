@@ -106,10 +106,12 @@ fn request(cli: &Cli, method: &str, path: &str, body: Option<&str>) -> Result<Va
         None => None,
     };
     let url = format!("http://{}{path}", cli.node);
-    // A large manifest may take a while to stream: bound each read, not the whole.
+    // A large manifest may take a while to stream: bound each read, not the
+    // whole. The node answers within its own 5 s limit for the master, so a
+    // read that waits longer means the node itself does not run.
     let agent = ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(5))
-        .timeout_read(Duration::from_secs(60))
+        .timeout_connect(CONNECT_TIMEOUT)
+        .timeout_read(READ_TIMEOUT)
         .build();
     let mut req = agent.request(method, &url);
     if let Some(t) = &token {
@@ -149,10 +151,36 @@ fn request(cli: &Cli, method: &str, path: &str, body: Option<&str>) -> Result<Va
                 format!("`{}` answered {code}: {msg}", cli.node),
             ))
         }
-        Err(e) => Err(Failure(
-            EXIT_FAILED,
-            format!("cannot reach the admin endpoint `{}`: {e}", cli.node),
-        )),
+        Err(ureq::Error::Transport(t)) => Err(Failure(EXIT_FAILED, transport_error(&cli.node, &t))),
+    }
+}
+
+/// How long `orchctl` waits for a node to accept the connection ...
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// ... and for each read of its answer.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One line for a request that got no HTTP answer.
+fn transport_error(node: &str, t: &ureq::Transport) -> String {
+    let io = std::error::Error::source(t).and_then(|e| e.downcast_ref::<std::io::Error>());
+    let timed_out = io.is_some_and(|e| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+        )
+    });
+    match (t.kind(), timed_out) {
+        (ureq::ErrorKind::ConnectionFailed, true) => format!(
+            "cannot reach the admin endpoint `{node}`: no answer to the connection within {CONNECT_TIMEOUT:?} (host down or cut off?)"
+        ),
+        (ureq::ErrorKind::ConnectionFailed, false) => format!(
+            "cannot reach the admin endpoint `{node}`: {} (is the node running, with `admin.listen` there?)",
+            io.map(|e| e.to_string()).unwrap_or_else(|| t.to_string())
+        ),
+        (_, true) => format!(
+            "the admin endpoint `{node}` accepted the connection but sent no answer within {READ_TIMEOUT:?} (is the node stopped or overloaded?)"
+        ),
+        _ => format!("cannot reach the admin endpoint `{node}`: {t}"),
     }
 }
 
@@ -228,6 +256,24 @@ fn print_status(v: Value) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// More than one master visible from the node asked: say so on stderr.
+fn warn_of_masters(status: &Value) {
+    let Some(all) = status["masters_visible"].as_array().filter(|a| a.len() > 1) else {
+        return;
+    };
+    let names: Vec<String> = all
+        .iter()
+        .map(|m| format!("`{}`", m["node"].as_str().unwrap_or("?")))
+        .collect();
+    eprintln!(
+        "warning: node `{}` sees {} masters: {}; only the oldest, {}, should serve (a node with role `master` that sees an older one stops)",
+        status["answered_by"].as_str().unwrap_or("?"),
+        all.len(),
+        names.join(", "),
+        names[0]
+    );
 }
 
 fn print_workers(v: Value) -> Result<(), Failure> {
@@ -391,7 +437,13 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     };
     let v = get(cli, &path)?;
     if cli.json {
+        if let Cmd::Status = cli.cmd {
+            warn_of_masters(&v);
+        }
         return print_json(&v);
+    }
+    if let Cmd::Status = cli.cmd {
+        warn_of_masters(&v);
     }
     match &cli.cmd {
         Cmd::Status => print_status(v),
