@@ -407,7 +407,7 @@ impl MasterState {
             }
             MemberCommand::Stalled { ms } => {
                 metrics::counter!(m::MASTER_STALLS).increment(1);
-                metrics::histogram!(m::MASTER_STALL_DURATION).record(ms as f64 / 1000.0);
+                metrics::gauge!(m::MASTER_LAST_STALL).set(ms as f64 / 1000.0);
                 warn!(node_id = %self.node, stalled_ms = ms, "the master did not run for a while (stopped, swapped out, or overloaded); heartbeat and attempt deadlines moved by as much");
                 self.schedule(SchedEvent::Stalled { ms });
             }
@@ -847,6 +847,14 @@ impl Actor for Master {
                     debug!(node_id = %state.node, worker = %reg.node, "worker not visible yet, it will retry");
                 } else {
                     state.feed(&myself, MemberEvent::Register(reg));
+                }
+            }
+            MasterMsg::Worker(ToMaster::OlderMaster { older }) => {
+                if older < state.claim && older.node != state.node {
+                    masters::leave(&state.claim, myself.get_cell());
+                    let msg = second_master(&state.node, &older);
+                    tracing::error!(node_id = %state.node, other = %older.node, "{msg} (a worker sees both)");
+                    return Err(msg.into());
                 }
             }
             MasterMsg::Worker(ToMaster::Heartbeat(hb)) => {

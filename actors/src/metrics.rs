@@ -11,8 +11,8 @@ pub const WORKER_FAILURES: &str = "orch_worker_failures_total";
 pub const WIRE_DECODE_ERRORS: &str = "orch_wire_decode_errors_total";
 /// Counter: times the master found it had not run for longer than a heartbeat.
 pub const MASTER_STALLS: &str = "orch_master_stalls_total";
-/// Histogram: seconds the master did not run, per stall.
-pub const MASTER_STALL_DURATION: &str = "orch_master_stall_seconds";
+/// Gauge: seconds the master did not run in its latest stall.
+pub const MASTER_LAST_STALL: &str = "orch_master_last_stall_seconds";
 /// Counter: registrations the master refused (protocol mismatch).
 pub const REGISTRATIONS_REFUSED: &str = "orch_worker_registrations_refused_total";
 
@@ -92,8 +92,8 @@ pub const CATALOG: &[(&str, &str)] = &[
         "times the master found it had not run for longer than a heartbeat",
     ),
     (
-        MASTER_STALL_DURATION,
-        "seconds the master did not run, per stall",
+        MASTER_LAST_STALL,
+        "seconds the master did not run in its latest stall",
     ),
     (TASKS_ASSIGNED, "task attempts handed to devices"),
     (TASKS_COMPLETED, "task attempts that reported completion"),

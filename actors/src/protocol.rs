@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Version of the worker <-> master protocol. Bump on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Process group a worker joins, qualified with its node name.
 pub fn worker_group(node: &str) -> String {
@@ -99,6 +99,12 @@ pub enum ToMaster {
     },
     Progress(TaskProgress),
     Result(TaskResult),
+    /// This worker also sees `older`, a master that serves since before the
+    /// receiver: the receiver must stand down (two masters that do not see
+    /// each other meet through a worker that sees both).
+    OlderMaster {
+        older: crate::masters::Claim,
+    },
 }
 
 /// Every message the master sends to a worker.

@@ -121,7 +121,16 @@ impl WorkerState {
                 .iter()
                 .map(|c| format!("`{}` (since unix ms {})", c.node, c.since_ms))
                 .collect();
-            warn!(node_id = %self.args.node, masters = claims.len(), "more than one master visible: {}; working for the oldest, `{}`", names.join(", "), claims[0].node);
+            warn!(node_id = %self.args.node, masters = claims.len(), "more than one master visible: {}; working for the oldest, `{}`, and telling the others to stand down", names.join(", "), claims[0].node);
+        }
+        // Until they do (a message may be lost with its connection).
+        for (_, younger) in all.iter().skip(1) {
+            self.send(
+                younger,
+                ToMaster::OlderMaster {
+                    older: claims[0].clone(),
+                },
+            );
         }
         self.masters_seen = if claims.len() > 1 { claims } else { Vec::new() };
         all.into_iter().next().map(|(_, m)| m)

@@ -336,7 +336,9 @@ impl Actor for ClusterLink {
             ClusterLinkMsg::Disconnect(name) => {
                 let sessions = ractor::call!(state.server, NodeServerMessage::GetSessions)?;
                 for s in sessions.values() {
-                    if s.peer_name.as_ref().is_some_and(|p| p.name == name) {
+                    // ractor_cluster names a peer `{node}@{host}`.
+                    let peer = s.peer_name.as_ref().map(|p| p.name.as_str());
+                    if peer.is_some_and(|p| p.split('@').next() == Some(name.as_str())) {
                         info!(node_id = %state.node, peer = %name, addr = %s.peer_addr, "closing the cluster session of a worker declared dead");
                         s.actor.stop(Some("heartbeat_timeout".into()));
                     }

@@ -684,13 +684,21 @@ mod tests {
         let script = "for i in 0 1 2 3 4 5; do echo $i > .t.tmp; mv .t.tmp frame_$i.png; echo ORCH_PROGRESS $((i+1)); done";
         let r = run(dir.path(), 6, script, None).await;
         let rep = r.result.unwrap();
-        let per_line: Vec<usize> = r.reports.iter().map(|p| p.outputs.len()).collect();
-        assert_eq!(
-            per_line.iter().sum::<usize>() + rep.outputs.len(),
-            6,
-            "{per_line:?}"
+        // A line lists what is there when it is read (the program may be a
+        // frame ahead by then), each file once over the whole task.
+        let mut listed: Vec<String> = r
+            .reports
+            .iter()
+            .chain(std::iter::once(&rep))
+            .flat_map(|p| p.outputs.iter().map(|o| o.path.clone()))
+            .collect();
+        listed.sort();
+        let expected: Vec<String> = (0..6).map(|i| format!("frame_{i}.png")).collect();
+        assert_eq!(listed, expected);
+        assert!(
+            r.reports.iter().any(|p| !p.outputs.is_empty()),
+            "files are listed as progress comes, not only at the end"
         );
-        assert!(per_line.iter().all(|n| *n <= 1), "{per_line:?}");
         assert_eq!(rep.frames_done, 6);
     }
 }

@@ -91,6 +91,7 @@ pub fn install_exporter(listen: SocketAddr) -> anyhow::Result<()> {
         am::STORE_EVENTS,
         am::STORE_ERRORS,
         am::OUTBOX_RESENT,
+        am::MASTER_STALLS,
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -100,6 +101,7 @@ pub fn install_exporter(listen: SocketAddr) -> anyhow::Result<()> {
         am::TASKS_INFLIGHT,
         am::SESSIONS_RUNNING,
         am::OUTBOX_PENDING,
+        am::MASTER_LAST_STALL,
     ] {
         metrics::gauge!(name).set(0.0);
     }

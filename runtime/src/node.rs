@@ -351,6 +351,12 @@ pub async fn run_node(mut cfg: Config, shutdown: impl Future<Output = ()>) -> an
         _ = shutdown => {
             info!(node_id = %node, "shutting down");
             let _ = ractor::call_t!(sup, NodeMsg::Shutdown, 10_000);
+            // The worker has left: its running programs stop now, which
+            // also lets their device actors finish and stop.
+            let killed = groups.kill_all().await;
+            if killed > 0 {
+                info!(node_id = %node, groups = killed, "stopped the running tasks' process groups");
+            }
             let _ = (&mut sup_handle).await;
             Ok(())
         }
@@ -364,11 +370,8 @@ pub async fn run_node(mut cfg: Config, shutdown: impl Future<Output = ()>) -> an
     };
     let _ = stop_admin_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
-    // A task still running (its device actor stopped mid-task) dies with the node.
-    let killed = groups.kill_all().await;
-    if killed > 0 {
-        info!(node_id = %node, groups = killed, "stopped the running tasks' process groups");
-    }
+    // Anything still running (the node stopped on a failure) dies with it.
+    groups.kill_all().await;
     outcome
 }
 

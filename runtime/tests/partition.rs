@@ -4,17 +4,17 @@
 
 use std::time::Duration;
 
-use orch_tests::netns::NetNs;
+use orch_tests::netns::{Direction, NetNs};
 use orch_tests::{
     all_healthy, assert_exactly_once, assert_ids_disjoint, free_port, has_state, Bins, NodeSpec,
     TestCluster,
 };
 
 fn bins() -> Bins {
-    Bins {
-        node: env!("CARGO_BIN_EXE_orch-node").into(),
-        ctl: env!("CARGO_BIN_EXE_orchctl").into(),
-    }
+    Bins::or_from_env(
+        env!("CARGO_BIN_EXE_orch-node"),
+        env!("CARGO_BIN_EXE_orchctl"),
+    )
 }
 
 #[test]
@@ -134,4 +134,90 @@ fn a_worker_cut_off_for_20s_loses_nothing_and_nothing_waits_forever() {
         all_healthy(ws, &["node-ns"])
     })
     .unwrap();
+}
+
+/// A worker in its own namespace, cut off one way for `secs` by nftables,
+/// then healed: healthy again (with a new epoch) within 3 s of the heal.
+fn one_way_partition_heals_within_3s(n: u8, dir: Direction, secs: u64) {
+    let ns = match (NetNs::create(n), NetNs::nft_unavailable()) {
+        (Ok(ns), None) => ns,
+        (Err(e), _) => {
+            eprintln!("\n!!!!!!!! SKIPPED: network namespaces are unavailable here: {e}\n");
+            return;
+        }
+        (_, Some(e)) => {
+            eprintln!(
+                "\n!!!!!!!! SKIPPED: network namespaces or nftables are unavailable here: {e}\n"
+            );
+            return;
+        }
+    };
+    let (hb, missed) = (500, 3);
+    let mut c = TestCluster::new(bins());
+    let mport = free_port();
+    let mut master = NodeSpec::new("node-0").master().heartbeat(hb, missed);
+    master.ip = ns.host_ip.clone();
+    c.add_with_port(master, mport).unwrap();
+    let mut w = NodeSpec::new("node-ns")
+        .peer(format!("{}:{mport}", ns.host_ip))
+        .heartbeat(hb, missed);
+    w.ip = ns.ns_ip.clone();
+    w.netns = Some(ns.name.clone());
+    c.add(w).unwrap();
+    c.wait_for(
+        "node-ns joins from its namespace",
+        Duration::from_secs(10),
+        |ws| all_healthy(ws, &["node-0", "node-ns"]),
+    )
+    .unwrap();
+    let epoch_before = c.worker("node-ns").unwrap()["epoch"].as_u64().unwrap();
+    let cut_at = std::time::Instant::now();
+    ns.cut(dir).unwrap();
+    c.wait_for(
+        &format!("node-ns unhealthy (heartbeat_timeout) while cut {dir:?}"),
+        Duration::from_millis(hb * (u64::from(missed) + 4)),
+        |ws| has_state(ws, "node-ns", "unhealthy", Some("heartbeat_timeout")),
+    )
+    .unwrap();
+    // The fault lasts `secs` in all.
+    std::thread::sleep(Duration::from_secs(secs).saturating_sub(cut_at.elapsed()));
+    ns.heal().unwrap();
+    let took = c
+        .wait_for(
+            &format!("node-ns healthy again within 3 s of healing a {secs} s cut {dir:?}"),
+            Duration::from_secs(3),
+            |ws| {
+                ws.iter().any(|w| {
+                    w["node"] == "node-ns"
+                        && w["state"] == "healthy"
+                        && w["epoch"].as_u64().unwrap() > epoch_before
+                })
+            },
+        )
+        .unwrap();
+    eprintln!("{dir:?} cut of {secs} s: healthy again {took:?} after the heal");
+    assert!(
+        c.node("node-ns").is_running(),
+        "the worker was never restarted"
+    );
+}
+
+#[test]
+fn a_worker_not_heard_for_15s_rejoins_within_3s_of_the_heal() {
+    one_way_partition_heals_within_3s(3, Direction::ToHost, 15);
+}
+
+#[test]
+fn a_worker_that_hears_nothing_for_15s_rejoins_within_3s_of_the_heal() {
+    one_way_partition_heals_within_3s(4, Direction::FromHost, 15);
+}
+
+#[test]
+fn a_worker_not_heard_for_60s_rejoins_within_3s_of_the_heal() {
+    one_way_partition_heals_within_3s(5, Direction::ToHost, 60);
+}
+
+#[test]
+fn a_worker_that_hears_nothing_for_60s_rejoins_within_3s_of_the_heal() {
+    one_way_partition_heals_within_3s(6, Direction::FromHost, 60);
 }

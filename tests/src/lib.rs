@@ -24,6 +24,23 @@ pub struct Bins {
     pub ctl: PathBuf,
 }
 
+impl Bins {
+    /// These binaries, unless `ORCH_TEST_NODE` and `ORCH_TEST_CTL` name
+    /// others (to run a suite against another build, say the one before a
+    /// fix).
+    pub fn or_from_env(node: &str, ctl: &str) -> Self {
+        let pick = |var: &str, default: &str| {
+            std::env::var_os(var)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(default))
+        };
+        Self {
+            node: pick("ORCH_TEST_NODE", node),
+            ctl: pick("ORCH_TEST_CTL", ctl),
+        }
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released), never one this
 /// process was given before: the kernel may hand a just-released port out
 /// again at once, and two settings of one node would then share it.
@@ -270,6 +287,16 @@ impl TestCluster {
 
     /// Write the node's config and start it; returns its index.
     pub fn add_with_port(&mut self, spec: NodeSpec, cluster_port: u16) -> Result<usize> {
+        let i = self.launch(spec, cluster_port)?;
+        if self.nodes[i].spec.netns.is_none() {
+            self.nodes[i].wait_admin(Duration::from_secs(10))?;
+        }
+        Ok(i)
+    }
+
+    /// Write the node's config and start it, without waiting for it to
+    /// open its admin port (a node expected to stop at once); its index.
+    pub fn launch(&mut self, spec: NodeSpec, cluster_port: u16) -> Result<usize> {
         let dir = self.dir.path().join(&spec.name);
         std::fs::create_dir_all(&dir)?;
         let cluster_addr: SocketAddr = format!("{}:{cluster_port}", spec.ip).parse()?;
@@ -290,12 +317,49 @@ impl TestCluster {
             child: None,
             starts: 0,
         };
+        self.spawn_process(&mut node)?;
+        self.nodes.push(node);
+        Ok(self.nodes.len() - 1)
+    }
+
+    /// Start a node from configuration text of the caller's: `config` gets
+    /// the node's own folder (for `data_dir`) and returns the file's text,
+    /// whose ports must be the three given.
+    pub fn add_config(
+        &mut self,
+        name: &str,
+        addrs: (SocketAddr, SocketAddr, SocketAddr),
+        config: impl FnOnce(&Path) -> String,
+    ) -> Result<usize> {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("cluster.toml");
+        std::fs::write(&path, config(&dir))?;
+        let (cluster_addr, admin_addr, metrics_addr) = addrs;
+        let mut node = TestNode {
+            spec: NodeSpec::new(name),
+            cluster_addr,
+            admin_addr,
+            metrics_addr,
+            log: dir.join("node.log"),
+            config: path,
+            child: None,
+            starts: 0,
+        };
         self.spawn(&mut node)?;
         self.nodes.push(node);
         Ok(self.nodes.len() - 1)
     }
 
     fn spawn(&self, node: &mut TestNode) -> Result<()> {
+        self.spawn_process(node)?;
+        if node.spec.netns.is_none() {
+            node.wait_admin(Duration::from_secs(10))?;
+        }
+        Ok(())
+    }
+
+    fn spawn_process(&self, node: &mut TestNode) -> Result<()> {
         node.starts += 1;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -318,9 +382,6 @@ impl TestCluster {
             .stdout(log.try_clone()?)
             .stderr(log);
         node.child = Some(cmd.spawn().context("start orch-node")?);
-        if node.spec.netns.is_none() {
-            node.wait_admin(Duration::from_secs(10))?;
-        }
         Ok(())
     }
 
@@ -499,6 +560,81 @@ impl Drop for TestCluster {
             );
         }
     }
+}
+
+/// Whether process `pid` is running (a zombie is not).
+pub fn process_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_string))
+        })
+        .is_some_and(|state| state != "Z" && state != "X")
+}
+
+/// Poll `cond` every 20 ms until it holds or `within` passes; on timeout
+/// fail with `what`. Returns how long it took.
+pub fn wait_until(
+    what: &str,
+    within: Duration,
+    mut cond: impl FnMut() -> bool,
+) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > within {
+            bail!("timed out after {within:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every file a node wrote for a session under `{data_dir}/out/` is
+/// listed by the manifest for the attempt whose folder holds it (the rest
+/// must have been moved to quarantine). `Err` names the first file that is
+/// not.
+pub fn outputs_accounted(data_dir: &Path, manifest: &Value) -> Result<usize> {
+    use std::collections::BTreeSet;
+    let session = manifest["session"].as_str().context("session")?;
+    let mut listed: BTreeSet<String> = BTreeSet::new();
+    for r in manifest["ranges"].as_array().context("ranges")? {
+        let dir = r["out_dir"].as_str().context("out_dir")?;
+        for o in r["outputs"].as_array().context("outputs")? {
+            listed.insert(format!("{dir}/{}", o["path"].as_str().context("path")?));
+        }
+    }
+    let root = data_dir.join("out").join(session);
+    let mut stack = vec![root];
+    let mut n = 0;
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let path = e.path();
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                stack.push(path);
+                continue;
+            }
+            let rel = path
+                .strip_prefix(data_dir)
+                .context("inside data_dir")?
+                .to_string_lossy()
+                .into_owned();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || name.ends_with(".tmp") {
+                continue;
+            }
+            if !listed.contains(&rel) {
+                bail!("`{rel}` is in out/ but listed nowhere in the manifest");
+            }
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// Every worker named in `names` is healthy in `ws`.

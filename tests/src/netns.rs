@@ -1,10 +1,20 @@
 //! A test host in its own Linux network namespace, joined to the host by a
-//! veth pair on a private /30. Cutting the host end's link partitions it.
-//! Everything is removed on drop.
+//! veth pair on a private /30. Cutting the host end's link partitions it;
+//! nftables rules inside the namespace cut one direction only. Everything
+//! is removed on drop.
 
 use std::process::Command;
 
 use anyhow::{bail, Result};
+
+/// Which way traffic is dropped by [`NetNs::cut`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the namespace to the host (a worker inside is not heard).
+    ToHost,
+    /// From the host to the namespace (a worker inside hears nothing).
+    FromHost,
+}
 
 /// A namespace with a veth link to the host.
 #[derive(Debug)]
@@ -81,6 +91,62 @@ impl NetNs {
     /// Bring the host end of the link down (partition) or up (heal).
     pub fn set_link(&self, up: bool) -> Result<()> {
         ip(&["link", "set", &self.host_if, if up { "up" } else { "down" }])
+    }
+
+    /// Drop every packet one way between the host end and the namespace
+    /// (nftables, inside the namespace); [`NetNs::heal`] removes it.
+    pub fn cut(&self, dir: Direction) -> Result<()> {
+        let (hook, field) = match dir {
+            Direction::ToHost => ("output", "daddr"),
+            Direction::FromHost => ("input", "saddr"),
+        };
+        let rules = format!(
+            "table inet orch_cut {{\n chain c {{\n  type filter hook {hook} priority 0; policy accept;\n  ip {field} {} drop\n }}\n}}\n",
+            self.host_ip
+        );
+        self.nft(&["-f", "-"], Some(&rules))
+    }
+
+    /// Remove what [`NetNs::cut`] added.
+    pub fn heal(&self) -> Result<()> {
+        self.nft(&["delete", "table", "inet", "orch_cut"], None)
+    }
+
+    fn nft(&self, args: &[&str], stdin: Option<&str>) -> Result<()> {
+        use std::io::Write;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name, "nft"])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        if let Some(text) = stdin {
+            child
+                .stdin
+                .take()
+                .expect("piped")
+                .write_all(text.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "`nft {}` in `{}` failed: {}",
+                args.join(" "),
+                self.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// Why one-way cuts cannot be made here (no nftables), if they cannot.
+    pub fn nft_unavailable() -> Option<String> {
+        match Command::new("nft").arg("--version").output() {
+            Ok(o) if o.status.success() => None,
+            Ok(o) => Some(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+            Err(e) => Some(format!("`nft` cannot run: {e}")),
+        }
     }
 
     /// Why namespaces cannot be used here, if they cannot.
