@@ -108,6 +108,9 @@ pub struct WorkerState {
     flush_at: Option<Instant>,
     /// The masters visible when more than one was last reported.
     masters_seen: Vec<Claim>,
+    /// The master as [`WorkerState::current_master`] last found it (it runs
+    /// on every tick and every change of the masters' groups).
+    current: Option<ActorRef<MasterMsg>>,
 }
 
 impl WorkerState {
@@ -133,7 +136,8 @@ impl WorkerState {
             );
         }
         self.masters_seen = if claims.len() > 1 { claims } else { Vec::new() };
-        all.into_iter().next().map(|(_, m)| m)
+        self.current = all.into_iter().next().map(|(_, m)| m);
+        self.current.clone()
     }
 
     fn register_msg(&self) -> ToMaster {
@@ -319,9 +323,7 @@ impl WorkerState {
         let Phase::Registered { master: id, .. } = &self.phase else {
             return None;
         };
-        masters::current()
-            .map(|(_, m)| m)
-            .filter(|m| m.get_id() == *id)
+        self.current.clone().filter(|m| m.get_id() == *id)
     }
 
     /// Put a report in the outbox, and send it if a master listens.
@@ -523,6 +525,7 @@ impl Actor for Worker {
             outbox,
             flush_at: None,
             masters_seen: Vec::new(),
+            current: None,
         };
         state.step();
         Ok(state)

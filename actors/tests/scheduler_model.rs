@@ -1081,6 +1081,17 @@ fn assigned(cmds: Vec<SchedCommand>) -> Vec<(String, TaskSpec)> {
         .collect()
 }
 
+/// Submit a one-task session `id`; what it assigned.
+fn submit_one(s: &mut Scheduler, id: &str) -> Vec<(String, TaskSpec)> {
+    assigned(s.on_event(
+        SchedEvent::Submit {
+            id: id.into(),
+            spec: one_task(id),
+        },
+        0,
+    ))
+}
+
 fn up(s: &mut Scheduler, node: &str, devices: Vec<DeviceInfo>) -> Vec<SchedCommand> {
     s.on_event(
         SchedEvent::NodeUp {
@@ -1119,22 +1130,10 @@ fn lost_work_goes_to_another_capable_node_first_and_fails_after_max_losses() {
     up(&mut s, "y", vec![dev("y0")]);
     // y's one device has run a task; x's second device never ran one, so
     // least-recently-used alone would send lost work back to x.
-    let warm = assigned(s.on_event(
-        SchedEvent::Submit {
-            id: "warm".into(),
-            spec: one_task("warm"),
-        },
-        0,
-    ));
+    let warm = submit_one(&mut s, "warm");
     s.on_event(completed("y", &warm[0].1), 0);
     up(&mut s, "x", vec![dev("x0"), dev("x1")]);
-    let first = assigned(s.on_event(
-        SchedEvent::Submit {
-            id: "s".into(),
-            spec: one_task("s"),
-        },
-        0,
-    ));
+    let first = submit_one(&mut s, "s");
     assert_eq!(
         (first[0].0.as_str(), first[0].1.device.as_str()),
         ("x", "x0")
@@ -1159,13 +1158,7 @@ fn lost_work_goes_to_another_capable_node_first_and_fails_after_max_losses() {
 fn lost_work_goes_back_to_its_node_when_no_other_can_take_it() {
     let mut s = Scheduler::new(0);
     up(&mut s, "x", vec![dev("x0")]);
-    let first = assigned(s.on_event(
-        SchedEvent::Submit {
-            id: "s".into(),
-            spec: one_task("s"),
-        },
-        0,
-    ));
+    let first = submit_one(&mut s, "s");
     assert_eq!(first[0].0, "x");
     let again = assigned(s.on_event(SchedEvent::Tick, 20_000));
     assert_eq!(again.len(), 1, "a preference, not an exclusion");

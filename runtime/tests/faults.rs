@@ -361,16 +361,14 @@ for ((f=$1; f<$2; f++)); do
 done
 "#;
 
-#[test]
-fn kill_9_of_a_worker_leaves_no_task_process_and_nothing_unlisted_in_out() {
-    let mut c = three_nodes();
-    let script = write_script(&c, "task.sh", TASK);
+/// A three-node cluster running a session of `script` tasks, once node-2
+/// runs some: the cluster, the session, and the file of the tasks' pids.
+fn node_2_running_tasks(name: &str, script: &str, extra: &str) -> (TestCluster, String, PathBuf) {
+    let c = three_nodes();
+    let script = write_script(&c, "task.sh", script);
     let pids = c.dir.path().join("pids");
     let id = c
-        .submit(
-            "orphans",
-            &command_session("orphans", &script, &pids, 400, ""),
-        )
+        .submit(name, &command_session(name, &script, &pids, 400, extra))
         .unwrap();
     wait_until(
         "node-2 runs tasks with background children",
@@ -378,6 +376,12 @@ fn kill_9_of_a_worker_leaves_no_task_process_and_nothing_unlisted_in_out() {
         || pids_of(&pids, "node-2").len() >= 8,
     )
     .unwrap();
+    (c, id, pids)
+}
+
+#[test]
+fn kill_9_of_a_worker_leaves_no_task_process_and_nothing_unlisted_in_out() {
+    let (mut c, id, pids) = node_2_running_tasks("orphans", TASK, "");
     c.node("node-2").kill9();
     let mine = pids_of(&pids, "node-2");
     wait_until(
@@ -428,21 +432,8 @@ fn kill_9_of_a_worker_leaves_no_task_process_and_nothing_unlisted_in_out() {
 
 #[test]
 fn sigterm_of_a_node_leaves_no_task_process() {
-    let mut c = three_nodes();
-    let script = write_script(&c, "task.sh", &format!("{TASK}sleep 60\n"));
-    let pids = c.dir.path().join("pids");
-    let _id = c
-        .submit(
-            "term",
-            &command_session("term", &script, &pids, 400, "timeout_ms = 120000"),
-        )
-        .unwrap();
-    wait_until(
-        "node-2 runs tasks with background children",
-        Duration::from_secs(30),
-        || pids_of(&pids, "node-2").len() >= 8,
-    )
-    .unwrap();
+    let (mut c, _id, pids) =
+        node_2_running_tasks("term", &format!("{TASK}sleep 60\n"), "timeout_ms = 120000");
     c.node("node-2").sigterm();
     assert_eq!(
         c.node("node-2").wait_exit(Duration::from_secs(10)).unwrap(),

@@ -17,16 +17,9 @@ fn bins() -> Bins {
     )
 }
 
-#[test]
-fn a_worker_cut_off_for_10s_is_heartbeat_timeout_and_rejoins_after_healing() {
-    let ns = match NetNs::create(1) {
-        Ok(ns) => ns,
-        Err(e) => {
-            eprintln!("\n!!!!!!!! SKIPPED: network namespaces are unavailable here: {e}\n!!!!!!!! (run as root with iproute2 to test partitions)\n");
-            return;
-        }
-    };
-    let (hb, missed) = (500, 3);
+/// node-0 (master) on the host end of `ns`'s link, node-ns (worker) inside
+/// it, both healthy.
+fn master_and_worker_in(ns: &NetNs, hb: u64, missed: u32) -> TestCluster {
     let mut c = TestCluster::new(bins());
     // The master listens on the host end of the link; the worker dials it from the namespace.
     let mport = free_port();
@@ -45,6 +38,20 @@ fn a_worker_cut_off_for_10s_is_heartbeat_timeout_and_rejoins_after_healing() {
         |ws| all_healthy(ws, &["node-0", "node-ns"]),
     )
     .unwrap();
+    c
+}
+
+#[test]
+fn a_worker_cut_off_for_10s_is_heartbeat_timeout_and_rejoins_after_healing() {
+    let ns = match NetNs::create(1) {
+        Ok(ns) => ns,
+        Err(e) => {
+            eprintln!("\n!!!!!!!! SKIPPED: network namespaces are unavailable here: {e}\n!!!!!!!! (run as root with iproute2 to test partitions)\n");
+            return;
+        }
+    };
+    let (hb, missed) = (500, 3);
+    let mut c = master_and_worker_in(&ns, hb, missed);
     let epoch_before = c.worker("node-ns").unwrap()["epoch"].as_u64().unwrap();
 
     ns.set_link(false).unwrap();
@@ -153,23 +160,7 @@ fn one_way_partition_heals_within_3s(n: u8, dir: Direction, secs: u64) {
         }
     };
     let (hb, missed) = (500, 3);
-    let mut c = TestCluster::new(bins());
-    let mport = free_port();
-    let mut master = NodeSpec::new("node-0").master().heartbeat(hb, missed);
-    master.ip = ns.host_ip.clone();
-    c.add_with_port(master, mport).unwrap();
-    let mut w = NodeSpec::new("node-ns")
-        .peer(format!("{}:{mport}", ns.host_ip))
-        .heartbeat(hb, missed);
-    w.ip = ns.ns_ip.clone();
-    w.netns = Some(ns.name.clone());
-    c.add(w).unwrap();
-    c.wait_for(
-        "node-ns joins from its namespace",
-        Duration::from_secs(10),
-        |ws| all_healthy(ws, &["node-0", "node-ns"]),
-    )
-    .unwrap();
+    let mut c = master_and_worker_in(&ns, hb, missed);
     let epoch_before = c.worker("node-ns").unwrap()["epoch"].as_u64().unwrap();
     let cut_at = std::time::Instant::now();
     ns.cut(dir).unwrap();
