@@ -207,14 +207,35 @@ impl Outbox {
         out
     }
 
-    /// Whether the oldest entry was sent more than `after` ago without an
-    /// acknowledgement (a message lost on a broken connection).
-    pub fn overdue(&self, after: Duration) -> bool {
+    /// Entries made while they were held back (see the worker's silent
+    /// master), in order, stamped with `epoch`, to send now.
+    pub fn take_unsent(&mut self, epoch: u64) -> Vec<ToMaster> {
+        let now = Instant::now();
         self.entries
-            .values()
-            .next()
-            .and_then(|e| e.sent)
-            .is_some_and(|at| at.elapsed() > after)
+            .values_mut()
+            .filter(|e| e.sent.is_none())
+            .map(|e| {
+                e.sent = Some(now);
+                match &mut e.msg {
+                    ToMaster::Progress(p) => p.epoch = epoch,
+                    ToMaster::Result(r) => r.epoch = epoch,
+                    _ => {}
+                }
+                e.msg.clone()
+            })
+            .collect()
+    }
+
+    /// Whether the oldest entry was sent more than `after` ago without an
+    /// acknowledgement.
+    pub fn overdue(&self, after: Duration) -> bool {
+        self.oldest_sent().is_some_and(|at| at.elapsed() > after)
+    }
+
+    /// When the oldest entry was last sent (`None`: nothing waits, or it was
+    /// never sent).
+    pub fn oldest_sent(&self) -> Option<Instant> {
+        self.entries.values().next().and_then(|e| e.sent)
     }
 
     /// When the next write to the log is due (`None`: nothing to write).

@@ -111,6 +111,11 @@ pub struct WorkerState {
     /// The master as [`WorkerState::current_master`] last found it (it runs
     /// on every tick and every change of the masters' groups).
     current: Option<ActorRef<MasterMsg>>,
+    /// When the master last acknowledged a report.
+    last_ack: Instant,
+    /// How long an unacknowledged report waits before the outbox is sent
+    /// again; doubles while the master stays silent.
+    resend_after: Duration,
 }
 
 impl WorkerState {
@@ -219,10 +224,22 @@ impl WorkerState {
                 if let Phase::Registering { master: id } = self.phase {
                     info!(node_id = %self.args.node, epoch, master = %master, devices = self.devices.len(), outbox = self.outbox.len(), "registered");
                     self.phase = Phase::Registered { master: id, epoch };
+                    self.last_ack = Instant::now();
                     self.deliver_outbox();
                 }
             }
-            ToWorker::Ack { seqs } => self.outbox.ack(&seqs),
+            ToWorker::Ack { seqs } => {
+                self.outbox.ack(&seqs);
+                self.last_ack = Instant::now();
+                self.resend_after = self.patience();
+                // It answers again: what waited for it goes now, in order.
+                if let Some(master) = self.registered_master() {
+                    let epoch = self.epoch();
+                    for msg in self.outbox.take_unsent(epoch) {
+                        self.send(&master, msg);
+                    }
+                }
+            }
             ToWorker::Refused { reason } => {
                 if let Phase::Registering { master } = self.phase {
                     error!(node_id = %self.args.node, %reason, "master refused registration; waiting for another master");
@@ -326,9 +343,25 @@ impl WorkerState {
         self.current.clone().filter(|m| m.get_id() == *id)
     }
 
+    /// How long a report waits for its acknowledgement before the outbox
+    /// is sent again (a message lost on a connection that broke).
+    fn patience(&self) -> Duration {
+        Duration::from_millis((self.args.heartbeat_ms * 5).max(5000))
+    }
+
+    /// Whether the master leaves reports unacknowledged (it is stopped,
+    /// overloaded or cut off while its session looks alive): new reports
+    /// then wait in the outbox until it acknowledges one, instead of
+    /// filling a connection nobody reads (a full TCP window for longer
+    /// than `TCP_USER_TIMEOUT` would close it).
+    fn master_silent(&self) -> bool {
+        let after = Duration::from_millis(self.args.heartbeat_ms.max(1000));
+        self.last_ack.elapsed() > after && self.outbox.overdue(after)
+    }
+
     /// Put a report in the outbox, and send it if a master listens.
     fn report(&mut self, msg: ToMaster) {
-        let master = self.registered_master();
+        let master = self.registered_master().filter(|_| !self.master_silent());
         let msg = self.outbox.push(msg, master.is_some());
         if let Some(master) = master {
             self.send(&master, msg);
@@ -512,6 +545,7 @@ impl Actor for Worker {
         masters::monitor(myself.get_cell());
         myself.send_interval(Duration::from_millis(args.heartbeat_ms), || WorkerMsg::Tick);
         info!(node_id = %args.node, devices = devices.len(), "worker started");
+        let heartbeat_ms = args.heartbeat_ms;
         let mut state = WorkerState {
             args,
             phase: Phase::NoMaster,
@@ -526,6 +560,8 @@ impl Actor for Worker {
             flush_at: None,
             masters_seen: Vec::new(),
             current: None,
+            last_ack: Instant::now(),
+            resend_after: Duration::from_millis((heartbeat_ms * 5).max(5000)),
         };
         state.step();
         Ok(state)
@@ -545,10 +581,18 @@ impl Actor for Worker {
             }
             WorkerMsg::Tick => {
                 state.step();
-                // A report sent on a connection that broke: send everything again.
-                let patience = Duration::from_millis((state.args.heartbeat_ms * 5).max(5000));
-                if state.outbox.overdue(patience) {
+                // A report lost on the way while the master answers others:
+                // send everything again. A master that answers nothing at all
+                // gets nothing more (it has what was sent; a broken
+                // connection is noticed, and a new registration delivers
+                // the outbox).
+                let lost = state
+                    .outbox
+                    .oldest_sent()
+                    .is_some_and(|at| at.elapsed() > state.resend_after && state.last_ack > at);
+                if lost {
                     state.deliver_outbox();
+                    state.resend_after = (state.resend_after * 2).min(Duration::from_secs(60));
                 }
             }
             WorkerMsg::Flush => state.flush(),

@@ -670,3 +670,45 @@ fn orchctl_says_when_the_master_or_the_node_does_not_answer() {
     );
     assert!(t.elapsed() < Duration::from_secs(2));
 }
+
+#[test]
+fn a_master_stopped_for_60s_while_programs_report_keeps_every_worker() {
+    // Programs that report progress 20 times a second for 10 s each: while
+    // the master is stopped its workers must not fill the connections it
+    // does not read (their TCP_USER_TIMEOUT would close them).
+    let c = three_nodes();
+    let pids = c.dir.path().join("pids");
+    let script = write_script(
+        &c,
+        "chatty.sh",
+        "for ((i=1; i<=200; i++)); do sleep 0.05; echo x > \"f_$1_$i.txt\"; echo ORCH_PROGRESS 0; done\necho \"ORCH_PROGRESS $(($2-$1))\"\n",
+    );
+    let id = c
+        .submit(
+            "chatty",
+            &command_session("chatty", &script, &pids, 140, "timeout_ms = 600000"),
+        )
+        .unwrap();
+    c.wait_session(&id, "programs running", Duration::from_secs(20), |v| {
+        v["tasks_running"].as_u64().unwrap() >= 7
+    })
+    .unwrap();
+    c.nodes[0].sigstop();
+    std::thread::sleep(Duration::from_secs(60)); // the fault: the master does not run
+    c.nodes[0].sigcont();
+    let v = c.wait_done(&id, Duration::from_secs(120)).unwrap();
+    assert_eq!(v["state"], "completed", "{v}");
+    assert_eq!(v["failovers"], 0, "{v}");
+    assert_eq!(v["stale_rejected"], 0, "{v}");
+    let m = c.manifest(&id).unwrap();
+    assert_eq!(assert_exactly_once(&m, 0, 140), 140);
+    let s = status(&c, 0);
+    assert!(
+        s["recent_failures"].as_array().unwrap().is_empty(),
+        "{}",
+        s["recent_failures"]
+    );
+    for w in c.workers().unwrap() {
+        assert_eq!(w["registrations"], 1, "{w}");
+    }
+}
