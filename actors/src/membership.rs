@@ -105,20 +105,22 @@ pub struct Membership {
     members: BTreeMap<String, Member>,
     last_epoch: u64,
     failures: VecDeque<FailureRecord>,
-    /// When the last tick was handled.
-    last_tick_ms: Option<u64>,
+    /// When the last tick was handled (the master's start before the first).
+    last_tick_ms: u64,
 }
 
 impl Membership {
     /// `epoch_floor` seeds epochs so that they grow across master restarts
-    /// (the master passes its start time in unix milliseconds).
+    /// (the master passes its start time in unix milliseconds). The clock of
+    /// every event is the master's milliseconds since it started: a stall
+    /// before the first tick is measured from 0.
     pub fn new(cfg: DetectorConfig, epoch_floor: u64) -> Self {
         Self {
             cfg,
             members: BTreeMap::new(),
             last_epoch: epoch_floor,
             failures: VecDeque::new(),
-            last_tick_ms: None,
+            last_tick_ms: 0,
         }
     }
 
@@ -260,8 +262,8 @@ impl Membership {
         // Silence counts only while the master runs: after a stall the
         // heartbeats that arrived meanwhile are still in the mailbox, behind
         // this tick.
-        let gap = self.last_tick_ms.map_or(0, |t| now_ms.saturating_sub(t));
-        self.last_tick_ms = Some(now_ms);
+        let gap = now_ms.saturating_sub(self.last_tick_ms);
+        self.last_tick_ms = now_ms;
         let stalled = gap.saturating_sub(self.cfg.tick_ms());
         if stalled >= self.cfg.stall_ms() {
             for m in self.members.values_mut() {
@@ -534,12 +536,12 @@ mod tests {
         let mut m = membership();
         let e = registered_epoch(&m.on_event(MemberEvent::Register(reg("w1", 7, 1)), 0));
         m.on_event(MemberEvent::Heartbeat(hb("w1", e, 1)), 1000);
-        // exactly 3 heartbeats late: not yet
-        assert!(downs(&m.on_event(MemberEvent::Tick, 4000)).is_empty());
+        // exactly 3 heartbeats late: not yet (the master ticks all along)
+        assert!(downs(&ticks(&mut m, 0, 4000)).is_empty());
         let c = m.on_event(MemberEvent::Tick, 4001);
         assert_eq!(downs(&c), vec![("w1".into(), DownReason::HeartbeatTimeout)]);
         // declared once only
-        assert!(downs(&m.on_event(MemberEvent::Tick, 9000)).is_empty());
+        assert!(downs(&ticks(&mut m, 4001, 9000)).is_empty());
         assert_eq!(m.status("m", 9000).recent_failures.len(), 1);
     }
 
@@ -606,6 +608,18 @@ mod tests {
     }
 
     #[test]
+    fn a_stall_before_the_first_tick_is_noticed_too() {
+        let mut m = membership();
+        let e = registered_epoch(&m.on_event(MemberEvent::Register(reg("w1", 1, 1)), 40));
+        // The master stops 80 ms after it started, before its first tick.
+        let c = m.on_event(MemberEvent::Tick, 60_080);
+        assert!(downs(&c).is_empty(), "{c:?}");
+        assert!(c.iter().any(|c| matches!(c, MemberCommand::Stalled { .. })));
+        m.on_event(MemberEvent::Heartbeat(hb("w1", e, 1)), 60_081);
+        assert_eq!(m.state_of("w1").unwrap().0, MemberState::Healthy);
+    }
+
+    #[test]
     fn ticks_a_little_late_are_not_a_stall() {
         let mut m = membership();
         m.on_event(MemberEvent::Register(reg("w1", 1, 1)), 0);
@@ -631,7 +645,7 @@ mod tests {
     fn a_late_heartbeat_after_timeout_is_fenced_and_reregistration_raises_the_epoch() {
         let mut m = membership();
         let e1 = registered_epoch(&m.on_event(MemberEvent::Register(reg("w1", 7, 1)), 0));
-        m.on_event(MemberEvent::Tick, 5000);
+        ticks(&mut m, 0, 5000);
         assert_eq!(
             m.state_of("w1").unwrap().1,
             Some(DownReason::HeartbeatTimeout)
