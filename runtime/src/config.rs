@@ -12,6 +12,62 @@ use std::path::{Path, PathBuf};
 use orch_actors::protocol::{CapValue, Capabilities, DeviceInfo};
 use serde::Deserialize;
 
+/// Largest TOML file read (a configuration or a session file).
+pub const MAX_TOML_BYTES: u64 = 4 * 1024 * 1024;
+/// Largest secret or token file read.
+pub const MAX_SECRET_BYTES: u64 = 64 * 1024;
+
+/// Read a file named by an operator: only a regular file of at most `cap`
+/// bytes (a FIFO, a device such as `/dev/zero`, a directory or a huge file
+/// is refused at once). Opened without blocking, then checked, so a path
+/// swapped for a FIFO meanwhile cannot hang the read.
+pub fn read_capped(path: &Path, cap: u64) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    let meta = f.metadata().map_err(|e| format!("cannot read it: {e}"))?;
+    let t = meta.file_type();
+    let kind = if t.is_dir() {
+        Some("a directory")
+    } else if t.is_fifo() {
+        Some("a FIFO")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else if t.is_char_device() || t.is_block_device() {
+        Some("a device")
+    } else {
+        None
+    };
+    if let Some(kind) = kind {
+        return Err(format!("expected a regular file, got {kind}"));
+    }
+    if meta.len() > cap {
+        return Err(format!(
+            "expected at most {cap} bytes, the file has {}",
+            meta.len()
+        ));
+    }
+    let mut bytes = Vec::new();
+    f.take(cap + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    if bytes.len() as u64 > cap {
+        return Err(format!(
+            "expected at most {cap} bytes, the file grew past it"
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "expected UTF-8 text, found an invalid byte at offset {}",
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
 /// Largest `count` of one device generator.
 pub const MAX_GENERATED_DEVICES: u32 = 100_000;
 /// Largest total number of devices on one node.
@@ -285,7 +341,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 /// absolute (relative paths in the file resolve against it).
 pub fn read_toml_file(path: &Path) -> Result<(String, String, PathBuf), ConfigErrors> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = read_capped(path, MAX_TOML_BYTES).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: file.clone(),
             key: "(file)".into(),
@@ -395,7 +451,7 @@ impl Problems<'_> {
     }
 
     fn read_secret(&mut self, key: &str, path: &Path) -> Option<Secret> {
-        match std::fs::read_to_string(path) {
+        match read_capped(path, MAX_SECRET_BYTES) {
             Ok(s) if s.trim().is_empty() => {
                 self.add(
                     key,
@@ -405,7 +461,7 @@ impl Problems<'_> {
             }
             Ok(s) => Some(Secret(s.trim().to_string())),
             Err(e) => {
-                self.add(key, format!("cannot read `{}`: {e}", path.display()));
+                self.add(key, format!("`{}`: {e}", path.display()));
                 None
             }
         }
@@ -896,6 +952,42 @@ capabilities = { gpu = true }
             line.contains("`cluster.secret_file`") && line.contains("cannot read"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn secret_files_must_be_small_regular_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'x'; MAX_SECRET_BYTES as usize + 1]).unwrap();
+        for (path, needle) in [
+            (Path::new("/dev/zero"), "got a device"),
+            (fifo.as_path(), "got a FIFO"),
+            (dir.path(), "got a directory"),
+            (big.as_path(), "at most 65536 bytes"),
+        ] {
+            let started = std::time::Instant::now();
+            let text = GOOD.replace(
+                "secret = \"s3cret\"",
+                &format!("secret_file = \"{}\"", path.display()),
+            );
+            let line = one_error(&text);
+            assert!(
+                line.contains("`cluster.secret_file`") && line.contains(needle),
+                "{line}"
+            );
+            assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        }
+        // The configuration file itself.
+        let e = load(&fifo).unwrap_err().to_string();
+        assert!(e.contains("got a FIFO"), "{e}");
+        let e = load(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert!(e.contains("got a device"), "{e}");
     }
 
     #[test]

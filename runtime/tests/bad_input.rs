@@ -117,6 +117,64 @@ fn malformed_cluster_toml_is_one_line_exit_2_and_no_port() {
 }
 
 #[test]
+fn secret_and_config_files_that_are_not_small_regular_files_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let big = dir.path().join("big.secret");
+    std::fs::write(&big, vec![b'x'; 70_000]).unwrap();
+    for (path, what) in [
+        ("/dev/zero".to_string(), "got a device"),
+        ("/dev/urandom".to_string(), "got a device"),
+        (fifo.display().to_string(), "got a FIFO"),
+        (dir.path().display().to_string(), "got a directory"),
+        (big.display().to_string(), "at most 65536 bytes"),
+    ] {
+        let started = Instant::now();
+        assert_refused(
+            &GOOD.replace("secret = \"s3cret\"", &format!("secret_file = \"{path}\"")),
+            "cluster.secret_file",
+            what,
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{path}: {:?}",
+            started.elapsed()
+        );
+        // The admin token file is read the same way.
+        assert_refused(
+            &GOOD.replace(
+                "listen = \"127.0.0.1:APORT\"",
+                &format!("listen = \"127.0.0.1:APORT\"\ntoken_file = \"{path}\""),
+            ),
+            "admin.token_file",
+            what,
+        );
+    }
+    // The configuration file itself.
+    for (path, what) in [
+        (fifo.as_path(), "got a FIFO"),
+        (std::path::Path::new("/dev/zero"), "got a device"),
+    ] {
+        let started = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_orch-node"))
+            .arg("--cluster")
+            .arg(path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(what), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+}
+
+#[test]
 fn a_missing_config_file_is_exit_2() {
     let out = Command::new(env!("CARGO_BIN_EXE_orch-node"))
         .args(["--cluster", "/nonexistent/cluster.toml"])

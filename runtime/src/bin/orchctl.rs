@@ -98,8 +98,8 @@ fn get(cli: &Cli, path: &str) -> Result<Value, Failure> {
 fn request(cli: &Cli, method: &str, path: &str, body: Option<&str>) -> Result<Value, Failure> {
     let token = match &cli.token_file {
         Some(f) => Some(
-            std::fs::read_to_string(f)
-                .map_err(|e| Failure(2, format!("cannot read token file `{}`: {e}", f.display())))?
+            orch_runtime::config::read_capped(f, orch_runtime::config::MAX_SECRET_BYTES)
+                .map_err(|e| Failure(2, format!("token file `{}`: {e}", f.display())))?
                 .trim()
                 .to_string(),
         ),
@@ -339,8 +339,8 @@ fn parse_view(v: Value) -> Result<SessionView, Failure> {
 fn submit(cli: &Cli, file: &std::path::Path, wait: bool) -> Result<(), Failure> {
     // Validate here too, so that mistakes are reported with the file's name.
     orch_runtime::session_file::load(file).map_err(|e| Failure(2, e.to_string()))?;
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| Failure(2, format!("cannot read `{}`: {e}", file.display())))?;
+    let text = orch_runtime::config::read_capped(file, orch_runtime::config::MAX_TOML_BYTES)
+        .map_err(|e| Failure(2, format!("`{}`: {e}", file.display())))?;
     let dir = file
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
