@@ -534,7 +534,10 @@ impl MasterState {
         }
         metrics::gauge!(m::TASKS_INFLIGHT).set(self.sched.inflight() as f64);
         let views = self.sched.views(self.unix_ms(now));
-        let done: u64 = views.iter().map(|v| v.frames_done).sum();
+        // Saturating: frames are 64-bit, a sum of them may not fit.
+        let done = views
+            .iter()
+            .fold(0u64, |acc, v| acc.saturating_add(v.frames_done));
         if done > self.frames_reported {
             metrics::counter!(m::FRAMES_COMPLETED).increment(done - self.frames_reported);
             self.frames_reported = done;
@@ -643,6 +646,22 @@ impl MasterState {
                 AdminReply::Done(format!(
                     "device `{device}` on `{node}` quarantined; its tasks were reassigned (restart-device brings it back)"
                 ))
+            }
+            AdminRequest::DeviceGrid => {
+                let AdminReply::Devices(views) = self.answer(AdminRequest::Devices(None)) else {
+                    return AdminReply::DeviceGrid(Vec::new());
+                };
+                let mut grid: Vec<crate::protocol::NodeGrid> = Vec::new();
+                for d in views {
+                    match grid.last_mut() {
+                        Some(g) if g.node == d.node => g.states.push(d.state.grid_char()),
+                        _ => grid.push(crate::protocol::NodeGrid {
+                            node: d.node,
+                            states: d.state.grid_char().to_string(),
+                        }),
+                    }
+                }
+                AdminReply::DeviceGrid(grid)
             }
             AdminRequest::Workers => AdminReply::Workers(self.membership.views(now)),
             AdminRequest::Submit(spec) => {
@@ -825,8 +844,7 @@ impl Actor for Master {
             .sched
             .views(started_unix_ms)
             .iter()
-            .map(|v| v.frames_done)
-            .sum();
+            .fold(0u64, |acc, v| acc.saturating_add(v.frames_done));
         masters::join(&state.claim, myself.get_cell());
         let tick = Duration::from_millis(args.detector.tick_ms());
         myself.send_interval(tick, || MasterMsg::Tick);

@@ -147,6 +147,9 @@ pub enum AdminRequest {
     Cancel(String),
     /// Devices, of one node or all.
     Devices(Option<String>),
+    /// The state of every device, one character each, per node (the status
+    /// page's grid: a byte per device instead of its whole view).
+    DeviceGrid,
     Drain(String),
     Undrain(String),
     RestartDevice {
@@ -174,6 +177,7 @@ pub enum AdminReply {
         id: String,
     },
     Devices(Vec<DeviceView>),
+    DeviceGrid(Vec<NodeGrid>),
     /// A mutating command succeeded; what was done.
     Done(String),
     NotFound(String),
@@ -597,6 +601,27 @@ impl DeviceState {
             Self::Busy => "busy",
             Self::Offline => "offline",
             Self::Quarantined => "quarantined",
+        }
+    }
+}
+
+/// One node's devices for the status page: `states` has one character per
+/// device, in the order of `GET /v1/devices?node=…`: `i` idle, `b` busy,
+/// `o` offline, `q` quarantined.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeGrid {
+    pub node: String,
+    pub states: String,
+}
+
+impl DeviceState {
+    /// Its character in a [`NodeGrid`].
+    pub fn grid_char(self) -> char {
+        match self {
+            Self::Idle => 'i',
+            Self::Busy => 'b',
+            Self::Offline => 'o',
+            Self::Quarantined => 'q',
         }
     }
 }

@@ -372,11 +372,12 @@ fn cap_set(v: Option<&CapValue>) -> bool {
 }
 
 fn score(prefer: &BTreeMap<String, i64>, caps: &Capabilities) -> i64 {
+    // Saturating: weights from the network must not wrap a good device
+    // into the worst one.
     prefer
         .iter()
         .filter(|(k, _)| cap_set(caps.get(*k)))
-        .map(|(_, w)| *w)
-        .sum()
+        .fold(0i64, |acc, (_, w)| acc.saturating_add(*w))
 }
 
 impl Scheduler {
@@ -1620,7 +1621,10 @@ impl Scheduler {
 
     pub fn view(&self, id: &str, now_ms: u64) -> Option<SessionView> {
         let s = &self.sessions[*self.by_id.get(id)?];
-        let failed_frames: u64 = s.failed.iter().map(|f| f.frames.len()).sum();
+        let failed_frames = s
+            .failed
+            .iter()
+            .fold(0u64, |acc, f| acc.saturating_add(f.frames.len()));
         let banked_running = s.running_done;
         Some(SessionView {
             id: s.id.clone(),

@@ -38,10 +38,44 @@ struct AdminCtx {
 /// An error answer: a status code and one clear line.
 struct ApiError(StatusCode, String);
 
+/// Longest error message sent.
+const MAX_ERROR: usize = 1024;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        let body = json!({
+            "error": crate::config::clip(&self.1, MAX_ERROR),
+            "code": self.0.as_u16(),
+        });
+        (self.0, Json(body)).into_response()
     }
+}
+
+/// Every error answer in the API's shape, also those axum makes itself
+/// (a body over the limit, a path that does not parse): JSON with the code
+/// and one line.
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let text = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let msg = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            format!("request body too large: at most {MAX_BODY} bytes")
+        }
+        _ if text.is_empty() => status.canonical_reason().unwrap_or("error").to_lowercase(),
+        _ => text.replace('\n', " "),
+    };
+    ApiError(status, msg).into_response()
 }
 
 /// Bind the admin listener (a taken port is one clear error).
@@ -62,6 +96,7 @@ pub fn router(node: String, token: Option<Secret>) -> Router {
         .route("/v1/sessions/{id}/manifest", get(manifest))
         .route("/v1/sessions/{id}/cancel", post(cancel))
         .route("/v1/devices", get(devices))
+        .route("/v1/devices/grid", get(device_grid))
         .route("/v1/nodes/{node}/drain", post(drain))
         .route("/v1/nodes/{node}/undrain", post(undrain))
         .route(
@@ -73,6 +108,7 @@ pub fn router(node: String, token: Option<Secret>) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(ctx.clone(), authorize))
+        .layer(middleware::map_response(json_errors))
         .with_state(ctx)
 }
 
@@ -202,8 +238,34 @@ async fn status(State(ctx): State<Arc<AdminCtx>>) -> Result<Response, ApiError> 
     }
 }
 
-async fn workers(State(ctx): State<Arc<AdminCtx>>) -> Result<Response, ApiError> {
+#[derive(serde::Deserialize)]
+struct WorkersQuery {
+    /// Without each worker's device list and capabilities (a count instead).
+    #[serde(default)]
+    brief: bool,
+}
+
+async fn workers(
+    State(ctx): State<Arc<AdminCtx>>,
+    axum::extract::Query(q): axum::extract::Query<WorkersQuery>,
+) -> Result<Response, ApiError> {
     match ask_master(&ctx, AdminRequest::Workers).await? {
+        AdminReply::Workers(w) if q.brief => {
+            let brief: Vec<serde_json::Value> = w
+                .into_iter()
+                .map(|w| {
+                    let n = w.devices.len();
+                    let mut v = serde_json::to_value(w).unwrap_or_default();
+                    if let Some(o) = v.as_object_mut() {
+                        o.remove("devices");
+                        o.remove("capabilities");
+                        o.insert("device_count".into(), json!(n));
+                    }
+                    v
+                })
+                .collect();
+            json(brief)
+        }
         AdminReply::Workers(w) => Ok(Json(w).into_response()),
         _ => Err(ApiError(
             StatusCode::BAD_GATEWAY,
@@ -223,8 +285,20 @@ fn json<T: serde::Serialize>(v: T) -> Result<Response, ApiError> {
     Ok(Json(v).into_response())
 }
 
-async fn submit(State(ctx): State<Arc<AdminCtx>>, body: String) -> Result<Response, ApiError> {
-    let spec = crate::session_file::parse(&body, "request body", None)
+async fn submit(
+    State(ctx): State<Arc<AdminCtx>>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let body = std::str::from_utf8(&body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "invalid `request body`: expected a UTF-8 session file (TOML), found an invalid byte at offset {}",
+                e.valid_up_to()
+            ),
+        )
+    })?;
+    let spec = crate::session_file::parse(body, "request body", None)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     match ask_master(&ctx, AdminRequest::Submit(spec)).await? {
         AdminReply::Submitted { id } => json(json!({ "id": id })),
@@ -280,6 +354,13 @@ async fn devices(
 ) -> Result<Response, ApiError> {
     match ask_master(&ctx, AdminRequest::Devices(q.node)).await? {
         AdminReply::Devices(v) => json(v),
+        _ => Err(unexpected()),
+    }
+}
+
+async fn device_grid(State(ctx): State<Arc<AdminCtx>>) -> Result<Response, ApiError> {
+    match ask_master(&ctx, AdminRequest::DeviceGrid).await? {
+        AdminReply::DeviceGrid(v) => json(v),
         _ => Err(unexpected()),
     }
 }

@@ -47,7 +47,7 @@ pub fn read_capped(path: &Path, cap: u64) -> Result<String, String> {
     }
     if meta.len() > cap {
         return Err(format!(
-            "expected at most {cap} bytes, the file has {}",
+            "too large: expected at most {cap} bytes, the file has {}",
             meta.len()
         ));
     }
@@ -382,10 +382,10 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(
                 format!(" (line {l}, column {c})")
             })
             .unwrap_or_default();
-        let msg = err.message().trim().replace('\n', " ");
+        let msg = clip(&err.message().trim().replace('\n', " "), 512);
         ConfigErrors(vec![ConfigError {
             file: file.to_string(),
-            key,
+            key: shown(&key),
             expected: format!("{msg}{at}"),
         }])
     };
@@ -410,8 +410,8 @@ impl Problems<'_> {
     fn add(&mut self, key: impl Into<String>, expected: impl Into<String>) {
         self.list.push(ConfigError {
             file: self.file.to_string(),
-            key: key.into(),
-            expected: expected.into(),
+            key: shown(&key.into()),
+            expected: clip(&expected.into(), 512),
         });
     }
 
@@ -422,7 +422,8 @@ impl Problems<'_> {
                 self.add(
                     key,
                     format!(
-                        "expected an `IP:port` address such as `127.0.0.1:7700`, got `{value}`"
+                        "expected an `IP:port` address such as `127.0.0.1:7700`, got `{}`",
+                        shown(value)
                     ),
                 );
                 None
@@ -443,7 +444,8 @@ impl Problems<'_> {
             self.add(
                 key,
                 format!(
-                    "expected a `host:port` address with a port from 1 to 65535, got `{value}`"
+                    "expected a `host:port` address with a port from 1 to 65535, got `{}`",
+                    shown(value)
                 ),
             );
         }
@@ -498,10 +500,35 @@ impl Problems<'_> {
     }
 }
 
-/// A node or session name: 1 to 64 characters from `A-Z a-z 0-9 - _ .`.
+/// Whether peer `peer` (`host:port`) is this node itself: its `listen` or
+/// `advertise` address, `localhost` for a node listening on loopback, or
+/// any local address for a node listening on every address.
+fn is_self(peer: &str, listen: SocketAddr, advertise: Option<&str>) -> bool {
+    if peer.parse::<SocketAddr>().ok() == Some(listen) || Some(peer) == advertise {
+        return true;
+    }
+    let Some((host, port)) = peer.rsplit_once(':') else {
+        return false;
+    };
+    if port.parse::<u16>().ok() != Some(listen.port()) {
+        return false;
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ip = listen.ip();
+    if host.eq_ignore_ascii_case("localhost") {
+        return ip.is_loopback() || ip.is_unspecified();
+    }
+    host.parse::<std::net::IpAddr>()
+        .is_ok_and(|h| h == ip || (ip.is_unspecified() && (h.is_loopback() || h.is_unspecified())))
+}
+
+/// A node or session name: 1 to 64 characters from `A-Z a-z 0-9 - _ .`,
+/// not `.` or `..` (names become folder names).
 pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
+        && s != "."
+        && s != ".."
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
@@ -509,8 +536,29 @@ pub fn valid_name(s: &str) -> bool {
 fn valid_device_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
+        && s != "."
+        && s != ".."
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+}
+
+/// `text` cut to `max` characters, with `…` where it was cut.
+pub fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let head: String = text.chars().take(max).collect();
+    format!("{head}…")
+}
+
+/// A value for an error message: at most 64 characters, then `…` and the length.
+pub fn shown(value: &str) -> String {
+    const MAX: usize = 64;
+    if value.chars().count() <= MAX {
+        return value.to_string();
+    }
+    let head: String = value.chars().take(MAX).collect();
+    format!("{head}… ({} bytes)", value.len())
 }
 
 impl RawConfig {
@@ -534,8 +582,8 @@ impl RawConfig {
             p.add(
                 "node.name",
                 format!(
-                    "expected 1 to 64 characters from `A-Z a-z 0-9 - _ .`, got `{}`",
-                    n.name
+                    "expected 1 to 64 characters from `A-Z a-z 0-9 - _ .`, not `.` or `..`, got `{}`",
+                    shown(&n.name)
                 ),
             );
         }
@@ -553,7 +601,7 @@ impl RawConfig {
             if r != "master" && r != "worker" {
                 p.add(
                     "node.roles",
-                    format!("expected `master` and/or `worker`, got `{r}`"),
+                    format!("expected `master` and/or `worker`, got `{}`", shown(r)),
                 );
             } else if !seen.insert(r.as_str()) {
                 p.add("node.roles", format!("role `{r}` is listed twice"));
@@ -609,8 +657,8 @@ impl RawConfig {
         for (i, peer) in c.peers.iter().enumerate() {
             let key = format!("cluster.peers[{i}]");
             if p.host_port(&key, peer) && !peers.insert(peer.clone()) {
-                p.add(key, format!("peer `{peer}` is listed twice"));
-            } else if listen.is_some_and(|l| peer.parse::<SocketAddr>().ok() == Some(l)) {
+                p.add(key, format!("peer `{}` is listed twice", shown(peer)));
+            } else if listen.is_some_and(|l| is_self(peer, l, n.advertise.as_deref())) {
                 p.add(
                     key,
                     format!("peer `{peer}` is this node's own `node.listen` address"),
@@ -704,7 +752,8 @@ impl RawConfig {
                     p.add(
                         format!("{key}.id"),
                         format!(
-                            "expected 1 to 128 characters from `A-Z a-z 0-9 - _ . :`, got `{id}`"
+                            "expected 1 to 128 characters from `A-Z a-z 0-9 - _ . :`, not `.` or `..`, got `{}`",
+                            shown(&id)
                         ),
                     );
                 } else if !ids.insert(id.clone()) {
@@ -760,7 +809,7 @@ impl RawConfig {
                 "store.durability",
                 format!(
                     "expected `process`, `power` or `memory`, got `{}`",
-                    self.store.durability
+                    shown(&self.store.durability)
                 ),
             );
         }
@@ -1051,6 +1100,46 @@ capabilities = { gpu = true }
         let line = one_error(&GOOD.replace("127.0.0.1:7800", "127.0.0.1:7700"));
         assert!(
             line.contains("`cluster.peers[0]`") && line.contains("own `node.listen`"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_node_cannot_list_itself_by_another_name_either() {
+        for own in ["localhost:7700", "LOCALHOST:7700"] {
+            let line = one_error(&GOOD.replace("127.0.0.1:7800", own));
+            assert!(line.contains("own `node.listen`"), "{own}: {line}");
+        }
+        // Another port, or a host that is not this one, is a real peer.
+        assert!(parse(
+            &GOOD.replace("127.0.0.1:7800", "localhost:7800"),
+            "c.toml",
+            Path::new("/tmp")
+        )
+        .is_ok());
+        for other in ["10.0.0.9:7700", "127.0.0.2:7700"] {
+            assert!(parse(
+                &GOOD.replace("127.0.0.1:7800", other),
+                "c.toml",
+                Path::new("/tmp")
+            )
+            .is_ok());
+        }
+        // Listening everywhere, every loopback address is this node.
+        let any = GOOD.replace("listen = \"127.0.0.1:7700\"", "listen = \"0.0.0.0:7700\"");
+        for own in ["127.0.0.2:7700", "[::1]:7700", "localhost:7700"] {
+            assert!(one_error(&any.replace("127.0.0.1:7800", own)).contains("own `node.listen`"));
+        }
+        let text = GOOD.replace("127.0.0.1:7800", "render-01:7700").replace(
+            "listen = \"127.0.0.1:7700\"",
+            "listen = \"0.0.0.0:7700\"\nadvertise = \"render-01:7700\"",
+        );
+        assert!(one_error(&text).contains("own `node.listen`"));
+        let line = one_error(&GOOD.replace("name = \"n1\"", "name = \"..\""));
+        assert!(line.contains("not `.` or `..`"), "{line}");
+        let line = one_error(&GOOD.replace("id = \"gpu0\"", "id = \".\""));
+        assert!(
+            line.contains("`device[0].id`") && line.contains("not `.` or `..`"),
             "{line}"
         );
     }

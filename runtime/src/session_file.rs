@@ -36,6 +36,51 @@ pub const MAX_TASKS: u64 = 10_000_000;
 pub const MAX_ITEMS: usize = 100_000;
 /// Longest work item.
 pub const MAX_ITEM_LEN: usize = 4096;
+/// Largest `[prefer]` weight, either way.
+pub const MAX_WEIGHT: i64 = 1_000_000;
+
+/// The placeholders of `argv` and `env` values, replaced per task.
+pub const PLACEHOLDERS: &[&str] = &[
+    "start",
+    "end",
+    "frames",
+    "id_lo",
+    "id_hi",
+    "device",
+    "handle",
+    "session",
+    "task",
+    "attempt",
+    "out_dir",
+    "items_file",
+    "node",
+];
+
+/// The `{name}` tokens of `s` that no placeholder (or `{session_dir}`)
+/// names. A `${name}` (a shell variable) is not a placeholder.
+fn unknown_placeholders(s: &str) -> Vec<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'{' && (i == 0 || b[i - 1] != b'$') {
+            let name: String = s[i + 1..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            let end = i + 1 + name.len();
+            if !name.is_empty()
+                && b.get(end) == Some(&b'}')
+                && name != "session_dir"
+                && !PLACEHOLDERS.contains(&name.as_str())
+            {
+                out.push(format!("{{{name}}}"));
+            }
+        }
+        i += 1;
+    }
+    out
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -117,16 +162,16 @@ pub fn parse(
     let mut add = |key: &str, expected: String| {
         problems.push(ConfigError {
             file: file.to_string(),
-            key: key.to_string(),
-            expected,
+            key: crate::config::shown(key),
+            expected: crate::config::clip(&expected, 512),
         })
     };
     if !crate::config::valid_name(&raw.name) {
         add(
             "name",
             format!(
-                "expected 1 to 64 characters from `A-Z a-z 0-9 - _ .`, got `{}`",
-                raw.name
+                "expected 1 to 64 characters from `A-Z a-z 0-9 - _ .`, not `.` or `..`, got `{}`",
+                crate::config::shown(&raw.name)
             ),
         );
     }
@@ -254,6 +299,14 @@ pub fn parse(
             ),
         }
     }
+    for (k, w) in &raw.prefer {
+        if w.unsigned_abs() > MAX_WEIGHT as u64 {
+            add(
+                &format!("prefer.{k}"),
+                format!("expected a weight from -{MAX_WEIGHT} to {MAX_WEIGHT}, got `{w}`"),
+            );
+        }
+    }
     let sub = |s: &str| match session_dir {
         Some(d) => s.replace("{session_dir}", &d.display().to_string()),
         None => s.to_string(),
@@ -279,10 +332,49 @@ pub fn parse(
             }
         },
         "command" => match &e.argv {
-            Some(argv) if !argv.is_empty() && !argv[0].is_empty() => ExecutorSpec::Command {
-                argv: argv.iter().map(|a| sub(a)).collect(),
-                env: e.env.iter().map(|(k, v)| (k.clone(), sub(v))).collect(),
-            },
+            Some(argv) if !argv.is_empty() && !argv[0].is_empty() => {
+                let known = || {
+                    PLACEHOLDERS
+                        .iter()
+                        .map(|p| format!("{{{p}}}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                let values = argv
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| (format!("executor.argv[{i}]"), a))
+                    .chain(e.env.iter().map(|(k, v)| (format!("executor.env.{k}"), v)));
+                for (key, v) in values {
+                    if v.contains('\0') {
+                        add(&key, "expected no NUL character".into());
+                    }
+                    if let Some(p) = unknown_placeholders(v).first() {
+                        add(
+                            &key,
+                            format!(
+                                "unknown placeholder `{p}`; known: {} {{session_dir}}",
+                                known()
+                            ),
+                        );
+                    }
+                    if session_dir.is_none() && v.contains("{session_dir}") {
+                        add(&key, "`{session_dir}` is the folder of a session file, and a session sent to the API has none: give an absolute path (`orchctl submit FILE` and `orch-node --run FILE` fill it in)".into());
+                    }
+                }
+                for k in e.env.keys() {
+                    if k.is_empty() || k.contains('=') || k.contains('\0') {
+                        add(
+                            &format!("executor.env.{k}"),
+                            "expected a variable name without `=` or NUL".into(),
+                        );
+                    }
+                }
+                ExecutorSpec::Command {
+                    argv: argv.iter().map(|a| sub(a)).collect(),
+                    env: e.env.iter().map(|(k, v)| (k.clone(), sub(v))).collect(),
+                }
+            }
             _ => {
                 add(
                     "executor.argv",
@@ -368,6 +460,62 @@ kind = "builtin:noop"
         );
         assert!(err(&format!("extra = 1\n{GOOD}")).contains("unknown field `extra`"));
         assert!(err(&format!("max_losses = 0\n{GOOD}")).contains("invalid `max_losses`"));
+    }
+
+    #[test]
+    fn what_would_break_at_run_time_is_refused_at_submit() {
+        let cmd = |argv: &str, env: &str| {
+            format!("name = \"c\"\nframes = {{ start = 0, end = 4 }}\nchunk_frames = 1\n[executor]\nkind = \"command\"\nargv = {argv}\nenv = {env}\n")
+        };
+        let e = err(&cmd(r#"["render", "{start}", "{frame}"]"#, "{}"));
+        assert!(
+            e.contains("`executor.argv[2]`")
+                && e.contains("unknown placeholder `{frame}`")
+                && e.contains("{start}"),
+            "{e}"
+        );
+        let e = err(&cmd(r#"["render"]"#, r#"{ OUT = "{outdir}" }"#));
+        assert!(
+            e.contains("`executor.env.OUT`") && e.contains("`{outdir}`"),
+            "{e}"
+        );
+        let e = err(&cmd(r#"["ren\u0000der"]"#, "{}"));
+        assert!(e.contains("NUL"), "{e}");
+        let e = err(&cmd(r#"["render"]"#, r#"{ "A=B" = "x" }"#));
+        assert!(e.contains("without `=`"), "{e}");
+        let e = err(&cmd(r#"["{session_dir}/render.sh"]"#, "{}"));
+        assert!(
+            e.contains("`{session_dir}` is the folder of a session file"),
+            "{e}"
+        );
+        // In a file it is the file's folder; a shell's `${var}` is no placeholder.
+        let ok = parse(
+            &cmd(
+                r#"["bash", "-c", "x=1; echo ${x} {start}", "{session_dir}/r.sh"]"#,
+                "{}",
+            ),
+            "s.toml",
+            Some(Path::new("/jobs")),
+        )
+        .unwrap();
+        match ok.executor {
+            ExecutorSpec::Command { argv, .. } => assert_eq!(argv[3], "/jobs/r.sh"),
+            other => panic!("{other:?}"),
+        }
+        let e = err(&format!("{GOOD}[prefer]\ngpu = 9223372036854775807\n"));
+        assert!(
+            e.contains("`prefer.gpu`") && e.contains("-1000000 to 1000000"),
+            "{e}"
+        );
+        for bad in [".", ".."] {
+            let e = err(&GOOD.replace("name = \"s1\"", &format!("name = \"{bad}\"")));
+            assert!(e.contains("not `.` or `..`"), "{e}");
+        }
+        // A huge value is not echoed whole.
+        let long = "x".repeat(100_000);
+        let e = err(&GOOD.replace("name = \"s1\"", &format!("name = \"{long}\"")));
+        assert!(e.len() < 1000, "{} bytes", e.len());
+        assert!(e.contains("(100000 bytes)"), "{e}");
     }
 
     #[test]

@@ -37,11 +37,35 @@ fn ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Remove namespace number `n` of test processes that died without
+/// cleaning up (killed runs): their host address would route this test's
+/// packets to a dead link.
+fn remove_stale(n: u8) {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(tag) = name.strip_prefix("orch-t") else {
+            continue;
+        };
+        let Some((pid, k)) = tag.split_once('x') else {
+            continue;
+        };
+        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+        if k == n.to_string() && !alive {
+            let _ = ip(&["link", "del", &format!("oh{tag}")]);
+            let _ = ip(&["netns", "del", name]);
+        }
+    }
+}
+
 impl NetNs {
     /// Create namespace number `n` (0..=255) of this process. Fails where
     /// `ip netns` is unavailable (not root, no iproute2): callers skip then.
     pub fn create(n: u8) -> Result<Self> {
-        let tag = format!("{}x{n}", std::process::id() % 100_000);
+        remove_stale(n);
+        let tag = format!("{}x{n}", std::process::id());
         let ns = NetNs {
             name: format!("orch-t{tag}"),
             host_if: format!("oh{tag}"),

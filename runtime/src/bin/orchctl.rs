@@ -13,6 +13,7 @@ use orch_actors::protocol::{
 use serde_json::Value;
 
 const EXIT_FAILED: u8 = 1;
+const EXIT_USAGE: u8 = 2;
 const EXIT_NOT_FOUND: u8 = 3;
 const EXIT_AUTH: u8 = 4;
 
@@ -131,6 +132,12 @@ fn request(cli: &Cli, method: &str, path: &str, body: Option<&str>) -> Result<Va
                 .ok()
                 .and_then(|v| v["error"].as_str().map(str::to_string))
                 .unwrap_or_else(|| "no details".into());
+            if code == 413 {
+                return Err(Failure(
+                    EXIT_USAGE,
+                    format!("`{}` refused the request: {msg}", cli.node),
+                ));
+            }
             let exit = match code {
                 401 | 403 => {
                     let hint = if token.is_none() {
