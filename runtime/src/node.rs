@@ -102,6 +102,8 @@ pub fn open_stores(cfg: &Config, groups: Arc<TaskGroups>) -> Result<NodeArgs, St
         if r.events > 0 {
             info!(node_id = %cfg.node.name, store = %path.display(), events = r.events, ms = started.elapsed().as_millis() as u64, "master store opened, ledger replayed");
         }
+        // Whole and replayed: only now is it opened for writing.
+        log.writable()?;
         store = Some(Box::new(log) as Box<dyn EventLog>);
         recovered = Some(r);
     }
