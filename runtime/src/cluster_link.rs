@@ -9,6 +9,11 @@
 //! ([`ClusterLinkMsg::Disconnect`]), and every dialed socket has TCP
 //! keepalive and `TCP_USER_TIMEOUT`, so the dialer drops a connection whose
 //! data goes unacknowledged and redials.
+//!
+//! The cluster port is this actor's own listener ([`crate::cluster_port`]
+//! sets what an unauthenticated connection may cost); accepted connections
+//! go to the NodeServer as external streams. The NodeServer's own listener
+//! is bound to an ephemeral loopback port that nothing dials.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -42,8 +47,10 @@ pub struct ClusterLinkArgs {
     pub listen: SocketAddr,
     pub secret: String,
     pub peers: Vec<String>,
-    /// How dead links are detected on the sockets this node dials.
+    /// How dead links are detected on the sockets this node dials and accepts.
     pub liveness: Liveness,
+    /// What an inbound connection may cost before it authenticates.
+    pub limits: crate::cluster_port::Limits,
 }
 
 /// TCP settings of dialed sockets, from the heartbeat settings.
@@ -115,6 +122,12 @@ pub struct ClusterLinkState {
     authenticated: HashSet<u64>,
     /// Callers of [`ClusterLinkMsg::WhenSettled`] still waiting.
     settle_waiters: Vec<ractor::RpcReplyPort<()>>,
+    /// The accept loop of the cluster port.
+    acceptor: tokio::task::JoinHandle<()>,
+    /// Connections closed before authenticating since the last warning.
+    auth_failures_unsaid: u64,
+    /// When that warning was last logged.
+    auth_warned_at: Option<std::time::Instant>,
 }
 
 impl ClusterLinkState {
@@ -194,6 +207,62 @@ impl NodeEventSubscription for Subscription {
     }
 }
 
+/// Least time between two warnings about connections that did not authenticate.
+const AUTH_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Accept inbound cluster connections, admit those the limits allow, and
+/// hand them to the NodeServer. `accept` errors back off; they are logged
+/// once, then at most every 10 s with a count.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    server: ActorRef<NodeServerMessage>,
+    node: String,
+    liveness: Liveness,
+    limits: crate::cluster_port::Limits,
+) {
+    let pending = std::sync::Arc::new(crate::cluster_port::Pending::default());
+    let mut backoff = None;
+    let (mut unsaid, mut said_at): (u64, Option<std::time::Instant>) = (0, None);
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                backoff = None;
+                let _ = stream.set_nodelay(true);
+                let _ = liveness.apply(&stream);
+                let Ok((reader, writer)) =
+                    crate::cluster_port::admit(stream, peer, &pending, limits)
+                else {
+                    continue; // dropped: closed at once, counted by reason
+                };
+                let opened = server.cast(NodeServerMessage::ConnectionOpened {
+                    stream: Box::new(NetworkStream::External {
+                        peer_label: Some(peer.to_string()),
+                        local_label: None,
+                        reader: Box::new(reader),
+                        writer: Box::new(writer),
+                    }),
+                    is_server: true,
+                });
+                if opened.is_err() {
+                    return; // the node server is gone: the node is stopping
+                }
+            }
+            Err(e) => {
+                metrics::counter!(m::ACCEPT_ERRORS).increment(1);
+                unsaid += 1;
+                if said_at.is_none_or(|at| at.elapsed() >= AUTH_WARN_EVERY) {
+                    warn!(node_id = %node, error = %e, errors = unsaid, "cannot accept on the cluster port; backing off");
+                    unsaid = 0;
+                    said_at = Some(std::time::Instant::now());
+                }
+                let wait = crate::cluster_port::accept_backoff(backoff);
+                backoff = Some(wait);
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
 async fn dial(addr: &str, liveness: Liveness) -> Result<TcpStream, String> {
     let connect = TcpStream::connect(addr);
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
@@ -217,18 +286,28 @@ impl Actor for ClusterLink {
         myself: ActorRef<Self::Msg>,
         args: ClusterLinkArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|e| format!("cannot open the cluster port `{}`: {e}", args.listen))?;
         let server = NodeServer::new(
-            args.listen.port(),
+            0,
             args.secret,
             args.node.clone(),
             args.listen.ip().to_string(),
             None,
             Some(NodeConnectionMode::Isolated),
         )
-        .with_listen_addr(args.listen.ip());
+        .with_listen_addr(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
         let (server, _) = Actor::spawn_linked(None, server, (), myself.get_cell())
             .await
-            .map_err(|e| format!("cannot open the cluster port `{}`: {e}", args.listen))?;
+            .map_err(|e| format!("cannot start the cluster node server: {e}"))?;
+        let acceptor = tokio::spawn(accept_loop(
+            listener,
+            server.clone(),
+            args.node.clone(),
+            args.liveness,
+            args.limits,
+        ));
         server.cast(NodeServerMessage::SubscribeToEvents {
             id: format!("orch.cluster_link.{}", args.node),
             subscription: Box::new(Subscription(myself.clone())),
@@ -257,6 +336,9 @@ impl Actor for ClusterLink {
             unauthenticated: HashMap::new(),
             authenticated: HashSet::new(),
             settle_waiters: Vec::new(),
+            acceptor,
+            auth_failures_unsaid: 0,
+            auth_warned_at: None,
         })
     }
 
@@ -350,6 +432,15 @@ impl Actor for ClusterLink {
         Ok(())
     }
 
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.acceptor.abort();
+        Ok(())
+    }
+
     async fn handle_supervisor_evt(
         &self,
         _myself: ActorRef<Self::Msg>,
@@ -418,7 +509,17 @@ fn on_session(
         SessionEvent::Disconnected => {
             if let Some(addr) = state.unauthenticated.remove(&ses.node_id) {
                 metrics::counter!(m::AUTH_FAILURES).increment(1);
-                warn!(node_id = %state.node, addr = %addr, incoming = ses.is_server, "cluster connection closed before authentication (wrong secret, or not an orch node)");
+                // Once, then at most every 10 s with a count: a flood of
+                // connections must not flood the log.
+                state.auth_failures_unsaid += 1;
+                let due = state
+                    .auth_warned_at
+                    .is_none_or(|at| at.elapsed() >= AUTH_WARN_EVERY);
+                if due {
+                    let n = std::mem::take(&mut state.auth_failures_unsaid);
+                    state.auth_warned_at = Some(std::time::Instant::now());
+                    warn!(node_id = %state.node, addr = %addr, incoming = ses.is_server, connections = n, "cluster connections closed before authentication (wrong secret, not an orch node, or a limit of the cluster port; see orch_cluster_connections_refused_total)");
+                }
             }
             if state.authenticated.remove(&ses.node_id) {
                 metrics::counter!(m::NODE_EVENTS, "event" => "down").increment(1);

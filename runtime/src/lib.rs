@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod cluster_link;
+pub mod cluster_port;
 pub mod command;
 pub mod config;
 pub mod metrics;
@@ -24,10 +25,13 @@ pub const EXIT_USAGE: i32 = 2;
 /// `quiet` (a foreground `--run`) keeps only warnings, so the progress bar stays readable.
 pub fn init_tracing(json: bool, quiet: bool) {
     use tracing_subscriber::EnvFilter;
+    // ractor_cluster warns once per closed session, authenticated or not:
+    // a flood of connections would flood the log. The cluster link logs
+    // what matters of them itself, rate-limited.
     let default = if quiet {
         "warn,ractor=error,ractor_cluster=error"
     } else {
-        "info,ractor=warn,ractor_cluster=warn"
+        "info,ractor=warn,ractor_cluster=error"
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()

@@ -15,6 +15,13 @@ pub const SESSIONS: &str = "orch_cluster_sessions";
 pub const DIAL_FAILURES: &str = "orch_cluster_dial_failures_total";
 /// Counter, label `event` (up / down): node sessions authenticated and lost.
 pub const NODE_EVENTS: &str = "orch_cluster_node_events_total";
+/// Counter, label `reason`: inbound cluster connections closed before they
+/// authenticated because of a limit (see `cluster_port::REFUSAL_REASONS`).
+pub const CONNECTIONS_REFUSED: &str = "orch_cluster_connections_refused_total";
+/// Gauge: inbound cluster connections not authenticated yet.
+pub const UNAUTHENTICATED: &str = "orch_cluster_unauthenticated_connections";
+/// Counter: failed `accept` calls on the cluster port (`EMFILE`, ...).
+pub const ACCEPT_ERRORS: &str = "orch_cluster_accept_errors_total";
 /// Counter, labels `route` and `code`: admin API requests.
 pub const ADMIN_REQUESTS: &str = "orch_admin_requests_total";
 
@@ -38,6 +45,15 @@ pub const CATALOG: &[(&str, &str)] = &[
         ADMIN_REQUESTS,
         "admin API requests by route and status code",
     ),
+    (
+        CONNECTIONS_REFUSED,
+        "inbound cluster connections closed before authentication by a limit, by reason",
+    ),
+    (
+        UNAUTHENTICATED,
+        "inbound cluster connections not authenticated yet",
+    ),
+    (ACCEPT_ERRORS, "failed accepts on the cluster port"),
 ];
 
 /// Install the global recorder and serve `/metrics` on `listen`.
@@ -78,6 +94,7 @@ pub fn install_exporter(listen: SocketAddr) -> anyhow::Result<()> {
     for name in [
         AUTH_FAILURES,
         DIAL_FAILURES,
+        ACCEPT_ERRORS,
         am::WIRE_DECODE_ERRORS,
         am::REGISTRATIONS_REFUSED,
         am::TASKS_ASSIGNED,
@@ -98,12 +115,16 @@ pub fn install_exporter(listen: SocketAddr) -> anyhow::Result<()> {
     for name in [
         PEERS_CONNECTED,
         SESSIONS,
+        UNAUTHENTICATED,
         am::TASKS_INFLIGHT,
         am::SESSIONS_RUNNING,
         am::OUTBOX_PENDING,
         am::MASTER_LAST_STALL,
     ] {
         metrics::gauge!(name).set(0.0);
+    }
+    for reason in crate::cluster_port::REFUSAL_REASONS {
+        metrics::counter!(CONNECTIONS_REFUSED, "reason" => *reason).increment(0);
     }
     for event in ["up", "down"] {
         metrics::counter!(NODE_EVENTS, "event" => event).increment(0);

@@ -163,6 +163,7 @@ impl Actor for NodeSupervisor {
                     cfg.cluster.heartbeat_ms,
                     cfg.cluster.missed_heartbeats,
                 ),
+                limits: crate::cluster_port::Limits::default(),
             },
             myself.get_cell(),
         )

@@ -6,7 +6,9 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use orch_tests::{all_healthy, free_port, Bins, NodeSpec, TestCluster};
+use orch_tests::{
+    all_healthy, free_port, raise_fd_limit, rss_bytes, wait_until, Bins, NodeSpec, TestCluster,
+};
 
 fn bins() -> Bins {
     Bins {
@@ -172,6 +174,117 @@ fn secret_and_config_files_that_are_not_small_regular_files_are_refused_at_once(
         assert!(err.contains(what), "{err}");
         assert!(started.elapsed() < Duration::from_secs(1));
     }
+}
+
+#[test]
+fn the_cluster_port_cannot_be_exhausted_without_authenticating() {
+    assert!(raise_fd_limit() >= 1200, "this test needs 1,200 open files");
+    let mut c = TestCluster::new(bins());
+    let mport = free_port();
+    let mut m = NodeSpec::new("node-0").master();
+    m.rust_log = None; // the node's own log filter, as an operator runs it
+    c.add_with_port(m, mport).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{mport}").parse().unwrap();
+    let pid = c.nodes[0].pid().unwrap();
+    let rss_before = rss_bytes(pid).unwrap();
+    let log_before = std::fs::read_to_string(&c.nodes[0].log)
+        .unwrap()
+        .lines()
+        .count();
+    // 1,000 idle connections and 40 that announce a 16 MiB frame and stall.
+    let mut held = Vec::new();
+    for _ in 0..1000 {
+        held.push(TcpStream::connect(addr).unwrap());
+    }
+    for _ in 0..40 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let _ = s.write_all(&(16u64 << 20).to_be_bytes());
+        held.push(s);
+    }
+    // A real worker joins meanwhile.
+    c.add(NodeSpec::new("node-1").peer(addr.to_string()))
+        .unwrap();
+    c.wait_for(
+        "node-1 joins during the flood",
+        Duration::from_secs(20),
+        |ws| all_healthy(ws, &["node-0", "node-1"]),
+    )
+    .unwrap();
+    let rss_flood = rss_bytes(pid).unwrap();
+    // Every one of them is closed by the node: at once (over a limit) or
+    // at the handshake deadline.
+    let started = Instant::now();
+    for s in &mut held {
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut b = [0u8; 64];
+        loop {
+            match s.read(&mut b) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                // Closed with the bytes it sent unread.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("a connection was not closed by the node: {e}"),
+            }
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "closed at the deadline: {:?}",
+        started.elapsed()
+    );
+    drop(held);
+    // 20,000 more connection attempts, each closed by this side at once.
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..5_000 {
+                    if let Ok(s) = TcpStream::connect(addr) {
+                        drop(s);
+                    }
+                }
+            });
+        }
+    });
+    eprintln!("20,000 connections in {:?}", t.elapsed());
+    wait_until(
+        "the node has closed what it accepted",
+        Duration::from_secs(15),
+        || c.nodes[0].metric("orch_cluster_unauthenticated_connections") == Some(0.0),
+    )
+    .unwrap();
+    let log = std::fs::read_to_string(&c.nodes[0].log).unwrap();
+    let lines = log.lines().count() - log_before;
+    assert!(lines < 300, "{lines} log lines for 21,040 connections");
+    let refused: f64 = [
+        "too_many_unauthenticated",
+        "too_many_from_source",
+        "handshake_timeout",
+        "frame_too_large_before_auth",
+    ]
+    .iter()
+    .map(|r| {
+        c.nodes[0]
+            .metric(&format!(
+                "orch_cluster_connections_refused_total{{reason=\"{r}\"}}"
+            ))
+            .unwrap_or(0.0)
+    })
+    .sum();
+    assert!(refused >= 1000.0, "refusals counted by reason: {refused}");
+    let grown = rss_flood.saturating_sub(rss_before);
+    eprintln!(
+        "RSS {} MB before, {} MB during the flood; {lines} log lines; {refused} refusals",
+        rss_before >> 20,
+        rss_flood >> 20
+    );
+    assert!(grown < 50 << 20, "RSS grew by {} MB", grown >> 20);
+    // The cluster still works.
+    assert!(c.nodes[0].is_running() && c.nodes[1].is_running());
+    c.wait_for("node-1 still healthy", Duration::from_secs(5), |ws| {
+        all_healthy(ws, &["node-0", "node-1"])
+    })
+    .unwrap();
 }
 
 #[test]

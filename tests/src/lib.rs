@@ -88,7 +88,7 @@ pub struct NodeSpec {
 
 /// The tests' log filter: the node's default plus every ID chunk a worker
 /// receives and uses (`orch::ids`, read by [`id_events`]).
-pub const TEST_LOG: &str = "info,ractor=warn,ractor_cluster=warn,orch::ids=debug";
+pub const TEST_LOG: &str = "info,ractor=warn,ractor_cluster=error,orch::ids=debug";
 
 impl NodeSpec {
     pub fn new(name: &str) -> Self {
@@ -232,6 +232,39 @@ impl TestNode {
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
     }
+}
+
+/// Raise this process's open-file limit to its hard limit (a test that
+/// opens many sockets); the limit it has now.
+#[allow(unsafe_code)]
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write and read the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        }
+    }
+    lim.rlim_cur
+}
+
+/// Resident memory of process `pid`, in bytes.
+pub fn rss_bytes(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 #[allow(unsafe_code)]
