@@ -136,7 +136,7 @@ pub enum SchedCommand {
     ManifestAmended { session: String },
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Running {
     node: Arc<str>,
     device: Arc<str>,
@@ -149,7 +149,7 @@ struct Running {
     outputs: Vec<OutputFile>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum TaskState {
     Pending,
     /// Backoff after a failure, until `not_before`.
@@ -159,7 +159,7 @@ enum TaskState {
     Failed,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Task {
     /// What is left to produce: shrinks as progress is banked.
     frames: FrameRange,
@@ -201,6 +201,245 @@ impl Task {
         } else {
             attempt <= self.attempt.max(self.attempt_floor)
         }
+    }
+}
+
+/// What stays of a done task: the attempt that finished it, and the numbers
+/// a restart skipped (a worker may name one of them later).
+#[derive(Debug, Clone, Copy)]
+struct Done {
+    attempt: u32,
+    attempt_floor: u32,
+    skipped: u64,
+}
+
+/// The tasks of a session. A session costs what is in flight, not what it
+/// covers: a task never assigned has no record (it is its range, attempt
+/// [`Tasks::fresh_attempt`], pending), a task in play has one, and a done
+/// task keeps only the number of the attempt that finished it.
+#[derive(Debug)]
+struct Tasks {
+    frames: FrameRange,
+    chunk: u64,
+    n: u32,
+    /// Tasks assigned at least once and not done.
+    touched: HashMap<u32, Task>,
+    /// Done tasks: what a late report about them needs (see [`Done`]).
+    done: HashMap<u32, Done>,
+    /// The attempt number of a task never assigned (restarts raise it).
+    fresh_attempt: u32,
+    /// The numbers restarts skipped for tasks never assigned.
+    fresh_skipped: u64,
+}
+
+impl Tasks {
+    fn new(spec: &SessionSpec) -> Self {
+        let chunk = spec.chunk_frames.max(1);
+        Self {
+            frames: spec.frames,
+            chunk,
+            n: spec.frames.len().div_ceil(chunk) as u32,
+            touched: HashMap::new(),
+            done: HashMap::new(),
+            fresh_attempt: 1,
+            fresh_skipped: 0,
+        }
+    }
+
+    fn len(&self) -> u32 {
+        self.n
+    }
+
+    /// The whole range of task `t`.
+    fn range(&self, t: u32) -> FrameRange {
+        let start = self
+            .frames
+            .start
+            .saturating_add(u64::from(t).saturating_mul(self.chunk));
+        FrameRange {
+            start,
+            end: start.saturating_add(self.chunk).min(self.frames.end),
+        }
+    }
+
+    fn fresh(&self, t: u32) -> Task {
+        Task {
+            frames: self.range(t),
+            attempt: self.fresh_attempt,
+            attempt_floor: 0,
+            skipped: self.fresh_skipped,
+            failures: 0,
+            losses: 0,
+            state: TaskState::Pending,
+            avoid: None,
+            lost_on: None,
+            last_error: None,
+        }
+    }
+
+    /// Task `t` as it stands (`None`: no such task).
+    fn get(&self, t: u32) -> Option<std::borrow::Cow<'_, Task>> {
+        use std::borrow::Cow;
+        if t >= self.n {
+            return None;
+        }
+        if let Some(task) = self.touched.get(&t) {
+            return Some(Cow::Borrowed(task));
+        }
+        let mut task = self.fresh(t);
+        if let Some(d) = self.done.get(&t) {
+            task.frames.start = task.frames.end;
+            task.attempt = d.attempt;
+            task.attempt_floor = d.attempt_floor;
+            task.skipped = d.skipped;
+            task.state = TaskState::Done;
+        }
+        Some(Cow::Owned(task))
+    }
+
+    /// Task `t`, with a record of its own from now on.
+    fn get_mut(&mut self, t: u32) -> &mut Task {
+        if !self.touched.contains_key(&t) {
+            let task = self.get(t).expect("a task of this session").into_owned();
+            self.done.remove(&t);
+            self.touched.insert(t, task);
+        }
+        self.touched.get_mut(&t).expect("inserted above")
+    }
+
+    /// Task `t` is done: only its attempt number stays.
+    fn done(&mut self, t: u32) {
+        if let Some(task) = self.touched.remove(&t) {
+            self.done.insert(
+                t,
+                Done {
+                    attempt: task.attempt,
+                    attempt_floor: task.attempt_floor,
+                    skipped: task.skipped,
+                },
+            );
+        }
+    }
+
+    /// Tasks with an attempt running.
+    fn running(&self) -> impl Iterator<Item = (u32, &Task)> {
+        self.touched
+            .iter()
+            .filter(|(_, t)| matches!(t.state, TaskState::Running(_)))
+            .map(|(&i, t)| (i, t))
+    }
+}
+
+/// A session's pending tasks, in order: tasks put first (lost work,
+/// released reservations), then tasks never assigned (a cursor over the
+/// session), then tasks put last (retries after their backoff).
+#[derive(Debug)]
+struct Queue {
+    front: VecDeque<u32>,
+    /// Tasks never assigned, from here to `end`, except `taken`.
+    next: u32,
+    end: u32,
+    /// Tasks never assigned taken out of order (reserved from ahead of `next`).
+    taken: BTreeSet<u32>,
+    back: VecDeque<u32>,
+}
+
+impl Queue {
+    fn new(n: u32) -> Self {
+        Self {
+            front: VecDeque::new(),
+            next: 0,
+            end: n,
+            taken: BTreeSet::new(),
+            back: VecDeque::new(),
+        }
+    }
+
+    fn fresh_len(&self) -> usize {
+        (self.end - self.next) as usize - self.taken.range(self.next..).count()
+    }
+
+    fn len(&self) -> usize {
+        self.front.len() + self.fresh_len() + self.back.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.front.is_empty() && self.back.is_empty() && self.fresh_len() == 0
+    }
+
+    /// Skip taken tasks at the cursor.
+    fn settle(&mut self) {
+        while self.next < self.end && self.taken.remove(&self.next) {
+            self.next += 1;
+        }
+    }
+
+    fn front(&self) -> Option<u32> {
+        self.get(0)
+    }
+
+    fn pop_front(&mut self) -> Option<u32> {
+        if let Some(t) = self.front.pop_front() {
+            return Some(t);
+        }
+        self.settle();
+        if self.next < self.end {
+            let t = self.next;
+            self.next += 1;
+            self.settle();
+            return Some(t);
+        }
+        self.back.pop_front()
+    }
+
+    fn push_front(&mut self, t: u32) {
+        self.front.push_front(t);
+    }
+
+    fn push_back(&mut self, t: u32) {
+        self.back.push_back(t);
+    }
+
+    /// The `i`-th pending task (meant for the first few).
+    fn get(&self, i: usize) -> Option<u32> {
+        if let Some(&t) = self.front.get(i) {
+            return Some(t);
+        }
+        let mut i = i - self.front.len();
+        for t in (self.next..self.end).filter(|t| !self.taken.contains(t)) {
+            if i == 0 {
+                return Some(t);
+            }
+            i -= 1;
+        }
+        self.back.get(i).copied()
+    }
+
+    /// Take `t` out, if it is among the first `within` pending tasks.
+    fn remove(&mut self, t: u32, within: usize) -> bool {
+        if let Some(pos) = self.front.iter().take(within).position(|&p| p == t) {
+            self.front.remove(pos);
+            return true;
+        }
+        let within = within.saturating_sub(self.front.len());
+        let ahead = (t as usize).saturating_sub(self.next as usize);
+        if t >= self.next && t < self.end && ahead < within && !self.taken.contains(&t) {
+            self.taken.insert(t);
+            self.settle();
+            return true;
+        }
+        if let Some(pos) = self.back.iter().position(|&p| p == t) {
+            self.back.remove(pos);
+            return true;
+        }
+        false
+    }
+
+    fn clear(&mut self) {
+        self.front.clear();
+        self.back.clear();
+        self.taken.clear();
+        self.next = self.end;
     }
 }
 
@@ -249,8 +488,8 @@ struct Session {
     submitted_ms: u64,
     finished_ms: Option<u64>,
     state: SessionState,
-    tasks: Vec<Task>,
-    pending: VecDeque<u32>,
+    tasks: Tasks,
+    pending: Queue,
     /// Pending tasks set aside for the reserve node, in order.
     reserved: VecDeque<u32>,
     waiting: BTreeSet<(u64, u32)>,
@@ -483,7 +722,13 @@ impl Scheduler {
                 // earlier restart set), may be running somewhere: never give
                 // it out again.
                 for sess in self.sessions.iter_mut().filter(|s| !s.state.is_final()) {
-                    for task in &mut sess.tasks {
+                    let tasks = &mut sess.tasks;
+                    // Never assigned: pending under the number they share.
+                    if tasks.fresh_attempt < 64 {
+                        tasks.fresh_skipped |= 1 << tasks.fresh_attempt;
+                    }
+                    tasks.fresh_attempt = tasks.fresh_attempt.saturating_add(1);
+                    for task in tasks.touched.values_mut() {
                         match task.state {
                             TaskState::Pending | TaskState::Waiting => {
                                 task.skip(task.attempt);
@@ -531,7 +776,9 @@ impl Scheduler {
                     .copied()
                     .filter(|&(s, t)| {
                         let sess = &self.sessions[s];
-                        let task = &sess.tasks[t as usize];
+                        let Some(task) = sess.tasks.get(t) else {
+                            return false;
+                        };
                         let on_device = match &task.state {
                             TaskState::Running(r) => devices.iter().any(|d| *d.id == *r.device),
                             _ => false,
@@ -618,7 +865,7 @@ impl Scheduler {
                 continue;
             };
             let sess = &mut self.sessions[s];
-            let Some(task) = sess.tasks.get(t as usize) else {
+            let Some(task) = sess.tasks.get(t).map(|c| c.into_owned()) else {
                 continue;
             };
             // Numbers the ledger gave out and replaced have a record already;
@@ -640,11 +887,11 @@ impl Scheduler {
                 continue;
             }
             if listed.is_none() {
-                let mut record = unrecorded(key.task, task, key.attempt, node);
+                let mut record = unrecorded(key.task, &task, key.attempt, node);
                 // What the attempt was sent is not in the ledger, and the
                 // task may have banked frames since: list its whole range
                 // up to what is left.
-                record.frames.start = task_range(&sess.spec, t).start.min(record.frames.start);
+                record.frames.start = sess.tasks.range(t).start.min(record.frames.start);
                 sess.replay.push(record);
                 // The session may have ended while this node was away.
                 if sess.state.is_final() {
@@ -703,7 +950,7 @@ impl Scheduler {
                 if left == 0 {
                     break;
                 }
-                if let Some(&t) = self.sessions[s].pending.get(depth) {
+                if let Some(t) = self.sessions[s].pending.get(depth) {
                     taken[i].push(t);
                     left -= 1;
                     progressed = true;
@@ -746,10 +993,9 @@ impl Scheduler {
                     return;
                 }
                 // Taken from the front: never far in.
-                let Some(pos) = sess.pending.iter().take(MAX_RESERVED).position(|&p| p == t) else {
+                if !sess.pending.remove(t, MAX_RESERVED) {
                     continue;
-                };
-                sess.pending.remove(pos);
+                }
                 sess.reserved.push_back(t);
                 room -= 1;
             }
@@ -777,8 +1023,10 @@ impl Scheduler {
             if listed {
                 for &t in &reserved {
                     // Pending: `Resume` moves it to the next number.
-                    let task = &sess.tasks[t as usize];
-                    let mut record = unrecorded(u64::from(t), task, task.attempt, &node);
+                    let Some(task) = sess.tasks.get(t) else {
+                        continue;
+                    };
+                    let mut record = unrecorded(u64::from(t), &task, task.attempt, &node);
                     record.new_attempt = task.attempt.saturating_add(1);
                     sess.replay.push(record);
                 }
@@ -793,7 +1041,7 @@ impl Scheduler {
     /// node, with a fresh deadline.
     fn keep_running(&mut self, s: usize, t: u32, now_ms: u64) {
         let deadline = now_ms + 2 * self.sessions[s].spec.timeout_ms + self.grace_ms;
-        let task = &mut self.sessions[s].tasks[t as usize];
+        let task = self.sessions[s].tasks.get_mut(t);
         let TaskState::Running(run) = &mut task.state else {
             return;
         };
@@ -882,7 +1130,7 @@ impl Scheduler {
     /// Take the running attempt of task `t` off its device and node.
     fn take_running(&mut self, s: usize, t: u32) -> Option<Box<Running>> {
         let sess = &mut self.sessions[s];
-        let task = &mut sess.tasks[t as usize];
+        let task = sess.tasks.get_mut(t);
         if !matches!(task.state, TaskState::Running(_)) {
             return None;
         }
@@ -928,7 +1176,7 @@ impl Scheduler {
             return (0, None);
         };
         let sess = &mut self.sessions[s];
-        let task = &mut sess.tasks[t as usize];
+        let task = sess.tasks.get_mut(t);
         let key = AttemptKey {
             session: sess.id.clone(),
             task: u64::from(t),
@@ -936,7 +1184,7 @@ impl Scheduler {
         };
         let keep: Vec<String> = run.outputs.iter().map(|o| o.path.clone()).collect();
         bank(sess, t, &run, run.done, run.ids.hi, now_ms);
-        let task = &mut sess.tasks[t as usize];
+        let task = sess.tasks.get_mut(t);
         let rest = task.frames;
         // The whole chunk is retired: a worker that vanished (or a master
         // that restarted) may have used IDs past its last report.
@@ -953,10 +1201,11 @@ impl Scheduler {
             }
         }
         let sess = &mut self.sessions[s];
-        let task = &mut sess.tasks[t as usize];
+        let task = sess.tasks.get_mut(t);
         if rest.is_empty() {
             task.state = TaskState::Done;
             sess.tasks_done += 1;
+            sess.tasks.done(t);
             return (0, orphan);
         }
         task.losses += 1;
@@ -1008,10 +1257,12 @@ impl Scheduler {
             .running
             .iter()
             .copied()
-            .filter(|&(s, t)| match &self.sessions[s].tasks[t as usize].state {
-                TaskState::Running(r) => &*r.device == device,
-                _ => false,
-            })
+            .filter(
+                |&(s, t)| match self.sessions[s].tasks.touched.get(&t).map(|t| &t.state) {
+                    Some(TaskState::Running(r)) => &*r.device == device,
+                    _ => false,
+                },
+            )
             .collect();
         on_device.sort_unstable();
         let (mut reassigned, mut tasks) = (0, 0);
@@ -1037,23 +1288,9 @@ impl Scheduler {
         if self.by_id.contains_key(&id) {
             return;
         }
-        let n = spec.frames.len().div_ceil(spec.chunk_frames.max(1));
-        let mut tasks = Vec::new();
-        for t in 0..n {
-            tasks.push(Task {
-                frames: task_range(&spec, t as u32),
-                attempt: 1,
-                attempt_floor: 0,
-                skipped: 0,
-                failures: 0,
-                losses: 0,
-                state: TaskState::Pending,
-                avoid: None,
-                lost_on: None,
-                last_error: None,
-            });
-        }
-        let n = tasks.len() as u32;
+        // Nothing per task: a task gets a record when it is first assigned.
+        let tasks = Tasks::new(&spec);
+        let n = tasks.len();
         self.by_id.insert(id.clone(), self.sessions.len());
         self.sessions.push(Session {
             id,
@@ -1062,7 +1299,7 @@ impl Scheduler {
             finished_ms: None,
             state: SessionState::Running,
             tasks,
-            pending: (0..n).collect(),
+            pending: Queue::new(n),
             reserved: VecDeque::new(),
             waiting: BTreeSet::new(),
             ranges: Vec::new(),
@@ -1086,8 +1323,10 @@ impl Scheduler {
         if self.sessions[s].state.is_final() {
             return;
         }
-        for t in 0..self.sessions[s].tasks.len() as u32 {
-            let attempt = self.sessions[s].tasks[t as usize].attempt;
+        let mut running: Vec<u32> = self.sessions[s].tasks.running().map(|(t, _)| t).collect();
+        running.sort_unstable();
+        for t in running {
+            let attempt = self.sessions[s].tasks.get_mut(t).attempt;
             let Some(run) = self.take_running(s, t) else {
                 continue;
             };
@@ -1095,7 +1334,7 @@ impl Scheduler {
             bank(sess, t, &run, run.done, run.ids.hi, now_ms);
             // Retired whole: the attempt may still run until it gets the Drop.
             let keep = run.outputs.iter().map(|o| o.path.clone()).collect();
-            self.sessions[s].tasks[t as usize].state = TaskState::Failed;
+            self.sessions[s].tasks.get_mut(t).state = TaskState::Failed;
             out.push(SchedCommand::Drop {
                 node: run.node.to_string(),
                 key: AttemptKey {
@@ -1124,7 +1363,8 @@ impl Scheduler {
     fn current(&self, node: &str, key: &AttemptKey) -> Option<(usize, u32)> {
         let s = *self.by_id.get(&key.session)?;
         let t = u32::try_from(key.task).ok()?;
-        let task = self.sessions[s].tasks.get(t as usize)?;
+        // A running task has a record: the others cannot be current.
+        let task = self.sessions[s].tasks.touched.get(&t)?;
         match &task.state {
             TaskState::Running(r) if task.attempt == key.attempt && &*r.node == node => {
                 Some((s, t))
@@ -1139,13 +1379,14 @@ impl Scheduler {
         let Some(&s) = self.by_id.get(&key.session) else {
             return false;
         };
-        let Some(task) = usize::try_from(key.task)
-            .ok()
-            .and_then(|t| self.sessions[s].tasks.get(t))
-        else {
+        let Ok(t) = u32::try_from(key.task) else {
             return false;
         };
-        task.attempt == key.attempt && matches!(task.state, TaskState::Done)
+        let tasks = &self.sessions[s].tasks;
+        match tasks.touched.get(&t) {
+            Some(task) => task.attempt == key.attempt && matches!(task.state, TaskState::Done),
+            None => tasks.done.get(&t).is_some_and(|d| d.attempt == key.attempt),
+        }
     }
 
     fn progress(&mut self, p: TaskProgress, out: &mut Vec<SchedCommand>) {
@@ -1156,7 +1397,7 @@ impl Scheduler {
             return;
         };
         let sess = &mut self.sessions[s];
-        let task = &mut sess.tasks[t as usize];
+        let task = sess.tasks.get_mut(t);
         let len = task.frames.len();
         if let TaskState::Running(r) = &mut task.state {
             let before = r.done;
@@ -1215,7 +1456,7 @@ impl Scheduler {
             }
         }
         let sess = &mut self.sessions[s];
-        let task = &mut sess.tasks[t as usize];
+        let task = sess.tasks.get_mut(t);
         if let Some(l) = r
             .last_id_used
             .filter(|l| *l >= run.ids.lo && *l < run.ids.hi)
@@ -1235,8 +1476,9 @@ impl Scheduler {
                     run.ids.hi,
                     r.finished_ms.max(run.started_ms),
                 );
-                sess.tasks[t as usize].state = TaskState::Done;
+                sess.tasks.get_mut(t).state = TaskState::Done;
                 sess.tasks_done += 1;
+                sess.tasks.done(t);
             }
             TaskOutcome::Failed { frames_done, error } => {
                 let done = run.done.max(frames_done.min(task.frames.len()));
@@ -1260,7 +1502,7 @@ impl Scheduler {
                 let key = AttemptKey {
                     session: sess.id.clone(),
                     task: u64::from(t),
-                    attempt: sess.tasks[t as usize].attempt,
+                    attempt: sess.tasks.get_mut(t).attempt,
                 };
                 if matches!(
                     sess.spec.executor,
@@ -1274,11 +1516,12 @@ impl Scheduler {
                         reason: format!("attempt failed: {error}"),
                     });
                 }
-                let task = &mut sess.tasks[t as usize];
+                let task = sess.tasks.get_mut(t);
                 task.last_error = Some(error.clone());
                 if task.frames.is_empty() {
                     task.state = TaskState::Done;
                     sess.tasks_done += 1;
+                    sess.tasks.done(t);
                     return;
                 }
                 task.failures += 1;
@@ -1306,7 +1549,7 @@ impl Scheduler {
         let deadlines = std::mem::take(&mut self.deadlines);
         for (at, s, t, attempt) in deadlines {
             let at = at.saturating_add(ms);
-            let task = &mut self.sessions[s].tasks[t as usize];
+            let task = self.sessions[s].tasks.get_mut(t);
             if let (TaskState::Running(run), true) = (&mut task.state, task.attempt == attempt) {
                 run.deadline = at;
             }
@@ -1327,7 +1570,9 @@ impl Scheduler {
                 break;
             }
             self.deadlines.pop_first();
-            let task = &self.sessions[s].tasks[t as usize];
+            let Some(task) = self.sessions[s].tasks.touched.get(&t) else {
+                continue;
+            };
             if task.attempt != attempt || !matches!(task.state, TaskState::Running(_)) {
                 continue;
             }
@@ -1354,7 +1599,7 @@ impl Scheduler {
                     break;
                 }
                 sess.waiting.pop_first();
-                sess.tasks[t as usize].state = TaskState::Pending;
+                sess.tasks.get_mut(t).state = TaskState::Pending;
                 sess.pending.push_back(t);
             }
         }
@@ -1441,8 +1686,8 @@ impl Scheduler {
     /// anywhere; then (nothing else pending) a reserved task anywhere.
     fn next_placement(&self, s: usize) -> Option<(u32, Arc<str>, usize, bool)> {
         let sess = &self.sessions[s];
-        if let Some(&t) = sess.pending.front() {
-            if sess.tasks[t as usize].losses > 0 {
+        if let Some(t) = sess.pending.front() {
+            if sess.tasks.touched.get(&t).is_some_and(|t| t.losses > 0) {
                 return self.pick(s, t).map(|(n, d)| (t, n, d, false));
             }
         }
@@ -1456,7 +1701,7 @@ impl Scheduler {
                 return Some((t, n, d, true));
             }
         }
-        if let Some(&t) = sess.pending.front() {
+        if let Some(t) = sess.pending.front() {
             return self.pick(s, t).map(|(n, d)| (t, n, d, false));
         }
         let &t = sess.reserved.front()?;
@@ -1482,7 +1727,8 @@ impl Scheduler {
         best: &mut Option<(PlacementKey, Arc<str>, usize)>,
     ) {
         let sess = &self.sessions[s];
-        let task = &sess.tasks[t as usize];
+        // Only a task in play has a failed device or a lost node to avoid.
+        let task = sess.tasks.touched.get(&t);
         if !node.accepting
             || node.drained
             || node.resume_by.is_some()
@@ -1491,14 +1737,13 @@ impl Scheduler {
             return;
         }
         let load = u64::from(node.inflight) * 1000 / u64::from(node.cap().max(1));
-        let lost_here = task.lost_on.as_ref() == Some(&node.name);
+        let lost_here = task.is_some_and(|t| t.lost_on.as_ref() == Some(&node.name));
         for (i, d) in node.devices.iter().enumerate() {
             if d.disabled || d.inflight > PREFETCH || !caps_match(&sess.spec.require, &d.caps) {
                 continue;
             }
             let avoided = task
-                .avoid
-                .as_ref()
+                .and_then(|t| t.avoid.as_ref())
                 .is_some_and(|(an, ad)| *an == node.name && *ad == d.id);
             // Higher is better: not the node that lost it, not the failed
             // device, preference, idle, less load, least recently used.
@@ -1544,7 +1789,7 @@ impl Scheduler {
         let device = dev.id.clone();
         let sess = &mut self.sessions[s];
         sess.running += 1;
-        let task = &mut sess.tasks[t as usize];
+        let task = sess.tasks.get_mut(t);
         // Queued behind one attempt at most, then its own timeout, then grace.
         let deadline = now_ms + 2 * sess.spec.timeout_ms + self.grace_ms;
         self.deadlines.insert((deadline, s, t, task.attempt));
@@ -1685,7 +1930,9 @@ impl Scheduler {
             let mut running: Vec<&(usize, u32)> = n.running.iter().collect();
             running.sort_unstable();
             for &(s, t) in running {
-                let task = &self.sessions[s].tasks[t as usize];
+                let Some(task) = self.sessions[s].tasks.touched.get(&t) else {
+                    continue;
+                };
                 if let TaskState::Running(r) = &task.state {
                     current.entry(&r.device).or_default().push(TaskRef {
                         session: self.sessions[s].id.clone(),
@@ -1765,12 +2012,13 @@ impl Scheduler {
                     hi: r.ids_used,
                 });
             }
-            for t in &s.tasks {
+            for (_, t) in s.tasks.running() {
                 if let TaskState::Running(r) = &t.state {
                     v.push(r.ids);
                 }
             }
         }
+        v.sort();
         v
     }
 
@@ -1813,26 +2061,13 @@ impl Scheduler {
         let Some(&s) = self.by_id.get(id) else {
             return Vec::new();
         };
-        self.sessions[s]
+        let mut v: Vec<FrameRange> = self.sessions[s]
             .tasks
-            .iter()
-            .filter(|t| matches!(t.state, TaskState::Running(_)))
-            .map(|t| t.frames)
-            .collect()
-    }
-}
-
-/// The frames of task `t` of a session: sessions are split into tasks of
-/// `chunk_frames` frames, the last one shorter.
-fn task_range(spec: &SessionSpec, t: u32) -> FrameRange {
-    let chunk = spec.chunk_frames.max(1);
-    let start = spec
-        .frames
-        .start
-        .saturating_add(u64::from(t).saturating_mul(chunk));
-    FrameRange {
-        start,
-        end: start.saturating_add(chunk).min(spec.frames.end),
+            .running()
+            .map(|(_, t)| t.frames)
+            .collect();
+        v.sort();
+        v
     }
 }
 
@@ -1884,7 +2119,7 @@ fn retired_hi(run: &Running) -> u64 {
 /// task to what is left. A completed or lost attempt retires its whole
 /// chunk; a failed one what it reported using (the caller returns the rest).
 fn bank(sess: &mut Session, t: u32, run: &Running, done: u64, retired_hi: u64, now_ms: u64) {
-    let task = &mut sess.tasks[t as usize];
+    let task = sess.tasks.get_mut(t);
     let done = done.min(task.frames.len());
     if done == 0 {
         return;
@@ -1910,7 +2145,7 @@ fn bank(sess: &mut Session, t: u32, run: &Running, done: u64, retired_hi: u64, n
 }
 
 fn fail_task(sess: &mut Session, t: u32, error: String) {
-    let task = &mut sess.tasks[t as usize];
+    let task = sess.tasks.get_mut(t);
     sess.failed.push(FailedRange {
         frames: task.frames,
         task: u64::from(t),
