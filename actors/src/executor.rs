@@ -66,6 +66,15 @@ pub trait NodeIo: Send + Sync + 'static {
     fn write_manifest(&self, manifest: &ManifestStream<'_>) -> Result<PathBuf, String>;
     /// Whether the manifest of `session` was written.
     fn manifest_exists(&self, session: &str) -> bool;
+    /// The manifest of `session` as written (an evicted session's).
+    fn read_manifest(&self, session: &str) -> Result<crate::protocol::Manifest, String>;
+    /// Add `record` to the `replay` of the manifest of `session` on disk,
+    /// unless a record of that task and old attempt is there already.
+    fn amend_manifest(
+        &self,
+        session: &str,
+        record: &crate::protocol::ReplayRecord,
+    ) -> Result<(), String>;
     /// The executor for a spec.
     fn executor(&self, spec: &ExecutorSpec) -> Arc<dyn Executor>;
 }
@@ -157,7 +166,19 @@ impl NodeIo for NullIo {
         )))
     }
     fn manifest_exists(&self, _session: &str) -> bool {
-        true
+        false
+    }
+    fn read_manifest(&self, session: &str) -> Result<crate::protocol::Manifest, String> {
+        Err(format!(
+            "the manifest of `{session}` is not kept by this node"
+        ))
+    }
+    fn amend_manifest(
+        &self,
+        _session: &str,
+        _record: &crate::protocol::ReplayRecord,
+    ) -> Result<(), String> {
+        Ok(())
     }
     fn executor(&self, spec: &ExecutorSpec) -> Arc<dyn Executor> {
         match spec {

@@ -24,13 +24,16 @@ pub struct Recovered {
     /// Finished sessions whose `replay` grew after their end: their
     /// manifests are written again.
     pub amended: Vec<String>,
+    /// Records to add to evicted sessions' manifests on disk (again: adding
+    /// one that is there already changes nothing).
+    pub on_disk: Vec<(String, crate::protocol::ReplayRecord)>,
 }
 
 /// Rebuild the ledger by replaying every event of `log`.
 pub fn recover(log: &mut dyn EventLog, grace_ms: u64) -> Result<Recovered, String> {
     let mut sched = Scheduler::new(0).with_grace(grace_ms);
     let (mut events, mut last_at_ms) = (0u64, 0u64);
-    let (mut finished, mut amended) = (Vec::new(), Vec::new());
+    let (mut finished, mut amended, mut on_disk) = (Vec::new(), Vec::new(), Vec::new());
     let mut batches = 0u64;
     let meta = log.replay(&mut |bytes| {
         batches += 1;
@@ -41,6 +44,9 @@ pub fn recover(log: &mut dyn EventLog, grace_ms: u64) -> Result<Recovered, Strin
                     SchedCommand::SessionFinished { session, .. } => finished.push(session),
                     SchedCommand::ManifestAmended { session } if !amended.contains(&session) => {
                         amended.push(session)
+                    }
+                    SchedCommand::AmendOnDisk { session, record } => {
+                        on_disk.push((session, record))
                     }
                     _ => {}
                 }
@@ -65,6 +71,7 @@ pub fn recover(log: &mut dyn EventLog, grace_ms: u64) -> Result<Recovered, Strin
         last_at_ms,
         finished,
         amended,
+        on_disk,
     })
 }
 

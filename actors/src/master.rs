@@ -85,6 +85,8 @@ enum Outgoing {
     Send(String, ToWorker),
     Reply(RpcReplyPort<AdminReply>, AdminReply),
     Manifest(String),
+    /// Add a `replay` record to an evicted session's manifest on disk.
+    AmendOnDisk(String, crate::protocol::ReplayRecord),
 }
 
 /// State of [`Master`].
@@ -326,6 +328,16 @@ impl MasterState {
                     let _ = port.send(answer);
                 }
                 Outgoing::Manifest(session) => self.write_manifest(&session),
+                Outgoing::AmendOnDisk(session, record) => {
+                    match self.io.amend_manifest(&session, &record) {
+                        Ok(()) => {
+                            info!(node_id = %self.node, session = %session, task = record.task, attempt = record.old_attempt, "an evicted session's manifest lists an attempt the store never recorded")
+                        }
+                        Err(e) => {
+                            warn!(node_id = %self.node, session = %session, error = %e, "cannot amend the manifest on disk")
+                        }
+                    }
+                }
             }
         }
         for (node, seqs) in acks {
@@ -333,8 +345,13 @@ impl MasterState {
         }
     }
 
-    fn write_manifest(&self, session: &str) {
+    /// Write a session's manifest; a finished session's ledger then leaves
+    /// memory (it is read from the manifest from now on).
+    fn write_manifest(&mut self, session: &str) {
         let Some(manifest) = self.sched.manifest_stream(session) else {
+            if self.sched.is_evicted(session) && !self.io.manifest_exists(session) {
+                warn!(node_id = %self.node, session = %session, "the manifest of a finished session is missing from disk, and its ledger left memory");
+            }
             return;
         };
         match self.io.write_manifest(&manifest) {
@@ -342,9 +359,39 @@ impl MasterState {
                 info!(node_id = %self.node, session = %session, manifest = %path.display(), "manifest written")
             }
             Err(e) => {
-                warn!(node_id = %self.node, session = %session, error = %e, "cannot write the manifest")
+                warn!(node_id = %self.node, session = %session, error = %e, "cannot write the manifest");
+                return;
             }
         }
+        if self.sched.is_final(session) && self.io.manifest_exists(session) {
+            self.schedule(SchedEvent::Evict {
+                session: session.to_string(),
+            });
+        }
+    }
+
+    /// Answer a request for an evicted session's manifest from disk, off
+    /// the master's thread; `remote`: it must fit one cluster frame.
+    fn manifest_from_disk(&self, id: String, reply: RpcReplyPort<AdminReply>, remote: bool) {
+        let io = self.io.clone();
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            let read = {
+                let id = id.clone();
+                tokio::task::spawn_blocking(move || io.read_manifest(&id)).await
+            };
+            let answer = match read {
+                Ok(Ok(m)) if remote && m.ranges.len() > MAX_FORWARDED_RANGES => {
+                    AdminReply::Error(too_many_to_forward(&m.session, m.ranges.len(), &node))
+                }
+                Ok(Ok(m)) => AdminReply::Manifest(Box::new(m)),
+                Ok(Err(e)) => AdminReply::Error(format!(
+                    "cannot read the manifest of `{id}` on node `{node}`: {e}"
+                )),
+                Err(e) => AdminReply::Error(format!("cannot read the manifest of `{id}`: {e}")),
+            };
+            let _ = reply.send(answer);
+        });
     }
 
     fn deliver_to(&mut self, node: &str, msg: ToWorker) {
@@ -488,6 +535,10 @@ impl MasterState {
                 info!(node_id = %self.node, session = %session, state = state.as_str(), "session finished");
                 self.urgent = true;
                 self.outgoing.push(Outgoing::Manifest(session));
+            }
+            SchedCommand::AmendOnDisk { session, record } => {
+                self.urgent = true;
+                self.outgoing.push(Outgoing::AmendOnDisk(session, record));
             }
             SchedCommand::ManifestAmended { session } => {
                 info!(node_id = %self.node, session = %session, "a node named an attempt of a finished session that the store never recorded; its manifest lists it in `replay`");
@@ -706,6 +757,13 @@ impl MasterState {
     }
 }
 
+/// Why a manifest is not forwarded to another node.
+fn too_many_to_forward(session: &str, ranges: usize, node: &str) -> String {
+    format!(
+        "the manifest of `{session}` has {ranges} ranges, too many to forward across the cluster; ask the master node `{node}` directly, or read `sessions/{session}/manifest.json` in its data_dir"
+    )
+}
+
 /// The one line a node with role `master` gives when another serves.
 pub fn second_master(node: &str, other: &Claim) -> String {
     format!(
@@ -759,19 +817,21 @@ impl Actor for Master {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let (sched, meta, last_at, finished, amended, replayed) = match args.recovered {
+        let (sched, meta, last_at, finished, amended, on_disk, replayed) = match args.recovered {
             Some(r) => (
                 r.sched,
                 r.meta,
                 r.last_at_ms,
                 r.finished,
                 r.amended,
+                r.on_disk,
                 r.events,
             ),
             None => (
                 Scheduler::new(0).with_grace(args.grace_wait_ms),
                 Default::default(),
                 0,
+                Vec::new(),
                 Vec::new(),
                 Vec::new(),
                 0,
@@ -833,6 +893,9 @@ impl Actor for Master {
             // Or between an amendment and the manifest written again.
             for session in amended {
                 state.outgoing.push(Outgoing::Manifest(session));
+            }
+            for (session, record) in on_disk {
+                state.outgoing.push(Outgoing::AmendOnDisk(session, record));
             }
         }
         // Reserve IDs (a synced write) and record the resume before serving anyone.
@@ -900,6 +963,9 @@ impl Actor for Master {
                 }
                 state.schedule(SchedEvent::Result(r))
             }
+            MasterMsg::Admin(AdminRequest::Manifest(id), reply) if state.sched.is_evicted(&id) => {
+                state.manifest_from_disk(id, reply, false)
+            }
             MasterMsg::Admin(req, reply) => {
                 let mutates = mutates(&req);
                 let answer = state.answer(req);
@@ -909,15 +975,18 @@ impl Actor for Master {
                     let _ = reply.send(answer);
                 }
             }
+            MasterMsg::RemoteAdmin(AdminRequest::Manifest(id), reply)
+                if state.sched.is_evicted(&id) =>
+            {
+                state.manifest_from_disk(id, reply, true)
+            }
             MasterMsg::RemoteAdmin(req, reply) => {
                 let answer = match state.answer(req) {
                     AdminReply::Manifest(m) if m.ranges.len() > MAX_FORWARDED_RANGES => {
-                        AdminReply::Error(format!(
-                            "the manifest of `{}` has {} ranges, too many to forward across the cluster; ask the master node `{}` directly, or read `sessions/{}/manifest.json` in its data_dir",
-                            m.session,
+                        AdminReply::Error(too_many_to_forward(
+                            &m.session,
                             m.ranges.len(),
-                            state.node,
-                            m.session
+                            &state.node,
                         ))
                     }
                     other => other,

@@ -76,6 +76,11 @@ pub enum SchedEvent {
     Progress(TaskProgress),
     Result(TaskResult),
     Tick,
+    /// A finished session's manifest is on disk: its ledger leaves memory.
+    /// Its view stays (from counters); its manifest is read from disk.
+    Evict {
+        session: String,
+    },
     /// The master did not run for `ms` (see `MemberCommand::Stalled`):
     /// every attempt's deadline, and every resume deadline, moves by as much.
     Stalled {
@@ -134,6 +139,13 @@ pub enum SchedCommand {
     /// A finished session's `replay` gained a record: its manifest must be
     /// written again (see [`Scheduler::note_unrecorded`]).
     ManifestAmended { session: String },
+    /// The same for an evicted session, whose manifest is only on disk:
+    /// add `record` to the `replay` of the manifest there (unless it holds
+    /// it already).
+    AmendOnDisk {
+        session: String,
+        record: ReplayRecord,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -505,6 +517,19 @@ struct Session {
     failovers: u64,
     stale: u64,
     waiting_reason: Option<String>,
+    /// The highest attempt number given out (a late report of an evicted
+    /// session is checked against it).
+    max_attempt: u32,
+    /// Finished, its manifest on disk, its ledger gone from memory (see
+    /// [`SchedEvent::Evict`]): what its view still needs.
+    evicted: Option<Evicted>,
+}
+
+/// What stays of an evicted session besides its counters.
+#[derive(Debug, Clone, Copy)]
+struct Evicted {
+    frames_failed: u64,
+    tasks_failed: u64,
 }
 
 #[derive(Debug)]
@@ -576,6 +601,8 @@ pub struct Scheduler {
     nodes: BTreeMap<Arc<str>, Node>,
     sessions: Vec<Session>,
     by_id: HashMap<String, usize>,
+    /// Sessions still running, in the order they were submitted.
+    active: Vec<usize>,
     ids: IdAllocator,
     /// Round-robin position over sessions.
     rr: usize,
@@ -698,6 +725,7 @@ impl Scheduler {
             SchedEvent::Result(r) => self.result(r, now_ms, &mut out),
             SchedEvent::Reserve { node, tasks } => self.reserve(node, tasks),
             SchedEvent::Stalled { ms } => self.stalled(ms),
+            SchedEvent::Evict { session } => self.evict(&session),
             SchedEvent::Tick => {
                 self.expire(now_ms, &mut out);
                 self.expire_resume(now_ms, &mut out);
@@ -865,6 +893,33 @@ impl Scheduler {
                 continue;
             };
             let sess = &mut self.sessions[s];
+            if sess.evicted.is_some() {
+                // Its ledger is gone: any number up to the highest it gave
+                // out (and one past, the one a restart skipped) may have
+                // run. Listing one that did not costs a line.
+                if t < sess.tasks.len() && key.attempt <= sess.max_attempt.saturating_add(1) {
+                    out.push(SchedCommand::AmendOnDisk {
+                        session: sess.id.clone(),
+                        record: ReplayRecord {
+                            frames: sess.tasks.range(t),
+                            task: key.task,
+                            old_attempt: key.attempt,
+                            new_attempt: sess.max_attempt.saturating_add(1).max(key.attempt + 1),
+                            node: node.to_string(),
+                            device: String::new(),
+                            reason: "master_restart".into(),
+                        },
+                    });
+                    out.push(SchedCommand::Drop {
+                        node: node.to_string(),
+                        key: key.clone(),
+                        device: String::new(),
+                        keep: Vec::new(),
+                        reason: "master_restart: sent before the crash, never recorded".into(),
+                    });
+                }
+                continue;
+            }
             let Some(task) = sess.tasks.get(t).map(|c| c.into_owned()) else {
                 continue;
             };
@@ -930,9 +985,9 @@ impl Scheduler {
             0
         };
         let mut left = want.min(MAX_RESERVED).saturating_sub(have);
-        let k = self.sessions.len();
+        let k = self.active.len();
         let eligible: Vec<usize> = (0..k)
-            .map(|i| (self.rr + i) % k)
+            .map(|i| self.active[(self.rr + i) % k])
             .filter(|&s| {
                 let sess = &self.sessions[s];
                 !sess.state.is_final()
@@ -1084,6 +1139,20 @@ impl Scheduler {
                 .nodes
                 .values()
                 .any(|n| n.resume_by.is_some_and(|at| at <= now_ms))
+    }
+
+    /// Whether session `id` finished and left memory: its manifest is on disk.
+    pub fn is_evicted(&self, id: &str) -> bool {
+        self.by_id
+            .get(id)
+            .is_some_and(|&s| self.sessions[s].evicted.is_some())
+    }
+
+    /// Whether session `id` has ended.
+    pub fn is_final(&self, id: &str) -> bool {
+        self.by_id
+            .get(id)
+            .is_some_and(|&s| self.sessions[s].state.is_final())
     }
 
     /// Whether a session with this id exists.
@@ -1292,6 +1361,7 @@ impl Scheduler {
         let tasks = Tasks::new(&spec);
         let n = tasks.len();
         self.by_id.insert(id.clone(), self.sessions.len());
+        self.active.push(self.sessions.len());
         self.sessions.push(Session {
             id,
             spec,
@@ -1313,6 +1383,8 @@ impl Scheduler {
             failovers: 0,
             stale: 0,
             waiting_reason: None,
+            max_attempt: 0,
+            evicted: None,
         });
     }
 
@@ -1593,7 +1665,8 @@ impl Scheduler {
     }
 
     fn wake(&mut self, now_ms: u64) {
-        for sess in &mut self.sessions {
+        for &s in &self.active {
+            let sess = &mut self.sessions[s];
             while let Some(&(at, t)) = sess.waiting.first() {
                 if at > now_ms {
                     break;
@@ -1607,7 +1680,7 @@ impl Scheduler {
 
     /// Give pending tasks to devices while there is capacity.
     fn place(&mut self, now_ms: u64, out: &mut Vec<SchedCommand>) {
-        let n = self.sessions.len();
+        let n = self.active.len();
         if n == 0 {
             return;
         }
@@ -1622,13 +1695,14 @@ impl Scheduler {
             }
             let mut progressed = false;
             for k in 0..n {
-                let s = (self.rr + k) % n;
-                if blocked[s] || self.sessions[s].state.is_final() {
+                let i = (self.rr + k) % n;
+                let s = self.active[i];
+                if blocked[i] || self.sessions[s].state.is_final() {
                     continue;
                 }
                 let sess = &self.sessions[s];
                 if sess.pending.is_empty() && sess.reserved.is_empty() {
-                    blocked[s] = true;
+                    blocked[i] = true;
                     continue;
                 }
                 match self.next_placement(s) {
@@ -1647,7 +1721,7 @@ impl Scheduler {
                         progressed = true;
                     }
                     None => {
-                        blocked[s] = true;
+                        blocked[i] = true;
                         self.sessions[s].waiting_reason = Some(self.why_waiting(s));
                     }
                 }
@@ -1789,6 +1863,7 @@ impl Scheduler {
         let device = dev.id.clone();
         let sess = &mut self.sessions[s];
         sess.running += 1;
+        sess.max_attempt = sess.max_attempt.max(sess.tasks.get_mut(t).attempt);
         let task = sess.tasks.get_mut(t);
         // Queued behind one attempt at most, then its own timeout, then grace.
         let deadline = now_ms + 2 * sess.spec.timeout_ms + self.grace_ms;
@@ -1834,7 +1909,10 @@ impl Scheduler {
     }
 
     fn finish(&mut self, now_ms: u64, out: &mut Vec<SchedCommand>) {
-        for sess in &mut self.sessions {
+        let sessions = &mut self.sessions;
+        self.active.retain(|&s| !sessions[s].state.is_final());
+        for &s in &self.active {
+            let sess = &mut self.sessions[s];
             if sess.state.is_final()
                 || !sess.pending.is_empty()
                 || !sess.reserved.is_empty()
@@ -1856,6 +1934,41 @@ impl Scheduler {
                 state: sess.state,
             });
         }
+        let sessions = &self.sessions;
+        self.active.retain(|&s| !sessions[s].state.is_final());
+    }
+
+    /// A finished session leaves memory but for what its view needs.
+    fn evict(&mut self, id: &str) {
+        let Some(&s) = self.by_id.get(id) else {
+            return;
+        };
+        let sess = &mut self.sessions[s];
+        if !sess.state.is_final() || sess.evicted.is_some() {
+            return;
+        }
+        sess.evicted = Some(Evicted {
+            frames_failed: sess
+                .failed
+                .iter()
+                .fold(0u64, |acc, f| acc.saturating_add(f.frames.len())),
+            tasks_failed: sess.failed.len() as u64,
+        });
+        sess.tasks = Tasks::new(&sess.spec);
+        sess.pending = Queue::new(0);
+        sess.reserved = VecDeque::new();
+        sess.waiting = BTreeSet::new();
+        sess.ranges = Vec::new();
+        sess.replay = Vec::new();
+        sess.failed = Vec::new();
+        sess.waiting_reason = None;
+        if let crate::protocol::ExecutorSpec::Command { argv, env } = &mut sess.spec.executor {
+            *argv = Vec::new();
+            *env = BTreeMap::new();
+        }
+        sess.spec.items = None;
+        sess.spec.require = Capabilities::new();
+        sess.spec.prefer = BTreeMap::new();
     }
 
     // ---- views ----
@@ -1866,10 +1979,15 @@ impl Scheduler {
 
     pub fn view(&self, id: &str, now_ms: u64) -> Option<SessionView> {
         let s = &self.sessions[*self.by_id.get(id)?];
-        let failed_frames = s
-            .failed
-            .iter()
-            .fold(0u64, |acc, f| acc.saturating_add(f.frames.len()));
+        let (failed_frames, tasks_failed) = match s.evicted {
+            Some(e) => (e.frames_failed, e.tasks_failed),
+            None => (
+                s.failed
+                    .iter()
+                    .fold(0u64, |acc, f| acc.saturating_add(f.frames.len())),
+                s.failed.len() as u64,
+            ),
+        };
         let banked_running = s.running_done;
         Some(SessionView {
             id: s.id.clone(),
@@ -1887,7 +2005,7 @@ impl Scheduler {
             tasks_completed: s.tasks_done,
             tasks_running: s.running,
             tasks_pending: (s.pending.len() + s.reserved.len() + s.waiting.len()) as u64,
-            tasks_failed: s.failed.len() as u64,
+            tasks_failed,
             retries: s.retries,
             failovers: s.failovers,
             stale_rejected: s.stale,
@@ -1974,6 +2092,9 @@ impl Scheduler {
     /// The manifest of a session; `submitted_ms`/`finished_ms` are on the caller's clock.
     pub fn manifest(&self, id: &str) -> Option<Manifest> {
         let s = &self.sessions[*self.by_id.get(id)?];
+        if s.evicted.is_some() {
+            return None;
+        }
         let mut ranges: Vec<ManifestRange> = s.ranges.iter().map(|r| r.to_range(&s.id)).collect();
         ranges.sort_by_key(|r| r.frames.start);
         let mut failed = s.failed.clone();
@@ -1996,6 +2117,9 @@ impl Scheduler {
     /// its ranges): for writing large manifests to disk.
     pub fn manifest_stream(&self, id: &str) -> Option<ManifestStream<'_>> {
         let sess = &self.sessions[*self.by_id.get(id)?];
+        if sess.evicted.is_some() {
+            return None;
+        }
         let mut order: Vec<u32> = (0..sess.ranges.len() as u32).collect();
         order.sort_by_key(|&i| sess.ranges[i as usize].frames.start);
         Some(ManifestStream { sess, order })

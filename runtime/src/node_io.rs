@@ -6,7 +6,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use orch_actors::executor::{Executor, NodeIo, Noop, Sleep};
-use orch_actors::protocol::ExecutorSpec;
+use orch_actors::protocol::{ExecutorSpec, Manifest, ReplayRecord};
 use orch_actors::scheduler::ManifestStream;
 
 use crate::command::CommandExecutor;
@@ -20,6 +20,38 @@ pub struct FsIo {
 }
 
 impl FsIo {
+    fn manifest_path(&self, session: &str) -> Result<PathBuf, String> {
+        self.confined(&format!("sessions/{session}/manifest.json"))
+    }
+
+    /// Write a manifest whole and synced, under a temporary name renamed into
+    /// place: once this returns, a crash leaves the manifest (the master may
+    /// then drop the session's ledger from memory).
+    fn write_manifest_json(
+        &self,
+        session: &str,
+        manifest: &impl serde::Serialize,
+    ) -> Result<PathBuf, String> {
+        use std::io::Write;
+        let dir = self.confined(&format!("sessions/{session}"))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
+        let path = dir.join("manifest.json");
+        let tmp = dir.join(".manifest.json.tmp");
+        let file = std::fs::File::create(&tmp)
+            .map_err(|e| format!("cannot write `{}`: {e}", tmp.display()))?;
+        let mut w = std::io::BufWriter::new(file);
+        serde_json::to_writer_pretty(&mut w, manifest).map_err(|e| e.to_string())?;
+        w.flush().map_err(|e| e.to_string())?;
+        w.get_ref()
+            .sync_all()
+            .map_err(|e| format!("cannot sync `{}`: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &path)
+            .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
+        let _ = std::fs::File::open(&dir).and_then(|d| d.sync_all());
+        Ok(path)
+    }
+
     /// File work under `data_dir`; `command` tasks run as `groups`.
     pub fn new(data_dir: PathBuf, groups: Arc<TaskGroups>) -> Self {
         let command = Arc::new(CommandExecutor {
@@ -97,20 +129,27 @@ impl NodeIo for FsIo {
     }
 
     fn write_manifest(&self, manifest: &ManifestStream<'_>) -> Result<PathBuf, String> {
-        let dir = self.confined(&format!("sessions/{}", manifest.session()))?;
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
-        let path = dir.join("manifest.json");
-        let tmp = dir.join(".manifest.json.tmp");
-        let file = std::fs::File::create(&tmp)
-            .map_err(|e| format!("cannot write `{}`: {e}", tmp.display()))?;
-        let mut w = std::io::BufWriter::new(file);
-        serde_json::to_writer_pretty(&mut w, manifest).map_err(|e| e.to_string())?;
-        use std::io::Write;
-        w.flush().map_err(|e| e.to_string())?;
-        std::fs::rename(&tmp, &path)
-            .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
-        Ok(path)
+        self.write_manifest_json(manifest.session(), manifest)
+    }
+
+    fn read_manifest(&self, session: &str) -> Result<Manifest, String> {
+        let path = self.manifest_path(session)?;
+        let file = std::fs::File::open(&path)
+            .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+        serde_json::from_reader(std::io::BufReader::new(file))
+            .map_err(|e| format!("cannot read `{}`: {e}", path.display()))
+    }
+
+    fn amend_manifest(&self, session: &str, record: &ReplayRecord) -> Result<(), String> {
+        let mut m = self.read_manifest(session)?;
+        if m.replay
+            .iter()
+            .any(|r| r.task == record.task && r.old_attempt == record.old_attempt)
+        {
+            return Ok(());
+        }
+        m.replay.push(record.clone());
+        self.write_manifest_json(session, &m).map(|_| ())
     }
 
     fn executor(&self, spec: &ExecutorSpec) -> Arc<dyn Executor> {
