@@ -716,6 +716,14 @@ impl MasterState {
             }
             AdminRequest::Workers => AdminReply::Workers(self.membership.views(now)),
             AdminRequest::Submit(spec) => {
+                // A retried submission: the session it made the first time.
+                if let Some(id) = spec
+                    .idempotency_key
+                    .as_deref()
+                    .and_then(|k| self.sched.session_for_key(k))
+                {
+                    return AdminReply::Submitted { id: id.to_string() };
+                }
                 // The ledger's clock (never back across restarts) in
                 // milliseconds, and 16 random bits: unique across restarts
                 // and across masters.

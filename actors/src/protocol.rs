@@ -385,6 +385,10 @@ pub struct SessionSpec {
     pub executor: ExecutorSpec,
     /// Per-task timeout.
     pub timeout_ms: u64,
+    /// The client's name for this submission (HTTP `Idempotency-Key`):
+    /// the same key submitted again returns the session it made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 /// One assignment, master -> worker.

@@ -603,6 +603,8 @@ pub struct Scheduler {
     by_id: HashMap<String, usize>,
     /// Sessions still running, in the order they were submitted.
     active: Vec<usize>,
+    /// Sessions by the idempotency key they were submitted with.
+    by_key: HashMap<String, String>,
     ids: IdAllocator,
     /// Round-robin position over sessions.
     rr: usize,
@@ -1141,6 +1143,11 @@ impl Scheduler {
                 .any(|n| n.resume_by.is_some_and(|at| at <= now_ms))
     }
 
+    /// The session submitted with idempotency key `key`, if any.
+    pub fn session_for_key(&self, key: &str) -> Option<&str> {
+        self.by_key.get(key).map(String::as_str)
+    }
+
     /// Whether session `id` finished and left memory: its manifest is on disk.
     pub fn is_evicted(&self, id: &str) -> bool {
         self.by_id
@@ -1360,6 +1367,12 @@ impl Scheduler {
         // Nothing per task: a task gets a record when it is first assigned.
         let tasks = Tasks::new(&spec);
         let n = tasks.len();
+        if let Some(k) = &spec.idempotency_key {
+            if self.by_key.contains_key(k) {
+                return;
+            }
+            self.by_key.insert(k.clone(), id.clone());
+        }
         self.by_id.insert(id.clone(), self.sessions.len());
         self.active.push(self.sessions.len());
         self.sessions.push(Session {

@@ -185,6 +185,7 @@ impl World {
             backoff_max_ms: 40,
             executor: ExecutorSpec::Noop,
             timeout_ms: 1000,
+            idempotency_key: None,
         };
         w.feed(SchedEvent::Submit {
             id: w.session.clone(),
@@ -944,6 +945,7 @@ fn a_session_no_device_can_serve_waits_and_says_why() {
         backoff_max_ms: 1,
         executor: ExecutorSpec::Noop,
         timeout_ms: 1,
+        idempotency_key: None,
     };
     let cmds = s.on_event(
         SchedEvent::Submit {
@@ -997,6 +999,7 @@ fn per_device_fifo_depth_and_round_robin_over_many_devices() {
         backoff_max_ms: 1,
         executor: ExecutorSpec::Noop,
         timeout_ms: 1,
+        idempotency_key: None,
     };
     let mut leases: Vec<TaskSpec> = s
         .on_event(
@@ -1069,6 +1072,7 @@ fn one_task(name: &str) -> SessionSpec {
         backoff_max_ms: 1,
         executor: ExecutorSpec::Noop,
         timeout_ms: 1,
+        idempotency_key: None,
     }
 }
 
@@ -1152,6 +1156,29 @@ fn lost_work_goes_to_another_capable_node_first_and_fails_after_max_losses() {
         m.failed[0].error
     );
     assert_eq!(m.state, SessionState::Failed);
+}
+
+#[test]
+fn a_submission_with_a_key_already_used_makes_no_second_session() {
+    let mut s = Scheduler::new(0);
+    let mut spec = one_task("once");
+    spec.idempotency_key = Some("k1".into());
+    s.on_event(
+        SchedEvent::Submit {
+            id: "a".into(),
+            spec: spec.clone(),
+        },
+        0,
+    );
+    s.on_event(
+        SchedEvent::Submit {
+            id: "b".into(),
+            spec,
+        },
+        0,
+    );
+    assert!(s.has_session("a") && !s.has_session("b"));
+    assert_eq!(s.session_for_key("k1"), Some("a"));
 }
 
 #[test]

@@ -59,6 +59,7 @@ fn spec(frames: u64, chunk: u64) -> SessionSpec {
         backoff_max_ms: 100,
         executor: ExecutorSpec::Noop,
         timeout_ms: 60_000,
+        idempotency_key: None,
     }
 }
 

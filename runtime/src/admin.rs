@@ -285,10 +285,33 @@ fn json<T: serde::Serialize>(v: T) -> Result<Response, ApiError> {
     Ok(Json(v).into_response())
 }
 
+/// Longest `Idempotency-Key` accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 128;
+
 async fn submit(
     State(ctx): State<Arc<AdminCtx>>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let k = v.to_str().ok().filter(|k| {
+                !k.is_empty()
+                    && k.len() <= MAX_IDEMPOTENCY_KEY
+                    && k.chars().all(|c| c.is_ascii_graphic())
+            });
+            match k {
+                Some(k) => Some(k.to_string()),
+                None => {
+                    return Err(ApiError(
+                        StatusCode::BAD_REQUEST,
+                        format!("invalid `Idempotency-Key` header: expected 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+                    ))
+                }
+            }
+        }
+    };
     let body = std::str::from_utf8(&body).map_err(|e| {
         ApiError(
             StatusCode::BAD_REQUEST,
@@ -298,8 +321,9 @@ async fn submit(
             ),
         )
     })?;
-    let spec = crate::session_file::parse(body, "request body", None)
+    let mut spec = crate::session_file::parse(body, "request body", None)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    spec.idempotency_key = key;
     match ask_master(&ctx, AdminRequest::Submit(spec)).await? {
         AdminReply::Submitted { id } => json(json!({ "id": id })),
         _ => Err(unexpected()),

@@ -408,6 +408,7 @@ pub fn parse(
         backoff_max_ms: raw.backoff_max_ms,
         executor,
         timeout_ms: raw.timeout_ms,
+        idempotency_key: None,
     })
 }
 

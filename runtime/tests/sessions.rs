@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use orch_tests::{
-    all_healthy, assert_exactly_once, assert_ids_disjoint, free_port, max_overlap, Bins, NodeSpec,
-    TestCluster,
+    all_healthy, assert_exactly_once, assert_ids_disjoint, free_port, max_overlap, rss_bytes, Bins,
+    NodeSpec, TestCluster,
 };
 use serde_json::Value;
 
@@ -434,4 +434,105 @@ fn bad_sessions_and_misbehaving_commands_fail_clearly_and_others_carry_on() {
     // Unknown sessions are exit 3.
     let out = c.orchctl(0, &["manifest", "no-such-session"]);
     assert_eq!(out.status.code(), Some(3));
+}
+
+/// POST a session body with headers through node 0's admin port; (status, body).
+fn post(c: &TestCluster, body: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(c.nodes[0].admin_addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    write!(
+        s,
+        "POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let code = buf.split(' ').nth(1).unwrap().parse().unwrap();
+    let json = buf.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    (code, serde_json::from_str(json).unwrap_or(Value::Null))
+}
+
+#[test]
+fn a_submission_sent_again_with_its_idempotency_key_makes_one_session() {
+    let c = three_nodes(500);
+    let body = "name = \"once\"\nframes = { start = 0, end = 40 }\nchunk_frames = 4\n[executor]\nkind = \"builtin:noop\"\n";
+    let (code, first) = post(&c, body, &[("Idempotency-Key", "retry-me-1")]);
+    assert_eq!(code, 200, "{first}");
+    let (code, again) = post(&c, body, &[("Idempotency-Key", "retry-me-1")]);
+    assert_eq!(code, 200, "{again}");
+    assert_eq!(first["id"], again["id"], "the same session");
+    let (_, other) = post(&c, body, &[("Idempotency-Key", "retry-me-2")]);
+    assert_ne!(first["id"], other["id"], "another key, another session");
+    let (_, unkeyed) = post(&c, body, &[]);
+    assert_ne!(first["id"], unkeyed["id"]);
+    let list: Vec<Value> =
+        serde_json::from_slice(&c.orchctl(0, &["sessions", "--json"]).stdout).unwrap();
+    assert_eq!(list.len(), 3, "{list:?}");
+    let (code, bad) = post(&c, body, &[("Idempotency-Key", &"k".repeat(200))]);
+    assert_eq!(code, 400, "{bad}");
+    assert!(
+        bad["error"].as_str().unwrap().contains("Idempotency-Key"),
+        "{bad}"
+    );
+    // After a master restart, the key still names its session.
+    let mut c = c;
+    c.nodes[0].kill9();
+    c.restart(0).unwrap();
+    c.wait_for("the workers are back", Duration::from_secs(20), |ws| {
+        all_healthy(ws, &ALL)
+    })
+    .unwrap();
+    let (_, after) = post(&c, body, &[("Idempotency-Key", "retry-me-1")]);
+    assert_eq!(first["id"], after["id"]);
+}
+
+#[test]
+fn submitting_ten_million_tasks_costs_kilobytes_and_the_master_keeps_answering() {
+    // No worker can serve it: the session stays submitted, its tasks untouched.
+    let mut c = TestCluster::new(bins());
+    c.add(NodeSpec::new("node-0").master().heartbeat(500, 3))
+        .unwrap();
+    c.wait_for("the master's own worker", Duration::from_secs(10), |ws| {
+        all_healthy(ws, &["node-0"])
+    })
+    .unwrap();
+    let pid = c.nodes[0].pid().unwrap();
+    let before = rss_bytes(pid).unwrap();
+    let started = std::time::Instant::now();
+    let id = c
+        .submit(
+            "huge",
+            "name = \"huge\"\nframes = { start = 0, end = 10000000 }\nchunk_frames = 1\n[require]\ntpu = true\n[executor]\nkind = \"builtin:noop\"\n",
+        )
+        .unwrap();
+    let took = started.elapsed();
+    let v = c.session(&id).unwrap();
+    assert_eq!(v["tasks_total"], 10_000_000);
+    assert_eq!(v["tasks_pending"], 10_000_000);
+    // Heartbeats and admin requests go on.
+    for _ in 0..20 {
+        let t = std::time::Instant::now();
+        let out = c.orchctl(0, &["status", "--json"]);
+        assert!(out.status.success());
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "status took {:?}",
+            t.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ws = c.workers().unwrap();
+    assert!(
+        all_healthy(&ws, &["node-0"]) && ws[0]["registrations"] == 1,
+        "{ws:?}"
+    );
+    let grown = rss_bytes(pid).unwrap().saturating_sub(before);
+    eprintln!("submit took {took:?}; RSS grew by {} KiB", grown >> 10);
+    assert!(grown < 10 << 20, "RSS grew by {} MB", grown >> 20);
 }

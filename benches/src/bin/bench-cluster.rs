@@ -30,7 +30,7 @@ struct Args {
     #[arg(long)]
     no_build: bool,
     /// Shapes to run (comma-separated): throughput, latency, failover, scale,
-    /// durability (not in the default set).
+    /// sessions and durability (the last two not in the default set).
     #[arg(
         long,
         value_delimiter = ',',
@@ -173,6 +173,38 @@ fn run_session(
         "frames_per_s": frames as f64 / secs.max(1e-3),
         "tasks_per_s": tasks as f64 / secs.max(1e-3),
         "state": m["state"],
+    }))
+}
+
+/// Master memory over many sessions: `n` sessions of 1,000 no-op tasks one
+/// after the other; the master's RSS after every tenth of them (a finished
+/// session leaves memory once its manifest is on disk).
+fn sessions_shape(bins: &Bins, quick: bool) -> Result<Value> {
+    let n = if quick { 200 } else { 1000 };
+    let c = cluster(bins, 4, 1000)?;
+    let pid = c.nodes[0].pid().context("the master's pid")?;
+    let mut rss_mb = Vec::new();
+    let started = Instant::now();
+    for i in 0..n {
+        let id = c.submit(&format!("s{i}"), &noop_session(&format!("s{i}"), 1000, 1))?;
+        c.wait_session(&id, "the session ends", Duration::from_secs(120), |v| {
+            v["state"] != "running"
+        })?;
+        if (i + 1) % (n / 10) == 0 {
+            let mb = memory(pid)
+                .map(|(rss, _)| rss as f64 / (1 << 20) as f64)
+                .unwrap_or(0.0);
+            eprintln!("   {:>5} sessions  master RSS {mb:.1} MiB", i + 1);
+            rss_mb.push(mb);
+        }
+    }
+    let first = rss_mb[0];
+    let last = *rss_mb.last().unwrap_or(&first);
+    Ok(json!({
+        "sessions": n, "tasks_per_session": 1000,
+        "seconds": started.elapsed().as_secs_f64(),
+        "master_rss_mib_every_tenth": rss_mb,
+        "growth_after_first_tenth": (last - first) / first.max(1e-9),
     }))
 }
 
@@ -611,6 +643,10 @@ fn main() -> Result<()> {
     if want("scale") {
         eprintln!("== scale");
         out["scale"] = scale(&bins, args.quick)?;
+    }
+    if want("sessions") {
+        eprintln!("== sessions");
+        out["sessions"] = sessions_shape(&bins, args.quick)?;
     }
     if want("durability") {
         eprintln!("== durability");

@@ -97,6 +97,16 @@ fn get(cli: &Cli, path: &str) -> Result<Value, Failure> {
 }
 
 fn request(cli: &Cli, method: &str, path: &str, body: Option<&str>) -> Result<Value, Failure> {
+    request_with(cli, method, path, body, None)
+}
+
+fn request_with(
+    cli: &Cli,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    idempotency_key: Option<&str>,
+) -> Result<Value, Failure> {
     let token = match &cli.token_file {
         Some(f) => Some(
             orch_runtime::config::read_capped(f, orch_runtime::config::MAX_SECRET_BYTES)
@@ -117,6 +127,9 @@ fn request(cli: &Cli, method: &str, path: &str, body: Option<&str>) -> Result<Va
     let mut req = agent.request(method, &url);
     if let Some(t) = &token {
         req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    if let Some(k) = idempotency_key {
+        req = req.set("Idempotency-Key", k);
     }
     let sent = match body {
         Some(b) => req.set("Content-Type", "application/toml").send_string(b),
@@ -160,6 +173,15 @@ fn request(cli: &Cli, method: &str, path: &str, body: Option<&str>) -> Result<Va
         }
         Err(ureq::Error::Transport(t)) => Err(Failure(EXIT_FAILED, transport_error(&cli.node, &t))),
     }
+}
+
+/// Whether a failed request may have reached the master (it timed out, or
+/// the connection broke) and may be sent again under its idempotency key.
+fn retryable(msg: &str) -> bool {
+    msg.contains("answered 504")
+        || msg.contains("answered 502")
+        || msg.contains("no answer within")
+        || msg.contains("cannot reach")
 }
 
 /// How long `orchctl` waits for a node to accept the connection ...
@@ -354,7 +376,20 @@ fn submit(cli: &Cli, file: &std::path::Path, wait: bool) -> Result<(), Failure> 
         .unwrap_or(std::path::Path::new("."));
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let text = text.replace("{session_dir}", &dir.display().to_string());
-    let v = request(cli, "POST", "/v1/sessions", Some(&text))?;
+    // One key for this submission: sent again after a timeout or a broken
+    // connection, it returns the session the first try made, never a second.
+    let key = format!("orchctl-{:032x}", rand::random::<u128>());
+    let mut tries = 0;
+    let v = loop {
+        tries += 1;
+        match request_with(cli, "POST", "/v1/sessions", Some(&text), Some(&key)) {
+            Err(Failure(EXIT_FAILED, msg)) if tries < 3 && retryable(&msg) => {
+                eprintln!("{msg}; trying again with the same idempotency key");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            other => break other?,
+        }
+    };
     let id = v["id"].as_str().unwrap_or_default().to_string();
     if !wait {
         return if cli.json {
