@@ -12,10 +12,10 @@ use rand::Rng;
 use serde_json::Value;
 
 fn bins() -> Bins {
-    Bins {
-        node: env!("CARGO_BIN_EXE_orch-node").into(),
-        ctl: env!("CARGO_BIN_EXE_orchctl").into(),
-    }
+    Bins::or_from_env(
+        env!("CARGO_BIN_EXE_orch-node"),
+        env!("CARGO_BIN_EXE_orchctl"),
+    )
 }
 
 /// A master+worker `node-0` and `workers` workers, each with `devices` devices.
@@ -358,4 +358,123 @@ fn damaged_foreign_or_other_version_stores_are_refused_untouched() {
     let m: Value = c.manifest(&id).unwrap();
     assert_eq!(assert_exactly_once(&m, 0, 50), 50);
     assert_eq!(m["state"], "completed");
+}
+
+/// The sha256 of a store, its `-wal` and its `-shm` (`None`: absent).
+fn store_files(store: &std::path::Path) -> Vec<Option<String>> {
+    use sha2::{Digest, Sha256};
+    ["", "-wal", "-shm"]
+        .iter()
+        .map(|ext| {
+            std::fs::read(format!("{}{ext}", store.display()))
+                .ok()
+                .map(|b| format!("{:x}", Sha256::digest(&b)))
+        })
+        .collect()
+}
+
+#[test]
+fn a_store_left_by_kill_9_and_refused_keeps_every_byte_of_its_three_files() {
+    let mut c = TestCluster::new(bins());
+    let mut spec = NodeSpec::new("node-0").master();
+    spec.devices = 1;
+    c.add(spec).unwrap();
+    let id = c
+        .submit(
+            "small",
+            "name = \"small\"\nframes = { start = 0, end = 400 }\nchunk_frames = 5\n[executor]\nkind = \"builtin:noop\"\n",
+        )
+        .unwrap();
+    c.wait_done(&id, Duration::from_secs(30)).unwrap();
+    // kill -9: the last commits stay in the write-ahead log.
+    c.nodes[0].kill9();
+    let data = c.dir.path().join("node-0/data");
+    let store = data.join("master.db");
+    let saved: Vec<(String, Option<Vec<u8>>)> = ["", "-wal", "-shm"]
+        .iter()
+        .map(|e| {
+            let p = format!("{}{e}", store.display());
+            (p.clone(), std::fs::read(&p).ok())
+        })
+        .collect();
+    assert!(
+        saved[1].1.as_ref().is_some_and(|w| w.len() > 32 * 1024),
+        "kill -9 left commits in the log"
+    );
+    let restore = || {
+        for (p, bytes) in &saved {
+            match bytes {
+                Some(b) => std::fs::write(p, b).unwrap(),
+                None => {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+        }
+    };
+    type Damage<'a> = &'a dyn Fn();
+    let in_log = |sql: &'static str| {
+        let store = store.clone();
+        move || {
+            let conn = rusqlite::Connection::open(&store).unwrap();
+            conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+            conn.execute_batch(sql).unwrap();
+            // As if killed: the change stays in the log.
+            std::mem::forget(conn);
+        }
+    };
+    let newer = in_log("UPDATE meta SET value = '99.0.0' WHERE key = 'orch_version'");
+    let format = in_log("PRAGMA user_version = 9");
+    let truncated = || {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&store)
+            .unwrap();
+        f.set_len(8192).unwrap();
+    };
+    let damaged_log = || {
+        let wal = format!("{}-wal", store.display());
+        let mut b = std::fs::read(&wal).unwrap();
+        b[32 + 2 * (24 + 4096) + 24 + 500] ^= 0x5a;
+        std::fs::write(&wal, b).unwrap();
+    };
+    let cases: [(&str, Damage, &str); 4] = [
+        (
+            "a newer version, in the log",
+            &newer,
+            "written by orch `99.0.0`",
+        ),
+        ("a newer format, in the log", &format, "store format `9`"),
+        ("a truncated store with a log", &truncated, "master.db"),
+        ("a damaged log", &damaged_log, "write-ahead log"),
+    ];
+    for (what, damage, says) in cases {
+        restore();
+        damage();
+        let before = store_files(&store);
+        let started = Instant::now();
+        let out = std::process::Command::new(&c.bins.node)
+            .arg("--cluster")
+            .arg(&c.nodes[0].config)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{what}: {err}");
+        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(lines.len(), 1, "{what}: one line: {err}");
+        assert!(
+            lines[0].contains(&store.display().to_string()) && lines[0].contains(says),
+            "{what}: {err}"
+        );
+        assert_eq!(
+            store_files(&store),
+            before,
+            "{what}: db, -wal and -shm unchanged"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+    // The store as kill -9 left it resumes with every event.
+    restore();
+    c.restart(0).unwrap();
+    let m: Value = c.manifest(&id).unwrap();
+    assert_eq!(assert_exactly_once(&m, 0, 400), 400);
 }
