@@ -37,6 +37,19 @@ struct Entry {
     due: Option<Instant>,
 }
 
+impl Entry {
+    /// The message stamped with `epoch`, marked sent at `now`.
+    fn send(&mut self, now: Instant, epoch: u64) -> ToMaster {
+        self.sent = Some(now);
+        match &mut self.msg {
+            ToMaster::Progress(p) => p.epoch = epoch,
+            ToMaster::Result(r) => r.epoch = epoch,
+            _ => {}
+        }
+        self.msg.clone()
+    }
+}
+
 /// Unacknowledged reports, by sequence number.
 pub struct Outbox {
     log: Option<Box<dyn OutboxLog>>,
@@ -194,13 +207,7 @@ impl Outbox {
                 if e.sent.is_some() {
                     again += 1;
                 }
-                e.sent = Some(now);
-                match &mut e.msg {
-                    ToMaster::Progress(p) => p.epoch = epoch,
-                    ToMaster::Result(r) => r.epoch = epoch,
-                    _ => {}
-                }
-                e.msg.clone()
+                e.send(now, epoch)
             })
             .collect();
         metrics::counter!(m::OUTBOX_RESENT).increment(again);
@@ -214,15 +221,7 @@ impl Outbox {
         self.entries
             .values_mut()
             .filter(|e| e.sent.is_none())
-            .map(|e| {
-                e.sent = Some(now);
-                match &mut e.msg {
-                    ToMaster::Progress(p) => p.epoch = epoch,
-                    ToMaster::Result(r) => r.epoch = epoch,
-                    _ => {}
-                }
-                e.msg.clone()
-            })
+            .map(|e| e.send(now, epoch))
             .collect()
     }
 

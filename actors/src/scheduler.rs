@@ -912,13 +912,7 @@ impl Scheduler {
                             reason: "master_restart".into(),
                         },
                     });
-                    out.push(SchedCommand::Drop {
-                        node: node.to_string(),
-                        key: key.clone(),
-                        device: String::new(),
-                        keep: Vec::new(),
-                        reason: "master_restart: sent before the crash, never recorded".into(),
-                    });
+                    out.push(drop_unrecorded(node, key));
                 }
                 continue;
             }
@@ -957,13 +951,7 @@ impl Scheduler {
                     });
                 }
             }
-            out.push(SchedCommand::Drop {
-                node: node.to_string(),
-                key: key.clone(),
-                device: String::new(),
-                keep: Vec::new(),
-                reason: "master_restart: sent before the crash, never recorded".into(),
-            });
+            out.push(drop_unrecorded(node, key));
         }
     }
 
@@ -2337,5 +2325,17 @@ impl serde::Serialize for ManifestStream<'_> {
         st.serialize_field("replay", &s.replay)?;
         st.serialize_field("failed", &failed)?;
         st.end()
+    }
+}
+
+/// Stops an attempt `node` holds that the ledger never recorded (see
+/// `Scheduler::note_unrecorded`); the node knows its device.
+fn drop_unrecorded(node: &str, key: &AttemptKey) -> SchedCommand {
+    SchedCommand::Drop {
+        node: node.to_string(),
+        key: key.clone(),
+        device: String::new(),
+        keep: Vec::new(),
+        reason: "master_restart: sent before the crash, never recorded".into(),
     }
 }

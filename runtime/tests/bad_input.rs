@@ -11,10 +11,10 @@ use orch_tests::{
 };
 
 fn bins() -> Bins {
-    Bins {
-        node: env!("CARGO_BIN_EXE_orch-node").into(),
-        ctl: env!("CARGO_BIN_EXE_orchctl").into(),
-    }
+    Bins::or_from_env(
+        env!("CARGO_BIN_EXE_orch-node"),
+        env!("CARGO_BIN_EXE_orchctl"),
+    )
 }
 
 const GOOD: &str = r#"

@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use orch_tests::{all_healthy, has_state, Bins, TestCluster};
+use orch_tests::{all_healthy, has_state, rejoined, Bins, TestCluster};
 
 fn bins() -> Bins {
-    Bins {
-        node: env!("CARGO_BIN_EXE_orch-node").into(),
-        ctl: env!("CARGO_BIN_EXE_orchctl").into(),
-    }
+    Bins::or_from_env(
+        env!("CARGO_BIN_EXE_orch-node"),
+        env!("CARGO_BIN_EXE_orchctl"),
+    )
 }
 
 const ALL: [&str; 3] = ["node-0", "node-1", "node-2"];
@@ -96,13 +96,7 @@ fn sigstop_is_heartbeat_timeout_and_sigcont_rejoins_with_a_higher_epoch() {
     c.wait_for(
         "node-1 healthy again with a new epoch",
         Duration::from_secs(10),
-        |ws| {
-            ws.iter().any(|w| {
-                w["node"] == "node-1"
-                    && w["state"] == "healthy"
-                    && w["epoch"].as_u64().unwrap() > epoch_before
-            })
-        },
+        |ws| rejoined(ws, "node-1", epoch_before),
     )
     .unwrap();
     assert_eq!(c.worker("node-1").unwrap()["registrations"], 2);

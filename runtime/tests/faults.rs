@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use orch_tests::{
     all_healthy, assert_exactly_once, assert_ids_disjoint, assert_no_id_issued_twice, free_port,
-    has_state, id_events, outputs_accounted, process_alive, wait_until, Bins, NodeSpec,
-    TestCluster,
+    has_state, id_events, outputs_accounted, process_alive, sleep_session, wait_until, Bins,
+    NodeSpec, TestCluster, THREE,
 };
 use serde_json::Value;
 
@@ -19,24 +19,6 @@ fn bins() -> Bins {
     Bins::or_from_env(
         env!("CARGO_BIN_EXE_orch-node"),
         env!("CARGO_BIN_EXE_orchctl"),
-    )
-}
-
-const ALL: [&str; 3] = ["node-0", "node-1", "node-2"];
-
-/// node-0 (master and worker, 3 devices), node-1 and node-2 (2 devices each).
-fn three_nodes() -> TestCluster {
-    let c = TestCluster::start_standard(bins(), 2, 500, 3).unwrap();
-    c.wait_for("3 healthy workers", Duration::from_secs(10), |ws| {
-        all_healthy(ws, &ALL)
-    })
-    .unwrap();
-    c
-}
-
-fn sleep_session(name: &str, frames: u64, chunk: u64, ms: u64) -> String {
-    format!(
-        "name = \"{name}\"\nframes = {{ start = 0, end = {frames} }}\nchunk_frames = {chunk}\nid_chunk_size = 10\n[executor]\nkind = \"builtin:sleep\"\nms_per_frame = {ms}\n"
     )
 }
 
@@ -84,7 +66,7 @@ fn status(c: &TestCluster, i: usize) -> Value {
 /// SIGSTOP the master for `pause` mid-session, then SIGCONT: nobody is
 /// judged, nothing is rejected, every frame is produced once.
 fn master_stopped_for(pause: Duration) {
-    let c = three_nodes();
+    let c = TestCluster::three_healthy(bins(), 500).unwrap();
     let epochs: BTreeMap<String, u64> = c
         .workers()
         .unwrap()
@@ -161,7 +143,7 @@ fn a_master_stopped_for_20s_mid_session_judges_no_worker() {
 
 #[test]
 fn a_worker_killed_while_the_master_is_stopped_is_still_detected() {
-    let mut c = three_nodes();
+    let mut c = TestCluster::three_healthy(bins(), 500).unwrap();
     let id = c
         .submit("paused", &sleep_session("paused", 1000, 10, 20))
         .unwrap();
@@ -364,7 +346,7 @@ done
 /// A three-node cluster running a session of `script` tasks, once node-2
 /// runs some: the cluster, the session, and the file of the tasks' pids.
 fn node_2_running_tasks(name: &str, script: &str, extra: &str) -> (TestCluster, String, PathBuf) {
-    let c = three_nodes();
+    let c = TestCluster::three_healthy(bins(), 500).unwrap();
     let script = write_script(&c, "task.sh", script);
     let pids = c.dir.path().join("pids");
     let id = c
@@ -420,7 +402,7 @@ fn kill_9_of_a_worker_leaves_no_task_process_and_nothing_unlisted_in_out() {
         outputs_accounted(&data, &m).unwrap();
     }
     // Every task process of the whole session has ended.
-    for n in ALL {
+    for n in THREE {
         for p in pids_of(&pids, n) {
             assert!(
                 !process_alive(p),
@@ -450,7 +432,7 @@ fn sigterm_of_a_node_leaves_no_task_process() {
 
 #[test]
 fn a_background_child_holding_a_pipe_does_not_wedge_devices() {
-    let c = three_nodes();
+    let c = TestCluster::three_healthy(bins(), 500).unwrap();
     let pids = c.dir.path().join("pids");
     // Each program leaves a child that holds stderr (or stdout) for a
     // minute, and exits at once.
@@ -514,7 +496,7 @@ fn a_background_child_holding_a_pipe_does_not_wedge_devices() {
         "took {:?}",
         started.elapsed()
     );
-    let all: Vec<i32> = ALL.iter().flat_map(|n| pids_of(&pids, n)).collect();
+    let all: Vec<i32> = THREE.iter().flat_map(|n| pids_of(&pids, n)).collect();
     assert_eq!(all.len(), 30 + 30 + 7, "one process recorded per task");
     wait_until(
         "no background child outlives its task",
@@ -526,7 +508,7 @@ fn a_background_child_holding_a_pipe_does_not_wedge_devices() {
 
 #[test]
 fn a_program_that_lies_about_progress_fails_and_a_symlink_keeps_the_files() {
-    let c = three_nodes();
+    let c = TestCluster::three_healthy(bins(), 500).unwrap();
     let pids = c.dir.path().join("pids");
     let liar = write_script(&c, "liar.sh", "echo ORCH_PROGRESS 999999\nexit 3\n");
     let lies = c
@@ -574,7 +556,7 @@ fn a_program_that_lies_about_progress_fails_and_a_symlink_keeps_the_files() {
         let expected: Vec<String> = (s..e).map(|f| format!("frame_{f}.txt")).collect();
         assert_eq!(listed, expected, "range {r}");
     }
-    for n in ALL {
+    for n in THREE {
         let data = c.dir.path().join(n).join("data");
         wait_until(
             &format!("{n}: every credited frame's file in place, the links quarantined"),
@@ -597,7 +579,7 @@ fn a_program_that_lies_about_progress_fails_and_a_symlink_keeps_the_files() {
 
 #[test]
 fn a_failed_attempt_that_reports_no_id_never_shares_its_chunk() {
-    let c = three_nodes();
+    let c = TestCluster::three_healthy(bins(), 500).unwrap();
     let pids = c.dir.path().join("pids");
     // The first attempt of every task numbers entities from ORCH_ID_LO and
     // fails without saying how many it used; the second reports its use.
@@ -636,7 +618,7 @@ fn a_failed_attempt_that_reports_no_id_never_shares_its_chunk() {
 
 #[test]
 fn orchctl_says_when_the_master_or_the_node_does_not_answer() {
-    let mut c = three_nodes();
+    let mut c = TestCluster::three_healthy(bins(), 500).unwrap();
     c.nodes[0].sigstop();
     // Through a worker: the node answers that its master did not.
     let t = Instant::now();
@@ -676,7 +658,7 @@ fn a_master_stopped_for_60s_while_programs_report_keeps_every_worker() {
     // Programs that report progress 20 times a second for 10 s each: while
     // the master is stopped its workers must not fill the connections it
     // does not read (their TCP_USER_TIMEOUT would close them).
-    let c = three_nodes();
+    let c = TestCluster::three_healthy(bins(), 500).unwrap();
     let pids = c.dir.path().join("pids");
     let script = write_script(
         &c,

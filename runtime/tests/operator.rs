@@ -5,30 +5,13 @@
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use orch_tests::{all_healthy, assert_exactly_once, Bins, TestCluster};
+use orch_tests::{assert_exactly_once, sleep_session, Bins, TestCluster};
 use serde_json::Value;
 
 fn bins() -> Bins {
-    Bins {
-        node: env!("CARGO_BIN_EXE_orch-node").into(),
-        ctl: env!("CARGO_BIN_EXE_orchctl").into(),
-    }
-}
-
-const ALL: [&str; 3] = ["node-0", "node-1", "node-2"];
-
-fn three_nodes() -> TestCluster {
-    let c = TestCluster::start_standard(bins(), 2, 500, 3).unwrap();
-    c.wait_for("3 healthy workers", Duration::from_secs(10), |ws| {
-        all_healthy(ws, &ALL)
-    })
-    .unwrap();
-    c
-}
-
-fn sleep_session(name: &str, frames: u64, chunk: u64, ms: u64) -> String {
-    format!(
-        "name = \"{name}\"\nframes = {{ start = 0, end = {frames} }}\nchunk_frames = {chunk}\nid_chunk_size = 10\n[executor]\nkind = \"builtin:sleep\"\nms_per_frame = {ms}\n"
+    Bins::or_from_env(
+        env!("CARGO_BIN_EXE_orch-node"),
+        env!("CARGO_BIN_EXE_orchctl"),
     )
 }
 
@@ -53,7 +36,7 @@ fn unix_ms() -> u64 {
 
 #[test]
 fn every_command_answers_json_and_unknown_names_are_exit_3() {
-    let c = three_nodes();
+    let c = TestCluster::three_healthy(bins(), 500).unwrap();
     let id = c.submit("ops", &sleep_session("ops", 300, 10, 10)).unwrap();
     // Mid-session: devices show work, status shows the session.
     c.wait_session(&id, "work in flight", Duration::from_secs(20), |v| {
@@ -152,7 +135,7 @@ fn every_command_answers_json_and_unknown_names_are_exit_3() {
 
 #[test]
 fn a_drained_node_finishes_its_tasks_and_takes_no_new_ones() {
-    let c = three_nodes();
+    let c = TestCluster::three_healthy(bins(), 500).unwrap();
     let id = c
         .submit("drain", &sleep_session("drain", 600, 10, 20))
         .unwrap();
@@ -198,7 +181,7 @@ fn a_drained_node_finishes_its_tasks_and_takes_no_new_ones() {
 
 #[test]
 fn restarting_a_busy_device_reassigns_its_task_exactly_once() {
-    let c = three_nodes();
+    let c = TestCluster::three_healthy(bins(), 500).unwrap();
     let id = c
         .submit("restart", &sleep_session("restart", 300, 10, 50))
         .unwrap();
@@ -252,7 +235,7 @@ fn sample(text: &str, series: &str) -> f64 {
 
 #[test]
 fn the_metrics_catalog_is_complete_and_moves_during_a_session() {
-    let mut c = three_nodes();
+    let mut c = TestCluster::three_healthy(bins(), 500).unwrap();
     let id = c
         .submit("metrics", &sleep_session("metrics", 600, 10, 20))
         .unwrap();
@@ -329,7 +312,7 @@ fn the_status_page_shows_live_progress_in_headless_chromium() {
         eprintln!("\n!!!!!!!! SKIPPED: no Chromium here (`apt-get install chromium`; .ci/run installs it)\n");
         return;
     };
-    let c = three_nodes();
+    let c = TestCluster::three_healthy(bins(), 500).unwrap();
     let id = c
         .submit("page", &sleep_session("page", 2000, 10, 20))
         .unwrap();

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use orch_tests::netns::{Direction, NetNs};
 use orch_tests::{
-    all_healthy, assert_exactly_once, assert_ids_disjoint, free_port, has_state, Bins, NodeSpec,
-    TestCluster,
+    all_healthy, assert_exactly_once, assert_ids_disjoint, free_port, has_state, rejoined, Bins,
+    NodeSpec, TestCluster,
 };
 
 fn bins() -> Bins {
@@ -75,13 +75,7 @@ fn a_worker_cut_off_for_10s_is_heartbeat_timeout_and_rejoins_after_healing() {
     c.wait_for(
         "node-ns healthy again with a new epoch after the link is back",
         Duration::from_secs(30),
-        |ws| {
-            ws.iter().any(|w| {
-                w["node"] == "node-ns"
-                    && w["state"] == "healthy"
-                    && w["epoch"].as_u64().unwrap() > epoch_before
-            })
-        },
+        |ws| rejoined(ws, "node-ns", epoch_before),
     )
     .unwrap();
     assert!(
@@ -177,13 +171,7 @@ fn one_way_partition_heals_within_3s(n: u8, dir: Direction, secs: u64) {
         .wait_for(
             &format!("node-ns healthy again within 3 s of healing a {secs} s cut {dir:?}"),
             Duration::from_secs(3),
-            |ws| {
-                ws.iter().any(|w| {
-                    w["node"] == "node-ns"
-                        && w["state"] == "healthy"
-                        && w["epoch"].as_u64().unwrap() > epoch_before
-                })
-            },
+            |ws| rejoined(ws, "node-ns", epoch_before),
         )
         .unwrap();
     eprintln!("{dir:?} cut of {secs} s: healthy again {took:?} after the heal");

@@ -297,19 +297,24 @@ fn refused(c: &mut TestCluster, store: &std::path::Path, says: &str) {
     assert_eq!(std::fs::read(store).unwrap(), before, "nothing overwritten");
 }
 
-#[test]
-fn damaged_foreign_or_other_version_stores_are_refused_untouched() {
+/// A master with one device that has run a session of `frames` noop frames,
+/// and the session's id.
+fn one_node_that_ran_noop_frames(frames: u64) -> (TestCluster, String) {
     let mut c = TestCluster::new(bins());
     let mut spec = NodeSpec::new("node-0").master();
     spec.devices = 1;
     c.add(spec).unwrap();
-    let id = c
-        .submit(
-            "small",
-            "name = \"small\"\nframes = { start = 0, end = 50 }\nchunk_frames = 5\n[executor]\nkind = \"builtin:noop\"\n",
-        )
-        .unwrap();
+    let session = format!(
+        "name = \"small\"\nframes = {{ start = 0, end = {frames} }}\nchunk_frames = 5\n[executor]\nkind = \"builtin:noop\"\n"
+    );
+    let id = c.submit("small", &session).unwrap();
     c.wait_done(&id, Duration::from_secs(30)).unwrap();
+    (c, id)
+}
+
+#[test]
+fn damaged_foreign_or_other_version_stores_are_refused_untouched() {
+    let (mut c, id) = one_node_that_ran_noop_frames(50);
     // A clean stop checkpoints the write-ahead log into the store file.
     c.nodes[0].sigterm();
     assert_eq!(
@@ -375,17 +380,7 @@ fn store_files(store: &std::path::Path) -> Vec<Option<String>> {
 
 #[test]
 fn a_store_left_by_kill_9_and_refused_keeps_every_byte_of_its_three_files() {
-    let mut c = TestCluster::new(bins());
-    let mut spec = NodeSpec::new("node-0").master();
-    spec.devices = 1;
-    c.add(spec).unwrap();
-    let id = c
-        .submit(
-            "small",
-            "name = \"small\"\nframes = { start = 0, end = 400 }\nchunk_frames = 5\n[executor]\nkind = \"builtin:noop\"\n",
-        )
-        .unwrap();
-    c.wait_done(&id, Duration::from_secs(30)).unwrap();
+    let (mut c, id) = one_node_that_ran_noop_frames(400);
     // kill -9: the last commits stay in the write-ahead log.
     c.nodes[0].kill9();
     let data = c.dir.path().join("node-0/data");

@@ -7,26 +7,15 @@ use std::time::Duration;
 
 use orch_tests::{
     all_healthy, assert_exactly_once, assert_ids_disjoint, free_port, max_overlap, rss_bytes, Bins,
-    NodeSpec, TestCluster,
+    NodeSpec, TestCluster, THREE,
 };
 use serde_json::Value;
 
 fn bins() -> Bins {
-    Bins {
-        node: env!("CARGO_BIN_EXE_orch-node").into(),
-        ctl: env!("CARGO_BIN_EXE_orchctl").into(),
-    }
-}
-
-const ALL: [&str; 3] = ["node-0", "node-1", "node-2"];
-
-fn three_nodes(hb: u64) -> TestCluster {
-    let c = TestCluster::start_standard(bins(), 2, hb, 3).unwrap();
-    c.wait_for("3 healthy workers", Duration::from_secs(10), |ws| {
-        all_healthy(ws, &ALL)
-    })
-    .unwrap();
-    c
+    Bins::or_from_env(
+        env!("CARGO_BIN_EXE_orch-node"),
+        env!("CARGO_BIN_EXE_orchctl"),
+    )
 }
 
 fn frames(v: &Value) -> (u64, u64) {
@@ -35,7 +24,7 @@ fn frames(v: &Value) -> (u64, u64) {
 
 #[test]
 fn two_hundred_thousand_noop_frames_on_three_nodes_exactly_once() {
-    let c = three_nodes(500);
+    let c = TestCluster::three_healthy(bins(), 500).unwrap();
     let id = c
         .submit(
             "big",
@@ -120,7 +109,7 @@ fn files_under(dir: &std::path::Path) -> BTreeSet<String> {
 
 #[test]
 fn kill_9_of_a_worker_mid_session_replays_only_unreported_frames() {
-    let mut c = three_nodes(500);
+    let mut c = TestCluster::three_healthy(bins(), 500).unwrap();
     let script = frame_script(c.dir.path(), 20);
     let log = c.dir.path().join("frames.log");
     let id = c
@@ -235,7 +224,7 @@ fn kill_9_of_a_worker_mid_session_replays_only_unreported_frames() {
 
 #[test]
 fn a_stopped_worker_s_late_results_are_rejected_as_stale() {
-    let c = three_nodes(500);
+    let c = TestCluster::three_healthy(bins(), 500).unwrap();
     let id = c
         .submit(
             "stop",
@@ -363,7 +352,7 @@ fn requirements_are_hard_and_an_unservable_session_says_why() {
 
 #[test]
 fn bad_sessions_and_misbehaving_commands_fail_clearly_and_others_carry_on() {
-    let c = three_nodes(500);
+    let c = TestCluster::three_healthy(bins(), 500).unwrap();
     let dir = c.dir.path();
     // Bad session files: exit 2 and the key, nothing submitted.
     let bad = dir.join("bad.toml");
@@ -460,7 +449,7 @@ fn post(c: &TestCluster, body: &str, headers: &[(&str, &str)]) -> (u16, Value) {
 
 #[test]
 fn a_submission_sent_again_with_its_idempotency_key_makes_one_session() {
-    let c = three_nodes(500);
+    let c = TestCluster::three_healthy(bins(), 500).unwrap();
     let body = "name = \"once\"\nframes = { start = 0, end = 40 }\nchunk_frames = 4\n[executor]\nkind = \"builtin:noop\"\n";
     let (code, first) = post(&c, body, &[("Idempotency-Key", "retry-me-1")]);
     assert_eq!(code, 200, "{first}");
@@ -485,7 +474,7 @@ fn a_submission_sent_again_with_its_idempotency_key_makes_one_session() {
     c.nodes[0].kill9();
     c.restart(0).unwrap();
     c.wait_for("the workers are back", Duration::from_secs(20), |ws| {
-        all_healthy(ws, &ALL)
+        all_healthy(ws, &THREE)
     })
     .unwrap();
     let (_, after) = post(&c, body, &[("Idempotency-Key", "retry-me-1")]);

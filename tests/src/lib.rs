@@ -314,6 +314,16 @@ impl TestCluster {
         Ok(c)
     }
 
+    /// `start_standard` with two workers, 3 missed heartbeats, waiting until
+    /// node-0, node-1 and node-2 are healthy (10 s).
+    pub fn three_healthy(bins: Bins, heartbeat_ms: u64) -> Result<Self> {
+        let c = Self::start_standard(bins, 2, heartbeat_ms, 3)?;
+        c.wait_for("3 healthy workers", Duration::from_secs(10), |ws| {
+            all_healthy(ws, &THREE)
+        })?;
+        Ok(c)
+    }
+
     pub fn add(&mut self, spec: NodeSpec) -> Result<usize> {
         self.add_with_port(spec, free_port())
     }
@@ -668,6 +678,27 @@ pub fn outputs_accounted(data_dir: &Path, manifest: &Value) -> Result<usize> {
         }
     }
     Ok(n)
+}
+
+/// The nodes of `TestCluster::three_healthy`.
+pub const THREE: [&str; 3] = ["node-0", "node-1", "node-2"];
+
+/// A session of `frames` frames in chunks of `chunk`, `ms` per frame on the
+/// builtin sleep executor, with ID chunks of 10.
+pub fn sleep_session(name: &str, frames: u64, chunk: u64, ms: u64) -> String {
+    format!(
+        "name = \"{name}\"\nframes = {{ start = 0, end = {frames} }}\nchunk_frames = {chunk}\nid_chunk_size = 10\n[executor]\nkind = \"builtin:sleep\"\nms_per_frame = {ms}\n"
+    )
+}
+
+/// `node` is healthy in `ws` under an epoch newer than `epoch_before`: it
+/// came back after being declared unhealthy.
+pub fn rejoined(ws: &[Value], node: &str, epoch_before: u64) -> bool {
+    ws.iter().any(|w| {
+        w["node"] == node
+            && w["state"] == "healthy"
+            && w["epoch"].as_u64().is_some_and(|e| e > epoch_before)
+    })
 }
 
 /// Every worker named in `names` is healthy in `ws`.
