@@ -10,13 +10,19 @@
 //!   helper process forked by `orch-node` at start ([`start_reaper`]), told of
 //!   every group as it starts and ends, which kills every group still
 //!   running when the node's end of their pipe closes (kill -9 included).
-//! - Each running group is also recorded in `{data_dir}/procs/`; a node
-//!   started on the same `data_dir` kills what an earlier one left there
-//!   ([`TaskGroups::open`]) before it runs anything.
+//! - Every task process carries `ORCH_NODE_RUN`, a token of this run of the
+//!   node, in its environment (children inherit it). When the node dies the
+//!   reaper also kills every process that carries it: one that left its
+//!   group (`setsid`, a daemon), and one a task started before the node had
+//!   recorded the task's group.
+//! - Each running group is also recorded in `{data_dir}/procs/`, with the
+//!   run's token in `procs/run`; a node started on the same `data_dir` kills
+//!   what an earlier one left there, groups and token carriers
+//!   ([`TaskGroups::open`]), before it runs anything.
 //!
-//! A program that leaves its process group (`setsid`, a daemon that detaches)
-//! is not followed. Every `unsafe` call of the crate's process handling is in
-//! this file.
+//! A process that left its group survives its task's end (only its group is
+//! killed then) but not its node. Every `unsafe` call of the crate's process
+//! handling is in this file.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -35,6 +41,70 @@ const STALE_GONE_WITHIN: Duration = Duration::from_secs(5);
 
 /// The node's end of the reaper's pipe, once [`start_reaper`] ran.
 static LIFELINE: OnceLock<File> = OnceLock::new();
+
+/// The environment variable that marks this node run's task processes.
+pub const RUN_VAR: &str = "ORCH_NODE_RUN";
+/// How long the reaper and a starting node keep killing token carriers.
+const CARRIERS_GONE_WITHIN: Duration = Duration::from_secs(2);
+
+static RUN_TOKEN: OnceLock<String> = OnceLock::new();
+
+/// This run's token: the node's process id and its start in nanoseconds,
+/// unique on the host.
+pub fn run_token() -> &'static str {
+    RUN_TOKEN.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        format!("{}-{nanos:x}", std::process::id())
+    })
+}
+
+/// The processes (not zombies, not this one) whose environment holds
+/// `RUN_VAR=token`.
+pub fn carriers(token: &str) -> Vec<i32> {
+    let marker = format!("{RUN_VAR}={token}");
+    let me = std::process::id() as i32;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|&pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()))
+                .unwrap_or(false)
+        })
+        .filter(|&pid| stat_of(pid).is_some_and(|s| !matches!(s.state, 'Z' | 'X' | 'x')))
+        .collect()
+}
+
+/// SIGKILL every process carrying `token`, again until none is left (a
+/// process may fork meanwhile) or `within` passed; how many were killed and
+/// whether none is left.
+#[allow(unsafe_code)]
+pub fn kill_carriers(token: &str, within: Duration) -> (usize, bool) {
+    let deadline = Instant::now() + within;
+    let mut killed = std::collections::HashSet::new();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let live = carriers(token);
+        if live.is_empty() {
+            return (killed.len(), true);
+        }
+        for pid in live {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            killed.insert(pid);
+        }
+        if Instant::now() >= deadline {
+            return (killed.len(), carriers(token).is_empty());
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
 
 /// One record to the reaper: `+` or `-`, then the group id (little endian).
 fn reaper_record(op: u8, pgid: i32) -> [u8; 5] {
@@ -63,14 +133,16 @@ pub fn start_reaper() -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     let (read_end, write_end) = (fds[0], fds[1]);
+    let token = run_token().to_string();
     // SAFETY: the caller guarantees a single thread, so the child is a
-    // complete copy; it only reads a pipe and sends signals, then exits.
+    // complete copy (allocating is safe); it reads a pipe and `/proc` and
+    // sends signals, then exits.
     match unsafe { libc::fork() } {
         -1 => Err(std::io::Error::last_os_error()),
         0 => {
             // SAFETY: closing our copy of the write end; `read_end` is ours.
             unsafe { libc::close(write_end) };
-            reaper_main(read_end)
+            reaper_main(read_end, &token)
         }
         _ => {
             // SAFETY: the child owns its copy of the read end; we close ours.
@@ -89,7 +161,7 @@ pub fn start_reaper() -> std::io::Result<()> {
 
 /// The reaper's life: follow the groups, kill the rest when the node is gone.
 #[allow(unsafe_code)]
-fn reaper_main(read_end: i32) -> ! {
+fn reaper_main(read_end: i32, token: &str) -> ! {
     // SAFETY: plain system calls on this process; no memory is shared.
     unsafe {
         // Out of the node's session and process group: a Ctrl-C or a
@@ -139,6 +211,9 @@ fn reaper_main(read_end: i32) -> ! {
             unsafe { libc::kill(-pgid, libc::SIGKILL) };
         }
     }
+    // And every process of its tasks wherever it went: out of its group,
+    // or started before its group was recorded.
+    kill_carriers(token, CARRIERS_GONE_WITHIN);
     // SAFETY: ending the helper without running the parent's atexit handlers.
     unsafe { libc::_exit(0) }
 }
@@ -150,7 +225,9 @@ fn reaper_main(read_end: i32) -> ! {
 pub fn prepare(cmd: &mut tokio::process::Command) {
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
-    cmd.process_group(0).kill_on_drop(true);
+    cmd.process_group(0)
+        .kill_on_drop(true)
+        .env(RUN_VAR, run_token());
     // SAFETY: the closure runs in the child between fork and exec and calls
     // only async-signal-safe functions (prctl, getppid, _exit).
     unsafe {
@@ -329,6 +406,29 @@ impl TaskGroups {
         if left > 0 {
             warn!(node_id = %node, groups = left, "task process groups of an earlier run did not die within 5 s of SIGKILL");
         }
+        // Processes of the earlier run's tasks outside those groups.
+        let run_file = groups.dir.join("run");
+        if let Ok(old) = std::fs::read_to_string(&run_file) {
+            let old = old.trim().to_string();
+            if !old.is_empty() && old != run_token() {
+                let (killed, gone) =
+                    tokio::task::spawn_blocking(move || kill_carriers(&old, STALE_GONE_WITHIN))
+                        .await
+                        .unwrap_or((0, false));
+                if killed > 0 {
+                    info!(node_id = %node, processes = killed, "killed processes an earlier run of this node's tasks left outside their groups");
+                }
+                if !gone {
+                    warn!(node_id = %node, "processes of an earlier run's tasks did not die within 5 s of SIGKILL");
+                }
+            }
+        }
+        if let Err(e) = std::fs::write(&run_file, format!("{}\n", run_token())) {
+            return Err(crate::store::StoreError {
+                path: run_file,
+                what: format!("cannot write it: {e}"),
+            });
+        }
         Ok(groups)
     }
 
@@ -502,6 +602,47 @@ mod tests {
     #[test]
     fn reaper_records_are_five_bytes() {
         assert_eq!(reaper_record(b'+', 0x0102_0304), [b'+', 4, 3, 2, 1]);
+    }
+
+    #[tokio::test]
+    async fn the_carriers_of_the_run_token_are_found_and_killed_out_of_their_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pids = dir.path().join("pids");
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c").arg(format!(
+            "setsid sleep 30 & echo $! > {p}; sleep 30 & wait",
+            p = pids.display()
+        ));
+        prepare(&mut cmd);
+        let mut child = cmd.spawn().unwrap();
+        let leader = child.id().unwrap() as i32;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let escaped = loop {
+            if let Some(p) = std::fs::read_to_string(&pids)
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+            {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "the child wrote its pid");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        // Out of the task's group, yet found by its token.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while stat_of(escaped).map(|s| s.pgrp) != Some(escaped) {
+            assert!(Instant::now() < deadline, "the child left its group");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let found = carriers(run_token());
+        assert!(
+            found.contains(&leader) && found.contains(&escaped),
+            "{found:?}"
+        );
+        assert!(!carriers("some-other-run").contains(&leader));
+        let (killed, gone) = kill_carriers(run_token(), Duration::from_secs(5));
+        assert!(gone && killed >= 3, "killed {killed}");
+        let _ = child.wait().await;
+        assert!(stat_of(escaped).is_none_or(|s| matches!(s.state, 'Z' | 'X' | 'x')));
     }
 
     #[tokio::test]

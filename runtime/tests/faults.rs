@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use orch_tests::{
     all_healthy, assert_exactly_once, assert_ids_disjoint, assert_no_id_issued_twice, free_port,
-    has_state, id_events, outputs_accounted, process_alive, sleep_session, wait_until, Bins,
-    NodeSpec, TestCluster, THREE,
+    has_state, id_events, outputs_accounted, process_alive, signal_pid, sleep_session, wait_until,
+    Bins, NodeSpec, TestCluster, THREE,
 };
 use serde_json::Value;
 
@@ -376,11 +376,7 @@ fn kill_9_of_a_worker_leaves_no_task_process_and_nothing_unlisted_in_out() {
         panic!("{e}: still alive {alive:?}")
     });
     std::thread::sleep(Duration::from_secs(1)); // the fault: restart 1 s later
-    let i = c
-        .nodes
-        .iter()
-        .position(|n| n.spec.name == "node-2")
-        .unwrap();
+    let i = index_of(&c, "node-2");
     c.restart(i).unwrap();
     let v = c.wait_done(&id, Duration::from_secs(90)).unwrap();
     assert_eq!(v["state"], "completed", "{v}");
@@ -410,6 +406,89 @@ fn kill_9_of_a_worker_leaves_no_task_process_and_nothing_unlisted_in_out() {
             );
         }
     }
+}
+
+/// `TASK` after a child that leaves the task's process group.
+fn escaping_task() -> String {
+    format!("setsid sleep 60 &\necho \"$ORCH_NODE $!\" >> \"$PIDS\"\n{TASK}")
+}
+
+/// The live children of `parent` named `comm`.
+fn children_named(parent: i32, comm: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| {
+                let Some((head, rest)) = st.rsplit_once(')') else {
+                    return false;
+                };
+                let ppid = rest.split_whitespace().nth(1);
+                head.ends_with(&format!("({comm}")) && ppid == Some(&parent.to_string())
+            })
+        })
+        .collect()
+}
+
+fn index_of(c: &TestCluster, name: &str) -> usize {
+    c.nodes.iter().position(|n| n.spec.name == name).unwrap()
+}
+
+#[test]
+fn processes_that_leave_their_group_die_with_their_node() {
+    for kill in ["kill -9", "SIGTERM"] {
+        let (mut c, _id, pids) = node_2_running_tasks("escape", &escaping_task(), "");
+        if kill == "kill -9" {
+            c.node("node-2").kill9();
+        } else {
+            c.node("node-2").sigterm();
+            c.node("node-2").wait_exit(Duration::from_secs(10)).unwrap();
+        }
+        let mine = pids_of(&pids, "node-2");
+        wait_until(
+            &format!("every process of node-2's tasks gone after {kill}, in their group or not"),
+            Duration::from_secs(1),
+            || mine.iter().all(|p| !process_alive(*p)),
+        )
+        .unwrap_or_else(|e| {
+            let alive: Vec<_> = mine.iter().filter(|p| process_alive(**p)).collect();
+            panic!("{e}: still alive {alive:?}")
+        });
+    }
+}
+
+#[test]
+fn a_node_restarted_after_its_reaper_died_kills_what_the_tasks_left() {
+    let (mut c, _id, pids) = node_2_running_tasks("reaperless", &escaping_task(), "");
+    // The reaper dies first (the OOM killer, say), then the node.
+    let node = c.node("node-2").pid().unwrap();
+    let reapers = children_named(node, "orch-reaper");
+    assert_eq!(reapers.len(), 1, "node-2 has its reaper");
+    signal_pid(reapers[0], libc::SIGKILL);
+    wait_until("the reaper gone", Duration::from_secs(5), || {
+        !process_alive(reapers[0])
+    })
+    .unwrap();
+    c.node("node-2").kill9();
+    let mine = pids_of(&pids, "node-2");
+    // The leaders die of their parent-death signal; the rest stays.
+    std::thread::sleep(Duration::from_millis(500));
+    let left: Vec<i32> = mine.iter().copied().filter(|p| process_alive(*p)).collect();
+    assert!(
+        left.len() >= 4,
+        "children outside and inside the groups outlive a node without its reaper: {left:?} of {mine:?}"
+    );
+    let i = index_of(&c, "node-2");
+    c.restart(i).unwrap();
+    wait_until(
+        "the restarted node-2 has killed every process the first run's tasks left",
+        Duration::from_secs(10),
+        || left.iter().all(|p| !process_alive(*p)),
+    )
+    .unwrap_or_else(|e| {
+        let alive: Vec<_> = left.iter().filter(|p| process_alive(**p)).collect();
+        panic!("{e}: still alive {alive:?}")
+    });
 }
 
 #[test]

@@ -267,6 +267,11 @@ pub fn rss_bytes(pid: i32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Send `sig` to process `pid`.
+pub fn signal_pid(pid: i32, sig: i32) {
+    unsafe_kill(pid, sig)
+}
+
 #[allow(unsafe_code)]
 fn unsafe_kill(pid: i32, sig: i32) {
     // SAFETY: kill(2) has no memory-safety preconditions.
