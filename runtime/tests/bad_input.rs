@@ -7,7 +7,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use orch_tests::{
-    all_healthy, free_port, raise_fd_limit, rss_bytes, wait_until, Bins, NodeSpec, TestCluster,
+    all_healthy, free_port, http_post, raise_fd_limit, rss_bytes, wait_until, Bins, NodeSpec,
+    TestCluster,
 };
 
 fn bins() -> Bins {
@@ -41,7 +42,7 @@ fn run_config(text: &str) -> (Option<i32>, String) {
         .replace("PORT", &p.to_string());
     let path = dir.path().join("cluster.toml");
     std::fs::write(&path, text).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_orch-node"))
+    let child = Command::new(bins().node)
         .arg("--cluster")
         .arg(&path)
         .stderr(std::process::Stdio::piped())
@@ -54,6 +55,13 @@ fn run_config(text: &str) -> (Option<i32>, String) {
             "port {port} must not be opened for a bad config"
         );
     }
+    // A config taken for good starts a node: stop it after a while.
+    let mut child = child;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
     let out = child.wait_with_output().unwrap();
     (
         out.status.code(),
@@ -163,7 +171,7 @@ fn secret_and_config_files_that_are_not_small_regular_files_are_refused_at_once(
         (std::path::Path::new("/dev/zero"), "got a device"),
     ] {
         let started = Instant::now();
-        let out = Command::new(env!("CARGO_BIN_EXE_orch-node"))
+        let out = Command::new(bins().node)
             .arg("--cluster")
             .arg(path)
             .output()
@@ -289,7 +297,7 @@ fn the_cluster_port_cannot_be_exhausted_without_authenticating() {
 
 #[test]
 fn a_missing_config_file_is_exit_2() {
-    let out = Command::new(env!("CARGO_BIN_EXE_orch-node"))
+    let out = Command::new(bins().node)
         .args(["--cluster", "/nonexistent/cluster.toml"])
         .output()
         .unwrap();
@@ -466,4 +474,132 @@ fn orchctl_reports_an_unreachable_node_and_unknown_commands() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn what_would_break_at_run_time_is_refused_at_start_naming_the_key() {
+    let port = free_port();
+    let own = |peer: &str| {
+        GOOD.replace(
+            "secret = \"s3cret\"",
+            &format!("secret = \"s3cret\"\npeers = [\"{peer}\"]"),
+        )
+        .replace("127.0.0.1:PORT", &format!("127.0.0.1:{port}"))
+    };
+    for (text, key, expected) in [
+        (
+            GOOD.replace("name = \"n1\"", "name = \"..\""),
+            "node.name",
+            "not `.` or `..`",
+        ),
+        (
+            GOOD.replace("name = \"n1\"", "name = \".\""),
+            "node.name",
+            "not `.` or `..`",
+        ),
+        (
+            GOOD.replace("id = \"gpu0\"", "id = \"..\""),
+            "device[0].id",
+            "not `.` or `..`",
+        ),
+        (
+            own(&format!("localhost:{port}")),
+            "cluster.peers[0]",
+            "this node's own",
+        ),
+        (
+            own(&format!("127.0.0.1:{port}")),
+            "cluster.peers[0]",
+            "this node's own",
+        ),
+    ] {
+        assert_refused(&text, key, expected);
+    }
+}
+
+#[test]
+fn what_would_break_at_run_time_is_refused_at_submit_as_json_naming_the_key() {
+    let mut c = TestCluster::new(bins());
+    c.add(NodeSpec::new("node-0").master()).unwrap();
+    let admin = c.nodes[0].admin_addr;
+    let head = "name = \"s\"\nframes = { start = 0, end = 4 }\nchunk_frames = 1\n";
+    let command = |rest: &str| format!("{head}[executor]\nkind = \"command\"\n{rest}");
+    let long_name = "x".repeat(7_000_000);
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            command("argv = [\"render\", \"{fram}\"]\n"),
+            "executor.argv[1]",
+            "unknown placeholder `{fram}`; known: {start}",
+        ),
+        (
+            command("argv = [\"a\\u0000b\"]\n"),
+            "executor.argv[0]",
+            "no NUL",
+        ),
+        (
+            command("argv = [\"x\"]\nenv = { \"A=B\" = \"x\" }\n"),
+            "executor.env.A=B",
+            "without `=`",
+        ),
+        (
+            command("argv = [\"{session_dir}/r.sh\"]\n"),
+            "executor.argv[0]",
+            "give an absolute path",
+        ),
+        (
+            format!(
+                "{head}[prefer]\ngpu = 9223372036854775807\n[executor]\nkind = \"builtin:noop\"\n"
+            ),
+            "prefer.gpu",
+            "-1000000 to 1000000",
+        ),
+        (
+            format!("{head}[executor]\nkind = \"builtin:noop\"\n").replace("\"s\"", "\"..\""),
+            "`name`",
+            "not `.` or `..`",
+        ),
+        (
+            format!("{head}[executor]\nkind = \"builtin:noop\"\n")
+                .replace("\"s\"", &format!("\"{long_name}\"")),
+            "`name`",
+            "(7000000 bytes)",
+        ),
+    ];
+    for (body, key, expected) in &cases {
+        let (code, answer) = http_post(admin, "/v1/sessions", body.as_bytes()).unwrap();
+        assert_eq!(code, 400, "{key}: {}", clip(&answer));
+        let v: serde_json::Value = serde_json::from_str(&answer)
+            .unwrap_or_else(|e| panic!("{key}: not JSON ({e}): {}", clip(&answer)));
+        assert_eq!(v["code"], 400);
+        let error = v["error"].as_str().unwrap();
+        assert!(
+            error.contains(key) && error.contains(expected),
+            "{key}: {error}"
+        );
+        assert!(error.len() <= 1100, "{key}: a {} byte error", error.len());
+    }
+    // A body over the limit and one that is not UTF-8: JSON too.
+    let (code, answer) = http_post(admin, "/v1/sessions", &vec![b'x'; 9 << 20]).unwrap();
+    assert_eq!(code, 413, "{}", clip(&answer));
+    let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("at most 8388608 bytes"),
+        "{v}"
+    );
+    let (code, answer) = http_post(admin, "/v1/sessions", b"name = \"\xff\"").unwrap();
+    assert_eq!(code, 400);
+    let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("UTF-8"), "{v}");
+    // Nothing of it was submitted, and the node still serves.
+    let out = c.orchctl(0, &["sessions", "--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().map(|a| a.len()), Some(0), "{v}");
+}
+
+fn clip(s: &str) -> &str {
+    &s[..s.len().min(300)]
 }

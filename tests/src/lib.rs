@@ -796,17 +796,40 @@ listen = "{metrics}"
 
 /// A minimal HTTP/1.1 GET: (status code, body).
 pub fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> Result<(u16, String)> {
+    http_request(addr, "GET", path, token, None)
+}
+
+/// A minimal HTTP/1.1 POST of `body`: (status code, body).
+pub fn http_post(addr: SocketAddr, path: &str, body: &[u8]) -> Result<(u16, String)> {
+    http_request(addr, "POST", path, None, Some(body))
+}
+
+fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&[u8]>,
+) -> Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
+    let length = body
+        .map(|b| format!("Content-Length: {}\r\n", b.len()))
+        .unwrap_or_default();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{length}Connection: close\r\n\r\n"
     )?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf)?;
+    if let Some(b) = body {
+        // The server may answer (413) and close before reading it all.
+        let _ = s.write_all(b);
+    }
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let buf = String::from_utf8_lossy(&raw).into_owned();
     let code = buf
         .split(' ')
         .nth(1)
