@@ -1,0 +1,214 @@
+//! Nodes and devices: registration, and the in-flight accounting of
+//! attempts on them.
+
+use super::*;
+
+/// A node registering: [`SchedEvent::NodeUp`] but for the attempts it holds.
+#[derive(Debug)]
+pub(super) struct Registration {
+    pub(super) node: String,
+    pub(super) epoch: u64,
+    pub(super) max_concurrency: u32,
+    pub(super) devices: Vec<DeviceInfo>,
+}
+
+#[derive(Debug)]
+pub(super) struct Device {
+    pub(super) id: Arc<str>,
+    pub(super) caps: Capabilities,
+    pub(super) inflight: u32,
+    pub(super) last_used: u64,
+    /// Killed by an operator: takes no work until restarted.
+    pub(super) disabled: bool,
+    pub(super) last_error: Option<String>,
+    pub(super) tasks_done: u64,
+}
+
+#[derive(Debug)]
+pub(super) struct Node {
+    pub(super) name: Arc<str>,
+    pub(super) epoch: u64,
+    pub(super) max_concurrency: u32,
+    pub(super) accepting: bool,
+    /// Drained by an operator: finishes what it has, takes nothing new.
+    pub(super) drained: bool,
+    pub(super) devices: Vec<Device>,
+    pub(super) by_id: HashMap<Arc<str>, usize>,
+    pub(super) inflight: u32,
+    /// (session index, task index) of attempts running here.
+    pub(super) running: HashSet<(usize, u32)>,
+    /// Known from before a master restart, not registered again yet: takes
+    /// no work, and its attempts are requeued if it is not back by then.
+    pub(super) resume_by: Option<u64>,
+}
+
+impl Node {
+    pub(super) fn cap(&self) -> u32 {
+        self.max_concurrency.saturating_mul(1 + PREFETCH)
+    }
+}
+
+impl Scheduler {
+    /// The node takes new work or not (error status, draining).
+    pub(super) fn accepting(&mut self, node: &str, accepting: bool) {
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.accepting = accepting;
+        }
+        if !accepting {
+            self.release_reserved_of(node);
+        }
+    }
+
+    /// An operator drains or undrains a node (kept across re-registration).
+    pub(super) fn drain(&mut self, node: String, drained: bool) {
+        let name: Arc<str> = node.into();
+        if drained {
+            self.drained.insert(name.clone());
+        } else {
+            self.drained.remove(&name);
+        }
+        if let Some(n) = self.nodes.get_mut(&name) {
+            n.drained = drained;
+        }
+        if drained {
+            self.release_reserved_of(&name);
+        }
+    }
+
+    /// A node registers (again): a new epoch replaces the old one, whose
+    /// attempts are lost unless the node is back after a master restart and
+    /// still `held`s them.
+    pub(super) fn node_up(
+        &mut self,
+        reg: Registration,
+        held: &[AttemptKey],
+        now_ms: u64,
+        out: &mut Vec<SchedCommand>,
+    ) {
+        let Registration {
+            node: name,
+            epoch,
+            max_concurrency,
+            devices,
+        } = reg;
+        let mut kept = Vec::new();
+        if let Some(old) = self.nodes.get_mut(name.as_str()) {
+            // Back after a master restart: what the worker still holds continues.
+            if old.resume_by.is_some() {
+                let held: HashSet<&AttemptKey> = held.iter().collect();
+                let mut keep: Vec<(usize, u32)> = old
+                    .running
+                    .iter()
+                    .copied()
+                    .filter(|&(s, t)| {
+                        let sess = &self.sessions[s];
+                        let Some(task) = sess.tasks.get(t) else {
+                            return false;
+                        };
+                        let on_device = match &task.state {
+                            TaskState::Running(r) => devices.iter().any(|d| *d.id == *r.device),
+                            _ => false,
+                        };
+                        on_device
+                            && held.contains(&AttemptKey {
+                                session: sess.id.clone(),
+                                task: u64::from(t),
+                                attempt: task.attempt,
+                            })
+                    })
+                    .collect();
+                keep.sort_unstable();
+                for k in &keep {
+                    old.running.remove(k);
+                }
+                kept = keep;
+            }
+            let (old_epoch, reason) = (
+                old.epoch,
+                if old.resume_by.is_some() {
+                    "master_restart"
+                } else {
+                    "node_down"
+                },
+            );
+            self.node_down(&name, old_epoch, reason, now_ms, out);
+        }
+        let name: Arc<str> = name.into();
+        let node_name = name.clone();
+        let drained = self.drained.contains(&name);
+        let devices: Vec<Device> = devices
+            .into_iter()
+            .map(|d| Device {
+                id: d.id.into(),
+                caps: d.capabilities,
+                inflight: 0,
+                last_used: 0,
+                disabled: false,
+                last_error: None,
+                tasks_done: 0,
+            })
+            .collect();
+        let by_id = devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.id.clone(), i))
+            .collect();
+        for o in self.orphans.remove(&name).unwrap_or_default() {
+            out.push(o.into_drop(&name));
+        }
+        self.nodes.insert(
+            name.clone(),
+            Node {
+                name,
+                epoch,
+                max_concurrency: max_concurrency.max(1),
+                accepting: true,
+                drained,
+                devices,
+                by_id,
+                inflight: 0,
+                running: HashSet::new(),
+                resume_by: None,
+            },
+        );
+        for (s, t) in kept {
+            self.keep_running(s, t, now_ms);
+        }
+        self.note_unrecorded(&node_name, held, out);
+    }
+
+    /// Take the running attempt of task `t` off its device and node.
+    pub(super) fn take_running(&mut self, s: usize, t: u32) -> Option<Box<Running>> {
+        let sess = &mut self.sessions[s];
+        let task = sess.tasks.get_mut(t);
+        if !matches!(task.state, TaskState::Running(_)) {
+            return None;
+        }
+        let TaskState::Running(run) = std::mem::replace(&mut task.state, TaskState::Pending) else {
+            return None;
+        };
+        let attempt = task.attempt;
+        sess.running -= 1;
+        self.deadlines.remove(&(run.deadline, s, t, attempt));
+        sess.running_done -= run.done;
+        if let Some(n) = self.nodes.get_mut(&run.node) {
+            if n.running.remove(&(s, t)) {
+                n.inflight -= 1;
+                if let Some(&d) = n.by_id.get(&run.device) {
+                    n.devices[d].inflight -= 1;
+                }
+            }
+        }
+        Some(run)
+    }
+
+    /// Output paths the manifest holds for one attempt: a node keeps them.
+    pub(super) fn keep_for(&self, s: usize, t: u32, attempt: u32) -> Vec<String> {
+        self.sessions[s]
+            .ranges
+            .iter()
+            .filter(|r| r.task == t && r.attempt == attempt)
+            .flat_map(|r| r.outputs.iter().map(|o| o.path.clone()))
+            .collect()
+    }
+}

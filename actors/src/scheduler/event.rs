@@ -1,0 +1,121 @@
+//! What the scheduler is told ([`SchedEvent`], recorded in the master's
+//! store before it is acted on) and what it asks the master to do
+//! ([`SchedCommand`]).
+
+use super::*;
+
+/// Something that happened. The master records every event in its store,
+/// with its time, before acting on the commands it returns: replaying them
+/// in order rebuilds the same ledger (SPEC §9).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum SchedEvent {
+    NodeUp {
+        node: String,
+        epoch: u64,
+        max_concurrency: u32,
+        devices: Vec<DeviceInfo>,
+        /// Attempts the worker still holds: after a master restart they
+        /// continue; the node's other attempts are requeued.
+        #[serde(default)]
+        held: Vec<AttemptKey>,
+    },
+    NodeDown {
+        node: String,
+        epoch: u64,
+        reason: String,
+    },
+    /// The node takes new work (`true`) or not (error status, draining).
+    NodeAccepting {
+        node: String,
+        accepting: bool,
+    },
+    Submit {
+        id: String,
+        spec: SessionSpec,
+    },
+    /// An operator drains (`true`) or undrains a node.
+    Drain {
+        node: String,
+        drained: bool,
+    },
+    /// An operator restarts (`disable = false`) or kills a device: its attempts are requeued.
+    DeviceDown {
+        node: String,
+        device: String,
+        reason: String,
+        disable: bool,
+    },
+    Cancel {
+        session: String,
+    },
+    Progress(TaskProgress),
+    Result(TaskResult),
+    Tick,
+    /// A finished session's manifest is on disk: its ledger leaves memory.
+    /// Its view stays (from counters); its manifest is read from disk.
+    Evict {
+        session: String,
+    },
+    /// The master did not run for `ms` (see `MemberCommand::Stalled`):
+    /// every attempt's deadline, and every resume deadline, moves by as much.
+    Stalled {
+        ms: u64,
+    },
+    /// The master restarted and replayed its store: no ID below `id_floor`
+    /// is issued again, and the nodes it knew have `within_ms` to register
+    /// again before their attempts are requeued.
+    Resume {
+        id_floor: u64,
+        within_ms: u64,
+    },
+    /// Pending tasks set aside for `node`, the master's own: the master may
+    /// send them there before the commit of their cause, because this event
+    /// is committed first (see [`Scheduler::reservation`]). Other nodes take
+    /// them only when nothing else is pending.
+    Reserve {
+        node: String,
+        /// By session: task indexes, in the order they were pending.
+        tasks: Vec<(String, Vec<u32>)>,
+    },
+}
+
+/// What the master must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SchedCommand {
+    Assign {
+        node: String,
+        task: TaskSpec,
+        /// Taken from the tasks reserved for `node` ([`SchedEvent::Reserve`]).
+        reserved: bool,
+    },
+    /// Tell `node` to stop an attempt and quarantine its outputs but `keep`.
+    Drop {
+        node: String,
+        key: AttemptKey,
+        device: String,
+        keep: Vec<String>,
+        reason: String,
+    },
+    /// A result or progress report for an attempt that is no longer current.
+    RejectedStale { node: String, key: AttemptKey },
+    /// `tasks` attempts were lost and their `frames` reassigned after a failure (`reason`).
+    Reassigned {
+        tasks: u64,
+        frames: u64,
+        reason: String,
+    },
+    SessionFinished {
+        session: String,
+        state: SessionState,
+    },
+    /// A finished session's `replay` gained a record: its manifest must be
+    /// written again (see [`Scheduler::note_unrecorded`]).
+    ManifestAmended { session: String },
+    /// The same for an evicted session, whose manifest is only on disk:
+    /// add `record` to the `replay` of the manifest there (unless it holds
+    /// it already).
+    AmendOnDisk {
+        session: String,
+        record: ReplayRecord,
+    },
+}

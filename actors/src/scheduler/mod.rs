@@ -1,0 +1,162 @@
+//! The master's frame ledger and placement (SPEC §6-§7), as pure logic.
+//!
+//! Sessions are split into tasks of `chunk_frames` frames. Each attempt of a
+//! task is a fenced lease on one device with its own ID chunk. The Master actor
+//! feeds [`SchedEvent`]s with the time and carries out the [`SchedCommand`]s.
+//!
+//! Invariants (checked by the state-machine tests after every step):
+//! - a frame is in at most one produced range, and a produced frame is never
+//!   assigned again;
+//! - ID chunks of live attempts and the used parts of ended ones are pairwise
+//!   disjoint;
+//! - a device holds at most `1 + PREFETCH` attempts, a node at most
+//!   `(1 + PREFETCH) x max_concurrency`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::IdAllocator;
+use crate::protocol::{
+    out_dir, AttemptKey, CapValue, Capabilities, DeviceInfo, DeviceState, DeviceView, FailedRange,
+    FrameRange, IdRange, Manifest, ManifestRange, OutputFile, ReplayRecord, SessionSpec,
+    SessionState, SessionView, TaskOutcome, TaskProgress, TaskRef, TaskResult, TaskSpec,
+};
+
+mod cluster;
+mod event;
+mod failover;
+mod placement;
+mod recovery;
+mod reports;
+mod session;
+mod tasks;
+mod views;
+
+use cluster::*;
+pub use event::{SchedCommand, SchedEvent};
+use failover::*;
+pub use placement::caps_match;
+pub use recovery::MAX_RESERVED;
+use session::*;
+use tasks::*;
+pub use views::ManifestStream;
+
+/// Attempts queued on a device beyond the running one (SPEC §7: prefetch
+/// 1-2). Two keep a device busy while its next assignments wait for the
+/// master's commit.
+pub const PREFETCH: u32 = 2;
+
+/// The master's ledger of every session and the cluster's capacity.
+#[derive(Debug, Default)]
+pub struct Scheduler {
+    nodes: BTreeMap<Arc<str>, Node>,
+    sessions: Vec<Session>,
+    by_id: HashMap<String, usize>,
+    /// Sessions still running, in the order they were submitted.
+    active: Vec<usize>,
+    /// Sessions by the idempotency key they were submitted with.
+    by_key: HashMap<String, String>,
+    ids: IdAllocator,
+    /// Round-robin position over sessions.
+    rr: usize,
+    use_counter: u64,
+    orphans: HashMap<Arc<str>, Vec<Orphan>>,
+    /// Nodes drained by an operator (kept across re-registration).
+    drained: HashSet<Arc<str>>,
+    grace_ms: u64,
+    /// (deadline, session, task, attempt): an attempt silent past its deadline is lost.
+    deadlines: BTreeSet<(u64, usize, u32, u32)>,
+    /// The node the last [`SchedEvent::Reserve`] was for.
+    reserve_node: Option<Arc<str>>,
+}
+
+impl Scheduler {
+    pub fn new(id_high_water: u64) -> Self {
+        Self {
+            ids: IdAllocator::new(id_high_water),
+            grace_ms: 15_000,
+            ..Self::default()
+        }
+    }
+
+    /// How long past its timeouts a silent attempt is given before it is
+    /// declared lost (`grace_wait_ms`).
+    pub fn with_grace(mut self, grace_ms: u64) -> Self {
+        self.grace_ms = grace_ms;
+        self
+    }
+
+    pub fn ids(&self) -> &IdAllocator {
+        &self.ids
+    }
+
+    /// Apply one event at `now_ms`; what the master must do. Each event has
+    /// its handler in the part it concerns; after any event, pending work is
+    /// placed and finished sessions are closed.
+    pub fn on_event(&mut self, ev: SchedEvent, now_ms: u64) -> Vec<SchedCommand> {
+        let mut out = Vec::new();
+        match ev {
+            SchedEvent::NodeUp {
+                node,
+                epoch,
+                max_concurrency,
+                devices,
+                held,
+            } => {
+                let reg = Registration {
+                    node,
+                    epoch,
+                    max_concurrency,
+                    devices,
+                };
+                self.node_up(reg, &held, now_ms, &mut out)
+            }
+            SchedEvent::NodeDown {
+                node,
+                epoch,
+                reason,
+            } => self.node_down(&node, epoch, &reason, now_ms, &mut out),
+            SchedEvent::NodeAccepting { node, accepting } => self.accepting(&node, accepting),
+            SchedEvent::Submit { id, spec } => self.submit(id, spec, now_ms),
+            SchedEvent::Drain { node, drained } => self.drain(node, drained),
+            SchedEvent::DeviceDown {
+                node,
+                device,
+                reason,
+                disable,
+            } => {
+                self.device_down(&node, &device, &reason, disable, now_ms, &mut out);
+            }
+            SchedEvent::Cancel { session } => self.cancel(&session, now_ms, &mut out),
+            SchedEvent::Progress(p) => self.progress(p, &mut out),
+            SchedEvent::Result(r) => self.result(r, now_ms, &mut out),
+            SchedEvent::Reserve { node, tasks } => self.reserve(node, tasks),
+            SchedEvent::Stalled { ms } => self.stalled(ms),
+            SchedEvent::Evict { session } => self.evict(&session),
+            SchedEvent::Tick => self.tick(now_ms, &mut out),
+            SchedEvent::Resume {
+                id_floor,
+                within_ms,
+            } => self.resume(id_floor, within_ms, now_ms),
+        }
+        self.place(now_ms, &mut out);
+        self.finish(now_ms, &mut out);
+        out
+    }
+
+    /// Whether a [`SchedEvent::Tick`] at `now_ms` would change anything: a
+    /// deadline passed, a backoff ended, or a resume window closed.
+    pub fn tick_due(&self, now_ms: u64) -> bool {
+        self.deadlines.first().is_some_and(|d| d.0 <= now_ms)
+            || self
+                .sessions
+                .iter()
+                .any(|s| s.waiting.first().is_some_and(|w| w.0 <= now_ms))
+            || self
+                .nodes
+                .values()
+                .any(|n| n.resume_by.is_some_and(|at| at <= now_ms))
+    }
+}

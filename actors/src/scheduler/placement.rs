@@ -1,0 +1,293 @@
+//! Placement: which pending task goes to which device, by capability,
+//! preference and load.
+
+use super::*;
+
+/// How good a device is for a task; higher is better: not on the node that
+/// just lost it, not the device that just failed it, preference score, free
+/// queue, node load, least recently used.
+pub(super) type PlacementKey = (bool, bool, i64, u32, u64, u64);
+
+/// Whether `caps` satisfies every requirement.
+pub fn caps_match(require: &Capabilities, caps: &Capabilities) -> bool {
+    require.iter().all(|(k, want)| match (want, caps.get(k)) {
+        (CapValue::List(want), Some(CapValue::List(have))) => want.iter().all(|w| have.contains(w)),
+        (CapValue::Str(want), Some(CapValue::List(have))) => have.contains(want),
+        (want, Some(have)) => want == have,
+        (_, None) => false,
+    })
+}
+
+pub(super) fn cap_set(v: Option<&CapValue>) -> bool {
+    match v {
+        Some(CapValue::Bool(b)) => *b,
+        Some(CapValue::Int(i)) => *i != 0,
+        Some(CapValue::Str(s)) => !s.is_empty(),
+        Some(CapValue::List(l)) => !l.is_empty(),
+        None => false,
+    }
+}
+
+pub(super) fn score(prefer: &BTreeMap<String, i64>, caps: &Capabilities) -> i64 {
+    // Saturating: weights from the network must not wrap a good device
+    // into the worst one.
+    prefer
+        .iter()
+        .filter(|(k, _)| cap_set(caps.get(*k)))
+        .fold(0i64, |acc, (_, w)| acc.saturating_add(*w))
+}
+
+pub(super) fn render_cap(v: &CapValue) -> String {
+    match v {
+        CapValue::Bool(b) => b.to_string(),
+        CapValue::Int(i) => i.to_string(),
+        CapValue::Str(s) => format!("\"{s}\""),
+        CapValue::List(l) => format!("{l:?}"),
+    }
+}
+
+impl Scheduler {
+    pub(super) fn wake(&mut self, now_ms: u64) {
+        for &s in &self.active {
+            let sess = &mut self.sessions[s];
+            while let Some(&(at, t)) = sess.waiting.first() {
+                if at > now_ms {
+                    break;
+                }
+                sess.waiting.pop_first();
+                sess.tasks.get_mut(t).state = TaskState::Pending;
+                sess.pending.push_back(t);
+            }
+        }
+    }
+
+    /// Give pending tasks to devices while there is capacity.
+    pub(super) fn place(&mut self, now_ms: u64, out: &mut Vec<SchedCommand>) {
+        let n = self.active.len();
+        if n == 0 {
+            return;
+        }
+        let mut blocked = vec![false; n];
+        loop {
+            if self
+                .nodes
+                .values()
+                .all(|nd| !nd.accepting || nd.inflight >= nd.cap())
+            {
+                break;
+            }
+            let mut progressed = false;
+            for k in 0..n {
+                let i = (self.rr + k) % n;
+                let s = self.active[i];
+                if blocked[i] || self.sessions[s].state.is_final() {
+                    continue;
+                }
+                let sess = &self.sessions[s];
+                if sess.pending.is_empty() && sess.reserved.is_empty() {
+                    blocked[i] = true;
+                    continue;
+                }
+                match self.next_placement(s) {
+                    Some((t, node, d, from_reserved)) => {
+                        let sess = &mut self.sessions[s];
+                        if from_reserved {
+                            sess.reserved.pop_front();
+                        } else {
+                            sess.pending.pop_front();
+                        }
+                        sess.waiting_reason = None;
+                        let reserved = from_reserved && self.reserve_node.as_ref() == Some(&node);
+                        if let Some(cmd) = self.assign(s, t, &node, d, reserved, now_ms) {
+                            out.push(cmd);
+                        }
+                        progressed = true;
+                    }
+                    None => {
+                        blocked[i] = true;
+                        self.sessions[s].waiting_reason = Some(self.why_waiting(s));
+                    }
+                }
+            }
+            self.rr = (self.rr + 1) % n;
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    pub(super) fn why_waiting(&self, s: usize) -> String {
+        let spec = &self.sessions[s].spec;
+        let matching = self
+            .nodes
+            .values()
+            .flat_map(|n| n.devices.iter())
+            .any(|d| caps_match(&spec.require, &d.caps));
+        if matching {
+            "all matching devices are busy".into()
+        } else if spec.require.is_empty() {
+            "no healthy worker with devices".into()
+        } else {
+            let req: Vec<String> = spec
+                .require
+                .iter()
+                .map(|(k, v)| format!("{k} = {}", render_cap(v)))
+                .collect();
+            format!("no healthy device matches `{}`", req.join(", "))
+        }
+    }
+
+    /// The next task of session `s` to place, where, and whether it was
+    /// reserved: lost work first, anywhere (the session waits for it); then
+    /// a reserved task on the reserve node; then the first pending task
+    /// anywhere; then (nothing else pending) a reserved task anywhere.
+    pub(super) fn next_placement(&self, s: usize) -> Option<(u32, Arc<str>, usize, bool)> {
+        let sess = &self.sessions[s];
+        if let Some(t) = sess.pending.front() {
+            if sess.tasks.touched.get(&t).is_some_and(|t| t.losses > 0) {
+                return self.pick(s, t).map(|(n, d)| (t, n, d, false));
+            }
+        }
+        if let (Some(&t), Some(node)) = (
+            sess.reserved.front(),
+            self.reserve_node.as_ref().and_then(|r| self.nodes.get(r)),
+        ) {
+            let mut best = None;
+            self.best_on(s, t, node, &mut best);
+            if let Some((_, n, d)) = best {
+                return Some((t, n, d, true));
+            }
+        }
+        if let Some(t) = sess.pending.front() {
+            return self.pick(s, t).map(|(n, d)| (t, n, d, false));
+        }
+        let &t = sess.reserved.front()?;
+        self.pick(s, t).map(|(n, d)| (t, n, d, true))
+    }
+
+    /// The best device for task `t` of session `s`.
+    pub(super) fn pick(&self, s: usize, t: u32) -> Option<(Arc<str>, usize)> {
+        let mut best = None;
+        for node in self.nodes.values() {
+            self.best_on(s, t, node, &mut best);
+        }
+        best.map(|(_, n, i)| (n, i))
+    }
+
+    /// Replace `best` with a device of `node` that is better for task `t`
+    /// of session `s`, if there is one.
+    pub(super) fn best_on(
+        &self,
+        s: usize,
+        t: u32,
+        node: &Node,
+        best: &mut Option<(PlacementKey, Arc<str>, usize)>,
+    ) {
+        let sess = &self.sessions[s];
+        // Only a task in play has a failed device or a lost node to avoid.
+        let task = sess.tasks.touched.get(&t);
+        if !node.accepting
+            || node.drained
+            || node.resume_by.is_some()
+            || node.inflight >= node.cap()
+        {
+            return;
+        }
+        let load = u64::from(node.inflight) * 1000 / u64::from(node.cap().max(1));
+        let lost_here = task.is_some_and(|t| t.lost_on.as_ref() == Some(&node.name));
+        for (i, d) in node.devices.iter().enumerate() {
+            if d.disabled || d.inflight > PREFETCH || !caps_match(&sess.spec.require, &d.caps) {
+                continue;
+            }
+            let avoided = task
+                .and_then(|t| t.avoid.as_ref())
+                .is_some_and(|(an, ad)| *an == node.name && *ad == d.id);
+            // Higher is better: not the node that lost it, not the failed
+            // device, preference, idle, less load, least recently used.
+            let key = (
+                !lost_here,
+                !avoided,
+                score(&sess.spec.prefer, &d.caps),
+                u32::MAX - d.inflight,
+                u64::MAX - load,
+                u64::MAX - d.last_used,
+            );
+            if best.as_ref().is_none_or(|(b, _, _)| key > *b) {
+                *best = Some((key, node.name.clone(), i));
+            }
+        }
+    }
+
+    pub(super) fn assign(
+        &mut self,
+        s: usize,
+        t: u32,
+        node: &Arc<str>,
+        d: usize,
+        reserved: bool,
+        now_ms: u64,
+    ) -> Option<SchedCommand> {
+        let size = self.sessions[s].spec.id_chunk_size;
+        let Some(ids) = self.ids.allocate(size) else {
+            fail_task(
+                &mut self.sessions[s],
+                t,
+                "the 64-bit ID space is exhausted".into(),
+            );
+            return None;
+        };
+        self.use_counter += 1;
+        let n = self.nodes.get_mut(node).expect("picked from nodes");
+        n.inflight += 1;
+        n.running.insert((s, t));
+        let dev = &mut n.devices[d];
+        dev.inflight += 1;
+        dev.last_used = self.use_counter;
+        let device = dev.id.clone();
+        let sess = &mut self.sessions[s];
+        sess.running += 1;
+        sess.max_attempt = sess.max_attempt.max(sess.tasks.get_mut(t).attempt);
+        let task = sess.tasks.get_mut(t);
+        // Queued behind one attempt at most, then its own timeout, then grace.
+        let deadline = now_ms + 2 * sess.spec.timeout_ms + self.grace_ms;
+        self.deadlines.insert((deadline, s, t, task.attempt));
+        task.state = TaskState::Running(Box::new(Running {
+            node: node.clone(),
+            device: device.clone(),
+            deadline,
+            ids,
+            started_ms: now_ms,
+            done: 0,
+            last_id: None,
+            outputs: Vec::new(),
+        }));
+        let items = match &sess.spec.items {
+            Some(items) => {
+                let base = sess.spec.frames.start;
+                let lo = (task.frames.start - base) as usize;
+                let hi = (task.frames.end - base) as usize;
+                items
+                    .get(lo..hi)
+                    .map(<[String]>::to_vec)
+                    .unwrap_or_default()
+            }
+            None => Vec::new(),
+        };
+        Some(SchedCommand::Assign {
+            node: node.to_string(),
+            reserved,
+            task: TaskSpec {
+                session: sess.id.clone(),
+                session_name: sess.spec.name.clone(),
+                task: u64::from(t),
+                attempt: task.attempt,
+                frames: task.frames,
+                ids,
+                device: device.to_string(),
+                executor: sess.spec.executor.clone(),
+                timeout_ms: sess.spec.timeout_ms,
+                items,
+            },
+        })
+    }
+}

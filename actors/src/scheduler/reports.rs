@@ -1,0 +1,199 @@
+//! Progress and results from the workers, and stale attempts.
+
+use super::*;
+
+/// Add newly reported outputs; a report delivered twice adds nothing.
+pub(super) fn add_outputs(have: &mut Vec<OutputFile>, new: Vec<OutputFile>) {
+    for o in new {
+        if !have.iter().any(|h| h.path == o.path) {
+            have.push(o);
+        }
+    }
+}
+
+impl Scheduler {
+    /// Find the running attempt a report is about; `None` if it is stale.
+    pub(super) fn current(&self, node: &str, key: &AttemptKey) -> Option<(usize, u32)> {
+        let s = *self.by_id.get(&key.session)?;
+        let t = u32::try_from(key.task).ok()?;
+        // A running task has a record: the others cannot be current.
+        let task = self.sessions[s].tasks.touched.get(&t)?;
+        match &task.state {
+            TaskState::Running(r) if task.attempt == key.attempt && &*r.node == node => {
+                Some((s, t))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether `key` is the attempt that finished its task: a report about
+    /// it again is a redelivery from the worker's outbox, not a stale attempt.
+    pub(super) fn settled(&self, key: &AttemptKey) -> bool {
+        let Some(&s) = self.by_id.get(&key.session) else {
+            return false;
+        };
+        let Ok(t) = u32::try_from(key.task) else {
+            return false;
+        };
+        let tasks = &self.sessions[s].tasks;
+        match tasks.touched.get(&t) {
+            Some(task) => task.attempt == key.attempt && matches!(task.state, TaskState::Done),
+            None => tasks.done.get(&t).is_some_and(|d| d.attempt == key.attempt),
+        }
+    }
+
+    pub(super) fn progress(&mut self, p: TaskProgress, out: &mut Vec<SchedCommand>) {
+        let Some((s, t)) = self.current(&p.node, &p.key) else {
+            if !self.settled(&p.key) {
+                self.reject(&p.node, p.key, out);
+            }
+            return;
+        };
+        let sess = &mut self.sessions[s];
+        let task = sess.tasks.get_mut(t);
+        let len = task.frames.len();
+        if let TaskState::Running(r) = &mut task.state {
+            let before = r.done;
+            r.done = r.done.max(p.frames_done.min(len));
+            sess.running_done += r.done - before;
+            if let Some(l) = p.last_id_used.filter(|l| *l >= r.ids.lo && *l < r.ids.hi) {
+                r.last_id = Some(r.last_id.map_or(l, |x| x.max(l)));
+            }
+            add_outputs(&mut r.outputs, p.outputs);
+        }
+    }
+
+    pub(super) fn reject(&mut self, node: &str, key: AttemptKey, out: &mut Vec<SchedCommand>) {
+        if let Some(&s) = self.by_id.get(&key.session) {
+            self.sessions[s].stale += 1;
+        }
+        out.push(SchedCommand::RejectedStale {
+            node: node.to_string(),
+            key,
+        });
+    }
+
+    pub(super) fn result(&mut self, r: TaskResult, now_ms: u64, out: &mut Vec<SchedCommand>) {
+        let Some((s, t)) = self.current(&r.node, &r.key) else {
+            let device = r.device.clone();
+            let key = r.key.clone();
+            let keep = match (self.by_id.get(&key.session), u32::try_from(key.task)) {
+                (Some(&s), Ok(t)) => self.keep_for(s, t, key.attempt),
+                _ => Vec::new(),
+            };
+            if self.settled(&key) {
+                // Delivered again from the outbox: already in the ledger.
+                return;
+            }
+            self.reject(&r.node, r.key, out);
+            out.push(SchedCommand::Drop {
+                node: r.node,
+                key,
+                device,
+                keep,
+                reason: "stale attempt".into(),
+            });
+            return;
+        };
+        let Some(mut run) = self.take_running(s, t) else {
+            return;
+        };
+        let (node, device) = (run.node.clone(), run.device.clone());
+        if let Some(n) = self.nodes.get_mut(&node) {
+            if let Some(&d) = n.by_id.get(&device) {
+                let dev = &mut n.devices[d];
+                dev.tasks_done += 1;
+                if let TaskOutcome::Failed { error, .. } = &r.outcome {
+                    dev.last_error = Some(error.clone());
+                }
+            }
+        }
+        let sess = &mut self.sessions[s];
+        let task = sess.tasks.get_mut(t);
+        if let Some(l) = r
+            .last_id_used
+            .filter(|l| *l >= run.ids.lo && *l < run.ids.hi)
+        {
+            run.last_id = Some(run.last_id.map_or(l, |x| x.max(l)));
+        }
+        run.started_ms = r.started_ms;
+        add_outputs(&mut run.outputs, r.outputs);
+        match r.outcome {
+            TaskOutcome::Completed => {
+                let len = task.frames.len();
+                bank(
+                    sess,
+                    t,
+                    &run,
+                    len,
+                    run.ids.hi,
+                    r.finished_ms.max(run.started_ms),
+                );
+                sess.tasks.get_mut(t).state = TaskState::Done;
+                sess.tasks_done += 1;
+                sess.tasks.done(t);
+            }
+            TaskOutcome::Failed { frames_done, error } => {
+                let done = run.done.max(frames_done.min(task.frames.len()));
+                let keep: Vec<String> = run.outputs.iter().map(|o| o.path.clone()).collect();
+                // Only what the attempt reported using is retired: the rest
+                // comes back. One that reported nothing retires its whole chunk.
+                let retired = retired_hi(&run);
+                bank(
+                    sess,
+                    t,
+                    &run,
+                    done,
+                    retired,
+                    r.finished_ms.max(run.started_ms),
+                );
+                self.ids.release(IdRange {
+                    lo: retired,
+                    hi: run.ids.hi,
+                });
+                let sess = &mut self.sessions[s];
+                let key = AttemptKey {
+                    session: sess.id.clone(),
+                    task: u64::from(t),
+                    attempt: sess.tasks.get_mut(t).attempt,
+                };
+                if matches!(
+                    sess.spec.executor,
+                    crate::protocol::ExecutorSpec::Command { .. }
+                ) {
+                    out.push(SchedCommand::Drop {
+                        node: node.to_string(),
+                        key,
+                        device: device.to_string(),
+                        keep,
+                        reason: format!("attempt failed: {error}"),
+                    });
+                }
+                let task = sess.tasks.get_mut(t);
+                task.last_error = Some(error.clone());
+                if task.frames.is_empty() {
+                    task.state = TaskState::Done;
+                    sess.tasks_done += 1;
+                    sess.tasks.done(t);
+                    return;
+                }
+                task.failures += 1;
+                if task.failures >= sess.spec.max_attempts {
+                    fail_task(sess, t, error);
+                    return;
+                }
+                task.next_attempt();
+                task.avoid = Some((node, device));
+                sess.retries += 1;
+                let exp = (task.failures - 1).min(20);
+                let delay = sess
+                    .spec
+                    .backoff_ms
+                    .saturating_mul(1 << exp)
+                    .min(sess.spec.backoff_max_ms);
+                task.state = TaskState::Waiting;
+                sess.waiting.insert((now_ms + delay, t));
+            }
+        }
+    }
+}

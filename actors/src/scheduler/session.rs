@@ -1,0 +1,282 @@
+//! Sessions: submitting, cancelling, finishing and evicting them, and
+//! banking what an attempt produced.
+
+use super::*;
+
+/// A produced range, kept compact: a million of them must fit in memory.
+#[derive(Debug, Clone)]
+pub(super) struct Segment {
+    pub(super) frames: FrameRange,
+    pub(super) task: u32,
+    pub(super) attempt: u32,
+    pub(super) node: Arc<str>,
+    pub(super) device: Arc<str>,
+    pub(super) ids: IdRange,
+    pub(super) ids_used: u64,
+    pub(super) outputs: Box<[OutputFile]>,
+    pub(super) started_ms: u64,
+    pub(super) finished_ms: u64,
+}
+
+impl Segment {
+    pub(super) fn to_range(&self, session: &str) -> ManifestRange {
+        let key = AttemptKey {
+            session: session.to_string(),
+            task: u64::from(self.task),
+            attempt: self.attempt,
+        };
+        ManifestRange {
+            frames: self.frames,
+            task: u64::from(self.task),
+            attempt: self.attempt,
+            node: self.node.to_string(),
+            device: self.device.to_string(),
+            ids: self.ids,
+            ids_used: Some(self.ids_used),
+            outputs: self.outputs.to_vec(),
+            started_ms: self.started_ms,
+            finished_ms: self.finished_ms,
+            out_dir: out_dir(&key, &self.node, &self.device),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct Session {
+    pub(super) id: String,
+    pub(super) spec: SessionSpec,
+    pub(super) submitted_ms: u64,
+    pub(super) finished_ms: Option<u64>,
+    pub(super) state: SessionState,
+    pub(super) tasks: Tasks,
+    pub(super) pending: Queue,
+    /// Pending tasks set aside for the reserve node, in order.
+    pub(super) reserved: VecDeque<u32>,
+    pub(super) waiting: BTreeSet<(u64, u32)>,
+    pub(super) ranges: Vec<Segment>,
+    /// Frames reported done by running attempts (not yet banked).
+    pub(super) running_done: u64,
+    pub(super) replay: Vec<ReplayRecord>,
+    pub(super) failed: Vec<FailedRange>,
+    pub(super) frames_done: u64,
+    pub(super) tasks_done: u64,
+    pub(super) running: u64,
+    pub(super) retries: u64,
+    pub(super) failovers: u64,
+    pub(super) stale: u64,
+    pub(super) waiting_reason: Option<String>,
+    /// The highest attempt number given out (a late report of an evicted
+    /// session is checked against it).
+    pub(super) max_attempt: u32,
+    /// Finished, its manifest on disk, its ledger gone from memory (see
+    /// [`SchedEvent::Evict`]): what its view still needs.
+    pub(super) evicted: Option<Evicted>,
+}
+
+/// What stays of an evicted session besides its counters.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Evicted {
+    pub(super) frames_failed: u64,
+    pub(super) tasks_failed: u64,
+}
+
+/// The end of the part of a failed attempt's ID chunk that is retired for
+/// good: up to the last ID it reported using, or the whole chunk when it
+/// reported none (its program may have numbered entities from `id_lo`
+/// without saying so).
+pub(super) fn retired_hi(run: &Running) -> u64 {
+    run.last_id
+        .map(|l| (l + 1).clamp(run.ids.lo, run.ids.hi))
+        .unwrap_or(run.ids.hi)
+}
+
+/// Record the first `done` frames of the task's current range as produced by
+/// this attempt, with its ID chunk retired up to `retired_hi`, and shrink the
+/// task to what is left. A completed or lost attempt retires its whole
+/// chunk; a failed one what it reported using (the caller returns the rest).
+pub(super) fn bank(sess: &mut Session, t: u32, run: &Running, done: u64, retired_hi: u64, now_ms: u64) {
+    let task = sess.tasks.get_mut(t);
+    let done = done.min(task.frames.len());
+    if done == 0 {
+        return;
+    }
+    let frames = FrameRange {
+        start: task.frames.start,
+        end: task.frames.start + done,
+    };
+    sess.ranges.push(Segment {
+        frames,
+        task: t,
+        attempt: task.attempt,
+        node: run.node.clone(),
+        device: run.device.clone(),
+        ids: run.ids,
+        ids_used: retired_hi,
+        outputs: run.outputs.clone().into_boxed_slice(),
+        started_ms: run.started_ms,
+        finished_ms: now_ms,
+    });
+    sess.frames_done += done;
+    task.frames.start += done;
+}
+
+pub(super) fn fail_task(sess: &mut Session, t: u32, error: String) {
+    let task = sess.tasks.get_mut(t);
+    sess.failed.push(FailedRange {
+        frames: task.frames,
+        task: u64::from(t),
+        attempts: task.attempt,
+        error: error.clone(),
+    });
+    task.last_error = Some(error);
+    task.state = TaskState::Failed;
+}
+
+impl Scheduler {
+    pub(super) fn submit(&mut self, id: String, spec: SessionSpec, now_ms: u64) {
+        if self.by_id.contains_key(&id) {
+            return;
+        }
+        // Nothing per task: a task gets a record when it is first assigned.
+        let tasks = Tasks::new(&spec);
+        let n = tasks.len();
+        if let Some(k) = &spec.idempotency_key {
+            if self.by_key.contains_key(k) {
+                return;
+            }
+            self.by_key.insert(k.clone(), id.clone());
+        }
+        self.by_id.insert(id.clone(), self.sessions.len());
+        self.active.push(self.sessions.len());
+        self.sessions.push(Session {
+            id,
+            spec,
+            submitted_ms: now_ms,
+            finished_ms: None,
+            state: SessionState::Running,
+            tasks,
+            pending: Queue::new(n),
+            reserved: VecDeque::new(),
+            waiting: BTreeSet::new(),
+            ranges: Vec::new(),
+            replay: Vec::new(),
+            failed: Vec::new(),
+            running_done: 0,
+            frames_done: 0,
+            tasks_done: 0,
+            running: 0,
+            retries: 0,
+            failovers: 0,
+            stale: 0,
+            waiting_reason: None,
+            max_attempt: 0,
+            evicted: None,
+        });
+    }
+
+    pub(super) fn cancel(&mut self, id: &str, now_ms: u64, out: &mut Vec<SchedCommand>) {
+        let Some(&s) = self.by_id.get(id) else {
+            return;
+        };
+        if self.sessions[s].state.is_final() {
+            return;
+        }
+        let mut running: Vec<u32> = self.sessions[s].tasks.running().map(|(t, _)| t).collect();
+        running.sort_unstable();
+        for t in running {
+            let attempt = self.sessions[s].tasks.get_mut(t).attempt;
+            let Some(run) = self.take_running(s, t) else {
+                continue;
+            };
+            let sess = &mut self.sessions[s];
+            bank(sess, t, &run, run.done, run.ids.hi, now_ms);
+            // Retired whole: the attempt may still run until it gets the Drop.
+            let keep = run.outputs.iter().map(|o| o.path.clone()).collect();
+            self.sessions[s].tasks.get_mut(t).state = TaskState::Failed;
+            out.push(SchedCommand::Drop {
+                node: run.node.to_string(),
+                key: AttemptKey {
+                    session: id.to_string(),
+                    task: u64::from(t),
+                    attempt,
+                },
+                device: run.device.to_string(),
+                keep,
+                reason: "cancelled".into(),
+            });
+        }
+        let sess = &mut self.sessions[s];
+        sess.pending.clear();
+        sess.reserved.clear();
+        sess.waiting.clear();
+        sess.state = SessionState::Cancelled;
+        sess.finished_ms = Some(now_ms);
+        out.push(SchedCommand::SessionFinished {
+            session: id.to_string(),
+            state: SessionState::Cancelled,
+        });
+    }
+
+    pub(super) fn finish(&mut self, now_ms: u64, out: &mut Vec<SchedCommand>) {
+        let sessions = &mut self.sessions;
+        self.active.retain(|&s| !sessions[s].state.is_final());
+        for &s in &self.active {
+            let sess = &mut self.sessions[s];
+            if sess.state.is_final()
+                || !sess.pending.is_empty()
+                || !sess.reserved.is_empty()
+                || !sess.waiting.is_empty()
+                || sess.running > 0
+            {
+                continue;
+            }
+            sess.state = if sess.failed.is_empty() {
+                SessionState::Completed
+            } else if sess.frames_done == 0 {
+                SessionState::Failed
+            } else {
+                SessionState::Partial
+            };
+            sess.finished_ms = Some(now_ms);
+            out.push(SchedCommand::SessionFinished {
+                session: sess.id.clone(),
+                state: sess.state,
+            });
+        }
+        let sessions = &self.sessions;
+        self.active.retain(|&s| !sessions[s].state.is_final());
+    }
+
+    /// A finished session leaves memory but for what its view needs.
+    pub(super) fn evict(&mut self, id: &str) {
+        let Some(&s) = self.by_id.get(id) else {
+            return;
+        };
+        let sess = &mut self.sessions[s];
+        if !sess.state.is_final() || sess.evicted.is_some() {
+            return;
+        }
+        sess.evicted = Some(Evicted {
+            frames_failed: sess
+                .failed
+                .iter()
+                .fold(0u64, |acc, f| acc.saturating_add(f.frames.len())),
+            tasks_failed: sess.failed.len() as u64,
+        });
+        sess.tasks = Tasks::new(&sess.spec);
+        sess.pending = Queue::new(0);
+        sess.reserved = VecDeque::new();
+        sess.waiting = BTreeSet::new();
+        sess.ranges = Vec::new();
+        sess.replay = Vec::new();
+        sess.failed = Vec::new();
+        sess.waiting_reason = None;
+        if let crate::protocol::ExecutorSpec::Command { argv, env } = &mut sess.spec.executor {
+            *argv = Vec::new();
+            *env = BTreeMap::new();
+        }
+        sess.spec.items = None;
+        sess.spec.require = Capabilities::new();
+        sess.spec.prefer = BTreeMap::new();
+    }
+}
