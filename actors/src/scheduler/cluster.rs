@@ -36,7 +36,7 @@ pub(super) struct Node {
     pub(super) by_id: HashMap<Arc<str>, usize>,
     pub(super) inflight: u32,
     /// (session index, task index) of attempts running here.
-    pub(super) running: HashSet<(usize, u32)>,
+    pub(super) running: HashSet<(SessionIdx, TaskIdx)>,
     /// Known from before a master restart, not registered again yet: takes
     /// no work, and its attempts are requeued if it is not back by then.
     pub(super) resume_by: Option<u64>,
@@ -96,7 +96,7 @@ impl Scheduler {
             // Back after a master restart: what the worker still holds continues.
             if old.resume_by.is_some() {
                 let held: HashSet<&AttemptKey> = held.iter().collect();
-                let mut keep: Vec<(usize, u32)> = old
+                let mut keep: Vec<(SessionIdx, TaskIdx)> = old
                     .running
                     .iter()
                     .copied()
@@ -112,7 +112,7 @@ impl Scheduler {
                         on_device
                             && held.contains(&AttemptKey {
                                 session: sess.id.clone(),
-                                task: u64::from(t),
+                                task: t.wire(),
                                 attempt: task.attempt,
                             })
                     })
@@ -178,7 +178,7 @@ impl Scheduler {
     }
 
     /// Take the running attempt of task `t` off its device and node.
-    pub(super) fn take_running(&mut self, s: usize, t: u32) -> Option<Box<Running>> {
+    pub(super) fn take_running(&mut self, s: SessionIdx, t: TaskIdx) -> Option<Box<Running>> {
         let sess = &mut self.sessions[s];
         let task = sess.tasks.get_mut(t);
         if !matches!(task.state, TaskState::Running(_)) {
@@ -203,7 +203,7 @@ impl Scheduler {
     }
 
     /// Output paths the manifest holds for one attempt: a node keeps them.
-    pub(super) fn keep_for(&self, s: usize, t: u32, attempt: u32) -> Vec<String> {
+    pub(super) fn keep_for(&self, s: SessionIdx, t: TaskIdx, attempt: u32) -> Vec<String> {
         self.sessions[s]
             .ranges
             .iter()

@@ -49,7 +49,7 @@ impl Scheduler {
         }
         let node = self.nodes.remove(name).expect("checked above");
         self.release_reserved_of(name);
-        let mut lost: Vec<(usize, u32)> = node.running.into_iter().collect();
+        let mut lost: Vec<(SessionIdx, TaskIdx)> = node.running.into_iter().collect();
         lost.sort_unstable();
         let (mut reassigned, mut tasks) = (0, 0);
         for (s, t) in lost {
@@ -74,8 +74,8 @@ impl Scheduler {
     /// what the attempt's node must quarantine.
     pub(super) fn lose(
         &mut self,
-        s: usize,
-        t: u32,
+        s: SessionIdx,
+        t: TaskIdx,
         reason: &str,
         now_ms: u64,
     ) -> (u64, Option<(Arc<str>, Orphan)>) {
@@ -86,7 +86,7 @@ impl Scheduler {
         let task = sess.tasks.get_mut(t);
         let key = AttemptKey {
             session: sess.id.clone(),
-            task: u64::from(t),
+            task: t.wire(),
             attempt: task.attempt,
         };
         let keep: Vec<String> = run.outputs.iter().map(|o| o.path.clone()).collect();
@@ -121,7 +121,7 @@ impl Scheduler {
         sess.failovers += 1;
         sess.replay.push(ReplayRecord {
             frames: rest,
-            task: u64::from(t),
+            task: t.wire(),
             old_attempt: key.attempt,
             new_attempt: task.attempt,
             node: run.node.to_string(),
@@ -160,7 +160,7 @@ impl Scheduler {
             return false;
         };
         n.devices[d].disabled = disable;
-        let mut on_device: Vec<(usize, u32)> = n
+        let mut on_device: Vec<(SessionIdx, TaskIdx)> = n
             .running
             .iter()
             .copied()

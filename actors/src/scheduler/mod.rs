@@ -48,14 +48,48 @@ pub use views::ManifestStream;
 /// master's commit.
 pub const PREFETCH: u32 = 2;
 
+/// A session's place in the ledger (an index into `Scheduler::sessions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct SessionIdx(usize);
+
+/// A task's number within its session: task `n` covers frames
+/// `start + n * chunk_frames ..` (see `Tasks::range`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct TaskIdx(u32);
+
+impl TaskIdx {
+    /// The task number on the wire (`AttemptKey::task`, `TaskSpec::task`).
+    fn wire(self) -> u64 {
+        u64::from(self.0)
+    }
+
+    /// The task a wire number names, if it can be one.
+    fn from_wire(task: u64) -> Option<Self> {
+        u32::try_from(task).ok().map(Self)
+    }
+}
+
+impl std::ops::Index<SessionIdx> for Vec<Session> {
+    type Output = Session;
+    fn index(&self, s: SessionIdx) -> &Session {
+        &self[s.0]
+    }
+}
+
+impl std::ops::IndexMut<SessionIdx> for Vec<Session> {
+    fn index_mut(&mut self, s: SessionIdx) -> &mut Session {
+        &mut self[s.0]
+    }
+}
+
 /// The master's ledger of every session and the cluster's capacity.
 #[derive(Debug, Default)]
 pub struct Scheduler {
     nodes: BTreeMap<Arc<str>, Node>,
     sessions: Vec<Session>,
-    by_id: HashMap<String, usize>,
+    by_id: HashMap<String, SessionIdx>,
     /// Sessions still running, in the order they were submitted.
-    active: Vec<usize>,
+    active: Vec<SessionIdx>,
     /// Sessions by the idempotency key they were submitted with.
     by_key: HashMap<String, String>,
     ids: IdAllocator,
@@ -67,7 +101,7 @@ pub struct Scheduler {
     drained: HashSet<Arc<str>>,
     grace_ms: u64,
     /// (deadline, session, task, attempt): an attempt silent past its deadline is lost.
-    deadlines: BTreeSet<(u64, usize, u32, u32)>,
+    deadlines: BTreeSet<(u64, SessionIdx, TaskIdx, u32)>,
     /// The node the last [`SchedEvent::Reserve`] was for.
     reserve_node: Option<Arc<str>>,
 }

@@ -116,7 +116,7 @@ impl Scheduler {
         }
     }
 
-    pub(super) fn why_waiting(&self, s: usize) -> String {
+    pub(super) fn why_waiting(&self, s: SessionIdx) -> String {
         let spec = &self.sessions[s].spec;
         let matching = self
             .nodes
@@ -141,7 +141,7 @@ impl Scheduler {
     /// reserved: lost work first, anywhere (the session waits for it); then
     /// a reserved task on the reserve node; then the first pending task
     /// anywhere; then (nothing else pending) a reserved task anywhere.
-    pub(super) fn next_placement(&self, s: usize) -> Option<(u32, Arc<str>, usize, bool)> {
+    pub(super) fn next_placement(&self, s: SessionIdx) -> Option<(TaskIdx, Arc<str>, usize, bool)> {
         let sess = &self.sessions[s];
         if let Some(t) = sess.pending.front() {
             if sess.tasks.touched.get(&t).is_some_and(|t| t.losses > 0) {
@@ -166,7 +166,7 @@ impl Scheduler {
     }
 
     /// The best device for task `t` of session `s`.
-    pub(super) fn pick(&self, s: usize, t: u32) -> Option<(Arc<str>, usize)> {
+    pub(super) fn pick(&self, s: SessionIdx, t: TaskIdx) -> Option<(Arc<str>, usize)> {
         let mut best = None;
         for node in self.nodes.values() {
             self.best_on(s, t, node, &mut best);
@@ -178,8 +178,8 @@ impl Scheduler {
     /// of session `s`, if there is one.
     pub(super) fn best_on(
         &self,
-        s: usize,
-        t: u32,
+        s: SessionIdx,
+        t: TaskIdx,
         node: &Node,
         best: &mut Option<(PlacementKey, Arc<str>, usize)>,
     ) {
@@ -220,8 +220,8 @@ impl Scheduler {
 
     pub(super) fn assign(
         &mut self,
-        s: usize,
-        t: u32,
+        s: SessionIdx,
+        t: TaskIdx,
         node: &Arc<str>,
         d: usize,
         reserved: bool,
@@ -279,7 +279,7 @@ impl Scheduler {
             task: TaskSpec {
                 session: sess.id.clone(),
                 session_name: sess.spec.name.clone(),
-                task: u64::from(t),
+                task: t.wire(),
                 attempt: task.attempt,
                 frames: task.frames,
                 ids,

@@ -80,12 +80,18 @@ impl Scheduler {
     /// Their frames may have been produced, and run again under a new
     /// attempt: the manifest's `replay` says so. They are stale: the node
     /// stops them (it knows their device) and quarantines their outputs.
-    pub(super) fn note_unrecorded(&mut self, node: &str, held: &[AttemptKey], out: &mut Vec<SchedCommand>) {
+    pub(super) fn note_unrecorded(
+        &mut self,
+        node: &str,
+        held: &[AttemptKey],
+        out: &mut Vec<SchedCommand>,
+    ) {
         for key in held {
             if self.current(node, key).is_some() || self.settled(key) {
                 continue;
             }
-            let (Some(&s), Ok(t)) = (self.by_id.get(&key.session), u32::try_from(key.task)) else {
+            let (Some(&s), Some(t)) = (self.by_id.get(&key.session), TaskIdx::from_wire(key.task))
+            else {
                 continue;
             };
             let sess = &mut self.sessions[s];
@@ -93,7 +99,7 @@ impl Scheduler {
                 // Its ledger is gone: any number up to the highest it gave
                 // out (and one past, the one a restart skipped) may have
                 // run. Listing one that did not costs a line.
-                if t < sess.tasks.len() && key.attempt <= sess.max_attempt.saturating_add(1) {
+                if t.0 < sess.tasks.len() && key.attempt <= sess.max_attempt.saturating_add(1) {
                     out.push(SchedCommand::AmendOnDisk {
                         session: sess.id.clone(),
                         record: ReplayRecord {
@@ -170,7 +176,7 @@ impl Scheduler {
         };
         let mut left = want.min(MAX_RESERVED).saturating_sub(have);
         let k = self.active.len();
-        let eligible: Vec<usize> = (0..k)
+        let eligible: Vec<SessionIdx> = (0..k)
             .map(|i| self.active[(self.rr + i) % k])
             .filter(|&s| {
                 let sess = &self.sessions[s];
@@ -190,7 +196,7 @@ impl Scheduler {
                     break;
                 }
                 if let Some(t) = self.sessions[s].pending.get(depth) {
-                    taken[i].push(t);
+                    taken[i].push(t.0);
                     left -= 1;
                     progressed = true;
                 }
@@ -227,7 +233,7 @@ impl Scheduler {
             if sess.state.is_final() {
                 continue;
             }
-            for t in ts {
+            for t in ts.into_iter().map(TaskIdx) {
                 if room == 0 {
                     return;
                 }
@@ -258,14 +264,14 @@ impl Scheduler {
             return;
         };
         for sess in &mut self.sessions {
-            let reserved: Vec<u32> = sess.reserved.drain(..).collect();
+            let reserved: Vec<TaskIdx> = sess.reserved.drain(..).collect();
             if listed {
                 for &t in &reserved {
                     // Pending: `Resume` moves it to the next number.
                     let Some(task) = sess.tasks.get(t) else {
                         continue;
                     };
-                    let mut record = unrecorded(u64::from(t), &task, task.attempt, &node);
+                    let mut record = unrecorded(t.wire(), &task, task.attempt, &node);
                     record.new_attempt = task.attempt.saturating_add(1);
                     sess.replay.push(record);
                 }
@@ -278,7 +284,7 @@ impl Scheduler {
 
     /// Attach an attempt that survived a master restart to its (re-registered)
     /// node, with a fresh deadline.
-    pub(super) fn keep_running(&mut self, s: usize, t: u32, now_ms: u64) {
+    pub(super) fn keep_running(&mut self, s: SessionIdx, t: TaskIdx, now_ms: u64) {
         let deadline = now_ms + 2 * self.sessions[s].spec.timeout_ms + self.grace_ms;
         let task = self.sessions[s].tasks.get_mut(t);
         let TaskState::Running(run) = &mut task.state else {

@@ -13,9 +13,9 @@ pub(super) fn add_outputs(have: &mut Vec<OutputFile>, new: Vec<OutputFile>) {
 
 impl Scheduler {
     /// Find the running attempt a report is about; `None` if it is stale.
-    pub(super) fn current(&self, node: &str, key: &AttemptKey) -> Option<(usize, u32)> {
+    pub(super) fn current(&self, node: &str, key: &AttemptKey) -> Option<(SessionIdx, TaskIdx)> {
         let s = *self.by_id.get(&key.session)?;
-        let t = u32::try_from(key.task).ok()?;
+        let t = TaskIdx::from_wire(key.task)?;
         // A running task has a record: the others cannot be current.
         let task = self.sessions[s].tasks.touched.get(&t)?;
         match &task.state {
@@ -32,7 +32,7 @@ impl Scheduler {
         let Some(&s) = self.by_id.get(&key.session) else {
             return false;
         };
-        let Ok(t) = u32::try_from(key.task) else {
+        let Some(t) = TaskIdx::from_wire(key.task) else {
             return false;
         };
         let tasks = &self.sessions[s].tasks;
@@ -77,8 +77,8 @@ impl Scheduler {
         let Some((s, t)) = self.current(&r.node, &r.key) else {
             let device = r.device.clone();
             let key = r.key.clone();
-            let keep = match (self.by_id.get(&key.session), u32::try_from(key.task)) {
-                (Some(&s), Ok(t)) => self.keep_for(s, t, key.attempt),
+            let keep = match (self.by_id.get(&key.session), TaskIdx::from_wire(key.task)) {
+                (Some(&s), Some(t)) => self.keep_for(s, t, key.attempt),
                 _ => Vec::new(),
             };
             if self.settled(&key) {
@@ -154,7 +154,7 @@ impl Scheduler {
                 let sess = &mut self.sessions[s];
                 let key = AttemptKey {
                     session: sess.id.clone(),
-                    task: u64::from(t),
+                    task: t.wire(),
                     attempt: sess.tasks.get_mut(t).attempt,
                 };
                 if matches!(

@@ -7,7 +7,7 @@ use super::*;
 #[derive(Debug, Clone)]
 pub(super) struct Segment {
     pub(super) frames: FrameRange,
-    pub(super) task: u32,
+    pub(super) task: TaskIdx,
     pub(super) attempt: u32,
     pub(super) node: Arc<str>,
     pub(super) device: Arc<str>,
@@ -22,12 +22,12 @@ impl Segment {
     pub(super) fn to_range(&self, session: &str) -> ManifestRange {
         let key = AttemptKey {
             session: session.to_string(),
-            task: u64::from(self.task),
+            task: self.task.wire(),
             attempt: self.attempt,
         };
         ManifestRange {
             frames: self.frames,
-            task: u64::from(self.task),
+            task: self.task.wire(),
             attempt: self.attempt,
             node: self.node.to_string(),
             device: self.device.to_string(),
@@ -51,8 +51,8 @@ pub(super) struct Session {
     pub(super) tasks: Tasks,
     pub(super) pending: Queue,
     /// Pending tasks set aside for the reserve node, in order.
-    pub(super) reserved: VecDeque<u32>,
-    pub(super) waiting: BTreeSet<(u64, u32)>,
+    pub(super) reserved: VecDeque<TaskIdx>,
+    pub(super) waiting: BTreeSet<(u64, TaskIdx)>,
     pub(super) ranges: Vec<Segment>,
     /// Frames reported done by running attempts (not yet banked).
     pub(super) running_done: u64,
@@ -94,7 +94,14 @@ pub(super) fn retired_hi(run: &Running) -> u64 {
 /// this attempt, with its ID chunk retired up to `retired_hi`, and shrink the
 /// task to what is left. A completed or lost attempt retires its whole
 /// chunk; a failed one what it reported using (the caller returns the rest).
-pub(super) fn bank(sess: &mut Session, t: u32, run: &Running, done: u64, retired_hi: u64, now_ms: u64) {
+pub(super) fn bank(
+    sess: &mut Session,
+    t: TaskIdx,
+    run: &Running,
+    done: u64,
+    retired_hi: u64,
+    now_ms: u64,
+) {
     let task = sess.tasks.get_mut(t);
     let done = done.min(task.frames.len());
     if done == 0 {
@@ -120,11 +127,11 @@ pub(super) fn bank(sess: &mut Session, t: u32, run: &Running, done: u64, retired
     task.frames.start += done;
 }
 
-pub(super) fn fail_task(sess: &mut Session, t: u32, error: String) {
+pub(super) fn fail_task(sess: &mut Session, t: TaskIdx, error: String) {
     let task = sess.tasks.get_mut(t);
     sess.failed.push(FailedRange {
         frames: task.frames,
-        task: u64::from(t),
+        task: t.wire(),
         attempts: task.attempt,
         error: error.clone(),
     });
@@ -146,8 +153,9 @@ impl Scheduler {
             }
             self.by_key.insert(k.clone(), id.clone());
         }
-        self.by_id.insert(id.clone(), self.sessions.len());
-        self.active.push(self.sessions.len());
+        let s = SessionIdx(self.sessions.len());
+        self.by_id.insert(id.clone(), s);
+        self.active.push(s);
         self.sessions.push(Session {
             id,
             spec,
@@ -181,7 +189,7 @@ impl Scheduler {
         if self.sessions[s].state.is_final() {
             return;
         }
-        let mut running: Vec<u32> = self.sessions[s].tasks.running().map(|(t, _)| t).collect();
+        let mut running: Vec<TaskIdx> = self.sessions[s].tasks.running().map(|(t, _)| t).collect();
         running.sort_unstable();
         for t in running {
             let attempt = self.sessions[s].tasks.get_mut(t).attempt;
@@ -197,7 +205,7 @@ impl Scheduler {
                 node: run.node.to_string(),
                 key: AttemptKey {
                     session: id.to_string(),
-                    task: u64::from(t),
+                    task: t.wire(),
                     attempt,
                 },
                 device: run.device.to_string(),

@@ -90,9 +90,9 @@ pub(super) struct Tasks {
     pub(super) chunk: u64,
     pub(super) n: u32,
     /// Tasks assigned at least once and not done.
-    pub(super) touched: HashMap<u32, Task>,
+    pub(super) touched: HashMap<TaskIdx, Task>,
     /// Done tasks: what a late report about them needs (see [`Done`]).
-    pub(super) done: HashMap<u32, Done>,
+    pub(super) done: HashMap<TaskIdx, Done>,
     /// The attempt number of a task never assigned (restarts raise it).
     pub(super) fresh_attempt: u32,
     /// The numbers restarts skipped for tasks never assigned.
@@ -118,18 +118,18 @@ impl Tasks {
     }
 
     /// The whole range of task `t`.
-    pub(super) fn range(&self, t: u32) -> FrameRange {
+    pub(super) fn range(&self, t: TaskIdx) -> FrameRange {
         let start = self
             .frames
             .start
-            .saturating_add(u64::from(t).saturating_mul(self.chunk));
+            .saturating_add(t.wire().saturating_mul(self.chunk));
         FrameRange {
             start,
             end: start.saturating_add(self.chunk).min(self.frames.end),
         }
     }
 
-    pub(super) fn fresh(&self, t: u32) -> Task {
+    pub(super) fn fresh(&self, t: TaskIdx) -> Task {
         Task {
             frames: self.range(t),
             attempt: self.fresh_attempt,
@@ -145,9 +145,9 @@ impl Tasks {
     }
 
     /// Task `t` as it stands (`None`: no such task).
-    pub(super) fn get(&self, t: u32) -> Option<std::borrow::Cow<'_, Task>> {
+    pub(super) fn get(&self, t: TaskIdx) -> Option<std::borrow::Cow<'_, Task>> {
         use std::borrow::Cow;
-        if t >= self.n {
+        if t.0 >= self.n {
             return None;
         }
         if let Some(task) = self.touched.get(&t) {
@@ -165,7 +165,7 @@ impl Tasks {
     }
 
     /// Task `t`, with a record of its own from now on.
-    pub(super) fn get_mut(&mut self, t: u32) -> &mut Task {
+    pub(super) fn get_mut(&mut self, t: TaskIdx) -> &mut Task {
         if !self.touched.contains_key(&t) {
             let task = self.get(t).expect("a task of this session").into_owned();
             self.done.remove(&t);
@@ -175,7 +175,7 @@ impl Tasks {
     }
 
     /// Task `t` is done: only its attempt number stays.
-    pub(super) fn done(&mut self, t: u32) {
+    pub(super) fn done(&mut self, t: TaskIdx) {
         if let Some(task) = self.touched.remove(&t) {
             self.done.insert(
                 t,
@@ -189,7 +189,7 @@ impl Tasks {
     }
 
     /// Tasks with an attempt running.
-    pub(super) fn running(&self) -> impl Iterator<Item = (u32, &Task)> {
+    pub(super) fn running(&self) -> impl Iterator<Item = (TaskIdx, &Task)> {
         self.touched
             .iter()
             .filter(|(_, t)| matches!(t.state, TaskState::Running(_)))
@@ -202,13 +202,13 @@ impl Tasks {
 /// session), then tasks put last (retries after their backoff).
 #[derive(Debug)]
 pub(super) struct Queue {
-    pub(super) front: VecDeque<u32>,
+    pub(super) front: VecDeque<TaskIdx>,
     /// Tasks never assigned, from here to `end`, except `taken`.
     pub(super) next: u32,
     pub(super) end: u32,
     /// Tasks never assigned taken out of order (reserved from ahead of `next`).
     pub(super) taken: BTreeSet<u32>,
-    pub(super) back: VecDeque<u32>,
+    pub(super) back: VecDeque<TaskIdx>,
 }
 
 impl Queue {
@@ -241,11 +241,11 @@ impl Queue {
         }
     }
 
-    pub(super) fn front(&self) -> Option<u32> {
+    pub(super) fn front(&self) -> Option<TaskIdx> {
         self.get(0)
     }
 
-    pub(super) fn pop_front(&mut self) -> Option<u32> {
+    pub(super) fn pop_front(&mut self) -> Option<TaskIdx> {
         if let Some(t) = self.front.pop_front() {
             return Some(t);
         }
@@ -254,28 +254,28 @@ impl Queue {
             let t = self.next;
             self.next += 1;
             self.settle();
-            return Some(t);
+            return Some(TaskIdx(t));
         }
         self.back.pop_front()
     }
 
-    pub(super) fn push_front(&mut self, t: u32) {
+    pub(super) fn push_front(&mut self, t: TaskIdx) {
         self.front.push_front(t);
     }
 
-    pub(super) fn push_back(&mut self, t: u32) {
+    pub(super) fn push_back(&mut self, t: TaskIdx) {
         self.back.push_back(t);
     }
 
     /// The `i`-th pending task (meant for the first few).
-    pub(super) fn get(&self, i: usize) -> Option<u32> {
+    pub(super) fn get(&self, i: usize) -> Option<TaskIdx> {
         if let Some(&t) = self.front.get(i) {
             return Some(t);
         }
         let mut i = i - self.front.len();
         for t in (self.next..self.end).filter(|t| !self.taken.contains(t)) {
             if i == 0 {
-                return Some(t);
+                return Some(TaskIdx(t));
             }
             i -= 1;
         }
@@ -283,15 +283,15 @@ impl Queue {
     }
 
     /// Take `t` out, if it is among the first `within` pending tasks.
-    pub(super) fn remove(&mut self, t: u32, within: usize) -> bool {
+    pub(super) fn remove(&mut self, t: TaskIdx, within: usize) -> bool {
         if let Some(pos) = self.front.iter().take(within).position(|&p| p == t) {
             self.front.remove(pos);
             return true;
         }
         let within = within.saturating_sub(self.front.len());
-        let ahead = (t as usize).saturating_sub(self.next as usize);
-        if t >= self.next && t < self.end && ahead < within && !self.taken.contains(&t) {
-            self.taken.insert(t);
+        let (at, ahead) = (t.0, (t.0 as usize).saturating_sub(self.next as usize));
+        if at >= self.next && at < self.end && ahead < within && !self.taken.contains(&at) {
+            self.taken.insert(at);
             self.settle();
             return true;
         }

@@ -143,7 +143,7 @@ impl Scheduler {
             .filter(|n| node.is_none_or(|f| *n.name == *f))
         {
             let mut current: HashMap<&str, Vec<TaskRef>> = HashMap::new();
-            let mut running: Vec<&(usize, u32)> = n.running.iter().collect();
+            let mut running: Vec<&(SessionIdx, TaskIdx)> = n.running.iter().collect();
             running.sort_unstable();
             for &(s, t) in running {
                 let Some(task) = self.sessions[s].tasks.touched.get(&t) else {
@@ -152,7 +152,7 @@ impl Scheduler {
                 if let TaskState::Running(r) = &task.state {
                     current.entry(&r.device).or_default().push(TaskRef {
                         session: self.sessions[s].id.clone(),
-                        task: u64::from(t),
+                        task: t.wire(),
                         attempt: task.attempt,
                         frames: task.frames,
                         frames_done: r.done,
