@@ -1,4 +1,4 @@
-//! A Device actor: one single-tenant executor slot on a worker (SPEC §2). Its
+//! A Device actor: one single-tenant executor slot on a worker (docs/design/architecture.md). Its
 //! mailbox is the device's FIFO queue: it runs one task at a time, in order,
 //! each after taking one of the node's `max_concurrency` slots. Only its Worker
 //! talks to it; it is never remotable.
@@ -6,8 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use serde::{Deserialize, Serialize};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -26,14 +25,6 @@ pub const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// A device slot.
 pub struct Device;
-
-/// A device as its worker reports it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeviceStatus {
-    pub info: DeviceInfo,
-    pub state: DeviceState,
-    pub tasks_run: u64,
-}
 
 /// Arguments of [`Device`].
 pub struct DeviceArgs {
@@ -58,8 +49,6 @@ pub enum DeviceMsg {
     Run(Box<TaskSpec>, CancellationToken),
     /// Quarantine an attempt's outputs except `keep` (runs after the attempt stopped).
     Quarantine(AttemptKey, Vec<String>),
-    /// Report what the device is and what it is doing.
-    Status(RpcReplyPort<DeviceStatus>),
     /// Start afresh (after its attempts were dropped).
     Restart,
 }
@@ -279,13 +268,6 @@ impl Actor for Device {
                 state.state = DeviceState::Idle;
                 state.tasks_run = 0;
                 info!(node_id = %state.args.node, device_id = %state.args.info.id, "device restarted");
-            }
-            DeviceMsg::Status(reply) => {
-                let _ = reply.send(DeviceStatus {
-                    info: state.args.info.clone(),
-                    state: state.state,
-                    tasks_run: state.tasks_run,
-                });
             }
         }
         Ok(())

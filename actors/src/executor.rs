@@ -1,4 +1,4 @@
-//! How a device runs a task (SPEC §8): the [`Executor`] trait, the builtin
+//! How a device runs a task (docs/sessions.md): the [`Executor`] trait, the builtin
 //! `noop` and `sleep` executors, and [`NodeIo`], the file work a node's actors
 //! ask of the runtime (output folders, quarantine, manifests).
 

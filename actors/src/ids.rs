@@ -1,4 +1,4 @@
-//! GlobalIdAllocator: disjoint 64-bit ID chunks (SPEC §6), as pure logic.
+//! IdAllocator: disjoint 64-bit ID chunks, as pure logic.
 //!
 //! Chunks come from a free list of returned tails (first fit) or from the
 //! high-water mark. A chunk's used part is retired for good; only the tail

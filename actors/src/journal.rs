@@ -1,4 +1,4 @@
-//! The master's side of its store (SPEC §9): replay at start, and group
+//! The master's side of its store (docs/design/durability.md): replay at start, and group
 //! commit while running. Events are recorded in a batch as they happen; one
 //! commit makes the whole batch durable, and only then does the master act on
 //! it (send assignments, acknowledge outbox entries, answer submissions).

@@ -1,5 +1,5 @@
-//! The Master actor: worker membership and failure detection (SPEC §5), and
-//! the sessions' ledger and placement (SPEC §6-§7). Workers (local or remote)
+//! The Master actor: worker membership and failure detection (docs/design/architecture.md), and
+//! the sessions' ledger and placement (docs/design/architecture.md). Workers (local or remote)
 //! send it [`ToMaster`] messages; admin endpoints on any node ask it
 //! [`AdminRequest`]s. It joins the `orch.master` process group.
 //!

@@ -1,4 +1,4 @@
-//! Worker membership and failure detection (SPEC §5), as pure logic.
+//! Worker membership and failure detection (docs/design/architecture.md), as pure logic.
 //!
 //! The Master actor feeds [`MemberEvent`]s with the current time in milliseconds
 //! and carries out the [`MemberCommand`]s it gets back. No clock, no I/O: tests
@@ -124,7 +124,8 @@ impl Membership {
         }
     }
 
-    pub fn config(&self) -> DetectorConfig {
+    #[cfg(test)]
+    fn config(&self) -> DetectorConfig {
         self.cfg
     }
 
@@ -338,13 +339,6 @@ impl Membership {
     /// State of `node`, if it ever registered.
     pub fn state_of(&self, node: &str) -> Option<(MemberState, Option<DownReason>, u64)> {
         self.members.get(node).map(|m| (m.state, m.reason, m.epoch))
-    }
-
-    /// Milliseconds since each known worker was last heard from.
-    pub fn heartbeat_ages(&self, now_ms: u64) -> impl Iterator<Item = (&str, u64)> {
-        self.members
-            .iter()
-            .map(move |(n, m)| (n.as_str(), now_ms.saturating_sub(m.last_seen_ms)))
     }
 
     pub fn count(&self, state: MemberState) -> usize {

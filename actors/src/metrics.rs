@@ -1,4 +1,4 @@
-//! Metric names of the actors crate (SPEC §12). Labels are bounded: states,
+//! Metric names of the actors crate (docs/operating.md). Labels are bounded: states,
 //! reasons and node names, never device ids.
 
 /// Gauge, label `state` (healthy / unhealthy / unregistered): workers known to the master.

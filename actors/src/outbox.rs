@@ -1,4 +1,4 @@
-//! A worker's outbox (SPEC §5.8): every progress report and result goes here
+//! A worker's outbox (docs/design/durability.md): every progress report and result goes here
 //! first, with a sequence number, and stays until the master acknowledges it
 //! (after recording it in its own store). While the master is unreachable the
 //! entries accumulate; when it is back they are delivered in order. With an
@@ -11,7 +11,7 @@
 //! millisecond) never touches the disk. The price: a worker killed within
 //! [`WRITE_AFTER`] of a report, with the master also not having recorded it,
 //! loses that report, and its attempt is run again like any other attempt of
-//! a dead worker (SPEC §6), recorded in the manifest's `replay`.
+//! a dead worker (docs/sessions.md), recorded in the manifest's `replay`.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -40,7 +40,7 @@ pub struct DeviceInfo {
     pub capabilities: Capabilities,
 }
 
-/// Worker -> master: join the cluster (SPEC §5.1).
+/// Worker -> master: join the cluster (docs/design/architecture.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Register {
     pub protocol_version: u32,
@@ -61,7 +61,7 @@ pub struct Register {
     pub held: Vec<AttemptKey>,
 }
 
-/// Worker health as the worker reports it (SPEC §5.2).
+/// Worker health as the worker reports it (docs/design/architecture.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkerStatus {
@@ -72,7 +72,7 @@ pub enum WorkerStatus {
     Draining,
 }
 
-/// Worker -> master, every `heartbeat_ms` (SPEC §5.2).
+/// Worker -> master, every `heartbeat_ms` (docs/design/architecture.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub node: String,
@@ -135,7 +135,7 @@ pub enum ToWorker {
     Ack { seqs: Vec<u64> },
 }
 
-/// Admin queries answered by the master (SPEC §11). Any node forwards them.
+/// Admin queries answered by the master (docs/operating.md). Any node forwards them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AdminRequest {
     Status,
@@ -205,7 +205,7 @@ impl MemberState {
     }
 }
 
-/// Why a worker left the healthy state (SPEC §5.3).
+/// Why a worker left the healthy state (docs/design/architecture.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DownReason {
@@ -291,7 +291,7 @@ pub struct FailureRecord {
     pub at_ms: u64,
 }
 
-// ---- sessions and tasks (SPEC §6-§8) ----
+// ---- sessions and tasks (docs/sessions.md) ----
 
 /// A half-open range of frames `[start, end)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -423,7 +423,7 @@ pub struct OutputFile {
     pub sha256: String,
 }
 
-/// Worker -> master: frames finished so far in one attempt (SPEC §5.4).
+/// Worker -> master: frames finished so far in one attempt (docs/design/architecture.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskProgress {
     pub node: String,
@@ -439,7 +439,7 @@ pub struct TaskProgress {
     pub seq: u64,
 }
 
-/// Worker -> master: an attempt ended (SPEC §5.5).
+/// Worker -> master: an attempt ended (docs/design/architecture.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskResult {
     pub node: String,
@@ -519,7 +519,7 @@ pub struct SessionView {
     pub elapsed_ms: u64,
 }
 
-/// The result of a session (SPEC §2 manifest).
+/// The result of a session (docs/sessions.md, the manifest).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub session: String,
@@ -578,7 +578,7 @@ pub struct FailedRange {
     pub error: String,
 }
 
-/// Output folder of an attempt, relative to `data_dir` (SPEC §8).
+/// Output folder of an attempt, relative to `data_dir` (docs/sessions.md).
 pub fn out_dir(key: &AttemptKey, node: &str, device: &str) -> String {
     format!(
         "out/{}/{node}/{device}/{}-a{}",

@@ -1,4 +1,4 @@
-//! What the master and the workers keep on disk (SPEC §5.8, §9), as traits:
+//! What the master and the workers keep on disk (docs/design/durability.md), as traits:
 //! the runtime implements them with an embedded database, tests and
 //! benchmarks may run without. Records are MessagePack, decoded with the same
 //! depth limit as network input: a damaged store is an error, never a panic.

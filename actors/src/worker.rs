@@ -1,8 +1,8 @@
 //! The Worker actor: owns this node's Device actors, registers with the master
 //! (found through the `orch.master` process group), heartbeats, and leaves
-//! cleanly on shutdown (SPEC §5). The master reaches it through the
+//! cleanly on shutdown (docs/design/architecture.md). The master reaches it through the
 //! `orch.worker.{node}` process group. Progress and results go through the
-//! [`Outbox`] and stay there until the master acknowledges them (SPEC §5.8).
+//! [`Outbox`] and stay there until the master acknowledges them (docs/design/durability.md).
 
 use std::collections::HashMap;
 use std::sync::Arc;

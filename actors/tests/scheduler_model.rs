@@ -2,7 +2,8 @@
 //! random sequences of node up/down, progress, completion, failure, stale and
 //! duplicate results, and master restarts (the ledger rebuilt by replaying
 //! every event, then workers registering again with what they hold), checked
-//! against the invariants of SPEC §6 after every step.
+//! after every step against the manifest's invariants (docs/sessions.md):
+//! every frame exactly once, no ID issued twice.
 
 use std::collections::BTreeMap;
 

@@ -1,4 +1,4 @@
-//! The admin HTTP API (SPEC §11). Every request becomes a message to the
+//! The admin HTTP API (docs/operating.md). Every request becomes a message to the
 //! master actor, local or remote (any node forwards to the master).
 //! A bearer token is required whenever one is configured; the config refuses a
 //! non-loopback listener without one.

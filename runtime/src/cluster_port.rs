@@ -1,6 +1,6 @@
 //! The cluster port: orch accepts inbound cluster connections itself and
 //! hands each to ractor_cluster as an external stream, so that a peer that
-//! has not authenticated costs little and not for long (SPEC §13):
+//! has not authenticated costs little and not for long (docs/operating.md):
 //!
 //! - at most [`Limits::unauthenticated`] such connections at once, and
 //!   [`Limits::per_source`] from one address; more are closed at once;

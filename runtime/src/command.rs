@@ -1,4 +1,4 @@
-//! The `command` executor (SPEC §8): runs an external program for a task.
+//! The `command` executor (docs/sessions.md): runs an external program for a task.
 //!
 //! - `argv` and `env` values may hold `{start} {end} {frames} {id_lo} {id_hi}
 //!   {device} {handle} {session} {task} {attempt} {out_dir} {items_file}`; the

@@ -1,4 +1,4 @@
-//! `cluster.toml`: parsing and validation (SPEC §4).
+//! `cluster.toml`: parsing and validation (docs/operating.md).
 //!
 //! serde with `deny_unknown_fields` gives the shape; [`RawConfig::validate`]
 //! then checks every value and returns every problem, each as one line naming

@@ -1,4 +1,4 @@
-//! Metric names of the runtime crate, and the Prometheus exporter (SPEC §12).
+//! Metric names of the runtime crate, and the Prometheus exporter (docs/operating.md).
 
 use std::net::SocketAddr;
 

@@ -1,4 +1,4 @@
-//! NodeSupervisor, the root of one orch-node's actor tree (SPEC §3), and
+//! NodeSupervisor, the root of one orch-node's actor tree (docs/design/architecture.md), and
 //! [`run_node`], which opens the node's ports and runs it until shutdown.
 //!
 //! ```text

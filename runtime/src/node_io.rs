@@ -1,5 +1,5 @@
 //! The node's file work: output folders, quarantine and manifests, all
-//! confined to `data_dir` (SPEC §8, §13).
+//! confined to `data_dir` (docs/sessions.md, docs/operating.md).
 
 use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};

@@ -1,4 +1,4 @@
-//! Finding a task's output files (SPEC §8): what appeared in its output
+//! Finding a task's output files (docs/sessions.md): what appeared in its output
 //! folder since the last progress line, in time proportional to the new
 //! files (inotify), and one full scan when the task ends.
 //!

@@ -1,4 +1,4 @@
-//! The processes of `command` tasks (SPEC §8): each task runs in a process
+//! The processes of `command` tasks (docs/sessions.md): each task runs in a process
 //! group of its own, and no group outlives its task or its node.
 //!
 //! - A task's group is killed (SIGKILL) when its main process exits, when

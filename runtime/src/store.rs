@@ -1,4 +1,4 @@
-//! The embedded, crash-safe stores under `data_dir` (SPEC §9, §5.8), on
+//! The embedded, crash-safe stores under `data_dir` (docs/design/durability.md), on
 //! SQLite in WAL mode:
 //!
 //! - `master.db`: the master's event log ([`EventLog`]) and its metadata;

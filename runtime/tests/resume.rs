@@ -1,4 +1,4 @@
-//! Master checkpoint and resume, and the workers' outbox (SPEC §9, §5.8), on
+//! Master checkpoint and resume, and the workers' outbox (docs/design/durability.md), on
 //! real `orch-node` processes: kill -9 of the master at random moments and
 //! during store writes, a master down for 30 s, damaged and foreign stores.
 

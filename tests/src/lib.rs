@@ -850,7 +850,7 @@ fn range(v: &Value) -> (u64, u64) {
     )
 }
 
-/// SPEC §6: every frame of `[start, end)` is in exactly one produced range or
+/// Every frame of `[start, end)` is in exactly one produced range or
 /// one failed range. Returns the number of produced frames.
 pub fn assert_exactly_once(manifest: &Value, start: u64, end: u64) -> u64 {
     let mut spans: Vec<(u64, u64, &str)> = Vec::new();
@@ -880,7 +880,7 @@ pub fn assert_exactly_once(manifest: &Value, start: u64, end: u64) -> u64 {
     produced
 }
 
-/// SPEC §6: the ID ranges used by produced ranges never overlap.
+/// The ID ranges used by produced ranges never overlap.
 pub fn assert_ids_disjoint(manifest: &Value) {
     let mut ids: Vec<(u64, u64)> = manifest["ranges"]
         .as_array()

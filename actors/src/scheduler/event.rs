@@ -6,7 +6,7 @@ use super::*;
 
 /// Something that happened. The master records every event in its store,
 /// with its time, before acting on the commands it returns: replaying them
-/// in order rebuilds the same ledger (SPEC §9).
+/// in order rebuilds the same ledger (docs/design/durability.md).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum SchedEvent {
     NodeUp {

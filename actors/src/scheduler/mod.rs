@@ -1,4 +1,4 @@
-//! The master's frame ledger and placement (SPEC §6-§7), as pure logic.
+//! The master's frame ledger and placement (docs/design/architecture.md), as pure logic.
 //!
 //! Sessions are split into tasks of `chunk_frames` frames. Each attempt of a
 //! task is a fenced lease on one device with its own ID chunk. The Master actor
@@ -43,9 +43,9 @@ use session::*;
 use tasks::*;
 pub use views::ManifestStream;
 
-/// Attempts queued on a device beyond the running one (SPEC §7: prefetch
-/// 1-2). Two keep a device busy while its next assignments wait for the
-/// master's commit.
+/// Attempts queued on a device beyond the running one (see
+/// docs/design/architecture.md). Two keep a device busy while its next
+/// assignments wait for the master's commit.
 pub const PREFETCH: u32 = 2;
 
 /// A session's place in the ledger (an index into `Scheduler::sessions`).
