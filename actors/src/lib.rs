@@ -1,6 +1,7 @@
 //! orch-actors: the behaviour of an orch cluster. Actors, the wire protocol and
 //! the pure decision logic they feed. No sockets, no files.
 
+pub mod commit_gate;
 pub mod device;
 pub mod executor;
 pub mod ids;

@@ -9,21 +9,10 @@
 //! event of a batch queues a `Commit` message to the master itself; when it
 //! comes up, every message queued before it has added its events, and the
 //! master writes them all in one transaction on its own thread, then sends
-//! what waited (group commit). A batch is written at most `GROUP_MAX_WAIT`
-//! after its first event, or as soon as the mailbox is empty if something
-//! waits for it.
-//!
-//! Assignments do not wait: a task's round trip would include a commit, and
-//! the rate of small tasks would be set by it. An assignment whose cause is
-//! lost in a crash is one the restarted master never heard of; it stays
-//! harmless because its ID chunk is below the recorded reservation, and its
-//! attempt number is skipped after the restart (only a task's first
-//! assignment since the last commit leaves early, see
-//! [`MasterState::may_send_now`]). A worker that outlived the master
-//! names it; this node's own worker, which dies with the master, gets early
-//! only tasks a commit reserved for it, and a restart lists them all. A
-//! store that cannot be written stops the master; a restart resumes from
-//! the store.
+//! what waited (group commit). Which message may leave before its commit,
+//! and when a batch is written, is the [`CommitGate`]'s to say. A store
+//! that cannot be written stops the master; a restart resumes from the
+//! store.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -32,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ractor::{pg, Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{debug, info, warn};
 
+use crate::commit_gate::{Batch, CommitGate, Release, Write};
 use crate::executor::NodeIo;
 use crate::journal::{Journal, Recovered};
 use crate::masters::{self, Claim};
@@ -118,34 +108,14 @@ pub struct MasterState {
     commit_timed: bool,
     /// Only the last `Commit` queued counts.
     commit_generation: u64,
-    /// Something other than an assignment waits for the batch (an answer,
-    /// a registration, a manifest): write it as soon as the mailbox is empty.
-    urgent: bool,
-    /// Tasks assigned since the last commit (sent at once or not).
-    assigned: HashSet<(String, u64)>,
-    /// Nodes with a decision waiting for the next commit: what follows
-    /// for them waits too, so each node sees the master's order.
-    waiting_nodes: HashSet<String>,
-    /// Assignments to this node since the last commit: how many tasks the
-    /// next commit reserves for it.
-    own_assigned: usize,
+    /// Which decisions wait for the commit of their cause.
+    gate: CommitGate,
     /// What this master serves under (see [`crate::masters`]).
     claim: Claim,
     cluster: Option<Arc<dyn ClusterControl>>,
     /// Younger masters already warned about.
     warned_of: HashSet<String>,
-    /// A reservation is being recorded: it is not committed yet.
-    reserving: bool,
 }
-
-/// A batch is written once it holds this many events, ...
-const GROUP_MAX_EVENTS: usize = 4096;
-/// ... or this long after its first event, or when the mailbox is empty and
-/// a decision waits for the batch. Assignments do not wait (see
-/// [`MasterState::may_send_now`]), so under load the master commits about
-/// every `GROUP_MAX_WAIT` whatever the rate (each commit costs about as much
-/// as tens of events).
-const GROUP_MAX_WAIT: Duration = Duration::from_millis(2);
 
 impl MasterState {
     fn now_ms(&self) -> u64 {
@@ -172,48 +142,15 @@ impl MasterState {
         }
     }
 
+    /// A message to a worker other than an assignment: it waits for the
+    /// commit, and so does what follows for that worker.
     fn send_to(&mut self, node: &str, msg: ToWorker) {
-        if self.journal.durable() && !self.waiting_nodes.contains(node) {
-            self.waiting_nodes.insert(node.to_string());
-        }
-        self.urgent |= !matches!(msg, ToWorker::Assign(_));
+        self.gate.message(node);
         self.outgoing.push(Outgoing::Send(node.to_string(), msg));
     }
 
-    /// Whether an assignment may leave before the commit of its cause. If
-    /// the master dies before that commit, the restarted one never learns
-    /// of it, and its worker may run it: that is safe when
-    /// - its ID chunk is below the recorded reservation (the restarted
-    ///   master issues nothing below it, not even returned tails);
-    /// - it is its task's first assignment since the last commit, so its
-    ///   number is the one the store has for a pending task, or the next
-    ///   one for a running task (the restarted master skips exactly those,
-    ///   see `SchedEvent::Resume`; a later assignment in the same batch
-    ///   may carry a number the restart would give out again);
-    /// - nothing waits for the commit on its node (order per node holds).
-    ///
-    /// A worker that outlives the master names the attempts it holds when it
-    /// registers again; the manifest's `replay` lists those the store never
-    /// recorded. This node's own worker dies with the master and names
-    /// nothing: it gets early only tasks reserved for it in an earlier
-    /// commit (`SchedEvent::Reserve`), and a restart lists every task still
-    /// reserved.
-    fn may_send_now(
-        &mut self,
-        node: &str,
-        task: &crate::protocol::TaskSpec,
-        reserved: bool,
-    ) -> bool {
-        let first = self.assigned.insert((task.session.clone(), task.task));
-        first
-            && self.journal.durable()
-            && (node != self.node || (reserved && !self.reserving))
-            && task.ids.hi <= self.journal.id_reserved()
-            && !self.waiting_nodes.contains(node)
-    }
-
     fn reply(&mut self, port: RpcReplyPort<AdminReply>, answer: AdminReply) {
-        self.urgent = true;
+        self.gate.local();
         self.outgoing.push(Outgoing::Reply(port, answer));
     }
 
@@ -234,7 +171,7 @@ impl MasterState {
                 self.commit_queued = self.queue_commit(myself);
                 self.handled_since_commit_queued = 0;
                 self.batch_since = Some(Instant::now());
-            } else if self.commit_timed && self.urgent {
+            } else if self.commit_timed && self.gate.urgent() {
                 // Something waits now: do not let it wait for the timer.
                 self.commit_timed = !self.queue_commit(myself);
                 self.handled_since_commit_queued = 0;
@@ -257,27 +194,22 @@ impl MasterState {
     }
 
     /// Record, with the batch about to be committed, the tasks this node's
-    /// own worker may get before the next commit: twice as many as it got
-    /// since the last one (as many would cap its rate at the last batch's;
-    /// a task reserved and never sent costs only a line in `replay` if the
-    /// master dies). Placements this causes wait for the commit.
+    /// own worker may get before the next commit (see
+    /// [`CommitGate::reservation_wanted`]). Placements this causes wait for
+    /// the commit.
     fn reserve_for_own_node(&mut self) {
-        let want = self.own_assigned.saturating_mul(2);
-        if self.journal.durable() {
-            if let Some(ev) = self.sched.reservation(&self.node, want) {
-                self.reserving = true;
-                self.schedule(ev);
-                self.reserving = false;
-            }
+        let Some(want) = self.gate.reservation_wanted() else {
+            return;
+        };
+        if let Some(ev) = self.sched.reservation(&self.node, want) {
+            self.gate.set_reserving(true);
+            self.schedule(ev);
+            self.gate.set_reserving(false);
         }
-        // What this placed leaves after the commit, not in the next batch.
-        self.own_assigned = 0;
     }
 
-    /// Write the events recorded so far, then carry out what waited for them.
-    /// A batch younger than [`GROUP_MAX_WAIT`] waits behind the messages that
-    /// arrived meanwhile, if any; with an empty mailbox it is written at once
-    /// if a decision waits for it, else when the timer ends.
+    /// Write the events recorded so far, then carry out what waited for them
+    /// (when, see [`CommitGate::write`]).
     fn commit(
         &mut self,
         myself: &ActorRef<MasterMsg>,
@@ -287,18 +219,24 @@ impl MasterState {
             // A timer's `Commit`, overtaken by one for something that waited.
             return Ok(());
         }
-        let busy = self.handled_since_commit_queued > 0;
-        let age = self.batch_since.map(|at| at.elapsed()).unwrap_or_default();
-        if age < GROUP_MAX_WAIT && self.journal.events() < GROUP_MAX_EVENTS {
-            self.handled_since_commit_queued = 0;
-            if busy && self.queue_commit(myself) {
-                self.commit_timed = false;
-                return Ok(());
+        let batch = Batch {
+            age: self.batch_since.map(|at| at.elapsed()).unwrap_or_default(),
+            events: self.journal.events(),
+            handled_since_queued: self.handled_since_commit_queued,
+        };
+        self.handled_since_commit_queued = 0;
+        match self.gate.write(batch) {
+            Write::Now => {}
+            Write::BehindMailbox => {
+                if self.queue_commit(myself) {
+                    self.commit_timed = false;
+                    return Ok(());
+                }
             }
-            if !busy && !self.urgent {
+            Write::After(wait) => {
                 self.commit_generation += 1;
                 let generation = self.commit_generation;
-                myself.send_after(GROUP_MAX_WAIT - age, move || MasterMsg::Commit(generation));
+                myself.send_after(wait, move || MasterMsg::Commit(generation));
                 self.commit_timed = true;
                 return Ok(());
             }
@@ -307,9 +245,7 @@ impl MasterState {
         self.commit_queued = false;
         self.commit_timed = false;
         self.batch_since = None;
-        self.assigned.clear();
-        self.waiting_nodes.clear();
-        self.urgent = false;
+        self.gate.committed();
         self.commit_journal()
             .map_err(|e| format!("cannot write the master's store: {e}; stopping (a restart resumes from the store; assignments sent since the last commit are skipped and listed, README, Master restarts and the outbox)"))?;
         let (out, acks) = (
@@ -492,13 +428,12 @@ impl MasterState {
                 reserved,
             } => {
                 metrics::counter!(m::TASKS_ASSIGNED).increment(1);
-                if node == self.node {
-                    self.own_assigned += 1;
-                }
-                if self.may_send_now(&node, &task, reserved) {
-                    self.deliver_to(&node, ToWorker::Assign(task));
-                } else {
-                    self.send_to(&node, ToWorker::Assign(task));
+                let id_reserved = self.journal.id_reserved();
+                match self.gate.assignment(&node, &task, reserved, id_reserved) {
+                    Release::Now => self.deliver_to(&node, ToWorker::Assign(task)),
+                    Release::AfterCommit => self
+                        .outgoing
+                        .push(Outgoing::Send(node, ToWorker::Assign(task))),
                 }
             }
             SchedCommand::Drop {
@@ -533,16 +468,16 @@ impl MasterState {
             SchedCommand::SessionFinished { session, state } => {
                 metrics::counter!(m::SESSIONS_FINISHED, "state" => state.as_str()).increment(1);
                 info!(node_id = %self.node, session = %session, state = state.as_str(), "session finished");
-                self.urgent = true;
+                self.gate.local();
                 self.outgoing.push(Outgoing::Manifest(session));
             }
             SchedCommand::AmendOnDisk { session, record } => {
-                self.urgent = true;
+                self.gate.local();
                 self.outgoing.push(Outgoing::AmendOnDisk(session, record));
             }
             SchedCommand::ManifestAmended { session } => {
                 info!(node_id = %self.node, session = %session, "a node named an attempt of a finished session that the store never recorded; its manifest lists it in `replay`");
-                self.urgent = true;
+                self.gate.local();
                 self.outgoing.push(Outgoing::Manifest(session));
             }
         }
@@ -868,11 +803,7 @@ impl Actor for Master {
             batch_since: None,
             commit_timed: false,
             commit_generation: 0,
-            urgent: false,
-            assigned: HashSet::new(),
-            waiting_nodes: HashSet::new(),
-            own_assigned: 0,
-            reserving: false,
+            gate: CommitGate::new(args.node.clone(), durable),
             claim: Claim {
                 since_ms: wall,
                 node: args.node.clone(),

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use orch_actors::commit_gate::{CommitGate, Release};
 use orch_actors::protocol::{
     AttemptKey, CapValue, DeviceInfo, ExecutorSpec, FrameRange, IdRange, SessionSpec, SessionState,
     TaskOutcome, TaskProgress, TaskResult, TaskSpec, DEFAULT_MAX_LOSSES,
@@ -102,13 +103,9 @@ struct World {
     committed: usize,
     /// Assignments waiting for the next commit (as the master holds them).
     held_out: Vec<Lease>,
-    /// Tasks assigned since the last commit: only a task's first
-    /// assignment since then may leave before the commit.
-    sent_early: Vec<u64>,
-    /// A reservation is being recorded: what it places waits for the commit.
-    reserving: bool,
-    /// Nodes with a message waiting for the commit: what follows for them waits too.
-    waiting: Vec<String>,
+    /// The master's commit gate (n0 is the master's node): which
+    /// assignment leaves before its commit.
+    gate: CommitGate,
     /// Results sent since the last commit (not acknowledged): each node's
     /// outbox delivers them again after a master restart.
     unacked: Vec<(Lease, TaskOutcome)>,
@@ -163,9 +160,7 @@ impl World {
             batches: false,
             committed: 0,
             held_out: Vec::new(),
-            sent_early: Vec::new(),
-            reserving: false,
-            waiting: Vec::new(),
+            gate: CommitGate::new("n0", true),
             unacked: Vec::new(),
             produced: Vec::new(),
             early_now: Vec::new(),
@@ -199,7 +194,7 @@ impl World {
         self.log.push((self.now, ev.clone()));
         if let (true, SchedEvent::NodeUp { node, .. }) = (self.batches, &ev) {
             // Its registration waits for the commit, and so does what follows.
-            self.waiting.push(node.clone());
+            self.gate.message(node);
         }
         for cmd in self.sched.on_event(ev, self.now) {
             if let SchedCommand::Assign {
@@ -230,17 +225,14 @@ impl World {
                     progress: 0,
                     reserved,
                 };
-                // The master sends an assignment before its commit only to
-                // another node, or a task reserved in an earlier commit to
-                // its own, and only a task's first since the last commit.
-                let first = !self.sent_early.contains(&lease.task.task);
-                if self.batches {
-                    self.sent_early.push(lease.task.task);
-                }
+                // Whether the assignment leaves before its commit is the
+                // master's gate's to say. Every ID handed out is below the
+                // reservation here: a crash sets the floor above them all.
                 let early = !self.batches
-                    || (first
-                        && (i != 0 || (reserved && !self.reserving))
-                        && !self.waiting.contains(&lease.node));
+                    || self
+                        .gate
+                        .assignment(&lease.node, &lease.task, reserved, u64::MAX)
+                        == Release::Now;
                 if early {
                     if self.batches {
                         self.early_now.push((
@@ -256,7 +248,7 @@ impl World {
             } else if let (true, SchedCommand::Drop { node, key, .. }) = (self.batches, cmd) {
                 // A drop waits for the commit, and so does what follows; the
                 // worker then stops the attempt.
-                self.waiting.push(node.clone());
+                self.gate.message(&node);
                 if let Some(k) = self.live.iter().position(|l| {
                     l.node == node && l.task.task == key.task && l.task.attempt == key.attempt
                 }) {
@@ -447,14 +439,13 @@ impl World {
     fn commit(&mut self, n: u8) {
         if let Some(ev) = self.sched.reservation(&node_name(0), n.into()) {
             self.reserved_for = Some(node_name(0));
-            self.reserving = true;
+            self.gate.set_reserving(true);
             self.feed(ev);
-            self.reserving = false;
+            self.gate.set_reserving(false);
         }
         self.committed = self.log.len();
         self.early_now.clear();
-        self.waiting.clear();
-        self.sent_early.clear();
+        self.gate.committed();
         self.unacked.clear();
         let held = std::mem::take(&mut self.held_out);
         self.live.extend(held);
@@ -481,8 +472,7 @@ impl World {
         let floor = self.sched.ids().high_water() + 50;
         self.sched = fresh;
         self.held_out.clear();
-        self.sent_early.clear();
-        self.waiting.clear();
+        self.gate = CommitGate::new("n0", true);
         self.feed(SchedEvent::Resume {
             id_floor: floor,
             within_ms: 100,
