@@ -250,7 +250,7 @@ impl Actor for Device {
         match msg {
             // Boxed: the running task's future lives on the heap only while
             // it runs, instead of inside every idle device's actor loop
-            // (3 KB per device; BENCHMARKS.md, "Memory per device actor").
+            // (3 KB per device; docs/benchmarks/history.md, "Memory per device actor").
             DeviceMsg::Run(task, cancel) => Box::pin(state.run(*task, cancel)).await,
             DeviceMsg::Quarantine(key, keep) => {
                 let rel = out_dir(&key, &state.args.node, &state.args.info.id);

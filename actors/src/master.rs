@@ -247,7 +247,7 @@ impl MasterState {
         self.batch_since = None;
         self.gate.committed();
         self.commit_journal()
-            .map_err(|e| format!("cannot write the master's store: {e}; stopping (a restart resumes from the store; assignments sent since the last commit are skipped and listed, README, Master restarts and the outbox)"))?;
+            .map_err(|e| format!("cannot write the master's store: {e}; stopping (a restart resumes from the store; assignments sent since the last commit are skipped and listed: docs/design/durability.md, Master restarts and the outbox)"))?;
         let (out, acks) = (
             std::mem::take(&mut self.outgoing),
             std::mem::take(&mut self.acks),

@@ -337,7 +337,7 @@ pub enum ExecutorSpec {
     /// Sleeps `ms_per_frame` for every frame.
     Sleep { ms_per_frame: u64 },
     /// An external program; `argv` and `env` values may hold placeholders
-    /// such as `{start}` (see the README).
+    /// such as `{start}` (docs/sessions.md, the command executor).
     Command {
         argv: Vec<String>,
         env: BTreeMap<String, String>,

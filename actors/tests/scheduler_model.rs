@@ -115,7 +115,7 @@ struct World {
     early_now: Vec<(String, u64, u32)>,
     /// Finished attempts nobody can name after a crash: sent early to a
     /// worker that died in the same batch as the master, its result lost
-    /// with it (README, "Master restarts and the outbox").
+    /// with it (docs/design/durability.md, "Master restarts and the outbox").
     unnameable: Vec<(u64, u32)>,
     /// Nodes alive but not registered with the restarted master (see
     /// [`Op::Crash`]): the leases they hold and the results in their outbox.

@@ -33,7 +33,7 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// SQLite writes each page to the write-ahead log with two system calls:
 /// a commit takes 0.34 ms with 1 KiB pages, 0.25 ms with 4 KiB, 0.23 ms with
 /// 16 KiB; a small commit writes at least a page, so 16 KiB would write four
-/// times more log than 4 KiB under a light load (BENCHMARKS.md,
+/// times more log than 4 KiB under a light load (docs/benchmarks/history.md,
 /// "Assignments before their commit").
 const PAGE_SIZE: u32 = 4096;
 /// How long a write waits for a checkpoint holding the file.
