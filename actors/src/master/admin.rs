@@ -1,0 +1,193 @@
+//! Answers to admin requests.
+
+use super::*;
+
+impl MasterState {
+    pub(super) fn answer(&mut self, req: AdminRequest) -> AdminReply {
+        let now = self.now_ms();
+        let unix_now = self.unix_ms(now);
+        match req {
+            AdminRequest::Status => {
+                let mut s = self.membership.status(&self.node, now);
+                s.sessions = self.sched.views(unix_now);
+                s.recent_failovers = self
+                    .sched
+                    .recent_failovers(20)
+                    .into_iter()
+                    .map(|(session, replay)| FailoverRecord { session, replay })
+                    .collect();
+                AdminReply::Status(s)
+            }
+            AdminRequest::Devices(filter) => {
+                if let Some(n) = &filter {
+                    if self.membership.registration(n).is_none() {
+                        return AdminReply::NotFound(format!("no worker `{n}`"));
+                    }
+                }
+                let mut views = self.sched.device_views(filter.as_deref());
+                // Devices of workers that are not (or no longer) healthy are offline.
+                for w in self.membership.views(now) {
+                    if filter.as_ref().is_some_and(|f| *f != w.node)
+                        || self.sched.has_device(&w.node, None)
+                    {
+                        continue;
+                    }
+                    for d in w.devices {
+                        views.push(DeviceView {
+                            node: w.node.clone(),
+                            device: d.id,
+                            state: DeviceState::Offline,
+                            tasks: Vec::new(),
+                            tasks_done: 0,
+                            last_error: w.reason.map(|r| r.as_str().to_string()),
+                            capabilities: d.capabilities,
+                        });
+                    }
+                }
+                AdminReply::Devices(views)
+            }
+            AdminRequest::Drain(node) | AdminRequest::Undrain(node)
+                if self.membership.registration(&node).is_none() =>
+            {
+                AdminReply::NotFound(format!("no worker `{node}`"))
+            }
+            AdminRequest::Drain(node) => {
+                self.schedule(SchedEvent::Drain {
+                    node: node.clone(),
+                    drained: true,
+                });
+                AdminReply::Done(format!(
+                    "node `{node}` drained: it finishes the tasks it has and takes no new ones"
+                ))
+            }
+            AdminRequest::Undrain(node) => {
+                self.schedule(SchedEvent::Drain {
+                    node: node.clone(),
+                    drained: false,
+                });
+                AdminReply::Done(format!("node `{node}` takes work again"))
+            }
+            AdminRequest::RestartDevice { node, device }
+            | AdminRequest::KillDevice { node, device }
+                if !self.sched.has_device(&node, Some(&device)) =>
+            {
+                AdminReply::NotFound(format!("no device `{device}` on a healthy worker `{node}`"))
+            }
+            AdminRequest::RestartDevice { node, device } => {
+                self.schedule(SchedEvent::DeviceDown {
+                    node: node.clone(),
+                    device: device.clone(),
+                    reason: "device_restart".into(),
+                    disable: false,
+                });
+                self.send_to(
+                    &node,
+                    ToWorker::RestartDevice {
+                        device: device.clone(),
+                    },
+                );
+                AdminReply::Done(format!(
+                    "device `{device}` on `{node}` restarted; its tasks were reassigned"
+                ))
+            }
+            AdminRequest::KillDevice { node, device } => {
+                self.schedule(SchedEvent::DeviceDown {
+                    node: node.clone(),
+                    device: device.clone(),
+                    reason: "device_killed".into(),
+                    disable: true,
+                });
+                AdminReply::Done(format!(
+                    "device `{device}` on `{node}` quarantined; its tasks were reassigned (restart-device brings it back)"
+                ))
+            }
+            AdminRequest::DeviceGrid => {
+                let AdminReply::Devices(views) = self.answer(AdminRequest::Devices(None)) else {
+                    return AdminReply::DeviceGrid(Vec::new());
+                };
+                let mut grid: Vec<crate::protocol::NodeGrid> = Vec::new();
+                for d in views {
+                    match grid.last_mut() {
+                        Some(g) if g.node == d.node => g.states.push(d.state.grid_char()),
+                        _ => grid.push(crate::protocol::NodeGrid {
+                            node: d.node,
+                            states: d.state.grid_char().to_string(),
+                        }),
+                    }
+                }
+                AdminReply::DeviceGrid(grid)
+            }
+            AdminRequest::Workers => AdminReply::Workers(self.membership.views(now)),
+            AdminRequest::Submit(spec) => {
+                // A retried submission: the session it made the first time.
+                if let Some(id) = spec
+                    .idempotency_key
+                    .as_deref()
+                    .and_then(|k| self.sched.session_for_key(k))
+                {
+                    return AdminReply::Submitted { id: id.to_string() };
+                }
+                // The ledger's clock (never back across restarts) in
+                // milliseconds, and 16 random bits: unique across restarts
+                // and across masters.
+                let mut id;
+                loop {
+                    id = format!("{}-{:x}{:04x}", spec.name, unix_now, rand::random::<u16>());
+                    // A restarted master must not reuse the id of a session it replayed.
+                    if !self.sched.has_session(&id) {
+                        break;
+                    }
+                }
+                info!(node_id = %self.node, session = %id, frames = spec.frames.len(), executor = spec.executor.name(), "session submitted");
+                metrics::counter!(m::SESSIONS_SUBMITTED).increment(1);
+                self.schedule(SchedEvent::Submit {
+                    id: id.clone(),
+                    spec,
+                });
+                AdminReply::Submitted { id }
+            }
+            AdminRequest::Sessions => AdminReply::Sessions(self.sched.views(unix_now)),
+            AdminRequest::Session(id) => match self.sched.view(&id, unix_now) {
+                Some(v) => AdminReply::Session(v),
+                None => AdminReply::NotFound(format!("no session `{id}`")),
+            },
+            AdminRequest::Manifest(id) => match self.sched.manifest(&id) {
+                Some(m) => AdminReply::Manifest(Box::new(m)),
+                None => AdminReply::NotFound(format!("no session `{id}`")),
+            },
+            AdminRequest::Cancel(id) => {
+                if self.sched.view(&id, unix_now).is_none() {
+                    return AdminReply::NotFound(format!("no session `{id}`"));
+                }
+                self.schedule(SchedEvent::Cancel {
+                    session: id.clone(),
+                });
+                AdminReply::Cancelled { id }
+            }
+        }
+    }
+}
+
+/// Most manifest ranges sent to another node in one answer (a cluster frame
+/// over 16 MiB would drop the connection).
+pub(super) const MAX_FORWARDED_RANGES: usize = 20_000;
+
+/// Why a manifest is not forwarded to another node.
+pub(super) fn too_many_to_forward(session: &str, ranges: usize, node: &str) -> String {
+    format!(
+        "the manifest of `{session}` has {ranges} ranges, too many to forward across the cluster; ask the master node `{node}` directly, or read `sessions/{session}/manifest.json` in its data_dir"
+    )
+}
+
+/// Whether an admin request changes the ledger: its answer waits for the commit.
+pub(super) fn mutates(req: &AdminRequest) -> bool {
+    matches!(
+        req,
+        AdminRequest::Submit(_)
+            | AdminRequest::Cancel(_)
+            | AdminRequest::Drain(_)
+            | AdminRequest::Undrain(_)
+            | AdminRequest::RestartDevice { .. }
+            | AdminRequest::KillDevice { .. }
+    )
+}

@@ -1,0 +1,218 @@
+//! Group commit: what waits for the batch holding its cause, writing the
+//! batch, and delivering what waited (see [`CommitGate`]).
+
+use super::*;
+
+impl MasterState {
+    /// A message to a worker other than an assignment: it waits for the
+    /// commit, and so does what follows for that worker.
+    pub(super) fn send_to(&mut self, node: &str, msg: ToWorker) {
+        self.gate.message(node);
+        self.outgoing.push(Outgoing::Send(node.to_string(), msg));
+    }
+
+    pub(super) fn reply(&mut self, port: RpcReplyPort<AdminReply>, answer: AdminReply) {
+        self.gate.local();
+        self.outgoing.push(Outgoing::Reply(port, answer));
+    }
+
+    /// Write the events recorded so far, with the ID reservation and epoch
+    /// they need (see [`Journal::commit`]).
+    pub(super) fn commit_journal(&mut self) -> Result<bool, String> {
+        self.journal
+            .commit(self.sched.ids().high_water(), self.membership.last_epoch())
+    }
+
+    /// After each message: act at once on what waits for nothing; else make
+    /// sure a `Commit` comes after everything already in the mailbox, so the
+    /// events of all of it share one commit (group commit).
+    pub(super) fn settle(&mut self, myself: &ActorRef<MasterMsg>) {
+        let hw = self.sched.ids().high_water();
+        if self.commit_queued || self.journal.dirty(hw, self.membership.last_epoch()) {
+            if !self.commit_queued {
+                self.commit_queued = self.queue_commit(myself);
+                self.handled_since_commit_queued = 0;
+                self.batch_since = Some(Instant::now());
+            } else if self.commit_timed && self.gate.urgent() {
+                // Something waits now: do not let it wait for the timer.
+                self.commit_timed = !self.queue_commit(myself);
+                self.handled_since_commit_queued = 0;
+            }
+            return;
+        }
+        let (out, acks) = (
+            std::mem::take(&mut self.outgoing),
+            std::mem::take(&mut self.acks),
+        );
+        self.deliver(out, acks);
+    }
+
+    /// Put a `Commit` at the end of the mailbox; any other one queued is void.
+    pub(super) fn queue_commit(&mut self, myself: &ActorRef<MasterMsg>) -> bool {
+        self.commit_generation += 1;
+        myself
+            .cast(MasterMsg::Commit(self.commit_generation))
+            .is_ok()
+    }
+
+    /// Record, with the batch about to be committed, the tasks this node's
+    /// own worker may get before the next commit (see
+    /// [`CommitGate::reservation_wanted`]). Placements this causes wait for
+    /// the commit.
+    pub(super) fn reserve_for_own_node(&mut self) {
+        let Some(want) = self.gate.reservation_wanted() else {
+            return;
+        };
+        if let Some(ev) = self.sched.reservation(&self.node, want) {
+            self.gate.set_reserving(true);
+            self.schedule(ev);
+            self.gate.set_reserving(false);
+        }
+    }
+
+    /// Write the events recorded so far, then carry out what waited for them
+    /// (when, see [`CommitGate::write`]).
+    pub(super) fn commit(
+        &mut self,
+        myself: &ActorRef<MasterMsg>,
+        generation: u64,
+    ) -> Result<(), ActorProcessingErr> {
+        if !self.commit_queued || generation != self.commit_generation {
+            // A timer's `Commit`, overtaken by one for something that waited.
+            return Ok(());
+        }
+        let batch = Batch {
+            age: self.batch_since.map(|at| at.elapsed()).unwrap_or_default(),
+            events: self.journal.events(),
+            handled_since_queued: self.handled_since_commit_queued,
+        };
+        self.handled_since_commit_queued = 0;
+        match self.gate.write(batch) {
+            Write::Now => {}
+            Write::BehindMailbox => {
+                if self.queue_commit(myself) {
+                    self.commit_timed = false;
+                    return Ok(());
+                }
+            }
+            Write::After(wait) => {
+                self.commit_generation += 1;
+                let generation = self.commit_generation;
+                myself.send_after(wait, move || MasterMsg::Commit(generation));
+                self.commit_timed = true;
+                return Ok(());
+            }
+        }
+        self.reserve_for_own_node();
+        self.commit_queued = false;
+        self.commit_timed = false;
+        self.batch_since = None;
+        self.gate.committed();
+        self.commit_journal()
+            .map_err(|e| format!("cannot write the master's store: {e}; stopping (a restart resumes from the store; assignments sent since the last commit are skipped and listed: docs/design/durability.md, Master restarts and the outbox)"))?;
+        let (out, acks) = (
+            std::mem::take(&mut self.outgoing),
+            std::mem::take(&mut self.acks),
+        );
+        self.deliver(out, acks);
+        Ok(())
+    }
+
+    pub(super) fn deliver(&mut self, outgoing: Vec<Outgoing>, acks: HashMap<String, Vec<u64>>) {
+        for out in outgoing {
+            match out {
+                Outgoing::Send(node, msg) => self.deliver_to(&node, msg),
+                Outgoing::Reply(port, answer) => {
+                    let _ = port.send(answer);
+                }
+                Outgoing::Manifest(session) => self.write_manifest(&session),
+                Outgoing::AmendOnDisk(session, record) => {
+                    match self.io.amend_manifest(&session, &record) {
+                        Ok(()) => {
+                            info!(node_id = %self.node, session = %session, task = record.task, attempt = record.old_attempt, "an evicted session's manifest lists an attempt the store never recorded")
+                        }
+                        Err(e) => {
+                            warn!(node_id = %self.node, session = %session, error = %e, "cannot amend the manifest on disk")
+                        }
+                    }
+                }
+            }
+        }
+        for (node, seqs) in acks {
+            self.deliver_to(&node, ToWorker::Ack { seqs });
+        }
+    }
+
+    /// Write a session's manifest; a finished session's ledger then leaves
+    /// memory (it is read from the manifest from now on).
+    pub(super) fn write_manifest(&mut self, session: &str) {
+        let Some(manifest) = self.sched.manifest_stream(session) else {
+            if self.sched.is_evicted(session) && !self.io.manifest_exists(session) {
+                warn!(node_id = %self.node, session = %session, "the manifest of a finished session is missing from disk, and its ledger left memory");
+            }
+            return;
+        };
+        match self.io.write_manifest(&manifest) {
+            Ok(path) => {
+                info!(node_id = %self.node, session = %session, manifest = %path.display(), "manifest written")
+            }
+            Err(e) => {
+                warn!(node_id = %self.node, session = %session, error = %e, "cannot write the manifest");
+                return;
+            }
+        }
+        if self.sched.is_final(session) && self.io.manifest_exists(session) {
+            self.schedule(SchedEvent::Evict {
+                session: session.to_string(),
+            });
+        }
+    }
+
+    /// Answer a request for an evicted session's manifest from disk, off
+    /// the master's thread; `remote`: it must fit one cluster frame.
+    pub(super) fn manifest_from_disk(
+        &self,
+        id: String,
+        reply: RpcReplyPort<AdminReply>,
+        remote: bool,
+    ) {
+        let io = self.io.clone();
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            let read = {
+                let id = id.clone();
+                tokio::task::spawn_blocking(move || io.read_manifest(&id)).await
+            };
+            let answer = match read {
+                Ok(Ok(m)) if remote && m.ranges.len() > MAX_FORWARDED_RANGES => {
+                    AdminReply::Error(too_many_to_forward(&m.session, m.ranges.len(), &node))
+                }
+                Ok(Ok(m)) => AdminReply::Manifest(Box::new(m)),
+                Ok(Err(e)) => AdminReply::Error(format!(
+                    "cannot read the manifest of `{id}` on node `{node}`: {e}"
+                )),
+                Err(e) => AdminReply::Error(format!("cannot read the manifest of `{id}`: {e}")),
+            };
+            let _ = reply.send(answer);
+        });
+    }
+
+    pub(super) fn deliver_to(&mut self, node: &str, msg: ToWorker) {
+        if self.routes.get(node).is_none_or(Vec::is_empty) {
+            let found: Vec<ActorRef<WorkerMsg>> = pg::get_members(&worker_group(node))
+                .into_iter()
+                .map(ActorRef::from)
+                .collect();
+            if found.is_empty() {
+                debug!(node_id = %self.node, worker = %node, "no route to worker, message dropped");
+                return;
+            }
+            self.routes.insert(node.to_string(), found);
+        }
+        for worker in &self.routes[node] {
+            if let Err(e) = worker.cast(WorkerMsg::Master(msg.clone())) {
+                debug!(node_id = %self.node, worker = %node, error = %e, "message to worker failed");
+            }
+        }
+    }
+}

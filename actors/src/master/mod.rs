@@ -1,0 +1,432 @@
+//! The Master actor: worker membership and failure detection (docs/design/architecture.md), and
+//! the sessions' ledger and placement (docs/design/architecture.md). Workers (local or remote)
+//! send it [`ToMaster`] messages; admin endpoints on any node ask it
+//! [`AdminRequest`]s. It joins the `orch.master` process group.
+//!
+//! Every ledger event goes to the [`Journal`] first; what the master decides
+//! (acknowledgements, answers to submissions, registrations, drops) waits in
+//! `outgoing` until the batch holding its cause is committed. The first
+//! event of a batch queues a `Commit` message to the master itself; when it
+//! comes up, every message queued before it has added its events, and the
+//! master writes them all in one transaction on its own thread, then sends
+//! what waited (group commit). Which message may leave before its commit,
+//! and when a batch is written, is the [`CommitGate`]'s to say. A store
+//! that cannot be written stops the master; a restart resumes from the
+//! store.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ractor::{pg, Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tracing::{debug, info, warn};
+
+use crate::commit_gate::{Batch, CommitGate, Release, Write};
+use crate::executor::NodeIo;
+use crate::journal::{Journal, Recovered};
+use crate::masters::{self, Claim};
+use crate::membership::{DetectorConfig, MemberCommand, MemberEvent, Membership};
+use crate::metrics as m;
+use crate::protocol::{
+    worker_group, AdminReply, AdminRequest, DeviceState, DeviceView, DownReason, FailoverRecord,
+    MemberState, SessionState, ToMaster, ToWorker,
+};
+use crate::scheduler::{SchedCommand, SchedEvent, Scheduler};
+use crate::worker::WorkerMsg;
+
+mod admin;
+mod commit;
+mod gauges;
+mod ledger;
+
+use admin::*;
+
+/// Messages of [`Master`].
+pub enum MasterMsg {
+    /// A message from a worker (remote or local).
+    Worker(ToMaster),
+    /// An admin query from this node's admin endpoint.
+    Admin(AdminRequest, RpcReplyPort<AdminReply>),
+    /// An admin query forwarded by another node: its answer must fit one cluster frame.
+    RemoteAdmin(AdminRequest, RpcReplyPort<AdminReply>),
+    /// Bytes from the network that did not decode; counted and logged.
+    Malformed(String),
+    /// Local: check heartbeat deadlines, wake retries, refresh gauges.
+    Tick,
+    /// Local: write the events recorded so far to the store, then send the
+    /// decisions and acknowledgements that waited for them. Only the one
+    /// with the latest generation counts.
+    Commit(u64),
+}
+
+/// The master of the cluster; exactly one is active.
+pub struct Master;
+
+/// Arguments of [`Master`].
+pub struct MasterArgs {
+    /// This node's name.
+    pub node: String,
+    pub detector: DetectorConfig,
+    /// An attempt silent this long past its timeouts is declared lost.
+    pub grace_wait_ms: u64,
+    pub io: Arc<dyn NodeIo>,
+    /// Where the ledger is recorded (`None`: memory only, lost on restart).
+    pub store: Option<Box<dyn crate::store::EventLog>>,
+    /// The ledger replayed from `store`.
+    pub recovered: Option<Recovered>,
+    /// Sync every commit to disk (survive power loss), not only ID reservations.
+    pub sync_always: bool,
+    /// After a restart, how long known workers have to register again before
+    /// their attempts are requeued.
+    pub resume_within_ms: u64,
+    /// The node's cluster link, if it has one.
+    pub cluster: Option<Arc<dyn ClusterControl>>,
+}
+
+/// What the master asks of its node's cluster link.
+pub trait ClusterControl: Send + Sync + 'static {
+    /// Close every cluster session with `node`: the master declared it dead
+    /// by silence, and a link that died without a word is noticed on the
+    /// other end only when something closes it.
+    fn disconnect(&self, node: &str);
+}
+
+/// Something the master does once the events behind it are committed.
+enum Outgoing {
+    Send(String, ToWorker),
+    Reply(RpcReplyPort<AdminReply>, AdminReply),
+    Manifest(String),
+    /// Add a `replay` record to an evicted session's manifest on disk.
+    AmendOnDisk(String, crate::protocol::ReplayRecord),
+}
+
+/// State of [`Master`].
+pub struct MasterState {
+    node: String,
+    started: Instant,
+    /// Unix milliseconds at `started`.
+    started_unix_ms: u64,
+    membership: Membership,
+    sched: Scheduler,
+    io: Arc<dyn NodeIo>,
+    /// Monitored worker stand-ins -> (node, epoch) they were registered under.
+    watched: HashMap<ActorId, (String, u64)>,
+    /// Worker actors by node, refreshed on registration.
+    routes: HashMap<String, Vec<ActorRef<WorkerMsg>>>,
+    frames_reported: u64,
+    journal: Journal,
+    /// Decisions waiting for the commit of their cause.
+    outgoing: Vec<Outgoing>,
+    /// Outbox entries to acknowledge once committed, per worker.
+    acks: HashMap<String, Vec<u64>>,
+    /// A `Commit` is in the mailbox.
+    commit_queued: bool,
+    /// Messages handled since the `Commit` was (re)queued.
+    handled_since_commit_queued: u32,
+    /// When the first event of the batch being filled was recorded.
+    batch_since: Option<Instant>,
+    /// The queued `Commit` is a timer's (nothing waited for the batch).
+    commit_timed: bool,
+    /// Only the last `Commit` queued counts.
+    commit_generation: u64,
+    /// Which decisions wait for the commit of their cause.
+    gate: CommitGate,
+    /// What this master serves under (see [`crate::masters`]).
+    claim: Claim,
+    cluster: Option<Arc<dyn ClusterControl>>,
+    /// Younger masters already warned about.
+    warned_of: HashSet<String>,
+}
+
+/// The one line a node with role `master` gives when another serves.
+pub fn second_master(node: &str, other: &Claim) -> String {
+    format!(
+        "node `{node}` has role `master`, but node `{}` already serves this cluster as its master (since unix ms {}); refusing to be a second master: remove `master` from `node.roles` of `{node}`, or stop `{}` first",
+        other.node, other.since_ms, other.node
+    )
+}
+
+impl Actor for Master {
+    type Msg = MasterMsg;
+    type State = MasterState;
+    type Arguments = MasterArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: MasterArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        MasterState::start(&myself, args).await
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            MasterMsg::Worker(m) => state.on_worker(&myself, m)?,
+            MasterMsg::Admin(req, reply) => state.on_admin(req, reply, false),
+            MasterMsg::RemoteAdmin(req, reply) => state.on_admin(req, reply, true),
+            MasterMsg::Malformed(what) => state.on_malformed(&what),
+            MasterMsg::Tick => state.on_tick(&myself)?,
+            MasterMsg::Commit(generation) => return state.commit(&myself, generation),
+        }
+        state.handled_since_commit_queued += 1;
+        state.settle(&myself);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Commit the last batch and close the store cleanly.
+        let _ = state.commit_journal();
+        state.journal.close();
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        evt: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match evt {
+            SupervisionEvent::ActorTerminated(cell, _, _)
+            | SupervisionEvent::ActorFailed(cell, _) => {
+                if let Some((node, epoch)) = state.watched.remove(&cell.get_id()) {
+                    state.feed(&myself, MemberEvent::NodeDown { node, epoch });
+                    state.settle(&myself);
+                }
+            }
+            other => debug!(node_id = %state.node, event = ?other, "supervision event ignored"),
+        }
+        Ok(())
+    }
+}
+
+impl MasterState {
+    /// The master's state at start: the ledger replayed from the store (if
+    /// any), IDs reserved and the resume recorded before anyone is served.
+    async fn start(
+        myself: &ActorRef<MasterMsg>,
+        args: MasterArgs,
+    ) -> Result<Self, ActorProcessingErr> {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let (sched, meta, last_at, finished, amended, on_disk, replayed) = match args.recovered {
+            Some(r) => (
+                r.sched,
+                r.meta,
+                r.last_at_ms,
+                r.finished,
+                r.amended,
+                r.on_disk,
+                r.events,
+            ),
+            None => (
+                Scheduler::new(0).with_grace(args.grace_wait_ms),
+                Default::default(),
+                0,
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                0,
+            ),
+        };
+        // The ledger's clock never runs backwards across a restart.
+        let started_unix_ms = wall.max(last_at + 1);
+        let journal = Journal::new(args.store, meta, args.sync_always);
+        let durable = journal.durable();
+        let mut state = MasterState {
+            node: args.node.clone(),
+            started: Instant::now(),
+            started_unix_ms,
+            // Epochs grow across restarts: fencing holds for workers of the old master.
+            membership: Membership::new(args.detector, started_unix_ms.max(meta.last_epoch + 1)),
+            sched: sched.with_grace(args.grace_wait_ms),
+            io: args.io,
+            watched: HashMap::new(),
+            routes: HashMap::new(),
+            frames_reported: 0,
+            journal,
+            outgoing: Vec::new(),
+            acks: HashMap::new(),
+            commit_queued: false,
+            handled_since_commit_queued: 0,
+            batch_since: None,
+            commit_timed: false,
+            commit_generation: 0,
+            gate: CommitGate::new(args.node.clone(), durable),
+            claim: Claim {
+                since_ms: wall,
+                node: args.node.clone(),
+            },
+            warned_of: HashSet::new(),
+            cluster: args.cluster,
+        };
+        if replayed > 0 {
+            let running = state
+                .sched
+                .views(started_unix_ms)
+                .iter()
+                .filter(|v| !v.state.is_final())
+                .count();
+            info!(node_id = %state.node, events = replayed, sessions_running = running, id_reserved = meta.id_reserved, "ledger replayed from the store; waiting for workers to register again");
+            state.schedule(SchedEvent::Resume {
+                id_floor: meta.id_reserved,
+                within_ms: args.resume_within_ms,
+            });
+            // A crash between a session's end and its manifest: write it now.
+            for session in finished {
+                if !state.io.manifest_exists(&session) && !amended.contains(&session) {
+                    state.outgoing.push(Outgoing::Manifest(session));
+                }
+            }
+            // Or between an amendment and the manifest written again.
+            for session in amended {
+                state.outgoing.push(Outgoing::Manifest(session));
+            }
+            for (session, record) in on_disk {
+                state.outgoing.push(Outgoing::AmendOnDisk(session, record));
+            }
+        }
+        // Reserve IDs (a synced write) and record the resume before serving anyone.
+        state
+            .commit_journal()
+            .map_err(|e| format!("cannot write the master's store: {e}"))?;
+        state.settle(myself);
+        state.frames_reported = state
+            .sched
+            .views(started_unix_ms)
+            .iter()
+            .fold(0u64, |acc, v| acc.saturating_add(v.frames_done));
+        masters::join(&state.claim, myself.get_cell());
+        let tick = Duration::from_millis(args.detector.tick_ms());
+        myself.send_interval(tick, || MasterMsg::Tick);
+        info!(node_id = %state.node, durable, "master started");
+        Ok(state)
+    }
+
+    fn on_worker(
+        &mut self,
+        myself: &ActorRef<MasterMsg>,
+        msg: ToMaster,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ToMaster::Register(reg) => {
+                // Only accept a worker we can answer and watch.
+                if pg::get_members(&worker_group(&reg.node)).is_empty() {
+                    debug!(node_id = %self.node, worker = %reg.node, "worker not visible yet, it will retry");
+                } else {
+                    self.feed(myself, MemberEvent::Register(reg));
+                }
+            }
+            ToMaster::OlderMaster { older } => {
+                if older < self.claim && older.node != self.node {
+                    masters::leave(&self.claim, myself.get_cell());
+                    let msg = second_master(&self.node, &older);
+                    tracing::error!(node_id = %self.node, other = %older.node, "{msg} (a worker sees both)");
+                    return Err(msg.into());
+                }
+            }
+            ToMaster::Heartbeat(hb) => self.feed(myself, MemberEvent::Heartbeat(hb)),
+            ToMaster::Unregister { node, epoch } => {
+                self.feed(myself, MemberEvent::Unregister { node, epoch })
+            }
+            ToMaster::Progress(p) => {
+                if p.seq > 0 {
+                    self.acks.entry(p.node.clone()).or_default().push(p.seq);
+                }
+                self.schedule(SchedEvent::Progress(p))
+            }
+            ToMaster::Result(r) => {
+                if r.seq > 0 {
+                    self.acks.entry(r.node.clone()).or_default().push(r.seq);
+                }
+                metrics::histogram!(m::TASK_DURATION)
+                    .record(r.finished_ms.saturating_sub(r.started_ms) as f64 / 1000.0);
+                if matches!(r.outcome, crate::protocol::TaskOutcome::Completed) {
+                    metrics::counter!(m::TASKS_COMPLETED).increment(1);
+                } else {
+                    metrics::counter!(m::TASKS_FAILED).increment(1);
+                }
+                self.schedule(SchedEvent::Result(r))
+            }
+        }
+        Ok(())
+    }
+
+    /// An admin request; `remote`: forwarded by another node, so its answer
+    /// must fit one cluster frame. An answer to a request that changed the
+    /// ledger waits for the commit.
+    fn on_admin(&mut self, req: AdminRequest, reply: RpcReplyPort<AdminReply>, remote: bool) {
+        if let AdminRequest::Manifest(id) = &req {
+            if self.sched.is_evicted(id) {
+                return self.manifest_from_disk(id.clone(), reply, remote);
+            }
+        }
+        let mutates = mutates(&req);
+        let answer = match self.answer(req) {
+            AdminReply::Manifest(m) if remote && m.ranges.len() > MAX_FORWARDED_RANGES => {
+                AdminReply::Error(too_many_to_forward(&m.session, m.ranges.len(), &self.node))
+            }
+            other => other,
+        };
+        if mutates || remote {
+            self.reply(reply, answer);
+        } else {
+            let _ = reply.send(answer);
+        }
+    }
+
+    fn on_malformed(&mut self, what: &str) {
+        metrics::counter!(m::WIRE_DECODE_ERRORS).increment(1);
+        warn!(node_id = %self.node, error = %what, "dropped an undecodable message");
+    }
+
+    fn on_tick(&mut self, myself: &ActorRef<MasterMsg>) -> Result<(), ActorProcessingErr> {
+        self.check_alone(myself)?;
+        self.feed(myself, MemberEvent::Tick);
+        if self.sched.tick_due(self.unix_ms(self.now_ms())) {
+            self.schedule(SchedEvent::Tick);
+        }
+        self.publish_gauges();
+        Ok(())
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn unix_ms(&self, at: u64) -> u64 {
+        self.started_unix_ms + at
+    }
+
+    /// At most one master serves: one that sees an older claim than its
+    /// own stops (the node exits, naming the other); one that sees a
+    /// younger claim says so once and keeps serving.
+    fn check_alone(&mut self, myself: &ActorRef<MasterMsg>) -> Result<(), ActorProcessingErr> {
+        for (claim, _) in masters::visible() {
+            if claim == self.claim {
+                continue;
+            }
+            if claim < self.claim {
+                masters::leave(&self.claim, myself.get_cell());
+                let msg = second_master(&self.node, &claim);
+                tracing::error!(node_id = %self.node, other = %claim.node, "{msg}");
+                return Err(msg.into());
+            }
+            if self.warned_of.insert(claim.node.clone()) {
+                warn!(node_id = %self.node, other = %claim.node, "node `{}` also serves as a master, since later than this one: it must stand down", claim.node);
+            }
+        }
+        Ok(())
+    }
+}
