@@ -12,9 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::executor::{ExecError, ExecJob, ExecReport, NodeIo};
-use crate::protocol::{
-    out_dir, AttemptKey, DeviceInfo, DeviceState, ExecutorSpec, TaskOutcome, TaskSpec,
-};
+use crate::protocol::{out_dir, AttemptKey, DeviceInfo, DeviceState, TaskOutcome, TaskSpec};
 use crate::worker::{DeviceEvent, WorkerMsg};
 
 /// Least time between two progress reports of one task.
@@ -88,9 +86,10 @@ impl DeviceActorState {
         let started_ms = unix_ms();
         let rel = out_dir(&key, &self.args.node, &self.args.info.id);
         // Builtin executors write nothing: no folder for them.
-        let prepared = match task.executor {
-            ExecutorSpec::Command { .. } => self.args.io.prepare_out_dir(&rel),
-            _ => Ok(std::path::PathBuf::from(&rel)),
+        let prepared = if task.executor.writes_files() {
+            self.args.io.prepare_out_dir(&rel)
+        } else {
+            Ok(std::path::PathBuf::from(&rel))
         };
         let outcome = match prepared {
             Ok(dir) => {

@@ -12,7 +12,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{ExecutorSpec, OutputFile, TaskSpec};
-use crate::scheduler::ManifestStream;
+use crate::scheduler::ManifestSnapshot;
 
 /// One task on one device, as an executor sees it.
 #[derive(Debug, Clone)]
@@ -35,8 +35,10 @@ pub struct ExecReport {
     pub outputs: Vec<OutputFile>,
 }
 
-/// Why a task did not complete, with what it got done first.
-#[derive(Debug, Clone, PartialEq)]
+/// Why a task did not complete, with what it got done first. `message` is
+/// the one line the manifest's `failed` entry and the logs show.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
 pub struct ExecError {
     pub message: String,
     pub report: ExecReport,
@@ -63,7 +65,7 @@ pub trait NodeIo: Send + Sync + 'static {
     /// Move every file under `rel` except `keep` to quarantine; returns how many moved.
     fn quarantine(&self, rel: &str, keep: &[String]) -> Result<usize, String>;
     /// Persist a finished session's manifest.
-    fn write_manifest(&self, manifest: &ManifestStream<'_>) -> Result<PathBuf, String>;
+    fn write_manifest(&self, manifest: &ManifestSnapshot) -> Result<PathBuf, String>;
     /// Whether the manifest of `session` was written.
     fn manifest_exists(&self, session: &str) -> bool;
     /// The manifest of `session` as written (an evicted session's).
@@ -159,7 +161,7 @@ impl NodeIo for NullIo {
     fn quarantine(&self, _rel: &str, _keep: &[String]) -> Result<usize, String> {
         Ok(0)
     }
-    fn write_manifest(&self, manifest: &ManifestStream<'_>) -> Result<PathBuf, String> {
+    fn write_manifest(&self, manifest: &ManifestSnapshot) -> Result<PathBuf, String> {
         Ok(PathBuf::from(format!(
             "(not written) {}",
             manifest.session()

@@ -9,7 +9,9 @@ use tracing::{info, warn};
 
 use crate::metrics as m;
 use crate::scheduler::{SchedCommand, SchedEvent, Scheduler};
-use crate::store::{decode_events, encode_event_into, EventLog, StoreMeta, ID_RESERVATION};
+use crate::store::{
+    decode_events, encode_event_into, EventLog, StoreFault, StoreMeta, ID_RESERVATION,
+};
 
 /// The ledger rebuilt from a store.
 pub struct Recovered {
@@ -30,7 +32,7 @@ pub struct Recovered {
 }
 
 /// Rebuild the ledger by replaying every event of `log`.
-pub fn recover(log: &mut dyn EventLog, grace_ms: u64) -> Result<Recovered, String> {
+pub fn recover(log: &mut dyn EventLog, grace_ms: u64) -> Result<Recovered, StoreFault> {
     let mut sched = Scheduler::new(0).with_grace(grace_ms);
     let (mut events, mut last_at_ms) = (0u64, 0u64);
     let (mut finished, mut amended, mut on_disk) = (Vec::new(), Vec::new(), Vec::new());
@@ -52,17 +54,17 @@ pub fn recover(log: &mut dyn EventLog, grace_ms: u64) -> Result<Recovered, Strin
                 }
             }
         })
-        .map_err(|e| format!("batch {batches} is damaged: {e}"))?;
+        .map_err(|e| StoreFault::Damaged(format!("batch {batches} is damaged: {e}")))?;
         events += n as u64;
         Ok(())
     })?;
     let meta = meta.unwrap_or_default();
     if sched.ids().high_water() > meta.id_reserved {
-        return Err(format!(
+        return Err(StoreFault::Damaged(format!(
             "the replayed ID high-water `{}` is above the recorded reservation `{}`",
             sched.ids().high_water(),
             meta.id_reserved
-        ));
+        )));
     }
     Ok(Recovered {
         sched,
@@ -156,7 +158,7 @@ impl Journal {
     /// allocator first if `id_high_water` passed the reservation (a synced
     /// write). `Ok(false)`: nothing to write; `Err`: the store's error (the
     /// caller must stop: later events depend on it).
-    pub fn commit(&mut self, id_high_water: u64, last_epoch: u64) -> Result<bool, String> {
+    pub fn commit(&mut self, id_high_water: u64, last_epoch: u64) -> Result<bool, StoreFault> {
         let meta = self.next_meta(id_high_water, last_epoch);
         if self.batch.is_empty() && meta == self.meta {
             return Ok(false);

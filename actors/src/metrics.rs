@@ -57,6 +57,9 @@ pub const SESSIONS_SUBMITTED: &str = "orch_sessions_submitted_total";
 pub const SESSIONS_FINISHED: &str = "orch_sessions_finished_total";
 /// Gauge: sessions running.
 pub const SESSIONS_RUNNING: &str = "orch_sessions_running";
+/// Counter: session actors (one per running session, writing its manifest)
+/// that stopped by panic and were started again.
+pub const SESSION_ACTOR_RESTARTS: &str = "orch_session_actor_restarts_total";
 
 /// Counter: group commits of the master's store.
 pub const STORE_COMMITS: &str = "orch_store_commits_total";
@@ -125,6 +128,10 @@ pub const CATALOG: &[(&str, &str)] = &[
     (SESSIONS_SUBMITTED, "sessions submitted"),
     (SESSIONS_FINISHED, "sessions finished by state"),
     (SESSIONS_RUNNING, "sessions running"),
+    (
+        SESSION_ACTOR_RESTARTS,
+        "session actors restarted after a panic",
+    ),
     (STORE_COMMITS, "group commits of the master's store"),
     (STORE_EVENTS, "ledger events recorded in the master's store"),
     (

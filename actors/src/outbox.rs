@@ -20,7 +20,7 @@ use tracing::warn;
 
 use crate::metrics as m;
 use crate::protocol::{AttemptKey, ToMaster};
-use crate::store::{decode_report, encode_report, OutboxLog};
+use crate::store::{decode_report, encode_report, OutboxLog, StoreFault};
 
 /// How long a report sent to a listening master may wait for its
 /// acknowledgement before it is written to the log.
@@ -78,12 +78,12 @@ fn seq_of(msg: &mut ToMaster) -> Option<&mut u64> {
 impl Outbox {
     /// An outbox with what `log` kept from before a restart. Damaged entries
     /// are an error: the caller refuses to start rather than lose them.
-    pub fn open(mut log: Option<Box<dyn OutboxLog>>) -> Result<Self, String> {
+    pub fn open(mut log: Option<Box<dyn OutboxLog>>) -> Result<Self, StoreFault> {
         let mut entries = BTreeMap::new();
         if let Some(log) = log.as_mut() {
             for (seq, bytes) in log.load()? {
-                let msg =
-                    decode_report(&bytes).map_err(|e| format!("entry `{seq}` is damaged: {e}"))?;
+                let msg = decode_report(&bytes)
+                    .map_err(|e| StoreFault::Damaged(format!("entry `{seq}` is damaged: {e}")))?;
                 entries.insert(
                     seq,
                     Entry {
@@ -320,7 +320,7 @@ mod tests {
     struct MemLog(Arc<Mutex<BTreeMap<u64, Vec<u8>>>>);
 
     impl OutboxLog for MemLog {
-        fn load(&mut self) -> Result<Vec<(u64, Vec<u8>)>, String> {
+        fn load(&mut self) -> Result<Vec<(u64, Vec<u8>)>, StoreFault> {
             Ok(self
                 .0
                 .lock()
@@ -329,7 +329,7 @@ mod tests {
                 .map(|(k, v)| (*k, v.clone()))
                 .collect())
         }
-        fn write(&mut self, add: &[(u64, Vec<u8>)], remove: &[u64]) -> Result<(), String> {
+        fn write(&mut self, add: &[(u64, Vec<u8>)], remove: &[u64]) -> Result<(), StoreFault> {
             let mut m = self.0.lock().unwrap();
             for (k, v) in add {
                 m.insert(*k, v.clone());
@@ -459,6 +459,7 @@ mod tests {
         let log = MemLog::default();
         log.0.lock().unwrap().insert(5, vec![0xc1, 0x00]);
         let err = Outbox::open(Some(Box::new(log))).err().expect("refused");
-        assert!(err.contains("entry `5` is damaged"), "{err}");
+        assert!(matches!(err, StoreFault::Damaged(_)), "{err:?}");
+        assert!(err.to_string().contains("entry `5` is damaged"), "{err}");
     }
 }

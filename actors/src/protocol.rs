@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Version of the worker <-> master protocol. Bump on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Process group a worker joins, qualified with its node name.
 pub fn worker_group(node: &str) -> String {
@@ -126,7 +126,7 @@ pub enum ToWorker {
         key: AttemptKey,
         device: String,
         keep: Vec<String>,
-        reason: String,
+        reason: LossReason,
     },
     /// Restart a device actor (after its attempts were dropped).
     RestartDevice { device: String },
@@ -231,6 +231,159 @@ impl DownReason {
     }
 }
 
+/// Why an attempt was lost, stopped or replayed: the `reason` of a
+/// [`ReplayRecord`], of [`ToWorker::Drop`] and of the scheduler's failover
+/// events and commands. A [`DownReason`] is why a worker left the healthy
+/// state; the loss of its attempts carries it on as one of these.
+///
+/// It reads and writes as the one string earlier versions stored (the
+/// manifest's `replay`, the master's store, the `reason` metric label):
+/// `node_down`, or `kind: detail` where a reason carries text. A string no
+/// variant names reads as [`LossReason::Other`] and writes back unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "String", from = "String")]
+pub enum LossReason {
+    /// The worker's connection closed, or the node registered again under
+    /// a new epoch (`node_down`).
+    NodeDown,
+    /// The worker missed its heartbeats (`heartbeat_timeout`).
+    HeartbeatTimeout,
+    /// The worker left cleanly (`unregistered`).
+    Unregistered,
+    /// The master restarted: the attempt's node was not back with it, or
+    /// the attempt may have run without the ledger knowing
+    /// (`master_restart`, or `master_restart: {detail}`).
+    MasterRestart { detail: Option<String> },
+    /// A node known before a master restart did not register again in
+    /// time (`resume_timeout`).
+    ResumeTimeout,
+    /// The attempt said nothing past its deadline (`no_answer`).
+    NoAnswer,
+    /// An operator restarted its device (`device_restart`).
+    DeviceRestart,
+    /// An operator killed its device (`device_killed`).
+    DeviceKilled,
+    /// Its session was cancelled (`cancelled`).
+    Cancelled,
+    /// A result came for an attempt that is no longer current (`stale attempt`).
+    StaleAttempt,
+    /// The attempt reported a failure, `detail` its error
+    /// (`attempt failed: {detail}`).
+    AttemptFailed { detail: String },
+    /// A string no variant names, as it was read. Never built otherwise.
+    Other(String),
+}
+
+impl LossReason {
+    /// The reasons a failover can carry, as the `reason` label values of
+    /// `metrics::FAILOVERS` list them.
+    pub const FAILOVERS: [LossReason; 8] = [
+        Self::NodeDown,
+        Self::HeartbeatTimeout,
+        Self::Unregistered,
+        Self::DeviceRestart,
+        Self::DeviceKilled,
+        Self::NoAnswer,
+        Self::MasterRestart { detail: None },
+        Self::ResumeTimeout,
+    ];
+
+    /// The kind, without detail: the `reason` metric label (`other` for
+    /// [`LossReason::Other`], so that labels stay bounded).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::NodeDown => "node_down",
+            Self::HeartbeatTimeout => "heartbeat_timeout",
+            Self::Unregistered => "unregistered",
+            Self::MasterRestart { .. } => "master_restart",
+            Self::ResumeTimeout => "resume_timeout",
+            Self::NoAnswer => "no_answer",
+            Self::DeviceRestart => "device_restart",
+            Self::DeviceKilled => "device_killed",
+            Self::Cancelled => "cancelled",
+            Self::StaleAttempt => "stale attempt",
+            Self::AttemptFailed { .. } => "attempt failed",
+            Self::Other(_) => "other",
+        }
+    }
+
+    /// The free text the reason carries, if any.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            Self::MasterRestart { detail } => detail.as_deref(),
+            Self::AttemptFailed { detail } => Some(detail),
+            _ => None,
+        }
+    }
+
+    /// The variant without detail whose string is `s`.
+    fn plain(s: &str) -> Option<Self> {
+        Some(match s {
+            "node_down" => Self::NodeDown,
+            "heartbeat_timeout" => Self::HeartbeatTimeout,
+            "unregistered" => Self::Unregistered,
+            "master_restart" => Self::MasterRestart { detail: None },
+            "resume_timeout" => Self::ResumeTimeout,
+            "no_answer" => Self::NoAnswer,
+            "device_restart" => Self::DeviceRestart,
+            "device_killed" => Self::DeviceKilled,
+            "cancelled" => Self::Cancelled,
+            "stale attempt" => Self::StaleAttempt,
+            _ => return None,
+        })
+    }
+}
+
+impl From<DownReason> for LossReason {
+    fn from(r: DownReason) -> Self {
+        match r {
+            DownReason::HeartbeatTimeout => Self::HeartbeatTimeout,
+            DownReason::NodeDown => Self::NodeDown,
+            DownReason::Unregistered => Self::Unregistered,
+        }
+    }
+}
+
+impl std::fmt::Display for LossReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Other(s) => f.write_str(s),
+            r => match r.detail() {
+                Some(d) => write!(f, "{}: {d}", r.as_str()),
+                None => f.write_str(r.as_str()),
+            },
+        }
+    }
+}
+
+impl From<LossReason> for String {
+    fn from(r: LossReason) -> Self {
+        match r {
+            LossReason::Other(s) => s,
+            r => r.to_string(),
+        }
+    }
+}
+
+/// Reads the string [`LossReason`]'s `Display` writes, or any other (as
+/// [`LossReason::Other`]): whatever an earlier version stored decodes.
+impl From<String> for LossReason {
+    fn from(s: String) -> Self {
+        if let Some(r) = Self::plain(&s) {
+            return r;
+        }
+        match s.split_once(": ") {
+            Some(("master_restart", d)) => Self::MasterRestart {
+                detail: Some(d.to_string()),
+            },
+            Some(("attempt failed", d)) => Self::AttemptFailed {
+                detail: d.to_string(),
+            },
+            _ => Self::Other(s),
+        }
+    }
+}
+
 /// One worker, as `orchctl workers` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerView {
@@ -253,7 +406,7 @@ pub struct WorkerView {
 }
 
 /// `orchctl status`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterStatus {
     pub master: String,
     pub protocol_version: u32,
@@ -342,14 +495,98 @@ pub enum ExecutorSpec {
         argv: Vec<String>,
         env: BTreeMap<String, String>,
     },
+    /// An executor that a program embedding orch registered under `name`
+    /// (`kind = "rust:<name>"`, docs/sessions.md, embedding orch). Only the
+    /// devices of a node that registered it take its tasks: the session
+    /// requires [`ExecutorSpec::requirement`].
+    Rust {
+        name: String,
+        /// The session's `[executor.params]`, for the executor to read.
+        #[serde(default)]
+        params: BTreeMap<String, String>,
+    },
+}
+
+/// The `kind` of a registered executor is this prefix and its name.
+pub const RUST_EXECUTOR_PREFIX: &str = "rust:";
+
+/// Longest name of a registered executor.
+pub const MAX_EXECUTOR_NAME: usize = 64;
+
+/// Whether `name` may name a registered executor: 1 to
+/// [`MAX_EXECUTOR_NAME`] characters from `a-z 0-9 _ -`.
+pub fn valid_executor_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_EXECUTOR_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// The capability that says a device can run registered executor `name`:
+/// `executor.rust:<name> = "yes"`. A node gives it to every device when
+/// the program registered `name`; a session of kind `rust:<name>` requires it.
+pub fn executor_capability(name: &str) -> (String, CapValue) {
+    (
+        format!("executor.{RUST_EXECUTOR_PREFIX}{name}"),
+        CapValue::Str("yes".into()),
+    )
+}
+
+/// The name in a session file's `kind = "rust:<name>"`: `None` when `kind`
+/// is not of that form, `Err` saying what is wrong with an invalid name.
+pub fn rust_executor_name(kind: &str) -> Option<Result<&str, String>> {
+    let name = kind.strip_prefix(RUST_EXECUTOR_PREFIX)?;
+    Some(if valid_executor_name(name) {
+        Ok(name)
+    } else {
+        Err(format!(
+            "invalid executor name `{name}` in `{kind}`: expected 1 to {MAX_EXECUTOR_NAME} characters from `a-z 0-9 _ -`"
+        ))
+    })
 }
 
 impl ExecutorSpec {
+    /// Whether its tasks write files into their output folder (the folder
+    /// is created for them, and a failed attempt's files are quarantined).
+    pub fn writes_files(&self) -> bool {
+        matches!(self, Self::Command { .. } | Self::Rust { .. })
+    }
+
+    /// The executor's family, as manifests and logs name it: `builtin:noop`,
+    /// `builtin:sleep`, `command`, or `rust` for every registered executor
+    /// ([`ExecutorSpec::kind`] has the whole `rust:<name>`).
     pub fn name(&self) -> &'static str {
         match self {
             Self::Noop => "builtin:noop",
             Self::Sleep { .. } => "builtin:sleep",
             Self::Command { .. } => "command",
+            Self::Rust { .. } => "rust",
+        }
+    }
+
+    /// The `kind` of the session file: [`ExecutorSpec::name`], or `rust:<name>`.
+    pub fn kind(&self) -> std::borrow::Cow<'static, str> {
+        match self {
+            Self::Rust { name, .. } => format!("{RUST_EXECUTOR_PREFIX}{name}").into(),
+            other => other.name().into(),
+        }
+    }
+
+    /// What a device must have to run this executor, on top of the
+    /// session's `[require]`: [`executor_capability`] for a registered one.
+    pub fn requirement(&self) -> Option<(String, CapValue)> {
+        match self {
+            Self::Rust { name, .. } => Some(executor_capability(name)),
+            _ => None,
+        }
+    }
+
+    /// The session's `[executor.params]` (registered executors only).
+    pub fn params(&self) -> Option<&BTreeMap<String, String>> {
+        match self {
+            Self::Rust { params, .. } => Some(params),
+            _ => None,
         }
     }
 }
@@ -566,7 +803,7 @@ pub struct ReplayRecord {
     pub new_attempt: u32,
     pub node: String,
     pub device: String,
-    pub reason: String,
+    pub reason: LossReason,
 }
 
 /// A range that failed for good.

@@ -29,25 +29,38 @@ pub struct StoreMeta {
     pub last_epoch: u64,
 }
 
+/// Why a store could not be read or written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreFault {
+    /// The database refused a read or a write (I/O, a full disk,
+    /// permissions, a lock held by another process).
+    #[error("{0}")]
+    Backend(String),
+    /// What was read does not decode, or contradicts itself: the store is
+    /// damaged (a node refuses to start on it rather than lose it).
+    #[error("{0}")]
+    Damaged(String),
+}
+
 /// The master's crash-safe event log.
 pub trait EventLog: Send + 'static {
     /// Feed every recorded batch (see [`encode_event_into`]) to `each`, in
     /// order; returns the metadata of the last commit, `None` for a new store.
     fn replay(
         &mut self,
-        each: &mut dyn FnMut(&[u8]) -> Result<(), String>,
-    ) -> Result<Option<StoreMeta>, String>;
+        each: &mut dyn FnMut(&[u8]) -> Result<(), StoreFault>,
+    ) -> Result<Option<StoreMeta>, StoreFault>;
     /// Append one batch of records and set `meta`, atomically. With `sync`
     /// the commit also survives a power loss before this returns.
-    fn append(&mut self, batch: &[u8], meta: &StoreMeta, sync: bool) -> Result<(), String>;
+    fn append(&mut self, batch: &[u8], meta: &StoreMeta, sync: bool) -> Result<(), StoreFault>;
 }
 
 /// A worker's durable outbox.
 pub trait OutboxLog: Send + 'static {
     /// Every entry not yet removed, by sequence number.
-    fn load(&mut self) -> Result<Vec<(u64, Vec<u8>)>, String>;
+    fn load(&mut self) -> Result<Vec<(u64, Vec<u8>)>, StoreFault>;
     /// Add and remove entries, atomically.
-    fn write(&mut self, add: &[(u64, Vec<u8>)], remove: &[u64]) -> Result<(), String>;
+    fn write(&mut self, add: &[(u64, Vec<u8>)], remove: &[u64]) -> Result<(), StoreFault>;
 }
 
 /// One event of the master's log, with the scheduler time it happened at.
@@ -66,15 +79,23 @@ pub fn encode_event_into(batch: &mut Vec<u8>, at_ms: u64, event: &SchedEvent) {
 
 /// Decode a batch of [`EventLog::replay`], feeding each event to `each`;
 /// returns how many there were.
-pub fn decode_events(batch: &[u8], mut each: impl FnMut(u64, SchedEvent)) -> Result<usize, String> {
+pub fn decode_events(
+    batch: &[u8],
+    mut each: impl FnMut(u64, SchedEvent),
+) -> Result<usize, StoreFault> {
     use serde::Deserialize as _;
     let mut rest = batch;
     let mut n = 0;
     while !rest.is_empty() {
         let mut de = rmp_serde::Deserializer::new(&mut rest);
         de.set_max_depth(crate::wire::MAX_DEPTH);
-        let r = Record::<SchedEvent>::deserialize(&mut de)
-            .map_err(|e| format!("record {} of a batch of {} bytes: {e}", n + 1, batch.len()))?;
+        let r = Record::<SchedEvent>::deserialize(&mut de).map_err(|e| {
+            StoreFault::Damaged(format!(
+                "record {} of a batch of {} bytes: {e}",
+                n + 1,
+                batch.len()
+            ))
+        })?;
         each(r.at_ms, r.event);
         n += 1;
     }
@@ -87,8 +108,8 @@ pub fn encode_report(msg: &ToMaster) -> Vec<u8> {
 }
 
 /// Decode one outbox entry.
-pub fn decode_report(bytes: &[u8]) -> Result<ToMaster, String> {
-    decode(bytes)
+pub fn decode_report(bytes: &[u8]) -> Result<ToMaster, StoreFault> {
+    decode(bytes).map_err(StoreFault::Damaged)
 }
 
 #[cfg(test)]

@@ -79,6 +79,7 @@ async fn a_protocol_mismatch_is_refused_on_both_sides() {
         None,
         Master,
         MasterArgs {
+            read_model: Default::default(),
             io: std::sync::Arc::new(orch_actors::executor::NullIo),
             grace_wait_ms: 1000,
             node: "m".into(),

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use orch_actors::commit_gate::{CommitGate, Release};
 use orch_actors::protocol::{
-    AttemptKey, CapValue, DeviceInfo, ExecutorSpec, FrameRange, IdRange, SessionSpec, SessionState,
-    TaskOutcome, TaskProgress, TaskResult, TaskSpec, DEFAULT_MAX_LOSSES,
+    AttemptKey, CapValue, DeviceInfo, ExecutorSpec, FrameRange, IdRange, LossReason, SessionSpec,
+    SessionState, TaskOutcome, TaskProgress, TaskResult, TaskSpec, DEFAULT_MAX_LOSSES,
 };
 use orch_actors::scheduler::{SchedCommand, SchedEvent, Scheduler, PREFETCH};
 use proptest::prelude::*;
@@ -315,7 +315,7 @@ impl World {
                 self.feed(SchedEvent::NodeDown {
                     node: name,
                     epoch: self.epochs[i],
-                    reason: "node_down".into(),
+                    reason: LossReason::NodeDown,
                 });
             }
             Op::Progress(i, f) if !self.live.is_empty() => {
@@ -836,7 +836,7 @@ fn lost_work_keeps_reported_frames_and_replays_the_rest() {
     assert_eq!(m.ranges[0].frames, FrameRange { start: 5, end: 9 });
     assert_eq!(m.replay.len(), 1);
     assert_eq!(m.replay[0].frames, FrameRange { start: 9, end: 15 });
-    assert_eq!(m.replay[0].reason, "node_down");
+    assert_eq!(m.replay[0].reason, LossReason::NodeDown);
     let new = &w.live[0].task;
     assert_eq!(new.frames, FrameRange { start: 9, end: 15 });
     assert_eq!(new.attempt, old.attempt + 1);
@@ -1194,7 +1194,7 @@ fn an_attempt_silent_past_its_deadline_is_reassigned_as_no_answer() {
     w.apply(Op::Tick(2));
     let m = w.sched.manifest(&w.session).unwrap();
     assert_eq!(m.replay.len(), 1);
-    assert_eq!(m.replay[0].reason, "no_answer");
+    assert_eq!(m.replay[0].reason, LossReason::NoAnswer);
     let again = &w.live.last().unwrap().task;
     assert_eq!(again.frames, first.frames);
     assert_eq!(again.attempt, first.attempt + 1);
@@ -1219,7 +1219,7 @@ fn a_master_stall_moves_attempt_deadlines_by_its_length() {
     w.apply(Op::Tick(2));
     let m = w.sched.manifest(&w.session).unwrap();
     assert_eq!(m.replay.len(), 1, "the running time still counts");
-    assert_eq!(m.replay[0].reason, "no_answer");
+    assert_eq!(m.replay[0].reason, LossReason::NoAnswer);
 }
 
 /// The master restarted: a new ledger replays the first `committed` events of
@@ -1296,8 +1296,8 @@ fn an_assignment_whose_cause_was_lost_is_never_reissued_and_is_listed() {
     assert_eq!(m.replay.len(), 1, "{:?}", m.replay);
     let r = &m.replay[0];
     assert_eq!(
-        (r.task, r.old_attempt, r.reason.as_str()),
-        (3, 1, "master_restart")
+        (r.task, r.old_attempt, &r.reason),
+        (3, 1, &LossReason::MasterRestart { detail: None })
     );
     assert_eq!(r.node, "n0");
 
@@ -1401,7 +1401,7 @@ fn held_attempts_no_master_could_have_sent_are_ignored() {
     assert!(
         m.replay
             .iter()
-            .all(|r| r.reason != "master_restart" || !r.device.is_empty()),
+            .all(|r| r.reason != LossReason::MasterRestart { detail: None } || !r.device.is_empty()),
         "{:?}",
         m.replay
     );
@@ -1433,18 +1433,16 @@ fn tasks_reserved_for_the_masters_node_are_listed_after_a_crash() {
     let (mut sched, _) = restarted(&w, committed);
     n0_back(&mut sched, w.now, Vec::new());
     let m = sched.manifest(&w.session).unwrap();
-    let listed: Vec<(u64, u32, &str, &str)> = m
+    let listed: Vec<(u64, u32, &str, &LossReason)> = m
         .replay
         .iter()
         .filter(|r| r.device.is_empty())
-        .map(|r| (r.task, r.old_attempt, r.node.as_str(), r.reason.as_str()))
+        .map(|r| (r.task, r.old_attempt, r.node.as_str(), &r.reason))
         .collect();
+    let restart = LossReason::MasterRestart { detail: None };
     assert_eq!(
         listed,
-        vec![
-            (3, 1, "n0", "master_restart"),
-            (4, 1, "n0", "master_restart")
-        ],
+        vec![(3, 1, "n0", &restart), (4, 1, "n0", &restart)],
         "both reserved tasks, sent or not: {:?}",
         m.replay
     );
@@ -1593,8 +1591,8 @@ fn an_attempt_named_two_restarts_later_is_listed() {
         .find(|r| r.task == 6 && r.old_attempt == early)
         .unwrap_or_else(|| panic!("task 6 attempt {early} is not listed: {:?}", m.replay));
     assert_eq!(
-        (r.node.as_str(), r.reason.as_str()),
-        ("n1", "master_restart")
+        (r.node.as_str(), &r.reason),
+        ("n1", &LossReason::MasterRestart { detail: None })
     );
     assert!(r.new_attempt >= early + 2, "{r:?}");
     assert_eq!(r.frames, FrameRange { start: 11, end: 12 });

@@ -205,6 +205,7 @@ fn dispatch(c: &mut Criterion) {
             None,
             Master,
             MasterArgs {
+                read_model: Default::default(),
                 node: "bench".into(),
                 detector: DetectorConfig {
                     heartbeat_ms: 1000,
@@ -331,5 +332,50 @@ fn store(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, ledger, ids, wire, store, dispatch);
+/// `GET /v1/status` without HTTP: the answer the admin API takes from the
+/// read model, with 100 sessions in it.
+fn read_model(c: &mut Criterion) {
+    use orch_actors::protocol::{ClusterStatus, SessionState, SessionView};
+    use orch_actors::read_model::{Published, ReadModel};
+    let rm = ReadModel::new();
+    rm.publish(
+        Published::Status,
+        AdminReply::Status(ClusterStatus::default()),
+    );
+    for i in 0..100u64 {
+        rm.publish_session(
+            i,
+            i,
+            SessionView {
+                id: format!("render-{i:04}"),
+                name: format!("render-{i:04}"),
+                state: SessionState::Running,
+                waiting: None,
+                frames_total: 1_000_000,
+                frames_done: 1000 * i,
+                frames_failed: 0,
+                tasks_total: 1_000_000,
+                tasks_completed: 1000 * i,
+                tasks_running: 12,
+                tasks_pending: 1_000_000 - 1000 * i,
+                tasks_failed: 0,
+                retries: 0,
+                failovers: 0,
+                stale_rejected: 0,
+                elapsed_ms: 1000,
+            },
+        );
+    }
+    rm.touch();
+    let mut g = c.benchmark_group("read_model");
+    g.bench_function("status with 100 sessions", |b| {
+        b.iter(|| {
+            rm.answer(black_box(&AdminRequest::Status), Duration::from_secs(3600))
+                .expect("answered")
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, ledger, ids, wire, store, dispatch, read_model);
 criterion_main!(benches);

@@ -33,7 +33,7 @@ use tokio::sync::mpsc::{self, UnboundedSender};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::outputs::{check_paths, scan_all, Changes, Found, OutputWatch, Watched};
+use crate::outputs::{scan_all, Found, OutputWatch, Watched};
 use crate::procs::TaskGroups;
 
 /// Bytes of stderr kept for the error message.
@@ -239,39 +239,8 @@ struct Tracker<'a> {
 impl Tracker<'_> {
     /// The files that appeared since the last look, hashed off the async threads.
     async fn new_files(&mut self) -> Found {
-        let dir = self.job.out_dir.clone();
-        let mut seen = std::mem::take(&mut self.seen);
-        let found = match self.watched.changes() {
-            Changes::Paths(paths) => {
-                let fresh: Vec<String> = paths.into_iter().filter(|p| !seen.contains(p)).collect();
-                if fresh.is_empty() {
-                    self.seen = seen;
-                    return Found::default();
-                }
-                tokio::task::spawn_blocking(move || {
-                    let f = check_paths(&dir, fresh, &mut seen);
-                    (f, seen)
-                })
-                .await
-            }
-            Changes::Everything => {
-                tokio::task::spawn_blocking(move || {
-                    let f = scan_all(&dir, &mut seen);
-                    (f, seen)
-                })
-                .await
-            }
-        };
-        match found {
-            Ok((f, seen)) => {
-                self.seen = seen;
-                f
-            }
-            Err(e) => Found {
-                files: Vec::new(),
-                problems: vec![format!("cannot look at the output folder: {e}")],
-            },
-        }
+        let changes = self.watched.changes();
+        crate::outputs::look(&self.job.out_dir, changes, &mut self.seen).await
     }
 
     /// One progress line: check it, list the new files, forward it. An

@@ -7,6 +7,7 @@ pub mod cluster_link;
 pub mod cluster_port;
 pub mod command;
 pub mod config;
+pub mod exit;
 pub mod metrics;
 pub mod node;
 pub mod node_io;
@@ -16,10 +17,8 @@ pub mod runner;
 pub mod session_file;
 pub mod store;
 
-pub use node::run_node;
-
-/// Exit code for bad input: a bad configuration file, bad arguments.
-pub const EXIT_USAGE: i32 = 2;
+pub use node::{run_node, run_node_with};
+pub use node_io::{Executors, RegisterError};
 
 /// Set up `tracing` to stderr; `RUST_LOG` overrides the default filter.
 /// `quiet` (a foreground `--run`) keeps only warnings, so the progress bar stays readable.

@@ -109,6 +109,7 @@ pub fn install_exporter(listen: SocketAddr) -> anyhow::Result<()> {
         am::STORE_ERRORS,
         am::OUTBOX_RESENT,
         am::MASTER_STALLS,
+        am::SESSION_ACTOR_RESTARTS,
     ] {
         metrics::counter!(name).increment(0);
     }

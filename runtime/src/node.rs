@@ -1,5 +1,6 @@
 //! NodeSupervisor, the root of one orch-node's actor tree (docs/design/architecture.md), and
-//! [`run_node`], which opens the node's ports and runs it until shutdown.
+//! [`run_node`], which opens the node's ports and runs it until shutdown
+//! ([`run_node_with`] also runs the executors a program registers).
 //!
 //! ```text
 //! NodeSupervisor
@@ -23,11 +24,12 @@ use tracing::{error, info, warn};
 
 use crate::cluster_link::{ClusterLink, ClusterLinkArgs, ClusterLinkMsg};
 use crate::config::Config;
-use crate::node_io::FsIo;
+use crate::node_io::{Executors, FsIo};
 use crate::procs::TaskGroups;
 use crate::store::{Durability, SqliteEventLog, SqliteOutbox, StoreError};
 use orch_actors::journal::{recover, Recovered};
 use orch_actors::outbox::Outbox;
+use orch_actors::read_model::ReadModel;
 use orch_actors::store::EventLog;
 
 /// How long a leaving worker waits for the master to record the leave.
@@ -82,6 +84,10 @@ pub struct NodeArgs {
     pub store: Option<Box<dyn EventLog>>,
     pub recovered: Option<Recovered>,
     pub outbox: Option<Outbox>,
+    /// What the master publishes for this node's admin API.
+    pub read_model: Arc<ReadModel>,
+    /// The executors the program registered (`kind = "rust:<name>"`).
+    pub executors: Executors,
 }
 
 /// Open the node's stores under `data_dir` and replay the master's ledger.
@@ -128,6 +134,8 @@ pub fn open_stores(cfg: &Config, groups: Arc<TaskGroups>) -> Result<NodeArgs, St
         store,
         recovered,
         outbox,
+        read_model: Arc::new(ReadModel::new()),
+        executors: Executors::new(),
     })
 }
 
@@ -148,9 +156,12 @@ impl Actor for NodeSupervisor {
             store,
             recovered,
             outbox,
+            read_model,
+            executors,
         } = args;
         let node = cfg.node.name.clone();
-        let io: Arc<dyn NodeIo> = Arc::new(FsIo::new(cfg.node.data_dir.clone(), groups));
+        let io: Arc<dyn NodeIo> =
+            Arc::new(FsIo::new(cfg.node.data_dir.clone(), groups).with_executors(&executors));
         let (link, _) = Actor::spawn_linked(
             None,
             ClusterLink,
@@ -196,6 +207,7 @@ impl Actor for NodeSupervisor {
                 recovered,
                 sync_always: cfg.store.durability == Durability::Power,
                 cluster: Some(Arc::new(LinkControl(link.clone()))),
+                read_model: read_model.clone(),
                 // Long enough for every worker to notice the new master and dial it.
                 resume_within_ms: cfg.cluster.heartbeat_ms
                     * u64::from(cfg.cluster.missed_heartbeats)
@@ -310,8 +322,35 @@ impl Actor for NodeSupervisor {
 
 /// Run a node until `shutdown` resolves: open the metrics, cluster and admin
 /// ports, start the actor tree, then leave cleanly.
-pub async fn run_node(mut cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run_node(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    run_node_with(cfg, Executors::new(), shutdown).await
+}
+
+/// [`run_node`] for a program that embeds orch: the node also runs the
+/// sessions of `kind = "rust:<name>"` for every executor in `executors`
+/// (docs/sessions.md, embedding orch). Each of its devices gets the
+/// capability `executor.rust:<name> = "yes"` for every `<name>`, which
+/// such sessions require: their tasks go to the devices of nodes that
+/// registered the executor, and wait, saying why, while there is none.
+///
+/// One node per process: the metrics exporter and the master's registry
+/// are process-wide.
+pub async fn run_node_with(
+    mut cfg: Config,
+    executors: Executors,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let node = cfg.node.name.clone();
+    if !executors.is_empty() {
+        if !cfg.node.worker {
+            warn!(node_id = %node, executors = ?executors, "executors registered on a node without role `worker` run nothing");
+        }
+        executors.advertise(&mut cfg.worker.capabilities);
+        for device in &mut cfg.devices {
+            executors.advertise(&mut device.capabilities);
+        }
+        info!(node_id = %node, executors = ?executors, "registered executors");
+    }
     std::fs::create_dir_all(&cfg.node.data_dir).map_err(|e| {
         anyhow::anyhow!(
             "cannot create `node.data_dir` `{}`: {e}",
@@ -328,11 +367,16 @@ pub async fn run_node(mut cfg: Config, shutdown: impl Future<Output = ()>) -> an
     // What an earlier run left running on this data_dir dies before
     // anything runs (its outputs are quarantined once nothing writes them).
     let groups = Arc::new(TaskGroups::open(&cfg.node.data_dir, &node).await?);
-    let args = open_stores(&cfg, groups.clone())?;
+    let mut args = open_stores(&cfg, groups.clone())?;
+    args.executors = executors;
     let fatal = args.fatal.clone();
     crate::metrics::install_exporter(cfg.metrics.listen)?;
     let admin_listener = crate::admin::bind(cfg.admin.listen).await?;
-    let admin = crate::admin::router(node.clone(), cfg.admin.token.clone());
+    let admin = crate::admin::router(
+        node.clone(),
+        cfg.admin.token.clone(),
+        args.read_model.clone(),
+    );
     let (sup, sup_handle) = match Actor::spawn(None, NodeSupervisor, args).await {
         Ok(started) => started,
         Err(ractor::SpawnErr::StartupFailed(e)) if e.downcast_ref::<SecondMaster>().is_some() => {

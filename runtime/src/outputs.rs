@@ -123,6 +123,46 @@ pub fn list_all(dir: &Path) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
+/// The files of `changes` under `dir` not in `seen` yet (every file, for
+/// [`Changes::Everything`]), checked and hashed on a blocking thread;
+/// `seen` gains them.
+pub async fn look(dir: &Path, changes: Changes, seen: &mut HashSet<String>) -> Found {
+    let dir = dir.to_path_buf();
+    let mut taken = std::mem::take(seen);
+    let found = match changes {
+        Changes::Paths(paths) => {
+            let fresh: Vec<String> = paths.into_iter().filter(|p| !taken.contains(p)).collect();
+            if fresh.is_empty() {
+                *seen = taken;
+                return Found::default();
+            }
+            tokio::task::spawn_blocking(move || {
+                let f = check_paths(&dir, fresh, &mut taken);
+                (f, taken)
+            })
+            .await
+        }
+        Changes::Everything => {
+            tokio::task::spawn_blocking(move || {
+                let f = scan_all(&dir, &mut taken);
+                (f, taken)
+            })
+            .await
+        }
+    };
+    match found {
+        Ok((f, back)) => {
+            *seen = back;
+            f
+        }
+        // The set went with the failed thread: files are checked again.
+        Err(e) => Found {
+            files: Vec::new(),
+            problems: vec![format!("cannot look at the output folder: {e}")],
+        },
+    }
+}
+
 /// The whole folder: every regular file not in `seen`, and every problem.
 pub fn scan_all(dir: &Path, seen: &mut HashSet<String>) -> Found {
     match list_all(dir) {

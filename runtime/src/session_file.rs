@@ -14,9 +14,16 @@
 //! [prefer]                             # weights for devices with the capability
 //! hw_accel = 10
 //! [executor]
-//! kind = "command"                     # or "builtin:noop", "builtin:sleep"
+//! kind = "command"                     # or "builtin:noop", "builtin:sleep", "rust:<name>"
 //! argv = ["python3", "{session_dir}/render.py", "{start}", "{end}", "{out_dir}"]
 //! ```
+//!
+//! `kind = "rust:<name>"` names an executor that the program embedding the
+//! node registered ([`crate::node::run_node_with`]); its `[executor.params]`
+//! (strings) reach the executor in the task's [`ExecutorSpec::Rust`]. Such
+//! a session requires `executor.rust:<name> = "yes"`
+//! ([`orch_actors::protocol::executor_capability`]), which only the devices
+//! of a node that registered `<name>` have.
 //!
 //! `{session_dir}` is replaced, when the file is read, by the folder the file is in.
 
@@ -24,7 +31,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use orch_actors::protocol::{
-    CapValue, Capabilities, ExecutorSpec, FrameRange, SessionSpec, DEFAULT_MAX_LOSSES,
+    rust_executor_name, CapValue, Capabilities, ExecutorSpec, FrameRange, SessionSpec,
+    DEFAULT_MAX_LOSSES, RUST_EXECUTOR_PREFIX,
 };
 use serde::Deserialize;
 
@@ -38,6 +46,8 @@ pub const MAX_ITEMS: usize = 100_000;
 pub const MAX_ITEM_LEN: usize = 4096;
 /// Largest `[prefer]` weight, either way.
 pub const MAX_WEIGHT: i64 = 1_000_000;
+/// Longest name in `[executor.params]`.
+pub const MAX_PARAM_KEY: usize = 128;
 
 /// The placeholders of `argv` and `env` values, replaced per task.
 pub const PLACEHOLDERS: &[&str] = &[
@@ -123,6 +133,8 @@ struct RawExecutor {
     #[serde(default)]
     env: BTreeMap<String, String>,
     ms_per_frame: Option<u64>,
+    /// Strings for a registered executor (`kind = "rust:<name>"`).
+    params: Option<BTreeMap<String, String>>,
 }
 
 fn default_id_chunk() -> u64 {
@@ -142,6 +154,55 @@ fn default_backoff_max() -> u64 {
 }
 fn default_timeout() -> u64 {
     90_000
+}
+
+/// The [`ExecutorSpec::Rust`] of `kind = "rust:<name>"`, or `None` after
+/// adding what is wrong to `add`.
+fn rust_executor(e: &RawExecutor, add: &mut impl FnMut(&str, String)) -> Option<ExecutorSpec> {
+    let name = match rust_executor_name(&e.kind)? {
+        Ok(name) => name,
+        Err(why) => {
+            add("executor.kind", why);
+            return None;
+        }
+    };
+    let unused = [
+        ("executor.argv", e.argv.is_some()),
+        ("executor.env", !e.env.is_empty()),
+        ("executor.ms_per_frame", e.ms_per_frame.is_some()),
+    ];
+    let mut ok = true;
+    for (key, _) in unused.iter().filter(|(_, set)| *set) {
+        add(
+            key,
+            format!(
+                "not used by registered executors (`{}`): give it in `executor.params`",
+                e.kind
+            ),
+        );
+        ok = false;
+    }
+    let params = e.params.clone().unwrap_or_default();
+    for (k, v) in &params {
+        if k.is_empty() || k.len() > MAX_PARAM_KEY {
+            add(
+                &format!("executor.params.{k}"),
+                format!("expected a name of 1 to {MAX_PARAM_KEY} bytes"),
+            );
+            ok = false;
+        }
+        if v.contains('\0') {
+            add(
+                &format!("executor.params.{k}"),
+                "expected no NUL character".into(),
+            );
+            ok = false;
+        }
+    }
+    ok.then(|| ExecutorSpec::Rust {
+        name: name.to_string(),
+        params,
+    })
 }
 
 /// Read and validate a session file.
@@ -312,7 +373,19 @@ pub fn parse(
         None => s.to_string(),
     };
     let e = &raw.executor;
+    if e.params.is_some() && rust_executor_name(&e.kind).is_none() {
+        add(
+            "executor.params",
+            format!(
+                "only registered executors (`kind = \"rust:<name>\"`) take `params`; `{}` does not",
+                crate::config::shown(&e.kind)
+            ),
+        );
+    }
     let executor = match e.kind.as_str() {
+        kind if kind.starts_with(RUST_EXECUTOR_PREFIX) => {
+            rust_executor(e, &mut add).unwrap_or(ExecutorSpec::Noop)
+        }
         "builtin:noop" => ExecutorSpec::Noop,
         "builtin:sleep" => match e.ms_per_frame {
             Some(ms) if ms <= 600_000 => ExecutorSpec::Sleep { ms_per_frame: ms },
@@ -386,11 +459,28 @@ pub fn parse(
         other => {
             add(
                 "executor.kind",
-                format!("unknown executor `{other}`; expected `command`, `builtin:noop` or `builtin:sleep`"),
+                format!("unknown executor `{}`; expected `command`, `builtin:noop`, `builtin:sleep` or `rust:<name>`", crate::config::shown(other)),
             );
             ExecutorSpec::Noop
         }
     };
+    // A registered executor runs only where it is registered: the session
+    // requires the capability such nodes give their devices, and waits,
+    // saying so, while no device has it.
+    if let Some((key, value)) = executor.requirement() {
+        match require.get(&key) {
+            Some(v) if *v != value => add(
+                &format!("require.{key}"),
+                format!(
+                    "set by `executor.kind`: a `{}` session requires `{key} = \"yes\"`; leave it out",
+                    executor.kind()
+                ),
+            ),
+            _ => {
+                require.insert(key, value);
+            }
+        }
+    }
     if !problems.is_empty() {
         return Err(ConfigErrors(problems));
     }
@@ -540,5 +630,105 @@ kind = "builtin:noop"
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    const RUST: &str = r#"
+name = "m"
+frames = { start = 0, end = 8 }
+chunk_frames = 2
+[require]
+os = "linux"
+[executor]
+kind = "rust:mandelbrot"
+params = { width = "64", max_iter = "100" }
+"#;
+
+    #[test]
+    fn a_registered_executor_session_requires_its_capability_and_carries_params() {
+        let s = parse(RUST, "s.toml", None).unwrap();
+        let params: BTreeMap<String, String> = [("max_iter", "100"), ("width", "64")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(
+            s.executor,
+            ExecutorSpec::Rust {
+                name: "mandelbrot".into(),
+                params: params.clone(),
+            }
+        );
+        assert_eq!(s.executor.kind(), "rust:mandelbrot");
+        assert_eq!(s.executor.params(), Some(&params));
+        assert_eq!(
+            s.require.get("executor.rust:mandelbrot"),
+            Some(&CapValue::Str("yes".into()))
+        );
+        assert_eq!(s.require.get("os"), Some(&CapValue::Str("linux".into())));
+        // Saying it again changes nothing; saying otherwise is refused.
+        let again = RUST.replace(
+            "[require]",
+            "[require]\n\"executor.rust:mandelbrot\" = \"yes\"",
+        );
+        assert_eq!(parse(&again, "s.toml", None).unwrap(), s);
+        let e = err(&RUST.replace(
+            "[require]",
+            "[require]\n\"executor.rust:mandelbrot\" = false",
+        ));
+        assert!(
+            e.contains("`require.executor.rust:mandelbrot`")
+                && e.contains("set by `executor.kind`"),
+            "{e}"
+        );
+        // Other kinds require nothing more than before.
+        assert!(parse(GOOD, "s.toml", None).unwrap().require.is_empty());
+        // It crosses the cluster link whole.
+        let bytes = orch_actors::wire::encode(&s).unwrap();
+        assert_eq!(orch_actors::wire::decode::<SessionSpec>(&bytes).unwrap(), s);
+        let no_params = GOOD.replace("builtin:noop", "rust:x");
+        let s = parse(&no_params, "s.toml", None).unwrap();
+        assert_eq!(s.executor.params(), Some(&BTreeMap::new()));
+    }
+
+    #[test]
+    fn a_bad_registered_executor_is_one_error_naming_the_key() {
+        for bad in [
+            "rust:",
+            "rust:Mandel",
+            "rust:a b",
+            "rust:a.b",
+            "rust:é",
+            &format!("rust:{}", "a".repeat(65)),
+        ] {
+            let e = err(&RUST.replace("rust:mandelbrot", bad));
+            assert!(
+                e.contains("`executor.kind`")
+                    && e.contains("invalid executor name")
+                    && e.contains("`a-z 0-9 _ -`"),
+                "{bad}: {e}"
+            );
+        }
+        for good in [
+            "rust:a",
+            "rust:mandel_brot-2",
+            &format!("rust:{}", "a".repeat(64)),
+        ] {
+            parse(&RUST.replace("rust:mandelbrot", good), "s.toml", None).unwrap();
+        }
+        let e = err(&RUST.replace("rust:mandelbrot", "builtin:noop"));
+        assert!(
+            e.contains("`executor.params`") && e.contains("only registered executors"),
+            "{e}"
+        );
+        let e = err(&RUST.replace("params =", "argv = [\"x\"]\nparams ="));
+        assert!(
+            e.contains("`executor.argv`") && e.contains("not used by registered executors"),
+            "{e}"
+        );
+        let e = err(&RUST.replace("width", "\"\""));
+        assert!(e.contains("`executor.params.`"), "{e}");
+        let e = parse(&RUST.replace("\"64\"", "64"), "s.toml", None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("executor.params.width"), "{e}");
     }
 }

@@ -19,7 +19,7 @@
 
 use std::path::{Path, PathBuf};
 
-use orch_actors::store::{EventLog, OutboxLog, StoreMeta};
+use orch_actors::store::{EventLog, OutboxLog, StoreFault, StoreMeta};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 /// `PRAGMA application_id` of every orch store ("orch").
@@ -688,31 +688,36 @@ impl SqliteEventLog {
     }
 }
 
+/// A database error as a store fault.
+fn backend(e: impl std::fmt::Display) -> StoreFault {
+    StoreFault::Backend(e.to_string())
+}
+
 impl EventLog for SqliteEventLog {
     fn replay(
         &mut self,
-        each: &mut dyn FnMut(&[u8]) -> Result<(), String>,
-    ) -> Result<Option<StoreMeta>, String> {
+        each: &mut dyn FnMut(&[u8]) -> Result<(), StoreFault>,
+    ) -> Result<Option<StoreMeta>, StoreFault> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare("SELECT body FROM events ORDER BY seq")
-            .map_err(|e| e.to_string())?;
-        let mut rows = stmt.query([]).map_err(|e| e.to_string())?;
+            .map_err(backend)?;
+        let mut rows = stmt.query([]).map_err(backend)?;
         let mut any = false;
-        while let Some(row) = rows.next().map_err(|e| e.to_string())? {
-            let body = row.get_ref(0).map_err(|e| e.to_string())?;
+        while let Some(row) = rows.next().map_err(backend)? {
+            let body = row.get_ref(0).map_err(backend)?;
             let bytes = body
                 .as_blob()
-                .map_err(|_| "an event is not a blob".to_string())?;
+                .map_err(|_| StoreFault::Damaged("an event is not a blob".into()))?;
             each(bytes)?;
             any = true;
         }
-        let get = |key: &str| -> Result<u64, String> {
+        let get = |key: &str| -> Result<u64, StoreFault> {
             conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
                 r.get::<_, i64>(0)
             })
             .map(|v| v as u64)
-            .map_err(|e| format!("cannot read `meta.{key}`: {e}"))
+            .map_err(|e| StoreFault::Damaged(format!("cannot read `meta.{key}`: {e}")))
         };
         let meta = StoreMeta {
             id_reserved: get("id_reserved")?,
@@ -724,13 +729,13 @@ impl EventLog for SqliteEventLog {
         Ok((any || meta != StoreMeta::default()).then_some(meta))
     }
 
-    fn append(&mut self, batch: &[u8], meta: &StoreMeta, sync: bool) -> Result<(), String> {
-        self.writable().map_err(|e| e.to_string())?;
+    fn append(&mut self, batch: &[u8], meta: &StoreMeta, sync: bool) -> Result<(), StoreFault> {
+        self.writable().map_err(backend)?;
         let full = sync && self.durability != Durability::Power;
-        let set_sync = |log: &Self, mode: &str| -> Result<(), String> {
+        let set_sync = |log: &Self, mode: &str| -> Result<(), StoreFault> {
             log.conn()
                 .pragma_update(None, "synchronous", mode)
-                .map_err(|e| e.to_string())
+                .map_err(backend)
         };
         if full {
             set_sync(self, "FULL")?;
@@ -739,7 +744,7 @@ impl EventLog for SqliteEventLog {
         if full {
             let _ = set_sync(self, "NORMAL");
         }
-        r.map_err(|e| format!("`{}`: {e}", self.path.display()))?;
+        r.map_err(|e| StoreFault::Backend(format!("`{}`: {e}", self.path.display())))?;
         self.commits += 1;
         let (restart, nudge) = match &self.writer {
             Some((_, cp)) => (cp.restart_due(), self.commits >= COMMITS_PER_CHECKPOINT),
@@ -822,16 +827,17 @@ fn load_from(conn: &Connection) -> Result<Vec<(u64, Vec<u8>)>, String> {
 }
 
 impl OutboxLog for SqliteOutbox {
-    fn load(&mut self) -> Result<Vec<(u64, Vec<u8>)>, String> {
+    fn load(&mut self) -> Result<Vec<(u64, Vec<u8>)>, StoreFault> {
         match self.loaded.take() {
             Some(entries) => Ok(entries),
-            None => load_from(&self.conn).map_err(|e| format!("`{}`: {e}", self.path.display())),
+            None => load_from(&self.conn)
+                .map_err(|e| StoreFault::Backend(format!("`{}`: {e}", self.path.display()))),
         }
     }
 
-    fn write(&mut self, add: &[(u64, Vec<u8>)], remove: &[u64]) -> Result<(), String> {
+    fn write(&mut self, add: &[(u64, Vec<u8>)], remove: &[u64]) -> Result<(), StoreFault> {
         self.write_inner(add, remove)
-            .map_err(|e| format!("`{}`: {e}", self.path.display()))
+            .map_err(|e| StoreFault::Backend(format!("`{}`: {e}", self.path.display())))
     }
 }
 
@@ -1103,7 +1109,7 @@ mod tests {
                         n += 1;
                         Ok(())
                     })
-                    .map_err(|e| err(&path, e))?;
+                    .map_err(|e| err(&path, e.to_string()))?;
                     Err(err(&path, format!("opened with {n} events")))
                 });
             let e = refused.err().unwrap().to_string();

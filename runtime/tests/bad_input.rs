@@ -7,16 +7,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use orch_tests::{
-    all_healthy, free_port, http_post, raise_fd_limit, rss_bytes, wait_until, Bins, NodeSpec,
+    all_healthy, bins, free_port, http_post, raise_fd_limit, rss_bytes, wait_until, NodeSpec,
     TestCluster,
 };
-
-fn bins() -> Bins {
-    Bins::or_from_env(
-        env!("CARGO_BIN_EXE_orch-node"),
-        env!("CARGO_BIN_EXE_orchctl"),
-    )
-}
 
 const GOOD: &str = r#"
 [node]
@@ -42,7 +35,7 @@ fn run_config(text: &str) -> (Option<i32>, String) {
         .replace("PORT", &p.to_string());
     let path = dir.path().join("cluster.toml");
     std::fs::write(&path, text).unwrap();
-    let child = Command::new(bins().node)
+    let child = Command::new(bins!().node)
         .arg("--cluster")
         .arg(&path)
         .stderr(std::process::Stdio::piped())
@@ -171,7 +164,7 @@ fn secret_and_config_files_that_are_not_small_regular_files_are_refused_at_once(
         (std::path::Path::new("/dev/zero"), "got a device"),
     ] {
         let started = Instant::now();
-        let out = Command::new(bins().node)
+        let out = Command::new(bins!().node)
             .arg("--cluster")
             .arg(path)
             .output()
@@ -187,7 +180,7 @@ fn secret_and_config_files_that_are_not_small_regular_files_are_refused_at_once(
 #[test]
 fn the_cluster_port_cannot_be_exhausted_without_authenticating() {
     assert!(raise_fd_limit() >= 1200, "this test needs 1,200 open files");
-    let mut c = TestCluster::new(bins());
+    let mut c = TestCluster::new(bins!());
     let mport = free_port();
     let mut m = NodeSpec::new("node-0").master();
     m.rust_log = None; // the node's own log filter, as an operator runs it
@@ -297,7 +290,7 @@ fn the_cluster_port_cannot_be_exhausted_without_authenticating() {
 
 #[test]
 fn a_missing_config_file_is_exit_2() {
-    let out = Command::new(bins().node)
+    let out = Command::new(bins!().node)
         .args(["--cluster", "/nonexistent/cluster.toml"])
         .output()
         .unwrap();
@@ -311,7 +304,7 @@ fn a_missing_config_file_is_exit_2() {
 
 #[test]
 fn a_peer_with_the_wrong_secret_is_refused_and_both_keep_running() {
-    let mut c = TestCluster::new(bins());
+    let mut c = TestCluster::new(bins!());
     let mport = free_port();
     c.add_with_port(NodeSpec::new("node-0").master(), mport)
         .unwrap();
@@ -370,7 +363,7 @@ fn expect_dropped(addr: std::net::SocketAddr, bytes: &[u8], what: &str) {
 
 #[test]
 fn garbage_http_and_huge_length_prefix_drop_the_connection_only() {
-    let mut c = TestCluster::new(bins());
+    let mut c = TestCluster::new(bins!());
     let mport = free_port();
     c.add_with_port(NodeSpec::new("node-0").master(), mport)
         .unwrap();
@@ -411,7 +404,7 @@ fn garbage_http_and_huge_length_prefix_drop_the_connection_only() {
 
 #[test]
 fn admin_requests_need_the_right_token() {
-    let mut c = TestCluster::new(bins());
+    let mut c = TestCluster::new(bins!());
     let mut spec = NodeSpec::new("node-0").master();
     spec.admin_token = Some("tok-123".into());
     c.add(spec).unwrap();
@@ -519,7 +512,7 @@ fn what_would_break_at_run_time_is_refused_at_start_naming_the_key() {
 
 #[test]
 fn what_would_break_at_run_time_is_refused_at_submit_as_json_naming_the_key() {
-    let mut c = TestCluster::new(bins());
+    let mut c = TestCluster::new(bins!());
     c.add(NodeSpec::new("node-0").master()).unwrap();
     let admin = c.nodes[0].admin_addr;
     let head = "name = \"s\"\nframes = { start = 0, end = 4 }\nchunk_frames = 1\n";

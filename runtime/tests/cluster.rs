@@ -3,20 +3,13 @@
 
 use std::time::Duration;
 
-use orch_tests::{all_healthy, has_state, rejoined, Bins, TestCluster};
-
-fn bins() -> Bins {
-    Bins::or_from_env(
-        env!("CARGO_BIN_EXE_orch-node"),
-        env!("CARGO_BIN_EXE_orchctl"),
-    )
-}
+use orch_tests::{all_healthy, bins, has_state, rejoined, TestCluster};
 
 const ALL: [&str; 3] = ["node-0", "node-1", "node-2"];
 
 #[test]
 fn three_nodes_form_a_cluster_with_their_devices_within_5s() {
-    let c = TestCluster::start_standard(bins(), 2, 500, 3).unwrap();
+    let c = TestCluster::start_standard(bins!(), 2, 500, 3).unwrap();
     c.wait_for("3 healthy workers", Duration::from_secs(5), |ws| {
         ws.len() == 3 && all_healthy(ws, &ALL)
     })
@@ -52,7 +45,7 @@ fn three_nodes_form_a_cluster_with_their_devices_within_5s() {
 
 #[test]
 fn kill_9_of_a_worker_is_node_down_within_2s() {
-    let mut c = TestCluster::start_standard(bins(), 2, 500, 3).unwrap();
+    let mut c = TestCluster::start_standard(bins!(), 2, 500, 3).unwrap();
     c.wait_for("3 healthy workers", Duration::from_secs(5), |ws| {
         all_healthy(ws, &ALL)
     })
@@ -78,7 +71,7 @@ fn kill_9_of_a_worker_is_node_down_within_2s() {
 #[test]
 fn sigstop_is_heartbeat_timeout_and_sigcont_rejoins_with_a_higher_epoch() {
     let (hb, missed) = (1000, 3);
-    let c = TestCluster::start_standard(bins(), 2, hb, missed).unwrap();
+    let c = TestCluster::start_standard(bins!(), 2, hb, missed).unwrap();
     c.wait_for("3 healthy workers", Duration::from_secs(5), |ws| {
         all_healthy(ws, &ALL)
     })
@@ -104,7 +97,7 @@ fn sigstop_is_heartbeat_timeout_and_sigcont_rejoins_with_a_higher_epoch() {
 
 #[test]
 fn master_kill_9_and_restart_every_worker_reregisters_within_10s() {
-    let mut c = TestCluster::start_standard(bins(), 2, 500, 3).unwrap();
+    let mut c = TestCluster::start_standard(bins!(), 2, 500, 3).unwrap();
     c.wait_for("3 healthy workers", Duration::from_secs(5), |ws| {
         all_healthy(ws, &ALL)
     })
@@ -129,7 +122,7 @@ fn master_kill_9_and_restart_every_worker_reregisters_within_10s() {
 
 #[test]
 fn sigterm_unregisters_cleanly_and_exits_0() {
-    let mut c = TestCluster::start_standard(bins(), 1, 500, 3).unwrap();
+    let mut c = TestCluster::start_standard(bins!(), 1, 500, 3).unwrap();
     c.wait_for("2 healthy workers", Duration::from_secs(5), |ws| {
         all_healthy(ws, &["node-0", "node-1"])
     })
@@ -164,7 +157,7 @@ fn sigterm_unregisters_cleanly_and_exits_0() {
 
 #[test]
 fn a_worker_started_before_its_master_joins_when_the_master_comes_up() {
-    let mut c = TestCluster::new(bins());
+    let mut c = TestCluster::new(bins!());
     let mport = orch_tests::free_port();
     let worker = orch_tests::NodeSpec::new("early").peer(format!("127.0.0.1:{mport}"));
     c.add(worker).unwrap();

@@ -9,18 +9,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use orch_tests::{
-    all_healthy, assert_exactly_once, assert_ids_disjoint, assert_no_id_issued_twice, free_port,
-    has_state, id_events, outputs_accounted, process_alive, signal_pid, sleep_session, wait_until,
-    Bins, NodeSpec, TestCluster, THREE,
+    all_healthy, assert_exactly_once, assert_ids_disjoint, assert_no_id_issued_twice, bins,
+    free_port, has_state, id_events, outputs_accounted, process_alive, signal_pid, sleep_session,
+    wait_until, NodeSpec, TestCluster, THREE,
 };
 use serde_json::Value;
-
-fn bins() -> Bins {
-    Bins::or_from_env(
-        env!("CARGO_BIN_EXE_orch-node"),
-        env!("CARGO_BIN_EXE_orchctl"),
-    )
-}
 
 /// A `command` session running `bash SCRIPT {start} {end}`, with `PIDS`
 /// naming the file its processes write `node pid` lines to.
@@ -66,7 +59,7 @@ fn status(c: &TestCluster, i: usize) -> Value {
 /// SIGSTOP the master for `pause` mid-session, then SIGCONT: nobody is
 /// judged, nothing is rejected, every frame is produced once.
 fn master_stopped_for(pause: Duration) {
-    let c = TestCluster::three_healthy(bins(), 500).unwrap();
+    let c = TestCluster::three_healthy(bins!(), 500).unwrap();
     let epochs: BTreeMap<String, u64> = c
         .workers()
         .unwrap()
@@ -143,7 +136,7 @@ fn a_master_stopped_for_20s_mid_session_judges_no_worker() {
 
 #[test]
 fn a_worker_killed_while_the_master_is_stopped_is_still_detected() {
-    let mut c = TestCluster::three_healthy(bins(), 500).unwrap();
+    let mut c = TestCluster::three_healthy(bins!(), 500).unwrap();
     let id = c
         .submit("paused", &sleep_session("paused", 1000, 10, 20))
         .unwrap();
@@ -178,7 +171,7 @@ fn a_worker_killed_while_the_master_is_stopped_is_still_detected() {
 
 #[test]
 fn a_second_master_refuses_to_start_naming_the_one_that_serves() {
-    let mut c = TestCluster::start_standard(bins(), 1, 500, 3).unwrap();
+    let mut c = TestCluster::start_standard(bins!(), 1, 500, 3).unwrap();
     c.wait_for("2 healthy workers", Duration::from_secs(10), |ws| {
         all_healthy(ws, &["node-0", "node-1"])
     })
@@ -217,7 +210,7 @@ fn a_second_master_refuses_to_start_naming_the_one_that_serves() {
 
 #[test]
 fn two_masters_that_meet_through_a_worker_leave_one_serving() {
-    let mut c = TestCluster::new(bins());
+    let mut c = TestCluster::new(bins!());
     // Two masters that do not list each other: both serve, unaware.
     let (p0, p1) = (free_port(), free_port());
     let mut m0 = NodeSpec::new("node-0").master();
@@ -270,7 +263,7 @@ fn two_masters_that_meet_through_a_worker_leave_one_serving() {
 fn a_host_added_the_documented_way_is_a_worker() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cluster.toml");
     let default = std::fs::read_to_string(root).unwrap();
-    let mut c = TestCluster::new(bins());
+    let mut c = TestCluster::new(bins!());
     // As the file's own comment says: the first host gets reachable ports,
     // the second a copy with its own name and `listen`, and the first in `peers`.
     let addrs = |_: ()| {
@@ -322,9 +315,10 @@ fn a_host_added_the_documented_way_is_a_worker() {
     let s = status(&c, 1);
     assert_eq!(s["master"], "host-a");
     assert_eq!(s["masters_visible"].as_array().unwrap().len(), 1, "{s}");
+    let started = c.nodes[1].logged("node started");
     assert!(
-        c.nodes[1].log_tail(200).contains("master=false"),
-        "host-b runs no master"
+        !started.is_empty() && started.iter().all(|r| r["fields"]["master"] == false),
+        "host-b runs no master: {started:?}"
     );
 }
 
@@ -346,7 +340,7 @@ done
 /// A three-node cluster running a session of `script` tasks, once node-2
 /// runs some: the cluster, the session, and the file of the tasks' pids.
 fn node_2_running_tasks(name: &str, script: &str, extra: &str) -> (TestCluster, String, PathBuf) {
-    let c = TestCluster::three_healthy(bins(), 500).unwrap();
+    let c = TestCluster::three_healthy(bins!(), 500).unwrap();
     let script = write_script(&c, "task.sh", script);
     let pids = c.dir.path().join("pids");
     let id = c
@@ -511,7 +505,7 @@ fn sigterm_of_a_node_leaves_no_task_process() {
 
 #[test]
 fn a_background_child_holding_a_pipe_does_not_wedge_devices() {
-    let c = TestCluster::three_healthy(bins(), 500).unwrap();
+    let c = TestCluster::three_healthy(bins!(), 500).unwrap();
     let pids = c.dir.path().join("pids");
     // Each program leaves a child that holds stderr (or stdout) for a
     // minute, and exits at once.
@@ -587,7 +581,7 @@ fn a_background_child_holding_a_pipe_does_not_wedge_devices() {
 
 #[test]
 fn a_program_that_lies_about_progress_fails_and_a_symlink_keeps_the_files() {
-    let c = TestCluster::three_healthy(bins(), 500).unwrap();
+    let c = TestCluster::three_healthy(bins!(), 500).unwrap();
     let pids = c.dir.path().join("pids");
     let liar = write_script(&c, "liar.sh", "echo ORCH_PROGRESS 999999\nexit 3\n");
     let lies = c
@@ -658,7 +652,7 @@ fn a_program_that_lies_about_progress_fails_and_a_symlink_keeps_the_files() {
 
 #[test]
 fn a_failed_attempt_that_reports_no_id_never_shares_its_chunk() {
-    let c = TestCluster::three_healthy(bins(), 500).unwrap();
+    let c = TestCluster::three_healthy(bins!(), 500).unwrap();
     let pids = c.dir.path().join("pids");
     // The first attempt of every task numbers entities from ORCH_ID_LO and
     // fails without saying how many it used; the second reports its use.
@@ -697,7 +691,7 @@ fn a_failed_attempt_that_reports_no_id_never_shares_its_chunk() {
 
 #[test]
 fn orchctl_says_when_the_master_or_the_node_does_not_answer() {
-    let mut c = TestCluster::three_healthy(bins(), 500).unwrap();
+    let mut c = TestCluster::three_healthy(bins!(), 500).unwrap();
     c.nodes[0].sigstop();
     // Through a worker: the node answers that its master did not.
     let t = Instant::now();
@@ -737,7 +731,7 @@ fn a_master_stopped_for_60s_while_programs_report_keeps_every_worker() {
     // Programs that report progress 20 times a second for 10 s each: while
     // the master is stopped its workers must not fill the connections it
     // does not read (their TCP_USER_TIMEOUT would close them).
-    let c = TestCluster::three_healthy(bins(), 500).unwrap();
+    let c = TestCluster::three_healthy(bins!(), 500).unwrap();
     let pids = c.dir.path().join("pids");
     let script = write_script(
         &c,

@@ -5,15 +5,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use orch_tests::{assert_exactly_once, sleep_session, Bins, TestCluster};
+use orch_tests::{assert_exactly_once, bins, sleep_session, TestCluster};
 use serde_json::Value;
-
-fn bins() -> Bins {
-    Bins::or_from_env(
-        env!("CARGO_BIN_EXE_orch-node"),
-        env!("CARGO_BIN_EXE_orchctl"),
-    )
-}
 
 fn json(c: &TestCluster, args: &[&str]) -> Value {
     let mut a = args.to_vec();
@@ -36,7 +29,7 @@ fn unix_ms() -> u64 {
 
 #[test]
 fn every_command_answers_json_and_unknown_names_are_exit_3() {
-    let c = TestCluster::three_healthy(bins(), 500).unwrap();
+    let c = TestCluster::three_healthy(bins!(), 500).unwrap();
     let id = c.submit("ops", &sleep_session("ops", 300, 10, 10)).unwrap();
     // Mid-session: devices show work, status shows the session.
     c.wait_session(&id, "work in flight", Duration::from_secs(20), |v| {
@@ -127,15 +120,23 @@ fn every_command_answers_json_and_unknown_names_are_exit_3() {
         );
     }
     // Every mutating command was audited with who did it.
-    let log = std::fs::read_to_string(&c.nodes[0].log).unwrap();
-    assert!(log.lines().any(|l| l.contains("orch::audit")
-        && l.contains("/v1/nodes/node-2/drain")
-        && l.contains("who=no-token")));
+    let audit: Vec<_> = c.nodes[0]
+        .log_records()
+        .into_iter()
+        .filter(|r| r["target"] == "orch::audit")
+        .collect();
+    assert!(
+        audit.iter().any(|r| r["fields"]["action"]
+            .as_str()
+            .is_some_and(|a| a.contains("/v1/nodes/node-2/drain"))
+            && r["fields"]["who"] == "no-token"),
+        "{audit:?}"
+    );
 }
 
 #[test]
 fn a_drained_node_finishes_its_tasks_and_takes_no_new_ones() {
-    let c = TestCluster::three_healthy(bins(), 500).unwrap();
+    let c = TestCluster::three_healthy(bins!(), 500).unwrap();
     let id = c
         .submit("drain", &sleep_session("drain", 600, 10, 20))
         .unwrap();
@@ -181,7 +182,7 @@ fn a_drained_node_finishes_its_tasks_and_takes_no_new_ones() {
 
 #[test]
 fn restarting_a_busy_device_reassigns_its_task_exactly_once() {
-    let c = TestCluster::three_healthy(bins(), 500).unwrap();
+    let c = TestCluster::three_healthy(bins!(), 500).unwrap();
     let id = c
         .submit("restart", &sleep_session("restart", 300, 10, 50))
         .unwrap();
@@ -235,7 +236,7 @@ fn sample(text: &str, series: &str) -> f64 {
 
 #[test]
 fn the_metrics_catalog_is_complete_and_moves_during_a_session() {
-    let mut c = TestCluster::three_healthy(bins(), 500).unwrap();
+    let mut c = TestCluster::three_healthy(bins!(), 500).unwrap();
     let id = c
         .submit("metrics", &sleep_session("metrics", 600, 10, 20))
         .unwrap();
@@ -312,7 +313,7 @@ fn the_status_page_shows_live_progress_in_headless_chromium() {
         eprintln!("\n!!!!!!!! SKIPPED: no Chromium here (`apt-get install chromium`; .ci/run installs it)\n");
         return;
     };
-    let c = TestCluster::three_healthy(bins(), 500).unwrap();
+    let c = TestCluster::three_healthy(bins!(), 500).unwrap();
     let id = c
         .submit("page", &sleep_session("page", 2000, 10, 20))
         .unwrap();

@@ -6,21 +6,14 @@ use std::time::Duration;
 
 use orch_tests::netns::{Direction, NetNs};
 use orch_tests::{
-    all_healthy, assert_exactly_once, assert_ids_disjoint, free_port, has_state, rejoined, Bins,
+    all_healthy, assert_exactly_once, assert_ids_disjoint, bins, free_port, has_state, rejoined,
     NodeSpec, TestCluster,
 };
-
-fn bins() -> Bins {
-    Bins::or_from_env(
-        env!("CARGO_BIN_EXE_orch-node"),
-        env!("CARGO_BIN_EXE_orchctl"),
-    )
-}
 
 /// node-0 (master) on the host end of `ns`'s link, node-ns (worker) inside
 /// it, both healthy.
 fn master_and_worker_in(ns: &NetNs, hb: u64, missed: u32) -> TestCluster {
-    let mut c = TestCluster::new(bins());
+    let mut c = TestCluster::new(bins!());
     // The master listens on the host end of the link; the worker dials it from the namespace.
     let mport = free_port();
     let mut master = NodeSpec::new("node-0").master().heartbeat(hb, missed);
@@ -93,7 +86,7 @@ fn a_worker_cut_off_for_20s_loses_nothing_and_nothing_waits_forever() {
             return;
         }
     };
-    let mut c = TestCluster::new(bins());
+    let mut c = TestCluster::new(bins!());
     let mport = free_port();
     let mut master = NodeSpec::new("node-0").master();
     master.ip = ns.host_ip.clone();

@@ -5,22 +5,15 @@
 use std::time::{Duration, Instant};
 
 use orch_tests::{
-    all_healthy, assert_exactly_once, assert_no_id_issued_twice, id_events, rerun_outside_replay,
-    Bins, NodeSpec, TestCluster,
+    all_healthy, assert_exactly_once, assert_no_id_issued_twice, bins, id_events,
+    rerun_outside_replay, NodeSpec, TestCluster,
 };
 use rand::Rng;
 use serde_json::Value;
 
-fn bins() -> Bins {
-    Bins::or_from_env(
-        env!("CARGO_BIN_EXE_orch-node"),
-        env!("CARGO_BIN_EXE_orchctl"),
-    )
-}
-
 /// A master+worker `node-0` and `workers` workers, each with `devices` devices.
 fn cluster(workers: usize, devices: u32) -> TestCluster {
-    let mut c = TestCluster::new(bins());
+    let mut c = TestCluster::new(bins!());
     let port = orch_tests::free_port();
     let mut m = NodeSpec::new("node-0").master().heartbeat(300, 3);
     m.devices = devices;
@@ -51,10 +44,9 @@ fn frames_done(c: &TestCluster, id: &str) -> u64 {
 /// from its log: written before the node opens its admin port, so every
 /// restart that returned counts, even one killed at once.
 fn replays(c: &TestCluster) -> usize {
-    std::fs::read_to_string(&c.nodes[0].log)
-        .unwrap_or_default()
-        .matches("master store opened, ledger replayed")
-        .count()
+    c.nodes[0]
+        .logged("master store opened, ledger replayed")
+        .len()
 }
 
 #[test]
@@ -300,7 +292,7 @@ fn refused(c: &mut TestCluster, store: &std::path::Path, says: &str) {
 /// A master with one device that has run a session of `frames` noop frames,
 /// and the session's id.
 fn one_node_that_ran_noop_frames(frames: u64) -> (TestCluster, String) {
-    let mut c = TestCluster::new(bins());
+    let mut c = TestCluster::new(bins!());
     let mut spec = NodeSpec::new("node-0").master();
     spec.devices = 1;
     c.add(spec).unwrap();

@@ -6,17 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use orch_tests::{
-    all_healthy, assert_exactly_once, assert_ids_disjoint, free_port, max_overlap, rss_bytes, Bins,
+    all_healthy, assert_exactly_once, assert_ids_disjoint, bins, free_port, max_overlap, rss_bytes,
     NodeSpec, TestCluster, THREE,
 };
 use serde_json::Value;
-
-fn bins() -> Bins {
-    Bins::or_from_env(
-        env!("CARGO_BIN_EXE_orch-node"),
-        env!("CARGO_BIN_EXE_orchctl"),
-    )
-}
 
 fn frames(v: &Value) -> (u64, u64) {
     (v["start"].as_u64().unwrap(), v["end"].as_u64().unwrap())
@@ -24,7 +17,7 @@ fn frames(v: &Value) -> (u64, u64) {
 
 #[test]
 fn two_hundred_thousand_noop_frames_on_three_nodes_exactly_once() {
-    let c = TestCluster::three_healthy(bins(), 500).unwrap();
+    let c = TestCluster::three_healthy(bins!(), 500).unwrap();
     let id = c
         .submit(
             "big",
@@ -44,14 +37,9 @@ fn two_hundred_thousand_noop_frames_on_three_nodes_exactly_once() {
         .map(|r| r["node"].as_str().unwrap())
         .collect();
     assert_eq!(nodes.len(), 3, "work spread over every node: {nodes:?}");
-    // The manifest file on the master's data_dir is the same document.
-    let file = c
-        .dir
-        .path()
-        .join("node-0/data/sessions")
-        .join(&id)
-        .join("manifest.json");
-    let on_disk: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    // The manifest file on the master's data_dir is the same document, on
+    // disk as soon as the session shows as ended.
+    let on_disk = c.manifest_file("node-0", &id).unwrap();
     assert_eq!(on_disk["ranges"], m["ranges"]);
 }
 
@@ -109,7 +97,7 @@ fn files_under(dir: &std::path::Path) -> BTreeSet<String> {
 
 #[test]
 fn kill_9_of_a_worker_mid_session_replays_only_unreported_frames() {
-    let mut c = TestCluster::three_healthy(bins(), 500).unwrap();
+    let mut c = TestCluster::three_healthy(bins!(), 500).unwrap();
     let script = frame_script(c.dir.path(), 20);
     let log = c.dir.path().join("frames.log");
     let id = c
@@ -224,7 +212,7 @@ fn kill_9_of_a_worker_mid_session_replays_only_unreported_frames() {
 
 #[test]
 fn a_stopped_worker_s_late_results_are_rejected_as_stale() {
-    let c = TestCluster::three_healthy(bins(), 500).unwrap();
+    let c = TestCluster::three_healthy(bins!(), 500).unwrap();
     let id = c
         .submit(
             "stop",
@@ -267,7 +255,7 @@ fn a_stopped_worker_s_late_results_are_rejected_as_stale() {
 
 #[test]
 fn devices_run_one_task_at_a_time_and_nodes_respect_max_concurrency() {
-    let mut c = TestCluster::new(bins());
+    let mut c = TestCluster::new(bins!());
     let mut spec = NodeSpec::new("node-0").master();
     spec.devices = 100;
     spec.max_concurrency = 20;
@@ -311,7 +299,7 @@ fn devices_run_one_task_at_a_time_and_nodes_respect_max_concurrency() {
 
 #[test]
 fn requirements_are_hard_and_an_unservable_session_says_why() {
-    let mut c = TestCluster::new(bins());
+    let mut c = TestCluster::new(bins!());
     let mport = free_port();
     let mut m = NodeSpec::new("node-0").master();
     m.devices_toml = Some("[[device]]\ncount = 3\nid_prefix = \"cpu-\"\n".into());
@@ -352,7 +340,7 @@ fn requirements_are_hard_and_an_unservable_session_says_why() {
 
 #[test]
 fn bad_sessions_and_misbehaving_commands_fail_clearly_and_others_carry_on() {
-    let c = TestCluster::three_healthy(bins(), 500).unwrap();
+    let c = TestCluster::three_healthy(bins!(), 500).unwrap();
     let dir = c.dir.path();
     // Bad session files: exit 2 and the key, nothing submitted.
     let bad = dir.join("bad.toml");
@@ -449,7 +437,7 @@ fn post(c: &TestCluster, body: &str, headers: &[(&str, &str)]) -> (u16, Value) {
 
 #[test]
 fn a_submission_sent_again_with_its_idempotency_key_makes_one_session() {
-    let c = TestCluster::three_healthy(bins(), 500).unwrap();
+    let c = TestCluster::three_healthy(bins!(), 500).unwrap();
     let body = "name = \"once\"\nframes = { start = 0, end = 40 }\nchunk_frames = 4\n[executor]\nkind = \"builtin:noop\"\n";
     let (code, first) = post(&c, body, &[("Idempotency-Key", "retry-me-1")]);
     assert_eq!(code, 200, "{first}");
@@ -484,7 +472,7 @@ fn a_submission_sent_again_with_its_idempotency_key_makes_one_session() {
 #[test]
 fn submitting_ten_million_tasks_costs_kilobytes_and_the_master_keeps_answering() {
     // No worker can serve it: the session stays submitted, its tasks untouched.
-    let mut c = TestCluster::new(bins());
+    let mut c = TestCluster::new(bins!());
     c.add(NodeSpec::new("node-0").master().heartbeat(500, 3))
         .unwrap();
     c.wait_for("the master's own worker", Duration::from_secs(10), |ws| {
@@ -524,4 +512,68 @@ fn submitting_ten_million_tasks_costs_kilobytes_and_the_master_keeps_answering()
     let grown = rss_bytes(pid).unwrap().saturating_sub(before);
     eprintln!("submit took {took:?}; RSS grew by {} KiB", grown >> 10);
     assert!(grown < 10 << 20, "RSS grew by {} MB", grown >> 20);
+}
+
+/// The Session actor of a session fails by panic (test hook, at `point`):
+/// the master starts it again from the ledger, the session completes once,
+/// its manifest reaches the disk, and the restart is counted.
+fn a_session_actor_that_panics_is_restarted(point: &str) {
+    let mut c = TestCluster::new(bins!());
+    let master_port = free_port();
+    let mut m = NodeSpec::new("node-0")
+        .master()
+        .env("ORCH_TEST_PANIC_SESSION", point);
+    m.devices = 3;
+    c.add_with_port(m, master_port).unwrap();
+    for i in 1..=2 {
+        c.add(NodeSpec::new(&format!("node-{i}")).peer(format!("127.0.0.1:{master_port}")))
+            .unwrap();
+    }
+    c.wait_for("3 healthy workers", Duration::from_secs(10), |ws| {
+        all_healthy(ws, &THREE)
+    })
+    .unwrap();
+    let id = c
+        .submit("hooked", &orch_tests::sleep_session("hooked", 120, 5, 10))
+        .unwrap();
+    let v = c.wait_done(&id, Duration::from_secs(60)).unwrap();
+    assert_eq!(v["state"], "completed", "{v}");
+    assert_eq!(v["frames_done"], 120, "{v}");
+    let m = c.manifest(&id).unwrap();
+    assert_eq!(assert_exactly_once(&m, 0, 120), 120);
+    assert_ids_disjoint(&m);
+    let sessions = c.orchctl(0, &["sessions", "--json"]);
+    let all: Value = serde_json::from_slice(&sessions.stdout).unwrap();
+    let named: Vec<&Value> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["name"] == "hooked")
+        .collect();
+    assert_eq!(named.len(), 1, "one session, not two: {all}");
+    // The manifest on disk is whole as soon as the session shows as ended,
+    // though the first actor died.
+    let on_disk = c.manifest_file("node-0", &id).unwrap();
+    assert_eq!(on_disk["ranges"], m["ranges"]);
+    let mut restarts = None;
+    orch_tests::wait_until("the restart counted", Duration::from_secs(10), || {
+        restarts = c.nodes[0].metric("orch_session_actor_restarts_total");
+        restarts.is_some_and(|r| r >= 1.0)
+    })
+    .unwrap();
+    let restarts = restarts.unwrap();
+    assert_eq!(
+        restarts, 1.0,
+        "the hook fires once, the actor restarts once"
+    );
+}
+
+#[test]
+fn a_session_actor_that_panics_on_a_view_is_restarted_and_the_session_completes_once() {
+    a_session_actor_that_panics_is_restarted("hooked");
+}
+
+#[test]
+fn a_session_actor_that_panics_writing_the_manifest_is_restarted_and_the_manifest_written() {
+    a_session_actor_that_panics_is_restarted("hooked@manifest");
 }

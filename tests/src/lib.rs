@@ -41,6 +41,19 @@ impl Bins {
     }
 }
 
+/// The `orch-node` and `orchctl` of the package whose integration test
+/// calls it (or those `ORCH_TEST_NODE` and `ORCH_TEST_CTL` name, see
+/// [`Bins::or_from_env`]).
+#[macro_export]
+macro_rules! bins {
+    () => {
+        $crate::Bins::or_from_env(
+            env!("CARGO_BIN_EXE_orch-node"),
+            env!("CARGO_BIN_EXE_orchctl"),
+        )
+    };
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released), never one this
 /// process was given before: the kernel may hand a just-released port out
 /// again at once, and two settings of one node would then share it.
@@ -84,6 +97,8 @@ pub struct NodeSpec {
     /// `RUST_LOG` of the node: [`TEST_LOG`] unless changed; `None` runs the
     /// node with its own default filter (what benchmarks measure).
     pub rust_log: Option<String>,
+    /// More environment variables of the node (test hooks).
+    pub env: Vec<(String, String)>,
 }
 
 /// The tests' log filter: the node's default plus every ID chunk a worker
@@ -108,7 +123,14 @@ impl NodeSpec {
             devices_toml: None,
             durability: None,
             rust_log: Some(TEST_LOG.into()),
+            env: Vec::new(),
         }
+    }
+
+    /// Run the node with `key=value` in its environment.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
     }
 
     pub fn master(mut self) -> Self {
@@ -222,6 +244,36 @@ impl TestNode {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Every record the node logged (its log is JSON, `--log-json`), every
+    /// start included, in order. Lines that are not JSON are what the node
+    /// printed outside its log (its last `error:` line, a panic's message)
+    /// and are left out; a line that looks like a record and does not parse
+    /// fails the test, naming it.
+    pub fn log_records(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| l.starts_with('{'))
+            .map(|(i, l)| {
+                serde_json::from_str(l).unwrap_or_else(|e| {
+                    panic!(
+                        "{}:{}: a log line that does not parse ({e}): {l}",
+                        self.log.display(),
+                        i + 1
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// The records of [`Self::log_records`] whose message is `message`.
+    pub fn logged(&self, message: &str) -> Vec<Value> {
+        self.log_records()
+            .into_iter()
+            .filter(|r| r["fields"]["message"] == message)
+            .collect()
     }
 
     /// Scrape `/metrics` and return the value of the first sample whose line starts with `series`.
@@ -421,11 +473,12 @@ impl TestCluster {
             }
             None => Command::new(&self.bins.node),
         };
-        cmd.arg("--cluster").arg(&node.config);
+        cmd.arg("--cluster").arg(&node.config).arg("--log-json");
         match &node.spec.rust_log {
             Some(filter) => cmd.env("RUST_LOG", filter),
             None => cmd.env_remove("RUST_LOG"),
         };
+        cmd.envs(node.spec.env.iter().map(|(k, v)| (k, v)));
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -526,6 +579,20 @@ impl TestCluster {
             );
         }
         Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// `sessions/{id}/manifest.json` in the `data_dir` of node `node`, parsed.
+    pub fn manifest_file(&self, node: &str, id: &str) -> Result<Value> {
+        let file = self
+            .dir
+            .path()
+            .join(node)
+            .join("data/sessions")
+            .join(id)
+            .join("manifest.json");
+        let text =
+            std::fs::read_to_string(&file).with_context(|| format!("read `{}`", file.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parse `{}`", file.display()))
     }
 
     /// `orchctl manifest ID --json`.
@@ -951,41 +1018,47 @@ pub struct IdEvent {
     pub last_id: Option<u64>,
 }
 
-/// Every `orch::ids` line in the logs of every node, every start included.
+/// Every `orch::ids` record in the logs of every node, every start
+/// included. A record without the fields it must carry fails the test.
 pub fn id_events(cluster: &TestCluster) -> Vec<IdEvent> {
     let mut out = Vec::new();
     for n in &cluster.nodes {
-        let text = std::fs::read_to_string(&n.log).unwrap_or_default();
-        for line in text.lines().filter(|l| l.contains(" orch::ids: ")) {
-            let field = |k: &str| {
-                line.split_whitespace()
-                    .find_map(|w| w.strip_prefix(&format!("{k}=")))
-                    .map(|v| v.trim_matches('"').to_string())
+        for r in n
+            .log_records()
+            .into_iter()
+            .filter(|r| r["target"] == "orch::ids")
+        {
+            let f = &r["fields"];
+            let text = |k: &str| {
+                f[k].as_str()
+                    .unwrap_or_else(|| panic!("`orch::ids` record without `{k}`: {r}"))
+                    .to_string()
             };
-            let num = |k: &str| field(k).and_then(|v| v.parse::<u64>().ok());
-            let (Some(node), Some(session), Some(task), Some(attempt)) = (
-                field("node_id"),
-                field("session"),
-                num("task"),
-                num("attempt"),
-            ) else {
-                continue;
+            let num = |k: &str| {
+                f[k].as_u64()
+                    .unwrap_or_else(|| panic!("`orch::ids` record without a number `{k}`: {r}"))
             };
-            let chunk = match (num("id_lo"), num("id_hi")) {
-                (Some(lo), Some(hi)) if line.contains("chunk received") => Some((lo, hi)),
-                _ => None,
-            };
-            let finished = line
-                .contains("attempt finished")
-                .then(|| field("completed").as_deref() == Some("true"));
+            let message = text("message");
+            let (chunk, finished, last_id) =
+                match message.as_str() {
+                    "chunk received" => (Some((num("id_lo"), num("id_hi"))), None, None),
+                    "attempt finished" => (
+                        None,
+                        Some(f["completed"].as_bool().unwrap_or_else(|| {
+                            panic!("`attempt finished` without `completed`: {r}")
+                        })),
+                        f["last_id_used"].as_u64(),
+                    ),
+                    other => panic!("an `orch::ids` record of an unknown kind `{other}`: {r}"),
+                };
             out.push(IdEvent {
-                node,
-                session,
-                task,
-                attempt,
+                node: text("node_id"),
+                session: text("session"),
+                task: num("task"),
+                attempt: num("attempt"),
                 chunk,
                 finished,
-                last_id: num("last_id_used"),
+                last_id,
             });
         }
     }
@@ -1080,8 +1153,10 @@ pub fn rerun_outside_replay(events: &[IdEvent], manifest: &Value) -> Vec<String>
         .iter()
         .map(|r| {
             (
-                r["task"].as_u64().unwrap_or(0),
-                r["old_attempt"].as_u64().unwrap_or(0),
+                r["task"].as_u64().expect("a replay record's task"),
+                r["old_attempt"]
+                    .as_u64()
+                    .expect("a replay record's old_attempt"),
             )
         })
         .collect();

@@ -8,14 +8,8 @@ impl MasterState {
         let unix_now = self.unix_ms(now);
         match req {
             AdminRequest::Status => {
-                let mut s = self.membership.status(&self.node, now);
-                s.sessions = self.sched.views(unix_now);
-                s.recent_failovers = self
-                    .sched
-                    .recent_failovers(20)
-                    .into_iter()
-                    .map(|(session, replay)| FailoverRecord { session, replay })
-                    .collect();
+                let mut s = self.cluster_status(now);
+                s.sessions = self.session_views(unix_now);
                 AdminReply::Status(s)
             }
             AdminRequest::Devices(filter) => {
@@ -77,7 +71,7 @@ impl MasterState {
                 self.schedule(SchedEvent::DeviceDown {
                     node: node.clone(),
                     device: device.clone(),
-                    reason: "device_restart".into(),
+                    reason: LossReason::DeviceRestart,
                     disable: false,
                 });
                 self.send_to(
@@ -94,7 +88,7 @@ impl MasterState {
                 self.schedule(SchedEvent::DeviceDown {
                     node: node.clone(),
                     device: device.clone(),
-                    reason: "device_killed".into(),
+                    reason: LossReason::DeviceKilled,
                     disable: true,
                 });
                 AdminReply::Done(format!(
@@ -146,8 +140,8 @@ impl MasterState {
                 });
                 AdminReply::Submitted { id }
             }
-            AdminRequest::Sessions => AdminReply::Sessions(self.sched.views(unix_now)),
-            AdminRequest::Session(id) => match self.sched.view(&id, unix_now) {
+            AdminRequest::Sessions => AdminReply::Sessions(self.session_views(unix_now)),
+            AdminRequest::Session(id) => match self.session_view(&id, unix_now) {
                 Some(v) => AdminReply::Session(v),
                 None => AdminReply::NotFound(format!("no session `{id}`")),
             },

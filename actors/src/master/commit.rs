@@ -18,7 +18,7 @@ impl MasterState {
 
     /// Write the events recorded so far, with the ID reservation and epoch
     /// they need (see [`Journal::commit`]).
-    pub(super) fn commit_journal(&mut self) -> Result<bool, String> {
+    pub(super) fn commit_journal(&mut self) -> Result<bool, crate::store::StoreFault> {
         self.journal
             .commit(self.sched.ids().high_water(), self.membership.last_epoch())
     }
@@ -119,52 +119,25 @@ impl MasterState {
     }
 
     pub(super) fn deliver(&mut self, outgoing: Vec<Outgoing>, acks: HashMap<String, Vec<u64>>) {
+        let mut replies = Vec::new();
         for out in outgoing {
             match out {
                 Outgoing::Send(node, msg) => self.deliver_to(&node, msg),
-                Outgoing::Reply(port, answer) => {
-                    let _ = port.send(answer);
-                }
+                Outgoing::Reply(port, answer) => replies.push((port, answer)),
                 Outgoing::Manifest(session) => self.write_manifest(&session),
-                Outgoing::AmendOnDisk(session, record) => {
-                    match self.io.amend_manifest(&session, &record) {
-                        Ok(()) => {
-                            info!(node_id = %self.node, session = %session, task = record.task, attempt = record.old_attempt, "an evicted session's manifest lists an attempt the store never recorded")
-                        }
-                        Err(e) => {
-                            warn!(node_id = %self.node, session = %session, error = %e, "cannot amend the manifest on disk")
-                        }
-                    }
-                }
+                Outgoing::AmendOnDisk(session, record) => self.amend_on_disk(&session, record),
             }
+        }
+        // Answers leave last, once the read model holds what they changed:
+        // what their asker reads next is current.
+        if !replies.is_empty() {
+            self.publish_read_model(true);
+        }
+        for (port, answer) in replies {
+            let _ = port.send(answer);
         }
         for (node, seqs) in acks {
             self.deliver_to(&node, ToWorker::Ack { seqs });
-        }
-    }
-
-    /// Write a session's manifest; a finished session's ledger then leaves
-    /// memory (it is read from the manifest from now on).
-    pub(super) fn write_manifest(&mut self, session: &str) {
-        let Some(manifest) = self.sched.manifest_stream(session) else {
-            if self.sched.is_evicted(session) && !self.io.manifest_exists(session) {
-                warn!(node_id = %self.node, session = %session, "the manifest of a finished session is missing from disk, and its ledger left memory");
-            }
-            return;
-        };
-        match self.io.write_manifest(&manifest) {
-            Ok(path) => {
-                info!(node_id = %self.node, session = %session, manifest = %path.display(), "manifest written")
-            }
-            Err(e) => {
-                warn!(node_id = %self.node, session = %session, error = %e, "cannot write the manifest");
-                return;
-            }
-        }
-        if self.sched.is_final(session) && self.io.manifest_exists(session) {
-            self.schedule(SchedEvent::Evict {
-                session: session.to_string(),
-            });
         }
     }
 

@@ -1,4 +1,5 @@
-//! Gauges and counters the master refreshes on every tick.
+//! What the master publishes on every tick: gauges and counters, and the
+//! read model the admin API answers from.
 
 use super::*;
 
@@ -32,5 +33,74 @@ impl MasterState {
             .filter(|v| v.state == SessionState::Running)
             .count();
         metrics::gauge!(m::SESSIONS_RUNNING).set(running as f64);
+    }
+
+    /// The cluster summary with the latest failovers, without the sessions
+    /// (the admin answer adds them; the read model keeps them apart).
+    pub(super) fn cluster_status(&self, now: u64) -> ClusterStatus {
+        let mut status = self.membership.status(&self.node, now);
+        status.recent_failovers = self
+            .sched
+            .recent_failovers(20)
+            .into_iter()
+            .map(|(session, replay)| FailoverRecord { session, replay })
+            .collect();
+        status
+    }
+
+    /// The cluster summary and, if asked for lately, the workers: after
+    /// every change of membership, so that what a reader sees of the
+    /// workers is never older than what the master decided about them.
+    pub(super) fn publish_members(&mut self) {
+        let now = self.now_ms();
+        let rm = self.read_model.clone();
+        rm.publish(
+            Published::Status,
+            AdminReply::Status(self.cluster_status(now)),
+        );
+        if rm.wanted(Published::Workers) {
+            rm.publish(
+                Published::Workers,
+                AdminReply::Workers(self.membership.views(now)),
+            );
+        } else {
+            rm.forget(Published::Workers);
+        }
+    }
+
+    /// Publish the read model: the cluster summary, what was asked for
+    /// lately (workers, devices), and the sessions' views (`sessions_now`:
+    /// at once, else through their actors).
+    pub(super) fn publish_read_model(&mut self, sessions_now: bool) {
+        self.publish_members();
+        let rm = self.read_model.clone();
+        for (what, req) in [
+            (Published::Devices, AdminRequest::Devices(None)),
+            (Published::DeviceGrid, AdminRequest::DeviceGrid),
+        ] {
+            if rm.wanted(what) {
+                let answer = self.answer(req);
+                rm.publish(what, answer);
+            } else {
+                rm.forget(what);
+            }
+        }
+        if sessions_now {
+            // The running ones, and the finished ones whose actor is still
+            // writing (their last view is published when it is done).
+            let mut ids = self.sched.running_sessions();
+            ids.extend(
+                self.session_actors
+                    .keys()
+                    .filter(|id| self.sched.is_final(id))
+                    .cloned(),
+            );
+            for id in ids {
+                self.publish_session_now(&id);
+            }
+        } else {
+            self.publish_session_views();
+        }
+        rm.touch();
     }
 }

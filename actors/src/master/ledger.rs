@@ -44,6 +44,7 @@ impl MasterState {
                     .insert(node, members.into_iter().map(ActorRef::from).collect());
             }
             MemberCommand::Up { node, epoch } => {
+                self.members_changed = true;
                 info!(node_id = %self.node, worker = %node, epoch, "worker registered");
                 if let Some(reg) = self.membership.registration(&node) {
                     let ev = SchedEvent::NodeUp {
@@ -57,6 +58,7 @@ impl MasterState {
                 }
             }
             MemberCommand::Accepting { node, accepting } => {
+                self.members_changed = true;
                 self.schedule(SchedEvent::NodeAccepting { node, accepting })
             }
             MemberCommand::Stalled { ms } => {
@@ -70,6 +72,7 @@ impl MasterState {
                 epoch,
                 reason,
             } => {
+                self.members_changed = true;
                 if reason.is_failure() {
                     metrics::counter!(m::WORKER_FAILURES, "reason" => reason.as_str()).increment(1);
                     warn!(node_id = %self.node, worker = %node, epoch, reason = reason.as_str(), "worker unhealthy");
@@ -85,7 +88,7 @@ impl MasterState {
                 self.schedule(SchedEvent::NodeDown {
                     node,
                     epoch,
-                    reason: reason.as_str().to_string(),
+                    reason: reason.into(),
                 });
             }
         }
@@ -131,8 +134,8 @@ impl MasterState {
                 frames,
                 reason,
             } => {
-                metrics::counter!(m::FAILOVERS, "reason" => reason.clone()).increment(1);
-                metrics::counter!(m::TASKS_LOST, "reason" => reason.clone()).increment(tasks);
+                metrics::counter!(m::FAILOVERS, "reason" => reason.as_str()).increment(1);
+                metrics::counter!(m::TASKS_LOST, "reason" => reason.as_str()).increment(tasks);
                 metrics::counter!(m::FRAMES_REASSIGNED).increment(frames);
                 warn!(node_id = %self.node, frames, %reason, "frames reassigned");
             }

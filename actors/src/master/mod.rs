@@ -14,7 +14,7 @@
 //! that cannot be written stops the master; a restart resumes from the
 //! store.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,9 +28,10 @@ use crate::masters::{self, Claim};
 use crate::membership::{DetectorConfig, MemberCommand, MemberEvent, Membership};
 use crate::metrics as m;
 use crate::protocol::{
-    worker_group, AdminReply, AdminRequest, DeviceState, DeviceView, DownReason, FailoverRecord,
-    MemberState, SessionState, ToMaster, ToWorker,
+    worker_group, AdminReply, AdminRequest, ClusterStatus, DeviceState, DeviceView, DownReason,
+    FailoverRecord, LossReason, MemberState, SessionState, SessionView, ToMaster, ToWorker,
 };
+use crate::read_model::{Published, ReadModel};
 use crate::scheduler::{SchedCommand, SchedEvent, Scheduler};
 use crate::worker::WorkerMsg;
 
@@ -38,8 +39,10 @@ mod admin;
 mod commit;
 mod gauges;
 mod ledger;
+mod sessions;
 
 use admin::*;
+use sessions::SessionActor;
 
 /// Messages of [`Master`].
 pub enum MasterMsg {
@@ -57,6 +60,13 @@ pub enum MasterMsg {
     /// decisions and acknowledgements that waited for them. Only the one
     /// with the latest generation counts.
     Commit(u64),
+    /// Local: a Session actor wrote the manifest of `session` (`amend`: an
+    /// amendment of it on disk; `ok`: it is on disk).
+    ManifestWritten {
+        session: String,
+        amend: bool,
+        ok: bool,
+    },
 }
 
 /// The master of the cluster; exactly one is active.
@@ -81,6 +91,8 @@ pub struct MasterArgs {
     pub resume_within_ms: u64,
     /// The node's cluster link, if it has one.
     pub cluster: Option<Arc<dyn ClusterControl>>,
+    /// What the master publishes for this node's admin API.
+    pub read_model: Arc<ReadModel>,
 }
 
 /// What the master asks of its node's cluster link.
@@ -103,6 +115,16 @@ enum Outgoing {
 /// State of [`Master`].
 pub struct MasterState {
     node: String,
+    myself: Option<ActorRef<MasterMsg>>,
+    read_model: Arc<ReadModel>,
+    /// The Session actors, by session.
+    session_actors: HashMap<String, SessionActor>,
+    session_of: HashMap<ActorId, String>,
+    /// The version of the last session view taken.
+    view_version: u64,
+    /// A worker joined, left or changed whether it takes work since the
+    /// read model was last published.
+    members_changed: bool,
     started: Instant,
     /// Unix milliseconds at `started`.
     started_unix_ms: u64,
@@ -172,8 +194,14 @@ impl Actor for Master {
             MasterMsg::Malformed(what) => state.on_malformed(&what),
             MasterMsg::Tick => state.on_tick(&myself)?,
             MasterMsg::Commit(generation) => return state.commit(&myself, generation),
+            MasterMsg::ManifestWritten { session, amend, ok } => {
+                state.on_manifest_written(&session, amend, ok)
+            }
         }
         state.handled_since_commit_queued += 1;
+        if std::mem::take(&mut state.members_changed) {
+            state.publish_members();
+        }
         state.settle(&myself);
         Ok(())
     }
@@ -196,6 +224,13 @@ impl Actor for Master {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match evt {
+            SupervisionEvent::ActorTerminated(cell, _, _)
+                if state.on_session_actor_down(&cell.get_id(), false) => {}
+            SupervisionEvent::ActorFailed(cell, _)
+                if state.on_session_actor_down(&cell.get_id(), true) =>
+            {
+                state.settle(&myself);
+            }
             SupervisionEvent::ActorTerminated(cell, _, _)
             | SupervisionEvent::ActorFailed(cell, _) => {
                 if let Some((node, epoch)) = state.watched.remove(&cell.get_id()) {
@@ -246,6 +281,12 @@ impl MasterState {
         let durable = journal.durable();
         let mut state = MasterState {
             node: args.node.clone(),
+            myself: Some(myself.clone()),
+            read_model: args.read_model,
+            session_actors: HashMap::new(),
+            session_of: HashMap::new(),
+            view_version: 0,
+            members_changed: false,
             started: Instant::now(),
             started_unix_ms,
             // Epochs grow across restarts: fencing holds for workers of the old master.
@@ -307,6 +348,11 @@ impl MasterState {
             .views(started_unix_ms)
             .iter()
             .fold(0u64, |acc, v| acc.saturating_add(v.frames_done));
+        // Every session the ledger holds, finished ones included, is readable at once.
+        for id in state.sched.session_ids_in_order() {
+            state.publish_session_now(&id);
+        }
+        state.publish_read_model(true);
         masters::join(&state.claim, myself.get_cell());
         let tick = Duration::from_millis(args.detector.tick_ms());
         myself.send_interval(tick, || MasterMsg::Tick);
@@ -398,6 +444,7 @@ impl MasterState {
             self.schedule(SchedEvent::Tick);
         }
         self.publish_gauges();
+        self.publish_read_model(false);
         Ok(())
     }
 

@@ -126,12 +126,12 @@ impl Scheduler {
             let (old_epoch, reason) = (
                 old.epoch,
                 if old.resume_by.is_some() {
-                    "master_restart"
+                    LossReason::MasterRestart { detail: None }
                 } else {
-                    "node_down"
+                    LossReason::NodeDown
                 },
             );
-            self.node_down(&name, old_epoch, reason, now_ms, out);
+            self.node_down(&name, old_epoch, &reason, now_ms, out);
         }
         let name: Arc<str> = name.into();
         let node_name = name.clone();

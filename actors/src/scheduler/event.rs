@@ -22,7 +22,7 @@ pub enum SchedEvent {
     NodeDown {
         node: String,
         epoch: u64,
-        reason: String,
+        reason: LossReason,
     },
     /// The node takes new work (`true`) or not (error status, draining).
     NodeAccepting {
@@ -42,7 +42,7 @@ pub enum SchedEvent {
     DeviceDown {
         node: String,
         device: String,
-        reason: String,
+        reason: LossReason,
         disable: bool,
     },
     Cancel {
@@ -94,7 +94,7 @@ pub enum SchedCommand {
         key: AttemptKey,
         device: String,
         keep: Vec<String>,
-        reason: String,
+        reason: LossReason,
     },
     /// A result or progress report for an attempt that is no longer current.
     RejectedStale { node: String, key: AttemptKey },
@@ -102,7 +102,7 @@ pub enum SchedCommand {
     Reassigned {
         tasks: u64,
         frames: u64,
-        reason: String,
+        reason: LossReason,
     },
     SessionFinished {
         session: String,

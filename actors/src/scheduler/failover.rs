@@ -22,7 +22,7 @@ pub(super) struct Orphan {
     pub(super) key: AttemptKey,
     pub(super) device: String,
     pub(super) keep: Vec<String>,
-    pub(super) reason: String,
+    pub(super) reason: LossReason,
 }
 
 impl Scheduler {
@@ -37,7 +37,7 @@ impl Scheduler {
         &mut self,
         name: &str,
         epoch: u64,
-        reason: &str,
+        reason: &LossReason,
         now_ms: u64,
         out: &mut Vec<SchedCommand>,
     ) {
@@ -64,7 +64,7 @@ impl Scheduler {
             out.push(SchedCommand::Reassigned {
                 tasks,
                 frames: reassigned,
-                reason: reason.to_string(),
+                reason: reason.clone(),
             });
         }
     }
@@ -76,7 +76,7 @@ impl Scheduler {
         &mut self,
         s: SessionIdx,
         t: TaskIdx,
-        reason: &str,
+        reason: &LossReason,
         now_ms: u64,
     ) -> (u64, Option<(Arc<str>, Orphan)>) {
         let Some(run) = self.take_running(s, t) else {
@@ -99,7 +99,7 @@ impl Scheduler {
             key: key.clone(),
             device: run.device.to_string(),
             keep,
-            reason: reason.to_string(),
+            reason: reason.clone(),
         };
         let orphan = Some((run.node.clone(), orphan));
         if let Some(n) = self.nodes.get_mut(&run.node) {
@@ -126,7 +126,7 @@ impl Scheduler {
             new_attempt: task.attempt,
             node: run.node.to_string(),
             device: run.device.to_string(),
-            reason: reason.to_string(),
+            reason: reason.clone(),
         });
         if task.losses >= sess.spec.max_losses {
             let n = task.losses;
@@ -148,7 +148,7 @@ impl Scheduler {
         &mut self,
         node: &str,
         device: &str,
-        reason: &str,
+        reason: &LossReason,
         disable: bool,
         now_ms: u64,
         out: &mut Vec<SchedCommand>,
@@ -185,7 +185,7 @@ impl Scheduler {
             out.push(SchedCommand::Reassigned {
                 tasks,
                 frames: reassigned,
-                reason: reason.to_string(),
+                reason: reason.clone(),
             });
         }
         true
@@ -223,7 +223,7 @@ impl Scheduler {
             if task.attempt != attempt || !matches!(task.state, TaskState::Running(_)) {
                 continue;
             }
-            let (f, orphan) = self.lose(s, t, "no_answer", now_ms);
+            let (f, orphan) = self.lose(s, t, &LossReason::NoAnswer, now_ms);
             frames += f;
             tasks += 1;
             if let Some((node, o)) = orphan {
@@ -234,7 +234,7 @@ impl Scheduler {
             out.push(SchedCommand::Reassigned {
                 tasks,
                 frames,
-                reason: "no_answer".into(),
+                reason: LossReason::NoAnswer,
             });
         }
     }

@@ -20,8 +20,9 @@ use serde::{Deserialize, Serialize};
 use crate::ids::IdAllocator;
 use crate::protocol::{
     out_dir, AttemptKey, CapValue, Capabilities, DeviceInfo, DeviceState, DeviceView, FailedRange,
-    FrameRange, IdRange, Manifest, ManifestRange, OutputFile, ReplayRecord, SessionSpec,
-    SessionState, SessionView, TaskOutcome, TaskProgress, TaskRef, TaskResult, TaskSpec,
+    FrameRange, IdRange, LossReason, Manifest, ManifestRange, OutputFile, ReplayRecord,
+    SessionSpec, SessionState, SessionView, TaskOutcome, TaskProgress, TaskRef, TaskResult,
+    TaskSpec,
 };
 
 mod cluster;
@@ -34,6 +35,28 @@ mod session;
 mod tasks;
 mod views;
 
+#[cfg(test)]
+mod test_fixture;
+
+#[cfg(test)]
+mod cluster_test;
+#[cfg(test)]
+mod event_test;
+#[cfg(test)]
+mod failover_test;
+#[cfg(test)]
+mod placement_test;
+#[cfg(test)]
+mod recovery_test;
+#[cfg(test)]
+mod reports_test;
+#[cfg(test)]
+mod session_test;
+#[cfg(test)]
+mod tasks_test;
+#[cfg(test)]
+mod views_test;
+
 use cluster::*;
 pub use event::{SchedCommand, SchedEvent};
 use failover::*;
@@ -41,7 +64,7 @@ pub use placement::caps_match;
 pub use recovery::MAX_RESERVED;
 use session::*;
 use tasks::*;
-pub use views::ManifestStream;
+pub use views::ManifestSnapshot;
 
 /// Attempts queued on a device beyond the running one (see
 /// docs/design/architecture.md). Two keep a device busy while its next

@@ -17,7 +17,7 @@ pub(super) fn unrecorded(index: u64, task: &Task, old_attempt: u32, node: &str) 
         new_attempt: task.attempt.max(task.attempt_floor),
         node: node.to_string(),
         device: String::new(),
-        reason: "master_restart".into(),
+        reason: LossReason::MasterRestart { detail: None },
     }
 }
 
@@ -29,7 +29,9 @@ pub(super) fn drop_unrecorded(node: &str, key: &AttemptKey) -> SchedCommand {
         key: key.clone(),
         device: String::new(),
         keep: Vec::new(),
-        reason: "master_restart: sent before the crash, never recorded".into(),
+        reason: LossReason::MasterRestart {
+            detail: Some("sent before the crash, never recorded".into()),
+        },
     }
 }
 
@@ -109,7 +111,7 @@ impl Scheduler {
                             new_attempt: sess.max_attempt.saturating_add(1).max(key.attempt + 1),
                             node: node.to_string(),
                             device: String::new(),
-                            reason: "master_restart".into(),
+                            reason: LossReason::MasterRestart { detail: None },
                         },
                     });
                     out.push(drop_unrecorded(node, key));
@@ -313,7 +315,7 @@ impl Scheduler {
             .map(|n| (n.name.clone(), n.epoch))
             .collect();
         for (node, epoch) in late {
-            self.node_down(&node, epoch, "resume_timeout", now_ms, out);
+            self.node_down(&node, epoch, &LossReason::ResumeTimeout, now_ms, out);
         }
     }
 }

@@ -91,7 +91,7 @@ impl Scheduler {
                 key,
                 device,
                 keep,
-                reason: "stale attempt".into(),
+                reason: LossReason::StaleAttempt,
             });
             return;
         };
@@ -157,16 +157,15 @@ impl Scheduler {
                     task: t.wire(),
                     attempt: sess.tasks.get_mut(t).attempt,
                 };
-                if matches!(
-                    sess.spec.executor,
-                    crate::protocol::ExecutorSpec::Command { .. }
-                ) {
+                if sess.spec.executor.writes_files() {
                     out.push(SchedCommand::Drop {
                         node: node.to_string(),
                         key,
                         device: device.to_string(),
                         keep,
-                        reason: format!("attempt failed: {error}"),
+                        reason: LossReason::AttemptFailed {
+                            detail: error.clone(),
+                        },
                     });
                 }
                 let task = sess.tasks.get_mut(t);

@@ -13,7 +13,7 @@ pub(super) struct Segment {
     pub(super) device: Arc<str>,
     pub(super) ids: IdRange,
     pub(super) ids_used: u64,
-    pub(super) outputs: Box<[OutputFile]>,
+    pub(super) outputs: Arc<[OutputFile]>,
     pub(super) started_ms: u64,
     pub(super) finished_ms: u64,
 }
@@ -119,7 +119,7 @@ pub(super) fn bank(
         device: run.device.clone(),
         ids: run.ids,
         ids_used: retired_hi,
-        outputs: run.outputs.clone().into_boxed_slice(),
+        outputs: run.outputs.clone().into(),
         started_ms: run.started_ms,
         finished_ms: now_ms,
     });
@@ -210,7 +210,7 @@ impl Scheduler {
                 },
                 device: run.device.to_string(),
                 keep,
-                reason: "cancelled".into(),
+                reason: LossReason::Cancelled,
             });
         }
         let sess = &mut self.sessions[s];
@@ -279,9 +279,13 @@ impl Scheduler {
         sess.replay = Vec::new();
         sess.failed = Vec::new();
         sess.waiting_reason = None;
-        if let crate::protocol::ExecutorSpec::Command { argv, env } = &mut sess.spec.executor {
-            *argv = Vec::new();
-            *env = BTreeMap::new();
+        match &mut sess.spec.executor {
+            crate::protocol::ExecutorSpec::Command { argv, env } => {
+                *argv = Vec::new();
+                *env = BTreeMap::new();
+            }
+            crate::protocol::ExecutorSpec::Rust { params, .. } => *params = BTreeMap::new(),
+            _ => {}
         }
         sess.spec.items = None;
         sess.spec.require = Capabilities::new();

@@ -3,49 +3,63 @@
 
 use super::*;
 
-/// A session's manifest that serializes exactly like [`Manifest`], reading
-/// the ledger as it goes.
-pub struct ManifestStream<'a> {
-    pub(super) sess: &'a Session,
-    pub(super) order: Vec<u32>,
+/// A session's manifest as it stands, owned (its ranges share their
+/// strings and outputs with the ledger, so taking it copies no file list),
+/// that serializes exactly like [`Manifest`]: for writing a manifest to
+/// disk off the master's thread.
+#[derive(Debug, Clone)]
+pub struct ManifestSnapshot {
+    session: String,
+    name: String,
+    state: SessionState,
+    frames: FrameRange,
+    executor: String,
+    submitted_ms: u64,
+    finished_ms: Option<u64>,
+    /// In frame order.
+    ranges: Vec<Segment>,
+    replay: Vec<ReplayRecord>,
+    failed: Vec<FailedRange>,
 }
 
-impl ManifestStream<'_> {
+impl ManifestSnapshot {
     pub fn session(&self) -> &str {
-        &self.sess.id
+        &self.session
+    }
+
+    /// Produced ranges in it.
+    pub fn ranges(&self) -> usize {
+        self.ranges.len()
     }
 }
 
-pub(super) struct RangesInOrder<'a>(&'a Session, &'a [u32]);
+struct RangesOf<'a>(&'a ManifestSnapshot);
 
-impl serde::Serialize for RangesInOrder<'_> {
+impl serde::Serialize for RangesOf<'_> {
     fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
-        let mut seq = ser.serialize_seq(Some(self.1.len()))?;
-        for &i in self.1 {
-            seq.serialize_element(&self.0.ranges[i as usize].to_range(&self.0.id))?;
+        let mut seq = ser.serialize_seq(Some(self.0.ranges.len()))?;
+        for r in &self.0.ranges {
+            seq.serialize_element(&r.to_range(&self.0.session))?;
         }
         seq.end()
     }
 }
 
-impl serde::Serialize for ManifestStream<'_> {
+impl serde::Serialize for ManifestSnapshot {
     fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let s = self.sess;
-        let mut failed = s.failed.clone();
-        failed.sort_by_key(|f| f.frames.start);
         let mut st = ser.serialize_struct("Manifest", 10)?;
-        st.serialize_field("session", &s.id)?;
-        st.serialize_field("name", &s.spec.name)?;
-        st.serialize_field("state", &s.state)?;
-        st.serialize_field("frames", &s.spec.frames)?;
-        st.serialize_field("executor", s.spec.executor.name())?;
-        st.serialize_field("submitted_ms", &s.submitted_ms)?;
-        st.serialize_field("finished_ms", &s.finished_ms)?;
-        st.serialize_field("ranges", &RangesInOrder(s, &self.order))?;
-        st.serialize_field("replay", &s.replay)?;
-        st.serialize_field("failed", &failed)?;
+        st.serialize_field("session", &self.session)?;
+        st.serialize_field("name", &self.name)?;
+        st.serialize_field("state", &self.state)?;
+        st.serialize_field("frames", &self.frames)?;
+        st.serialize_field("executor", &self.executor)?;
+        st.serialize_field("submitted_ms", &self.submitted_ms)?;
+        st.serialize_field("finished_ms", &self.finished_ms)?;
+        st.serialize_field("ranges", &RangesOf(self))?;
+        st.serialize_field("replay", &self.replay)?;
+        st.serialize_field("failed", &self.failed)?;
         st.end()
     }
 }
@@ -112,6 +126,24 @@ impl Scheduler {
                 .unwrap_or(now_ms)
                 .saturating_sub(s.submitted_ms),
         })
+    }
+
+    /// Session `id`'s place in submission order.
+    pub fn session_order(&self, id: &str) -> Option<u64> {
+        self.by_id.get(id).map(|s| s.0 as u64)
+    }
+
+    /// Ids of every session the ledger holds, in submission order.
+    pub fn session_ids_in_order(&self) -> Vec<String> {
+        self.sessions.iter().map(|s| s.id.clone()).collect()
+    }
+
+    /// Ids of the sessions still running, in submission order.
+    pub fn running_sessions(&self) -> Vec<String> {
+        self.active
+            .iter()
+            .map(|&s| self.sessions[s].id.clone())
+            .collect()
     }
 
     pub fn views(&self, now_ms: u64) -> Vec<SessionView> {
@@ -202,7 +234,7 @@ impl Scheduler {
             name: s.spec.name.clone(),
             state: s.state,
             frames: s.spec.frames,
-            executor: s.spec.executor.name().to_string(),
+            executor: s.spec.executor.kind().into_owned(),
             submitted_ms: s.submitted_ms,
             finished_ms: s.finished_ms,
             ranges,
@@ -211,16 +243,47 @@ impl Scheduler {
         })
     }
 
-    /// A session's manifest, serialized straight from the ledger (no copy of
-    /// its ranges): for writing large manifests to disk.
-    pub fn manifest_stream(&self, id: &str) -> Option<ManifestStream<'_>> {
+    /// A session's manifest as it stands, to serialize elsewhere (see
+    /// [`ManifestSnapshot`]); `None` for an evicted session (its manifest
+    /// is on disk).
+    pub fn manifest_snapshot(&self, id: &str) -> Option<ManifestSnapshot> {
         let sess = &self.sessions[*self.by_id.get(id)?];
         if sess.evicted.is_some() {
             return None;
         }
-        let mut order: Vec<u32> = (0..sess.ranges.len() as u32).collect();
-        order.sort_by_key(|&i| sess.ranges[i as usize].frames.start);
-        Some(ManifestStream { sess, order })
+        let mut ranges = sess.ranges.clone();
+        ranges.sort_by_key(|r| r.frames.start);
+        let mut failed = sess.failed.clone();
+        failed.sort_by_key(|f| f.frames.start);
+        Some(ManifestSnapshot {
+            session: sess.id.clone(),
+            name: sess.spec.name.clone(),
+            state: sess.state,
+            frames: sess.spec.frames,
+            executor: sess.spec.executor.kind().into_owned(),
+            submitted_ms: sess.submitted_ms,
+            finished_ms: sess.finished_ms,
+            ranges,
+            replay: sess.replay.clone(),
+            failed,
+        })
+    }
+
+    /// An empty manifest of a completed session, for tests of what writes it.
+    #[cfg(test)]
+    pub(crate) fn empty_manifest(id: &str) -> ManifestSnapshot {
+        ManifestSnapshot {
+            session: id.to_string(),
+            name: id.to_string(),
+            state: SessionState::Completed,
+            frames: FrameRange { start: 0, end: 0 },
+            executor: "builtin:noop".into(),
+            submitted_ms: 0,
+            finished_ms: Some(0),
+            ranges: Vec::new(),
+            replay: Vec::new(),
+            failed: Vec::new(),
+        }
     }
 
     /// Every ID range handed out and not returned: live chunks whole, ended

@@ -30,7 +30,7 @@ struct Args {
     #[arg(long)]
     no_build: bool,
     /// Shapes to run (comma-separated): throughput, latency, failover, scale,
-    /// sessions and durability (the last two not in the default set).
+    /// sessions, durability and admin (the last three not in the default set).
     #[arg(
         long,
         value_delimiter = ',',
@@ -43,6 +43,14 @@ struct Args {
     /// side by side in one run.
     #[arg(long, value_delimiter = ',', default_value = "memory,process,power")]
     modes: Vec<String>,
+    /// Builds the `admin` shape compares (comma-separated `LABEL@PATH` of an
+    /// `orch-node`, or `LABEL` for the one built here), in alternating rounds;
+    /// the `scale` shape also measures each `LABEL@PATH` after this build.
+    #[arg(long, value_delimiter = ',', default_value = "now")]
+    builds: Vec<String>,
+    /// Tasks of the `admin` shape's session (one frame each).
+    #[arg(long, default_value_t = 1_000_000)]
+    admin_tasks: u64,
 }
 
 fn root() -> PathBuf {
@@ -446,6 +454,76 @@ fn latency(bins: &Bins, quick: bool) -> Result<Value> {
     )
 }
 
+/// `GET /v1/status` on the master's node every 10 ms while a session of
+/// `tasks` single-frame no-op tasks runs on three nodes; latencies in ms.
+fn admin_run(bins: &Bins, tasks: u64) -> Result<(Vec<f64>, f64)> {
+    let c = cluster(bins, 4, 1000)?;
+    let admin = c.nodes[0].admin_addr;
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build();
+    let id = c.submit("admin", &noop_session("admin", tasks, 1))?;
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    loop {
+        let t0 = Instant::now();
+        let v: Value = agent
+            .get(&format!("http://{admin}/v1/status"))
+            .call()?
+            .into_json()?;
+        samples.push(t0.elapsed().as_secs_f64() * 1000.0);
+        let running = v["sessions"]
+            .as_array()
+            .context("sessions in the status")?
+            .iter()
+            .any(|s| s["id"] == id.as_str() && s["state"] == "running");
+        if !running {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(1800) {
+            bail!("the session did not end within 30 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(10).saturating_sub(t0.elapsed()));
+    }
+    let v = c.session(&id)?;
+    if v["state"] != "completed" {
+        bail!("the admin shape's session ended {}", v["state"]);
+    }
+    Ok((samples, started.elapsed().as_secs_f64()))
+}
+
+/// The admin API's latency under load, for each of `builds` in alternating
+/// rounds (two each): p50, p99 and max of `GET /v1/status`.
+fn admin_shape(bins: &Bins, quick: bool, builds: &[String], tasks: u64) -> Result<Value> {
+    let tasks = if quick { tasks.min(100_000) } else { tasks };
+    let mut all: Vec<(String, Vec<f64>, Vec<f64>)> = builds
+        .iter()
+        .map(|b| (b.clone(), Vec::new(), Vec::new()))
+        .collect();
+    for round in 0..2 {
+        for (entry, samples, secs) in all.iter_mut() {
+            let (label, b) = mode_and_bins(entry, bins);
+            eprintln!("   round {}: {label}, {tasks} tasks", round + 1);
+            let (mut s, wall) = admin_run(&b, tasks)?;
+            samples.append(&mut s);
+            secs.push(wall);
+        }
+    }
+    let mut out = json!({ "tasks": tasks, "method": "GET /v1/status every 10 ms on the master's node while the session runs; two rounds per build, alternating" });
+    for (entry, mut samples, secs) in all {
+        let (label, _) = mode_and_bins(&entry, bins);
+        samples.sort_by(f64::total_cmp);
+        out[label] = json!({
+            "samples": samples.len(),
+            "p50_ms": percentile(&samples, 0.5),
+            "p99_ms": percentile(&samples, 0.99),
+            "max_ms": samples.last().copied().unwrap_or(0.0),
+            "session_seconds": secs,
+        });
+    }
+    Ok(out)
+}
+
 fn failover(bins: &Bins) -> Result<Value> {
     let mut c = cluster(bins, 4, 1000)?;
     let id = c.submit(
@@ -643,10 +721,26 @@ fn main() -> Result<()> {
     if want("scale") {
         eprintln!("== scale");
         out["scale"] = scale(&bins, args.quick)?;
+        // Other builds named with `--builds LABEL@PATH`, in the same run.
+        for entry in args.builds.iter().filter(|b| b.contains('@')) {
+            let (label, b) = mode_and_bins(entry, &bins);
+            eprintln!("   scale of {label}");
+            out["scale_of"][label] = scale(&b, args.quick)?;
+        }
     }
     if want("sessions") {
         eprintln!("== sessions");
         out["sessions"] = sessions_shape(&bins, args.quick)?;
+    }
+    if want("admin") {
+        eprintln!("== admin");
+        for b in &args.builds {
+            let (_, b) = mode_and_bins(b, &bins);
+            if !b.node.exists() {
+                bail!("--builds: no `orch-node` at `{}`", b.node.display());
+            }
+        }
+        out["admin"] = admin_shape(&bins, args.quick, &args.builds, args.admin_tasks)?;
     }
     if want("durability") {
         eprintln!("== durability");
@@ -718,15 +812,45 @@ fn main() -> Result<()> {
             f["complete_ms"].as_f64().unwrap_or(0.0)
         );
     }
-    if let Some(s) = out.get("scale") {
+    let scales = out
+        .get("scale")
+        .map(|s| ("this build".to_string(), s.clone()));
+    let others = out["scale_of"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    for (label, s) in scales.into_iter().chain(others) {
         println!(
-            "scale                {} devices registered in {:.2} s, {:.0} bytes per device (apart: master {:.0}, worker {:.0})",
+            "scale ({label}) {} devices registered in {:.2} s, {:.0} bytes per device (apart: master {:.0}, worker {:.0})",
             s["devices"],
             s["seconds_to_register"].as_f64().unwrap_or(0.0),
             s["bytes_per_device"].as_f64().unwrap_or(0.0),
             s["master_only_bytes_per_device"].as_f64().unwrap_or(0.0),
             s["worker_only_bytes_per_device"].as_f64().unwrap_or(0.0)
         );
+    }
+    if let Some(a) = out.get("admin") {
+        println!(
+            "admin                GET /v1/status every 10 ms during {} single-frame tasks on 3 nodes",
+            a["tasks"]
+        );
+        for b in &args.builds {
+            let (label, _) = mode_and_bins(b, &bins);
+            let r = &a[&label];
+            println!(
+                "  {:<10} p50 {:>8.3} ms  p99 {:>8.3} ms  max {:>8.1} ms  ({} samples; session {} s)",
+                label,
+                r["p50_ms"].as_f64().unwrap_or(0.0),
+                r["p99_ms"].as_f64().unwrap_or(0.0),
+                r["max_ms"].as_f64().unwrap_or(0.0),
+                r["samples"],
+                r["session_seconds"]
+            );
+        }
     }
     if let Some(d) = out.get("durability") {
         println!(

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use orch_actors::protocol::SessionState;
+use orch_runtime::exit;
 
 /// Run one node of an orch cluster.
 #[derive(Parser, Debug)]
@@ -46,7 +47,7 @@ fn main() -> ExitCode {
             for e in &errors.0 {
                 eprintln!("error: {e}");
             }
-            return ExitCode::from(orch_runtime::EXIT_USAGE as u8);
+            return exit::code(exit::USAGE);
         }
     };
     let session = match &args.run {
@@ -56,7 +57,7 @@ fn main() -> ExitCode {
                 for e in &errors.0 {
                     eprintln!("error: {e}");
                 }
-                return ExitCode::from(orch_runtime::EXIT_USAGE as u8);
+                return exit::code(exit::USAGE);
             }
         },
         None => None,
@@ -73,7 +74,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return exit::code(exit::FAILED);
         }
     };
     let data_dir = cfg.node.data_dir.clone();
@@ -98,18 +99,18 @@ fn main() -> ExitCode {
             || e.downcast_ref::<orch_runtime::node::SecondMaster>()
                 .is_some()
         {
-            return ExitCode::from(orch_runtime::EXIT_USAGE as u8);
+            return exit::code(exit::USAGE);
         }
-        return ExitCode::FAILURE;
+        return exit::code(exit::FAILED);
     }
     let outcome = outcome.lock().unwrap_or_else(|p| p.into_inner()).take();
     match outcome {
         None => ExitCode::SUCCESS,
         Some(Ok(SessionState::Completed)) => ExitCode::SUCCESS,
-        Some(Ok(_)) => ExitCode::FAILURE,
+        Some(Ok(_)) => exit::code(exit::FAILED),
         Some(Err(e)) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            exit::code(exit::FAILED)
         }
     }
 }

@@ -12,10 +12,10 @@ use orch_actors::protocol::{
 };
 use serde_json::Value;
 
-const EXIT_FAILED: u8 = 1;
-const EXIT_USAGE: u8 = 2;
-const EXIT_NOT_FOUND: u8 = 3;
-const EXIT_AUTH: u8 = 4;
+use orch_runtime::exit::{
+    self, AUTH as EXIT_AUTH, FAILED as EXIT_FAILED, NOT_FOUND as EXIT_NOT_FOUND,
+    USAGE as EXIT_USAGE,
+};
 
 /// Operate an orch cluster through any node's admin endpoint.
 #[derive(Parser, Debug)]
@@ -602,7 +602,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(code, msg)) => {
             eprintln!("error: {msg}");
-            ExitCode::from(code)
+            exit::code(code)
         }
     }
 }

@@ -1,0 +1,223 @@
+//! Placement: which pending task goes to which device.
+
+use super::test_fixture::*;
+use super::*;
+
+fn caps(pairs: &[(&str, CapValue)]) -> Capabilities {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+fn list(items: &[&str]) -> CapValue {
+    CapValue::List(items.iter().map(|s| s.to_string()).collect())
+}
+
+#[test]
+fn caps_match_needs_every_requirement() {
+    let have = caps(&[
+        ("gpu", CapValue::Bool(true)),
+        ("os", list(&["linux", "posix"])),
+        ("tags", list(&["nvenc", "av1"])),
+        ("vram_gb", CapValue::Int(24)),
+    ]);
+    assert!(caps_match(&Capabilities::new(), &have));
+    assert!(caps_match(
+        &caps(&[
+            ("gpu", CapValue::Bool(true)),
+            ("vram_gb", CapValue::Int(24))
+        ]),
+        &have
+    ));
+    // A string wanted is one of a list, a list wanted is within one.
+    assert!(caps_match(
+        &caps(&[("os", CapValue::Str("linux".into()))]),
+        &have
+    ));
+    assert!(caps_match(&caps(&[("tags", list(&["av1"]))]), &have));
+    assert!(!caps_match(
+        &caps(&[("tags", list(&["av1", "vp9"]))]),
+        &have
+    ));
+    assert!(!caps_match(&caps(&[("gpu", CapValue::Bool(false))]), &have));
+    assert!(!caps_match(&caps(&[("tpu", CapValue::Bool(true))]), &have));
+}
+
+#[test]
+fn a_session_goes_only_to_devices_matching_its_requirements() {
+    let mut fx = Fixture::new();
+    fx.up_with("n1", 1, 2, vec![dev("d0"), gpu("d1")], Vec::new());
+    let mut s = spec(4, 1);
+    s.require = caps(&[("gpu", CapValue::Bool(true))]);
+
+    let cmds = fx.submit(S1, s);
+
+    assert_eq!(
+        cmds,
+        vec![
+            assign("n1", "d1", 0, 1, frames(0, 1), ids(0, 10)),
+            assign("n1", "d1", 1, 1, frames(1, 2), ids(10, 20)),
+            assign("n1", "d1", 2, 1, frames(2, 3), ids(20, 30)),
+        ]
+    );
+    assert_eq!(fx.load("n1"), (3, 6, vec![0, 3]));
+    assert_eq!(
+        fx.view(S1).waiting.as_deref(),
+        Some("all matching devices are busy")
+    );
+}
+
+#[test]
+fn each_task_goes_to_the_least_loaded_device() {
+    let (fx, tasks) = one_node(4, 1);
+
+    let on: Vec<(u64, &str, IdRange)> = tasks
+        .iter()
+        .map(|t| (t.task, t.device.as_str(), t.ids))
+        .collect();
+    assert_eq!(
+        on,
+        vec![
+            (0, "d0", ids(0, 10)),
+            (1, "d1", ids(10, 20)),
+            (2, "d0", ids(20, 30)),
+            (3, "d1", ids(30, 40)),
+        ]
+    );
+    assert_eq!(fx.load("n1"), (4, 6, vec![2, 2]));
+}
+
+#[test]
+fn an_idle_device_goes_first_then_the_less_loaded_node() {
+    let mut fx = Fixture::new();
+    fx.up_with("n1", 1, 1, vec![dev("d0"), dev("d1")], Vec::new());
+    fx.up_with("n2", 1, 3, vec![dev("d0"), dev("d1")], Vec::new());
+
+    let cmds = fx.submit(S1, spec(4, 1));
+
+    let on: Vec<(&str, u64, &str)> = cmds
+        .iter()
+        .filter_map(|c| match c {
+            SchedCommand::Assign { node, task, .. } => {
+                Some((node.as_str(), task.task, task.device.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
+    // n1 has a third of n2's cap: after one task it is the busier node,
+    // but its idle device still beats n2's busy ones.
+    assert_eq!(
+        on,
+        vec![
+            ("n1", 0, "d0"),
+            ("n2", 1, "d0"),
+            ("n2", 2, "d1"),
+            ("n1", 3, "d1")
+        ]
+    );
+}
+
+#[test]
+fn a_preferred_device_outranks_an_idle_one() {
+    let mut fx = Fixture::new();
+    fx.up_with("n1", 1, 2, vec![dev("d0"), gpu("d1")], Vec::new());
+    let mut s = spec(4, 1);
+    s.prefer = BTreeMap::from([("gpu".to_string(), 5)]);
+
+    let tasks = assigned(&fx.submit(S1, s));
+
+    let devices: Vec<&str> = tasks.iter().map(|t| t.device.as_str()).collect();
+    assert_eq!(devices, vec!["d1", "d1", "d1", "d0"]);
+}
+
+#[test]
+fn a_device_holds_at_most_one_plus_prefetch_attempts() {
+    let mut fx = Fixture::new();
+    fx.up_with("n1", 1, 5, vec![dev("d0")], Vec::new());
+
+    let tasks = assigned(&fx.submit(S1, spec(10, 1)));
+
+    assert_eq!(tasks.len(), 1 + PREFETCH as usize);
+    assert_eq!(fx.load("n1"), (3, 15, vec![3]));
+}
+
+#[test]
+fn a_node_holds_at_most_max_concurrency_times_one_plus_prefetch() {
+    let mut fx = Fixture::new();
+    fx.up_with(
+        "n1",
+        1,
+        1,
+        vec![dev("d0"), dev("d1"), dev("d2"), dev("d3")],
+        Vec::new(),
+    );
+
+    let tasks = assigned(&fx.submit(S1, spec(10, 1)));
+
+    let devices: Vec<&str> = tasks.iter().map(|t| t.device.as_str()).collect();
+    assert_eq!(devices, vec!["d0", "d1", "d2"]);
+    assert_eq!(fx.load("n1"), (3, 3, vec![1, 1, 1, 0]));
+}
+
+#[test]
+fn sessions_take_turns() {
+    let mut fx = Fixture::new();
+    assert_eq!(fx.submit("a", spec(4, 1)), vec![]);
+    assert_eq!(fx.submit("b", spec(4, 1)), vec![]);
+
+    let first = assigned(&fx.up("n1", vec![dev("d0")]));
+    let order: Vec<(&str, u64)> = first.iter().map(|t| (t.session.as_str(), t.task)).collect();
+    assert_eq!(order, vec![("a", 0), ("b", 0), ("b", 1)]);
+
+    // The freed slot goes to the session whose turn it is.
+    let next = assigned(&fx.feed(completed("n1", &first[0])));
+    let order: Vec<(&str, u64)> = next.iter().map(|t| (t.session.as_str(), t.task)).collect();
+    assert_eq!(order, vec![("a", 1)]);
+}
+
+#[test]
+fn lost_work_avoids_the_node_that_lost_it() {
+    let (mut fx, tasks) = two_nodes(1, 1);
+    assert_eq!(tasks[0].device, "d0");
+
+    let cmds = fx.feed(SchedEvent::DeviceDown {
+        node: "n1".into(),
+        device: "d0".into(),
+        reason: LossReason::DeviceRestart,
+        disable: false,
+    });
+
+    // n1's device is free again, but n2 did not just lose the task.
+    assert_eq!(
+        cmds,
+        vec![
+            drop_cmd("n1", "d0", 0, 1, LossReason::DeviceRestart),
+            SchedCommand::Reassigned {
+                tasks: 1,
+                frames: 1,
+                reason: LossReason::DeviceRestart,
+            },
+            assign("n2", "d0", 0, 2, frames(0, 1), ids(10, 20)),
+        ]
+    );
+}
+
+#[test]
+fn a_list_session_sends_each_task_its_items() {
+    let mut fx = Fixture::new();
+    fx.up("n1", vec![dev("d0")]);
+    let mut s = spec(3, 2);
+    s.items = Some(vec!["a.png".into(), "b.png".into(), "c.png".into()]);
+
+    let tasks = assigned(&fx.submit(S1, s));
+
+    let items: Vec<Vec<String>> = tasks.into_iter().map(|t| t.items).collect();
+    assert_eq!(
+        items,
+        vec![
+            vec!["a.png".to_string(), "b.png".to_string()],
+            vec!["c.png".to_string()]
+        ]
+    );
+}
