@@ -83,12 +83,7 @@ fn a_device_restart_requeues_only_its_own_attempts() {
         .collect();
     assert_eq!(on_d0, vec![0, 2]);
 
-    let cmds = fx.feed(SchedEvent::DeviceDown {
-        node: "n1".into(),
-        device: "d0".into(),
-        reason: LossReason::DeviceRestart,
-        disable: false,
-    });
+    let cmds = fx.feed(device_restart("n1", "d0"));
 
     assert_eq!(
         cmds,

@@ -181,12 +181,7 @@ fn lost_work_avoids_the_node_that_lost_it() {
     let (mut fx, tasks) = two_nodes(1, 1);
     assert_eq!(tasks[0].device, "d0");
 
-    let cmds = fx.feed(SchedEvent::DeviceDown {
-        node: "n1".into(),
-        device: "d0".into(),
-        reason: LossReason::DeviceRestart,
-        disable: false,
-    });
+    let cmds = fx.feed(device_restart("n1", "d0"));
 
     // n1's device is free again, but n2 did not just lose the task.
     assert_eq!(

@@ -57,12 +57,7 @@ fn a_manifest_lists_its_ranges_in_frame_order() {
 fn a_manifest_snapshot_serializes_exactly_as_the_manifest() {
     let (mut fx, t) = one_node(6, 2);
     fx.feed(completed("n1", &t[2]));
-    fx.feed(SchedEvent::DeviceDown {
-        node: "n1".into(),
-        device: "d1".into(),
-        reason: LossReason::DeviceRestart,
-        disable: false,
-    });
+    fx.feed(device_restart("n1", "d1"));
     fx.feed(completed("n1", &t[0]));
 
     let snap = fx.sched.manifest_snapshot(S1).expect("in memory");
