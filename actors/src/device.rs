@@ -17,9 +17,22 @@ use crate::worker::{DeviceEvent, WorkerMsg};
 
 /// Least time between two progress reports of one task.
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+
 /// How long an executor has to stop once its task is cancelled or timed
 /// out; then the device stops waiting for it and takes its next task.
 pub const STOP_GRACE: Duration = Duration::from_secs(1);
+
+/// Messages of [`Device`].
+pub enum DeviceMsg {
+    /// Run a task (after the ones queued before it) unless `cancel` fired.
+    Run(Box<TaskSpec>, CancellationToken),
+    /// Quarantine an attempt's outputs except `keep` (runs after the attempt stopped).
+    Quarantine(AttemptKey, Vec<String>),
+    /// Start afresh (after its attempts were dropped).
+    Restart,
+}
+
+impl ractor::Message for DeviceMsg {}
 
 /// A device slot.
 pub struct Device;
@@ -41,23 +54,54 @@ pub struct DeviceActorState {
     tasks_run: u64,
 }
 
-/// Messages of [`Device`].
-pub enum DeviceMsg {
-    /// Run a task (after the ones queued before it) unless `cancel` fired.
-    Run(Box<TaskSpec>, CancellationToken),
-    /// Quarantine an attempt's outputs except `keep` (runs after the attempt stopped).
-    Quarantine(AttemptKey, Vec<String>),
-    /// Start afresh (after its attempts were dropped).
-    Restart,
-}
+impl Actor for Device {
+    type Msg = DeviceMsg;
+    type State = DeviceActorState;
+    type Arguments = DeviceArgs;
 
-impl ractor::Message for DeviceMsg {}
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: DeviceArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(DeviceActorState {
+            args,
+            state: DeviceState::Idle,
+            tasks_run: 0,
+        })
+    }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            // Boxed: the running task's future lives on the heap only while
+            // it runs, instead of inside every idle device's actor loop
+            // (3 KB per device; docs/benchmarks/history.md, "Memory per device actor").
+            DeviceMsg::Run(task, cancel) => Box::pin(state.run(*task, cancel)).await,
+            DeviceMsg::Quarantine(key, keep) => {
+                let rel = out_dir(&key, &state.args.node, &state.args.info.id);
+                match state.args.io.quarantine(&rel, &keep) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        info!(node_id = %state.args.node, device_id = %state.args.info.id, session = %key.session, task = key.task, attempt = key.attempt, files = n, "partial outputs quarantined")
+                    }
+                    Err(e) => {
+                        warn!(node_id = %state.args.node, device_id = %state.args.info.id, error = %e, "quarantine failed")
+                    }
+                }
+            }
+            DeviceMsg::Restart => {
+                state.state = DeviceState::Idle;
+                state.tasks_run = 0;
+                info!(node_id = %state.args.node, device_id = %state.args.info.id, "device restarted");
+            }
+        }
+        Ok(())
+    }
 }
 
 impl DeviceActorState {
@@ -223,52 +267,405 @@ impl DeviceActorState {
     }
 }
 
-impl Actor for Device {
-    type Msg = DeviceMsg;
-    type State = DeviceActorState;
-    type Arguments = DeviceArgs;
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        args: DeviceArgs,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(DeviceActorState {
-            args,
-            state: DeviceState::Idle,
-            tasks_run: 0,
-        })
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::NullIo;
+    use crate::protocol::{ExecutorSpec, FrameRange, IdRange, OutputFile};
+    use tokio::sync::mpsc;
+
+    /// The longest a test waits for what it expects before it fails.
+    const WAIT: Duration = Duration::from_secs(5);
+
+    /// Stands in for the worker: forwards what a Device actor tells it.
+    struct WorkerProbe;
+
+    impl Actor for WorkerProbe {
+        type Msg = WorkerMsg;
+        type State = mpsc::UnboundedSender<DeviceEvent>;
+        type Arguments = mpsc::UnboundedSender<DeviceEvent>;
+
+        async fn pre_start(
+            &self,
+            _myself: ActorRef<Self::Msg>,
+            tx: Self::Arguments,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            Ok(tx)
+        }
+
+        async fn handle(
+            &self,
+            _myself: ActorRef<Self::Msg>,
+            msg: Self::Msg,
+            tx: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            if let WorkerMsg::Device(ev) = msg {
+                let _ = tx.send(*ev);
+            }
+            Ok(())
+        }
     }
 
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            // Boxed: the running task's future lives on the heap only while
-            // it runs, instead of inside every idle device's actor loop
-            // (3 KB per device; docs/benchmarks/history.md, "Memory per device actor").
-            DeviceMsg::Run(task, cancel) => Box::pin(state.run(*task, cancel)).await,
-            DeviceMsg::Quarantine(key, keep) => {
-                let rel = out_dir(&key, &state.args.node, &state.args.info.id);
-                match state.args.io.quarantine(&rel, &keep) {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        info!(node_id = %state.args.node, device_id = %state.args.info.id, session = %key.session, task = key.task, attempt = key.attempt, files = n, "partial outputs quarantined")
-                    }
-                    Err(e) => {
-                        warn!(node_id = %state.args.node, device_id = %state.args.info.id, error = %e, "quarantine failed")
-                    }
+    /// A [`DeviceEvent::Finished`] without its times.
+    #[derive(Debug, PartialEq)]
+    struct Done {
+        key: AttemptKey,
+        device: String,
+        last_id_used: Option<u64>,
+        outputs: Vec<OutputFile>,
+        outcome: TaskOutcome,
+    }
+
+    /// A finished attempt with its unix-ms start and end.
+    struct Timed {
+        done: Done,
+        started_ms: u64,
+        finished_ms: u64,
+    }
+
+    fn sleep(ms_per_frame: u64) -> ExecutorSpec {
+        ExecutorSpec::Sleep { ms_per_frame }
+    }
+
+    fn task(
+        session: &str,
+        task: u64,
+        device: &str,
+        frames: u64,
+        executor: ExecutorSpec,
+    ) -> TaskSpec {
+        TaskSpec {
+            session: session.into(),
+            session_name: session.into(),
+            task,
+            attempt: 1,
+            frames: FrameRange {
+                start: 0,
+                end: frames,
+            },
+            ids: IdRange {
+                lo: task * 1000,
+                hi: task * 1000 + frames,
+            },
+            device: device.into(),
+            executor,
+            timeout_ms: 60_000,
+            items: vec![],
+        }
+    }
+
+    fn key(t: &TaskSpec) -> AttemptKey {
+        AttemptKey {
+            session: t.session.clone(),
+            task: t.task,
+            attempt: t.attempt,
+        }
+    }
+
+    fn completed(t: &TaskSpec) -> Done {
+        Done {
+            key: key(t),
+            device: t.device.clone(),
+            last_id_used: None,
+            outputs: vec![],
+            outcome: TaskOutcome::Completed,
+        }
+    }
+
+    async fn probe() -> (ActorRef<WorkerMsg>, mpsc::UnboundedReceiver<DeviceEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (probe, _) = Actor::spawn(None, WorkerProbe, tx).await.expect("probe");
+        (probe, rx)
+    }
+
+    fn args(id: &str, worker: &ActorRef<WorkerMsg>, slots: &Arc<Semaphore>) -> DeviceArgs {
+        DeviceArgs {
+            info: DeviceInfo {
+                id: id.into(),
+                handle: format!("test:{id}"),
+                capabilities: Default::default(),
+            },
+            node: "n1".into(),
+            worker: worker.clone(),
+            slots: slots.clone(),
+            io: Arc::new(NullIo),
+        }
+    }
+
+    async fn device(
+        id: &str,
+        worker: &ActorRef<WorkerMsg>,
+        slots: &Arc<Semaphore>,
+    ) -> ActorRef<DeviceMsg> {
+        let (dev, _) = Actor::spawn(None, Device, args(id, worker, slots))
+            .await
+            .expect("device");
+        dev
+    }
+
+    fn run(dev: &ActorRef<DeviceMsg>, t: &TaskSpec) -> CancellationToken {
+        let token = CancellationToken::new();
+        dev.cast(DeviceMsg::Run(Box::new(t.clone()), token.clone()))
+            .expect("the device is alive");
+        token
+    }
+
+    async fn next(rx: &mut mpsc::UnboundedReceiver<DeviceEvent>, what: &str) -> DeviceEvent {
+        tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no event within {WAIT:?}: waited for {what}"))
+            .expect("the probe is alive")
+    }
+
+    /// The next result, skipping progress reports; all within [`WAIT`].
+    async fn finished(rx: &mut mpsc::UnboundedReceiver<DeviceEvent>, what: &str) -> Timed {
+        let result = async {
+            while let Some(ev) = rx.recv().await {
+                if let DeviceEvent::Finished {
+                    key,
+                    device,
+                    started_ms,
+                    finished_ms,
+                    last_id_used,
+                    outputs,
+                    outcome,
+                } = ev
+                {
+                    return Timed {
+                        done: Done {
+                            key,
+                            device,
+                            last_id_used,
+                            outputs,
+                            outcome,
+                        },
+                        started_ms,
+                        finished_ms,
+                    };
                 }
             }
-            DeviceMsg::Restart => {
-                state.state = DeviceState::Idle;
-                state.tasks_run = 0;
-                info!(node_id = %state.args.node, device_id = %state.args.info.id, "device restarted");
+            panic!("the probe stopped: waited for {what}")
+        };
+        tokio::time::timeout(WAIT, result)
+            .await
+            .unwrap_or_else(|_| panic!("no result within {WAIT:?}: waited for {what}"))
+    }
+
+    #[tokio::test]
+    async fn a_task_runs_and_its_result_reaches_the_worker_under_its_attempt_key() {
+        let (worker, mut rx) = probe().await;
+        let dev = device("d0", &worker, &Arc::new(Semaphore::new(1))).await;
+        let mut t = task("dev-run", 3, "d0", 5, ExecutorSpec::Noop);
+        t.attempt = 2;
+        run(&dev, &t);
+        // The first thing the worker hears is the result: noop reports no progress.
+        match next(&mut rx, "the noop task's result").await {
+            DeviceEvent::Finished {
+                key,
+                device,
+                started_ms,
+                finished_ms,
+                last_id_used,
+                outputs,
+                outcome,
+            } => {
+                assert_eq!(
+                    Done {
+                        key,
+                        device,
+                        last_id_used,
+                        outputs,
+                        outcome
+                    },
+                    completed(&t)
+                );
+                assert!(
+                    started_ms > 0 && started_ms <= finished_ms,
+                    "{started_ms} .. {finished_ms}"
+                );
             }
+            other => panic!("expected the result, got {other:?}"),
         }
-        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_task_past_its_timeout_fails_with_the_frames_it_finished() {
+        let (worker, mut rx) = probe().await;
+        let dev = device("d0", &worker, &Arc::new(Semaphore::new(1))).await;
+        // Frames end at 1 s, 2 s, …; the timeout falls half-way between the
+        // first two (wide margins: a loaded machine delays timers).
+        let mut t = task("dev-timeout", 1, "d0", 10, sleep(1000));
+        t.timeout_ms = 1500;
+        run(&dev, &t);
+        match next(&mut rx, "the progress after the first frame").await {
+            DeviceEvent::Progress {
+                key: k,
+                frames_done,
+                last_id_used,
+                outputs,
+            } => {
+                assert_eq!(k, key(&t));
+                assert_eq!((frames_done, last_id_used, outputs), (1, None, vec![]));
+            }
+            other => panic!("expected progress, got {other:?}"),
+        }
+        let r = finished(&mut rx, "the timed-out task's result").await;
+        assert_eq!(
+            r.done.outcome,
+            TaskOutcome::Failed {
+                frames_done: 1,
+                error: "timed out after 1500 ms".into(),
+            }
+        );
+        assert_eq!(r.done.key, key(&t));
+    }
+
+    #[tokio::test]
+    async fn tasks_queued_on_one_device_run_one_after_the_other() {
+        let (worker, mut rx) = probe().await;
+        // Slots to spare: only the device's own queue keeps them apart.
+        let dev = device("d0", &worker, &Arc::new(Semaphore::new(4))).await;
+        let first = task("dev-fifo", 1, "d0", 3, sleep(40));
+        let second = task("dev-fifo", 2, "d0", 3, sleep(40));
+        run(&dev, &first);
+        run(&dev, &second);
+        let a = finished(&mut rx, "the first task's result").await;
+        let b = finished(&mut rx, "the second task's result").await;
+        assert_eq!(a.done, completed(&first));
+        assert_eq!(b.done, completed(&second));
+        assert!(
+            b.started_ms >= a.finished_ms,
+            "the second started at {} before the first ended at {}",
+            b.started_ms,
+            a.finished_ms
+        );
+    }
+
+    #[tokio::test]
+    async fn devices_of_a_node_with_one_slot_never_run_at_once() {
+        let (worker, mut rx) = probe().await;
+        let slots = Arc::new(Semaphore::new(1));
+        let d0 = device("d0", &worker, &slots).await;
+        let d1 = device("d1", &worker, &slots).await;
+        let a = task("dev-slots", 1, "d0", 3, sleep(40));
+        let b = task("dev-slots", 2, "d1", 3, sleep(40));
+        run(&d0, &a);
+        run(&d1, &b);
+        let x = finished(&mut rx, "the first result").await;
+        let y = finished(&mut rx, "the second result").await;
+        let mut both = [x.done.key.task, y.done.key.task];
+        both.sort();
+        assert_eq!(both, [1, 2], "both tasks complete");
+        assert_eq!(x.done.outcome, TaskOutcome::Completed);
+        assert_eq!(y.done.outcome, TaskOutcome::Completed);
+        assert!(
+            y.started_ms >= x.finished_ms,
+            "task {} started at {} while task {} held the only slot until {}",
+            y.done.key.task,
+            y.started_ms,
+            x.done.key.task,
+            x.finished_ms
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_attempt_stops_and_reports_nothing() {
+        let (worker, mut rx) = probe().await;
+        let dev = device("d0", &worker, &Arc::new(Semaphore::new(1))).await;
+        // 100 s of work unless it stops.
+        let stale = task("dev-cancel", 1, "d0", 1000, sleep(100));
+        let next_one = task("dev-cancel", 2, "d0", 1, ExecutorSpec::Noop);
+        let token = run(&dev, &stale);
+        match next(&mut rx, "progress of the long task").await {
+            DeviceEvent::Progress { key: k, .. } => assert_eq!(k, key(&stale)),
+            other => panic!("expected progress, got {other:?}"),
+        }
+        token.cancel();
+        run(&dev, &next_one);
+        // The device's events keep their order: a result of the cancelled
+        // attempt would come before the next task's.
+        let r = finished(
+            &mut rx,
+            "the next task's result, once the cancelled one stopped",
+        )
+        .await;
+        assert_eq!(r.done, completed(&next_one));
+    }
+
+    #[tokio::test]
+    async fn a_task_cancelled_while_it_waits_for_a_slot_never_runs() {
+        let (worker, mut rx) = probe().await;
+        // No slot free: the task waits for one.
+        let slots = Arc::new(Semaphore::new(0));
+        // The device's own state, driven directly: its counters are private.
+        let me = device("d0", &worker, &slots).await;
+        let mut st = Device
+            .pre_start(me, args("d0", &worker, &slots))
+            .await
+            .expect("pre_start");
+        let waiting = task("dev-wait", 1, "d0", 1, ExecutorSpec::Noop);
+        let token = CancellationToken::new();
+        let cancel = async {
+            tokio::task::yield_now().await;
+            token.cancel();
+        };
+        tokio::time::timeout(WAIT, async {
+            tokio::join!(st.run(waiting.clone(), token.clone()), cancel)
+        })
+        .await
+        .expect("a cancelled task stops waiting for a slot");
+        assert_eq!(st.tasks_run, 0, "it never ran");
+        assert_eq!(st.state, DeviceState::Idle);
+        // A slot frees: the next task is the first the worker hears of.
+        slots.add_permits(1);
+        let after = task("dev-wait", 2, "d0", 1, ExecutorSpec::Noop);
+        st.run(after.clone(), CancellationToken::new()).await;
+        assert_eq!(st.tasks_run, 1);
+        let r = finished(&mut rx, "the task after the cancelled one").await;
+        assert_eq!(r.done, completed(&after));
+    }
+
+    #[tokio::test]
+    async fn a_restart_leaves_the_device_idle_with_nothing_counted() {
+        let (worker, mut rx) = probe().await;
+        let slots = Arc::new(Semaphore::new(1));
+        // The device's own state, driven directly: its counters are private.
+        let me = device("d0", &worker, &slots).await;
+        let mut st = Device
+            .pre_start(me.clone(), args("d0", &worker, &slots))
+            .await
+            .expect("pre_start");
+        for n in 1..=2 {
+            st.run(
+                task("dev-restart", n, "d0", 1, ExecutorSpec::Noop),
+                CancellationToken::new(),
+            )
+            .await;
+        }
+        assert_eq!((st.tasks_run, st.state), (2, DeviceState::Idle));
+        // Whatever it was doing, it comes back idle.
+        st.state = DeviceState::Busy;
+        Device
+            .handle(me, DeviceMsg::Restart, &mut st)
+            .await
+            .expect("restart");
+        assert_eq!((st.tasks_run, st.state), (0, DeviceState::Idle));
+        // And it takes work again.
+        let after = task("dev-restart", 3, "d0", 1, ExecutorSpec::Noop);
+        st.run(after.clone(), CancellationToken::new()).await;
+        assert_eq!(st.tasks_run, 1);
+        for n in 1..=2 {
+            let r = finished(&mut rx, "a result from before the restart").await;
+            assert_eq!(r.done.key.task, n);
+        }
+        let r = finished(&mut rx, "the result after the restart").await;
+        assert_eq!(r.done, completed(&after));
     }
 }

@@ -26,20 +26,25 @@ use crate::protocol::{
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-/// A worker node's agent.
-pub struct Worker;
-
-/// Arguments of [`Worker`].
-pub struct WorkerArgs {
-    pub node: String,
-    pub advertise: String,
-    pub capabilities: Capabilities,
-    pub devices: Vec<DeviceInfo>,
-    pub max_concurrency: u32,
-    pub heartbeat_ms: u64,
-    pub io: Arc<dyn NodeIo>,
-    /// Reports not yet acknowledged, restored from disk after a restart.
-    pub outbox: Outbox,
+/// Messages of [`Worker`].
+pub enum WorkerMsg {
+    /// A message from the master (remote or local).
+    Master(ToWorker),
+    /// Bytes from the network that did not decode; counted and logged.
+    Malformed(String),
+    /// Local: heartbeat timer.
+    Tick,
+    /// Local: unregister from the master; replies `true` once the master
+    /// recorded the leave, `false` at once when not registered.
+    Leave(RpcReplyPort<bool>),
+    /// Local: where this worker stands with the master.
+    Registration(RpcReplyPort<Registration>),
+    /// Local: a device's progress or result.
+    Device(Box<DeviceEvent>),
+    /// Local: the devices of this worker, in configuration order.
+    Devices(RpcReplyPort<Vec<ActorRef<DeviceMsg>>>),
+    /// Local: write the outbox changes made so far.
+    Flush,
 }
 
 /// What a device tells its worker.
@@ -60,6 +65,22 @@ pub enum DeviceEvent {
         outputs: Vec<OutputFile>,
         outcome: TaskOutcome,
     },
+}
+
+/// A worker node's agent.
+pub struct Worker;
+
+/// Arguments of [`Worker`].
+pub struct WorkerArgs {
+    pub node: String,
+    pub advertise: String,
+    pub capabilities: Capabilities,
+    pub devices: Vec<DeviceInfo>,
+    pub max_concurrency: u32,
+    pub heartbeat_ms: u64,
+    pub io: Arc<dyn NodeIo>,
+    /// Reports not yet acknowledged, restored from disk after a restart.
+    pub outbox: Outbox,
 }
 
 /// Where the worker stands with the master it currently sees.
@@ -116,6 +137,151 @@ pub struct WorkerState {
     /// How long an unacknowledged report waits before the outbox is sent
     /// again; doubles while the master stays silent.
     resend_after: Duration,
+}
+
+impl Actor for Worker {
+    type Msg = WorkerMsg;
+    type State = WorkerState;
+    type Arguments = WorkerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: WorkerArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let mut args = args;
+        let outbox = std::mem::replace(&mut args.outbox, Outbox::open(None)?);
+        outbox.publish();
+        if !outbox.is_empty() {
+            info!(node_id = %args.node, reports = outbox.len(), "outbox restored; delivered once a master is registered");
+        }
+        let mut devices = Vec::with_capacity(args.devices.len());
+        let slots = Arc::new(Semaphore::new(args.max_concurrency.max(1) as usize));
+        for info in &args.devices {
+            let dargs = DeviceArgs {
+                info: info.clone(),
+                node: args.node.clone(),
+                worker: myself.clone(),
+                slots: slots.clone(),
+                io: args.io.clone(),
+            };
+            let (dev, _) = Actor::spawn_linked(None, Device, dargs, myself.get_cell()).await?;
+            devices.push(dev);
+        }
+        let by_id = args
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.id.clone(), i))
+            .collect();
+        pg::join(worker_group(&args.node), vec![myself.get_cell()]);
+        masters::monitor(myself.get_cell());
+        myself.send_interval(Duration::from_millis(args.heartbeat_ms), || WorkerMsg::Tick);
+        info!(node_id = %args.node, devices = devices.len(), "worker started");
+        let heartbeat_ms = args.heartbeat_ms;
+        let mut state = WorkerState {
+            args,
+            phase: Phase::NoMaster,
+            instance: rand::random(),
+            attempt: 0,
+            seq: 0,
+            devices,
+            by_id,
+            tasks: HashMap::new(),
+            leaving: None,
+            outbox,
+            flush_at: None,
+            masters_seen: Vec::new(),
+            current: None,
+            last_ack: Instant::now(),
+            resend_after: Duration::from_millis((heartbeat_ms * 5).max(5000)),
+        };
+        state.step();
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            WorkerMsg::Master(m) => state.on_master(m),
+            WorkerMsg::Malformed(what) => {
+                metrics::counter!(m::WIRE_DECODE_ERRORS).increment(1);
+                warn!(node_id = %state.args.node, error = %what, "dropped an undecodable message");
+            }
+            WorkerMsg::Tick => {
+                state.step();
+                // A report lost on the way while the master answers others:
+                // send everything again. A master that answers nothing at all
+                // gets nothing more (it has what was sent; a broken
+                // connection is noticed, and a new registration delivers
+                // the outbox).
+                let lost = state
+                    .outbox
+                    .oldest_sent()
+                    .is_some_and(|at| at.elapsed() > state.resend_after && state.last_ack > at);
+                if lost {
+                    state.deliver_outbox();
+                    state.resend_after = (state.resend_after * 2).min(Duration::from_secs(60));
+                }
+            }
+            WorkerMsg::Flush => state.flush(),
+            WorkerMsg::Device(ev) => state.on_device(*ev),
+            WorkerMsg::Leave(reply) => state.leave(reply),
+            WorkerMsg::Registration(reply) => {
+                let _ = reply.send(match &state.phase {
+                    Phase::NoMaster => Registration::NoMaster,
+                    Phase::Registering { .. } => Registration::Registering,
+                    Phase::Registered { epoch, .. } => Registration::Registered { epoch: *epoch },
+                    Phase::Refused { reason, .. } => Registration::Refused {
+                        reason: reason.clone(),
+                    },
+                });
+            }
+            WorkerMsg::Devices(reply) => {
+                let _ = reply.send(state.devices.clone());
+            }
+        }
+        state.settle(&myself);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.outbox.flush(true);
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        evt: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match evt {
+            SupervisionEvent::ProcessGroupChanged(change)
+                if change.get_scope() == MASTERS_SCOPE =>
+            {
+                if let GroupChangeMessage::Leave(..) = change {
+                    info!(node_id = %state.args.node, "master left the cluster view");
+                }
+                state.step();
+                // Reports the master may not have recorded go to disk now.
+                state.flush();
+            }
+            SupervisionEvent::ActorFailed(cell, err) => {
+                return Err(format!("device actor {} failed: {err}", cell.get_id()).into());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
 }
 
 impl WorkerState {
@@ -485,168 +651,272 @@ impl WorkerState {
     }
 }
 
-/// Messages of [`Worker`].
-pub enum WorkerMsg {
-    /// A message from the master (remote or local).
-    Master(ToWorker),
-    /// Bytes from the network that did not decode; counted and logged.
-    Malformed(String),
-    /// Local: heartbeat timer.
-    Tick,
-    /// Local: unregister from the master; replies `true` once the master
-    /// recorded the leave, `false` at once when not registered.
-    Leave(RpcReplyPort<bool>),
-    /// Local: where this worker stands with the master.
-    Registration(RpcReplyPort<Registration>),
-    /// Local: a device's progress or result.
-    Device(Box<DeviceEvent>),
-    /// Local: the devices of this worker, in configuration order.
-    Devices(RpcReplyPort<Vec<ActorRef<DeviceMsg>>>),
-    /// Local: write the outbox changes made so far.
-    Flush,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::NullIo;
+    use crate::protocol::{CapValue, ExecutorSpec, FrameRange, IdRange, LossReason};
+    use tokio::sync::mpsc;
 
-impl Actor for Worker {
-    type Msg = WorkerMsg;
-    type State = WorkerState;
-    type Arguments = WorkerArgs;
+    /// The longest a test waits for what it expects before it fails.
+    const WAIT: Duration = Duration::from_secs(5);
 
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        args: WorkerArgs,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        let mut args = args;
-        let outbox = std::mem::replace(&mut args.outbox, Outbox::open(None)?);
-        outbox.publish();
-        if !outbox.is_empty() {
-            info!(node_id = %args.node, reports = outbox.len(), "outbox restored; delivered once a master is registered");
+    /// Stands in for the master: forwards what a Worker actor tells it.
+    struct MasterProbe;
+
+    impl Actor for MasterProbe {
+        type Msg = MasterMsg;
+        type State = mpsc::UnboundedSender<ToMaster>;
+        type Arguments = mpsc::UnboundedSender<ToMaster>;
+
+        async fn pre_start(
+            &self,
+            _myself: ActorRef<Self::Msg>,
+            tx: Self::Arguments,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            Ok(tx)
         }
-        let mut devices = Vec::with_capacity(args.devices.len());
-        let slots = Arc::new(Semaphore::new(args.max_concurrency.max(1) as usize));
-        for info in &args.devices {
-            let dargs = DeviceArgs {
-                info: info.clone(),
-                node: args.node.clone(),
-                worker: myself.clone(),
-                slots: slots.clone(),
-                io: args.io.clone(),
-            };
-            let (dev, _) = Actor::spawn_linked(None, Device, dargs, myself.get_cell()).await?;
-            devices.push(dev);
+
+        async fn handle(
+            &self,
+            _myself: ActorRef<Self::Msg>,
+            msg: Self::Msg,
+            tx: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            if let MasterMsg::Worker(m) = msg {
+                let _ = tx.send(m);
+            }
+            Ok(())
         }
-        let by_id = args
-            .devices
-            .iter()
-            .enumerate()
-            .map(|(i, d)| (d.id.clone(), i))
-            .collect();
-        pg::join(worker_group(&args.node), vec![myself.get_cell()]);
-        masters::monitor(myself.get_cell());
-        myself.send_interval(Duration::from_millis(args.heartbeat_ms), || WorkerMsg::Tick);
-        info!(node_id = %args.node, devices = devices.len(), "worker started");
-        let heartbeat_ms = args.heartbeat_ms;
-        let mut state = WorkerState {
-            args,
-            phase: Phase::NoMaster,
-            instance: rand::random(),
-            attempt: 0,
-            seq: 0,
-            devices,
-            by_id,
-            tasks: HashMap::new(),
-            leaving: None,
-            outbox,
-            flush_at: None,
-            masters_seen: Vec::new(),
-            current: None,
-            last_ack: Instant::now(),
-            resend_after: Duration::from_millis((heartbeat_ms * 5).max(5000)),
+    }
+
+    fn device(id: &str) -> DeviceInfo {
+        DeviceInfo {
+            id: id.into(),
+            handle: format!("test:{id}"),
+            capabilities: Default::default(),
+        }
+    }
+
+    fn task(task: u64, device: &str, frames: u64, executor: ExecutorSpec) -> TaskSpec {
+        TaskSpec {
+            session: "wt-session".into(),
+            session_name: "wt-session".into(),
+            task,
+            attempt: 1,
+            frames: FrameRange {
+                start: 0,
+                end: frames,
+            },
+            ids: IdRange {
+                lo: task * 1000,
+                hi: task * 1000 + frames,
+            },
+            device: device.into(),
+            executor,
+            timeout_ms: 60_000,
+            items: vec![],
+        }
+    }
+
+    fn key(t: &TaskSpec) -> AttemptKey {
+        AttemptKey {
+            session: t.session.clone(),
+            task: t.task,
+            attempt: t.attempt,
+        }
+    }
+
+    /// The next message the master gets that `pick` takes; the others are
+    /// skipped. All within [`WAIT`].
+    async fn next_of<T>(
+        rx: &mut mpsc::UnboundedReceiver<ToMaster>,
+        what: &str,
+        mut pick: impl FnMut(ToMaster) -> Option<T>,
+    ) -> T {
+        let found = async {
+            while let Some(m) = rx.recv().await {
+                if let Some(t) = pick(m) {
+                    return t;
+                }
+            }
+            panic!("the probe stopped: waited for {what}")
         };
-        state.step();
-        Ok(state)
+        tokio::time::timeout(WAIT, found)
+            .await
+            .unwrap_or_else(|_| panic!("nothing within {WAIT:?}: waited for {what}"))
     }
 
-    async fn handle(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            WorkerMsg::Master(m) => state.on_master(m),
-            WorkerMsg::Malformed(what) => {
-                metrics::counter!(m::WIRE_DECODE_ERRORS).increment(1);
-                warn!(node_id = %state.args.node, error = %what, "dropped an undecodable message");
+    async fn next_result(rx: &mut mpsc::UnboundedReceiver<ToMaster>, what: &str) -> TaskResult {
+        next_of(rx, what, |m| match m {
+            ToMaster::Result(r) => Some(r),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn registration(worker: &ActorRef<WorkerMsg>) -> Registration {
+        ractor::call!(worker, WorkerMsg::Registration).expect("the worker answers")
+    }
+
+    fn tell(worker: &ActorRef<WorkerMsg>, msg: ToWorker) {
+        worker
+            .cast(WorkerMsg::Master(msg))
+            .expect("the worker is alive");
+    }
+
+    /// The one test of this binary that makes a master visible: process
+    /// groups are process-wide, and a worker works for the oldest master it
+    /// sees, so a second test with its own probe master could take the
+    /// other's messages when both run in one process (`cargo test`).
+    #[tokio::test]
+    async fn a_worker_registers_with_the_master_it_finds_and_reports_through_its_outbox() {
+        let node = "wt-node";
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (master, _) = Actor::spawn(None, MasterProbe, tx).await.expect("probe");
+        let claim = Claim {
+            since_ms: 1,
+            node: "wt-probe-master".into(),
+        };
+        masters::join(&claim, master.get_cell());
+        let capabilities: Capabilities = [("gpu".to_string(), CapValue::Bool(true))].into();
+        let devices = vec![device("d0"), device("d1")];
+        let (worker, _) = Actor::spawn(
+            None,
+            Worker,
+            WorkerArgs {
+                node: node.into(),
+                advertise: "127.0.0.1:7001".into(),
+                capabilities: capabilities.clone(),
+                devices: devices.clone(),
+                max_concurrency: 2,
+                // No heartbeat or retransmission during the test.
+                heartbeat_ms: 60_000,
+                io: Arc::new(NullIo),
+                outbox: Outbox::open(None).expect("an outbox in memory"),
+            },
+        )
+        .await
+        .expect("worker");
+
+        // It registers at once with the master it sees, naming its devices.
+        let first = next_of(&mut rx, "the registration", Some).await;
+        let ToMaster::Register(reg) = first else {
+            panic!("expected a registration first, got {first:?}");
+        };
+        let instance = reg.instance;
+        assert_eq!(
+            reg,
+            Register {
+                protocol_version: PROTOCOL_VERSION,
+                node: node.into(),
+                advertise: "127.0.0.1:7001".into(),
+                capabilities,
+                devices,
+                max_concurrency: 2,
+                instance,
+                attempt: 1,
+                held: vec![],
             }
-            WorkerMsg::Tick => {
-                state.step();
-                // A report lost on the way while the master answers others:
-                // send everything again. A master that answers nothing at all
-                // gets nothing more (it has what was sent; a broken
-                // connection is noticed, and a new registration delivers
-                // the outbox).
-                let lost = state
-                    .outbox
-                    .oldest_sent()
-                    .is_some_and(|at| at.elapsed() > state.resend_after && state.last_ack > at);
-                if lost {
-                    state.deliver_outbox();
-                    state.resend_after = (state.resend_after * 2).min(Duration::from_secs(60));
+        );
+        assert_eq!(registration(&worker).await, Registration::Registering);
+        tell(
+            &worker,
+            ToWorker::Registered {
+                epoch: 7,
+                master: claim.node.clone(),
+            },
+        );
+        assert_eq!(
+            registration(&worker).await,
+            Registration::Registered { epoch: 7 }
+        );
+
+        // An assignment runs on its device; its result reaches the master
+        // under the worker's epoch, with an outbox sequence number.
+        let t1 = task(1, "d0", 4, ExecutorSpec::Noop);
+        tell(&worker, ToWorker::Assign(t1.clone()));
+        let r1 = next_result(&mut rx, "the result of task 1").await;
+        assert_eq!(
+            r1,
+            TaskResult {
+                node: node.into(),
+                epoch: 7,
+                key: key(&t1),
+                device: "d0".into(),
+                started_ms: r1.started_ms,
+                finished_ms: r1.finished_ms,
+                last_id_used: None,
+                outputs: vec![],
+                outcome: TaskOutcome::Completed,
+                seq: r1.seq,
+            }
+        );
+        assert!(r1.started_ms > 0 && r1.started_ms <= r1.finished_ms);
+        assert!(r1.seq > 0, "the outbox numbers its reports");
+
+        // A dropped attempt stops: the task queued behind it on its device
+        // runs next, and its result is the next the master gets.
+        let t2 = task(2, "d1", 1000, ExecutorSpec::Sleep { ms_per_frame: 100 });
+        tell(&worker, ToWorker::Assign(t2.clone()));
+        next_of(&mut rx, "progress of task 2", |m| match m {
+            ToMaster::Progress(p) if p.key == key(&t2) => Some(()),
+            _ => None,
+        })
+        .await;
+        tell(
+            &worker,
+            ToWorker::Drop {
+                key: key(&t2),
+                device: "d1".into(),
+                keep: vec![],
+                reason: LossReason::StaleAttempt,
+            },
+        );
+        let t3 = task(3, "d1", 1, ExecutorSpec::Noop);
+        tell(&worker, ToWorker::Assign(t3.clone()));
+        let r3 = next_result(&mut rx, "the result of task 3, after task 2 was dropped").await;
+        assert_eq!((r3.key, r3.outcome), (key(&t3), TaskOutcome::Completed));
+        assert!(r3.seq > r1.seq, "reports are numbered in order");
+
+        // An assignment for a device the worker does not have fails at once.
+        let t4 = task(4, "d9", 1, ExecutorSpec::Noop);
+        tell(&worker, ToWorker::Assign(t4.clone()));
+        let r4 = next_result(&mut rx, "the refusal of task 4").await;
+        assert_eq!(
+            (r4.epoch, r4.key, r4.device, r4.outcome),
+            (
+                7,
+                key(&t4),
+                "d9".into(),
+                TaskOutcome::Failed {
+                    frames_done: 0,
+                    error: "no device `d9` on node `wt-node`".into(),
                 }
-            }
-            WorkerMsg::Flush => state.flush(),
-            WorkerMsg::Device(ev) => state.on_device(*ev),
-            WorkerMsg::Leave(reply) => state.leave(reply),
-            WorkerMsg::Registration(reply) => {
-                let _ = reply.send(match &state.phase {
-                    Phase::NoMaster => Registration::NoMaster,
-                    Phase::Registering { .. } => Registration::Registering,
-                    Phase::Registered { epoch, .. } => Registration::Registered { epoch: *epoch },
-                    Phase::Refused { reason, .. } => Registration::Refused {
-                        reason: reason.clone(),
-                    },
-                });
-            }
-            WorkerMsg::Devices(reply) => {
-                let _ = reply.send(state.devices.clone());
-            }
-        }
-        state.settle(&myself);
-        Ok(())
-    }
+            )
+        );
 
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        state.outbox.flush(true);
-        Ok(())
-    }
+        // The outbox keeps every result until the master acknowledges it: a
+        // new registration names those still held, not the acknowledged one.
+        tell(&worker, ToWorker::Ack { seqs: vec![r1.seq] });
+        tell(
+            &worker,
+            ToWorker::Reregister {
+                reason: "test".into(),
+            },
+        );
+        let again = next_of(&mut rx, "the new registration", |m| match m {
+            ToMaster::Register(r) => Some(r),
+            _ => None,
+        })
+        .await;
+        assert_eq!(
+            (again.instance, again.attempt, again.held),
+            (instance, 2, vec![key(&t3), key(&t4)])
+        );
 
-    async fn handle_supervisor_evt(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        evt: SupervisionEvent,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        match evt {
-            SupervisionEvent::ProcessGroupChanged(change)
-                if change.get_scope() == MASTERS_SCOPE =>
-            {
-                if let GroupChangeMessage::Leave(..) = change {
-                    info!(node_id = %state.args.node, "master left the cluster view");
-                }
-                state.step();
-                // Reports the master may not have recorded go to disk now.
-                state.flush();
-            }
-            SupervisionEvent::ActorFailed(cell, err) => {
-                return Err(format!("device actor {} failed: {err}", cell.get_id()).into());
-            }
-            _ => {}
-        }
-        Ok(())
+        worker.stop(None);
+        masters::leave(&claim, master.get_cell());
+        master.stop(None);
     }
 }
