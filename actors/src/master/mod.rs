@@ -477,3 +477,174 @@ impl MasterState {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The Master in one process, a probe standing in for a worker. Each
+    //! test runs in its own process under nextest (the claim and the
+    //! process groups are process-wide).
+    use super::*;
+    use crate::executor::NullIo;
+    use crate::protocol::{
+        CapValue, Capabilities, DeviceInfo, ExecutorSpec, FrameRange, Register, SessionSpec,
+        PROTOCOL_VERSION,
+    };
+    use tokio::sync::mpsc;
+
+    /// Stands in for a worker actor: forwards what the master tells it.
+    struct WorkerProbe;
+
+    impl Actor for WorkerProbe {
+        type Msg = WorkerMsg;
+        type State = mpsc::UnboundedSender<ToWorker>;
+        type Arguments = mpsc::UnboundedSender<ToWorker>;
+
+        async fn pre_start(
+            &self,
+            _myself: ActorRef<Self::Msg>,
+            tx: Self::Arguments,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            Ok(tx)
+        }
+
+        async fn handle(
+            &self,
+            _myself: ActorRef<Self::Msg>,
+            msg: Self::Msg,
+            tx: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            if let WorkerMsg::Master(m) = msg {
+                let _ = tx.send(m);
+            }
+            Ok(())
+        }
+    }
+
+    async fn master(node: &str) -> (ActorRef<MasterMsg>, Arc<ReadModel>) {
+        let read_model = Arc::new(ReadModel::new());
+        let args = MasterArgs {
+            node: node.into(),
+            detector: DetectorConfig {
+                heartbeat_ms: 60_000,
+                missed_heartbeats: 3,
+            },
+            grace_wait_ms: 1000,
+            io: Arc::new(NullIo),
+            store: None,
+            recovered: None,
+            sync_always: false,
+            resume_within_ms: 5000,
+            cluster: None,
+            read_model: read_model.clone(),
+        };
+        let (m, _) = Actor::spawn(None, Master, args)
+            .await
+            .expect("the master starts");
+        (m, read_model)
+    }
+
+    async fn admin(m: &ActorRef<MasterMsg>, req: AdminRequest) -> AdminReply {
+        ractor::call_t!(m, |port| MasterMsg::Admin(req, port), 5000).expect("the master answers")
+    }
+
+    fn spec(name: &str) -> SessionSpec {
+        SessionSpec {
+            name: name.into(),
+            frames: FrameRange { start: 0, end: 10 },
+            items: None,
+            chunk_frames: 1,
+            id_chunk_size: 10,
+            require: Default::default(),
+            prefer: Default::default(),
+            max_attempts: 3,
+            max_losses: crate::protocol::DEFAULT_MAX_LOSSES,
+            backoff_ms: 10,
+            backoff_max_ms: 40,
+            executor: ExecutorSpec::Noop,
+            timeout_ms: 60_000,
+            idempotency_key: None,
+        }
+    }
+
+    const WITHIN: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn what_a_write_changed_is_readable_when_its_answer_arrives() {
+        let (m, rm) = master("m-rw").await;
+        let AdminReply::Submitted { id } = admin(&m, AdminRequest::Submit(spec("rw"))).await else {
+            panic!("the submission is accepted");
+        };
+        // No worker: the session waits. The read model has it already.
+        match rm.answer(&AdminRequest::Session(id.clone()), WITHIN) {
+            Some(AdminReply::Session(v)) => assert_eq!(v.state, SessionState::Running),
+            other => panic!("the submitted session in the read model: {other:?}"),
+        }
+        assert!(matches!(
+            admin(&m, AdminRequest::Cancel(id.clone())).await,
+            AdminReply::Cancelled { .. }
+        ));
+        // Cancelled, and its manifest written (by its Session actor): the
+        // read model says so within the deadline, and never something else.
+        let deadline = tokio::time::Instant::now() + WITHIN;
+        loop {
+            let Some(AdminReply::Session(v)) =
+                rm.answer(&AdminRequest::Session(id.clone()), WITHIN)
+            else {
+                panic!("the session left the read model");
+            };
+            match v.state {
+                SessionState::Cancelled => break,
+                SessionState::Running => assert!(
+                    v.waiting.as_deref() == Some("cancelled; writing the manifest"),
+                    "after the cancel's answer only its manifest is awaited: {v:?}"
+                ),
+                other => panic!("a cancelled session shows {other:?}"),
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the cancelled session's manifest written within {WITHIN:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        m.stop(None);
+    }
+
+    #[tokio::test]
+    async fn a_worker_registered_is_in_the_read_model_when_it_hears_so() {
+        let (m, rm) = master("m-reg").await;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (probe, _) = Actor::spawn(None, WorkerProbe, tx).await.expect("probe");
+        pg::join(worker_group("w-reg"), vec![probe.get_cell()]);
+        let mut caps = Capabilities::new();
+        caps.insert("gpu".into(), CapValue::Bool(false));
+        m.cast(MasterMsg::Worker(ToMaster::Register(Register {
+            protocol_version: PROTOCOL_VERSION,
+            node: "w-reg".into(),
+            advertise: "127.0.0.1:1".into(),
+            capabilities: caps.clone(),
+            devices: vec![DeviceInfo {
+                id: "d0".into(),
+                handle: "d0".into(),
+                capabilities: caps,
+            }],
+            max_concurrency: 1,
+            instance: 1,
+            attempt: 1,
+            held: vec![],
+        })))
+        .expect("the master takes messages");
+        let reply = tokio::time::timeout(WITHIN, rx.recv())
+            .await
+            .expect("the master answers the registration within 5 s")
+            .expect("an answer");
+        assert!(matches!(reply, ToWorker::Registered { .. }), "{reply:?}");
+        match rm.answer(&AdminRequest::Status, WITHIN) {
+            Some(AdminReply::Status(s)) => {
+                assert_eq!((s.workers_total, s.workers_healthy), (1, 1), "{s:?}");
+                assert_eq!(s.master, "m-reg");
+            }
+            other => panic!("the status in the read model: {other:?}"),
+        }
+        m.stop(None);
+    }
+}
