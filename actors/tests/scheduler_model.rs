@@ -680,6 +680,10 @@ impl World {
     }
 
     fn check(&self) {
+        // Placement: the index picks what looking at every device picks.
+        if let Err(e) = self.sched.check_placement_index() {
+            panic!("{e}");
+        }
         let m = self.sched.manifest(&self.session).unwrap();
         // Produced and running ranges: inside the session, pairwise disjoint.
         let mut spans: Vec<FrameRange> = m.ranges.iter().map(|r| r.frames).collect();

@@ -53,6 +53,7 @@ impl Scheduler {
     pub(super) fn accepting(&mut self, node: &str, accepting: bool) {
         if let Some(n) = self.nodes.get_mut(node) {
             n.accepting = accepting;
+            self.index.node(n);
         }
         if !accepting {
             self.release_reserved_of(node);
@@ -69,6 +70,7 @@ impl Scheduler {
         }
         if let Some(n) = self.nodes.get_mut(&name) {
             n.drained = drained;
+            self.index.node(n);
         }
         if drained {
             self.release_reserved_of(&name);
@@ -171,6 +173,7 @@ impl Scheduler {
                 resume_by: None,
             },
         );
+        self.index.set_node(&self.nodes[&node_name]);
         for (s, t) in kept {
             self.keep_running(s, t, now_ms);
         }
@@ -194,8 +197,12 @@ impl Scheduler {
         if let Some(n) = self.nodes.get_mut(&run.node) {
             if n.running.remove(&(s, t)) {
                 n.inflight -= 1;
-                if let Some(&d) = n.by_id.get(&run.device) {
-                    n.devices[d].inflight -= 1;
+                match n.by_id.get(&run.device) {
+                    Some(&d) => {
+                        n.devices[d].inflight -= 1;
+                        self.index.device(n, d);
+                    }
+                    None => self.index.node(n),
                 }
             }
         }

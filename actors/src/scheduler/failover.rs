@@ -48,6 +48,7 @@ impl Scheduler {
             return;
         }
         let node = self.nodes.remove(name).expect("checked above");
+        self.index.remove_node(name);
         self.release_reserved_of(name);
         let mut lost: Vec<(SessionIdx, TaskIdx)> = node.running.into_iter().collect();
         lost.sort_unstable();
@@ -160,6 +161,7 @@ impl Scheduler {
             return false;
         };
         n.devices[d].disabled = disable;
+        self.index.device(n, d);
         let mut on_device: Vec<(SessionIdx, TaskIdx)> = n
             .running
             .iter()

@@ -28,6 +28,7 @@ use crate::protocol::{
 mod cluster;
 mod event;
 mod failover;
+mod index;
 mod placement;
 mod recovery;
 mod reports;
@@ -35,6 +36,8 @@ mod session;
 mod tasks;
 mod views;
 
+#[cfg(test)]
+mod index_test;
 #[cfg(test)]
 mod test_fixture;
 
@@ -60,6 +63,7 @@ mod views_test;
 use cluster::*;
 pub use event::{SchedCommand, SchedEvent};
 use failover::*;
+use index::PlacementIndex;
 pub use placement::caps_match;
 pub use recovery::MAX_RESERVED;
 use session::*;
@@ -127,6 +131,11 @@ pub struct Scheduler {
     deadlines: BTreeSet<(u64, SessionIdx, TaskIdx, u32)>,
     /// The node the last [`SchedEvent::Reserve`] was for.
     reserve_node: Option<Arc<str>>,
+    /// The devices that can take work, as placement asks for them.
+    index: PlacementIndex,
+    /// Place by looking at every device instead of the index (benchmarks
+    /// compare the two in one run).
+    scan_placement: bool,
 }
 
 impl Scheduler {
@@ -136,6 +145,13 @@ impl Scheduler {
             grace_ms: 15_000,
             ..Self::default()
         }
+    }
+
+    /// Place by looking at every device, as before the index: for
+    /// benchmarks that compare the two side by side.
+    pub fn with_scan_placement(mut self) -> Self {
+        self.scan_placement = true;
+        self
     }
 
     /// How long past its timeouts a silent attempt is given before it is

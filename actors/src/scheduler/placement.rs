@@ -69,11 +69,7 @@ impl Scheduler {
         }
         let mut blocked = vec![false; n];
         loop {
-            if self
-                .nodes
-                .values()
-                .all(|nd| !nd.accepting || nd.inflight >= nd.cap())
-            {
+            if !self.index.any_open() {
                 break;
             }
             let mut progressed = false;
@@ -118,11 +114,7 @@ impl Scheduler {
 
     pub(super) fn why_waiting(&self, s: SessionIdx) -> String {
         let spec = &self.sessions[s].spec;
-        let matching = self
-            .nodes
-            .values()
-            .flat_map(|n| n.devices.iter())
-            .any(|d| caps_match(&spec.require, &d.caps));
+        let matching = self.index.any_matches(&spec.require);
         if matching {
             "all matching devices are busy".into()
         } else if spec.require.is_empty() {
@@ -165,8 +157,78 @@ impl Scheduler {
         self.pick(s, t).map(|(n, d)| (t, n, d, true))
     }
 
-    /// The best device for task `t` of session `s`.
+    /// The best device for task `t` of session `s`, from the index; in
+    /// unit tests checked against [`Self::pick_by_scan`].
     pub(super) fn pick(&self, s: SessionIdx, t: TaskIdx) -> Option<(Arc<str>, usize)> {
+        if self.scan_placement {
+            return self.pick_by_scan(s, t);
+        }
+        let picked = self.pick_indexed(s, t);
+        #[cfg(test)]
+        assert_eq!(
+            picked,
+            self.pick_by_scan(s, t),
+            "the index and the brute force disagree"
+        );
+        picked
+    }
+
+    fn pick_indexed(&self, s: SessionIdx, t: TaskIdx) -> Option<(Arc<str>, usize)> {
+        let sess = &self.sessions[s];
+        let task = sess.tasks.touched.get(&t);
+        let lost = task.and_then(|t| t.lost_on.as_deref());
+        let avoid = task.and_then(|t| t.avoid.as_ref()).and_then(|(n, d)| {
+            let i = *self.nodes.get(n)?.by_id.get(d)?;
+            Some((&**n, i))
+        });
+        if let Some(found) = self
+            .index
+            .best(&sess.spec.require, &sess.spec.prefer, lost, avoid)
+        {
+            return Some(found);
+        }
+        // Whatever is left is on the node that lost the task or is the
+        // device that failed it: at most two nodes, looked at in full.
+        let mut names: Vec<&str> = lost.into_iter().chain(avoid.map(|(n, _)| n)).collect();
+        names.sort_unstable();
+        names.dedup();
+        let mut best = None;
+        for name in names {
+            if let Some(node) = self.nodes.get(name) {
+                self.best_on(s, t, node, &mut best);
+            }
+        }
+        best.map(|(_, n, i)| (n, i))
+    }
+
+    /// For invariant checks: for the next task of every running session
+    /// (lost work, reserved or pending), the index picks what looking at
+    /// every device picks. `Err` names the first disagreement.
+    pub fn check_placement_index(&self) -> Result<(), String> {
+        for &s in &self.active {
+            let sess = &self.sessions[s];
+            for t in sess
+                .pending
+                .front()
+                .into_iter()
+                .chain(sess.reserved.front().copied())
+            {
+                let (indexed, scanned) = (self.pick_indexed(s, t), self.pick_by_scan(s, t));
+                if indexed != scanned {
+                    return Err(format!(
+                        "session `{}` task {}: the index picks {indexed:?}, every device looked at picks {scanned:?}",
+                        sess.id,
+                        t.wire()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The best device for task `t` of session `s`, by looking at every
+    /// device: the reference the index must agree with.
+    pub(super) fn pick_by_scan(&self, s: SessionIdx, t: TaskIdx) -> Option<(Arc<str>, usize)> {
         let mut best = None;
         for node in self.nodes.values() {
             self.best_on(s, t, node, &mut best);
@@ -244,6 +306,7 @@ impl Scheduler {
         dev.inflight += 1;
         dev.last_used = self.use_counter;
         let device = dev.id.clone();
+        self.index.device(n, d);
         let sess = &mut self.sessions[s];
         sess.running += 1;
         sess.max_attempt = sess.max_attempt.max(sess.tasks.get_mut(t).attempt);

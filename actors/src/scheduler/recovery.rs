@@ -74,6 +74,7 @@ impl Scheduler {
         }
         for n in self.nodes.values_mut() {
             n.resume_by = Some(now_ms + within_ms);
+            self.index.node(n);
         }
     }
 
@@ -304,6 +305,7 @@ impl Scheduler {
         n.running.insert((s, t));
         n.inflight += 1;
         n.devices[d].inflight += 1;
+        self.index.device(n, d);
     }
 
     /// Nodes known from before a master restart that did not register again in time.

@@ -1,0 +1,230 @@
+//! The placement index against the brute force, on random fleets: every
+//! placement the scheduler makes while random events run is checked by
+//! `pick` itself in tests (it asserts the index picks what looking at every
+//! device picks), and after every event each session's next task is
+//! checked once more ([`Scheduler::check_placement_index`]).
+
+use proptest::prelude::*;
+
+use super::test_fixture::*;
+use super::*;
+
+/// A device's capabilities: one of a few classes, as a fleet has.
+fn caps(class: u8) -> Capabilities {
+    let mut c = Capabilities::new();
+    if class & 1 != 0 {
+        c.insert("gpu".into(), CapValue::Bool(true));
+    }
+    if class & 2 != 0 {
+        c.insert("os".into(), CapValue::Str("android".into()));
+    }
+    if class & 4 != 0 {
+        c.insert("ram".into(), CapValue::Int(16));
+    }
+    c
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Up {
+        node: u8,
+        devices: Vec<u8>,
+        max_concurrency: u32,
+    },
+    Down {
+        node: u8,
+    },
+    Accepting {
+        node: u8,
+        accepting: bool,
+    },
+    Drain {
+        node: u8,
+        drained: bool,
+    },
+    DeviceDown {
+        node: u8,
+        device: u8,
+        disable: bool,
+    },
+    Submit {
+        require: u8,
+        prefer_gpu: i64,
+        prefer_os: i64,
+        tasks: u64,
+    },
+    Complete {
+        pick: usize,
+    },
+    Fail {
+        pick: usize,
+    },
+    Tick {
+        ms: u64,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0u8..12, prop::collection::vec(0u8..8, 1..8), 1u32..4).prop_map(
+            |(node, devices, max_concurrency)| Op::Up { node, devices, max_concurrency }
+        ),
+        1 => (0u8..12).prop_map(|node| Op::Down { node }),
+        1 => (0u8..12, any::<bool>()).prop_map(|(node, accepting)| Op::Accepting { node, accepting }),
+        1 => (0u8..12, any::<bool>()).prop_map(|(node, drained)| Op::Drain { node, drained }),
+        1 => (0u8..12, 0u8..8, any::<bool>())
+            .prop_map(|(node, device, disable)| Op::DeviceDown { node, device, disable }),
+        2 => (0u8..8, -3i64..4, -3i64..4, 1u64..40).prop_map(|(require, prefer_gpu, prefer_os, tasks)| Op::Submit {
+            require, prefer_gpu, prefer_os, tasks
+        }),
+        6 => any::<usize>().prop_map(|pick| Op::Complete { pick }),
+        3 => any::<usize>().prop_map(|pick| Op::Fail { pick }),
+        1 => (1u64..5000).prop_map(|ms| Op::Tick { ms }),
+    ]
+}
+
+/// Apply `op`; the attempts running (node, task spec) are kept in `running`.
+fn apply(
+    sched: &mut Scheduler,
+    now: &mut u64,
+    sessions: &mut u32,
+    running: &mut Vec<(String, TaskSpec)>,
+    op: Op,
+) {
+    let name = |n: u8| format!("n{n:02}");
+    let mut out = match op {
+        Op::Up {
+            node,
+            devices,
+            max_concurrency,
+        } => sched.on_event(
+            SchedEvent::NodeUp {
+                node: name(node),
+                epoch: *now + 1,
+                max_concurrency,
+                devices: devices
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &c)| DeviceInfo {
+                        id: format!("d{i}"),
+                        handle: String::new(),
+                        capabilities: caps(c),
+                    })
+                    .collect(),
+                held: Vec::new(),
+            },
+            *now,
+        ),
+        Op::Down { node } => {
+            let epoch = sched.nodes.get(name(node).as_str()).map(|n| n.epoch);
+            match epoch {
+                Some(epoch) => sched.on_event(
+                    SchedEvent::NodeDown {
+                        node: name(node),
+                        epoch,
+                        reason: LossReason::NodeDown,
+                    },
+                    *now,
+                ),
+                None => Vec::new(),
+            }
+        }
+        Op::Accepting { node, accepting } => sched.on_event(
+            SchedEvent::NodeAccepting {
+                node: name(node),
+                accepting,
+            },
+            *now,
+        ),
+        Op::Drain { node, drained } => sched.on_event(
+            SchedEvent::Drain {
+                node: name(node),
+                drained,
+            },
+            *now,
+        ),
+        Op::DeviceDown {
+            node,
+            device,
+            disable,
+        } => sched.on_event(
+            SchedEvent::DeviceDown {
+                node: name(node),
+                device: format!("d{device}"),
+                reason: LossReason::DeviceRestart,
+                disable,
+            },
+            *now,
+        ),
+        Op::Submit {
+            require,
+            prefer_gpu,
+            prefer_os,
+            tasks,
+        } => {
+            *sessions += 1;
+            let mut s = spec(tasks, 1);
+            s.require = caps(require);
+            s.prefer = BTreeMap::from([
+                ("gpu".to_string(), prefer_gpu),
+                ("os".to_string(), prefer_os),
+            ]);
+            s.max_attempts = 5;
+            sched.on_event(
+                SchedEvent::Submit {
+                    id: format!("s{sessions}"),
+                    spec: s,
+                },
+                *now,
+            )
+        }
+        Op::Complete { pick } | Op::Fail { pick } if !running.is_empty() => {
+            let (node, t) = running.swap_remove(pick % running.len());
+            let outcome = if matches!(op, Op::Complete { .. }) {
+                TaskOutcome::Completed
+            } else {
+                TaskOutcome::Failed {
+                    frames_done: 0,
+                    error: "boom".into(),
+                }
+            };
+            let mut r = result(&node, &t, outcome);
+            r.epoch = sched.nodes.get(node.as_str()).map_or(0, |n| n.epoch);
+            sched.on_event(SchedEvent::Result(r), *now)
+        }
+        Op::Complete { .. } | Op::Fail { .. } => Vec::new(),
+        Op::Tick { ms } => {
+            *now += ms;
+            sched.on_event(SchedEvent::Tick, *now)
+        }
+    };
+    *now += 1;
+    for cmd in out.drain(..) {
+        match cmd {
+            SchedCommand::Assign { node, task, .. } => running.push((node, task)),
+            SchedCommand::Drop { node, key, .. } => {
+                running.retain(|(n, t)| !(*n == node && key_of(t) == key))
+            }
+            _ => {}
+        }
+    }
+    // Attempts of nodes that left are gone with them.
+    running.retain(|(n, _)| sched.nodes.contains_key(n.as_str()));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(300),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn the_index_places_as_looking_at_every_device_does(ops in prop::collection::vec(op(), 1..80)) {
+        let mut sched = Scheduler::new(0).with_grace(GRACE_MS);
+        let (mut now, mut sessions, mut running) = (1_000u64, 0u32, Vec::new());
+        for op in ops {
+            apply(&mut sched, &mut now, &mut sessions, &mut running, op);
+            prop_assert_eq!(sched.check_placement_index(), Ok(()));
+        }
+    }
+}
