@@ -286,6 +286,11 @@ impl World {
     }
 
     fn apply(&mut self, op: Op) {
+        // The master's continuations of a placement cut short by its budget
+        // (in the master, other messages come between; here the next op).
+        while self.sched.wants_to_place() {
+            self.feed(SchedEvent::Place);
+        }
         match op {
             Op::Up(i) if !self.up[i] => {
                 self.up[i] = true;
@@ -742,6 +747,17 @@ impl World {
     }
 }
 
+impl World {
+    /// From now on place in slices of `max`, as the master does in slices
+    /// of `PLACE_BUDGET` (recorded, so a replay slices the same).
+    fn sliced(mut self, max: Option<u32>) -> Self {
+        if let Some(max) = max {
+            self.feed(SchedEvent::PlaceBudget { max });
+        }
+        self
+    }
+}
+
 /// Apply `ops`, then heal and run to the end.
 fn run(mut w: World, ops: Vec<Op>) -> World {
     for o in ops {
@@ -796,9 +812,10 @@ proptest! {
         n_frames in 1u64..80,
         chunk in 1u64..12,
         max_attempts in 1u32..4,
+        budget in proptest::option::of(1u32..4),
         ops in proptest::collection::vec(op(), 0..120),
     ) {
-        let w = run(World::new(n_frames, chunk, max_attempts), ops);
+        let w = run(World::new(n_frames, chunk, max_attempts).sliced(budget), ops);
         check_final(&w)?;
     }
 }
@@ -817,9 +834,10 @@ proptest! {
         n_frames in 1u64..80,
         chunk in 1u64..12,
         max_attempts in 1u32..4,
+        budget in proptest::option::of(1u32..4),
         ops in proptest::collection::vec(op_batched(), 0..150),
     ) {
-        let w = run(World::new(n_frames, chunk, max_attempts).with_batches(), ops);
+        let w = run(World::new(n_frames, chunk, max_attempts).with_batches().sliced(budget), ops);
         check_final(&w)?;
         w.check_reruns_listed();
     }

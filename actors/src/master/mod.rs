@@ -44,6 +44,11 @@ mod sessions;
 use admin::*;
 use sessions::SessionActor;
 
+/// Most tasks one message places: a submission of a million tasks to a
+/// large fleet is placed in slices, and heartbeats, results and admin
+/// requests are handled between two (a slice costs a few milliseconds).
+pub const PLACE_BUDGET: u32 = 1_000;
+
 /// Messages of [`Master`].
 pub enum MasterMsg {
     /// A message from a worker (remote or local).
@@ -60,6 +65,9 @@ pub enum MasterMsg {
     /// decisions and acknowledgements that waited for them. Only the one
     /// with the latest generation counts.
     Commit(u64),
+    /// Local: place what the last event left for lack of budget (sent to
+    /// itself, behind what waits in the mailbox: see [`PLACE_BUDGET`]).
+    Place,
     /// Local: a Session actor wrote the manifest of `session` (`amend`: an
     /// amendment of it on disk; `ok`: it is on disk).
     ManifestWritten {
@@ -122,6 +130,8 @@ pub struct MasterState {
     session_of: HashMap<ActorId, String>,
     /// The version of the last session view taken.
     view_version: u64,
+    /// A [`MasterMsg::Place`] is in the mailbox.
+    place_queued: bool,
     /// A worker joined, left or changed whether it takes work since the
     /// read model was last published.
     members_changed: bool,
@@ -194,9 +204,17 @@ impl Actor for Master {
             MasterMsg::Malformed(what) => state.on_malformed(&what),
             MasterMsg::Tick => state.on_tick(&myself)?,
             MasterMsg::Commit(generation) => return state.commit(&myself, generation),
+            MasterMsg::Place => {
+                state.place_queued = false;
+                state.schedule(SchedEvent::Place);
+            }
             MasterMsg::ManifestWritten { session, amend, ok } => {
                 state.on_manifest_written(&session, amend, ok)
             }
+        }
+        if state.sched.wants_to_place() && !state.place_queued {
+            state.place_queued = true;
+            let _ = myself.cast(MasterMsg::Place);
         }
         state.handled_since_commit_queued += 1;
         if std::mem::take(&mut state.members_changed) {
@@ -287,6 +305,7 @@ impl MasterState {
             session_of: HashMap::new(),
             view_version: 0,
             members_changed: false,
+            place_queued: false,
             started: Instant::now(),
             started_unix_ms,
             // Epochs grow across restarts: fencing holds for workers of the old master.
@@ -312,6 +331,9 @@ impl MasterState {
             warned_of: HashSet::new(),
             cluster: args.cluster,
         };
+        // Events from here on place in slices; the record makes a replay
+        // place exactly as this run does (older events placed all at once).
+        state.schedule(SchedEvent::PlaceBudget { max: PLACE_BUDGET });
         if replayed > 0 {
             let running = state
                 .sched

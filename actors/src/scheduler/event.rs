@@ -77,6 +77,15 @@ pub enum SchedEvent {
         /// By session: task indexes, in the order they were pending.
         tasks: Vec<(String, Vec<u32>)>,
     },
+    /// From now on one event places at most `max` tasks; what is left is
+    /// placed by the [`SchedEvent::Place`] events that follow (the master
+    /// records this when it starts, so a replay places exactly as it did).
+    PlaceBudget {
+        max: u32,
+    },
+    /// Place what the last event left for lack of budget
+    /// ([`Scheduler::wants_to_place`]).
+    Place,
 }
 
 /// What the master must do.

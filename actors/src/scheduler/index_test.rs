@@ -228,3 +228,56 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_budget_places_in_slices_that_replay_the_same() {
+    let mut log: Vec<(u64, SchedEvent)> = Vec::new();
+    let mut sched = Scheduler::new(0).with_grace(GRACE_MS);
+    let feed = |sched: &mut Scheduler, log: &mut Vec<(u64, SchedEvent)>, ev: SchedEvent| {
+        log.push((10, ev.clone()));
+        assigned(&sched.on_event(ev, 10)).len()
+    };
+    feed(&mut sched, &mut log, SchedEvent::PlaceBudget { max: 5 });
+    let devices: Vec<DeviceInfo> = (0..20).map(|i| dev(&format!("d{i}"))).collect();
+    let up = SchedEvent::NodeUp {
+        node: "n1".into(),
+        epoch: 1,
+        max_concurrency: 20,
+        devices,
+        held: Vec::new(),
+    };
+    feed(&mut sched, &mut log, up);
+    assert_eq!(
+        feed(
+            &mut sched,
+            &mut log,
+            SchedEvent::Submit {
+                id: S1.into(),
+                spec: spec(50, 1)
+            }
+        ),
+        5,
+        "the submission places its budget"
+    );
+    let mut slices = vec![5];
+    while sched.wants_to_place() {
+        slices.push(feed(&mut sched, &mut log, SchedEvent::Place));
+    }
+    assert_eq!(
+        slices,
+        vec![5; 10],
+        "50 tasks in slices of 5, then nothing is left"
+    );
+    assert_eq!(sched.inflight(), 50);
+    let mut again = Scheduler::new(0).with_grace(GRACE_MS);
+    for (at, ev) in log {
+        again.on_event(ev, at);
+    }
+    assert_eq!(again.inflight(), 50);
+    assert_eq!(
+        again.running_ranges(S1),
+        sched.running_ranges(S1),
+        "a replay slices the same"
+    );
+    assert!(!again.wants_to_place());
+}

@@ -136,6 +136,10 @@ pub struct Scheduler {
     /// Place by looking at every device instead of the index (benchmarks
     /// compare the two in one run).
     scan_placement: bool,
+    /// Most tasks one event places ([`SchedEvent::PlaceBudget`]); `None`: all.
+    place_budget: Option<usize>,
+    /// The last event used its whole budget with work and capacity left.
+    place_more: bool,
 }
 
 impl Scheduler {
@@ -213,10 +217,18 @@ impl Scheduler {
                 id_floor,
                 within_ms,
             } => self.resume(id_floor, within_ms, now_ms),
+            SchedEvent::PlaceBudget { max } => self.place_budget = Some(max.max(1) as usize),
+            SchedEvent::Place => {}
         }
         self.place(now_ms, &mut out);
         self.finish(now_ms, &mut out);
         out
+    }
+
+    /// Whether the last event left tasks to place for lack of budget: the
+    /// master sends a [`SchedEvent::Place`] after what waits in its mailbox.
+    pub fn wants_to_place(&self) -> bool {
+        self.place_more
     }
 
     /// Whether a [`SchedEvent::Tick`] at `now_ms` would change anything: a

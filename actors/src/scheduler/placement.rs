@@ -62,14 +62,25 @@ impl Scheduler {
     }
 
     /// Give pending tasks to devices while there is capacity.
+    /// At most [`Scheduler::place_budget`] of them: what is left waits for
+    /// the next event ([`SchedEvent::Place`]).
     pub(super) fn place(&mut self, now_ms: u64, out: &mut Vec<SchedCommand>) {
+        self.place_more = false;
         let n = self.active.len();
         if n == 0 {
             return;
         }
+        let mut budget = self.place_budget.unwrap_or(usize::MAX);
         let mut blocked = vec![false; n];
         loop {
             if !self.index.any_open() {
+                break;
+            }
+            if budget == 0 {
+                self.place_more = self.active.iter().any(|&s| {
+                    let sess = &self.sessions[s];
+                    !sess.pending.is_empty() || !sess.reserved.is_empty()
+                });
                 break;
             }
             let mut progressed = false;
@@ -98,6 +109,10 @@ impl Scheduler {
                             out.push(cmd);
                         }
                         progressed = true;
+                        budget -= 1;
+                        if budget == 0 {
+                            break;
+                        }
                     }
                     None => {
                         blocked[i] = true;
