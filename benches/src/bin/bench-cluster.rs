@@ -51,6 +51,9 @@ struct Args {
     /// Tasks of the `admin` shape's session (one frame each).
     #[arg(long, default_value_t = 1_000_000)]
     admin_tasks: u64,
+    /// Devices of each of the `admin` shape's three nodes.
+    #[arg(long, default_value_t = 4)]
+    admin_devices: u32,
 }
 
 fn root() -> PathBuf {
@@ -456,8 +459,8 @@ fn latency(bins: &Bins, quick: bool) -> Result<Value> {
 
 /// `GET /v1/status` on the master's node every 10 ms while a session of
 /// `tasks` single-frame no-op tasks runs on three nodes; latencies in ms.
-fn admin_run(bins: &Bins, tasks: u64) -> Result<(Vec<f64>, f64)> {
-    let c = cluster(bins, 4, 1000)?;
+fn admin_run(bins: &Bins, tasks: u64, devices: u32) -> Result<(Vec<f64>, f64)> {
+    let c = cluster(bins, devices, 1000)?;
     let admin = c.nodes[0].admin_addr;
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(30))
@@ -494,7 +497,13 @@ fn admin_run(bins: &Bins, tasks: u64) -> Result<(Vec<f64>, f64)> {
 
 /// The admin API's latency under load, for each of `builds` in alternating
 /// rounds (two each): p50, p99 and max of `GET /v1/status`.
-fn admin_shape(bins: &Bins, quick: bool, builds: &[String], tasks: u64) -> Result<Value> {
+fn admin_shape(
+    bins: &Bins,
+    quick: bool,
+    builds: &[String],
+    tasks: u64,
+    devices: u32,
+) -> Result<Value> {
     let tasks = if quick { tasks.min(100_000) } else { tasks };
     let mut all: Vec<(String, Vec<f64>, Vec<f64>)> = builds
         .iter()
@@ -504,12 +513,12 @@ fn admin_shape(bins: &Bins, quick: bool, builds: &[String], tasks: u64) -> Resul
         for (entry, samples, secs) in all.iter_mut() {
             let (label, b) = mode_and_bins(entry, bins);
             eprintln!("   round {}: {label}, {tasks} tasks", round + 1);
-            let (mut s, wall) = admin_run(&b, tasks)?;
+            let (mut s, wall) = admin_run(&b, tasks, devices)?;
             samples.append(&mut s);
             secs.push(wall);
         }
     }
-    let mut out = json!({ "tasks": tasks, "method": "GET /v1/status every 10 ms on the master's node while the session runs; two rounds per build, alternating" });
+    let mut out = json!({ "tasks": tasks, "devices_per_node": devices, "method": "GET /v1/status every 10 ms on the master's node while the session runs; two rounds per build, alternating" });
     for (entry, mut samples, secs) in all {
         let (label, _) = mode_and_bins(&entry, bins);
         samples.sort_by(f64::total_cmp);
@@ -740,7 +749,13 @@ fn main() -> Result<()> {
                 bail!("--builds: no `orch-node` at `{}`", b.node.display());
             }
         }
-        out["admin"] = admin_shape(&bins, args.quick, &args.builds, args.admin_tasks)?;
+        out["admin"] = admin_shape(
+            &bins,
+            args.quick,
+            &args.builds,
+            args.admin_tasks,
+            args.admin_devices,
+        )?;
     }
     if want("durability") {
         eprintln!("== durability");
@@ -835,8 +850,8 @@ fn main() -> Result<()> {
     }
     if let Some(a) = out.get("admin") {
         println!(
-            "admin                GET /v1/status every 10 ms during {} single-frame tasks on 3 nodes",
-            a["tasks"]
+            "admin                GET /v1/status every 10 ms during {} single-frame tasks on 3 nodes of {} devices",
+            a["tasks"], a["devices_per_node"]
         );
         for b in &args.builds {
             let (label, _) = mode_and_bins(b, &bins);
