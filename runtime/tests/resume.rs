@@ -139,9 +139,18 @@ fn a_master_down_for_30s_gets_every_result_from_the_outboxes() {
     let before = stored(c, 2);
     c.nodes[2].kill9();
     c.restart(2).unwrap();
-    let after = pending(c, 2);
+    // What it reloaded shows once its worker has started: wait for it.
+    let mut after = 0.0;
+    let kept = orch_tests::wait_until(
+        "node-2's outbox reloaded after its restart",
+        Duration::from_secs(10),
+        || {
+            after = pending(c, 2);
+            after >= before
+        },
+    );
     assert!(
-        after >= before,
+        kept.is_ok(),
         "node-2's outbox survived its restart: {before} before, {after} after"
     );
     // The master stays down for 30 s; nothing is delivered anywhere meanwhile.

@@ -134,6 +134,14 @@ impl MasterState {
             self.publish_read_model(true);
         }
         for (port, answer) in replies {
+            // A cancel is answered once the session's manifest is on disk,
+            // as when the master wrote it itself.
+            if let AdminReply::Cancelled { id } = &answer {
+                if let Some(parked) = self.parked_until_written(id) {
+                    parked.push((port, answer));
+                    continue;
+                }
+            }
             let _ = port.send(answer);
         }
         for (node, seqs) in acks {

@@ -15,6 +15,8 @@ pub(super) struct SessionActor {
     manifests_pending: u32,
     /// Amendments sent and not confirmed yet, in order.
     amends_pending: VecDeque<ReplayRecord>,
+    /// Answers that leave once the manifest is on disk (a cancel's).
+    parked: Vec<(RpcReplyPort<AdminReply>, AdminReply)>,
 }
 
 impl MasterState {
@@ -42,6 +44,7 @@ impl MasterState {
                             actor,
                             manifests_pending: 0,
                             amends_pending: VecDeque::new(),
+                            parked: Vec::new(),
                         },
                     );
                 }
@@ -78,6 +81,18 @@ impl MasterState {
             .iter()
             .filter_map(|id| self.session_view(id, unix_now))
             .collect()
+    }
+
+    /// Where to keep an answer until the manifest of `session` is on disk;
+    /// `None`: it is not being written, answer now.
+    pub(super) fn parked_until_written(
+        &mut self,
+        session: &str,
+    ) -> Option<&mut Vec<(RpcReplyPort<AdminReply>, AdminReply)>> {
+        self.session_actors
+            .get_mut(session)
+            .filter(|s| s.manifests_pending > 0)
+            .map(|s| &mut s.parked)
     }
 
     /// The next version of the views the master takes.
@@ -166,11 +181,22 @@ impl MasterState {
         }
         let s = &self.session_actors[session];
         let idle = s.manifests_pending == 0 && s.amends_pending.is_empty();
+        let written = s.manifests_pending == 0;
         if idle && self.sched.is_final(session) {
             self.publish_session_now(session);
             if let Some(s) = self.session_actors.remove(session) {
                 self.session_of.remove(&s.actor.get_id());
                 s.actor.stop(None);
+                for (port, answer) in s.parked {
+                    let _ = port.send(answer);
+                }
+            }
+        } else if written {
+            self.publish_session_now(session);
+            if let Some(s) = self.session_actors.get_mut(session) {
+                for (port, answer) in std::mem::take(&mut s.parked) {
+                    let _ = port.send(answer);
+                }
             }
         }
     }
@@ -192,6 +218,15 @@ impl MasterState {
         warn!(node_id = %self.node, session = %session, "the session's actor failed; started again from the ledger");
         if old.manifests_pending > 0 {
             self.write_manifest(&session);
+        }
+        // What waited for the manifest waits for the new actor's write.
+        match self.parked_until_written(&session) {
+            Some(parked) => parked.extend(old.parked),
+            None => {
+                for (port, answer) in old.parked {
+                    let _ = port.send(answer);
+                }
+            }
         }
         for record in old.amends_pending {
             self.amend_on_disk(&session, record);
