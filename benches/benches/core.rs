@@ -101,25 +101,7 @@ fn run_ledger(tasks: u64) -> u64 {
     while let Some(cmd) = queue.pop() {
         if let SchedCommand::Assign { node, task, .. } = cmd {
             done += 1;
-            queue.extend(s.on_event(
-                SchedEvent::Result(TaskResult {
-                    node,
-                    epoch: 1,
-                    key: AttemptKey {
-                        session: task.session,
-                        task: task.task,
-                        attempt: task.attempt,
-                    },
-                    device: task.device,
-                    started_ms: 0,
-                    finished_ms: 1,
-                    last_id_used: None,
-                    outputs: vec![],
-                    outcome: TaskOutcome::Completed,
-                    seq: 0,
-                }),
-                1,
-            ));
+            queue.extend(s.on_event(orch_benches::completed(node, task), 1));
         }
     }
     done

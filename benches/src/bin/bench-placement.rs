@@ -9,8 +9,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use orch_actors::protocol::{
-    AttemptKey, DeviceInfo, ExecutorSpec, FrameRange, SessionSpec, TaskOutcome, TaskResult,
-    DEFAULT_MAX_LOSSES,
+    AttemptKey, DeviceInfo, ExecutorSpec, FrameRange, SessionSpec, DEFAULT_MAX_LOSSES,
 };
 use orch_actors::scheduler::{SchedCommand, SchedEvent, Scheduler};
 use serde_json::json;
@@ -114,25 +113,7 @@ fn run(nodes: usize, devices: usize, tasks: u64, scan: bool) -> Run {
             },
         ) {
             completed += 1;
-            let more = s.on_event(
-                SchedEvent::Result(TaskResult {
-                    node,
-                    epoch: 1,
-                    key: AttemptKey {
-                        session: task.session,
-                        task: task.task,
-                        attempt: task.attempt,
-                    },
-                    device: task.device,
-                    started_ms: 0,
-                    finished_ms: 1,
-                    last_id_used: None,
-                    outputs: vec![],
-                    outcome: TaskOutcome::Completed,
-                    seq: 0,
-                }),
-                1,
-            );
+            let more = s.on_event(orch_benches::completed(node, task), 1);
             queue.extend(more);
         }
         i += 1;
