@@ -284,35 +284,6 @@ mod tests {
     /// The longest a test waits for what it expects before it fails.
     const WAIT: Duration = Duration::from_secs(5);
 
-    /// Stands in for the worker: forwards what a Device actor tells it.
-    struct WorkerProbe;
-
-    impl Actor for WorkerProbe {
-        type Msg = WorkerMsg;
-        type State = mpsc::UnboundedSender<DeviceEvent>;
-        type Arguments = mpsc::UnboundedSender<DeviceEvent>;
-
-        async fn pre_start(
-            &self,
-            _myself: ActorRef<Self::Msg>,
-            tx: Self::Arguments,
-        ) -> Result<Self::State, ActorProcessingErr> {
-            Ok(tx)
-        }
-
-        async fn handle(
-            &self,
-            _myself: ActorRef<Self::Msg>,
-            msg: Self::Msg,
-            tx: &mut Self::State,
-        ) -> Result<(), ActorProcessingErr> {
-            if let WorkerMsg::Device(ev) = msg {
-                let _ = tx.send(*ev);
-            }
-            Ok(())
-        }
-    }
-
     /// A [`DeviceEvent::Finished`] without its times.
     #[derive(Debug, PartialEq)]
     struct Done {
@@ -379,10 +350,13 @@ mod tests {
         }
     }
 
+    /// Stands in for the worker: what a Device actor tells it.
     async fn probe() -> (ActorRef<WorkerMsg>, mpsc::UnboundedReceiver<DeviceEvent>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (probe, _) = Actor::spawn(None, WorkerProbe, tx).await.expect("probe");
-        (probe, rx)
+        crate::probe::probe(|m| match m {
+            WorkerMsg::Device(ev) => Some(*ev),
+            _ => None,
+        })
+        .await
     }
 
     fn args(id: &str, worker: &ActorRef<WorkerMsg>, slots: &Arc<Semaphore>) -> DeviceArgs {

@@ -11,6 +11,8 @@ pub mod masters;
 pub mod membership;
 pub mod metrics;
 pub mod outbox;
+#[cfg(test)]
+mod probe;
 pub mod protocol;
 pub mod read_model;
 pub mod scheduler;

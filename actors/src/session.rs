@@ -183,35 +183,6 @@ mod tests {
     use crate::scheduler::Scheduler;
     use tokio::sync::mpsc;
 
-    /// Stands in for the master: forwards what a Session actor tells it.
-    struct Probe;
-
-    impl Actor for Probe {
-        type Msg = MasterMsg;
-        type State = mpsc::UnboundedSender<(String, bool, bool)>;
-        type Arguments = mpsc::UnboundedSender<(String, bool, bool)>;
-
-        async fn pre_start(
-            &self,
-            _myself: ActorRef<Self::Msg>,
-            tx: Self::Arguments,
-        ) -> Result<Self::State, ActorProcessingErr> {
-            Ok(tx)
-        }
-
-        async fn handle(
-            &self,
-            _myself: ActorRef<Self::Msg>,
-            msg: Self::Msg,
-            tx: &mut Self::State,
-        ) -> Result<(), ActorProcessingErr> {
-            if let MasterMsg::ManifestWritten { session, amend, ok } = msg {
-                let _ = tx.send((session, amend, ok));
-            }
-            Ok(())
-        }
-    }
-
     fn view(id: &str, state: State) -> SessionView {
         SessionView {
             id: id.into(),
@@ -240,8 +211,12 @@ mod tests {
         Arc<ReadModel>,
         mpsc::UnboundedReceiver<(String, bool, bool)>,
     ) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (probe, _) = Actor::spawn(None, Probe, tx).await.expect("probe");
+        // Stands in for the master: what the Session actor tells it.
+        let (probe, rx) = crate::probe::probe(|m| match m {
+            MasterMsg::ManifestWritten { session, amend, ok } => Some((session, amend, ok)),
+            _ => None,
+        })
+        .await;
         let read_model = Arc::new(ReadModel::new());
         let args = SessionArgs {
             id: id.into(),

@@ -661,35 +661,6 @@ mod tests {
     /// The longest a test waits for what it expects before it fails.
     const WAIT: Duration = Duration::from_secs(5);
 
-    /// Stands in for the master: forwards what a Worker actor tells it.
-    struct MasterProbe;
-
-    impl Actor for MasterProbe {
-        type Msg = MasterMsg;
-        type State = mpsc::UnboundedSender<ToMaster>;
-        type Arguments = mpsc::UnboundedSender<ToMaster>;
-
-        async fn pre_start(
-            &self,
-            _myself: ActorRef<Self::Msg>,
-            tx: Self::Arguments,
-        ) -> Result<Self::State, ActorProcessingErr> {
-            Ok(tx)
-        }
-
-        async fn handle(
-            &self,
-            _myself: ActorRef<Self::Msg>,
-            msg: Self::Msg,
-            tx: &mut Self::State,
-        ) -> Result<(), ActorProcessingErr> {
-            if let MasterMsg::Worker(m) = msg {
-                let _ = tx.send(m);
-            }
-            Ok(())
-        }
-    }
-
     fn device(id: &str) -> DeviceInfo {
         DeviceInfo {
             id: id.into(),
@@ -772,8 +743,12 @@ mod tests {
     #[tokio::test]
     async fn a_worker_registers_with_the_master_it_finds_and_reports_through_its_outbox() {
         let node = "wt-node";
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let (master, _) = Actor::spawn(None, MasterProbe, tx).await.expect("probe");
+        // Stands in for the master: what the Worker tells it.
+        let (master, mut rx) = crate::probe::probe(|m| match m {
+            MasterMsg::Worker(m) => Some(m),
+            _ => None,
+        })
+        .await;
         let claim = Claim {
             since_ms: 1,
             node: "wt-probe-master".into(),

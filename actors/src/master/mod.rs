@@ -511,36 +511,6 @@ mod tests {
         CapValue, Capabilities, DeviceInfo, ExecutorSpec, FrameRange, Register, SessionSpec,
         PROTOCOL_VERSION,
     };
-    use tokio::sync::mpsc;
-
-    /// Stands in for a worker actor: forwards what the master tells it.
-    struct WorkerProbe;
-
-    impl Actor for WorkerProbe {
-        type Msg = WorkerMsg;
-        type State = mpsc::UnboundedSender<ToWorker>;
-        type Arguments = mpsc::UnboundedSender<ToWorker>;
-
-        async fn pre_start(
-            &self,
-            _myself: ActorRef<Self::Msg>,
-            tx: Self::Arguments,
-        ) -> Result<Self::State, ActorProcessingErr> {
-            Ok(tx)
-        }
-
-        async fn handle(
-            &self,
-            _myself: ActorRef<Self::Msg>,
-            msg: Self::Msg,
-            tx: &mut Self::State,
-        ) -> Result<(), ActorProcessingErr> {
-            if let WorkerMsg::Master(m) = msg {
-                let _ = tx.send(m);
-            }
-            Ok(())
-        }
-    }
 
     async fn master(node: &str) -> (ActorRef<MasterMsg>, Arc<ReadModel>) {
         let read_model = Arc::new(ReadModel::new());
@@ -617,8 +587,12 @@ mod tests {
     #[tokio::test]
     async fn a_worker_registered_is_in_the_read_model_when_it_hears_so() {
         let (m, rm) = master("m-reg").await;
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let (probe, _) = Actor::spawn(None, WorkerProbe, tx).await.expect("probe");
+        // Stands in for a worker: what the master tells it.
+        let (probe, mut rx) = crate::probe::probe(|m| match m {
+            WorkerMsg::Master(m) => Some(m),
+            _ => None,
+        })
+        .await;
         pg::join(worker_group("w-reg"), vec![probe.get_cell()]);
         let mut caps = Capabilities::new();
         caps.insert("gpu".into(), CapValue::Bool(false));

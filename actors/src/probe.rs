@@ -1,0 +1,54 @@
+//! A probe actor for the actors' tests: it stands in for an actor's peer
+//! (a worker for a device, a master for a worker or a session) and forwards
+//! the messages it picks to a channel the test awaits.
+
+use std::marker::PhantomData;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+/// Receives `M`; forwards what `pick` returns for it.
+pub(crate) struct Probe<M, T>(PhantomData<fn(M) -> T>);
+
+/// A probe for messages `M`, and the channel of what `pick` keeps of them.
+pub(crate) async fn probe<M, T>(pick: fn(M) -> Option<T>) -> (ActorRef<M>, UnboundedReceiver<T>)
+where
+    M: ractor::Message,
+    T: Send + 'static,
+{
+    let (tx, rx) = unbounded_channel();
+    let (probe, _) = Actor::spawn(None, Probe(PhantomData), (tx, pick))
+        .await
+        .expect("the probe starts");
+    (probe, rx)
+}
+
+impl<M, T> Actor for Probe<M, T>
+where
+    M: ractor::Message,
+    T: Send + 'static,
+{
+    type Msg = M;
+    type State = (UnboundedSender<T>, fn(M) -> Option<T>);
+    type Arguments = (UnboundedSender<T>, fn(M) -> Option<T>);
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<M>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<M>,
+        msg: M,
+        (tx, pick): &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(t) = pick(msg) {
+            let _ = tx.send(t);
+        }
+        Ok(())
+    }
+}
