@@ -110,11 +110,7 @@ impl DeviceActorState {
     }
 
     async fn run(&mut self, task: TaskSpec, cancel: CancellationToken) {
-        let key = AttemptKey {
-            session: task.session.clone(),
-            task: task.task,
-            attempt: task.attempt,
-        };
+        let key = task.key();
         if cancel.is_cancelled() {
             return;
         }
@@ -278,7 +274,7 @@ fn unix_ms() -> u64 {
 mod tests {
     use super::*;
     use crate::executor::NullIo;
-    use crate::protocol::{ExecutorSpec, FrameRange, IdRange, OutputFile};
+    use crate::protocol::{ExecutorSpec, OutputFile};
     use tokio::sync::mpsc;
 
     /// The longest a test waits for what it expects before it fails.
@@ -305,44 +301,11 @@ mod tests {
         ExecutorSpec::Sleep { ms_per_frame }
     }
 
-    fn task(
-        session: &str,
-        task: u64,
-        device: &str,
-        frames: u64,
-        executor: ExecutorSpec,
-    ) -> TaskSpec {
-        TaskSpec {
-            session: session.into(),
-            session_name: session.into(),
-            task,
-            attempt: 1,
-            frames: FrameRange {
-                start: 0,
-                end: frames,
-            },
-            ids: IdRange {
-                lo: task * 1000,
-                hi: task * 1000 + frames,
-            },
-            device: device.into(),
-            executor,
-            timeout_ms: 60_000,
-            items: vec![],
-        }
-    }
-
-    fn key(t: &TaskSpec) -> AttemptKey {
-        AttemptKey {
-            session: t.session.clone(),
-            task: t.task,
-            attempt: t.attempt,
-        }
-    }
+    use crate::test_support::task_spec as task;
 
     fn completed(t: &TaskSpec) -> Done {
         Done {
-            key: key(t),
+            key: t.key(),
             device: t.device.clone(),
             last_id_used: None,
             outputs: vec![],
@@ -352,7 +315,7 @@ mod tests {
 
     /// Stands in for the worker: what a Device actor tells it.
     async fn probe() -> (ActorRef<WorkerMsg>, mpsc::UnboundedReceiver<DeviceEvent>) {
-        crate::probe::probe(|m| match m {
+        crate::test_support::probe(|m| match m {
             WorkerMsg::Device(ev) => Some(*ev),
             _ => None,
         })
@@ -485,7 +448,7 @@ mod tests {
                 last_id_used,
                 outputs,
             } => {
-                assert_eq!(k, key(&t));
+                assert_eq!(k, t.key());
                 assert_eq!((frames_done, last_id_used, outputs), (1, None, vec![]));
             }
             other => panic!("expected progress, got {other:?}"),
@@ -498,7 +461,7 @@ mod tests {
                 error: "timed out after 1500 ms".into(),
             }
         );
-        assert_eq!(r.done.key, key(&t));
+        assert_eq!(r.done.key, t.key());
     }
 
     #[tokio::test]
@@ -558,7 +521,7 @@ mod tests {
         let next_one = task("dev-cancel", 2, "d0", 1, ExecutorSpec::Noop);
         let token = run(&dev, &stale);
         match next(&mut rx, "progress of the long task").await {
-            DeviceEvent::Progress { key: k, .. } => assert_eq!(k, key(&stale)),
+            DeviceEvent::Progress { key: k, .. } => assert_eq!(k, stale.key()),
             other => panic!("expected progress, got {other:?}"),
         }
         token.cancel();

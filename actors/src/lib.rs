@@ -11,12 +11,12 @@ pub mod masters;
 pub mod membership;
 pub mod metrics;
 pub mod outbox;
-#[cfg(test)]
-mod probe;
 pub mod protocol;
 pub mod read_model;
 pub mod scheduler;
 pub mod session;
 pub mod store;
+#[cfg(test)]
+mod test_support;
 pub mod wire;
 pub mod worker;

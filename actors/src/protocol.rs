@@ -644,6 +644,17 @@ pub struct TaskSpec {
     pub items: Vec<String>,
 }
 
+impl TaskSpec {
+    /// The attempt this assignment is.
+    pub fn key(&self) -> AttemptKey {
+        AttemptKey {
+            session: self.session.clone(),
+            task: self.task,
+            attempt: self.attempt,
+        }
+    }
+}
+
 /// Identifies one attempt of one task.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct AttemptKey {

@@ -212,7 +212,7 @@ mod tests {
         mpsc::UnboundedReceiver<(String, bool, bool)>,
     ) {
         // Stands in for the master: what the Session actor tells it.
-        let (probe, rx) = crate::probe::probe(|m| match m {
+        let (probe, rx) = crate::test_support::probe(|m| match m {
             MasterMsg::ManifestWritten { session, amend, ok } => Some((session, amend, ok)),
             _ => None,
         })

@@ -460,11 +460,7 @@ impl WorkerState {
     }
 
     fn assign(&mut self, task: TaskSpec) {
-        let key = AttemptKey {
-            session: task.session.clone(),
-            task: task.task,
-            attempt: task.attempt,
-        };
+        let key = task.key();
         debug!(target: "orch::ids", node_id = %self.args.node, session = %key.session, task = key.task, attempt = key.attempt, id_lo = task.ids.lo, id_hi = task.ids.hi, "chunk received");
         if self.tasks.contains_key(&key) {
             // The same assignment twice (a resent message): it is queued already.
@@ -655,7 +651,7 @@ impl WorkerState {
 mod tests {
     use super::*;
     use crate::executor::NullIo;
-    use crate::protocol::{CapValue, ExecutorSpec, FrameRange, IdRange, LossReason};
+    use crate::protocol::{CapValue, ExecutorSpec, LossReason};
     use tokio::sync::mpsc;
 
     /// The longest a test waits for what it expects before it fails.
@@ -670,32 +666,7 @@ mod tests {
     }
 
     fn task(task: u64, device: &str, frames: u64, executor: ExecutorSpec) -> TaskSpec {
-        TaskSpec {
-            session: "wt-session".into(),
-            session_name: "wt-session".into(),
-            task,
-            attempt: 1,
-            frames: FrameRange {
-                start: 0,
-                end: frames,
-            },
-            ids: IdRange {
-                lo: task * 1000,
-                hi: task * 1000 + frames,
-            },
-            device: device.into(),
-            executor,
-            timeout_ms: 60_000,
-            items: vec![],
-        }
-    }
-
-    fn key(t: &TaskSpec) -> AttemptKey {
-        AttemptKey {
-            session: t.session.clone(),
-            task: t.task,
-            attempt: t.attempt,
-        }
+        crate::test_support::task_spec("wt-session", task, device, frames, executor)
     }
 
     /// The next message the master gets that `pick` takes; the others are
@@ -744,7 +715,7 @@ mod tests {
     async fn a_worker_registers_with_the_master_it_finds_and_reports_through_its_outbox() {
         let node = "wt-node";
         // Stands in for the master: what the Worker tells it.
-        let (master, mut rx) = crate::probe::probe(|m| match m {
+        let (master, mut rx) = crate::test_support::probe(|m| match m {
             MasterMsg::Worker(m) => Some(m),
             _ => None,
         })
@@ -817,7 +788,7 @@ mod tests {
             TaskResult {
                 node: node.into(),
                 epoch: 7,
-                key: key(&t1),
+                key: t1.key(),
                 device: "d0".into(),
                 started_ms: r1.started_ms,
                 finished_ms: r1.finished_ms,
@@ -835,14 +806,14 @@ mod tests {
         let t2 = task(2, "d1", 1000, ExecutorSpec::Sleep { ms_per_frame: 100 });
         tell(&worker, ToWorker::Assign(t2.clone()));
         next_of(&mut rx, "progress of task 2", |m| match m {
-            ToMaster::Progress(p) if p.key == key(&t2) => Some(()),
+            ToMaster::Progress(p) if p.key == t2.key() => Some(()),
             _ => None,
         })
         .await;
         tell(
             &worker,
             ToWorker::Drop {
-                key: key(&t2),
+                key: t2.key(),
                 device: "d1".into(),
                 keep: vec![],
                 reason: LossReason::StaleAttempt,
@@ -851,7 +822,7 @@ mod tests {
         let t3 = task(3, "d1", 1, ExecutorSpec::Noop);
         tell(&worker, ToWorker::Assign(t3.clone()));
         let r3 = next_result(&mut rx, "the result of task 3, after task 2 was dropped").await;
-        assert_eq!((r3.key, r3.outcome), (key(&t3), TaskOutcome::Completed));
+        assert_eq!((r3.key, r3.outcome), (t3.key(), TaskOutcome::Completed));
         assert!(r3.seq > r1.seq, "reports are numbered in order");
 
         // An assignment for a device the worker does not have fails at once.
@@ -862,7 +833,7 @@ mod tests {
             (r4.epoch, r4.key, r4.device, r4.outcome),
             (
                 7,
-                key(&t4),
+                t4.key(),
                 "d9".into(),
                 TaskOutcome::Failed {
                     frames_done: 0,
@@ -887,7 +858,7 @@ mod tests {
         .await;
         assert_eq!(
             (again.instance, again.attempt, again.held),
-            (instance, 2, vec![key(&t3), key(&t4)])
+            (instance, 2, vec![t3.key(), t4.key()])
         );
 
         worker.stop(None);

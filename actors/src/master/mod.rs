@@ -588,7 +588,7 @@ mod tests {
     async fn a_worker_registered_is_in_the_read_model_when_it_hears_so() {
         let (m, rm) = master("m-reg").await;
         // Stands in for a worker: what the master tells it.
-        let (probe, mut rx) = crate::probe::probe(|m| match m {
+        let (probe, mut rx) = crate::test_support::probe(|m| match m {
             WorkerMsg::Master(m) => Some(m),
             _ => None,
         })

@@ -203,7 +203,7 @@ fn apply(
         match cmd {
             SchedCommand::Assign { node, task, .. } => running.push((node, task)),
             SchedCommand::Drop { node, key, .. } => {
-                running.retain(|(n, t)| !(*n == node && key_of(t) == key))
+                running.retain(|(n, t)| !(*n == node && t.key() == key))
             }
             _ => {}
         }

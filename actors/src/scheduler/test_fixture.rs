@@ -133,15 +133,6 @@ pub(super) fn assigned(cmds: &[SchedCommand]) -> Vec<TaskSpec> {
         .collect()
 }
 
-/// The attempt `t` is.
-pub(super) fn key_of(t: &TaskSpec) -> AttemptKey {
-    AttemptKey {
-        session: t.session.clone(),
-        task: t.task,
-        attempt: t.attempt,
-    }
-}
-
 /// `device` of `node` restarted by an operator: its attempts are lost.
 pub(super) fn device_restart(node: &str, device: &str) -> SchedEvent {
     SchedEvent::DeviceDown {
@@ -157,7 +148,7 @@ pub(super) fn progress(node: &str, t: &TaskSpec, done: u64, last_id: Option<u64>
     SchedEvent::Progress(TaskProgress {
         node: node.into(),
         epoch: 1,
-        key: key_of(t),
+        key: t.key(),
         frames_done: done,
         last_id_used: last_id,
         outputs: Vec::new(),
@@ -170,7 +161,7 @@ pub(super) fn result(node: &str, t: &TaskSpec, outcome: TaskOutcome) -> TaskResu
     TaskResult {
         node: node.into(),
         epoch: 1,
-        key: key_of(t),
+        key: t.key(),
         device: t.device.clone(),
         started_ms: 0,
         finished_ms: 0,

@@ -1,11 +1,43 @@
-//! A probe actor for the actors' tests: it stands in for an actor's peer
-//! (a worker for a device, a master for a worker or a session) and forwards
-//! the messages it picks to a channel the test awaits.
+//! What the actors' tests share: a probe actor that stands in for an
+//! actor's peer (a worker for a device, a master for a worker or a session)
+//! and forwards the messages it picks to a channel the test awaits, and the
+//! assignments they send.
 
 use std::marker::PhantomData;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+use crate::protocol::{ExecutorSpec, FrameRange, IdRange, TaskSpec};
+
+/// Attempt 1 of `task` of `session`: frames `0..frames` on `device`, IDs
+/// from `task * 1000`.
+pub(crate) fn task_spec(
+    session: &str,
+    task: u64,
+    device: &str,
+    frames: u64,
+    executor: ExecutorSpec,
+) -> TaskSpec {
+    TaskSpec {
+        session: session.into(),
+        session_name: session.into(),
+        task,
+        attempt: 1,
+        frames: FrameRange {
+            start: 0,
+            end: frames,
+        },
+        ids: IdRange {
+            lo: task * 1000,
+            hi: task * 1000 + frames,
+        },
+        device: device.into(),
+        executor,
+        timeout_ms: 60_000,
+        items: vec![],
+    }
+}
 
 /// Receives `M`; forwards what `pick` returns for it.
 pub(crate) struct Probe<M, T>(PhantomData<fn(M) -> T>);
