@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Version of the worker <-> master protocol. Bump on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Process group a worker joins, qualified with its node name.
 pub fn worker_group(node: &str) -> String {
@@ -145,6 +145,19 @@ pub enum AdminRequest {
     Session(String),
     Manifest(String),
     Cancel(String),
+    /// Give a session nothing new (`true`) or again (`false`); its running
+    /// attempts finish.
+    Pause {
+        session: String,
+        paused: bool,
+    },
+    /// Run the failed ranges of a `partial` or `failed` session again.
+    Retry(String),
+    /// Run a produced range again (a bad frame): its outputs are quarantined.
+    Requeue {
+        session: String,
+        task: u64,
+    },
     /// Devices, of one node or all.
     Devices(Option<String>),
     /// The state of every device, one character each, per node (the status
@@ -265,6 +278,9 @@ pub enum LossReason {
     DeviceKilled,
     /// Its session was cancelled (`cancelled`).
     Cancelled,
+    /// An operator asked for a produced range to run again
+    /// (`orchctl requeue`, `operator_requeue`).
+    OperatorRequeue,
     /// A result came for an attempt that is no longer current (`stale attempt`).
     StaleAttempt,
     /// The attempt reported a failure, `detail` its error
@@ -301,6 +317,7 @@ impl LossReason {
             Self::DeviceRestart => "device_restart",
             Self::DeviceKilled => "device_killed",
             Self::Cancelled => "cancelled",
+            Self::OperatorRequeue => "operator_requeue",
             Self::StaleAttempt => "stale attempt",
             Self::AttemptFailed { .. } => "attempt failed",
             Self::Other(_) => "other",
@@ -328,6 +345,7 @@ impl LossReason {
             "device_restart" => Self::DeviceRestart,
             "device_killed" => Self::DeviceKilled,
             "cancelled" => Self::Cancelled,
+            "operator_requeue" => Self::OperatorRequeue,
             "stale attempt" => Self::StaleAttempt,
             _ => return None,
         })
@@ -598,6 +616,12 @@ fn default_max_losses() -> u32 {
     DEFAULT_MAX_LOSSES
 }
 
+/// A session that waits for devices while sessions of higher priority
+/// take them rises one priority level per this many milliseconds of
+/// waiting (back to its own once it gets a device): a low-priority session
+/// is never starved for good.
+pub const PRIORITY_AGING_MS: u64 = 60_000;
+
 /// A validated session, as submitted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionSpec {
@@ -622,6 +646,13 @@ pub struct SessionSpec {
     pub executor: ExecutorSpec,
     /// Per-task timeout.
     pub timeout_ms: u64,
+    /// Higher runs first; equal priorities share devices round-robin (see
+    /// [`PRIORITY_AGING_MS`]).
+    #[serde(default)]
+    pub priority: i32,
+    /// At most this many attempts of the session in flight at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_devices: Option<u32>,
     /// The client's name for this submission (HTTP `Idempotency-Key`):
     /// the same key submitted again returns the session it made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -765,6 +796,13 @@ pub struct SessionView {
     pub stale_rejected: u64,
     /// Milliseconds since submission (to the end, once final).
     pub elapsed_ms: u64,
+    /// An operator paused it: it gets nothing new.
+    #[serde(default)]
+    pub paused: bool,
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_devices: Option<u32>,
 }
 
 /// The result of a session (docs/sessions.md, the manifest).
@@ -784,6 +822,10 @@ pub struct Manifest {
     pub replay: Vec<ReplayRecord>,
     /// Ranges that exhausted their attempts, with the last error.
     pub failed: Vec<FailedRange>,
+    /// Failed ranges an operator ran again (`orchctl retry`), as they had
+    /// failed: the history of `failed`.
+    #[serde(default)]
+    pub retried: Vec<FailedRange>,
 }
 
 /// One produced range.

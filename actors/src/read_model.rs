@@ -196,6 +196,9 @@ mod tests {
             failovers: 0,
             stale_rejected: 0,
             elapsed_ms: 0,
+            paused: false,
+            priority: 0,
+            max_devices: None,
         }
     }
 

@@ -201,6 +201,9 @@ mod tests {
             failovers: 0,
             stale_rejected: 0,
             elapsed_ms: 5,
+            paused: false,
+            priority: 0,
+            max_devices: None,
         }
     }
 

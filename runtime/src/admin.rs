@@ -102,6 +102,10 @@ pub fn router(node: String, token: Option<Secret>, read_model: Arc<ReadModel>) -
         .route("/v1/sessions/{id}", get(session))
         .route("/v1/sessions/{id}/manifest", get(manifest))
         .route("/v1/sessions/{id}/cancel", post(cancel))
+        .route("/v1/sessions/{id}/pause", post(pause))
+        .route("/v1/sessions/{id}/resume", post(resume))
+        .route("/v1/sessions/{id}/retry", post(retry))
+        .route("/v1/sessions/{id}/tasks/{task}/requeue", post(requeue))
         .route("/v1/devices", get(devices))
         .route("/v1/devices/grid", get(device_grid))
         .route("/v1/nodes/{node}/drain", post(drain))
@@ -408,6 +412,44 @@ async fn done(ctx: &AdminCtx, req: AdminRequest) -> Result<Response, ApiError> {
         AdminReply::Done(msg) => json(json!({ "ok": true, "message": msg })),
         _ => Err(unexpected()),
     }
+}
+
+async fn pause(
+    State(ctx): State<Arc<AdminCtx>>,
+    Path(session): Path<String>,
+) -> Result<Response, ApiError> {
+    let paused = true;
+    done(&ctx, AdminRequest::Pause { session, paused }).await
+}
+
+async fn resume(
+    State(ctx): State<Arc<AdminCtx>>,
+    Path(session): Path<String>,
+) -> Result<Response, ApiError> {
+    let paused = false;
+    done(&ctx, AdminRequest::Pause { session, paused }).await
+}
+
+async fn retry(
+    State(ctx): State<Arc<AdminCtx>>,
+    Path(session): Path<String>,
+) -> Result<Response, ApiError> {
+    done(&ctx, AdminRequest::Retry(session)).await
+}
+
+async fn requeue(
+    State(ctx): State<Arc<AdminCtx>>,
+    Path((session, task)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let task = task.parse::<u64>().map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "invalid task `{task}` in the path: expected a task number (the manifest's `task`)"
+            ),
+        )
+    })?;
+    done(&ctx, AdminRequest::Requeue { session, task }).await
 }
 
 async fn drain(

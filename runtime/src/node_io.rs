@@ -14,7 +14,7 @@ use orch_actors::protocol::{
     executor_capability, valid_executor_name, Capabilities, ExecutorSpec, FrameRange, IdRange,
     Manifest, ReplayRecord, MAX_EXECUTOR_NAME,
 };
-use orch_actors::scheduler::ManifestSnapshot;
+use orch_actors::scheduler::{merge_manifests, ManifestSnapshot};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
@@ -419,7 +419,18 @@ impl NodeIo for FsIo {
     }
 
     fn write_manifest(&self, manifest: &ManifestSnapshot) -> Result<PathBuf, String> {
-        self.write_manifest_json(manifest.session(), manifest)
+        let Some(superseded) = manifest.merge_with_disk() else {
+            return self.write_manifest_json(manifest.session(), manifest);
+        };
+        // Run again after its ledger left memory: its earlier ranges are
+        // in the manifest on disk.
+        let now = manifest.to_manifest();
+        let merged = if self.manifest_exists(manifest.session()) {
+            merge_manifests(self.read_manifest(manifest.session())?, now, superseded)
+        } else {
+            now
+        };
+        self.write_manifest_json(manifest.session(), &merged)
     }
 
     fn read_manifest(&self, session: &str) -> Result<Manifest, String> {

@@ -9,6 +9,8 @@
 //! max_losses = 10                      # losses (worker or device gone) before it fails for good
 //! backoff_ms = 500                     # doubles per retry, up to backoff_max_ms
 //! timeout_ms = 90000                   # per task
+//! priority = 0                         # higher first (-1000 to 1000); equals share devices
+//! max_devices = 8                      # at most this many attempts in flight at once
 //! [require]                            # hard match on device capabilities
 //! gpu = true
 //! [prefer]                             # weights for devices with the capability
@@ -46,6 +48,10 @@ pub const MAX_ITEMS: usize = 100_000;
 pub const MAX_ITEM_LEN: usize = 4096;
 /// Largest `[prefer]` weight, either way.
 pub const MAX_WEIGHT: i64 = 1_000_000;
+/// Highest `priority`, either way.
+pub const MAX_PRIORITY: i64 = 1000;
+/// Largest `max_devices`.
+pub const MAX_DEVICES: u64 = 1_000_000;
 /// Longest name in `[executor.params]`.
 pub const MAX_PARAM_KEY: usize = 128;
 
@@ -111,6 +117,9 @@ struct RawSession {
     backoff_max_ms: u64,
     #[serde(default = "default_timeout")]
     timeout_ms: u64,
+    #[serde(default)]
+    priority: i64,
+    max_devices: Option<u64>,
     #[serde(default)]
     require: BTreeMap<String, toml::Value>,
     #[serde(default)]
@@ -313,6 +322,23 @@ pub fn parse(
             format!("expected 1 to 1000, got `{}`", raw.max_losses),
         );
     }
+    if !(-MAX_PRIORITY..=MAX_PRIORITY).contains(&raw.priority) {
+        add(
+            "priority",
+            format!(
+                "expected -{MAX_PRIORITY} to {MAX_PRIORITY}, got `{}`",
+                raw.priority
+            ),
+        );
+    }
+    if let Some(m) = raw.max_devices {
+        if m == 0 || m > MAX_DEVICES {
+            add(
+                "max_devices",
+                format!("expected 1 to {MAX_DEVICES}, got `{m}` (leave it out for no limit)"),
+            );
+        }
+    }
     if raw.backoff_ms > 3_600_000 {
         add(
             "backoff_ms",
@@ -498,6 +524,8 @@ pub fn parse(
         backoff_max_ms: raw.backoff_max_ms,
         executor,
         timeout_ms: raw.timeout_ms,
+        priority: raw.priority as i32,
+        max_devices: raw.max_devices.map(|m| m as u32),
         idempotency_key: None,
     })
 }

@@ -149,6 +149,47 @@ impl MasterState {
                 Some(m) => AdminReply::Manifest(Box::new(m)),
                 None => AdminReply::NotFound(format!("no session `{id}`")),
             },
+            AdminRequest::Pause { session, .. }
+            | AdminRequest::Retry(session)
+            | AdminRequest::Requeue { session, .. }
+                if !self.sched.has_session(&session) =>
+            {
+                AdminReply::NotFound(format!("no session `{session}`"))
+            }
+            AdminRequest::Pause { session, paused } => {
+                if let Some(why) = self.sched.pause_refused(&session) {
+                    return AdminReply::Error(why);
+                }
+                self.schedule(SchedEvent::Pause {
+                    session: session.clone(),
+                    paused,
+                });
+                info!(node_id = %self.node, %session, paused, "session paused or resumed by an operator");
+                let running = self
+                    .sched
+                    .view(&session, unix_now)
+                    .map_or(0, |v| v.tasks_running);
+                AdminReply::Done(if paused {
+                    format!("session `{session}` paused: it gets no new work, and its {running} attempts in flight finish (`orchctl resume {session}` undoes it)")
+                } else {
+                    format!("session `{session}` resumed")
+                })
+            }
+            AdminRequest::Retry(session) => {
+                if let Some(why) = self.sched.retry_refused(&session) {
+                    return AdminReply::Error(why);
+                }
+                let before = self.sched.view(&session, unix_now);
+                self.schedule(SchedEvent::Retry {
+                    session: session.clone(),
+                });
+                let (tasks, frames) = before.map_or((0, 0), |v| (v.tasks_failed, v.frames_failed));
+                info!(node_id = %self.node, %session, tasks, frames, "failed ranges retried by an operator");
+                AdminReply::Done(format!(
+                    "session `{session}`: {tasks} failed ranges ({frames} frames) run again with fresh attempts"
+                ))
+            }
+            AdminRequest::Requeue { session, task } => self.requeue(session, task, Vec::new()),
             AdminRequest::Cancel(id) => {
                 if self.sched.view(&id, unix_now).is_none() {
                     return AdminReply::NotFound(format!("no session `{id}`"));
@@ -159,6 +200,42 @@ impl MasterState {
                 AdminReply::Cancelled { id }
             }
         }
+    }
+}
+
+impl MasterState {
+    /// Record the requeue of task `task` of `session` (its ranges named in
+    /// `produced` when they were read from disk), if it still applies.
+    pub(super) fn requeue(
+        &mut self,
+        session: String,
+        task: u64,
+        produced: Vec<crate::scheduler::ProducedRange>,
+    ) -> AdminReply {
+        let needs = match self.sched.requeue_check(&session, task) {
+            Ok(needs) => needs,
+            Err(why) => return AdminReply::Error(why),
+        };
+        if needs == crate::scheduler::RequeueNeeds::Disk && produced.is_empty() {
+            return AdminReply::Error(format!(
+                "task {task} of `{session}` has no produced range in its manifest: nothing to run again"
+            ));
+        }
+        let nodes: BTreeSet<String> = produced.iter().map(|p| p.node.clone()).collect();
+        self.schedule(SchedEvent::Requeue {
+            session: session.clone(),
+            task,
+            produced,
+        });
+        info!(node_id = %self.node, %session, task, "produced range requeued by an operator");
+        let on = if nodes.is_empty() {
+            String::new()
+        } else {
+            format!(" on {}", nodes.into_iter().collect::<Vec<_>>().join(", "))
+        };
+        AdminReply::Done(format!(
+            "task {task} of `{session}` runs again; its earlier outputs are quarantined{on} (the manifest's `replay` says `operator_requeue`)"
+        ))
     }
 }
 
@@ -179,6 +256,9 @@ pub(super) fn mutates(req: &AdminRequest) -> bool {
         req,
         AdminRequest::Submit(_)
             | AdminRequest::Cancel(_)
+            | AdminRequest::Pause { .. }
+            | AdminRequest::Retry(_)
+            | AdminRequest::Requeue { .. }
             | AdminRequest::Drain(_)
             | AdminRequest::Undrain(_)
             | AdminRequest::RestartDevice { .. }

@@ -151,18 +151,32 @@ impl MasterState {
 
     /// Answer a request for an evicted session's manifest from disk, off
     /// the master's thread; `remote`: it must fit one cluster frame.
+    /// `overlay`: the ledger's part of a session run again after it left
+    /// memory, merged over the manifest on disk (see `merge_manifests`).
     pub(super) fn manifest_from_disk(
         &self,
         id: String,
         reply: RpcReplyPort<AdminReply>,
         remote: bool,
+        overlay: Option<(crate::protocol::Manifest, Vec<(u64, u32)>)>,
     ) {
         let io = self.io.clone();
         let node = self.node.clone();
         tokio::spawn(async move {
             let read = {
                 let id = id.clone();
-                tokio::task::spawn_blocking(move || io.read_manifest(&id)).await
+                tokio::task::spawn_blocking(move || {
+                    let disk = io.read_manifest(&id);
+                    match overlay {
+                        Some((now, superseded)) => Ok(match disk {
+                            Ok(disk) => crate::scheduler::merge_manifests(disk, now, &superseded),
+                            Err(_) if !io.manifest_exists(&id) => now,
+                            Err(e) => return Err(e),
+                        }),
+                        None => disk,
+                    }
+                })
+                .await
             };
             let answer = match read {
                 Ok(Ok(m)) if remote && m.ranges.len() > MAX_FORWARDED_RANGES => {
@@ -175,6 +189,48 @@ impl MasterState {
                 Err(e) => AdminReply::Error(format!("cannot read the manifest of `{id}`: {e}")),
             };
             let _ = reply.send(answer);
+        });
+    }
+
+    /// Read the ranges task `task` of `session` produced from its manifest
+    /// on disk, off the master's thread, and record the requeue when they
+    /// come back ([`MasterMsg::RequeueRead`]).
+    pub(super) fn produced_from_disk(
+        &self,
+        session: String,
+        task: u64,
+        reply: RpcReplyPort<AdminReply>,
+    ) {
+        let (io, node) = (self.io.clone(), self.node.clone());
+        let Some(master) = self.myself.clone() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let id = session.clone();
+            let read = tokio::task::spawn_blocking(move || io.read_manifest(&id)).await;
+            let produced = match read {
+                Ok(Ok(m)) => Ok(m
+                    .ranges
+                    .into_iter()
+                    .filter(|r| r.task == task)
+                    .map(|r| crate::scheduler::ProducedRange {
+                        frames: r.frames,
+                        attempt: r.attempt,
+                        node: r.node,
+                        device: r.device,
+                    })
+                    .collect()),
+                Ok(Err(e)) => Err(format!(
+                    "cannot read the manifest of `{session}` on node `{node}`: {e}"
+                )),
+                Err(e) => Err(format!("cannot read the manifest of `{session}`: {e}")),
+            };
+            let _ = master.cast(MasterMsg::RequeueRead {
+                session,
+                task,
+                produced,
+                reply,
+            });
         });
     }
 

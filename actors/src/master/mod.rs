@@ -14,7 +14,7 @@
 //! that cannot be written stops the master; a restart resumes from the
 //! store.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -68,6 +68,14 @@ pub enum MasterMsg {
     /// Local: place what the last event left for lack of budget (sent to
     /// itself, behind what waits in the mailbox: see [`PLACE_BUDGET`]).
     Place,
+    /// Local: the ranges task `task` of `session` produced, read from its
+    /// manifest on disk for a requeue (its ledger left memory).
+    RequeueRead {
+        session: String,
+        task: u64,
+        produced: Result<Vec<crate::scheduler::ProducedRange>, String>,
+        reply: RpcReplyPort<AdminReply>,
+    },
     /// Local: a Session actor wrote the manifest of `session` (`amend`: an
     /// amendment of it on disk; `ok`: it is on disk).
     ManifestWritten {
@@ -210,6 +218,18 @@ impl Actor for Master {
             }
             MasterMsg::ManifestWritten { session, amend, ok } => {
                 state.on_manifest_written(&session, amend, ok)
+            }
+            MasterMsg::RequeueRead {
+                session,
+                task,
+                produced,
+                reply,
+            } => {
+                let answer = match produced {
+                    Ok(produced) => state.requeue(session, task, produced),
+                    Err(e) => AdminReply::Error(e),
+                };
+                state.reply(reply, answer);
             }
         }
         if state.sched.wants_to_place() && !state.place_queued {
@@ -435,10 +455,25 @@ impl MasterState {
     /// must fit one cluster frame. An answer to a request that changed the
     /// ledger waits for the commit.
     fn on_admin(&mut self, req: AdminRequest, reply: RpcReplyPort<AdminReply>, remote: bool) {
-        if let AdminRequest::Manifest(id) = &req {
-            if self.sched.is_evicted(id) {
-                return self.manifest_from_disk(id.clone(), reply, remote);
+        match &req {
+            AdminRequest::Manifest(id) if self.sched.is_evicted(id) => {
+                return self.manifest_from_disk(id.clone(), reply, remote, None);
             }
+            AdminRequest::Manifest(id) => {
+                if let (Some(superseded), Some(now)) =
+                    (self.sched.merges_with_disk(id), self.sched.manifest(id))
+                {
+                    let overlay = Some((now, superseded));
+                    return self.manifest_from_disk(id.clone(), reply, remote, overlay);
+                }
+            }
+            AdminRequest::Requeue { session, task }
+                if self.sched.requeue_check(session, *task)
+                    == Ok(crate::scheduler::RequeueNeeds::Disk) =>
+            {
+                return self.produced_from_disk(session.clone(), *task, reply);
+            }
+            _ => {}
         }
         let mutates = mutates(&req);
         let answer = match self.answer(req) {
@@ -550,6 +585,8 @@ mod tests {
             prefer: Default::default(),
             max_attempts: 3,
             max_losses: crate::protocol::DEFAULT_MAX_LOSSES,
+            priority: 0,
+            max_devices: None,
             backoff_ms: 10,
             backoff_max_ms: 40,
             executor: ExecutorSpec::Noop,

@@ -86,6 +86,36 @@ pub enum SchedEvent {
     /// Place what the last event left for lack of budget
     /// ([`Scheduler::wants_to_place`]).
     Place,
+    /// An operator pauses (`true`) or resumes a session: a paused one gets
+    /// nothing new; its attempts in flight finish.
+    Pause {
+        session: String,
+        paused: bool,
+    },
+    /// An operator runs the failed ranges of a `partial` or `failed`
+    /// session again, with fresh attempts and ID chunks.
+    Retry {
+        session: String,
+    },
+    /// An operator runs a produced range again: its ranges are replaced,
+    /// their outputs quarantined. `produced` names them when the session's
+    /// ledger left memory (read from its manifest on disk); otherwise the
+    /// ledger knows them and it is empty.
+    Requeue {
+        session: String,
+        task: u64,
+        #[serde(default)]
+        produced: Vec<ProducedRange>,
+    },
+}
+
+/// A range an attempt produced, as a requeue needs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProducedRange {
+    pub frames: FrameRange,
+    pub attempt: u32,
+    pub node: String,
+    pub device: String,
 }
 
 /// What the master must do.

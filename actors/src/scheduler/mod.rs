@@ -22,10 +22,11 @@ use crate::protocol::{
     out_dir, AttemptKey, CapValue, Capabilities, DeviceInfo, DeviceState, DeviceView, FailedRange,
     FrameRange, IdRange, LossReason, Manifest, ManifestRange, OutputFile, ReplayRecord,
     SessionSpec, SessionState, SessionView, TaskOutcome, TaskProgress, TaskRef, TaskResult,
-    TaskSpec,
+    TaskSpec, PRIORITY_AGING_MS,
 };
 
 mod cluster;
+mod controls;
 mod event;
 mod failover;
 mod index;
@@ -44,6 +45,8 @@ mod test_fixture;
 #[cfg(test)]
 mod cluster_test;
 #[cfg(test)]
+mod controls_test;
+#[cfg(test)]
 mod event_test;
 #[cfg(test)]
 mod failover_test;
@@ -61,14 +64,15 @@ mod tasks_test;
 mod views_test;
 
 use cluster::*;
-pub use event::{SchedCommand, SchedEvent};
+pub use controls::RequeueNeeds;
+pub use event::{ProducedRange, SchedCommand, SchedEvent};
 use failover::*;
 use index::PlacementIndex;
 pub use placement::caps_match;
 pub use recovery::MAX_RESERVED;
 use session::*;
 use tasks::*;
-pub use views::ManifestSnapshot;
+pub use views::{merge_manifests, ManifestSnapshot};
 
 /// Attempts queued on a device beyond the running one (see
 /// docs/design/architecture.md). Two keep a device busy while its next
@@ -219,6 +223,13 @@ impl Scheduler {
             } => self.resume(id_floor, within_ms, now_ms),
             SchedEvent::PlaceBudget { max } => self.place_budget = Some(max.max(1) as usize),
             SchedEvent::Place => {}
+            SchedEvent::Pause { session, paused } => self.pause(&session, paused),
+            SchedEvent::Retry { session } => self.retry(&session),
+            SchedEvent::Requeue {
+                session,
+                task,
+                produced,
+            } => self.requeue(&session, task, produced, &mut out),
         }
         self.place(now_ms, &mut out);
         self.finish(now_ms, &mut out);

@@ -61,9 +61,10 @@ impl Scheduler {
         }
     }
 
-    /// Give pending tasks to devices while there is capacity.
-    /// At most [`Scheduler::place_budget`] of them: what is left waits for
-    /// the next event ([`SchedEvent::Place`]).
+    /// Give pending tasks to devices while there is capacity: sessions of
+    /// higher (effective) priority first, round-robin among equals. At most
+    /// [`Scheduler::place_budget`] of them: what is left waits for the next
+    /// event ([`SchedEvent::Place`]).
     pub(super) fn place(&mut self, now_ms: u64, out: &mut Vec<SchedCommand>) {
         self.place_more = false;
         let n = self.active.len();
@@ -72,28 +73,104 @@ impl Scheduler {
         }
         let mut budget = self.place_budget.unwrap_or(usize::MAX);
         let mut blocked = vec![false; n];
-        loop {
-            if !self.index.any_open() {
-                break;
+        let mut placed = vec![false; n];
+        // Positions in `active` by effective priority, highest first; a
+        // stable sort keeps submission order among equals.
+        let mut order: Vec<usize> = (0..n).collect();
+        let prio: Vec<i64> = self
+            .active
+            .iter()
+            .map(|&s| self.effective_priority(s, now_ms))
+            .collect();
+        if prio.iter().any(|&p| p != prio[0]) {
+            order.sort_by_key(|&i| std::cmp::Reverse(prio[i]));
+        }
+        let mut level_start = 0;
+        while level_start < n && budget > 0 {
+            let level = prio[order[level_start]];
+            let level_end = order[level_start..]
+                .iter()
+                .position(|&i| prio[i] != level)
+                .map_or(n, |p| level_start + p);
+            let members = &order[level_start..level_end];
+            self.place_level(members, &mut blocked, &mut placed, &mut budget, now_ms, out);
+            level_start = level_end;
+        }
+        if budget == 0 {
+            self.place_more = self.active.iter().any(|&s| {
+                let sess = &self.sessions[s];
+                !sess.pending.is_empty() || !sess.reserved.is_empty()
+            }) && self.index.any_open();
+        }
+        // Who waited for devices this time ages (`PRIORITY_AGING_MS`); who
+        // got one is back to its own priority.
+        for (i, &s) in self.active.iter().enumerate() {
+            let sess = &mut self.sessions[s];
+            let wants = !sess.pending.is_empty() || !sess.reserved.is_empty();
+            let capped = sess.paused
+                || sess
+                    .spec
+                    .max_devices
+                    .is_some_and(|m| sess.running >= u64::from(m));
+            if placed[i] || !wants || capped || sess.state.is_final() {
+                sess.starved_since = None;
+            } else if budget > 0 {
+                // (A slice that ran out of budget says nothing of devices.)
+                sess.starved_since.get_or_insert(now_ms);
             }
-            if budget == 0 {
-                self.place_more = self.active.iter().any(|&s| {
-                    let sess = &self.sessions[s];
-                    !sess.pending.is_empty() || !sess.reserved.is_empty()
-                });
-                break;
+        }
+    }
+
+    /// A session's priority, raised one level per [`PRIORITY_AGING_MS`] it
+    /// has waited for devices.
+    pub(super) fn effective_priority(&self, s: SessionIdx, now_ms: u64) -> i64 {
+        let sess = &self.sessions[s];
+        let aged = sess
+            .starved_since
+            .map_or(0, |since| now_ms.saturating_sub(since) / PRIORITY_AGING_MS);
+        i64::from(sess.spec.priority).saturating_add(aged as i64)
+    }
+
+    /// Round-robin over the sessions at `members` (positions in `active`,
+    /// all of one priority) while they place.
+    fn place_level(
+        &mut self,
+        members: &[usize],
+        blocked: &mut [bool],
+        placed: &mut [bool],
+        budget: &mut usize,
+        now_ms: u64,
+        out: &mut Vec<SchedCommand>,
+    ) {
+        let m = members.len();
+        loop {
+            if !self.index.any_open() || *budget == 0 {
+                return;
             }
             let mut progressed = false;
-            for k in 0..n {
-                let i = (self.rr + k) % n;
+            for k in 0..m {
+                let i = members[self.rr.wrapping_add(k) % m];
                 let s = self.active[i];
                 if blocked[i] || self.sessions[s].state.is_final() {
                     continue;
                 }
-                let sess = &self.sessions[s];
+                let sess = &mut self.sessions[s];
                 if sess.pending.is_empty() && sess.reserved.is_empty() {
                     blocked[i] = true;
                     continue;
+                }
+                if sess.paused {
+                    blocked[i] = true;
+                    sess.waiting_reason = Some("paused by an operator".into());
+                    continue;
+                }
+                if let Some(max) = sess.spec.max_devices {
+                    if sess.running >= u64::from(max) {
+                        blocked[i] = true;
+                        sess.waiting_reason =
+                            Some(format!("max_devices = {max}: that many attempts in flight"));
+                        continue;
+                    }
                 }
                 match self.next_placement(s) {
                     Some((t, node, d, from_reserved)) => {
@@ -108,9 +185,10 @@ impl Scheduler {
                         if let Some(cmd) = self.assign(s, t, &node, d, reserved, now_ms) {
                             out.push(cmd);
                         }
+                        placed[i] = true;
                         progressed = true;
-                        budget -= 1;
-                        if budget == 0 {
+                        *budget -= 1;
+                        if *budget == 0 {
                             break;
                         }
                     }
@@ -120,9 +198,9 @@ impl Scheduler {
                     }
                 }
             }
-            self.rr = (self.rr + 1) % n;
+            self.rr = self.rr.wrapping_add(1);
             if !progressed {
-                break;
+                return;
             }
         }
     }

@@ -71,6 +71,19 @@ pub(super) struct Session {
     /// Finished, its manifest on disk, its ledger gone from memory (see
     /// [`SchedEvent::Evict`]): what its view still needs.
     pub(super) evicted: Option<Evicted>,
+    /// An operator paused it: it gets nothing new.
+    pub(super) paused: bool,
+    /// Failed ranges an operator ran again, as they had failed.
+    pub(super) retried: Vec<FailedRange>,
+    /// (task, attempt) of produced ranges an operator requeued: a manifest
+    /// merged with the one on disk leaves them out.
+    pub(super) superseded: Vec<(u64, u32)>,
+    /// Run again after its ledger left memory: its manifest is the one on
+    /// disk merged with what it did since (see [`ManifestSnapshot`]).
+    pub(super) reopened: bool,
+    /// Since when it has had work to place and got no device (see
+    /// [`crate::protocol::PRIORITY_AGING_MS`]).
+    pub(super) starved_since: Option<u64>,
 }
 
 /// What stays of an evicted session besides its counters.
@@ -179,6 +192,11 @@ impl Scheduler {
             waiting_reason: None,
             max_attempt: 0,
             evicted: None,
+            paused: false,
+            retried: Vec::new(),
+            superseded: Vec::new(),
+            reopened: false,
+            starved_since: None,
         });
     }
 
@@ -255,7 +273,8 @@ impl Scheduler {
         self.active.retain(|&s| !sessions[s].state.is_final());
     }
 
-    /// A finished session leaves memory but for what its view needs.
+    /// A finished session leaves memory but for what its view needs and
+    /// what running it again needs (its spec and failed ranges).
     pub(super) fn evict(&mut self, id: &str) {
         let Some(&s) = self.by_id.get(id) else {
             return;
@@ -277,18 +296,11 @@ impl Scheduler {
         sess.waiting = BTreeSet::new();
         sess.ranges = Vec::new();
         sess.replay = Vec::new();
-        sess.failed = Vec::new();
+        sess.retried = Vec::new();
+        sess.superseded = Vec::new();
+        sess.reopened = false;
         sess.waiting_reason = None;
-        match &mut sess.spec.executor {
-            crate::protocol::ExecutorSpec::Command { argv, env } => {
-                *argv = Vec::new();
-                *env = BTreeMap::new();
-            }
-            crate::protocol::ExecutorSpec::Rust { params, .. } => *params = BTreeMap::new(),
-            _ => {}
-        }
-        sess.spec.items = None;
-        sess.spec.require = Capabilities::new();
-        sess.spec.prefer = BTreeMap::new();
+        // The spec and the failed ranges stay: `orchctl retry` and
+        // `requeue` run them again.
     }
 }

@@ -61,6 +61,8 @@ pub(super) fn spec(n: u64, chunk: u64) -> SessionSpec {
         prefer: BTreeMap::new(),
         max_attempts: 3,
         max_losses: crate::protocol::DEFAULT_MAX_LOSSES,
+        priority: 0,
+        max_devices: None,
         backoff_ms: 10,
         backoff_max_ms: 40,
         executor: crate::protocol::ExecutorSpec::Noop,

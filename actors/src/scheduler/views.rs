@@ -20,6 +20,11 @@ pub struct ManifestSnapshot {
     ranges: Vec<Segment>,
     replay: Vec<ReplayRecord>,
     failed: Vec<FailedRange>,
+    retried: Vec<FailedRange>,
+    /// The session ran again after its ledger left memory: the manifest on
+    /// disk holds its earlier ranges, less these (task, attempt) an
+    /// operator requeued (see [`merge_manifests`]).
+    merge_with_disk: Option<Vec<(u64, u32)>>,
 }
 
 impl ManifestSnapshot {
@@ -31,6 +36,68 @@ impl ManifestSnapshot {
     pub fn ranges(&self) -> usize {
         self.ranges.len()
     }
+
+    /// Whether the manifest on disk holds part of this one: write
+    /// [`merge_manifests`] of the two (the ranges an operator requeued are
+    /// named here).
+    pub fn merge_with_disk(&self) -> Option<&[(u64, u32)]> {
+        self.merge_with_disk.as_deref()
+    }
+
+    /// The manifest it serializes as.
+    pub fn to_manifest(&self) -> Manifest {
+        Manifest {
+            session: self.session.clone(),
+            name: self.name.clone(),
+            state: self.state,
+            frames: self.frames,
+            executor: self.executor.clone(),
+            submitted_ms: self.submitted_ms,
+            finished_ms: self.finished_ms,
+            ranges: self
+                .ranges
+                .iter()
+                .map(|r| r.to_range(&self.session))
+                .collect(),
+            replay: self.replay.clone(),
+            failed: self.failed.clone(),
+            retried: self.retried.clone(),
+        }
+    }
+}
+
+/// The manifest of a session run again after its ledger left memory:
+/// `now` (what the ledger holds since) over `disk` (what was written
+/// before). A range of `disk` stays unless `now` holds the same one or an
+/// operator requeued it (`superseded`, by task and attempt); `replay` and
+/// `retried` are the union of both; `failed` and the state are `now`'s.
+pub fn merge_manifests(disk: Manifest, mut now: Manifest, superseded: &[(u64, u32)]) -> Manifest {
+    let gone: HashSet<(u64, u32)> = superseded.iter().copied().collect();
+    let have: HashSet<(u64, u32, u64)> = now
+        .ranges
+        .iter()
+        .map(|r| (r.task, r.attempt, r.frames.start))
+        .collect();
+    now.ranges.extend(disk.ranges.into_iter().filter(|r| {
+        !gone.contains(&(r.task, r.attempt)) && !have.contains(&(r.task, r.attempt, r.frames.start))
+    }));
+    now.ranges.sort_by_key(|r| r.frames.start);
+    let mut replay = disk.replay;
+    for r in now.replay {
+        if !replay.contains(&r) {
+            replay.push(r);
+        }
+    }
+    now.replay = replay;
+    let mut retried = disk.retried;
+    for f in now.retried {
+        if !retried.contains(&f) {
+            retried.push(f);
+        }
+    }
+    now.retried = retried;
+    now.submitted_ms = disk.submitted_ms.min(now.submitted_ms);
+    now
 }
 
 struct RangesOf<'a>(&'a ManifestSnapshot);
@@ -49,7 +116,7 @@ impl serde::Serialize for RangesOf<'_> {
 impl serde::Serialize for ManifestSnapshot {
     fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = ser.serialize_struct("Manifest", 10)?;
+        let mut st = ser.serialize_struct("Manifest", 11)?;
         st.serialize_field("session", &self.session)?;
         st.serialize_field("name", &self.name)?;
         st.serialize_field("state", &self.state)?;
@@ -60,6 +127,7 @@ impl serde::Serialize for ManifestSnapshot {
         st.serialize_field("ranges", &RangesOf(self))?;
         st.serialize_field("replay", &self.replay)?;
         st.serialize_field("failed", &self.failed)?;
+        st.serialize_field("retried", &self.retried)?;
         st.end()
     }
 }
@@ -68,6 +136,14 @@ impl Scheduler {
     /// The session submitted with idempotency key `key`, if any.
     pub fn session_for_key(&self, key: &str) -> Option<&str> {
         self.by_key.get(key).map(String::as_str)
+    }
+
+    /// For a session run again after its ledger left memory: the ranges
+    /// an operator requeued, which [`merge_manifests`] leaves out of the
+    /// manifest on disk. `None`: the ledger's manifest is whole.
+    pub fn merges_with_disk(&self, id: &str) -> Option<Vec<(u64, u32)>> {
+        let sess = &self.sessions[*self.by_id.get(id)?];
+        (sess.reopened && sess.evicted.is_none()).then(|| sess.superseded.clone())
     }
 
     /// Whether session `id` finished and left memory: its manifest is on disk.
@@ -125,6 +201,9 @@ impl Scheduler {
                 .finished_ms
                 .unwrap_or(now_ms)
                 .saturating_sub(s.submitted_ms),
+            paused: s.paused && !s.state.is_final(),
+            priority: s.spec.priority,
+            max_devices: s.spec.max_devices,
         })
     }
 
@@ -240,6 +319,7 @@ impl Scheduler {
             ranges,
             replay: s.replay.clone(),
             failed,
+            retried: s.retried.clone(),
         })
     }
 
@@ -266,6 +346,8 @@ impl Scheduler {
             ranges,
             replay: sess.replay.clone(),
             failed,
+            retried: sess.retried.clone(),
+            merge_with_disk: sess.reopened.then(|| sess.superseded.clone()),
         })
     }
 
@@ -283,6 +365,8 @@ impl Scheduler {
             ranges: Vec::new(),
             replay: Vec::new(),
             failed: Vec::new(),
+            retried: Vec::new(),
+            merge_with_disk: None,
         }
     }
 

@@ -31,6 +31,9 @@ fn a_view_counts_tasks_by_state() {
             failovers: 0,
             stale_rejected: 0,
             elapsed_ms: 50,
+            paused: false,
+            priority: 0,
+            max_devices: None,
         }
     );
     assert_eq!(fx.sched.inflight(), 3);

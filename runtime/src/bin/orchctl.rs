@@ -1,6 +1,7 @@
 //! `orchctl`: the operator's command line, a client of any node's admin API.
 //!
-//! Exit codes: 0 ok, 1 operation failed, 2 usage, 3 not found, 4 authentication.
+//! Exit codes: 0 ok, 1 operation failed (or refused: a session in the wrong
+//! state for it), 2 usage, 3 not found, 4 authentication.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,6 +60,19 @@ enum Cmd {
     Manifest { id: String },
     /// Cancel a running session.
     Cancel { id: String },
+    /// Give a running session no new work; its attempts in flight finish.
+    Pause { id: String },
+    /// Give a paused session work again.
+    Resume { id: String },
+    /// Run the failed ranges of a `partial` or `failed` session again (fresh attempts and IDs).
+    Retry { id: String },
+    /// Run one produced range again (a bad frame): its outputs are quarantined,
+    /// the manifest's `replay` says `operator_requeue`.
+    Requeue {
+        id: String,
+        /// The task number, as the manifest lists it.
+        task: u64,
+    },
     /// Follow a session with a live progress bar until it ends (exit 0 only if completed).
     Watch { id: String },
     /// Devices of every worker, or of NODE: state, current task, last error.
@@ -346,7 +360,11 @@ fn session_line(v: &SessionView) -> String {
     format!(
         "{:<32} {:<10} {:>6.1}% {:>10}/{:<10} {:>6} {:>6} {:>8} {:>7}  {}",
         v.id,
-        v.state.as_str(),
+        if v.paused && !v.state.is_final() {
+            "paused"
+        } else {
+            v.state.as_str()
+        },
         pct,
         v.frames_done,
         v.frames_total,
@@ -457,6 +475,12 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             };
         }
         Cmd::Watch { id } => return follow(cli, id),
+        Cmd::Pause { id } => return mutate(cli, &format!("/v1/sessions/{id}/pause")),
+        Cmd::Resume { id } => return mutate(cli, &format!("/v1/sessions/{id}/resume")),
+        Cmd::Retry { id } => return mutate(cli, &format!("/v1/sessions/{id}/retry")),
+        Cmd::Requeue { id, task } => {
+            return mutate(cli, &format!("/v1/sessions/{id}/tasks/{task}/requeue"))
+        }
         Cmd::Drain { worker } => return mutate(cli, &format!("/v1/nodes/{worker}/drain")),
         Cmd::Undrain { worker } => return mutate(cli, &format!("/v1/nodes/{worker}/undrain")),
         Cmd::RestartDevice { worker, device } => {
@@ -546,6 +570,12 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             for f in &m.failed {
                 println!(
                     "failed  [{}, {}) task {} after {} attempts: {}",
+                    f.frames.start, f.frames.end, f.task, f.attempts, f.error
+                );
+            }
+            for f in &m.retried {
+                println!(
+                    "retried [{}, {}) task {} had failed after {} attempts: {}",
                     f.frames.start, f.frames.end, f.task, f.attempts, f.error
                 );
             }
