@@ -55,6 +55,8 @@ fn spec(frames: u64, chunk: u64) -> SessionSpec {
         prefer: BTreeMap::new(),
         max_attempts: 3,
         max_losses: DEFAULT_MAX_LOSSES,
+        priority: 0,
+        max_devices: None,
         backoff_ms: 10,
         backoff_max_ms: 100,
         executor: ExecutorSpec::Noop,
@@ -345,6 +347,9 @@ fn read_model(c: &mut Criterion) {
                 failovers: 0,
                 stale_rejected: 0,
                 elapsed_ms: 1000,
+                paused: false,
+                priority: 0,
+                max_devices: None,
             },
         );
     }

@@ -49,6 +49,8 @@ fn spec(tasks: u64) -> SessionSpec {
         prefer: BTreeMap::new(),
         max_attempts: 3,
         max_losses: DEFAULT_MAX_LOSSES,
+        priority: 0,
+        max_devices: None,
         backoff_ms: 10,
         backoff_max_ms: 40,
         executor: ExecutorSpec::Noop,
