@@ -130,6 +130,17 @@ impl CommitGate {
         }
     }
 
+    /// An operator ran `tasks` of `session` again (a retry or a requeue)
+    /// in the batch being filled: their assignments wait for its commit.
+    /// The store has them done or failed, which is not the number a
+    /// restart skips; a crash before the commit would leave an attempt
+    /// that ran and that nothing lists.
+    pub fn rerun(&mut self, session: &str, tasks: impl IntoIterator<Item = u64>) {
+        for t in tasks {
+            self.assigned.insert((session.to_string(), t));
+        }
+    }
+
     /// Any other message to `node` (a registration, a drop, an
     /// acknowledgement): it waits for the commit, and so does what follows
     /// for `node`.

@@ -41,6 +41,11 @@ enum Op {
     /// A node whose bit (1, 2) is set does not reach this master before
     /// it dies too: it registers with a later one.
     Crash(u8),
+    /// An operator pauses (`true`) or resumes the session.
+    Pause(bool),
+    /// An operator requeues the produced task at this index (modulo the
+    /// produced ones).
+    Requeue(usize),
 }
 
 /// [`op`], plus commits and crashes that lose the last batch.
@@ -64,6 +69,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (1u64..200).prop_map(Op::Tick),
         1 => (any::<u8>(), any::<bool>()).prop_map(|(m, f)| Op::Restart(m, f)),
         1 => (0usize..3, any::<u8>()).prop_map(|(i, n)| Op::Reserve(i, n % 8)),
+        1 => any::<bool>().prop_map(Op::Pause),
+        1 => any::<usize>().prop_map(Op::Requeue),
     ]
 }
 
@@ -120,6 +127,13 @@ struct World {
     /// Nodes alive but not registered with the restarted master (see
     /// [`Op::Crash`]): the leases they hold and the results in their outbox.
     late: [Option<Late>; 3],
+    /// The session's `max_devices`.
+    max_devices: Option<u32>,
+    /// An operator paused the session.
+    paused: bool,
+    /// Retries an operator may still ask for once the session ends
+    /// `partial` or `failed`.
+    retries_left: u32,
 }
 
 /// What a node that missed a master holds: leases, and results in its outbox.
@@ -141,6 +155,11 @@ fn devices(i: usize) -> Vec<DeviceInfo> {
 
 impl World {
     fn new(n_frames: u64, chunk: u64, max_attempts: u32) -> Self {
+        Self::new_with(n_frames, chunk, max_attempts, None)
+    }
+
+    /// A session with `max_devices`.
+    fn new_with(n_frames: u64, chunk: u64, max_attempts: u32, max_devices: Option<u32>) -> Self {
         let mut w = World {
             sched: Scheduler::new(1_000),
             now: 0,
@@ -166,6 +185,9 @@ impl World {
             early_now: Vec::new(),
             unnameable: Vec::new(),
             late: [None, None, None],
+            max_devices,
+            paused: false,
+            retries_left: 0,
         };
         let spec = SessionSpec {
             name: "model".into(),
@@ -178,7 +200,7 @@ impl World {
             max_attempts,
             max_losses: DEFAULT_MAX_LOSSES,
             priority: 0,
-            max_devices: None,
+            max_devices,
             backoff_ms: 10,
             backoff_max_ms: 40,
             executor: ExecutorSpec::Noop,
@@ -210,6 +232,7 @@ impl World {
                     !reserved || self.reserved_for.as_ref() == Some(&node),
                     "a reserved task goes only to the node it was reserved for"
                 );
+                assert!(!self.paused, "a paused session got {task:?}");
                 // A new assignment never covers a produced frame.
                 let m = self.sched.manifest(&self.session).unwrap();
                 for r in &m.ranges {
@@ -418,8 +441,33 @@ impl World {
                     self.feed(ev);
                 }
             }
+            Op::Pause(paused) if self.sched.pause_refused(&self.session).is_none() => {
+                // Before the event: a resume places at once.
+                self.paused = paused;
+                self.feed(SchedEvent::Pause {
+                    session: self.session.clone(),
+                    paused,
+                });
+            }
+            Op::Requeue(i) => {
+                let m = self.sched.manifest(&self.session).unwrap();
+                let mut tasks: Vec<u64> = m.ranges.iter().map(|r| r.task).collect();
+                tasks.dedup();
+                if let Some(&task) = tasks.get(i % tasks.len().max(1)) {
+                    if self.sched.requeue_check(&self.session, task).is_ok() {
+                        self.gate.rerun(&self.session, [task]);
+                        self.feed(SchedEvent::Requeue {
+                            session: self.session.clone(),
+                            task,
+                            produced: Vec::new(),
+                        });
+                    }
+                }
+            }
             _ => {}
         }
+        // A restart or crash rebuilt the ledger from what was committed.
+        self.paused = self.sched.view(&self.session, self.now).unwrap().paused;
         self.check();
     }
 
@@ -478,6 +526,8 @@ impl World {
         // Nothing handed out, even lost, is below the recorded reservation.
         let floor = self.sched.ids().high_water() + 50;
         self.sched = fresh;
+        // What the rebuilt ledger says, whatever the crash lost.
+        self.paused = self.sched.view(&self.session, self.now).unwrap().paused;
         self.held_out.clear();
         self.gate = CommitGate::new("n0", true);
         self.feed(SchedEvent::Resume {
@@ -629,6 +679,12 @@ impl World {
         );
         assert_eq!(a.ranges, b.ranges, "replay rebuilds the same ledger");
         assert_eq!(a.replay, b.replay);
+        assert_eq!(a.retried, b.retried);
+        assert_eq!(
+            self.sched.view(&self.session, 0),
+            fresh.view(&self.session, 0),
+            "replay rebuilds the same view (paused, counters)"
+        );
         assert_eq!(
             self.sched.running_ranges(&self.session),
             fresh.running_ranges(&self.session)
@@ -638,6 +694,8 @@ impl World {
         // The reservation is above anything handed out.
         let floor = self.sched.ids().high_water() + 50;
         self.sched = fresh;
+        // What the rebuilt ledger says, whatever the crash lost.
+        self.paused = self.sched.view(&self.session, self.now).unwrap().paused;
         self.feed(SchedEvent::Resume {
             id_floor: floor,
             within_ms: 100,
@@ -717,6 +775,13 @@ impl World {
         for r in &ids {
             assert!(r.lo >= 1_000 && r.hi <= self.sched.ids().high_water());
         }
+        if let Some(max) = self.max_devices {
+            let running = self.sched.running_ranges(&self.session).len();
+            assert!(
+                running <= max as usize,
+                "{running} attempts in flight, max_devices = {max}"
+            );
+        }
         // Capacity: per device and per node.
         for (node, inflight, cap, devs) in self.sched.capacity() {
             assert!(inflight <= cap, "{node}: {inflight} > {cap}");
@@ -731,8 +796,23 @@ impl World {
         if !self.up.iter().any(|u| *u) {
             self.apply(Op::Up(2));
         }
+        if self.paused {
+            self.apply(Op::Pause(false));
+        }
         for _ in 0..10_000 {
             let state = self.sched.view(&self.session, self.now).unwrap().state;
+            if state.is_final()
+                && self.retries_left > 0
+                && self.sched.retry_refused(&self.session).is_none()
+            {
+                self.retries_left -= 1;
+                let failed = self.sched.failed_tasks(&self.session);
+                self.gate.rerun(&self.session, failed);
+                self.feed(SchedEvent::Retry {
+                    session: self.session.clone(),
+                });
+                continue;
+            }
             if state.is_final() {
                 return;
             }
@@ -750,6 +830,13 @@ impl World {
 }
 
 impl World {
+    /// Once the session ends `partial` or `failed`, an operator retries
+    /// it, up to `n` times.
+    fn retrying(mut self, n: u32) -> Self {
+        self.retries_left = n;
+        self
+    }
+
     /// From now on place in slices of `max`, as the master does in slices
     /// of `PLACE_BUDGET` (recorded, so a replay slices the same).
     fn sliced(mut self, max: Option<u32>) -> Self {
@@ -815,9 +902,12 @@ proptest! {
         chunk in 1u64..12,
         max_attempts in 1u32..4,
         budget in proptest::option::of(1u32..4),
+        max_devices in proptest::option::of(1u32..4),
+        retries in 0u32..3,
         ops in proptest::collection::vec(op(), 0..120),
     ) {
-        let w = run(World::new(n_frames, chunk, max_attempts).sliced(budget), ops);
+        let w = World::new_with(n_frames, chunk, max_attempts, max_devices);
+        let w = run(w.sliced(budget).retrying(retries), ops);
         check_final(&w)?;
     }
 }
@@ -837,9 +927,12 @@ proptest! {
         chunk in 1u64..12,
         max_attempts in 1u32..4,
         budget in proptest::option::of(1u32..4),
+        max_devices in proptest::option::of(1u32..4),
+        retries in 0u32..3,
         ops in proptest::collection::vec(op_batched(), 0..150),
     ) {
-        let w = run(World::new(n_frames, chunk, max_attempts).with_batches().sliced(budget), ops);
+        let w = World::new_with(n_frames, chunk, max_attempts, max_devices).with_batches();
+        let w = run(w.sliced(budget).retrying(retries), ops);
         check_final(&w)?;
         w.check_reruns_listed();
     }

@@ -180,6 +180,7 @@ impl MasterState {
                     return AdminReply::Error(why);
                 }
                 let before = self.sched.view(&session, unix_now);
+                self.gate.rerun(&session, self.sched.failed_tasks(&session));
                 self.schedule(SchedEvent::Retry {
                     session: session.clone(),
                 });
@@ -222,6 +223,7 @@ impl MasterState {
             ));
         }
         let nodes: BTreeSet<String> = produced.iter().map(|p| p.node.clone()).collect();
+        self.gate.rerun(&session, [task]);
         self.schedule(SchedEvent::Requeue {
             session: session.clone(),
             task,

@@ -25,6 +25,8 @@ impl Scheduler {
             sess.reopened = true;
         }
         if sess.state.is_final() {
+            // Run again means run: a pause does not outlive the session's end.
+            sess.paused = false;
             sess.state = SessionState::Running;
             sess.finished_ms = None;
             sess.starved_since = None;
@@ -57,6 +59,14 @@ impl Scheduler {
         sess.paused = paused;
         sess.starved_since = None;
         sess.waiting_reason = None;
+    }
+
+    /// The tasks [`SchedEvent::Retry`] of session `id` would run again.
+    pub fn failed_tasks(&self, id: &str) -> Vec<u64> {
+        self.by_id
+            .get(id)
+            .map(|&s| self.sessions[s].failed.iter().map(|f| f.task).collect())
+            .unwrap_or_default()
     }
 
     /// Why the failed ranges of session `id` cannot run again, if they cannot.
