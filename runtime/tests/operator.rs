@@ -364,6 +364,10 @@ fn the_status_page_shows_live_progress_in_headless_chromium() {
     assert!(done >= 100, "progress shown: {done}");
     assert!(row.contains(&format!("{done} / 2000")), "{row}");
     assert!(
+        row.contains("data-act=\"pause\"") && row.contains("data-act=\"cancel\""),
+        "a running session has its pause and cancel buttons: {row}"
+    );
+    assert!(
         dom.contains("node-1") && dom.contains("class=\"dev "),
         "workers and the device grid are shown"
     );
