@@ -151,29 +151,35 @@ impl MasterState {
 
     /// Answer a request for an evicted session's manifest from disk, off
     /// the master's thread; `remote`: it must fit one cluster frame.
-    /// `overlay`: the ledger's part of a session run again after it left
-    /// memory, merged over the manifest on disk (see `merge_manifests`).
+    /// `ledger`: the session's manifest as the ledger holds it, built here
+    /// off the master's thread (merged over the one on disk when the
+    /// session ran again after its ledger left memory).
     pub(super) fn manifest_from_disk(
         &self,
         id: String,
         reply: RpcReplyPort<AdminReply>,
         remote: bool,
-        overlay: Option<(crate::protocol::Manifest, Vec<(u64, u32)>)>,
+        ledger: Option<crate::scheduler::ManifestSnapshot>,
     ) {
         let io = self.io.clone();
         let node = self.node.clone();
         tokio::spawn(async move {
             let read = {
                 let id = id.clone();
-                tokio::task::spawn_blocking(move || {
-                    let disk = io.read_manifest(&id);
-                    match overlay {
-                        Some((now, superseded)) => Ok(match disk {
-                            Ok(disk) => crate::scheduler::merge_manifests(disk, now, &superseded),
-                            Err(_) if !io.manifest_exists(&id) => now,
-                            Err(e) => return Err(e),
-                        }),
-                        None => disk,
+                tokio::task::spawn_blocking(move || match ledger {
+                    None => io.read_manifest(&id),
+                    Some(snap) => {
+                        let now = snap.to_manifest();
+                        let Some(superseded) = snap.merge_with_disk() else {
+                            return Ok(now);
+                        };
+                        match io.read_manifest(&id) {
+                            Ok(disk) => {
+                                Ok(crate::scheduler::merge_manifests(disk, now, superseded))
+                            }
+                            Err(_) if !io.manifest_exists(&id) => Ok(now),
+                            Err(e) => Err(e),
+                        }
                     }
                 })
                 .await

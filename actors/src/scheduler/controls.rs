@@ -182,7 +182,7 @@ impl Scheduler {
             RequeueNeeds::Ledger => {
                 let sess = &mut self.sessions[s];
                 let mut found = Vec::new();
-                sess.ranges.retain(|r| {
+                Arc::make_mut(&mut sess.ranges).retain(|r| {
                     if r.task != t {
                         return true;
                     }

@@ -53,7 +53,9 @@ pub(super) struct Session {
     /// Pending tasks set aside for the reserve node, in order.
     pub(super) reserved: VecDeque<TaskIdx>,
     pub(super) waiting: BTreeSet<(u64, TaskIdx)>,
-    pub(super) ranges: Vec<Segment>,
+    /// Shared with the manifest snapshots being written (see
+    /// [`ManifestSnapshot`]): a snapshot costs no copy on the master's thread.
+    pub(super) ranges: Arc<Vec<Segment>>,
     /// Frames reported done by running attempts (not yet banked).
     pub(super) running_done: u64,
     pub(super) replay: Vec<ReplayRecord>,
@@ -124,7 +126,7 @@ pub(super) fn bank(
         start: task.frames.start,
         end: task.frames.start + done,
     };
-    sess.ranges.push(Segment {
+    Arc::make_mut(&mut sess.ranges).push(Segment {
         frames,
         task: t,
         attempt: task.attempt,
@@ -179,7 +181,7 @@ impl Scheduler {
             pending: Queue::new(n),
             reserved: VecDeque::new(),
             waiting: BTreeSet::new(),
-            ranges: Vec::new(),
+            ranges: Arc::default(),
             replay: Vec::new(),
             failed: Vec::new(),
             running_done: 0,
@@ -294,7 +296,7 @@ impl Scheduler {
         sess.pending = Queue::new(0);
         sess.reserved = VecDeque::new();
         sess.waiting = BTreeSet::new();
-        sess.ranges = Vec::new();
+        sess.ranges = Arc::default();
         sess.replay = Vec::new();
         sess.retried = Vec::new();
         sess.superseded = Vec::new();

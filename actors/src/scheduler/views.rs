@@ -16,8 +16,9 @@ pub struct ManifestSnapshot {
     executor: String,
     submitted_ms: u64,
     finished_ms: Option<u64>,
-    /// In frame order.
-    ranges: Vec<Segment>,
+    /// The session's, shared: in the order they were produced (see
+    /// [`ManifestSnapshot::in_frame_order`]).
+    ranges: Arc<Vec<Segment>>,
     replay: Vec<ReplayRecord>,
     failed: Vec<FailedRange>,
     retried: Vec<FailedRange>,
@@ -44,6 +45,13 @@ impl ManifestSnapshot {
         self.merge_with_disk.as_deref()
     }
 
+    /// Its ranges sorted by frame (sorted here, off the master's thread).
+    fn in_frame_order(&self) -> impl Iterator<Item = &Segment> {
+        let mut order: Vec<u32> = (0..self.ranges.len() as u32).collect();
+        order.sort_unstable_by_key(|&i| self.ranges[i as usize].frames.start);
+        order.into_iter().map(|i| &self.ranges[i as usize])
+    }
+
     /// The manifest it serializes as.
     pub fn to_manifest(&self) -> Manifest {
         Manifest {
@@ -55,8 +63,7 @@ impl ManifestSnapshot {
             submitted_ms: self.submitted_ms,
             finished_ms: self.finished_ms,
             ranges: self
-                .ranges
-                .iter()
+                .in_frame_order()
                 .map(|r| r.to_range(&self.session))
                 .collect(),
             replay: self.replay.clone(),
@@ -106,7 +113,7 @@ impl serde::Serialize for RangesOf<'_> {
     fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
         let mut seq = ser.serialize_seq(Some(self.0.ranges.len()))?;
-        for r in &self.0.ranges {
+        for r in self.0.in_frame_order() {
             seq.serialize_element(&r.to_range(&self.0.session))?;
         }
         seq.end()
@@ -331,8 +338,7 @@ impl Scheduler {
         if sess.evicted.is_some() {
             return None;
         }
-        let mut ranges = sess.ranges.clone();
-        ranges.sort_by_key(|r| r.frames.start);
+        let ranges = sess.ranges.clone();
         let mut failed = sess.failed.clone();
         failed.sort_by_key(|f| f.frames.start);
         Some(ManifestSnapshot {
@@ -362,7 +368,7 @@ impl Scheduler {
             executor: "builtin:noop".into(),
             submitted_ms: 0,
             finished_ms: Some(0),
-            ranges: Vec::new(),
+            ranges: Arc::default(),
             replay: Vec::new(),
             failed: Vec::new(),
             retried: Vec::new(),
@@ -375,7 +381,7 @@ impl Scheduler {
     pub fn issued_ids(&self) -> Vec<IdRange> {
         let mut v = Vec::new();
         for s in &self.sessions {
-            for r in &s.ranges {
+            for r in s.ranges.iter() {
                 v.push(IdRange {
                     lo: r.ids.lo,
                     hi: r.ids_used,
