@@ -181,19 +181,18 @@ impl Scheduler {
             }
             RequeueNeeds::Ledger => {
                 let sess = &mut self.sessions[s];
-                let mut found = Vec::new();
-                Arc::make_mut(&mut sess.ranges).retain(|r| {
-                    if r.task != t {
-                        return true;
-                    }
-                    found.push(ProducedRange {
+                let found: Vec<ProducedRange> = sess
+                    .ranges
+                    .iter()
+                    .filter(|r| r.task == t)
+                    .map(|r| ProducedRange {
                         frames: r.frames,
                         attempt: r.attempt,
                         node: r.node.to_string(),
                         device: r.device.to_string(),
-                    });
-                    false
-                });
+                    })
+                    .collect();
+                sess.ranges.retain(|r| r.task != t);
                 found
             }
         };

@@ -3,6 +3,61 @@
 
 use super::*;
 
+/// Ranges above which an evicted session's ledger is freed on another thread.
+const FREE_ELSEWHERE_ABOVE: usize = 10_000;
+
+/// Free `garbage` on a thread of its own, not the caller's.
+fn free_elsewhere<T: Send + 'static>(garbage: T) {
+    // If no thread can be started, it is freed here, as before.
+    let _ = std::thread::Builder::new()
+        .name("orch-free".into())
+        .spawn(move || drop(garbage));
+}
+
+/// Ranges per chunk of [`Segments`].
+const SEGMENT_CHUNK: usize = 4096;
+
+/// A session's produced ranges, in the order they were produced, in shared
+/// chunks: a manifest snapshot copies a pointer per chunk, not the ranges
+/// (it is written off the master's thread while the session goes on), and
+/// growing never copies more than one chunk.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Segments {
+    chunks: Vec<Arc<Vec<Segment>>>,
+    len: usize,
+}
+
+impl Segments {
+    pub(super) fn push(&mut self, seg: Segment) {
+        match self.chunks.last_mut() {
+            Some(last) if last.len() < SEGMENT_CHUNK => Arc::make_mut(last).push(seg),
+            _ => self.chunks.push(Arc::new(vec![seg])),
+        }
+        self.len += 1;
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Segment> {
+        self.chunks.iter().flat_map(|c| c.iter())
+    }
+
+    /// Keep the ranges `keep` says (it may be asked twice about one); only
+    /// chunks that lose one are copied.
+    pub(super) fn retain(&mut self, mut keep: impl FnMut(&Segment) -> bool) {
+        for chunk in &mut self.chunks {
+            if chunk.iter().all(&mut keep) {
+                continue;
+            }
+            Arc::make_mut(chunk).retain(&mut keep);
+        }
+        self.chunks.retain(|c| !c.is_empty());
+        self.len = self.chunks.iter().map(|c| c.len()).sum();
+    }
+}
+
 /// A produced range, kept compact: a million of them must fit in memory.
 #[derive(Debug, Clone)]
 pub(super) struct Segment {
@@ -53,9 +108,7 @@ pub(super) struct Session {
     /// Pending tasks set aside for the reserve node, in order.
     pub(super) reserved: VecDeque<TaskIdx>,
     pub(super) waiting: BTreeSet<(u64, TaskIdx)>,
-    /// Shared with the manifest snapshots being written (see
-    /// [`ManifestSnapshot`]): a snapshot costs no copy on the master's thread.
-    pub(super) ranges: Arc<Vec<Segment>>,
+    pub(super) ranges: Segments,
     /// Frames reported done by running attempts (not yet banked).
     pub(super) running_done: u64,
     pub(super) replay: Vec<ReplayRecord>,
@@ -126,7 +179,7 @@ pub(super) fn bank(
         start: task.frames.start,
         end: task.frames.start + done,
     };
-    Arc::make_mut(&mut sess.ranges).push(Segment {
+    sess.ranges.push(Segment {
         frames,
         task: t,
         attempt: task.attempt,
@@ -181,7 +234,7 @@ impl Scheduler {
             pending: Queue::new(n),
             reserved: VecDeque::new(),
             waiting: BTreeSet::new(),
-            ranges: Arc::default(),
+            ranges: Segments::default(),
             replay: Vec::new(),
             failed: Vec::new(),
             running_done: 0,
@@ -292,11 +345,15 @@ impl Scheduler {
                 .fold(0u64, |acc, f| acc.saturating_add(f.frames.len())),
             tasks_failed: sess.failed.len() as u64,
         });
-        sess.tasks = Tasks::new(&sess.spec);
+        let tasks = std::mem::replace(&mut sess.tasks, Tasks::new(&sess.spec));
         sess.pending = Queue::new(0);
         sess.reserved = VecDeque::new();
         sess.waiting = BTreeSet::new();
-        sess.ranges = Arc::default();
+        let ranges = std::mem::take(&mut sess.ranges);
+        if ranges.len() > FREE_ELSEWHERE_ABOVE {
+            // A million ranges take the master ~100 ms to free.
+            free_elsewhere((tasks, ranges));
+        }
         sess.replay = Vec::new();
         sess.retried = Vec::new();
         sess.superseded = Vec::new();

@@ -134,3 +134,36 @@ fn a_running_session_is_not_evicted() {
     assert!(!fx.sched.is_evicted(S1));
     assert_eq!(fx.manifest(S1).state, SessionState::Running);
 }
+
+fn segment(task: u32) -> Segment {
+    Segment {
+        frames: frames(u64::from(task), u64::from(task) + 1),
+        task: TaskIdx(task),
+        attempt: 1,
+        node: "n1".into(),
+        device: "d0".into(),
+        ids: ids(0, 0),
+        ids_used: 0,
+        outputs: Vec::new().into(),
+        started_ms: 0,
+        finished_ms: 0,
+    }
+}
+
+#[test]
+fn produced_ranges_are_chunked_and_a_copy_does_not_see_later_changes() {
+    let mut segs = Segments::default();
+    for t in 0..10_000 {
+        segs.push(segment(t));
+    }
+    let copy = segs.clone();
+
+    segs.push(segment(10_000));
+    segs.retain(|s| s.task.0 % 3 != 0);
+
+    assert_eq!(copy.len(), 10_000);
+    assert!(copy.iter().map(|s| s.task.0).eq(0..10_000));
+    assert_eq!(segs.len(), 6_667);
+    assert!(segs.iter().all(|s| s.task.0 % 3 != 0));
+    assert_eq!(segs.iter().count(), segs.len());
+}

@@ -90,9 +90,9 @@ pub(super) struct Tasks {
     pub(super) chunk: u64,
     pub(super) n: u32,
     /// Tasks assigned at least once and not done.
-    pub(super) touched: HashMap<TaskIdx, Task>,
+    pub(super) touched: BTreeMap<TaskIdx, Task>,
     /// Done tasks: what a late report about them needs (see [`Done`]).
-    pub(super) done: HashMap<TaskIdx, Done>,
+    pub(super) done: BTreeMap<TaskIdx, Done>,
     /// The attempt number of a task never assigned (restarts raise it).
     pub(super) fresh_attempt: u32,
     /// The numbers restarts skipped for tasks never assigned.
@@ -106,8 +106,8 @@ impl Tasks {
             frames: spec.frames,
             chunk,
             n: spec.frames.len().div_ceil(chunk) as u32,
-            touched: HashMap::new(),
-            done: HashMap::new(),
+            touched: BTreeMap::new(),
+            done: BTreeMap::new(),
             fresh_attempt: 1,
             fresh_skipped: 0,
         }

@@ -18,7 +18,7 @@ pub struct ManifestSnapshot {
     finished_ms: Option<u64>,
     /// The session's, shared: in the order they were produced (see
     /// [`ManifestSnapshot::in_frame_order`]).
-    ranges: Arc<Vec<Segment>>,
+    ranges: Segments,
     replay: Vec<ReplayRecord>,
     failed: Vec<FailedRange>,
     retried: Vec<FailedRange>,
@@ -47,9 +47,9 @@ impl ManifestSnapshot {
 
     /// Its ranges sorted by frame (sorted here, off the master's thread).
     fn in_frame_order(&self) -> impl Iterator<Item = &Segment> {
-        let mut order: Vec<u32> = (0..self.ranges.len() as u32).collect();
-        order.sort_unstable_by_key(|&i| self.ranges[i as usize].frames.start);
-        order.into_iter().map(|i| &self.ranges[i as usize])
+        let mut order: Vec<&Segment> = self.ranges.iter().collect();
+        order.sort_unstable_by_key(|r| r.frames.start);
+        order.into_iter()
     }
 
     /// The manifest it serializes as.
@@ -368,7 +368,7 @@ impl Scheduler {
             executor: "builtin:noop".into(),
             submitted_ms: 0,
             finished_ms: Some(0),
-            ranges: Arc::default(),
+            ranges: Segments::default(),
             replay: Vec::new(),
             failed: Vec::new(),
             retried: Vec::new(),

@@ -33,6 +33,238 @@ struct Args {
     /// Skip the scan on fleets above this many devices.
     #[arg(long, default_value_t = 10_000)]
     scan_max_devices: usize,
+    /// Instead: the longest single event of the big operations (submit,
+    /// failover, resume, finish, manifest snapshot, eviction) on a fleet
+    /// of NODESxDEVICES, with the master's placement budget.
+    #[arg(long)]
+    stalls: Option<String>,
+    /// Tasks of the session for --stalls.
+    #[arg(long, default_value_t = 1_000_000)]
+    stall_tasks: u64,
+}
+
+/// The longest `on_event` of a sequence, in ms, and how many there were.
+#[derive(Default)]
+struct Longest {
+    ms: f64,
+    events: u64,
+}
+
+impl Longest {
+    fn feed(&mut self, s: &mut Scheduler, ev: SchedEvent, now: u64) -> Vec<SchedCommand> {
+        let t = Instant::now();
+        let out = s.on_event(ev, now);
+        self.ms = self.ms.max(t.elapsed().as_secs_f64() * 1e3);
+        self.events += 1;
+        out
+    }
+}
+
+fn fleet(nodes: usize, devices: usize) -> Scheduler {
+    let mut s = Scheduler::new(0);
+    s.on_event(
+        SchedEvent::PlaceBudget {
+            max: orch_actors::master::PLACE_BUDGET,
+        },
+        0,
+    );
+    for n in 0..nodes {
+        s.on_event(node_up(n, devices, Vec::new()), 0);
+    }
+    s
+}
+
+fn node_up(n: usize, devices: usize, held: Vec<AttemptKey>) -> SchedEvent {
+    SchedEvent::NodeUp {
+        node: format!("n{n:04}"),
+        epoch: 1,
+        max_concurrency: devices as u32,
+        devices: (0..devices)
+            .map(|i| DeviceInfo {
+                id: format!("d{i}"),
+                handle: String::new(),
+                capabilities: BTreeMap::new(),
+            })
+            .collect(),
+        held,
+    }
+}
+
+/// Feed `Place` while the scheduler wants it; every assignment goes to `queue`.
+fn settle(
+    s: &mut Scheduler,
+    l: &mut Longest,
+    queue: &mut Vec<(String, orch_actors::protocol::TaskSpec)>,
+    now: u64,
+) {
+    while s.wants_to_place() {
+        take(l.feed(s, SchedEvent::Place, now), queue);
+    }
+}
+
+fn take(cmds: Vec<SchedCommand>, queue: &mut Vec<(String, orch_actors::protocol::TaskSpec)>) {
+    for c in cmds {
+        if let SchedCommand::Assign { node, task, .. } = c {
+            queue.push((node, task));
+        }
+    }
+}
+
+fn stalls(fleet_arg: &str, tasks: u64) -> anyhow::Result<serde_json::Value> {
+    let (nodes, devices) = fleet_arg
+        .split_once('x')
+        .and_then(|(n, d)| Some((n.parse::<usize>().ok()?, d.parse::<usize>().ok()?)))
+        .ok_or_else(|| anyhow::anyhow!("--stalls: `{fleet_arg}` is not NODESxDEVICES"))?;
+    let mut s = fleet(nodes, devices);
+    let mut queue = Vec::new();
+    let mut submit = Longest::default();
+    take(
+        submit.feed(
+            &mut s,
+            SchedEvent::Submit {
+                id: "s".into(),
+                spec: spec(tasks),
+            },
+            1,
+        ),
+        &mut queue,
+    );
+    settle(&mut s, &mut submit, &mut queue, 1);
+    let placed = queue.len();
+    // Half the session, results in assignment order.
+    let mut run = Longest::default();
+    let mut i = 0;
+    while (i as u64) < tasks / 2 && i < queue.len() {
+        let (node, task) = queue[i].clone();
+        take(
+            run.feed(&mut s, orch_benches::completed(node, task), 2),
+            &mut queue,
+        );
+        settle(&mut s, &mut run, &mut queue, 2);
+        i += 1;
+    }
+    // A node with every device busy dies.
+    let held_by_n0 = queue[i..].iter().filter(|(n, _)| n == "n0000").count();
+    let mut failover = Longest::default();
+    take(
+        failover.feed(
+            &mut s,
+            SchedEvent::NodeDown {
+                node: "n0000".into(),
+                epoch: 1,
+                reason: orch_actors::protocol::LossReason::NodeDown,
+            },
+            3,
+        ),
+        &mut queue,
+    );
+    settle(&mut s, &mut failover, &mut queue, 3);
+    queue.retain(|(n, _)| n != "n0000");
+    // The master restarts: a resume, then every node registers again with
+    // what it holds.
+    let mut resume = Longest::default();
+    let id_floor = s.ids().high_water() + 1;
+    take(
+        resume.feed(
+            &mut s,
+            SchedEvent::Resume {
+                id_floor,
+                within_ms: 10_000,
+            },
+            4,
+        ),
+        &mut queue,
+    );
+    for n in 1..nodes {
+        let name = format!("n{n:04}");
+        let held = queue[i..]
+            .iter()
+            .filter(|(node, _)| *node == name)
+            .map(|(_, t)| t.key())
+            .collect();
+        take(
+            resume.feed(&mut s, node_up(n, devices, held), 5),
+            &mut queue,
+        );
+        settle(&mut s, &mut resume, &mut queue, 5);
+    }
+    let mut rest = Longest::default();
+    let mut last_ms = 0.0f64;
+    while i < queue.len() {
+        let (node, task) = queue[i].clone();
+        let t = Instant::now();
+        take(
+            rest.feed(&mut s, orch_benches::completed(node, task), 6),
+            &mut queue,
+        );
+        last_ms = t.elapsed().as_secs_f64() * 1e3;
+        settle(&mut s, &mut rest, &mut queue, 6);
+        i += 1;
+    }
+    let view = s.view("s", 7).expect("the session");
+    anyhow::ensure!(view.state.is_final(), "the session did not end: {view:?}");
+    let t = Instant::now();
+    let snap = s.manifest_snapshot("s").expect("a snapshot");
+    let snapshot_ms = t.elapsed().as_secs_f64() * 1e3;
+    let ranges = snap.ranges();
+    drop(snap);
+    let mut evict = Longest::default();
+    evict.feed(
+        &mut s,
+        SchedEvent::Evict {
+            session: "s".into(),
+        },
+        8,
+    );
+    let rows = [
+        (
+            "submit and its placement slices",
+            &submit,
+            format!("{placed} placed"),
+        ),
+        ("half the results", &run, String::new()),
+        (
+            "failover of one node",
+            &failover,
+            format!("{held_by_n0} attempts lost"),
+        ),
+        (
+            "resume: Resume and every node again",
+            &resume,
+            String::new(),
+        ),
+        (
+            "the other results",
+            &rest,
+            format!("last result (the session ends): {last_ms:.2} ms"),
+        ),
+        (
+            "evict the finished session",
+            &evict,
+            format!("{ranges} ranges"),
+        ),
+    ];
+    println!(
+        "{:<38} {:>10} {:>12}  note",
+        "operation", "events", "longest ms"
+    );
+    let mut out = serde_json::Map::new();
+    for (what, l, note) in rows {
+        println!("{what:<38} {:>10} {:>12.2}  {note}", l.events, l.ms);
+        out.insert(
+            what.into(),
+            json!({ "events": l.events, "longest_ms": l.ms, "note": note }),
+        );
+    }
+    println!(
+        "{:<38} {:>10} {:>12.3}  {ranges} ranges",
+        "manifest snapshot", 1, snapshot_ms
+    );
+    out.insert(
+        "manifest snapshot".into(),
+        json!({ "longest_ms": snapshot_ms, "ranges": ranges }),
+    );
+    Ok(json!({ "fleet": fleet_arg, "tasks": tasks, "stalls": out }))
 }
 
 fn spec(tasks: u64) -> SessionSpec {
@@ -130,6 +362,11 @@ fn run(nodes: usize, devices: usize, tasks: u64, scan: bool) -> Run {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(f) = &args.stalls {
+        let out = stalls(f, args.stall_tasks)?;
+        eprintln!("{}", serde_json::to_string(&out)?);
+        return Ok(());
+    }
     let mut out = Vec::new();
     println!(
         "{:<10} {:>8} {:<6} {:>12} {:>8} {:>14} {:>14}",
