@@ -232,15 +232,8 @@ impl Actor for Master {
                 state.reply(reply, answer);
             }
         }
-        if state.sched.wants_to_place() && !state.place_queued {
-            state.place_queued = true;
-            let _ = myself.cast(MasterMsg::Place);
-        }
         state.handled_since_commit_queued += 1;
-        if std::mem::take(&mut state.members_changed) {
-            state.publish_members();
-        }
-        state.settle(&myself);
+        state.after_message(&myself);
         Ok(())
     }
 
@@ -273,7 +266,7 @@ impl Actor for Master {
             | SupervisionEvent::ActorFailed(cell, _) => {
                 if let Some((node, epoch)) = state.watched.remove(&cell.get_id()) {
                     state.feed(&myself, MemberEvent::NodeDown { node, epoch });
-                    state.settle(&myself);
+                    state.after_message(&myself);
                 }
             }
             other => debug!(node_id = %state.node, event = ?other, "supervision event ignored"),
@@ -283,6 +276,21 @@ impl Actor for Master {
 }
 
 impl MasterState {
+    /// What follows every message: placement left for lack of budget is
+    /// queued, the read model learns of workers that came or went (a worker
+    /// declared down shows at once, not at the next tick), and what waited
+    /// for the commit is settled.
+    fn after_message(&mut self, myself: &ActorRef<MasterMsg>) {
+        if self.sched.wants_to_place() && !self.place_queued {
+            self.place_queued = true;
+            let _ = myself.cast(MasterMsg::Place);
+        }
+        if std::mem::take(&mut self.members_changed) {
+            self.publish_members();
+        }
+        self.settle(myself);
+    }
+
     /// The master's state at start: the ledger replayed from the store (if
     /// any), IDs reserved and the resume recorded before anyone is served.
     async fn start(

@@ -29,12 +29,14 @@ struct Args {
     /// Do not run `cargo build --release` for the binaries first.
     #[arg(long)]
     no_build: bool,
-    /// Shapes to run (comma-separated): throughput, latency, failover, scale,
-    /// sessions, durability and admin (the last three not in the default set).
+    /// Shapes to run (comma-separated): throughput, latency, failover,
+    /// failover-free (the peers' shape: a survivor with a free device),
+    /// scale, sessions, durability and admin (the last three not in the
+    /// default set).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "throughput,latency,failover,scale"
+        default_value = "throughput,latency,failover,failover-free,scale"
     )]
     shapes: Vec<String>,
     /// `[store] durability` modes of the durability shape (comma-separated;
@@ -533,6 +535,103 @@ fn admin_shape(
     Ok(out)
 }
 
+/// Unix nanoseconds now.
+fn unix_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// The failover shape of the peers' scripts (benches/peers/README.md): two
+/// nodes with one device each, a long task on the victim (a soft
+/// preference), the survivor's device free; kill -9 of the victim; the lost
+/// task's start on the survivor is a timestamp the task itself writes.
+fn failover_free(bins: &Bins) -> Result<Value> {
+    let mut c = TestCluster::new(bins.clone());
+    let mport = free_port();
+    let mut m = node_spec("node-0").master().heartbeat(1000, 3);
+    m.devices = 1;
+    m.max_concurrency = 1;
+    c.add_with_port(m, mport)?;
+    let mut v = node_spec("node-1")
+        .peer(format!("127.0.0.1:{mport}"))
+        .heartbeat(1000, 3);
+    v.devices_toml = Some(
+        "[[device]]\ncount = 1\nid_prefix = \"node-1-dev-\"\ncapabilities = { victim = true }\n"
+            .into(),
+    );
+    v.max_concurrency = 1;
+    c.add(v)?;
+    c.wait_for("2 healthy workers", Duration::from_secs(20), |ws| {
+        all_healthy(ws, &["node-0", "node-1"])
+    })?;
+    let marker = c.dir.path().join("starts");
+    let id = c.submit(
+        "fofree",
+        &format!(
+            "name = \"fofree\"\nframes = {{ start = 0, end = 1 }}\nchunk_frames = 1\ntimeout_ms = 600000\n[prefer]\nvictim = 100\n[executor]\nkind = \"command\"\nargv = [\"sh\", \"-c\", \"echo $(date +%s%N) {{device}} >> {}; exec sleep 60\"]\n",
+            marker.display()
+        ),
+    )?;
+    let starts = |n: usize| -> Vec<(u128, String)> {
+        std::fs::read_to_string(&marker)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (ns, dev) = l.split_once(' ')?;
+                Some((ns.parse().ok()?, dev.to_string()))
+            })
+            .take(n)
+            .collect()
+    };
+    orch_tests::wait_until(
+        "the task started on the victim",
+        Duration::from_secs(20),
+        || starts(1).len() == 1,
+    )?;
+    let first = starts(1).remove(0);
+    if !first.1.starts_with("node-1") {
+        bail!("the long task started on `{}`, not on the victim", first.1);
+    }
+    let kill_ns = unix_ns();
+    c.node("node-1").kill9();
+    let admin = c.nodes[0].admin_addr;
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(5))
+        .build();
+    let t0 = Instant::now();
+    let mut detect = None;
+    while detect.is_none() && t0.elapsed() < Duration::from_secs(30) {
+        let ws: Value = agent
+            .get(&format!("http://{admin}/v1/workers"))
+            .call()?
+            .into_json()?;
+        if ws
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|w| w["node"] == "node-1" && w["state"] == "unhealthy")
+        {
+            detect = Some((unix_ns() - kill_ns) as f64 / 1e6);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    orch_tests::wait_until("the task started again", Duration::from_secs(30), || {
+        starts(2).len() == 2
+    })?;
+    let again = starts(2).remove(1);
+    let rerun_ms = (again.0.saturating_sub(kill_ns)) as f64 / 1e6;
+    let _ = c.orchctl(0, &["cancel", &id]);
+    Ok(json!({
+        "detect_ms": detect,
+        "rerun_ms": rerun_ms,
+        "rerun_on": again.1,
+        "heartbeat_ms": 1000, "missed_heartbeats": 3,
+        "rerun_means": "from the kill to the lost task's own start timestamp on the survivor (the peers' definition)",
+    }))
+}
+
 fn failover(bins: &Bins) -> Result<Value> {
     let mut c = cluster(bins, 4, 1000)?;
     let id = c.submit(
@@ -727,6 +826,10 @@ fn main() -> Result<()> {
         eprintln!("== failover");
         out["failover"] = failover(&bins)?;
     }
+    if want("failover-free") {
+        eprintln!("== failover-free");
+        out["failover_free"] = failover_free(&bins)?;
+    }
     if want("scale") {
         eprintln!("== scale");
         out["scale"] = scale(&bins, args.quick)?;
@@ -792,6 +895,7 @@ fn main() -> Result<()> {
                 "throughput_orch_over_peer": ratio(orch_tp, peer_tp),
                 "latency_p50_peer_over_orch": ratio(peer_p50, out["latency"]["p50_ms"].as_f64()),
                 "failover_rerun_peer_over_orch": ratio(p["failover"]["rerun_ms"].as_f64(), out["failover"]["rerun_ms"].as_f64()),
+                "failover_free_rerun_peer_over_orch": ratio(p["failover"]["rerun_ms"].as_f64(), out["failover_free"]["rerun_ms"].as_f64()),
             }));
             out["peers"][name] = p;
         }
@@ -825,6 +929,14 @@ fn main() -> Result<()> {
             f["detect_ms"].as_f64().map(|x| x.round()),
             f["rerun_ms"].as_f64().map(|x| x.round()),
             f["complete_ms"].as_f64().unwrap_or(0.0)
+        );
+    }
+    if let Some(f) = out.get("failover_free") {
+        println!(
+            "failover (peers' shape, a free survivor) detect {:?} ms  rerun {:?} ms (the task's own start on {})",
+            f["detect_ms"].as_f64().map(|x| x.round()),
+            f["rerun_ms"].as_f64().map(|x| x.round()),
+            f["rerun_on"]
         );
     }
     let scales = out
