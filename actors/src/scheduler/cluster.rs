@@ -98,6 +98,7 @@ impl Scheduler {
             // Back after a master restart: what the worker still holds continues.
             if old.resume_by.is_some() {
                 let held: HashSet<&AttemptKey> = held.iter().collect();
+                let ids: HashSet<&str> = devices.iter().map(|d| &*d.id).collect();
                 let mut keep: Vec<(SessionIdx, TaskIdx)> = old
                     .running
                     .iter()
@@ -108,7 +109,7 @@ impl Scheduler {
                             return false;
                         };
                         let on_device = match &task.state {
-                            TaskState::Running(r) => devices.iter().any(|d| *d.id == *r.device),
+                            TaskState::Running(r) => ids.contains(&*r.device),
                             _ => false,
                         };
                         on_device

@@ -162,10 +162,10 @@ fn stalls(fleet_arg: &str, tasks: u64) -> anyhow::Result<serde_json::Value> {
     queue.retain(|(n, _)| n != "n0000");
     // The master restarts: a resume, then every node registers again with
     // what it holds.
-    let mut resume = Longest::default();
+    let mut resume_ev = Longest::default();
     let id_floor = s.ids().high_water() + 1;
     take(
-        resume.feed(
+        resume_ev.feed(
             &mut s,
             SchedEvent::Resume {
                 id_floor,
@@ -175,6 +175,7 @@ fn stalls(fleet_arg: &str, tasks: u64) -> anyhow::Result<serde_json::Value> {
         ),
         &mut queue,
     );
+    let mut resume = Longest::default();
     for n in 1..nodes {
         let name = format!("n{n:04}");
         let held = queue[i..]
@@ -228,8 +229,9 @@ fn stalls(fleet_arg: &str, tasks: u64) -> anyhow::Result<serde_json::Value> {
             &failover,
             format!("{held_by_n0} attempts lost"),
         ),
+        ("resume: the Resume event", &resume_ev, String::new()),
         (
-            "resume: Resume and every node again",
+            "resume: every node again, with what it holds",
             &resume,
             String::new(),
         ),
