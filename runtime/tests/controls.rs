@@ -4,35 +4,13 @@
 use std::time::{Duration, Instant};
 
 use orch_tests::{
-    all_healthy, assert_exactly_once, assert_no_id_issued_twice, bins, id_events, max_overlap,
-    NodeSpec, TestCluster,
+    assert_exactly_once, assert_no_id_issued_twice, bins, id_events, max_overlap, TestCluster,
 };
 use serde_json::Value;
 
 /// A master+worker `node-0` and `workers` workers, each with `devices` devices.
 fn cluster(workers: usize, devices: u32) -> TestCluster {
-    let mut c = TestCluster::new(bins!());
-    let port = orch_tests::free_port();
-    let mut m = NodeSpec::new("node-0").master().heartbeat(300, 3);
-    m.devices = devices;
-    c.add_with_port(m, port).unwrap();
-    for i in 1..=workers {
-        let mut w = NodeSpec::new(&format!("node-{i}"))
-            .peer(format!("127.0.0.1:{port}"))
-            .heartbeat(300, 3);
-        w.devices = devices;
-        c.add(w).unwrap();
-    }
-    wait_all_healthy(&c, workers);
-    c
-}
-
-fn wait_all_healthy(c: &TestCluster, workers: usize) {
-    let names: Vec<String> = (0..=workers).map(|i| format!("node-{i}")).collect();
-    c.wait_for("every worker healthy", Duration::from_secs(20), |ws| {
-        all_healthy(ws, &names.iter().map(String::as_str).collect::<Vec<_>>())
-    })
-    .unwrap();
+    TestCluster::master_and_workers(bins!(), workers, devices).unwrap()
 }
 
 /// `orchctl ARGS --json` on node-0: exit status and the JSON answer (or stderr).
@@ -59,7 +37,7 @@ fn ok(c: &TestCluster, args: &[&str]) -> Value {
 fn kill_master(c: &mut TestCluster, workers: usize) {
     c.nodes[0].kill9();
     c.restart(0).unwrap();
-    wait_all_healthy(c, workers);
+    c.wait_all_healthy(workers).unwrap();
 }
 
 fn ranges(m: &Value) -> &Vec<Value> {

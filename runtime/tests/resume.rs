@@ -5,32 +5,15 @@
 use std::time::{Duration, Instant};
 
 use orch_tests::{
-    all_healthy, assert_exactly_once, assert_no_id_issued_twice, bins, id_events,
-    rerun_outside_replay, NodeSpec, TestCluster,
+    assert_exactly_once, assert_no_id_issued_twice, bins, id_events, rerun_outside_replay,
+    NodeSpec, TestCluster,
 };
 use rand::Rng;
 use serde_json::Value;
 
 /// A master+worker `node-0` and `workers` workers, each with `devices` devices.
 fn cluster(workers: usize, devices: u32) -> TestCluster {
-    let mut c = TestCluster::new(bins!());
-    let port = orch_tests::free_port();
-    let mut m = NodeSpec::new("node-0").master().heartbeat(300, 3);
-    m.devices = devices;
-    c.add_with_port(m, port).unwrap();
-    for i in 1..=workers {
-        let mut w = NodeSpec::new(&format!("node-{i}"))
-            .peer(format!("127.0.0.1:{port}"))
-            .heartbeat(300, 3);
-        w.devices = devices;
-        c.add(w).unwrap();
-    }
-    let names: Vec<String> = (0..=workers).map(|i| format!("node-{i}")).collect();
-    c.wait_for("every worker healthy", Duration::from_secs(15), |ws| {
-        all_healthy(ws, &names.iter().map(String::as_str).collect::<Vec<_>>())
-    })
-    .unwrap();
-    c
+    TestCluster::master_and_workers(bins!(), workers, devices).unwrap()
 }
 
 fn frames_done(c: &TestCluster, id: &str) -> u64 {

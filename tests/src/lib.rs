@@ -371,6 +371,34 @@ impl TestCluster {
         Ok(c)
     }
 
+    /// A master+worker `node-0` and `workers` workers (`node-1`...), each
+    /// with `devices` devices, heartbeat 300 ms × 3, waiting until every
+    /// one is healthy (15 s).
+    pub fn master_and_workers(bins: Bins, workers: usize, devices: u32) -> Result<Self> {
+        let mut c = Self::new(bins);
+        let port = free_port();
+        let mut m = NodeSpec::new("node-0").master().heartbeat(300, 3);
+        m.devices = devices;
+        c.add_with_port(m, port)?;
+        for i in 1..=workers {
+            let mut w = NodeSpec::new(&format!("node-{i}"))
+                .peer(format!("127.0.0.1:{port}"))
+                .heartbeat(300, 3);
+            w.devices = devices;
+            c.add(w)?;
+        }
+        c.wait_all_healthy(workers)?;
+        Ok(c)
+    }
+
+    /// Wait until `node-0` ... `node-{workers}` are healthy (15 s).
+    pub fn wait_all_healthy(&self, workers: usize) -> Result<Duration> {
+        let names: Vec<String> = (0..=workers).map(|i| format!("node-{i}")).collect();
+        self.wait_for("every worker healthy", Duration::from_secs(15), |ws| {
+            all_healthy(ws, &names.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+    }
+
     /// `start_standard` with two workers, 3 missed heartbeats, waiting until
     /// node-0, node-1 and node-2 are healthy (10 s).
     pub fn three_healthy(bins: Bins, heartbeat_ms: u64) -> Result<Self> {

@@ -535,6 +535,19 @@ fn admin_shape(
     Ok(out)
 }
 
+/// Whether the admin API at `admin` lists `node` as unhealthy.
+fn shown_unhealthy(agent: &ureq::Agent, admin: std::net::SocketAddr, node: &str) -> Result<bool> {
+    let ws: Value = agent
+        .get(&format!("http://{admin}/v1/workers"))
+        .call()?
+        .into_json()?;
+    Ok(ws
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|w| w["node"] == node && w["state"] == "unhealthy"))
+}
+
 /// Unix nanoseconds now.
 fn unix_ns() -> u128 {
     std::time::SystemTime::now()
@@ -603,16 +616,7 @@ fn failover_free(bins: &Bins) -> Result<Value> {
     let t0 = Instant::now();
     let mut detect = None;
     while detect.is_none() && t0.elapsed() < Duration::from_secs(30) {
-        let ws: Value = agent
-            .get(&format!("http://{admin}/v1/workers"))
-            .call()?
-            .into_json()?;
-        if ws
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|w| w["node"] == "node-1" && w["state"] == "unhealthy")
-        {
+        if shown_unhealthy(&agent, admin, "node-1")? {
             detect = Some((unix_ns() - kill_ns) as f64 / 1e6);
         }
         std::thread::sleep(Duration::from_millis(2));
@@ -651,16 +655,7 @@ fn failover(bins: &Bins) -> Result<Value> {
         .build();
     while rerun.is_none() && t0.elapsed() < Duration::from_secs(60) {
         if detect.is_none() {
-            let ws: Value = agent
-                .get(&format!("http://{admin}/v1/workers"))
-                .call()?
-                .into_json()?;
-            if ws
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|w| w["node"] == "node-2" && w["state"] == "unhealthy")
-            {
+            if shown_unhealthy(&agent, admin, "node-2")? {
                 detect = Some(t0.elapsed());
             }
         } else {

@@ -306,22 +306,7 @@ fn run(nodes: usize, devices: usize, tasks: u64, scan: bool) -> Run {
         s = s.with_scan_placement();
     }
     for n in 0..nodes {
-        s.on_event(
-            SchedEvent::NodeUp {
-                node: format!("n{n:04}"),
-                epoch: 1,
-                max_concurrency: devices as u32,
-                devices: (0..devices)
-                    .map(|i| DeviceInfo {
-                        id: format!("d{i}"),
-                        handle: String::new(),
-                        capabilities: BTreeMap::new(),
-                    })
-                    .collect(),
-                held: Vec::new(),
-            },
-            0,
-        );
+        s.on_event(node_up(n, devices, Vec::new()), 0);
     }
     let t0 = Instant::now();
     let mut queue = s.on_event(
