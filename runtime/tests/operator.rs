@@ -87,6 +87,18 @@ fn every_command_answers_json_and_unknown_names_are_exit_3() {
         .submit("cancel-me", &sleep_session("cancel-me", 1000, 10, 50))
         .unwrap();
     assert_eq!(json(&c, &["cancel", &second])["state"], "cancelled");
+    // Session controls answer JSON too; one refused for the session's state
+    // is exit 1 with the reason.
+    let r = json(&c, &["requeue", &id, "3"]);
+    assert_eq!(r["ok"], true, "{r}");
+    c.wait_done(&id, Duration::from_secs(30)).unwrap();
+    let out = c.orchctl(0, &["retry", &id, "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no failed ranges") || err.contains("only a `partial`"),
+        "{err}"
+    );
     // Human tables print too.
     for cmd in [
         vec!["status"],
@@ -106,6 +118,10 @@ fn every_command_answers_json_and_unknown_names_are_exit_3() {
         vec!["manifest", "nope"],
         vec!["watch", "nope"],
         vec!["cancel", "nope"],
+        vec!["pause", "nope"],
+        vec!["resume", "nope"],
+        vec!["retry", "nope"],
+        vec!["requeue", "nope", "0"],
         vec!["devices", "no-node"],
         vec!["drain", "no-node"],
         vec!["restart-device", "node-1", "no-device"],
@@ -130,6 +146,12 @@ fn every_command_answers_json_and_unknown_names_are_exit_3() {
             .as_str()
             .is_some_and(|a| a.contains("/v1/nodes/node-2/drain"))
             && r["fields"]["who"] == "no-token"),
+        "{audit:?}"
+    );
+    assert!(
+        audit.iter().any(|r| r["fields"]["action"]
+            .as_str()
+            .is_some_and(|a| a.ends_with("/tasks/3/requeue"))),
         "{audit:?}"
     );
 }
