@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::protocol::{
-    ClusterStatus, DownReason, FailureRecord, Heartbeat, MemberState, Register, ToWorker,
-    WorkerStatus, WorkerView, PROTOCOL_VERSION,
+    ClusterStatus, DeviceInfo, DownReason, FailureRecord, Heartbeat, MemberState, Register,
+    ToWorker, WorkerStatus, WorkerView, PROTOCOL_VERSION,
 };
 
 /// How many failure records `status` keeps.
@@ -57,6 +57,14 @@ pub enum MemberEvent {
     },
     /// Periodic check of heartbeat deadlines, every [`DetectorConfig::tick_ms`].
     Tick,
+    /// The same, for a tick its timer queued at `sent_ms` (the master's
+    /// clock): everything queued before it has been read, so silence is
+    /// judged at `sent_ms`, not when the tick is read. A master whose
+    /// mailbox is seconds behind (a flood of results) does not take the
+    /// heartbeats still queued for silence.
+    QueuedTick {
+        sent_ms: u64,
+    },
 }
 
 /// What the master must do.
@@ -85,7 +93,9 @@ pub enum MemberCommand {
 
 #[derive(Debug, Clone)]
 struct Member {
+    /// Its registration, but its devices: they are in `devices`.
     info: Register,
+    devices: std::sync::Arc<[DeviceInfo]>,
     epoch: u64,
     state: MemberState,
     reason: Option<DownReason>,
@@ -137,11 +147,12 @@ impl Membership {
             MemberEvent::NodeDown { node, epoch } => {
                 self.mark_down(&node, epoch, DownReason::NodeDown, now_ms)
             }
-            MemberEvent::Tick => self.on_tick(now_ms),
+            MemberEvent::Tick => self.on_tick(now_ms, now_ms),
+            MemberEvent::QueuedTick { sent_ms } => self.on_tick(now_ms, sent_ms.min(now_ms)),
         }
     }
 
-    fn on_register(&mut self, reg: Register, now_ms: u64) -> Vec<MemberCommand> {
+    fn on_register(&mut self, mut reg: Register, now_ms: u64) -> Vec<MemberCommand> {
         let node = reg.node.clone();
         if reg.protocol_version != PROTOCOL_VERSION {
             return vec![MemberCommand::Send {
@@ -181,6 +192,7 @@ impl Membership {
         self.members.insert(
             node.clone(),
             Member {
+                devices: std::mem::take(&mut reg.devices).into(),
                 info: reg,
                 epoch,
                 state: MemberState::Healthy,
@@ -258,7 +270,8 @@ impl Membership {
         cmds
     }
 
-    fn on_tick(&mut self, now_ms: u64) -> Vec<MemberCommand> {
+    /// `judged_ms`: the time up to which every heartbeat sent has been read.
+    fn on_tick(&mut self, now_ms: u64, judged_ms: u64) -> Vec<MemberCommand> {
         let mut cmds = Vec::new();
         // Silence counts only while the master runs: after a stall the
         // heartbeats that arrived meanwhile are still in the mailbox, behind
@@ -279,7 +292,8 @@ impl Membership {
             .members
             .iter()
             .filter(|(_, m)| {
-                m.state == MemberState::Healthy && now_ms.saturating_sub(m.last_seen_ms) > timeout
+                m.state == MemberState::Healthy
+                    && judged_ms.saturating_sub(m.last_seen_ms) > timeout
             })
             .map(|(n, m)| (n.clone(), m.epoch))
             .collect();
@@ -332,8 +346,14 @@ impl Membership {
         self.last_epoch
     }
 
+    /// The registration of `node` (its devices apart, see [`Self::devices`]).
     pub fn registration(&self, node: &str) -> Option<&Register> {
         self.members.get(node).map(|m| &m.info)
+    }
+
+    /// The devices `node` registered with.
+    pub fn devices(&self, node: &str) -> Option<std::sync::Arc<[DeviceInfo]>> {
+        self.members.get(node).map(|m| m.devices.clone())
     }
 
     /// State of `node`, if it ever registered.
@@ -343,6 +363,19 @@ impl Membership {
 
     pub fn count(&self, state: MemberState) -> usize {
         self.members.values().filter(|m| m.state == state).count()
+    }
+
+    /// What the per-worker gauges show: (node, heartbeat age, queue ratio,
+    /// attempts in its devices' mailboxes), without copying its devices.
+    pub fn gauges(&self, now_ms: u64) -> impl Iterator<Item = (&str, u64, f32, u32)> {
+        self.members.iter().map(move |(node, m)| {
+            (
+                node.as_str(),
+                now_ms.saturating_sub(m.last_seen_ms),
+                m.queue_ratio,
+                m.active_tasks,
+            )
+        })
     }
 
     pub fn views(&self, now_ms: u64) -> Vec<WorkerView> {
@@ -361,7 +394,7 @@ impl Membership {
                 active_tasks: m.active_tasks,
                 max_concurrency: m.info.max_concurrency,
                 capabilities: m.info.capabilities.clone(),
-                devices: m.info.devices.clone(),
+                devices: m.devices.clone(),
                 registrations: m.registrations,
             })
             .collect()
@@ -381,7 +414,7 @@ impl Membership {
             workers_healthy: self.count(MemberState::Healthy) as u32,
             workers_unhealthy: self.count(MemberState::Unhealthy) as u32,
             workers_unregistered: self.count(MemberState::Unregistered) as u32,
-            devices_total: healthy.clone().map(|m| m.info.devices.len() as u32).sum(),
+            devices_total: healthy.clone().map(|m| m.devices.len() as u32).sum(),
             queue_depth_summary: healthy.map(|m| m.queue_ratio).fold(0.0, f32::max),
             recent_failures: self.failures.iter().cloned().collect(),
             sessions: Vec::new(),
@@ -537,6 +570,48 @@ mod tests {
         // declared once only
         assert!(downs(&ticks(&mut m, 4001, 9000)).is_empty());
         assert_eq!(m.status("m", 9000).recent_failures.len(), 1);
+    }
+
+    /// A master 4.8× slower than its mailbox fills: every message, sent at
+    /// `t`, is read at `4.8 t` (two ticks read 1.2 s apart: not a stall). Heartbeats every second until `last_hb`,
+    /// ticks every `tick_ms`, in the order they were sent; `queued`: ticks
+    /// carry their send time. The downs, with the send time of the tick
+    /// that gave each.
+    fn behind(queued: bool, last_hb: u64, until: u64) -> Vec<(u64, DownReason)> {
+        let read = |sent: u64| sent * 24 / 5;
+        let mut m = membership();
+        let e = registered_epoch(&m.on_event(MemberEvent::Register(reg("w1", 7, 1)), 0));
+        let step = m.config().tick_ms();
+        let mut out = Vec::new();
+        for sent in (step..=until).step_by(step as usize) {
+            if sent % HB == 0 && sent <= last_hb {
+                m.on_event(MemberEvent::Heartbeat(hb("w1", e, sent / HB)), read(sent));
+            }
+            let tick = if queued {
+                MemberEvent::QueuedTick { sent_ms: sent }
+            } else {
+                MemberEvent::Tick
+            };
+            for (_, r) in downs(&m.on_event(tick, read(sent))) {
+                out.push((sent, r));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_master_behind_its_mailbox_judges_silence_by_when_ticks_were_sent() {
+        // Judged when read, a worker that heartbeats every second looks
+        // silent for 4.8 s between two of them.
+        assert!(!behind(false, u64::MAX, 60_000).is_empty());
+        // Judged when sent: never.
+        assert_eq!(behind(true, u64::MAX, 60_000), vec![]);
+        // One that stops is still declared, once the mailbox has shown
+        // that it sent nothing: later by as much as the mailbox is behind.
+        let d = behind(true, 10_000, 120_000);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].1, DownReason::HeartbeatTimeout);
+        assert!(d[0].0 > 48_000 + 3 * HB, "{d:?}");
     }
 
     /// Ticks every `tick_ms` from `from` to `to` (inclusive); every command they gave.

@@ -418,7 +418,8 @@ pub struct WorkerView {
     pub active_tasks: u32,
     pub max_concurrency: u32,
     pub capabilities: Capabilities,
-    pub devices: Vec<DeviceInfo>,
+    /// Shared with the master's membership: a view costs no copy of them.
+    pub devices: std::sync::Arc<[DeviceInfo]>,
     /// How many times this node registered with this master.
     pub registrations: u64,
 }

@@ -329,7 +329,7 @@ mod tests {
 
     #[test]
     fn local_only_messages_refuse_to_serialize() {
-        assert!(MasterMsg::Tick.serialize().is_err());
+        assert!(MasterMsg::Tick { sent_ms: 0 }.serialize().is_err());
         assert!(WorkerMsg::Tick.serialize().is_err());
     }
 }

@@ -26,15 +26,15 @@ impl MasterState {
                     {
                         continue;
                     }
-                    for d in w.devices {
+                    for d in w.devices.iter() {
                         views.push(DeviceView {
                             node: w.node.clone(),
-                            device: d.id,
+                            device: d.id.clone(),
                             state: DeviceState::Offline,
                             tasks: Vec::new(),
                             tasks_done: 0,
                             last_error: w.reason.map(|r| r.as_str().to_string()),
-                            capabilities: d.capabilities,
+                            capabilities: d.capabilities.clone(),
                         });
                     }
                 }
@@ -96,17 +96,16 @@ impl MasterState {
                 ))
             }
             AdminRequest::DeviceGrid => {
-                let AdminReply::Devices(views) = self.answer(AdminRequest::Devices(None)) else {
-                    return AdminReply::DeviceGrid(Vec::new());
-                };
-                let mut grid: Vec<crate::protocol::NodeGrid> = Vec::new();
-                for d in views {
-                    match grid.last_mut() {
-                        Some(g) if g.node == d.node => g.states.push(d.state.grid_char()),
-                        _ => grid.push(crate::protocol::NodeGrid {
-                            node: d.node,
-                            states: d.state.grid_char().to_string(),
-                        }),
+                let mut grid = self.sched.device_grid();
+                // Devices of workers that are not (or no longer) healthy are offline.
+                for w in self.membership.views(now) {
+                    if !self.sched.has_device(&w.node, None) {
+                        let states =
+                            std::iter::repeat_n(DeviceState::Offline.grid_char(), w.devices.len());
+                        grid.push(crate::protocol::NodeGrid {
+                            node: w.node,
+                            states: states.collect(),
+                        });
                     }
                 }
                 AdminReply::DeviceGrid(grid)

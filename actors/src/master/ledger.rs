@@ -46,12 +46,15 @@ impl MasterState {
             MemberCommand::Up { node, epoch } => {
                 self.members_changed = true;
                 info!(node_id = %self.node, worker = %node, epoch, "worker registered");
-                if let Some(reg) = self.membership.registration(&node) {
+                if let (Some(reg), Some(devices)) = (
+                    self.membership.registration(&node),
+                    self.membership.devices(&node),
+                ) {
                     let ev = SchedEvent::NodeUp {
                         node,
                         epoch,
                         max_concurrency: reg.max_concurrency,
-                        devices: reg.devices.clone(),
+                        devices: devices.to_vec(),
                         held: reg.held.clone(),
                     };
                     self.schedule(ev);

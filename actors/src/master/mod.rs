@@ -59,8 +59,9 @@ pub enum MasterMsg {
     RemoteAdmin(AdminRequest, RpcReplyPort<AdminReply>),
     /// Bytes from the network that did not decode; counted and logged.
     Malformed(String),
-    /// Local: check heartbeat deadlines, wake retries, refresh gauges.
-    Tick,
+    /// Local: check heartbeat deadlines, wake retries, refresh gauges;
+    /// `sent_ms`: when its timer queued it (the master's clock).
+    Tick { sent_ms: u64 },
     /// Local: write the events recorded so far to the store, then send the
     /// decisions and acknowledgements that waited for them. Only the one
     /// with the latest generation counts.
@@ -161,6 +162,10 @@ pub struct MasterState {
     acks: HashMap<String, Vec<u64>>,
     /// A `Commit` is in the mailbox.
     commit_queued: bool,
+    /// Milliseconds between two ticks.
+    tick_ms: u64,
+    /// When the gauges and the read model were last refreshed by a tick.
+    published_at_ms: u64,
     /// Messages handled since the `Commit` was (re)queued.
     handled_since_commit_queued: u32,
     /// When the first event of the batch being filled was recorded.
@@ -210,7 +215,7 @@ impl Actor for Master {
             MasterMsg::Admin(req, reply) => state.on_admin(req, reply, false),
             MasterMsg::RemoteAdmin(req, reply) => state.on_admin(req, reply, true),
             MasterMsg::Malformed(what) => state.on_malformed(&what),
-            MasterMsg::Tick => state.on_tick(&myself)?,
+            MasterMsg::Tick { sent_ms } => state.on_tick(&myself, sent_ms)?,
             MasterMsg::Commit(generation) => return state.commit(&myself, generation),
             MasterMsg::Place => {
                 state.place_queued = false;
@@ -347,6 +352,8 @@ impl MasterState {
             outgoing: Vec::new(),
             acks: HashMap::new(),
             commit_queued: false,
+            tick_ms: args.detector.tick_ms(),
+            published_at_ms: 0,
             handled_since_commit_queued: 0,
             batch_since: None,
             commit_timed: false,
@@ -405,7 +412,10 @@ impl MasterState {
         state.publish_read_model(true);
         masters::join(&state.claim, myself.get_cell());
         let tick = Duration::from_millis(args.detector.tick_ms());
-        myself.send_interval(tick, || MasterMsg::Tick);
+        let started = state.started;
+        myself.send_interval(tick, move || MasterMsg::Tick {
+            sent_ms: started.elapsed().as_millis() as u64,
+        });
         info!(node_id = %state.node, durable, "master started");
         Ok(state)
     }
@@ -501,14 +511,27 @@ impl MasterState {
         warn!(node_id = %self.node, error = %what, "dropped an undecodable message");
     }
 
-    fn on_tick(&mut self, myself: &ActorRef<MasterMsg>) -> Result<(), ActorProcessingErr> {
+    fn on_tick(
+        &mut self,
+        myself: &ActorRef<MasterMsg>,
+        sent_ms: u64,
+    ) -> Result<(), ActorProcessingErr> {
         self.check_alone(myself)?;
-        self.feed(myself, MemberEvent::Tick);
-        if self.sched.tick_due(self.unix_ms(self.now_ms())) {
+        self.feed(myself, MemberEvent::QueuedTick { sent_ms });
+        let now = self.now_ms();
+        if self.sched.tick_due(self.unix_ms(now)) {
             self.schedule(SchedEvent::Tick);
         }
-        self.publish_gauges();
-        self.publish_read_model(false);
+        // Ticks that queued up behind a flood refresh the gauges and the
+        // read model once a tick period, not once each.
+        let period = self.tick_ms;
+        if now.saturating_sub(self.published_at_ms) >= period
+            || now.saturating_sub(sent_ms) < period
+        {
+            self.published_at_ms = now;
+            self.publish_gauges();
+            self.publish_read_model(false);
+        }
         Ok(())
     }
 

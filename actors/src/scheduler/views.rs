@@ -214,6 +214,16 @@ impl Scheduler {
         })
     }
 
+    /// Frames done in every session (saturating: a sum of 64-bit counts
+    /// may not fit), and how many sessions run: what the gauges show,
+    /// without building every session's view.
+    pub fn frames_done_and_running(&self) -> (u64, usize) {
+        let done = self.sessions.iter().fold(0u64, |acc, s| {
+            acc.saturating_add(s.frames_done.saturating_add(s.running_done))
+        });
+        (done, self.active.len())
+    }
+
     /// Session `id`'s place in submission order.
     pub fn session_order(&self, id: &str) -> Option<u64> {
         self.by_id.get(id).map(|s| s.0 as u64)
@@ -250,6 +260,32 @@ impl Scheduler {
 
     pub fn is_drained(&self, node: &str) -> bool {
         self.drained.contains(node)
+    }
+
+    /// One character per device of every registered node (the status
+    /// page's grid), as [`Self::device_views`] would say, without building
+    /// a view per device.
+    pub fn device_grid(&self) -> Vec<crate::protocol::NodeGrid> {
+        self.nodes
+            .values()
+            .map(|n| crate::protocol::NodeGrid {
+                node: n.name.to_string(),
+                states: n
+                    .devices
+                    .iter()
+                    .map(|d| {
+                        if d.disabled {
+                            DeviceState::Quarantined
+                        } else if d.inflight > 0 {
+                            DeviceState::Busy
+                        } else {
+                            DeviceState::Idle
+                        }
+                        .grid_char()
+                    })
+                    .collect(),
+            })
+            .collect()
     }
 
     /// Devices of registered nodes, with what each is doing.

@@ -139,3 +139,33 @@ fn recent_failovers_are_the_newest_reassignments_newest_last() {
     );
     assert_eq!(fx.manifest(S1).replay.len(), 3);
 }
+
+#[test]
+fn the_device_grid_says_what_the_device_views_say() {
+    let (mut fx, t) = one_node(3, 1);
+    fx.up("n2", vec![dev("d0"), dev("d1"), dev("d2")]);
+    fx.feed(completed("n1", &t[0]));
+    fx.feed(device_restart("n2", "d1"));
+    fx.feed(SchedEvent::DeviceDown {
+        node: "n2".into(),
+        device: "d2".into(),
+        reason: LossReason::DeviceKilled,
+        disable: true,
+    });
+
+    let grid = fx.sched.device_grid();
+
+    let views = fx.sched.device_views(None);
+    let from_views: Vec<(String, char)> = views
+        .iter()
+        .map(|v| (v.node.clone(), v.state.grid_char()))
+        .collect();
+    let from_grid: Vec<(String, char)> = grid
+        .iter()
+        .flat_map(|g| g.states.chars().map(|c| (g.node.clone(), c)))
+        .collect();
+    assert_eq!(from_grid, from_views);
+    assert!(from_grid.iter().any(|(_, c)| *c == 'b'));
+    assert!(from_grid.iter().any(|(_, c)| *c == 'q'));
+    assert!(from_grid.iter().any(|(_, c)| *c == 'i'));
+}
