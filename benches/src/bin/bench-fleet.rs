@@ -55,6 +55,10 @@ use ractor::rpc::CallResult;
 use ractor::{pg, Actor, ActorProcessingErr, ActorRef};
 use serde_json::{json, Value};
 
+// The allocator orch-node runs with.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// One master, a fleet of simulated workers, in one process.
 #[derive(Parser, Debug)]
 struct Args {

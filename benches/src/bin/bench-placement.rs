@@ -14,6 +14,10 @@ use orch_actors::protocol::{
 use orch_actors::scheduler::{SchedCommand, SchedEvent, Scheduler};
 use serde_json::json;
 
+// The allocator orch-node runs with.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Placement cost by fleet size.
 #[derive(Parser, Debug)]
 struct Args {

@@ -7,6 +7,12 @@ use clap::Parser;
 use orch_actors::protocol::SessionState;
 use orch_runtime::exit;
 
+// mimalloc: glibc's allocator, after a session of a million tasks, spends
+// tens of milliseconds at a time consolidating freed blocks inside whatever
+// message the master handles next (bench-placement --stalls, bench-fleet).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Run one node of an orch cluster.
 #[derive(Parser, Debug)]
 #[command(name = "orch-node", version, about)]
