@@ -136,6 +136,9 @@ pub enum ToWorker {
 }
 
 /// Admin queries answered by the master (docs/operating.md). Any node forwards them.
+// A submission is the one large request, and requests are few: boxing it
+// would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AdminRequest {
     Status,
