@@ -579,6 +579,41 @@ kind = "builtin:noop"
         );
         assert!(err(&format!("extra = 1\n{GOOD}")).contains("unknown field `extra`"));
         assert!(err(&format!("max_losses = 0\n{GOOD}")).contains("invalid `max_losses`"));
+        for bad in [
+            "priority = 1001",
+            "priority = -1001",
+            "priority = 9223372036854775807",
+        ] {
+            let e = err(&format!("{bad}\n{GOOD}"));
+            assert!(
+                e.contains("`priority`") && e.contains("-1000 to 1000"),
+                "{bad}: {e}"
+            );
+        }
+        for bad in ["max_devices = 0", "max_devices = 1000001"] {
+            let e = err(&format!("{bad}\n{GOOD}"));
+            assert!(
+                e.contains("`max_devices`") && e.contains("1 to 1000000"),
+                "{bad}: {e}"
+            );
+        }
+        let e = err(&format!("max_devices = -1\n{GOOD}"));
+        assert!(e.contains("max_devices"), "{e}");
+        let e = err(&format!("priority = \"high\"\n{GOOD}"));
+        assert!(e.contains("priority"), "{e}");
+    }
+
+    #[test]
+    fn priority_and_max_devices_reach_the_spec() {
+        let s = parse(
+            &format!("priority = -7\nmax_devices = 3\n{GOOD}"),
+            "s.toml",
+            None,
+        )
+        .unwrap();
+        assert_eq!((s.priority, s.max_devices), (-7, Some(3)));
+        let d = parse(GOOD, "s.toml", None).unwrap();
+        assert_eq!((d.priority, d.max_devices), (0, None));
     }
 
     #[test]
