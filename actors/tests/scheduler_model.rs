@@ -134,7 +134,13 @@ struct World {
     /// Retries an operator may still ask for once the session ends
     /// `partial` or `failed`.
     retries_left: u32,
+    /// A second session competing for the devices (`with_rival`), of its
+    /// own priority: frames `RIVAL_FRAMES`, one frame a task.
+    rival: Option<String>,
 }
+
+/// Frames of the rival session.
+const RIVAL_FRAMES: FrameRange = FrameRange { start: 0, end: 12 };
 
 /// What a node that missed a master holds: leases, and results in its outbox.
 type Late = (Vec<Lease>, Vec<(Lease, TaskOutcome)>);
@@ -188,6 +194,7 @@ impl World {
             max_devices,
             paused: false,
             retries_left: 0,
+            rival: None,
         };
         let spec = SessionSpec {
             name: "model".into(),
@@ -232,9 +239,12 @@ impl World {
                     !reserved || self.reserved_for.as_ref() == Some(&node),
                     "a reserved task goes only to the node it was reserved for"
                 );
-                assert!(!self.paused, "a paused session got {task:?}");
+                assert!(
+                    !self.paused || task.session != self.session,
+                    "a paused session got {task:?}"
+                );
                 // A new assignment never covers a produced frame.
-                let m = self.sched.manifest(&self.session).unwrap();
+                let m = self.sched.manifest(&task.session).unwrap();
                 for r in &m.ranges {
                     assert!(
                         r.frames.end <= task.frames.start || task.frames.end <= r.frames.start,
@@ -678,6 +688,13 @@ impl World {
             fresh.manifest(&self.session).unwrap(),
         );
         assert_eq!(a.ranges, b.ranges, "replay rebuilds the same ledger");
+        if let Some(r) = &self.rival {
+            assert_eq!(
+                self.sched.manifest(r).unwrap().ranges,
+                fresh.manifest(r).unwrap().ranges,
+                "replay rebuilds the rival's ledger"
+            );
+        }
         assert_eq!(a.replay, b.replay);
         assert_eq!(a.retried, b.retried);
         assert_eq!(
@@ -764,6 +781,21 @@ impl World {
         for w in spans.windows(2) {
             assert!(w[0].end <= w[1].start, "overlap: {:?} and {:?}", w[0], w[1]);
         }
+        if let Some(r) = &self.rival {
+            let m = self.sched.manifest(r).unwrap();
+            let mut spans: Vec<FrameRange> = m.ranges.iter().map(|r| r.frames).collect();
+            spans.extend(self.sched.running_ranges(r));
+            spans.extend(m.failed.iter().map(|f| f.frames));
+            spans.sort();
+            for w in spans.windows(2) {
+                assert!(
+                    w[0].end <= w[1].start,
+                    "rival overlap: {:?} and {:?}",
+                    w[0],
+                    w[1]
+                );
+            }
+        }
         // IDs: every issued range disjoint from every other and from the free list.
         let mut ids: Vec<IdRange> = self.sched.issued_ids();
         ids.extend(self.sched.ids().free_ranges().iter().copied());
@@ -813,7 +845,11 @@ impl World {
                 });
                 continue;
             }
-            if state.is_final() {
+            let rival_final = self
+                .rival
+                .as_ref()
+                .is_none_or(|r| self.sched.view(r, self.now).unwrap().state.is_final());
+            if state.is_final() && rival_final {
                 return;
             }
             if self.batches {
@@ -825,11 +861,44 @@ impl World {
                 self.apply(Op::Complete(0));
             }
         }
-        panic!("session did not finish");
+        panic!("a session did not finish (a starved rival?)");
     }
 }
 
 impl World {
+    /// A second session, submitted now with `priority` (the first has 0):
+    /// both compete for the devices, and both must end.
+    fn with_rival(mut self, priority: Option<i32>) -> Self {
+        let Some(priority) = priority else {
+            return self;
+        };
+        let id = "s0".to_string();
+        let spec = SessionSpec {
+            name: "rival".into(),
+            frames: RIVAL_FRAMES,
+            items: None,
+            chunk_frames: 1,
+            id_chunk_size: 10,
+            require: Default::default(),
+            prefer: Default::default(),
+            max_attempts: 3,
+            max_losses: DEFAULT_MAX_LOSSES,
+            priority,
+            max_devices: None,
+            backoff_ms: 10,
+            backoff_max_ms: 40,
+            executor: ExecutorSpec::Noop,
+            timeout_ms: 1000,
+            idempotency_key: None,
+        };
+        self.feed(SchedEvent::Submit {
+            id: id.clone(),
+            spec,
+        });
+        self.rival = Some(id);
+        self
+    }
+
     /// Once the session ends `partial` or `failed`, an operator retries
     /// it, up to `n` times.
     fn retrying(mut self, n: u32) -> Self {
@@ -882,6 +951,18 @@ fn check_final(w: &World) -> Result<(), TestCaseError> {
     for r in &m.replay {
         prop_assert!(r.new_attempt > r.old_attempt, "{:?}", r);
     }
+    if let Some(r) = &w.rival {
+        let m = w.sched.manifest(r).unwrap();
+        let mut covered: Vec<FrameRange> = m.ranges.iter().map(|r| r.frames).collect();
+        covered.extend(m.failed.iter().map(|f| f.frames));
+        covered.sort();
+        let mut at = RIVAL_FRAMES.start;
+        for r in &covered {
+            prop_assert_eq!(r.start, at, "rival: gap or overlap at {}", at);
+            at = r.end;
+        }
+        prop_assert_eq!(at, RIVAL_FRAMES.end);
+    }
     Ok(())
 }
 
@@ -904,10 +985,11 @@ proptest! {
         budget in proptest::option::of(1u32..4),
         max_devices in proptest::option::of(1u32..4),
         retries in 0u32..3,
+        rival in proptest::option::of(-2i32..=2),
         ops in proptest::collection::vec(op(), 0..120),
     ) {
         let w = World::new_with(n_frames, chunk, max_attempts, max_devices);
-        let w = run(w.sliced(budget).retrying(retries), ops);
+        let w = run(w.sliced(budget).retrying(retries).with_rival(rival), ops);
         check_final(&w)?;
     }
 }
