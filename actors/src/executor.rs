@@ -71,7 +71,8 @@ pub trait NodeIo: Send + Sync + 'static {
     /// The manifest of `session` as written (an evicted session's).
     fn read_manifest(&self, session: &str) -> Result<crate::protocol::Manifest, String>;
     /// Add `record` to the `replay` of the manifest of `session` on disk,
-    /// unless a record of that task and old attempt is there already.
+    /// unless a record of that task and old attempt is there already, or
+    /// that attempt produced one of its ranges.
     fn amend_manifest(
         &self,
         session: &str,

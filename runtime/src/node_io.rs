@@ -443,9 +443,14 @@ impl NodeIo for FsIo {
 
     fn amend_manifest(&self, session: &str, record: &ReplayRecord) -> Result<(), String> {
         let mut m = self.read_manifest(session)?;
+        // Listed already, or it is the attempt that produced the range (a
+        // worker names a finished attempt whose acknowledgement it missed).
         if m.replay
             .iter()
             .any(|r| r.task == record.task && r.old_attempt == record.old_attempt)
+            || m.ranges
+                .iter()
+                .any(|r| r.task == record.task && r.attempt == record.old_attempt)
         {
             return Ok(());
         }
@@ -628,5 +633,56 @@ mod tests {
             .path()
             .join("quarantine/s/n/dev/3-a1/frame_1.png")
             .exists());
+    }
+
+    #[test]
+    fn an_amendment_skips_what_the_manifest_lists_already() {
+        use orch_actors::protocol::{IdRange, LossReason, ManifestRange, SessionState};
+        let d = tempfile::tempdir().unwrap();
+        let io = FsIo::new(d.path().to_path_buf(), groups(d.path()));
+        let frames = FrameRange { start: 70, end: 80 };
+        let m = Manifest {
+            session: "s".into(),
+            name: "s".into(),
+            state: SessionState::Completed,
+            frames,
+            executor: "builtin:noop".into(),
+            submitted_ms: 0,
+            finished_ms: Some(1),
+            ranges: vec![ManifestRange {
+                frames,
+                task: 7,
+                attempt: 1,
+                node: "n1".into(),
+                device: "d0".into(),
+                ids: IdRange { lo: 0, hi: 10 },
+                ids_used: Some(10),
+                outputs: Vec::new(),
+                started_ms: 0,
+                finished_ms: 1,
+                out_dir: String::new(),
+            }],
+            replay: Vec::new(),
+            failed: Vec::new(),
+            retried: Vec::new(),
+        };
+        io.write_manifest_json("s", &m).unwrap();
+        let record = |old_attempt| ReplayRecord {
+            frames,
+            task: 7,
+            old_attempt,
+            new_attempt: old_attempt + 1,
+            node: "n1".into(),
+            device: String::new(),
+            reason: LossReason::MasterRestart { detail: None },
+        };
+
+        // The attempt that produced the range, named again by its worker.
+        io.amend_manifest("s", &record(1)).unwrap();
+        assert_eq!(io.read_manifest("s").unwrap().replay, vec![]);
+        // Another one is listed, once.
+        io.amend_manifest("s", &record(2)).unwrap();
+        io.amend_manifest("s", &record(2)).unwrap();
+        assert_eq!(io.read_manifest("s").unwrap().replay, vec![record(2)]);
     }
 }

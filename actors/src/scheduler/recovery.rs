@@ -101,7 +101,12 @@ impl Scheduler {
             if sess.evicted.is_some() {
                 // Its ledger is gone: any number up to the highest it gave
                 // out (and one past, the one a restart skipped) may have
-                // run. Listing one that did not costs a line.
+                // run. Listing one that did not costs a line; one that
+                // produced a range is not listed (the manifest on disk
+                // says so). Nothing is dropped here: the attempt may be
+                // one that produced a range, whose outputs the manifest
+                // lists; its result, delivered again, is answered with a
+                // drop that keeps what it reported.
                 if t.0 < sess.tasks.len() && key.attempt <= sess.max_attempt.saturating_add(1) {
                     out.push(SchedCommand::AmendOnDisk {
                         session: sess.id.clone(),
@@ -115,7 +120,6 @@ impl Scheduler {
                             reason: LossReason::MasterRestart { detail: None },
                         },
                     });
-                    out.push(drop_unrecorded(node, key));
                 }
                 continue;
             }

@@ -77,14 +77,26 @@ impl Scheduler {
         let Some((s, t)) = self.current(&r.node, &r.key) else {
             let device = r.device.clone();
             let key = r.key.clone();
-            let keep = match (self.by_id.get(&key.session), TaskIdx::from_wire(key.task)) {
-                (Some(&s), Some(t)) => self.keep_for(s, t, key.attempt),
-                _ => Vec::new(),
-            };
             if self.settled(&key) {
                 // Delivered again from the outbox: already in the ledger.
                 return;
             }
+            let keep = match (self.by_id.get(&key.session), TaskIdx::from_wire(key.task)) {
+                (Some(&s), Some(t)) => {
+                    let mut keep = self.keep_for(s, t, key.attempt);
+                    let sess = &self.sessions[s];
+                    if sess.evicted.is_some() || sess.reopened {
+                        // Its ranges may be on disk only (a worker that
+                        // missed the acknowledgement of a finished attempt
+                        // delivers it again): what it reported stays.
+                        keep.extend(r.outputs.iter().map(|o| o.path.clone()));
+                        keep.sort_unstable();
+                        keep.dedup();
+                    }
+                    keep
+                }
+                _ => Vec::new(),
+            };
             self.reject(&r.node, r.key, out);
             out.push(SchedCommand::Drop {
                 node: r.node,

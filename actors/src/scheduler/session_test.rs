@@ -167,3 +167,35 @@ fn produced_ranges_are_chunked_and_a_copy_does_not_see_later_changes() {
     assert!(segs.iter().all(|s| s.task.0 % 3 != 0));
     assert_eq!(segs.iter().count(), segs.len());
 }
+
+#[test]
+fn a_finished_attempt_named_again_after_eviction_keeps_its_outputs() {
+    let (mut fx, t) = one_node(1, 1);
+    let mut done = result("n1", &t[0], TaskOutcome::Completed);
+    done.outputs = vec![OutputFile {
+        path: "frame_0.png".into(),
+        size: 2,
+        sha256: "ab".into(),
+    }];
+    fx.feed(SchedEvent::Result(done.clone()));
+    fx.feed(SchedEvent::Evict { session: S1.into() });
+
+    // The worker missed the acknowledgement: it registers again holding
+    // the attempt, then delivers its result again.
+    let up = fx.up_with("n1", 2, 2, vec![dev("d0"), dev("d1")], vec![t[0].key()]);
+    done.epoch = 2;
+    let again = fx.feed(SchedEvent::Result(done));
+
+    assert!(
+        !up.iter().any(|c| matches!(c, SchedCommand::Drop { .. })),
+        "nothing is dropped on registration: {up:?}"
+    );
+    let keep: Vec<&Vec<String>> = again
+        .iter()
+        .filter_map(|c| match c {
+            SchedCommand::Drop { keep, .. } => Some(keep),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(keep, vec![&vec!["frame_0.png".to_string()]], "{again:?}");
+}
