@@ -14,7 +14,7 @@ use orch_actors::master::{Master, MasterArgs, MasterMsg};
 use orch_actors::membership::DetectorConfig;
 use orch_actors::protocol::{
     AdminReply, AdminRequest, AttemptKey, DeviceInfo, ExecutorSpec, FrameRange, IdRange,
-    SessionSpec, TaskOutcome, TaskResult, TaskSpec, ToMaster, DEFAULT_MAX_LOSSES,
+    SessionSpec, TaskOutcome, TaskResult, TaskSpec, ToMaster,
 };
 use orch_actors::scheduler::{SchedCommand, SchedEvent, Scheduler};
 use orch_actors::wire::{decode, encode};
@@ -42,27 +42,7 @@ fn sample_result(task: u64) -> TaskResult {
 }
 
 fn spec(frames: u64, chunk: u64) -> SessionSpec {
-    SessionSpec {
-        name: "bench".into(),
-        frames: FrameRange {
-            start: 0,
-            end: frames,
-        },
-        items: None,
-        chunk_frames: chunk,
-        id_chunk_size: 100,
-        require: BTreeMap::new(),
-        prefer: BTreeMap::new(),
-        max_attempts: 3,
-        max_losses: DEFAULT_MAX_LOSSES,
-        priority: 0,
-        max_devices: None,
-        backoff_ms: 10,
-        backoff_max_ms: 100,
-        executor: ExecutorSpec::Noop,
-        timeout_ms: 60_000,
-        idempotency_key: None,
-    }
+    orch_benches::noop_session("bench", frames, chunk, 100)
 }
 
 fn devices(n: usize) -> Vec<DeviceInfo> {

@@ -5,7 +5,10 @@
 /// fsync on every commit.
 pub const DURABILITY_MODES: [&str; 3] = ["memory", "process", "power"];
 
-use orch_actors::protocol::{AttemptKey, TaskOutcome, TaskResult, TaskSpec};
+use orch_actors::protocol::{
+    AttemptKey, ExecutorSpec, FrameRange, SessionSpec, TaskOutcome, TaskResult, TaskSpec,
+    DEFAULT_MAX_LOSSES,
+};
 use orch_actors::scheduler::SchedEvent;
 
 /// The result of `task`, completed on `node` (epoch 1), as the ledger
@@ -27,4 +30,31 @@ pub fn completed(node: String, task: TaskSpec) -> SchedEvent {
         outcome: TaskOutcome::Completed,
         seq: 0,
     })
+}
+
+/// A `builtin:noop` session named `name` of `frames` frames in tasks of
+/// `chunk`, IDs `id_chunk` an attempt, no requirement, the defaults of a
+/// session file otherwise (3 attempts, priority 0, no device limit).
+pub fn noop_session(name: &str, frames: u64, chunk: u64, id_chunk: u64) -> SessionSpec {
+    SessionSpec {
+        name: name.into(),
+        frames: FrameRange {
+            start: 0,
+            end: frames,
+        },
+        items: None,
+        chunk_frames: chunk,
+        id_chunk_size: id_chunk,
+        require: Default::default(),
+        prefer: Default::default(),
+        max_attempts: 3,
+        max_losses: DEFAULT_MAX_LOSSES,
+        priority: 0,
+        max_devices: None,
+        backoff_ms: 10,
+        backoff_max_ms: 100,
+        executor: ExecutorSpec::Noop,
+        timeout_ms: 600_000,
+        idempotency_key: None,
+    }
 }

@@ -45,8 +45,7 @@ use orch_actors::membership::DetectorConfig;
 use orch_actors::protocol::{
     worker_group, AdminReply, AdminRequest, CapValue, Capabilities, ClusterStatus, DeviceInfo,
     ExecutorSpec, Heartbeat, Manifest, MemberState, Register, ReplayRecord, SessionSpec,
-    SessionView, TaskOutcome, TaskResult, ToMaster, ToWorker, WorkerStatus, DEFAULT_MAX_LOSSES,
-    PROTOCOL_VERSION,
+    SessionView, TaskOutcome, TaskResult, ToMaster, ToWorker, WorkerStatus, PROTOCOL_VERSION,
 };
 use orch_actors::read_model::ReadModel;
 use orch_actors::scheduler::ManifestSnapshot;
@@ -494,25 +493,9 @@ fn register_of(node: &str, devices: usize, instance: u64) -> Register {
     }
 }
 
-/// The session: `tasks` single-frame no-op tasks. Read from JSON so that
-/// fields added to `SessionSpec` with a serde default need no change here.
+/// The session: `tasks` single-frame no-op tasks.
 fn spec(tasks: u64) -> SessionSpec {
-    serde_json::from_value(json!({
-        "name": "fleet",
-        "frames": { "start": 0, "end": tasks },
-        "items": null,
-        "chunk_frames": 1,
-        "id_chunk_size": 1,
-        "require": {},
-        "prefer": {},
-        "max_attempts": 3,
-        "max_losses": DEFAULT_MAX_LOSSES,
-        "backoff_ms": 10,
-        "backoff_max_ms": 100,
-        "executor": ExecutorSpec::Noop,
-        "timeout_ms": 600_000,
-    }))
-    .expect("a session spec")
+    orch_benches::noop_session("fleet", tasks, 1, 1)
 }
 
 // ---- the mailbox probe ----

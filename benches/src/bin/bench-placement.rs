@@ -8,9 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use clap::Parser;
-use orch_actors::protocol::{
-    AttemptKey, DeviceInfo, ExecutorSpec, FrameRange, SessionSpec, DEFAULT_MAX_LOSSES,
-};
+use orch_actors::protocol::{AttemptKey, DeviceInfo, SessionSpec};
 use orch_actors::scheduler::{SchedCommand, SchedEvent, Scheduler};
 use serde_json::json;
 
@@ -274,27 +272,7 @@ fn stalls(fleet_arg: &str, tasks: u64) -> anyhow::Result<serde_json::Value> {
 }
 
 fn spec(tasks: u64) -> SessionSpec {
-    SessionSpec {
-        name: "bench".into(),
-        frames: FrameRange {
-            start: 0,
-            end: tasks,
-        },
-        items: None,
-        chunk_frames: 1,
-        id_chunk_size: 1,
-        require: BTreeMap::new(),
-        prefer: BTreeMap::new(),
-        max_attempts: 3,
-        max_losses: DEFAULT_MAX_LOSSES,
-        priority: 0,
-        max_devices: None,
-        backoff_ms: 10,
-        backoff_max_ms: 40,
-        executor: ExecutorSpec::Noop,
-        timeout_ms: 60_000,
-        idempotency_key: None,
-    }
+    orch_benches::noop_session("bench", tasks, 1, 1)
 }
 
 struct Run {
