@@ -347,6 +347,20 @@ mod tests {
         dev
     }
 
+    /// A device's own state, to drive directly (its counters are private),
+    /// with a running actor's reference for the calls that take one.
+    async fn state_of(
+        worker: &ActorRef<WorkerMsg>,
+        slots: &Arc<Semaphore>,
+    ) -> (ActorRef<DeviceMsg>, DeviceActorState) {
+        let me = device("d0", worker, slots).await;
+        let st = Device
+            .pre_start(me.clone(), args("d0", worker, slots))
+            .await
+            .expect("pre_start");
+        (me, st)
+    }
+
     fn run(dev: &ActorRef<DeviceMsg>, t: &TaskSpec) -> CancellationToken {
         let token = CancellationToken::new();
         dev.cast(DeviceMsg::Run(Box::new(t.clone()), token.clone()))
@@ -541,12 +555,7 @@ mod tests {
         let (worker, mut rx) = probe().await;
         // No slot free: the task waits for one.
         let slots = Arc::new(Semaphore::new(0));
-        // The device's own state, driven directly: its counters are private.
-        let me = device("d0", &worker, &slots).await;
-        let mut st = Device
-            .pre_start(me, args("d0", &worker, &slots))
-            .await
-            .expect("pre_start");
+        let (_, mut st) = state_of(&worker, &slots).await;
         let waiting = task("dev-wait", 1, "d0", 1, ExecutorSpec::Noop);
         let token = CancellationToken::new();
         let cancel = async {
@@ -573,12 +582,7 @@ mod tests {
     async fn a_restart_leaves_the_device_idle_with_nothing_counted() {
         let (worker, mut rx) = probe().await;
         let slots = Arc::new(Semaphore::new(1));
-        // The device's own state, driven directly: its counters are private.
-        let me = device("d0", &worker, &slots).await;
-        let mut st = Device
-            .pre_start(me.clone(), args("d0", &worker, &slots))
-            .await
-            .expect("pre_start");
+        let (me, mut st) = state_of(&worker, &slots).await;
         for n in 1..=2 {
             st.run(
                 task("dev-restart", n, "d0", 1, ExecutorSpec::Noop),
