@@ -201,12 +201,23 @@ impl CommitGate {
         }
     }
 
-    /// The batch is written: everything that waited may leave, and a new
-    /// batch starts.
+    /// The batch is written, or there was nothing to write (the master's
+    /// journal is clean: no store, or every event committed): everything
+    /// that waited may leave, and a new batch starts. Cheap when nothing
+    /// is remembered (it runs after every message of a memory-only master).
     pub fn committed(&mut self) {
-        self.assigned.clear();
-        self.waiting_nodes.clear();
+        if !self.assigned.is_empty() {
+            self.assigned.clear();
+        }
+        if !self.waiting_nodes.is_empty() {
+            self.waiting_nodes.clear();
+        }
         self.urgent = false;
+    }
+
+    /// Tasks remembered as assigned since the last commit.
+    pub fn remembered(&self) -> usize {
+        self.assigned.len()
     }
 }
 

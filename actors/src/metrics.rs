@@ -13,6 +13,9 @@ pub const WIRE_DECODE_ERRORS: &str = "orch_wire_decode_errors_total";
 pub const MASTER_STALLS: &str = "orch_master_stalls_total";
 /// Gauge: seconds the master did not run in its latest stall.
 pub const MASTER_LAST_STALL: &str = "orch_master_last_stall_seconds";
+/// Counter, label `kind` (result, heartbeat, admin, place, commit, …):
+/// messages that held the master 20 ms or more.
+pub const MASTER_SLOW_MESSAGES: &str = "orch_master_slow_messages_total";
 /// Counter: registrations the master refused (protocol mismatch).
 pub const REGISTRATIONS_REFUSED: &str = "orch_worker_registrations_refused_total";
 

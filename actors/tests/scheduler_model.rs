@@ -106,6 +106,8 @@ struct World {
     /// Model the master's group commit: `false`, every event is committed
     /// at once and every assignment delivered at once.
     batches: bool,
+    /// Only `Place` places (`SchedEvent::PlaceInPasses`).
+    passes: bool,
     /// Events in `log` up to here are committed.
     committed: usize,
     /// Assignments waiting for the next commit (as the master holds them).
@@ -183,6 +185,7 @@ impl World {
             limbo_until: 0,
             reserved_for: None,
             batches: false,
+            passes: false,
             committed: 0,
             held_out: Vec::new(),
             gate: CommitGate::new("n0", true),
@@ -323,8 +326,16 @@ impl World {
     fn apply(&mut self, op: Op) {
         // The master's continuations of a placement cut short by its budget
         // (in the master, other messages come between; here the next op).
-        while self.sched.wants_to_place() {
-            self.feed(SchedEvent::Place);
+        // Placing in passes, one `Place` comes before each op, as one waits
+        // in the master's mailbox behind what came before it.
+        if self.passes {
+            if self.sched.wants_to_place() {
+                self.feed(SchedEvent::Place);
+            }
+        } else {
+            while self.sched.wants_to_place() {
+                self.feed(SchedEvent::Place);
+            }
         }
         match op {
             Op::Up(i) if !self.up[i] => {
@@ -914,6 +925,16 @@ impl World {
         }
         self
     }
+
+    /// From now on only `Place` places, as in the master
+    /// (`SchedEvent::PlaceInPasses`).
+    fn in_passes(mut self, passes: bool) -> Self {
+        if passes {
+            self.feed(SchedEvent::PlaceInPasses);
+            self.passes = true;
+        }
+        self
+    }
 }
 
 /// Apply `ops`, then heal and run to the end.
@@ -986,10 +1007,12 @@ proptest! {
         max_devices in proptest::option::of(1u32..4),
         retries in 0u32..3,
         rival in proptest::option::of(-2i32..=2),
+        passes in any::<bool>(),
         ops in proptest::collection::vec(op(), 0..120),
     ) {
         let w = World::new_with(n_frames, chunk, max_attempts, max_devices);
-        let w = run(w.sliced(budget).retrying(retries).with_rival(rival), ops);
+        let w = w.sliced(budget).in_passes(passes);
+        let w = run(w.retrying(retries).with_rival(rival), ops);
         check_final(&w)?;
     }
 }
@@ -1011,10 +1034,11 @@ proptest! {
         budget in proptest::option::of(1u32..4),
         max_devices in proptest::option::of(1u32..4),
         retries in 0u32..3,
+        passes in any::<bool>(),
         ops in proptest::collection::vec(op_batched(), 0..150),
     ) {
         let w = World::new_with(n_frames, chunk, max_attempts, max_devices).with_batches();
-        let w = run(w.sliced(budget).retrying(retries), ops);
+        let w = run(w.sliced(budget).in_passes(passes).retrying(retries), ops);
         check_final(&w)?;
         w.check_reruns_listed();
     }

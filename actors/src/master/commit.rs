@@ -40,6 +40,10 @@ impl MasterState {
             }
             return;
         }
+        // Nothing to write: the gate forgets what it held for a commit
+        // (without a store there is never one, and a session's every task
+        // would pile up in it).
+        self.gate.committed();
         let (out, acks) = (
             std::mem::take(&mut self.outgoing),
             std::mem::take(&mut self.acks),
@@ -110,6 +114,10 @@ impl MasterState {
         self.gate.committed();
         self.commit_journal()
             .map_err(|e| format!("cannot write the master's store: {e}; stopping (a restart resumes from the store; assignments sent since the last commit are skipped and listed: docs/design/durability.md, Master restarts and the outbox)"))?;
+        // Nothing to write: the gate forgets what it held for a commit
+        // (without a store there is never one, and a session's every task
+        // would pile up in it).
+        self.gate.committed();
         let (out, acks) = (
             std::mem::take(&mut self.outgoing),
             std::mem::take(&mut self.acks),

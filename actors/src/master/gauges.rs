@@ -97,3 +97,41 @@ impl MasterState {
         rm.touch();
     }
 }
+
+/// A message that holds the master this long is slow: everything behind it
+/// in the mailbox waited as long (the target for one message is a few ms).
+pub const SLOW_MESSAGE: Duration = Duration::from_millis(20);
+
+/// Least time between two warnings about slow messages.
+const SLOW_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Slow messages: counted by kind (`orch_master_slow_messages_total`), and
+/// logged at most every 10 s with the longest of them and a count.
+#[derive(Debug, Default)]
+pub(super) struct SlowMessages {
+    said_at: Option<Instant>,
+    unsaid: u64,
+    longest: Option<(Duration, &'static str)>,
+}
+
+impl SlowMessages {
+    pub(super) fn note(&mut self, node: &str, kind: &'static str, took: Duration) {
+        if took < SLOW_MESSAGE {
+            return;
+        }
+        metrics::counter!(m::MASTER_SLOW_MESSAGES, "kind" => kind).increment(1);
+        self.unsaid += 1;
+        if self.longest.is_none_or(|(d, _)| took > d) {
+            self.longest = Some((took, kind));
+        }
+        if self
+            .said_at
+            .is_none_or(|at| at.elapsed() >= SLOW_WARN_EVERY)
+        {
+            let (d, k) = self.longest.take().unwrap_or((took, kind));
+            warn!(node_id = %node, kind = k, took_ms = d.as_millis() as u64, slow_messages = self.unsaid, "the master took long to handle a message; what waited behind it in its mailbox waited as long (see orch_master_slow_messages_total)");
+            self.unsaid = 0;
+            self.said_at = Some(Instant::now());
+        }
+    }
+}

@@ -46,8 +46,13 @@ use sessions::SessionActor;
 
 /// Most tasks one message places: a submission of a million tasks to a
 /// large fleet is placed in slices, and heartbeats, results and admin
-/// requests are handled between two (a slice costs a few milliseconds).
-pub const PLACE_BUDGET: u32 = 1_000;
+/// requests are handled between two. Only `Place` places
+/// ([`SchedEvent::PlaceInPasses`]) and at most one is in the mailbox, so
+/// what a message waits behind is at most one slice and the results it
+/// brings back: 500 placements and 500 results are about 5 ms on 2 cores
+/// (1,000 made the wait 10 ms at the median and over 20 ms at times, see
+/// BENCHMARKS.md).
+pub const PLACE_BUDGET: u32 = 500;
 
 /// Messages of [`Master`].
 pub enum MasterMsg {
@@ -84,6 +89,27 @@ pub enum MasterMsg {
         amend: bool,
         ok: bool,
     },
+}
+
+impl MasterMsg {
+    /// What the message is (the `kind` label of slow messages: bounded).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Worker(ToMaster::Register(_)) => "register",
+            Self::Worker(ToMaster::Heartbeat(_)) => "heartbeat",
+            Self::Worker(ToMaster::Unregister { .. }) => "unregister",
+            Self::Worker(ToMaster::Progress(_)) => "progress",
+            Self::Worker(ToMaster::Result(_)) => "result",
+            Self::Worker(ToMaster::OlderMaster { .. }) => "older_master",
+            Self::Admin(..) | Self::RemoteAdmin(..) => "admin",
+            Self::Malformed(_) => "malformed",
+            Self::Tick { .. } => "tick",
+            Self::Commit(_) => "commit",
+            Self::Place => "place",
+            Self::RequeueRead { .. } => "requeue_read",
+            Self::ManifestWritten { .. } => "manifest_written",
+        }
+    }
 }
 
 /// The master of the cluster; exactly one is active.
@@ -181,6 +207,8 @@ pub struct MasterState {
     cluster: Option<Arc<dyn ClusterControl>>,
     /// Younger masters already warned about.
     warned_of: HashSet<String>,
+    /// Messages that held the master long ([`gauges::SlowMessages`]).
+    slow: gauges::SlowMessages,
 }
 
 /// The one line a node with role `master` gives when another serves.
@@ -210,36 +238,11 @@ impl Actor for Master {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            MasterMsg::Worker(m) => state.on_worker(&myself, m)?,
-            MasterMsg::Admin(req, reply) => state.on_admin(req, reply, false),
-            MasterMsg::RemoteAdmin(req, reply) => state.on_admin(req, reply, true),
-            MasterMsg::Malformed(what) => state.on_malformed(&what),
-            MasterMsg::Tick { sent_ms } => state.on_tick(&myself, sent_ms)?,
-            MasterMsg::Commit(generation) => return state.commit(&myself, generation),
-            MasterMsg::Place => {
-                state.place_queued = false;
-                state.schedule(SchedEvent::Place);
-            }
-            MasterMsg::ManifestWritten { session, amend, ok } => {
-                state.on_manifest_written(&session, amend, ok)
-            }
-            MasterMsg::RequeueRead {
-                session,
-                task,
-                produced,
-                reply,
-            } => {
-                let answer = match produced {
-                    Ok(produced) => state.requeue(session, task, produced),
-                    Err(e) => AdminReply::Error(e),
-                };
-                state.reply(reply, answer);
-            }
-        }
-        state.handled_since_commit_queued += 1;
-        state.after_message(&myself);
-        Ok(())
+        let started = Instant::now();
+        let kind = msg.kind();
+        let done = state.handle(&myself, msg);
+        state.slow.note(&state.node, kind, started.elapsed());
+        done
     }
 
     async fn post_stop(
@@ -281,6 +284,44 @@ impl Actor for Master {
 }
 
 impl MasterState {
+    /// One message; what follows every message ([`MasterState::after_message`]).
+    fn handle(
+        &mut self,
+        myself: &ActorRef<MasterMsg>,
+        msg: MasterMsg,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            MasterMsg::Worker(m) => self.on_worker(myself, m)?,
+            MasterMsg::Admin(req, reply) => self.on_admin(req, reply, false),
+            MasterMsg::RemoteAdmin(req, reply) => self.on_admin(req, reply, true),
+            MasterMsg::Malformed(what) => self.on_malformed(&what),
+            MasterMsg::Tick { sent_ms } => self.on_tick(myself, sent_ms)?,
+            MasterMsg::Commit(generation) => return self.commit(myself, generation),
+            MasterMsg::Place => {
+                self.place_queued = false;
+                self.schedule(SchedEvent::Place);
+            }
+            MasterMsg::ManifestWritten { session, amend, ok } => {
+                self.on_manifest_written(&session, amend, ok)
+            }
+            MasterMsg::RequeueRead {
+                session,
+                task,
+                produced,
+                reply,
+            } => {
+                let answer = match produced {
+                    Ok(produced) => self.requeue(session, task, produced),
+                    Err(e) => AdminReply::Error(e),
+                };
+                self.reply(reply, answer);
+            }
+        }
+        self.handled_since_commit_queued += 1;
+        self.after_message(myself);
+        Ok(())
+    }
+
     /// What follows every message: placement left for lack of budget is
     /// queued, the read model learns of workers that came or went (a worker
     /// declared down shows at once, not at the next tick), and what waited
@@ -365,10 +406,15 @@ impl MasterState {
             },
             warned_of: HashSet::new(),
             cluster: args.cluster,
+            slow: gauges::SlowMessages::default(),
         };
         // Events from here on place in slices; the record makes a replay
         // place exactly as this run does (older events placed all at once).
         state.schedule(SchedEvent::PlaceBudget { max: PLACE_BUDGET });
+        // And only `Place` places, once a pass through the mailbox: what a
+        // flood of results frees is placed in one slice behind them, so the
+        // answers to it never pile up in front of a heartbeat.
+        state.schedule(SchedEvent::PlaceInPasses);
         if replayed > 0 {
             let running = state
                 .sched

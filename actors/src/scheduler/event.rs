@@ -83,6 +83,13 @@ pub enum SchedEvent {
     PlaceBudget {
         max: u32,
     },
+    /// From now on only [`SchedEvent::Place`] places: any other event leaves
+    /// what it frees or adds for the next `Place`, which the master queues
+    /// behind what waits in its mailbox. A flood of results then costs one
+    /// placement slice per pass through the mailbox, and what arrives waits
+    /// behind at most one slice's worth of new work and its answers
+    /// (recorded at start like `PlaceBudget`).
+    PlaceInPasses,
     /// Place what the last event left for lack of budget
     /// ([`Scheduler::wants_to_place`]).
     Place,

@@ -281,3 +281,57 @@ fn a_budget_places_in_slices_that_replay_the_same() {
     );
     assert!(!again.wants_to_place());
 }
+
+#[test]
+fn in_passes_only_place_places_and_a_replay_places_the_same() {
+    let mut log: Vec<(u64, SchedEvent)> = Vec::new();
+    let mut sched = Scheduler::new(0).with_grace(GRACE_MS);
+    let mut feed = |sched: &mut Scheduler, ev: SchedEvent| {
+        log.push((10, ev.clone()));
+        assigned(&sched.on_event(ev, 10))
+    };
+    feed(&mut sched, SchedEvent::PlaceBudget { max: 4 });
+    feed(&mut sched, SchedEvent::PlaceInPasses);
+    let devices: Vec<DeviceInfo> = (0..2).map(|i| dev(&format!("d{i}"))).collect();
+    let up = SchedEvent::NodeUp {
+        node: "n1".into(),
+        epoch: 1,
+        max_concurrency: 20,
+        devices,
+        held: Vec::new(),
+    };
+    assert!(feed(&mut sched, up).is_empty());
+    let submit = SchedEvent::Submit {
+        id: S1.into(),
+        spec: spec(20, 1),
+    };
+    assert!(
+        feed(&mut sched, submit).is_empty(),
+        "a submission places nothing"
+    );
+    assert!(sched.wants_to_place(), "it leaves its work for a Place");
+    let first = feed(&mut sched, SchedEvent::Place);
+    assert_eq!(first.len(), 4, "a Place places its budget");
+    let second = feed(&mut sched, SchedEvent::Place);
+    assert_eq!(
+        second.len(),
+        2,
+        "then what the two devices hold (1 + PREFETCH each)"
+    );
+    assert!(!sched.wants_to_place(), "the fleet is full");
+    // A result frees a slot; only the next Place fills it.
+    let done = completed("n1", &first[0]);
+    assert!(feed(&mut sched, done).is_empty(), "a result places nothing");
+    assert!(sched.wants_to_place());
+    assert_eq!(feed(&mut sched, SchedEvent::Place).len(), 1);
+    assert_eq!(sched.inflight(), 6);
+    let mut again = Scheduler::new(0).with_grace(GRACE_MS);
+    for (at, ev) in log {
+        again.on_event(ev, at);
+    }
+    assert_eq!(
+        again.running_ranges(S1),
+        sched.running_ranges(S1),
+        "a replay places the same"
+    );
+}

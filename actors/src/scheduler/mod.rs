@@ -142,8 +142,11 @@ pub struct Scheduler {
     scan_placement: bool,
     /// Most tasks one event places ([`SchedEvent::PlaceBudget`]); `None`: all.
     place_budget: Option<usize>,
-    /// The last event used its whole budget with work and capacity left.
+    /// The last event used its whole budget with work and capacity left,
+    /// or (with `place_in_passes`) left what it freed for a `Place`.
     place_more: bool,
+    /// Only [`SchedEvent::Place`] places ([`SchedEvent::PlaceInPasses`]).
+    place_in_passes: bool,
 }
 
 impl Scheduler {
@@ -178,6 +181,17 @@ impl Scheduler {
     /// placed and finished sessions are closed.
     pub fn on_event(&mut self, ev: SchedEvent, now_ms: u64) -> Vec<SchedCommand> {
         let mut out = Vec::new();
+        let places = !self.place_in_passes || matches!(ev, SchedEvent::Place);
+        // Events that may leave a task placeable (capacity freed, work added).
+        let may_free = !matches!(
+            ev,
+            SchedEvent::Place
+                | SchedEvent::PlaceBudget { .. }
+                | SchedEvent::PlaceInPasses
+                | SchedEvent::Progress(_)
+                | SchedEvent::Stalled { .. }
+                | SchedEvent::Evict { .. }
+        );
         match ev {
             SchedEvent::NodeUp {
                 node,
@@ -222,6 +236,7 @@ impl Scheduler {
                 within_ms,
             } => self.resume(id_floor, within_ms, now_ms),
             SchedEvent::PlaceBudget { max } => self.place_budget = Some(max.max(1) as usize),
+            SchedEvent::PlaceInPasses => self.place_in_passes = true,
             SchedEvent::Place => {}
             SchedEvent::Pause { session, paused } => self.pause(&session, paused),
             SchedEvent::Retry { session } => self.retry(&session),
@@ -231,13 +246,18 @@ impl Scheduler {
                 produced,
             } => self.requeue(&session, task, produced, &mut out),
         }
-        self.place(now_ms, &mut out);
+        if places {
+            self.place(now_ms, &mut out);
+        } else if may_free && !self.active.is_empty() {
+            self.place_more = true;
+        }
         self.finish(now_ms, &mut out);
         out
     }
 
-    /// Whether the last event left tasks to place for lack of budget: the
-    /// master sends a [`SchedEvent::Place`] after what waits in its mailbox.
+    /// Whether the last event left tasks to place, for lack of budget or
+    /// because only `Place` places: the master sends a [`SchedEvent::Place`]
+    /// after what waits in its mailbox.
     pub fn wants_to_place(&self) -> bool {
         self.place_more
     }

@@ -1193,7 +1193,8 @@ async fn run(
             .and_then(|r| r.into_string().ok()),
         None => None,
     };
-    // Every failover and worker failure by reason, as the exporter has them.
+    // Every failover, worker failure and slow message (20 ms or more) by
+    // reason or kind, as the exporter has them.
     let by_reason: BTreeMap<String, f64> = metrics_text
         .as_deref()
         .unwrap_or("")
@@ -1203,6 +1204,7 @@ async fn run(
                 "orch_failovers_total{",
                 "orch_tasks_lost_total{",
                 "orch_worker_failures_total{",
+                "orch_master_slow_messages_total{",
             ]
             .iter()
             .any(|p| l.starts_with(p))
