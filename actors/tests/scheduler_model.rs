@@ -108,6 +108,9 @@ struct World {
     batches: bool,
     /// Only `Place` places (`SchedEvent::PlaceInPasses`).
     passes: bool,
+    /// How long every attempt reports it ran (from a second on, devices
+    /// queue none of the session's attempts behind a running one).
+    took_ms: u64,
     /// Events in `log` up to here are committed.
     committed: usize,
     /// Assignments waiting for the next commit (as the master holds them).
@@ -186,6 +189,7 @@ impl World {
             reserved_for: None,
             batches: false,
             passes: false,
+            took_ms: 0,
             committed: 0,
             held_out: Vec::new(),
             gate: CommitGate::new("n0", true),
@@ -312,7 +316,7 @@ impl World {
                 attempt: l.task.attempt,
             },
             device: l.task.device.clone(),
-            started_ms: self.now,
+            started_ms: self.now.saturating_sub(self.took_ms),
             finished_ms: self.now,
             // An attempt that made no progress reports no ID either.
             last_id_used: (l.progress > 0)
@@ -926,6 +930,12 @@ impl World {
         self
     }
 
+    /// Every attempt reports it ran `ms`.
+    fn attempts_of(mut self, ms: u64) -> Self {
+        self.took_ms = ms;
+        self
+    }
+
     /// From now on only `Place` places, as in the master
     /// (`SchedEvent::PlaceInPasses`).
     fn in_passes(mut self, passes: bool) -> Self {
@@ -1008,10 +1018,11 @@ proptest! {
         retries in 0u32..3,
         rival in proptest::option::of(-2i32..=2),
         passes in any::<bool>(),
+        took_ms in prop_oneof![Just(0u64), Just(1_500u64)],
         ops in proptest::collection::vec(op(), 0..120),
     ) {
         let w = World::new_with(n_frames, chunk, max_attempts, max_devices);
-        let w = w.sliced(budget).in_passes(passes);
+        let w = w.sliced(budget).in_passes(passes).attempts_of(took_ms);
         let w = run(w.retrying(retries).with_rival(rival), ops);
         check_final(&w)?;
     }

@@ -288,3 +288,59 @@ fn a_high_priority_session_takes_the_devices_a_low_one_held_and_the_low_one_fini
         "{low_after} low attempts started after the high session came: {order:?}"
     );
 }
+
+#[test]
+fn attempts_of_a_second_or_more_are_not_queued_so_a_high_priority_session_waits_for_one_attempt_only(
+) {
+    // One device, attempts of 1.1 s: once the first result says so, the
+    // device gets the next attempt only when it is free.
+    let c = &mut cluster(0, 1);
+    let low = c
+        .submit(
+            "low-long",
+            "name = \"low-long\"\nframes = { start = 0, end = 8 }\nchunk_frames = 1\nid_chunk_size = 10\npriority = -5\n[executor]\nkind = \"builtin:sleep\"\nms_per_frame = 1100\n",
+        )
+        .unwrap();
+    // The three attempts placed before any result drained (five pending).
+    c.wait_session(
+        &low,
+        "three low attempts done",
+        Duration::from_secs(30),
+        |v| v["frames_done"].as_u64().unwrap_or(0) >= 3,
+    )
+    .unwrap();
+    let high = c
+        .submit(
+            "high-long",
+            "name = \"high-long\"\nframes = { start = 0, end = 2 }\nchunk_frames = 1\nid_chunk_size = 10\npriority = 10\n[executor]\nkind = \"builtin:sleep\"\nms_per_frame = 1100\n",
+        )
+        .unwrap();
+    let h = c.wait_done(&high, Duration::from_secs(60)).unwrap();
+    assert_eq!(h["state"], "completed", "{h}");
+    let l = c.wait_done(&low, Duration::from_secs(60)).unwrap();
+    assert_eq!(l["state"], "completed", "{l}");
+    let (hm, lm) = (c.manifest(&high).unwrap(), c.manifest(&low).unwrap());
+    assert_eq!(assert_exactly_once(&hm, 0, 2), 2);
+    assert_eq!(assert_exactly_once(&lm, 0, 8), 8);
+    let submitted = hm["submitted_ms"].as_u64().unwrap();
+    let mut starts: Vec<(u64, &str)> = ranges(&hm)
+        .iter()
+        .map(|r| (r["started_ms"].as_u64().unwrap(), "high"))
+        .chain(
+            ranges(&lm)
+                .iter()
+                .map(|r| (r["started_ms"].as_u64().unwrap(), "low")),
+        )
+        .collect();
+    starts.sort();
+    let order: Vec<&str> = starts.iter().map(|s| s.1).collect();
+    let first = order.iter().position(|&s| s == "high").unwrap();
+    assert_eq!(&order[first..first + 2], &["high"; 2], "{order:?}");
+    // No low attempt was waiting on the device: the high session's first
+    // attempt is the next one to start after its submission.
+    let low_after = starts[..first].iter().filter(|s| s.0 > submitted).count();
+    assert_eq!(
+        low_after, 0,
+        "low attempts started after the high session came: {order:?} (submitted at {submitted}, starts {starts:?})"
+    );
+}

@@ -219,6 +219,7 @@ impl PlacementIndex {
         prefer: &BTreeMap<String, i64>,
         lost: Option<&str>,
         avoid: Option<(&str, usize)>,
+        depth: u32,
     ) -> Option<(Arc<str>, usize)> {
         let mut classes: Vec<(i64, usize)> = self
             .classes
@@ -235,7 +236,7 @@ impl PlacementIndex {
             let mut best: Option<Found> = None;
             while i < classes.len() && classes[i].0 == score {
                 let c = classes[i].1;
-                for level in 0..LEVELS {
+                for level in 0..LEVELS.min(depth as usize + 1) {
                     if let Some(f) = self.best_in(c, level, lost, avoid) {
                         if best.as_ref().is_none_or(|b| f.0 < b.0) {
                             best = Some(f);

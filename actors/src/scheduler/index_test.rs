@@ -55,13 +55,21 @@ enum Op {
     },
     Complete {
         pick: usize,
+        /// How long the attempt ran (a session's attempts of a second or
+        /// more are not queued behind a running one).
+        took: u64,
     },
     Fail {
         pick: usize,
+        took: u64,
     },
     Tick {
         ms: u64,
     },
+}
+
+fn took() -> impl Strategy<Value = u64> {
+    prop_oneof![Just(0u64), 0u64..3_000]
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -77,8 +85,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u8..8, -3i64..4, -3i64..4, 1u64..40).prop_map(|(require, prefer_gpu, prefer_os, tasks)| Op::Submit {
             require, prefer_gpu, prefer_os, tasks
         }),
-        6 => any::<usize>().prop_map(|pick| Op::Complete { pick }),
-        3 => any::<usize>().prop_map(|pick| Op::Fail { pick }),
+        6 => (any::<usize>(), took()).prop_map(|(pick, took)| Op::Complete { pick, took }),
+        3 => (any::<usize>(), took()).prop_map(|(pick, took)| Op::Fail { pick, took }),
         1 => (1u64..5000).prop_map(|ms| Op::Tick { ms }),
     ]
 }
@@ -178,7 +186,7 @@ fn apply(
                 *now,
             )
         }
-        Op::Complete { pick } | Op::Fail { pick } if !running.is_empty() => {
+        Op::Complete { pick, took } | Op::Fail { pick, took } if !running.is_empty() => {
             let (node, t) = running.swap_remove(pick % running.len());
             let outcome = if matches!(op, Op::Complete { .. }) {
                 TaskOutcome::Completed
@@ -190,6 +198,8 @@ fn apply(
             };
             let mut r = result(&node, &t, outcome);
             r.epoch = sched.nodes.get(node.as_str()).map_or(0, |n| n.epoch);
+            r.started_ms = now.saturating_sub(took);
+            r.finished_ms = *now;
             sched.on_event(SchedEvent::Result(r), *now)
         }
         Op::Complete { .. } | Op::Fail { .. } => Vec::new(),

@@ -79,6 +79,14 @@ pub use views::{merge_manifests, ManifestSnapshot};
 /// assignments wait for the master's commit.
 pub const PREFETCH: u32 = 2;
 
+/// A session whose attempts run this long or longer (a moving average of
+/// what its results report) gets no attempt queued behind a running one:
+/// queuing saves a dispatch round trip (milliseconds), and a queued attempt
+/// of a long task would hold its device for seconds from a session of
+/// higher priority or from lost work. Shorter ones queue up to
+/// [`PREFETCH`], which is what keeps devices busy at high rates.
+pub const PREFETCH_UNDER_MS: u64 = 1_000;
+
 /// A session's place in the ledger (an index into `Scheduler::sessions`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct SessionIdx(usize);

@@ -274,10 +274,13 @@ impl Scheduler {
             let i = *self.nodes.get(n)?.by_id.get(d)?;
             Some((&**n, i))
         });
-        if let Some(found) = self
-            .index
-            .best(&sess.spec.require, &sess.spec.prefer, lost, avoid)
-        {
+        if let Some(found) = self.index.best(
+            &sess.spec.require,
+            &sess.spec.prefer,
+            lost,
+            avoid,
+            sess.depth(),
+        ) {
             return Some(found);
         }
         // Whatever is left is on the node that lost the task or is the
@@ -350,8 +353,9 @@ impl Scheduler {
         }
         let load = u64::from(node.inflight) * 1000 / u64::from(node.cap().max(1));
         let lost_here = task.is_some_and(|t| t.lost_on.as_ref() == Some(&node.name));
+        let depth = sess.depth();
         for (i, d) in node.devices.iter().enumerate() {
-            if d.disabled || d.inflight > PREFETCH || !caps_match(&sess.spec.require, &d.caps) {
+            if d.disabled || d.inflight > depth || !caps_match(&sess.spec.require, &d.caps) {
                 continue;
             }
             let avoided = task

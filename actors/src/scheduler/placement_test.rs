@@ -216,3 +216,48 @@ fn a_list_session_sends_each_task_its_items() {
         ]
     );
 }
+
+/// `n1` with devices d0, d1 and session S1 of 20 one-frame tasks: every
+/// result of `took` ms; what each device holds after each of 12 results,
+/// and who got them (the first attempt of each device completes).
+fn loads_with_attempts_of(took: u64) -> Vec<Vec<u32>> {
+    let (mut fx, first) = one_node(20, 1);
+    assert_eq!(
+        first.len(),
+        2 * (1 + PREFETCH as usize),
+        "unmeasured: queued"
+    );
+    let mut running: Vec<TaskSpec> = first;
+    let mut loads = Vec::new();
+    for _ in 0..12 {
+        fx.now += took;
+        let t = running.remove(0);
+        let mut r = result("n1", &t, TaskOutcome::Completed);
+        r.started_ms = fx.now - took;
+        r.finished_ms = fx.now;
+        running.extend(assigned(&fx.feed(SchedEvent::Result(r))));
+        // Attempts on a device run in the order they were given.
+        running.sort_by_key(|t| t.task);
+        loads.push(fx.load("n1").2);
+    }
+    loads
+}
+
+#[test]
+fn devices_queue_no_attempt_of_a_session_whose_attempts_run_a_second_or_more() {
+    let long = loads_with_attempts_of(PREFETCH_UNDER_MS);
+    // The queue of the first placement drains and is not refilled.
+    assert_eq!(long.last().unwrap(), &vec![1, 1], "{long:?}");
+    assert!(
+        long.windows(2)
+            .all(|w| w[1].iter().sum::<u32>() <= w[0].iter().sum()),
+        "nothing is queued again: {long:?}"
+    );
+    let short = loads_with_attempts_of(PREFETCH_UNDER_MS - 1);
+    assert!(
+        short
+            .iter()
+            .all(|l| l.iter().sum::<u32>() == 2 * (1 + PREFETCH)),
+        "short attempts keep every queue full: {short:?}"
+    );
+}

@@ -129,6 +129,8 @@ impl Scheduler {
             run.last_id = Some(run.last_id.map_or(l, |x| x.max(l)));
         }
         run.started_ms = r.started_ms;
+        let took = r.finished_ms.saturating_sub(r.started_ms);
+        sess.attempt_ms = Some(sess.attempt_ms.map_or(took, |ms| (3 * ms + took) / 4));
         add_outputs(&mut run.outputs, r.outputs);
         match r.outcome {
             TaskOutcome::Completed => {

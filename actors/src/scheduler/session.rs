@@ -139,6 +139,23 @@ pub(super) struct Session {
     /// Since when it has had work to place and got no device (see
     /// [`crate::protocol::PRIORITY_AGING_MS`]).
     pub(super) starved_since: Option<u64>,
+    /// How long its attempts run, a moving average of what results report
+    /// (their own start and end): whether devices queue its attempts
+    /// ([`PREFETCH_UNDER_MS`]).
+    pub(super) attempt_ms: Option<u64>,
+}
+
+impl Session {
+    /// How many of its attempts a device may hold queued behind the one it
+    /// runs: [`PREFETCH`] while they are short (or not measured yet), none
+    /// once they run [`PREFETCH_UNDER_MS`] or longer.
+    pub(super) fn depth(&self) -> u32 {
+        if self.attempt_ms.is_some_and(|ms| ms >= PREFETCH_UNDER_MS) {
+            0
+        } else {
+            PREFETCH
+        }
+    }
 }
 
 /// What stays of an evicted session besides its counters.
@@ -252,6 +269,7 @@ impl Scheduler {
             superseded: Vec::new(),
             reopened: false,
             starved_since: None,
+            attempt_ms: None,
         });
     }
 
