@@ -49,10 +49,10 @@ use sessions::SessionActor;
 /// requests are handled between two. Only `Place` places
 /// ([`SchedEvent::PlaceInPasses`]) and at most one is in the mailbox, so
 /// what a message waits behind is at most one slice and the results it
-/// brings back: 500 placements and 500 results are about 5 ms on 2 cores
-/// (1,000 made the wait 10 ms at the median and over 20 ms at times, see
-/// BENCHMARKS.md).
-pub const PLACE_BUDGET: u32 = 500;
+/// brings back: 250 placements and 250 results are 2-3 ms on 2 cores
+/// (1,000 made the wait 10 ms at the median and over 20 ms at times, 500
+/// about 5 ms; see BENCHMARKS.md).
+pub const PLACE_BUDGET: u32 = 250;
 
 /// Messages of [`Master`].
 pub enum MasterMsg {
