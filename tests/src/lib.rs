@@ -57,9 +57,39 @@ macro_rules! bins {
 /// A free TCP port on 127.0.0.1 (bound, then released), never one this
 /// process was given before: the kernel may hand a just-released port out
 /// again at once, and two settings of one node would then share it.
+///
+/// It is taken below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`) when there is room there: a port from
+/// that range can be taken as the source port of any outgoing connection
+/// between now and the moment a node binds it (a test that opens 20,000
+/// connections takes thousands of them), and the node would then fail to
+/// start.
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let ephemeral_lo = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const BELOW_FROM: u16 = 10_000;
+    if ephemeral_lo > BELOW_FROM + 2_000 {
+        let span = u64::from(ephemeral_lo - BELOW_FROM);
+        let seed = std::collections::hash_map::RandomState::new();
+        for i in 0..1000u64 {
+            let mut h = seed.build_hasher();
+            h.write_u64(i);
+            h.write_u32(std::process::id());
+            let port = BELOW_FROM + (h.finish() % span) as u16;
+            if given.contains(&port) {
+                continue;
+            }
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                given.push(port);
+                return port;
+            }
+        }
+    }
     for _ in 0..1000 {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -1213,5 +1243,21 @@ mod tests {
         let n = ports.len();
         ports.dedup();
         assert_eq!(ports.len(), n, "a port was given twice");
+    }
+
+    #[test]
+    fn free_ports_are_below_the_ephemeral_range_when_there_is_room() {
+        let lo: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(32768);
+        if lo < 12_000 {
+            eprintln!("!!! the ephemeral range starts at {lo}: nothing to check");
+            return;
+        }
+        for _ in 0..100 {
+            let p = super::free_port();
+            assert!((10_000..lo).contains(&p), "{p} is not below {lo}");
+        }
     }
 }
