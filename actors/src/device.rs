@@ -144,6 +144,7 @@ impl DeviceActorState {
             Err(e) => Err(ExecError {
                 message: e,
                 report: ExecReport::default(),
+                ..ExecError::default()
             }),
         };
         self.state = DeviceState::Idle;
@@ -157,13 +158,18 @@ impl DeviceActorState {
             Err(e) => {
                 warn!(node_id = %self.args.node, device_id = %self.args.info.id, session = %key.session, task = key.task, attempt = key.attempt, error = %e.message, "task failed");
                 let done = e.report.frames_done;
-                (
-                    e.report,
+                let outcome = if e.turn_away {
+                    TaskOutcome::TurnedAway {
+                        frames_done: done,
+                        error: e.message,
+                    }
+                } else {
                     TaskOutcome::Failed {
                         frames_done: done,
                         error: e.message,
-                    },
-                )
+                    }
+                };
+                (e.report, outcome)
             }
         };
         self.send(DeviceEvent::Finished {
@@ -174,6 +180,7 @@ impl DeviceActorState {
             last_id_used: report.last_id_used,
             outputs: report.outputs,
             outcome,
+            steps: report.steps,
         });
     }
 
@@ -210,6 +217,7 @@ impl DeviceActorState {
                     break Err(ExecError {
                         message: format!("did not stop within {} ms of being told to", STOP_GRACE.as_millis()),
                         report: ExecReport::default(),
+                        ..ExecError::default()
                     });
                 }
                 Some(p) = rx.recv() => {
@@ -387,6 +395,7 @@ mod tests {
                     last_id_used,
                     outputs,
                     outcome,
+                    ..
                 } = ev
                 {
                     return Timed {
@@ -426,6 +435,7 @@ mod tests {
                 last_id_used,
                 outputs,
                 outcome,
+                ..
             } => {
                 assert_eq!(
                     Done {

@@ -33,15 +33,22 @@ pub struct ExecReport {
     pub last_id_used: Option<u64>,
     /// Output files that appeared since the previous report.
     pub outputs: Vec<OutputFile>,
+    /// A workflow's: what each step did (in the final report only).
+    pub steps: Vec<crate::workflow::StepRecord>,
 }
 
 /// Why a task did not complete, with what it got done first. `message` is
 /// the one line the manifest's `failed` entry and the logs show.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, Default, PartialEq, thiserror::Error)]
 #[error("{message}")]
 pub struct ExecError {
     pub message: String,
     pub report: ExecReport,
+    /// The device turns the task away (a workflow step with `on_failure =
+    /// "skip_device"`): another device should take it.
+    pub turn_away: bool,
+    /// The program's exit code, when it exited by itself with one.
+    pub exit: Option<i32>,
 }
 
 pub type ExecFuture = Pin<Box<dyn Future<Output = Result<ExecReport, ExecError>> + Send>>;
@@ -100,8 +107,7 @@ impl Executor for Noop {
         Box::pin(async move {
             Ok(ExecReport {
                 frames_done: n,
-                last_id_used: None,
-                outputs: Vec::new(),
+                ..ExecReport::default()
             })
         })
     }
@@ -132,6 +138,7 @@ impl Executor for Sleep {
                         return Err(ExecError {
                             message: "cancelled".into(),
                             report: ExecReport { frames_done: done - 1, ..ExecReport::default() },
+                            ..ExecError::default()
                         });
                     }
                 }

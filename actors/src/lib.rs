@@ -20,3 +20,4 @@ pub mod store;
 mod test_support;
 pub mod wire;
 pub mod worker;
+pub mod workflow;

@@ -357,6 +357,7 @@ mod tests {
             outputs: vec![],
             outcome: TaskOutcome::Completed,
             seq: 0,
+            steps: Vec::new(),
         })
     }
 

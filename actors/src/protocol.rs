@@ -176,6 +176,15 @@ pub enum AdminRequest {
         node: String,
         device: String,
     },
+    /// Store a workflow recipe as the next version of its name.
+    WorkflowAdd(crate::workflow::Workflow),
+    /// Every workflow: name, latest version, steps of the latest.
+    Workflows,
+    /// One workflow at a version (`None`: the latest).
+    Workflow {
+        name: String,
+        version: Option<u32>,
+    },
 }
 
 /// Answer to an [`AdminRequest`].
@@ -196,6 +205,14 @@ pub enum AdminReply {
     DeviceGrid(Vec<NodeGrid>),
     /// A mutating command succeeded; what was done.
     Done(String),
+    /// A recipe stored, as this version of its name.
+    WorkflowAdded {
+        name: String,
+        version: u32,
+    },
+    /// The latest version of every workflow.
+    Workflows(Vec<crate::workflow::Workflow>),
+    Workflow(crate::workflow::Workflow),
     NotFound(String),
     Error(String),
 }
@@ -527,6 +544,10 @@ pub enum ExecutorSpec {
         #[serde(default)]
         params: BTreeMap<String, String>,
     },
+    /// A workflow recipe (docs/workflows.md): its steps run in order on one
+    /// device. A session file names it (`version` 0: the latest, with no
+    /// steps); the master fills in the version it stores at submit time.
+    Workflow(crate::workflow::Workflow),
 }
 
 /// The `kind` of a registered executor is this prefix and its name.
@@ -572,7 +593,18 @@ impl ExecutorSpec {
     /// Whether its tasks write files into their output folder (the folder
     /// is created for them, and a failed attempt's files are quarantined).
     pub fn writes_files(&self) -> bool {
-        matches!(self, Self::Command { .. } | Self::Rust { .. })
+        matches!(
+            self,
+            Self::Command { .. } | Self::Rust { .. } | Self::Workflow(_)
+        )
+    }
+
+    /// `name@version` of a workflow session.
+    pub fn workflow_label(&self) -> Option<String> {
+        match self {
+            Self::Workflow(w) => Some(w.label()),
+            _ => None,
+        }
     }
 
     /// The executor's family, as manifests and logs name it: `builtin:noop`,
@@ -584,6 +616,7 @@ impl ExecutorSpec {
             Self::Sleep { .. } => "builtin:sleep",
             Self::Command { .. } => "command",
             Self::Rust { .. } => "rust",
+            Self::Workflow(_) => "workflow",
         }
     }
 
@@ -739,6 +772,9 @@ pub struct TaskResult {
     /// Position in the worker's outbox; the master acknowledges it with [`ToWorker::Ack`].
     #[serde(default)]
     pub seq: u64,
+    /// What each step of a workflow did (empty for other executors).
+    #[serde(default)]
+    pub steps: Vec<crate::workflow::StepRecord>,
 }
 
 /// How an attempt ended.
@@ -748,6 +784,14 @@ pub enum TaskOutcome {
     Completed,
     Failed {
         /// Frames finished before the failure.
+        frames_done: u64,
+        error: String,
+    },
+    /// The device turned the task away (a workflow step with
+    /// `on_failure = "skip_device"`): it goes to another device without
+    /// spending one of its `max_attempts` (it counts against `max_losses`).
+    TurnedAway {
+        /// Frames finished before (kept, as for a failure).
         frames_done: u64,
         error: String,
     },
@@ -830,6 +874,13 @@ pub struct Manifest {
     /// failed: the history of `failed`.
     #[serde(default)]
     pub retried: Vec<FailedRange>,
+    /// The workflow and version a workflow session ran (`name@version`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+    /// Tasks each device turned away (`device` is `node/device`): by a
+    /// workflow step with `on_failure = "skip_device"`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub turned_away: BTreeMap<String, u64>,
 }
 
 /// One produced range.
@@ -849,6 +900,12 @@ pub struct ManifestRange {
     pub finished_ms: u64,
     /// The output folder, relative to the node's `data_dir`.
     pub out_dir: String,
+    /// A workflow session's: the workflow and version that produced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+    /// A workflow session's: what each step of the attempt did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<crate::workflow::StepRecord>,
 }
 
 /// A range reassigned after a failure.
@@ -870,6 +927,9 @@ pub struct FailedRange {
     pub task: u64,
     pub attempts: u32,
     pub error: String,
+    /// A workflow session's: what each step of the last attempt did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<crate::workflow::StepRecord>,
 }
 
 /// Output folder of an attempt, relative to `data_dir` (docs/sessions.md).

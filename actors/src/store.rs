@@ -183,6 +183,7 @@ mod tests {
             outputs: vec![],
             outcome: TaskOutcome::Completed,
             seq: 17,
+            steps: Vec::new(),
         });
         assert_eq!(decode_report(&encode_report(&msg)).expect("decodes"), msg);
     }

@@ -64,6 +64,8 @@ pub enum DeviceEvent {
         last_id_used: Option<u64>,
         outputs: Vec<OutputFile>,
         outcome: TaskOutcome,
+        /// What each step of a workflow did.
+        steps: Vec<crate::workflow::StepRecord>,
     },
 }
 
@@ -482,6 +484,7 @@ impl WorkerState {
                     error: format!("no device `{}` on node `{}`", task.device, self.args.node),
                 },
                 seq: 0,
+                steps: Vec::new(),
             }));
             return;
         };
@@ -604,6 +607,7 @@ impl WorkerState {
                 last_id_used,
                 outputs,
                 outcome,
+                steps,
             } => {
                 if self.tasks.remove(&key).is_some() {
                     debug!(target: "orch::ids", node_id = %node, session = %key.session, task = key.task, attempt = key.attempt, last_id_used, completed = matches!(outcome, TaskOutcome::Completed), "attempt finished");
@@ -618,6 +622,7 @@ impl WorkerState {
                         outputs,
                         outcome,
                         seq: 0,
+                        steps,
                     }));
                 }
             }
@@ -796,6 +801,7 @@ mod tests {
                 outputs: vec![],
                 outcome: TaskOutcome::Completed,
                 seq: r1.seq,
+                steps: Vec::new(),
             }
         );
         assert!(r1.started_ms > 0 && r1.started_ms <= r1.finished_ms);

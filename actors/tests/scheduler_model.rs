@@ -324,6 +324,7 @@ impl World {
             outputs: vec![],
             outcome,
             seq: 0,
+            steps: Vec::new(),
         })
     }
 
@@ -1267,6 +1268,7 @@ fn per_device_fifo_depth_and_round_robin_over_many_devices() {
             outputs: vec![],
             outcome: TaskOutcome::Completed,
             seq: 0,
+            steps: Vec::new(),
         };
         for c in s.on_event(SchedEvent::Result(r), 0) {
             if let SchedCommand::Assign { task, .. } = c {
@@ -1356,6 +1358,7 @@ fn completed(node: &str, t: &TaskSpec) -> SchedEvent {
         outputs: vec![],
         outcome: TaskOutcome::Completed,
         seq: 0,
+        steps: Vec::new(),
     })
 }
 

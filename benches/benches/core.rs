@@ -38,6 +38,7 @@ fn sample_result(task: u64) -> TaskResult {
         outputs: vec![],
         outcome: TaskOutcome::Completed,
         seq: 0,
+        steps: Vec::new(),
     }
 }
 

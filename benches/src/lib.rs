@@ -29,6 +29,7 @@ pub fn completed(node: String, task: TaskSpec) -> SchedEvent {
         outputs: vec![],
         outcome: TaskOutcome::Completed,
         seq: 0,
+        steps: Vec::new(),
     })
 }
 

@@ -142,6 +142,7 @@ impl Executor for Mandelbrot {
                     frames_done,
                     ..ExecReport::default()
                 },
+                ..ExecError::default()
             };
             let none = BTreeMap::new();
             let p = Params::parse(job.task.executor.params().unwrap_or(&none))

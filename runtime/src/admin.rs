@@ -106,6 +106,8 @@ pub fn router(node: String, token: Option<Secret>, read_model: Arc<ReadModel>) -
         .route("/v1/sessions/{id}/resume", post(resume))
         .route("/v1/sessions/{id}/retry", post(retry))
         .route("/v1/sessions/{id}/tasks/{task}/requeue", post(requeue))
+        .route("/v1/workflows", get(workflows).post(add_workflow))
+        .route("/v1/workflows/{name}", get(workflow))
         .route("/v1/devices", get(devices))
         .route("/v1/devices/grid", get(device_grid))
         .route("/v1/nodes/{node}/drain", post(drain))
@@ -344,6 +346,55 @@ async fn submit(
     spec.idempotency_key = key;
     match ask_master(&ctx, AdminRequest::Submit(spec)).await? {
         AdminReply::Submitted { id } => json(json!({ "id": id })),
+        _ => Err(unexpected()),
+    }
+}
+
+/// `POST /v1/workflows`: a recipe file (TOML) in the body, stored as the
+/// next version of its name.
+async fn add_workflow(
+    State(ctx): State<Arc<AdminCtx>>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let body = std::str::from_utf8(&body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "invalid `request body`: expected a UTF-8 workflow file (TOML), found an invalid byte at offset {}",
+                e.valid_up_to()
+            ),
+        )
+    })?;
+    let w = crate::workflow_file::parse(body, "request body")
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    match ask_master(&ctx, AdminRequest::WorkflowAdd(w)).await? {
+        AdminReply::WorkflowAdded { name, version } => {
+            json(json!({ "name": name, "version": version, "label": format!("{name}@{version}") }))
+        }
+        _ => Err(unexpected()),
+    }
+}
+
+async fn workflows(State(ctx): State<Arc<AdminCtx>>) -> Result<Response, ApiError> {
+    match ask_master(&ctx, AdminRequest::Workflows).await? {
+        AdminReply::Workflows(v) => json(v),
+        _ => Err(unexpected()),
+    }
+}
+
+/// `GET /v1/workflows/{name}`: `NAME` (the latest) or `NAME@VERSION`.
+async fn workflow(
+    State(ctx): State<Arc<AdminCtx>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let (name, version) = orch_actors::workflow::parse_ref(&name).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("invalid workflow in the path: {e}"),
+        )
+    })?;
+    match ask_master(&ctx, AdminRequest::Workflow { name, version }).await? {
+        AdminReply::Workflow(w) => json(w),
         _ => Err(unexpected()),
     }
 }

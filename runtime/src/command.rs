@@ -211,10 +211,145 @@ impl Executor for CommandExecutor {
     }
 }
 
+/// Runs `workflow` tasks (docs/workflows.md): each step as the `command`
+/// executor runs a program, in the attempt's output folder, one after the
+/// other, each with its own timeout. A step that fails ends the attempt
+/// (`on_failure = "fail"`), turns the device away (`"skip_device"`), or
+/// lets the next step run (`"continue"`); the result lists every step.
+pub struct WorkflowExecutor(pub Arc<CommandExecutor>);
+
+impl Executor for WorkflowExecutor {
+    fn run(
+        &self,
+        job: ExecJob,
+        progress: UnboundedSender<ExecReport>,
+        cancel: CancellationToken,
+    ) -> ExecFuture {
+        let c = self.0.clone();
+        Box::pin(async move { run_workflow(job, &c, progress, cancel).await })
+    }
+}
+
+async fn run_workflow(
+    job: ExecJob,
+    c: &CommandExecutor,
+    progress: UnboundedSender<ExecReport>,
+    cancel: CancellationToken,
+) -> Result<ExecReport, ExecError> {
+    use orch_actors::workflow::{OnFailure, StepRecord};
+    let mut report = ExecReport::default();
+    let ExecutorSpec::Workflow(w) = &job.task.executor else {
+        return Err(fail("not a workflow task".into(), &report));
+    };
+    let mut steps: Vec<StepRecord> = Vec::with_capacity(w.steps.len());
+    let mut failure: Option<(String, bool, Option<i32>)> = None;
+    for step in &w.steps {
+        if cancel.is_cancelled() {
+            failure = Some(("cancelled".into(), false, None));
+            break;
+        }
+        let mut one = job.clone();
+        one.task.executor = ExecutorSpec::Command {
+            argv: step.argv.clone(),
+            env: step.env.clone(),
+        };
+        let step_cancel = cancel.child_token();
+        let started = std::time::Instant::now();
+        let timer = {
+            let c = step_cancel.clone();
+            let ms = step.timeout_ms;
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                c.cancel();
+            })
+        };
+        let ran = run_command(
+            one,
+            c.work_dir.clone(),
+            &c.groups,
+            &c.watch,
+            progress.clone(),
+            step_cancel.clone(),
+        )
+        .await;
+        timer.abort();
+        let timed_out = step_cancel.is_cancelled() && !cancel.is_cancelled();
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let got = match &ran {
+            Ok(r) => r,
+            Err(e) => &e.report,
+        };
+        // A step that exits 0 reports all frames done as a command would:
+        // only what a step reported (`ORCH_PROGRESS`) counts before the end.
+        if ran.is_err() {
+            report.frames_done = report.frames_done.max(got.frames_done);
+        }
+        report.last_id_used = got.last_id_used.max(report.last_id_used);
+        report.outputs.extend(got.outputs.iter().cloned());
+        match ran {
+            Ok(_) => steps.push(StepRecord {
+                name: step.name.clone(),
+                exit: Some(0),
+                duration_ms,
+                error: None,
+            }),
+            Err(e) => {
+                let why = if timed_out {
+                    format!("timed out after {} ms", step.timeout_ms)
+                } else {
+                    e.message
+                };
+                steps.push(StepRecord {
+                    name: step.name.clone(),
+                    exit: e.exit,
+                    duration_ms,
+                    error: Some(why.clone()),
+                });
+                if cancel.is_cancelled() {
+                    failure = Some((why, false, e.exit));
+                    break;
+                }
+                match step.on_failure {
+                    OnFailure::Continue => {}
+                    OnFailure::Fail => {
+                        failure = Some((format!("step `{}`: {why}", step.name), false, e.exit));
+                        break;
+                    }
+                    OnFailure::SkipDevice => {
+                        failure = Some((
+                            format!("step `{}` turned the device away: {why}", step.name),
+                            true,
+                            e.exit,
+                        ));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    report.steps = steps;
+    match failure {
+        None => {
+            report.frames_done = job.task.frames.len();
+            Ok(report)
+        }
+        Some((message, turn_away, exit)) => {
+            // Frames a step reported done stay done, as for a command.
+            Err(ExecError {
+                message,
+                report,
+                turn_away,
+                exit,
+            })
+        }
+    }
+}
+
 fn fail(message: String, report: &ExecReport) -> ExecError {
     ExecError {
         message,
         report: report.clone(),
+        ..ExecError::default()
     }
 }
 
@@ -268,6 +403,7 @@ impl Tracker<'_> {
             frames_done: self.report.frames_done,
             last_id_used: self.report.last_id_used,
             outputs: found.files,
+            steps: Vec::new(),
         });
         match found.problems.into_iter().next() {
             Some(p) => Err(p),
@@ -432,7 +568,9 @@ async fn run_command(
         } else {
             format!("`{program}` {how}: {last}")
         };
-        return Err(fail(msg, &report));
+        let mut e = fail(msg, &report);
+        e.exit = status.code();
+        return Err(e);
     }
     // Whatever appeared after the last progress line: one full scan.
     let dir = job.out_dir.clone();

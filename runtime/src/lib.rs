@@ -16,6 +16,7 @@ pub mod procs;
 pub mod runner;
 pub mod session_file;
 pub mod store;
+pub mod workflow_file;
 
 pub use node::{run_node, run_node_with};
 pub use node_io::{Executors, RegisterError};

@@ -201,7 +201,7 @@ impl Executor for Registered {
         Box::pin(async move {
             let fail = |message: String| ExecError {
                 message,
-                report: ExecReport::default(),
+                ..ExecError::default()
             };
             let dir = dir.map_err(fail)?;
             tokio::fs::create_dir_all(&dir)
@@ -257,6 +257,7 @@ async fn run_registered(
             Ok(report) => ExecError {
                 message: e.message,
                 report,
+                ..e
             },
             Err(why) => look.fail(why),
         }),
@@ -326,6 +327,7 @@ impl Look<'_> {
                 outputs: std::mem::take(&mut self.so_far.outputs),
                 ..self.so_far.clone()
             },
+            ..ExecError::default()
         }
     }
 
@@ -358,7 +360,7 @@ impl Executor for Unregistered {
         Box::pin(async move {
             Err(ExecError {
                 message,
-                report: ExecReport::default(),
+                ..ExecError::default()
             })
         })
     }
@@ -463,6 +465,9 @@ impl NodeIo for FsIo {
             ExecutorSpec::Noop => Arc::new(Noop),
             ExecutorSpec::Sleep { .. } => Arc::new(Sleep),
             ExecutorSpec::Command { .. } => self.command.clone(),
+            ExecutorSpec::Workflow(_) => {
+                Arc::new(crate::command::WorkflowExecutor(self.command.clone()))
+            }
             ExecutorSpec::Rust { name, .. } => match self.registered.get(name) {
                 Some(exec) => exec.clone(),
                 None => Arc::new(Unregistered(name.clone())),
@@ -661,10 +666,14 @@ mod tests {
                 started_ms: 0,
                 finished_ms: 1,
                 out_dir: String::new(),
+                workflow: None,
+                steps: Vec::new(),
             }],
             replay: Vec::new(),
             failed: Vec::new(),
             retried: Vec::new(),
+            workflow: None,
+            turned_away: Default::default(),
         };
         io.write_manifest_json("s", &m).unwrap();
         let record = |old_attempt| ReplayRecord {

@@ -74,7 +74,7 @@ pub const PLACEHOLDERS: &[&str] = &[
 
 /// The `{name}` tokens of `s` that no placeholder (or `{session_dir}`)
 /// names. A `${name}` (a shell variable) is not a placeholder.
-fn unknown_placeholders(s: &str) -> Vec<String> {
+pub(crate) fn unknown_placeholders(s: &str) -> Vec<String> {
     let b = s.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -124,7 +124,10 @@ struct RawSession {
     require: BTreeMap<String, toml::Value>,
     #[serde(default)]
     prefer: BTreeMap<String, i64>,
-    executor: RawExecutor,
+    executor: Option<RawExecutor>,
+    /// `NAME` or `NAME@VERSION` of a stored workflow recipe, instead of an
+    /// `[executor]` (docs/workflows.md).
+    workflow: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -398,7 +401,42 @@ pub fn parse(
         Some(d) => s.replace("{session_dir}", &d.display().to_string()),
         None => s.to_string(),
     };
-    let e = &raw.executor;
+    let none = RawExecutor {
+        kind: "builtin:noop".into(),
+        argv: None,
+        env: BTreeMap::new(),
+        ms_per_frame: None,
+        params: None,
+    };
+    let workflow = match (&raw.executor, &raw.workflow) {
+        (Some(_), Some(_)) => {
+            add(
+                "workflow",
+                "a session runs either an `[executor]` or a `workflow`, not both".into(),
+            );
+            None
+        }
+        (None, None) => {
+            add(
+                "executor",
+                "missing: give an `[executor]` table or `workflow = \"NAME\"`".into(),
+            );
+            None
+        }
+        (None, Some(w)) => match orch_actors::workflow::parse_ref(w) {
+            Ok((name, version)) => Some(ExecutorSpec::Workflow(orch_actors::workflow::Workflow {
+                name,
+                version: version.unwrap_or(0),
+                steps: Vec::new(),
+            })),
+            Err(why) => {
+                add("workflow", why);
+                None
+            }
+        },
+        (Some(_), None) => None,
+    };
+    let e = raw.executor.as_ref().unwrap_or(&none);
     if e.params.is_some() && rust_executor_name(&e.kind).is_none() {
         add(
             "executor.params",
@@ -490,6 +528,7 @@ pub fn parse(
             ExecutorSpec::Noop
         }
     };
+    let executor = workflow.unwrap_or(executor);
     // A registered executor runs only where it is registered: the session
     // requires the capability such nodes give their devices, and waits,
     // saying so, while no device has it.

@@ -111,7 +111,21 @@ impl MasterState {
                 AdminReply::DeviceGrid(grid)
             }
             AdminRequest::Workers => AdminReply::Workers(self.membership.views(now)),
-            AdminRequest::Submit(spec) => {
+            AdminRequest::Submit(mut spec) => {
+                // A workflow session runs the version stored now.
+                if let crate::protocol::ExecutorSpec::Workflow(w) = &mut spec.executor {
+                    let version = (w.version > 0).then_some(w.version);
+                    let Some(found) = self.sched.workflow(&w.name, version) else {
+                        return AdminReply::Error(match version {
+                            Some(v) => format!("no workflow `{}` at version {v} (`orchctl workflow show {}` lists its versions)", w.name, w.name),
+                            None => format!("no workflow `{}`; store it first with `orchctl workflow add FILE`", w.name),
+                        });
+                    };
+                    *w = found.clone();
+                    // An attempt may take every step's time, and a little.
+                    let all = crate::workflow::total_timeout_ms(w).saturating_add(5_000);
+                    spec.timeout_ms = spec.timeout_ms.max(all);
+                }
                 // A retried submission: the session it made the first time.
                 if let Some(id) = spec
                     .idempotency_key
@@ -139,6 +153,41 @@ impl MasterState {
                 });
                 AdminReply::Submitted { id }
             }
+            AdminRequest::WorkflowAdd(mut w) => {
+                let problems = crate::workflow::problems(&w);
+                if !problems.is_empty() {
+                    let all: Vec<String> = problems
+                        .into_iter()
+                        .map(|(at, what)| format!("`{at}`: {what}"))
+                        .collect();
+                    return AdminReply::Error(format!("invalid workflow: {}", all.join("; ")));
+                }
+                let (names, versions) = self.sched.workflow_counts(&w.name);
+                if versions >= crate::workflow::MAX_VERSIONS {
+                    return AdminReply::Error(format!(
+                        "workflow `{}` has {versions} versions, the most kept",
+                        w.name
+                    ));
+                }
+                if versions == 0 && names >= crate::workflow::MAX_WORKFLOWS {
+                    return AdminReply::Error(format!(
+                        "{names} workflows are stored, the most kept"
+                    ));
+                }
+                w.version = versions as u32 + 1;
+                let (name, version) = (w.name.clone(), w.version);
+                info!(node_id = %self.node, workflow = %name, version, steps = w.steps.len(), "workflow stored");
+                self.schedule(SchedEvent::WorkflowAdded(w));
+                AdminReply::WorkflowAdded { name, version }
+            }
+            AdminRequest::Workflows => AdminReply::Workflows(self.sched.workflows()),
+            AdminRequest::Workflow { name, version } => match self.sched.workflow(&name, version) {
+                Some(w) => AdminReply::Workflow(w.clone()),
+                None => AdminReply::NotFound(match version {
+                    Some(v) => format!("no workflow `{name}` at version {v}"),
+                    None => format!("no workflow `{name}`"),
+                }),
+            },
             AdminRequest::Sessions => AdminReply::Sessions(self.session_views(unix_now)),
             AdminRequest::Session(id) => match self.session_view(&id, unix_now) {
                 Some(v) => AdminReply::Session(v),
@@ -264,5 +313,6 @@ pub(super) fn mutates(req: &AdminRequest) -> bool {
             | AdminRequest::Undrain(_)
             | AdminRequest::RestartDevice { .. }
             | AdminRequest::KillDevice { .. }
+            | AdminRequest::WorkflowAdd(_)
     )
 }

@@ -373,6 +373,8 @@ fn range(task: u64, attempt: u32, start: u64, end: u64) -> ManifestRange {
         started_ms: 0,
         finished_ms: 0,
         out_dir: String::new(),
+        workflow: None,
+        steps: Vec::new(),
     }
 }
 
@@ -389,6 +391,8 @@ fn manifest_of(ranges: Vec<ManifestRange>) -> Manifest {
         replay: Vec::new(),
         failed: Vec::new(),
         retried: Vec::new(),
+        workflow: None,
+        turned_away: Default::default(),
     }
 }
 

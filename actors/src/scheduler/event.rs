@@ -83,6 +83,9 @@ pub enum SchedEvent {
     PlaceBudget {
         max: u32,
     },
+    /// An operator stored a workflow recipe as this version of its name
+    /// (the master checked it and numbered it: the next after the latest).
+    WorkflowAdded(crate::workflow::Workflow),
     /// From now on only [`SchedEvent::Place`] places: any other event leaves
     /// what it frees or adds for the next `Place`, which the master queues
     /// behind what waits in its mailbox. A flood of results then costs one

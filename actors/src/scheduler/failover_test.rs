@@ -204,6 +204,7 @@ fn a_range_lost_max_losses_times_fails_for_good() {
             // The number its next attempt took, not the attempts that ran.
             attempts: 2,
             error: "lost 1 times (`max_losses`), last: node_down".into(),
+            steps: Vec::new(),
         }]
     );
     assert_eq!(m.replay.len(), 1);

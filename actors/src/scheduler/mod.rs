@@ -155,6 +155,8 @@ pub struct Scheduler {
     place_more: bool,
     /// Only [`SchedEvent::Place`] places ([`SchedEvent::PlaceInPasses`]).
     place_in_passes: bool,
+    /// Every version of every workflow recipe, by name (version `i + 1` at `i`).
+    workflows: BTreeMap<String, Vec<crate::workflow::Workflow>>,
 }
 
 impl Scheduler {
@@ -199,6 +201,7 @@ impl Scheduler {
                 | SchedEvent::Progress(_)
                 | SchedEvent::Stalled { .. }
                 | SchedEvent::Evict { .. }
+                | SchedEvent::WorkflowAdded(_)
         );
         match ev {
             SchedEvent::NodeUp {
@@ -245,6 +248,13 @@ impl Scheduler {
             } => self.resume(id_floor, within_ms, now_ms),
             SchedEvent::PlaceBudget { max } => self.place_budget = Some(max.max(1) as usize),
             SchedEvent::PlaceInPasses => self.place_in_passes = true,
+            SchedEvent::WorkflowAdded(w) => {
+                let versions = self.workflows.entry(w.name.clone()).or_default();
+                // Versions come in order; one seen already is a replay's.
+                if w.version as usize == versions.len() + 1 {
+                    versions.push(w);
+                }
+            }
             SchedEvent::Place => {}
             SchedEvent::Pause { session, paused } => self.pause(&session, paused),
             SchedEvent::Retry { session } => self.retry(&session),
@@ -261,6 +271,31 @@ impl Scheduler {
         }
         self.finish(now_ms, &mut out);
         out
+    }
+
+    /// Workflow `name` at `version` (`None`: the latest).
+    pub fn workflow(&self, name: &str, version: Option<u32>) -> Option<&crate::workflow::Workflow> {
+        let versions = self.workflows.get(name)?;
+        match version {
+            None => versions.last(),
+            Some(v) => versions.get((v as usize).checked_sub(1)?),
+        }
+    }
+
+    /// The latest version of every workflow, by name.
+    pub fn workflows(&self) -> Vec<crate::workflow::Workflow> {
+        self.workflows
+            .values()
+            .filter_map(|v| v.last().cloned())
+            .collect()
+    }
+
+    /// How many workflows are stored, and how many versions `name` has.
+    pub fn workflow_counts(&self, name: &str) -> (usize, usize) {
+        (
+            self.workflows.len(),
+            self.workflows.get(name).map_or(0, Vec::len),
+        )
     }
 
     /// Whether the last event left tasks to place, for lack of budget or

@@ -420,6 +420,7 @@ impl Scheduler {
             done: 0,
             last_id: None,
             outputs: Vec::new(),
+            steps: Vec::new(),
         }));
         let items = match &sess.spec.items {
             Some(items) => {

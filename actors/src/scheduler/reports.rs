@@ -132,6 +132,8 @@ impl Scheduler {
         let took = r.finished_ms.saturating_sub(r.started_ms);
         sess.attempt_ms = Some(sess.attempt_ms.map_or(took, |ms| (3 * ms + took) / 4));
         add_outputs(&mut run.outputs, r.outputs);
+        run.steps = r.steps;
+        let turned_away = matches!(r.outcome, TaskOutcome::TurnedAway { .. });
         match r.outcome {
             TaskOutcome::Completed => {
                 let len = task.frames.len();
@@ -147,7 +149,8 @@ impl Scheduler {
                 sess.tasks_done += 1;
                 sess.tasks.done(t);
             }
-            TaskOutcome::Failed { frames_done, error } => {
+            TaskOutcome::Failed { frames_done, error }
+            | TaskOutcome::TurnedAway { frames_done, error } => {
                 let done = run.done.max(frames_done.min(task.frames.len()));
                 let keep: Vec<String> = run.outputs.iter().map(|o| o.path.clone()).collect();
                 // Only what the attempt reported using is retired: the rest
@@ -190,9 +193,31 @@ impl Scheduler {
                     sess.tasks.done(t);
                     return;
                 }
+                if turned_away {
+                    // Not the task's failure: another device takes it at
+                    // once, and it counts against `max_losses` only.
+                    *sess
+                        .turned_away
+                        .entry(format!("{node}/{device}"))
+                        .or_insert(0) += 1;
+                    let task = sess.tasks.get_mut(t);
+                    task.losses += 1;
+                    if task.losses >= sess.spec.max_losses {
+                        let n = task.losses;
+                        let error = format!("turned away {n} times (`max_losses`), last: {error}");
+                        fail_task_with(sess, t, error, std::mem::take(&mut run.steps));
+                        return;
+                    }
+                    task.next_attempt();
+                    task.avoid = Some((node, device));
+                    task.state = TaskState::Waiting;
+                    sess.waiting.insert((now_ms, t));
+                    return;
+                }
+                let task = sess.tasks.get_mut(t);
                 task.failures += 1;
                 if task.failures >= sess.spec.max_attempts {
-                    fail_task(sess, t, error);
+                    fail_task_with(sess, t, error, std::mem::take(&mut run.steps));
                     return;
                 }
                 task.next_attempt();

@@ -92,6 +92,8 @@ fn a_completed_result_banks_the_range_and_finishes_the_session() {
             started_ms: 0,
             finished_ms: 0,
             out_dir: "out/s1/n1/d0/0-a1".into(),
+            workflow: None,
+            steps: Vec::new(),
         }]
     );
     assert_eq!(fx.load("n1"), (0, 6, vec![0, 0]));
@@ -241,6 +243,7 @@ fn a_range_that_fails_max_attempts_times_fails_for_good() {
             task: 0,
             attempts: 1,
             error: "boom".into(),
+            steps: Vec::new(),
         }]
     );
 }

@@ -71,10 +71,12 @@ pub(super) struct Segment {
     pub(super) outputs: Arc<[OutputFile]>,
     pub(super) started_ms: u64,
     pub(super) finished_ms: u64,
+    /// A workflow session's: what each step of the attempt did.
+    pub(super) steps: Option<Arc<[crate::workflow::StepRecord]>>,
 }
 
 impl Segment {
-    pub(super) fn to_range(&self, session: &str) -> ManifestRange {
+    pub(super) fn to_range(&self, session: &str, workflow: Option<&str>) -> ManifestRange {
         let key = AttemptKey {
             session: session.to_string(),
             task: self.task.wire(),
@@ -92,6 +94,8 @@ impl Segment {
             started_ms: self.started_ms,
             finished_ms: self.finished_ms,
             out_dir: out_dir(&key, &self.node, &self.device),
+            workflow: workflow.map(str::to_string),
+            steps: self.steps.as_deref().map(<[_]>::to_vec).unwrap_or_default(),
         }
     }
 }
@@ -143,6 +147,8 @@ pub(super) struct Session {
     /// (their own start and end): whether devices queue its attempts
     /// ([`PREFETCH_UNDER_MS`]).
     pub(super) attempt_ms: Option<u64>,
+    /// Tasks each device turned away (`node/device`).
+    pub(super) turned_away: BTreeMap<String, u64>,
 }
 
 impl Session {
@@ -207,18 +213,30 @@ pub(super) fn bank(
         outputs: run.outputs.clone().into(),
         started_ms: run.started_ms,
         finished_ms: now_ms,
+        steps: (!run.steps.is_empty()).then(|| run.steps.clone().into()),
     });
     sess.frames_done += done;
     task.frames.start += done;
 }
 
 pub(super) fn fail_task(sess: &mut Session, t: TaskIdx, error: String) {
+    fail_task_with(sess, t, error, Vec::new());
+}
+
+/// [`fail_task`] with what the steps of its last attempt did.
+pub(super) fn fail_task_with(
+    sess: &mut Session,
+    t: TaskIdx,
+    error: String,
+    steps: Vec<crate::workflow::StepRecord>,
+) {
     let task = sess.tasks.get_mut(t);
     sess.failed.push(FailedRange {
         frames: task.frames,
         task: t.wire(),
         attempts: task.attempt,
         error: error.clone(),
+        steps,
     });
     task.last_error = Some(error);
     task.state = TaskState::Failed;
@@ -270,6 +288,7 @@ impl Scheduler {
             reopened: false,
             starved_since: None,
             attempt_ms: None,
+            turned_away: BTreeMap::new(),
         });
     }
 

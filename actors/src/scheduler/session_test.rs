@@ -147,6 +147,7 @@ fn segment(task: u32) -> Segment {
         outputs: Vec::new().into(),
         started_ms: 0,
         finished_ms: 0,
+        steps: None,
     }
 }
 

@@ -14,6 +14,8 @@ pub(super) struct Running {
     pub(super) done: u64,
     pub(super) last_id: Option<u64>,
     pub(super) outputs: Vec<OutputFile>,
+    /// A workflow attempt's steps, from its result.
+    pub(super) steps: Vec<crate::workflow::StepRecord>,
 }
 
 #[derive(Debug, Clone)]

@@ -171,6 +171,7 @@ pub(super) fn result(node: &str, t: &TaskSpec, outcome: TaskOutcome) -> TaskResu
         outputs: Vec::new(),
         outcome,
         seq: 0,
+        steps: Vec::new(),
     }
 }
 

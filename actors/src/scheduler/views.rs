@@ -14,6 +14,8 @@ pub struct ManifestSnapshot {
     state: SessionState,
     frames: FrameRange,
     executor: String,
+    workflow: Option<String>,
+    turned_away: BTreeMap<String, u64>,
     submitted_ms: u64,
     finished_ms: Option<u64>,
     /// The session's, shared: in the order they were produced (see
@@ -64,11 +66,13 @@ impl ManifestSnapshot {
             finished_ms: self.finished_ms,
             ranges: self
                 .in_frame_order()
-                .map(|r| r.to_range(&self.session))
+                .map(|r| r.to_range(&self.session, self.workflow.as_deref()))
                 .collect(),
             replay: self.replay.clone(),
             failed: self.failed.clone(),
             retried: self.retried.clone(),
+            workflow: self.workflow.clone(),
+            turned_away: self.turned_away.clone(),
         }
     }
 }
@@ -114,7 +118,7 @@ impl serde::Serialize for RangesOf<'_> {
         use serde::ser::SerializeSeq;
         let mut seq = ser.serialize_seq(Some(self.0.ranges.len()))?;
         for r in self.0.in_frame_order() {
-            seq.serialize_element(&r.to_range(&self.0.session))?;
+            seq.serialize_element(&r.to_range(&self.0.session, self.0.workflow.as_deref()))?;
         }
         seq.end()
     }
@@ -123,7 +127,7 @@ impl serde::Serialize for RangesOf<'_> {
 impl serde::Serialize for ManifestSnapshot {
     fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = ser.serialize_struct("Manifest", 11)?;
+        let mut st = ser.serialize_struct("Manifest", 13)?;
         st.serialize_field("session", &self.session)?;
         st.serialize_field("name", &self.name)?;
         st.serialize_field("state", &self.state)?;
@@ -135,6 +139,16 @@ impl serde::Serialize for ManifestSnapshot {
         st.serialize_field("replay", &self.replay)?;
         st.serialize_field("failed", &self.failed)?;
         st.serialize_field("retried", &self.retried)?;
+        if let Some(w) = &self.workflow {
+            st.serialize_field("workflow", w)?;
+        } else {
+            st.skip_field("workflow")?;
+        }
+        if self.turned_away.is_empty() {
+            st.skip_field("turned_away")?;
+        } else {
+            st.serialize_field("turned_away", &self.turned_away)?;
+        }
         st.end()
     }
 }
@@ -347,7 +361,12 @@ impl Scheduler {
         if s.evicted.is_some() {
             return None;
         }
-        let mut ranges: Vec<ManifestRange> = s.ranges.iter().map(|r| r.to_range(&s.id)).collect();
+        let workflow = s.spec.executor.workflow_label();
+        let mut ranges: Vec<ManifestRange> = s
+            .ranges
+            .iter()
+            .map(|r| r.to_range(&s.id, workflow.as_deref()))
+            .collect();
         ranges.sort_by_key(|r| r.frames.start);
         let mut failed = s.failed.clone();
         failed.sort_by_key(|f| f.frames.start);
@@ -363,6 +382,8 @@ impl Scheduler {
             replay: s.replay.clone(),
             failed,
             retried: s.retried.clone(),
+            workflow,
+            turned_away: s.turned_away.clone(),
         })
     }
 
@@ -383,6 +404,8 @@ impl Scheduler {
             state: sess.state,
             frames: sess.spec.frames,
             executor: sess.spec.executor.kind().into_owned(),
+            workflow: sess.spec.executor.workflow_label(),
+            turned_away: sess.turned_away.clone(),
             submitted_ms: sess.submitted_ms,
             finished_ms: sess.finished_ms,
             ranges,
@@ -402,6 +425,8 @@ impl Scheduler {
             state: SessionState::Completed,
             frames: FrameRange { start: 0, end: 0 },
             executor: "builtin:noop".into(),
+            workflow: None,
+            turned_away: BTreeMap::new(),
             submitted_ms: 0,
             finished_ms: Some(0),
             ranges: Segments::default(),

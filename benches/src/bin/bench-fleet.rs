@@ -442,6 +442,7 @@ fn on_master(st: &mut SimState, m: ToWorker) {
                 outputs: vec![],
                 outcome: TaskOutcome::Completed,
                 seq: st.out_seq,
+                steps: Vec::new(),
             };
             st.send(ToMaster::Result(r));
         }

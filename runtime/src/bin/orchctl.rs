@@ -41,6 +41,16 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+enum WorkflowCmd {
+    /// Store a recipe file as the next version of its name (old versions stay).
+    Add { file: PathBuf },
+    /// The latest version of every workflow.
+    List,
+    /// One workflow: `NAME` (the latest) or `NAME@VERSION`.
+    Show { name: String },
+}
+
+#[derive(Subcommand, Debug)]
 enum Cmd {
     /// Cluster summary: master, workers by state, devices, recent failures.
     Status,
@@ -75,6 +85,11 @@ enum Cmd {
     },
     /// Follow a session with a live progress bar until it ends (exit 0 only if completed).
     Watch { id: String },
+    /// Workflow recipes the master stores (docs/workflows.md).
+    Workflow {
+        #[command(subcommand)]
+        cmd: WorkflowCmd,
+    },
     /// Devices of every worker, or of NODE: state, current task, last error.
     Devices {
         #[arg(value_name = "NODE")]
@@ -475,6 +490,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             };
         }
         Cmd::Watch { id } => return follow(cli, id),
+        Cmd::Workflow { cmd } => return workflow(cli, cmd),
         Cmd::Pause { id } => return mutate(cli, &format!("/v1/sessions/{id}/pause")),
         Cmd::Resume { id } => return mutate(cli, &format!("/v1/sessions/{id}/resume")),
         Cmd::Retry { id } => return mutate(cli, &format!("/v1/sessions/{id}/retry")),
@@ -613,6 +629,70 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         }
         _ => unreachable!("handled above"),
     }
+}
+
+fn workflow(cli: &Cli, cmd: &WorkflowCmd) -> Result<(), Failure> {
+    use orch_actors::workflow::Workflow;
+    let v = match cmd {
+        WorkflowCmd::Add { file } => {
+            let text =
+                orch_runtime::config::read_capped(file, orch_runtime::config::MAX_TOML_BYTES)
+                    .map_err(|e| Failure(2, format!("`{}`: {e}", file.display())))?;
+            let dir = file
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+            let text = text.replace("{workflow_dir}", &dir.display().to_string());
+            // Checked here too, so that mistakes name the file.
+            orch_runtime::workflow_file::parse(&text, &file.display().to_string())
+                .map_err(|e| Failure(2, e.to_string()))?;
+            let v = request(cli, "POST", "/v1/workflows", Some(&text))?;
+            if !cli.json {
+                println!("stored workflow {}", v["label"].as_str().unwrap_or("?"));
+                return Ok(());
+            }
+            v
+        }
+        WorkflowCmd::List => get(cli, "/v1/workflows")?,
+        WorkflowCmd::Show { name } => get(cli, &format!("/v1/workflows/{name}"))?,
+    };
+    if cli.json {
+        return print_json(&v);
+    }
+    let list: Vec<Workflow> = match v {
+        serde_json::Value::Array(_) => serde_json::from_value(v),
+        other => serde_json::from_value(other).map(|w| vec![w]),
+    }
+    .map_err(|e| Failure(EXIT_FAILED, format!("unexpected workflow format: {e}")))?;
+    if matches!(cmd, WorkflowCmd::List) {
+        println!("{:<32} {:>7} {:>5}  STEPS", "WORKFLOW", "VERSION", "STEPS");
+        for w in &list {
+            let names: Vec<&str> = w.steps.iter().map(|s| s.name.as_str()).collect();
+            println!(
+                "{:<32} {:>7} {:>5}  {}",
+                w.name,
+                w.version,
+                w.steps.len(),
+                names.join(" → ")
+            );
+        }
+        return Ok(());
+    }
+    for w in &list {
+        println!("workflow {}", w.label());
+        for (i, s) in w.steps.iter().enumerate() {
+            println!(
+                "  {}. {:<16} timeout {} ms, on failure {}: {}",
+                i + 1,
+                s.name,
+                s.timeout_ms,
+                s.on_failure.as_str(),
+                s.argv.join(" ")
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A mutating command: POST, then print what was done.

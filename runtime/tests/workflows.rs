@@ -1,0 +1,178 @@
+//! Workflow recipes on real `orch-node` processes (docs/workflows.md):
+//! stored and versioned by the master across a kill -9, run step by step on
+//! one device, recorded per range in the manifest; a step that turns its
+//! device away sends the task elsewhere without spending an attempt.
+
+use std::time::Duration;
+
+use orch_tests::{assert_exactly_once, bins, TestCluster};
+use serde_json::Value;
+
+/// `orchctl ARGS --json` on node 0: exit code, JSON answer, stderr.
+fn ctl(c: &TestCluster, args: &[&str]) -> (i32, Value, String) {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = c.orchctl(0, &all);
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// Write `text` as a recipe file and store it; the version the master gave.
+fn add(c: &TestCluster, file: &str, text: &str) -> u64 {
+    let path = c.dir.path().join(file);
+    std::fs::write(&path, text).unwrap();
+    let (code, v, err) = ctl(c, &["workflow", "add", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "workflow add: {err}");
+    v["version"].as_u64().expect("a version")
+}
+
+/// Three steps: `boot` on every device; `login` turns `node-1-dev-1` away;
+/// `shot` writes the frame's file (and fails for frame 5 when `fail5`).
+fn recipe(fail5: bool) -> String {
+    let shot = if fail5 {
+        "if [ {start} -eq 5 ]; then echo 'no screen' >&2; exit 7; fi; echo {start} > shot_{start}.png"
+    } else {
+        "echo {start} > shot_{start}.png"
+    };
+    format!(
+        "name = \"phone\"\n\
+         [[step]]\nname = \"boot\"\nargv = [\"sh\", \"-c\", \"true\"]\ntimeout_ms = 5000\n\
+         [[step]]\nname = \"login\"\nargv = [\"sh\", \"-c\", \"if [ {{device}} = node-1-dev-1 ]; then echo 'login screen stuck' >&2; exit 3; fi\"]\ntimeout_ms = 5000\non_failure = \"skip_device\"\n\
+         [[step]]\nname = \"shot\"\nargv = [\"sh\", \"-c\", \"{shot}\"]\ntimeout_ms = 5000\n"
+    )
+}
+
+#[test]
+fn workflows_are_versioned_run_step_by_step_and_a_device_that_turns_tasks_away_spends_no_attempt() {
+    let mut c = TestCluster::master_and_workers(bins!(), 1, 2).unwrap();
+    assert_eq!(add(&c, "phone-v1.toml", &recipe(true)), 1);
+    assert_eq!(
+        add(&c, "phone-v2.toml", &recipe(false)),
+        2,
+        "the same name again: a new version"
+    );
+    // The versions are ledger events: a master killed -9 keeps both.
+    c.nodes[0].kill9();
+    c.restart(0).unwrap();
+    c.wait_all_healthy(1).unwrap();
+    let (code, v, err) = ctl(&c, &["workflow", "show", "phone@1"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(v["version"], 1);
+    assert_eq!(v["steps"][2]["name"], "shot");
+    let (code, list, _) = ctl(&c, &["workflow", "list"]);
+    assert_eq!(code, 0);
+    assert_eq!(list[0]["version"], 2, "the list shows the latest: {list}");
+    let (code, _, err) = ctl(&c, &["workflow", "show", "phone@9"]);
+    assert_eq!(code, 3, "no such version: {err}");
+
+    // The latest version: every frame done, one file each, nothing on the
+    // device that turns tasks away, and no attempt spent there.
+    let id = c
+        .submit(
+            "latest",
+            "name = \"latest\"\nframes = { start = 0, end = 12 }\nchunk_frames = 1\nid_chunk_size = 10\nmax_attempts = 1\nworkflow = \"phone\"\n",
+        )
+        .unwrap();
+    let v = c.wait_done(&id, Duration::from_secs(60)).unwrap();
+    assert_eq!(v["state"], "completed", "{v}");
+    let m = c.manifest(&id).unwrap();
+    assert_eq!(assert_exactly_once(&m, 0, 12), 12);
+    assert_eq!(m["workflow"], "phone@2");
+    let ranges = m["ranges"].as_array().unwrap();
+    for r in ranges {
+        assert_ne!(
+            r["device"], "node-1-dev-1",
+            "a turned-away device produced {r}"
+        );
+        assert_eq!(r["workflow"], "phone@2");
+        let steps: Vec<(&str, i64)> = r["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["name"].as_str().unwrap(), s["exit"].as_i64().unwrap()))
+            .collect();
+        assert_eq!(steps, [("boot", 0), ("login", 0), ("shot", 0)], "{r}");
+        let start = r["frames"]["start"].as_u64().unwrap();
+        let names: Vec<&str> = r["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["path"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, [format!("shot_{start}.png")], "{r}");
+    }
+    let away = m["turned_away"]["node-1/node-1-dev-1"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(away >= 1, "the stuck device turned tasks away: {m}");
+    assert!(
+        m["failed"].as_array().unwrap().is_empty(),
+        "with max_attempts = 1, no attempt was spent: {m}"
+    );
+
+    // Version 1, named: frame 5's `shot` fails; the failure lists its steps.
+    let id = c
+        .submit(
+            "pinned",
+            "name = \"pinned\"\nframes = { start = 0, end = 8 }\nchunk_frames = 1\nid_chunk_size = 10\nmax_attempts = 2\nbackoff_ms = 10\nworkflow = \"phone@1\"\n",
+        )
+        .unwrap();
+    let v = c.wait_done(&id, Duration::from_secs(60)).unwrap();
+    assert_eq!(v["state"], "partial", "{v}");
+    let m = c.manifest(&id).unwrap();
+    assert_eq!(m["workflow"], "phone@1");
+    let failed = m["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{m}");
+    assert_eq!(failed[0]["frames"]["start"], 5);
+    let steps = failed[0]["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 3, "{failed:?}");
+    assert_eq!(steps[2]["exit"], 7);
+    assert!(
+        steps[2]["error"].as_str().unwrap().contains("no screen"),
+        "{steps:?}"
+    );
+    assert!(
+        failed[0]["error"].as_str().unwrap().contains("step `shot`"),
+        "{failed:?}"
+    );
+}
+
+#[test]
+fn bad_recipes_and_references_are_one_clear_line_each() {
+    let c = TestCluster::master_and_workers(bins!(), 0, 1).unwrap();
+    for (text, key) in [
+        (
+            "name = \"w\"\n[[step]]\nname = \"a\"\nargv = [\"true\"]\non_failure = \"explode\"\n",
+            "on_failure",
+        ),
+        (
+            "name = \"w\"\n[[step]]\nname = \"a\"\nargv = [\"true\"]\ntimeout_ms = 0\n",
+            "timeout_ms",
+        ),
+        ("name = \"w\"\n", "step"),
+    ] {
+        let path = c.dir.path().join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = c.orchctl(0, &["workflow", "add", path.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains("bad.toml") && err.contains(key), "{err}");
+    }
+    // A session naming a workflow that is not stored is refused at submit.
+    let f = c.dir.path().join("s.toml");
+    std::fs::write(
+        &f,
+        "name = \"s\"\nframes = { start = 0, end = 2 }\nchunk_frames = 1\nworkflow = \"nothing-here\"\n",
+    )
+    .unwrap();
+    let out = c.orchctl(0, &["submit", f.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(err.contains("no workflow `nothing-here`"), "{err}");
+    // The node still serves.
+    assert_eq!(ctl(&c, &["status"]).0, 0);
+}
