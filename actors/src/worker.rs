@@ -45,6 +45,11 @@ pub enum WorkerMsg {
     Devices(RpcReplyPort<Vec<ActorRef<DeviceMsg>>>),
     /// Local: write the outbox changes made so far.
     Flush,
+    /// Local: the node's checks ([`crate::worker`] docs, `[[worker.check]]`):
+    /// `None` when all pass, else the first that fails and why. A failing
+    /// check puts the worker in status `error`: it stays registered and
+    /// takes no new work until the checks pass.
+    NodeCheck(Option<String>),
 }
 
 /// What a device tells its worker.
@@ -126,6 +131,8 @@ pub struct WorkerState {
     /// Attempts queued or running here, with their cancel switches and devices.
     tasks: HashMap<AttemptKey, (CancellationToken, usize)>,
     leaving: Option<RpcReplyPort<bool>>,
+    /// The node check that fails, and why (status `error`).
+    node_error: Option<String>,
     outbox: Outbox,
     /// The earliest `Flush` scheduled, if any.
     flush_at: Option<Instant>,
@@ -191,6 +198,7 @@ impl Actor for Worker {
             by_id,
             tasks: HashMap::new(),
             leaving: None,
+            node_error: None,
             outbox,
             flush_at: None,
             masters_seen: Vec::new(),
@@ -231,6 +239,23 @@ impl Actor for Worker {
                 }
             }
             WorkerMsg::Flush => state.flush(),
+            WorkerMsg::NodeCheck(failing) => {
+                match (&state.node_error, &failing) {
+                    (None, Some(why)) => {
+                        warn!(node_id = %state.args.node, error = %why, "a node check fails: status `error`, no new work until it passes")
+                    }
+                    (Some(_), None) => {
+                        info!(node_id = %state.args.node, "the node checks pass again: taking work")
+                    }
+                    _ => {}
+                }
+                let changed = state.node_error != failing;
+                state.node_error = failing;
+                if changed {
+                    // Tell the master now, not at the next beat.
+                    state.step();
+                }
+            }
             WorkerMsg::Device(ev) => state.on_device(*ev),
             WorkerMsg::Leave(reply) => state.leave(reply),
             WorkerMsg::Registration(reply) => {
@@ -356,17 +381,22 @@ impl WorkerState {
                         node: self.args.node.clone(),
                         epoch,
                         seq: self.seq,
-                        queue_ratio: self.tasks.len() as f32
-                            / (2 * self.devices.len().max(1)) as f32,
+                        queue_ratio: queue_ratio(
+                            self.tasks.len(),
+                            self.devices.len(),
+                            self.args.max_concurrency,
+                        ),
                         gpu_usage: 0.0,
                         active_tasks: self.tasks.len() as u32,
                         last_frame: None,
                         status: if self.leaving.is_some() {
                             WorkerStatus::Draining
+                        } else if self.node_error.is_some() {
+                            WorkerStatus::Error
                         } else {
                             WorkerStatus::Ok
                         },
-                        error: None,
+                        error: self.node_error.clone(),
                     }),
                 );
             }
@@ -652,8 +682,31 @@ impl WorkerState {
     }
 }
 
+/// Attempts a worker holds over what the master may give it: a device
+/// holds one running and `PREFETCH` queued, a node `max_concurrency` times
+/// that (the lower of the two). 1.0 is full; it never exceeds 1 unless the
+/// master gave more than that.
+pub fn queue_ratio(tasks: usize, devices: usize, max_concurrency: u32) -> f32 {
+    let per = 1 + crate::scheduler::PREFETCH as usize;
+    let cap = (devices * per)
+        .min(max_concurrency.max(1) as usize * per)
+        .max(1);
+    tasks as f32 / cap as f32
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_queue_ratio_is_one_when_every_slot_the_master_may_fill_is_full() {
+        use super::queue_ratio;
+        // 4 devices, all of them may run: 4 x 3 attempts.
+        assert_eq!(queue_ratio(12, 4, 8), 1.0);
+        assert_eq!(queue_ratio(6, 4, 8), 0.5);
+        // 100 devices, 20 at once: 20 x 3.
+        assert_eq!(queue_ratio(60, 100, 20), 1.0);
+        assert_eq!(queue_ratio(0, 0, 0), 0.0);
+    }
+
     use super::*;
     use crate::executor::NullIo;
     use crate::protocol::{CapValue, ExecutorSpec, LossReason};

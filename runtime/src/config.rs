@@ -159,6 +159,7 @@ pub struct ClusterConfig {
 pub struct WorkerConfig {
     pub max_concurrency: u32,
     pub capabilities: Capabilities,
+    pub checks: Vec<NodeCheck>,
 }
 
 #[derive(Debug, Clone)]
@@ -255,6 +256,9 @@ struct RawWorker {
     max_concurrency: u32,
     #[serde(default)]
     capabilities: BTreeMap<String, toml::Value>,
+    /// Node checks (`[[worker.check]]`).
+    #[serde(default)]
+    check: Vec<RawCheck>,
 }
 
 impl Default for RawWorker {
@@ -262,8 +266,38 @@ impl Default for RawWorker {
         Self {
             max_concurrency: default_max_concurrency(),
             capabilities: BTreeMap::new(),
+            check: Vec::new(),
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    name: String,
+    argv: Vec<String>,
+    #[serde(default = "default_check_every")]
+    every_s: u64,
+    #[serde(default = "default_check_timeout")]
+    timeout_ms: u64,
+}
+
+fn default_check_every() -> u64 {
+    30
+}
+fn default_check_timeout() -> u64 {
+    10_000
+}
+
+/// A node check (`[[worker.check]]`, docs/operating.md): a program run at
+/// start and every `every_s` seconds; while one exits non-zero (or runs
+/// past `timeout_ms`) the worker is in status `error` and takes no new work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeCheck {
+    pub name: String,
+    pub argv: Vec<String>,
+    pub every_s: u64,
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -708,6 +742,50 @@ impl RawConfig {
             );
         }
         let worker_caps = p.capabilities("worker.capabilities", &self.worker.capabilities);
+        let mut checks = Vec::new();
+        let mut check_names = BTreeSet::new();
+        for (i, c) in self.worker.check.iter().enumerate() {
+            let key = format!("worker.check[{i}]");
+            if !valid_name(&c.name) {
+                p.add(
+                    &format!("{key}.name"),
+                    format!(
+                        "expected 1 to 64 characters from `A-Z a-z 0-9 - _ .`, got `{}`",
+                        shown(&c.name)
+                    ),
+                );
+            } else if !check_names.insert(c.name.clone()) {
+                p.add(
+                    &format!("{key}.name"),
+                    format!("`{}` names two checks", c.name),
+                );
+            }
+            if c.argv.is_empty() || c.argv[0].is_empty() || c.argv.iter().any(|a| a.contains('\0'))
+            {
+                p.add(
+                    &format!("{key}.argv"),
+                    "expected a non-empty list without NUL: the program and its arguments",
+                );
+            }
+            if c.every_s == 0 || c.every_s > 86_400 {
+                p.add(
+                    &format!("{key}.every_s"),
+                    format!("expected 1 to 86400, got `{}`", c.every_s),
+                );
+            }
+            if c.timeout_ms == 0 || c.timeout_ms > 600_000 {
+                p.add(
+                    &format!("{key}.timeout_ms"),
+                    format!("expected 1 to 600000, got `{}`", c.timeout_ms),
+                );
+            }
+            checks.push(NodeCheck {
+                name: c.name.clone(),
+                argv: c.argv.clone(),
+                every_s: c.every_s,
+                timeout_ms: c.timeout_ms,
+            });
+        }
         let mut devices: Vec<DeviceInfo> = Vec::new();
         let mut ids = BTreeSet::new();
         for (i, d) in self.devices.iter().enumerate() {
@@ -854,6 +932,7 @@ impl RawConfig {
             worker: WorkerConfig {
                 max_concurrency,
                 capabilities: worker_caps,
+                checks,
             },
             devices,
             admin: AdminConfig {

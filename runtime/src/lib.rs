@@ -10,6 +10,7 @@ pub mod config;
 pub mod exit;
 pub mod metrics;
 pub mod node;
+pub mod node_checks;
 pub mod node_io;
 pub mod outputs;
 pub mod procs;

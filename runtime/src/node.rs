@@ -236,11 +236,14 @@ impl Actor for NodeSupervisor {
                     None => Outbox::open(None)?,
                 },
             };
-            Some(
-                Actor::spawn_linked(None, Worker, args, myself.get_cell())
-                    .await?
-                    .0,
-            )
+            let worker = Actor::spawn_linked(None, Worker, args, myself.get_cell())
+                .await?
+                .0;
+            tokio::spawn(crate::node_checks::run(
+                cfg.worker.checks.clone(),
+                worker.clone(),
+            ));
+            Some(worker)
         } else {
             None
         };

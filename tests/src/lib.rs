@@ -129,6 +129,8 @@ pub struct NodeSpec {
     pub rust_log: Option<String>,
     /// More environment variables of the node (test hooks).
     pub env: Vec<(String, String)>,
+    /// TOML appended to the node's `cluster.toml` (`[[worker.check]]`, ...).
+    pub extra_toml: String,
 }
 
 /// The tests' log filter: the node's default plus every ID chunk a worker
@@ -154,6 +156,7 @@ impl NodeSpec {
             durability: None,
             rust_log: Some(TEST_LOG.into()),
             env: Vec::new(),
+            extra_toml: String::new(),
         }
     }
 
@@ -902,7 +905,8 @@ listen = "{admin}"
 {token}
 [metrics]
 listen = "{metrics}"
-{store}"#,
+{store}
+{extra}"#,
         name = spec.name,
         roles = roles.join(", "),
         data = dir.join("data").display(),
@@ -911,6 +915,7 @@ listen = "{metrics}"
         hb = spec.heartbeat_ms,
         missed = spec.missed_heartbeats,
         max_concurrency = spec.max_concurrency,
+        extra = spec.extra_toml,
         store = spec
             .durability
             .as_ref()
