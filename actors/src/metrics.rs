@@ -19,6 +19,9 @@ pub const MASTER_SLOW_MESSAGES: &str = "orch_master_slow_messages_total";
 /// Counter: registrations the master refused (protocol mismatch).
 pub const REGISTRATIONS_REFUSED: &str = "orch_worker_registrations_refused_total";
 
+/// Counter, label `scope` (`session`: for one session; `all`: for every
+/// session, after failing in a row): devices and nodes blocklisted.
+pub const DEVICES_BLOCKLISTED: &str = "orch_devices_blocklisted_total";
 /// Counter: task attempts handed to devices.
 pub const TASKS_ASSIGNED: &str = "orch_tasks_assigned_total";
 /// Counter: task attempts that reported completion.

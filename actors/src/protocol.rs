@@ -176,6 +176,11 @@ pub enum AdminRequest {
         node: String,
         device: String,
     },
+    /// Let a device blocklisted for failing attempts in a row take work again.
+    Unblock {
+        node: String,
+        device: String,
+    },
     /// Store a workflow recipe as the next version of its name.
     WorkflowAdd(crate::workflow::Workflow),
     /// Every workflow: name, latest version, steps of the latest.
@@ -646,6 +651,14 @@ impl ExecutorSpec {
     }
 }
 
+/// Default of [`SessionSpec::blocklist_after`] (as Flamenco's).
+pub const DEFAULT_BLOCKLIST_AFTER: u32 = 3;
+/// Devices blocklisted for a session after which their whole node is.
+pub const BLOCKLIST_NODE_AFTER: usize = 3;
+/// Attempts in a row, of any sessions, that failed on a device after which
+/// it takes no work at all until an operator restarts or unblocks it.
+pub const DEVICE_BLOCKLIST_IN_A_ROW: u32 = 5;
+
 /// Default of [`SessionSpec::max_losses`].
 pub const DEFAULT_MAX_LOSSES: u32 = 10;
 
@@ -690,6 +703,11 @@ pub struct SessionSpec {
     /// At most this many attempts of the session in flight at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_devices: Option<u32>,
+    /// A device on which this many of the session's attempts failed (or
+    /// were turned away) takes none of its tasks any more; `None`:
+    /// [`DEFAULT_BLOCKLIST_AFTER`], 0: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocklist_after: Option<u32>,
     /// The client's name for this submission (HTTP `Idempotency-Key`):
     /// the same key submitted again returns the session it made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -881,6 +899,20 @@ pub struct Manifest {
     /// workflow step with `on_failure = "skip_device"`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub turned_away: BTreeMap<String, u64>,
+    /// Devices (`node/device`) and nodes (`node`) that take none of the
+    /// session's tasks any more, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocklisted: Vec<Blocklisting>,
+}
+
+/// A device or node blocklisted for a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blocklisting {
+    /// `node/device`, or `node` for a whole node.
+    pub what: String,
+    pub reason: String,
+    /// Unix milliseconds.
+    pub at_ms: u64,
 }
 
 /// One produced range.
@@ -950,6 +982,9 @@ pub enum DeviceState {
     Offline,
     /// Killed by an operator; takes no work until restarted.
     Quarantined,
+    /// Failed [`DEVICE_BLOCKLIST_IN_A_ROW`] attempts in a row: takes no
+    /// work until an operator restarts or unblocks it.
+    Blocklisted,
 }
 
 impl DeviceState {
@@ -959,6 +994,7 @@ impl DeviceState {
             Self::Busy => "busy",
             Self::Offline => "offline",
             Self::Quarantined => "quarantined",
+            Self::Blocklisted => "blocklisted",
         }
     }
 }
@@ -980,6 +1016,7 @@ impl DeviceState {
             Self::Busy => 'b',
             Self::Offline => 'o',
             Self::Quarantined => 'q',
+            Self::Blocklisted => 'x',
         }
     }
 }

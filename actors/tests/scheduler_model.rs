@@ -220,6 +220,7 @@ impl World {
             executor: ExecutorSpec::Noop,
             timeout_ms: 1000,
             idempotency_key: None,
+            blocklist_after: Some(0),
         };
         w.feed(SchedEvent::Submit {
             id: w.session.clone(),
@@ -847,6 +848,15 @@ impl World {
         if self.paused {
             self.apply(Op::Pause(false));
         }
+        // An operator unblocks the devices that failed attempts in a row.
+        for d in self.sched.device_views(None) {
+            if d.state == orch_actors::protocol::DeviceState::Blocklisted {
+                self.feed(SchedEvent::Unblock {
+                    node: d.node,
+                    device: d.device,
+                });
+            }
+        }
         for _ in 0..10_000 {
             let state = self.sched.view(&self.session, self.now).unwrap().state;
             if state.is_final()
@@ -906,6 +916,7 @@ impl World {
             executor: ExecutorSpec::Noop,
             timeout_ms: 1000,
             idempotency_key: None,
+            blocklist_after: Some(0),
         };
         self.feed(SchedEvent::Submit {
             id: id.clone(),
@@ -1174,6 +1185,7 @@ fn a_session_no_device_can_serve_waits_and_says_why() {
         executor: ExecutorSpec::Noop,
         timeout_ms: 1,
         idempotency_key: None,
+        blocklist_after: Some(0),
     };
     let cmds = s.on_event(
         SchedEvent::Submit {
@@ -1230,6 +1242,7 @@ fn per_device_fifo_depth_and_round_robin_over_many_devices() {
         executor: ExecutorSpec::Noop,
         timeout_ms: 1,
         idempotency_key: None,
+        blocklist_after: Some(0),
     };
     let mut leases: Vec<TaskSpec> = s
         .on_event(
@@ -1306,6 +1319,7 @@ fn one_task(name: &str) -> SessionSpec {
         executor: ExecutorSpec::Noop,
         timeout_ms: 1,
         idempotency_key: None,
+        blocklist_after: Some(0),
     }
 }
 

@@ -57,5 +57,6 @@ pub fn noop_session(name: &str, frames: u64, chunk: u64, id_chunk: u64) -> Sessi
         executor: ExecutorSpec::Noop,
         timeout_ms: 600_000,
         idempotency_key: None,
+        blocklist_after: None,
     }
 }

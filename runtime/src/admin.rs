@@ -117,6 +117,10 @@ pub fn router(node: String, token: Option<Secret>, read_model: Arc<ReadModel>) -
             post(restart_device),
         )
         .route("/v1/nodes/{node}/devices/{device}/kill", post(kill_device))
+        .route(
+            "/v1/nodes/{node}/devices/{device}/unblock",
+            post(unblock_device),
+        )
         .route("/", get(status_page))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .fallback(not_found)
@@ -522,6 +526,13 @@ async fn restart_device(
     Path((node, device)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     done(&ctx, AdminRequest::RestartDevice { node, device }).await
+}
+
+async fn unblock_device(
+    State(ctx): State<Arc<AdminCtx>>,
+    Path((node, device)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    done(&ctx, AdminRequest::Unblock { node, device }).await
 }
 
 async fn kill_device(

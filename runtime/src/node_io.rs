@@ -674,6 +674,7 @@ mod tests {
             retried: Vec::new(),
             workflow: None,
             turned_away: Default::default(),
+            blocklisted: Vec::new(),
         };
         io.write_manifest_json("s", &m).unwrap();
         let record = |old_attempt| ReplayRecord {

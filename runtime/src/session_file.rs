@@ -11,6 +11,7 @@
 //! timeout_ms = 90000                   # per task
 //! priority = 0                         # higher first (-1000 to 1000); equals share devices
 //! max_devices = 8                      # at most this many attempts in flight at once
+//! blocklist_after = 3                  # failures on one device before it gets none (0: never)
 //! [require]                            # hard match on device capabilities
 //! gpu = true
 //! [prefer]                             # weights for devices with the capability
@@ -120,6 +121,9 @@ struct RawSession {
     #[serde(default)]
     priority: i64,
     max_devices: Option<u64>,
+    /// Failed or turned-away attempts on one device after which it takes
+    /// none of the session's tasks (default 3; 0: never).
+    blocklist_after: Option<u64>,
     #[serde(default)]
     require: BTreeMap<String, toml::Value>,
     #[serde(default)]
@@ -333,6 +337,14 @@ pub fn parse(
                 raw.priority
             ),
         );
+    }
+    if let Some(b) = raw.blocklist_after {
+        if b > 1_000 {
+            add(
+                "blocklist_after",
+                format!("expected 0 (never) to 1000, got `{b}`"),
+            );
+        }
     }
     if let Some(m) = raw.max_devices {
         if m == 0 || m > MAX_DEVICES {
@@ -566,6 +578,7 @@ pub fn parse(
         priority: raw.priority as i32,
         max_devices: raw.max_devices.map(|m| m as u32),
         idempotency_key: None,
+        blocklist_after: raw.blocklist_after.map(|b| b.min(1_000) as u32),
     })
 }
 

@@ -73,7 +73,7 @@ fn workflows_are_versioned_run_step_by_step_and_a_device_that_turns_tasks_away_s
     let id = c
         .submit(
             "latest",
-            "name = \"latest\"\nframes = { start = 0, end = 12 }\nchunk_frames = 1\nid_chunk_size = 10\nmax_attempts = 1\nworkflow = \"phone\"\n",
+            "name = \"latest\"\nframes = { start = 0, end = 12 }\nchunk_frames = 1\nid_chunk_size = 10\nmax_attempts = 1\nblocklist_after = 1\nworkflow = \"phone\"\n",
         )
         .unwrap();
     let v = c.wait_done(&id, Duration::from_secs(60)).unwrap();
@@ -108,6 +108,19 @@ fn workflows_are_versioned_run_step_by_step_and_a_device_that_turns_tasks_away_s
         .as_u64()
         .unwrap_or(0);
     assert!(away >= 1, "the stuck device turned tasks away: {m}");
+    // `blocklist_after = 1`: the first turn-away blocklisted it for the
+    // session; only what it held already came back to it (1 + 2 queued).
+    let blocked: Vec<&str> = m["blocklisted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["what"].as_str().unwrap())
+        .collect();
+    assert_eq!(blocked, ["node-1/node-1-dev-1"], "{m}");
+    assert!(
+        away <= 3,
+        "a blocklisted device got more of the session's tasks: {away}"
+    );
     assert!(
         m["failed"].as_array().unwrap().is_empty(),
         "with max_attempts = 1, no attempt was spent: {m}"
@@ -175,4 +188,40 @@ fn bad_recipes_and_references_are_one_clear_line_each() {
     assert!(err.contains("no workflow `nothing-here`"), "{err}");
     // The node still serves.
     assert_eq!(ctl(&c, &["status"]).0, 0);
+}
+
+#[test]
+fn a_device_failing_every_attempt_is_blocklisted_for_all_until_unblocked() {
+    let c = TestCluster::master_and_workers(bins!(), 1, 2).unwrap();
+    // node-1-dev-0 fails everything; the other devices never fail.
+    let id = c
+        .submit(
+            "flaky",
+            "name = \"flaky\"\nframes = { start = 0, end = 30 }\nchunk_frames = 1\nid_chunk_size = 10\nmax_attempts = 20\nbackoff_ms = 10\nbackoff_max_ms = 20\nblocklist_after = 0\n[executor]\nkind = \"command\"\nargv = [\"sh\", \"-c\", \"if [ {device} = node-1-dev-0 ]; then echo 'usb reset' >&2; exit 1; fi\"]\n",
+        )
+        .unwrap();
+    let v = c.wait_done(&id, Duration::from_secs(60)).unwrap();
+    assert_eq!(v["state"], "completed", "{v}");
+    let m = c.manifest(&id).unwrap();
+    assert_eq!(assert_exactly_once(&m, 0, 30), 30);
+    let device = |c: &TestCluster| -> Value {
+        let (_, v, _) = ctl(c, &["devices", "node-1"]);
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["device"] == "node-1-dev-0")
+            .cloned()
+            .unwrap()
+    };
+    let d = device(&c);
+    assert_eq!(d["state"], "blocklisted", "{d}");
+    assert!(
+        d["last_error"].as_str().unwrap().contains("in a row"),
+        "{d}"
+    );
+    let (code, _, err) = ctl(&c, &["unblock", "node-1", "node-1-dev-0"]);
+    assert_eq!(code, 0, "{err}");
+    assert_ne!(device(&c)["state"], "blocklisted");
+    let (code, _, _) = ctl(&c, &["unblock", "node-1", "no-such-device"]);
+    assert_eq!(code, 3);
 }

@@ -153,6 +153,18 @@ impl MasterState {
                 });
                 AdminReply::Submitted { id }
             }
+            AdminRequest::Unblock { node, device } => {
+                if !self.sched.has_device(&node, Some(&device)) {
+                    return AdminReply::NotFound(format!(
+                        "no device `{device}` on worker `{node}`"
+                    ));
+                }
+                self.schedule(SchedEvent::Unblock {
+                    node: node.clone(),
+                    device: device.clone(),
+                });
+                AdminReply::Done(format!("device `{device}` of `{node}` takes work again"))
+            }
             AdminRequest::WorkflowAdd(mut w) => {
                 let problems = crate::workflow::problems(&w);
                 if !problems.is_empty() {
@@ -314,5 +326,6 @@ pub(super) fn mutates(req: &AdminRequest) -> bool {
             | AdminRequest::RestartDevice { .. }
             | AdminRequest::KillDevice { .. }
             | AdminRequest::WorkflowAdd(_)
+            | AdminRequest::Unblock { .. }
     )
 }

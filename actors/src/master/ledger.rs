@@ -128,6 +128,22 @@ impl MasterState {
                     reason,
                 },
             ),
+            SchedCommand::Blocklisted {
+                what,
+                session,
+                reason,
+            } => {
+                let scope = if session.is_some() { "session" } else { "all" };
+                metrics::counter!(m::DEVICES_BLOCKLISTED, "scope" => scope).increment(1);
+                match session {
+                    Some(session) => {
+                        warn!(node_id = %self.node, %session, blocklisted = %what, %reason, "blocklisted for the session")
+                    }
+                    None => {
+                        warn!(node_id = %self.node, blocklisted = %what, %reason, "device blocklisted: it takes no work until restarted or unblocked")
+                    }
+                }
+            }
             SchedCommand::RejectedStale { node, key } => {
                 metrics::counter!(m::TASKS_REJECTED_STALE).increment(1);
                 info!(node_id = %self.node, worker = %node, session = %key.session, task = key.task, attempt = key.attempt, "stale result rejected");

@@ -668,6 +668,7 @@ mod tests {
             executor: ExecutorSpec::Noop,
             timeout_ms: 60_000,
             idempotency_key: None,
+            blocklist_after: None,
         }
     }
 

@@ -22,6 +22,11 @@ pub(super) struct Device {
     pub(super) disabled: bool,
     pub(super) last_error: Option<String>,
     pub(super) tasks_done: u64,
+    /// Attempts that failed here in a row, of any sessions.
+    pub(super) fails_in_row: u32,
+    /// Blocklisted for failing [`DEVICE_BLOCKLIST_IN_A_ROW`] in a row:
+    /// takes no work until restarted or unblocked.
+    pub(super) blocklisted: bool,
 }
 
 #[derive(Debug)]
@@ -141,14 +146,21 @@ impl Scheduler {
         let drained = self.drained.contains(&name);
         let devices: Vec<Device> = devices
             .into_iter()
-            .map(|d| Device {
-                id: d.id.into(),
-                caps: d.capabilities,
-                inflight: 0,
-                last_used: 0,
-                disabled: false,
-                last_error: None,
-                tasks_done: 0,
+            .map(|d| {
+                let id: Arc<str> = d.id.into();
+                // Blocklisted before: still, until an operator says otherwise.
+                let blocked = self.device_blocklist.get(&(name.clone(), id.clone()));
+                Device {
+                    id,
+                    caps: d.capabilities,
+                    inflight: 0,
+                    last_used: 0,
+                    disabled: false,
+                    last_error: blocked.cloned(),
+                    tasks_done: 0,
+                    fails_in_row: 0,
+                    blocklisted: blocked.is_some(),
+                }
             })
             .collect();
         let by_id = devices

@@ -393,6 +393,7 @@ fn manifest_of(ranges: Vec<ManifestRange>) -> Manifest {
         retried: Vec::new(),
         workflow: None,
         turned_away: Default::default(),
+        blocklisted: Vec::new(),
     }
 }
 

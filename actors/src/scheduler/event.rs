@@ -83,6 +83,12 @@ pub enum SchedEvent {
     PlaceBudget {
         max: u32,
     },
+    /// An operator lets a device blocklisted for failing attempts in a row
+    /// take work again (a restart of the device does too).
+    Unblock {
+        node: String,
+        device: String,
+    },
     /// An operator stored a workflow recipe as this version of its name
     /// (the master checked it and numbered it: the next after the latest).
     WorkflowAdded(crate::workflow::Workflow),
@@ -147,6 +153,14 @@ pub enum SchedCommand {
     },
     /// A result or progress report for an attempt that is no longer current.
     RejectedStale { node: String, key: AttemptKey },
+    /// A device or a node no longer takes a session's tasks (`session`), or
+    /// a device takes no work at all (`session` is `None`), and why: for
+    /// the log and the metrics; the manifest and the device views have it.
+    Blocklisted {
+        what: String,
+        session: Option<String>,
+        reason: String,
+    },
     /// `tasks` attempts were lost and their `frames` reassigned after a failure (`reason`).
     Reassigned {
         tasks: u64,

@@ -161,6 +161,13 @@ impl Scheduler {
             return false;
         };
         n.devices[d].disabled = disable;
+        if !disable {
+            // A restart gives a blocklisted device another chance.
+            n.devices[d].blocklisted = false;
+            n.devices[d].fails_in_row = 0;
+            let key = (n.name.clone(), n.devices[d].id.clone());
+            self.device_blocklist.remove(&key);
+        }
         self.index.device(n, d);
         let mut on_device: Vec<(SessionIdx, TaskIdx)> = n
             .running

@@ -65,8 +65,12 @@ fn load_of(n: &Node) -> u64 {
 }
 
 fn slot_of(d: &Device) -> Option<(usize, u64)> {
-    (!d.disabled && d.inflight <= PREFETCH).then_some((d.inflight as usize, d.last_used))
+    (!d.disabled && !d.blocklisted && d.inflight <= PREFETCH)
+        .then_some((d.inflight as usize, d.last_used))
 }
+
+/// Whether a session must not use a node (`None`) or one of its devices.
+pub(super) type Skip<'a> = &'a dyn Fn(&str, Option<usize>) -> bool;
 
 impl PlacementIndex {
     fn class_of(&mut self, caps: &Capabilities) -> usize {
@@ -220,6 +224,7 @@ impl PlacementIndex {
         lost: Option<&str>,
         avoid: Option<(&str, usize)>,
         depth: u32,
+        skip: Skip<'_>,
     ) -> Option<(Arc<str>, usize)> {
         let mut classes: Vec<(i64, usize)> = self
             .classes
@@ -237,7 +242,7 @@ impl PlacementIndex {
             while i < classes.len() && classes[i].0 == score {
                 let c = classes[i].1;
                 for level in 0..LEVELS.min(depth as usize + 1) {
-                    if let Some(f) = self.best_in(c, level, lost, avoid) {
+                    if let Some(f) = self.best_in(c, level, lost, avoid, skip) {
                         if best.as_ref().is_none_or(|b| f.0 < b.0) {
                             best = Some(f);
                         }
@@ -261,6 +266,7 @@ impl PlacementIndex {
         level: usize,
         lost: Option<&str>,
         avoid: Option<(&str, usize)>,
+        skip: Skip<'_>,
     ) -> Option<Found> {
         let mut best: Option<Found> = None;
         for (load, used, name) in &self.levels[c][level] {
@@ -270,12 +276,14 @@ impl PlacementIndex {
                     break;
                 }
             }
-            if lost == Some(&**name) {
+            if lost == Some(&**name) || skip(name, None) {
                 continue;
             }
             let ix = &self.nodes[name];
-            let skip = avoid.and_then(|(n, d)| (n == &**name).then_some(d));
-            let Some(&(used, d)) = ix.sets[&(c, level)].iter().find(|(_, d)| Some(*d) != skip)
+            let avoided = avoid.and_then(|(n, d)| (n == &**name).then_some(d));
+            let Some(&(used, d)) = ix.sets[&(c, level)]
+                .iter()
+                .find(|(_, d)| Some(*d) != avoided && !skip(name, Some(*d)))
             else {
                 continue;
             };

@@ -19,10 +19,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::IdAllocator;
 use crate::protocol::{
-    out_dir, AttemptKey, CapValue, Capabilities, DeviceInfo, DeviceState, DeviceView, FailedRange,
-    FrameRange, IdRange, LossReason, Manifest, ManifestRange, OutputFile, ReplayRecord,
-    SessionSpec, SessionState, SessionView, TaskOutcome, TaskProgress, TaskRef, TaskResult,
-    TaskSpec, PRIORITY_AGING_MS,
+    out_dir, AttemptKey, Blocklisting, CapValue, Capabilities, DeviceInfo, DeviceState, DeviceView,
+    FailedRange, FrameRange, IdRange, LossReason, Manifest, ManifestRange, OutputFile,
+    ReplayRecord, SessionSpec, SessionState, SessionView, TaskOutcome, TaskProgress, TaskRef,
+    TaskResult, TaskSpec, BLOCKLIST_NODE_AFTER, DEFAULT_BLOCKLIST_AFTER, DEVICE_BLOCKLIST_IN_A_ROW,
+    PRIORITY_AGING_MS,
 };
 
 mod cluster;
@@ -157,6 +158,9 @@ pub struct Scheduler {
     place_in_passes: bool,
     /// Every version of every workflow recipe, by name (version `i + 1` at `i`).
     workflows: BTreeMap<String, Vec<crate::workflow::Workflow>>,
+    /// Devices blocklisted for failing attempts in a row, and why (kept
+    /// across re-registration, until a restart or an unblock).
+    device_blocklist: HashMap<(Arc<str>, Arc<str>), String>,
 }
 
 impl Scheduler {
@@ -248,6 +252,7 @@ impl Scheduler {
             } => self.resume(id_floor, within_ms, now_ms),
             SchedEvent::PlaceBudget { max } => self.place_budget = Some(max.max(1) as usize),
             SchedEvent::PlaceInPasses => self.place_in_passes = true,
+            SchedEvent::Unblock { node, device } => self.unblock(&node, &device),
             SchedEvent::WorkflowAdded(w) => {
                 let versions = self.workflows.entry(w.name.clone()).or_default();
                 // Versions come in order; one seen already is a replay's.

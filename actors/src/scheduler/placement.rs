@@ -274,12 +274,17 @@ impl Scheduler {
             let i = *self.nodes.get(n)?.by_id.get(d)?;
             Some((&**n, i))
         });
+        let skip = |name: &str, d: Option<usize>| {
+            (!sess.blocked_nodes.is_empty() || !sess.blocked_devices.is_empty())
+                && self.nodes.get(name).is_some_and(|n| sess.blocks(n, d))
+        };
         if let Some(found) = self.index.best(
             &sess.spec.require,
             &sess.spec.prefer,
             lost,
             avoid,
             sess.depth(),
+            &skip,
         ) {
             return Some(found);
         }
@@ -354,8 +359,16 @@ impl Scheduler {
         let load = u64::from(node.inflight) * 1000 / u64::from(node.cap().max(1));
         let lost_here = task.is_some_and(|t| t.lost_on.as_ref() == Some(&node.name));
         let depth = sess.depth();
+        if sess.blocks(node, None) {
+            return;
+        }
         for (i, d) in node.devices.iter().enumerate() {
-            if d.disabled || d.inflight > depth || !caps_match(&sess.spec.require, &d.caps) {
+            if d.disabled
+                || d.blocklisted
+                || d.inflight > depth
+                || !caps_match(&sess.spec.require, &d.caps)
+                || sess.blocks(node, Some(i))
+            {
                 continue;
             }
             let avoided = task

@@ -261,3 +261,89 @@ fn devices_queue_no_attempt_of_a_session_whose_attempts_run_a_second_or_more() {
         "short attempts keep every queue full: {short:?}"
     );
 }
+
+/// Fail `t` on its device and run the backoff out; what that assigned.
+fn fail_and_wait(fx: &mut Fixture, node: &str, t: &TaskSpec) -> Vec<TaskSpec> {
+    let mut got = assigned(&fx.feed(failed(node, t, 0, "boom")));
+    // Past the longest backoff (40 ms), well within every deadline.
+    fx.now += 50;
+    got.extend(assigned(&fx.tick_at(fx.now)));
+    got
+}
+
+#[test]
+fn a_device_that_fails_a_sessions_attempts_is_blocklisted_for_it_and_one_failing_every_session_for_all(
+) {
+    let mut fx = Fixture::new();
+    fx.up("n1", vec![dev("d0"), dev("d1")]);
+    let mut s = spec(40, 1);
+    s.max_attempts = 100;
+    let mut running = assigned(&fx.submit(S1, s));
+    // d0 fails three of S1's attempts: blocklisted for S1.
+    for _ in 0..3 {
+        let i = running
+            .iter()
+            .position(|t| t.device == "d0")
+            .expect("an attempt on d0");
+        let t = running.remove(i);
+        running.extend(fail_and_wait(&mut fx, "n1", &t));
+    }
+    let m = fx.manifest(S1);
+    assert_eq!(m.blocklisted.len(), 1, "{:?}", m.blocklisted);
+    assert_eq!(m.blocklisted[0].what, "n1/d0");
+    // What d0 still holds runs out; S1 gives it nothing new.
+    for _ in 0..20 {
+        let t = running.remove(0);
+        let cmds = fx.feed(completed("n1", &t));
+        let new = assigned(&cmds);
+        assert!(
+            new.iter().all(|t| t.device != "d0"),
+            "S1 after its blocklisting: {new:?}"
+        );
+        running.extend(new);
+    }
+    // Another session still uses d0.
+    let other = assigned(&fx.submit("s2", spec(2, 1)));
+    let views = fx.sched.device_views(None);
+    assert!(
+        other.iter().any(|t| t.device == "d0")
+            || views
+                .iter()
+                .any(|v| v.device == "d0" && v.state == DeviceState::Idle),
+        "d0 takes other sessions' work: {other:?}"
+    );
+}
+
+#[test]
+fn failing_in_a_row_blocklists_a_device_for_every_session_until_it_is_unblocked_even_across_registrations(
+) {
+    let mut fx = Fixture::new();
+    fx.up("n1", vec![dev("d0")]);
+    let mut s = spec(40, 1);
+    s.max_attempts = 100;
+    s.blocklist_after = Some(0);
+    let mut running = assigned(&fx.submit(S1, s));
+    for _ in 0..crate::protocol::DEVICE_BLOCKLIST_IN_A_ROW {
+        let t = running.remove(0);
+        running.extend(fail_and_wait(&mut fx, "n1", &t));
+    }
+    let state = |fx: &Fixture| fx.sched.device_views(None)[0].state;
+    assert_eq!(
+        state(&fx),
+        DeviceState::Blocklisted,
+        "{:?}",
+        fx.sched.device_views(None)
+    );
+    // The node registers again: still blocklisted.
+    fx.up_with("n1", 2, 1, vec![dev("d0")], Vec::new());
+    assert_eq!(state(&fx), DeviceState::Blocklisted);
+    let placed = assigned(&fx.tick_at(fx.now + 50));
+    assert!(placed.is_empty(), "a blocklisted device got {placed:?}");
+    // An operator unblocks it: it takes work again.
+    let placed = assigned(&fx.feed(SchedEvent::Unblock {
+        node: "n1".into(),
+        device: "d0".into(),
+    }));
+    assert!(!placed.is_empty());
+    assert_ne!(state(&fx), DeviceState::Blocklisted);
+}

@@ -115,10 +115,23 @@ impl Scheduler {
             if let Some(&d) = n.by_id.get(&device) {
                 let dev = &mut n.devices[d];
                 dev.tasks_done += 1;
-                if let TaskOutcome::Failed { error, .. } = &r.outcome {
-                    dev.last_error = Some(error.clone());
+                match &r.outcome {
+                    TaskOutcome::Completed => dev.fails_in_row = 0,
+                    TaskOutcome::Failed { error, .. } | TaskOutcome::TurnedAway { error, .. } => {
+                        // A blocklisted device keeps saying why it is.
+                        if !dev.blocklisted {
+                            dev.last_error = Some(error.clone());
+                        }
+                        dev.fails_in_row += 1;
+                    }
                 }
             }
+        }
+        if let TaskOutcome::Failed { error, .. } | TaskOutcome::TurnedAway { error, .. } =
+            &r.outcome
+        {
+            let error = error.clone();
+            self.count_failure(s, &node, &device, &error, now_ms, out);
         }
         let sess = &mut self.sessions[s];
         let task = sess.tasks.get_mut(t);
@@ -231,6 +244,96 @@ impl Scheduler {
                     .min(sess.spec.backoff_max_ms);
                 task.state = TaskState::Waiting;
                 sess.waiting.insert((now_ms + delay, t));
+            }
+        }
+    }
+
+    /// An attempt of session `s` failed (or was turned away) on `device` of
+    /// `node`: blocklist the device for the session after `blocklist_after`
+    /// of them, its node after [`BLOCKLIST_NODE_AFTER`] such devices, and
+    /// the device for everyone after [`DEVICE_BLOCKLIST_IN_A_ROW`] failures
+    /// in a row of any sessions.
+    pub(super) fn count_failure(
+        &mut self,
+        s: SessionIdx,
+        node: &Arc<str>,
+        device: &Arc<str>,
+        error: &str,
+        now_ms: u64,
+        out: &mut Vec<SchedCommand>,
+    ) {
+        let sess = &mut self.sessions[s];
+        let limit = sess.spec.blocklist_after.unwrap_or(DEFAULT_BLOCKLIST_AFTER);
+        let key = (node.clone(), device.clone());
+        let n = sess.device_failures.entry(key.clone()).or_insert(0);
+        *n += 1;
+        if limit > 0 && *n >= limit && sess.blocked_devices.insert(key) {
+            let reason = format!("{limit} of the session's attempts failed here, last: {error}");
+            let what = format!("{node}/{device}");
+            sess.blocklisted.push(Blocklisting {
+                what: what.clone(),
+                reason: reason.clone(),
+                at_ms: now_ms,
+            });
+            out.push(SchedCommand::Blocklisted {
+                what,
+                session: Some(sess.id.clone()),
+                reason,
+            });
+            let on_node = sess
+                .blocked_devices
+                .iter()
+                .filter(|(n, _)| n == node)
+                .count();
+            if on_node >= BLOCKLIST_NODE_AFTER && sess.blocked_nodes.insert(node.clone()) {
+                let reason = format!("{on_node} of its devices are blocklisted for the session");
+                sess.blocklisted.push(Blocklisting {
+                    what: node.to_string(),
+                    reason: reason.clone(),
+                    at_ms: now_ms,
+                });
+                out.push(SchedCommand::Blocklisted {
+                    what: node.to_string(),
+                    session: Some(sess.id.clone()),
+                    reason,
+                });
+            }
+        }
+        let Some(n) = self.nodes.get_mut(node) else {
+            return;
+        };
+        let Some(&d) = n.by_id.get(device) else {
+            return;
+        };
+        let dev = &mut n.devices[d];
+        if dev.fails_in_row >= DEVICE_BLOCKLIST_IN_A_ROW && !dev.blocklisted {
+            let reason = format!(
+                "{} attempts in a row failed here, last: {error}; `orchctl unblock {node} {device}` or `restart-device` lets it work again",
+                dev.fails_in_row
+            );
+            dev.blocklisted = true;
+            dev.last_error = Some(reason.clone());
+            self.device_blocklist
+                .insert((node.clone(), device.clone()), reason.clone());
+            self.index.device(n, d);
+            out.push(SchedCommand::Blocklisted {
+                what: format!("{node}/{device}"),
+                session: None,
+                reason,
+            });
+        }
+    }
+
+    /// Let a device blocklisted for failing in a row take work again.
+    pub(super) fn unblock(&mut self, node: &str, device: &str) {
+        self.device_blocklist
+            .retain(|(n, d), _| !(&**n == node && &**d == device));
+        if let Some(n) = self.nodes.get_mut(node) {
+            if let Some(&d) = n.by_id.get(device) {
+                let dev = &mut n.devices[d];
+                dev.blocklisted = false;
+                dev.fails_in_row = 0;
+                self.index.device(n, d);
             }
         }
     }

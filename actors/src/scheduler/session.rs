@@ -149,9 +149,29 @@ pub(super) struct Session {
     pub(super) attempt_ms: Option<u64>,
     /// Tasks each device turned away (`node/device`).
     pub(super) turned_away: BTreeMap<String, u64>,
+    /// Failed or turned-away attempts per (node, device) (`blocklist_after`).
+    pub(super) device_failures: HashMap<(Arc<str>, Arc<str>), u32>,
+    /// Devices and nodes that take none of its tasks any more.
+    pub(super) blocked_devices: HashSet<(Arc<str>, Arc<str>)>,
+    pub(super) blocked_nodes: HashSet<Arc<str>>,
+    pub(super) blocklisted: Vec<crate::protocol::Blocklisting>,
 }
 
 impl Session {
+    /// Whether device `d` of `node` (or, with `None`, the whole node) is
+    /// blocklisted for this session.
+    pub(super) fn blocks(&self, node: &Node, d: Option<usize>) -> bool {
+        if self.blocked_nodes.contains(&node.name) {
+            return true;
+        }
+        match d {
+            Some(d) if !self.blocked_devices.is_empty() => self
+                .blocked_devices
+                .contains(&(node.name.clone(), node.devices[d].id.clone())),
+            _ => false,
+        }
+    }
+
     /// How many of its attempts a device may hold queued behind the one it
     /// runs: [`PREFETCH`] while they are short (or not measured yet), none
     /// once they run [`PREFETCH_UNDER_MS`] or longer.
@@ -289,6 +309,10 @@ impl Scheduler {
             starved_since: None,
             attempt_ms: None,
             turned_away: BTreeMap::new(),
+            device_failures: HashMap::new(),
+            blocked_devices: HashSet::new(),
+            blocked_nodes: HashSet::new(),
+            blocklisted: Vec::new(),
         });
     }
 

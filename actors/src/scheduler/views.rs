@@ -16,6 +16,7 @@ pub struct ManifestSnapshot {
     executor: String,
     workflow: Option<String>,
     turned_away: BTreeMap<String, u64>,
+    blocklisted: Vec<Blocklisting>,
     submitted_ms: u64,
     finished_ms: Option<u64>,
     /// The session's, shared: in the order they were produced (see
@@ -73,6 +74,7 @@ impl ManifestSnapshot {
             retried: self.retried.clone(),
             workflow: self.workflow.clone(),
             turned_away: self.turned_away.clone(),
+            blocklisted: self.blocklisted.clone(),
         }
     }
 }
@@ -127,7 +129,7 @@ impl serde::Serialize for RangesOf<'_> {
 impl serde::Serialize for ManifestSnapshot {
     fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = ser.serialize_struct("Manifest", 13)?;
+        let mut st = ser.serialize_struct("Manifest", 14)?;
         st.serialize_field("session", &self.session)?;
         st.serialize_field("name", &self.name)?;
         st.serialize_field("state", &self.state)?;
@@ -148,6 +150,11 @@ impl serde::Serialize for ManifestSnapshot {
             st.skip_field("turned_away")?;
         } else {
             st.serialize_field("turned_away", &self.turned_away)?;
+        }
+        if self.blocklisted.is_empty() {
+            st.skip_field("blocklisted")?;
+        } else {
+            st.serialize_field("blocklisted", &self.blocklisted)?;
         }
         st.end()
     }
@@ -290,6 +297,8 @@ impl Scheduler {
                     .map(|d| {
                         if d.disabled {
                             DeviceState::Quarantined
+                        } else if d.blocklisted {
+                            DeviceState::Blocklisted
                         } else if d.inflight > 0 {
                             DeviceState::Busy
                         } else {
@@ -331,6 +340,8 @@ impl Scheduler {
                 let tasks = current.remove(&*d.id).unwrap_or_default();
                 let state = if d.disabled {
                     DeviceState::Quarantined
+                } else if d.blocklisted {
+                    DeviceState::Blocklisted
                 } else if tasks.is_empty() {
                     DeviceState::Idle
                 } else {
@@ -384,6 +395,7 @@ impl Scheduler {
             retried: s.retried.clone(),
             workflow,
             turned_away: s.turned_away.clone(),
+            blocklisted: s.blocklisted.clone(),
         })
     }
 
@@ -406,6 +418,7 @@ impl Scheduler {
             executor: sess.spec.executor.kind().into_owned(),
             workflow: sess.spec.executor.workflow_label(),
             turned_away: sess.turned_away.clone(),
+            blocklisted: sess.blocklisted.clone(),
             submitted_ms: sess.submitted_ms,
             finished_ms: sess.finished_ms,
             ranges,
@@ -427,6 +440,7 @@ impl Scheduler {
             executor: "builtin:noop".into(),
             workflow: None,
             turned_away: BTreeMap::new(),
+            blocklisted: Vec::new(),
             submitted_ms: 0,
             finished_ms: Some(0),
             ranges: Segments::default(),

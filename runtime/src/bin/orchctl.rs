@@ -117,6 +117,12 @@ enum Cmd {
         worker: String,
         device: String,
     },
+    /// Let a device blocklisted for failing attempts in a row take work again.
+    Unblock {
+        #[arg(value_name = "NODE")]
+        worker: String,
+        device: String,
+    },
 }
 
 struct Failure(u8, String);
@@ -504,6 +510,9 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         }
         Cmd::KillDevice { worker, device } => {
             return mutate(cli, &format!("/v1/nodes/{worker}/devices/{device}/kill"))
+        }
+        Cmd::Unblock { worker, device } => {
+            return mutate(cli, &format!("/v1/nodes/{worker}/devices/{device}/unblock"))
         }
         _ => {}
     }
