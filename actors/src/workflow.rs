@@ -65,7 +65,26 @@ pub struct Workflow {
     /// added again; 0 in a recipe not stored yet.
     pub version: u32,
     pub steps: Vec<Step>,
+    /// The device health gate, run right before the steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<DeviceCheck>,
 }
+
+/// A device health gate (seed 001 §2): `argv` runs before the steps of
+/// every attempt; when it fails, `restart` runs once and `argv` again; if
+/// it still fails the device turns the task away (another device takes
+/// it, no attempt spent). Both are recorded like steps (`check`,
+/// `restart`, `recheck`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceCheck {
+    pub argv: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<Vec<String>>,
+    pub timeout_ms: u64,
+}
+
+/// Default time a device check or restart may take.
+pub const CHECK_TIMEOUT_MS: u64 = 30_000;
 
 impl Workflow {
     /// `name@version`, as manifests and logs name it.
@@ -138,6 +157,28 @@ pub fn problems(w: &Workflow) -> Vec<(String, String)> {
             ),
         ));
     }
+    if let Some(c) = &w.check {
+        if c.argv.is_empty() || c.argv[0].is_empty() || c.argv.iter().any(|a| a.contains('\0')) {
+            out.push((
+                "check.argv".to_string(),
+                "expected a non-empty list without NUL: the program and its arguments".into(),
+            ));
+        }
+        if let Some(r) = &c.restart {
+            if r.is_empty() || r[0].is_empty() || r.iter().any(|a| a.contains('\0')) {
+                out.push((
+                    "check.restart".to_string(),
+                    "expected a non-empty list without NUL: the program and its arguments".into(),
+                ));
+            }
+        }
+        if c.timeout_ms == 0 || c.timeout_ms > MAX_STEP_TIMEOUT_MS {
+            out.push((
+                "check.timeout_ms".to_string(),
+                format!("expected 1 to {MAX_STEP_TIMEOUT_MS}, got {}", c.timeout_ms),
+            ));
+        }
+    }
     let mut seen = std::collections::HashSet::new();
     for (i, s) in w.steps.iter().enumerate() {
         let at = |k: &str| format!("step[{i}].{k}");
@@ -195,10 +236,15 @@ pub fn default_timeout(name: &str) -> u64 {
 
 /// The time an attempt of `w` may take in all: every step's timeout.
 pub fn total_timeout_ms(w: &Workflow) -> u64 {
+    // A check may run three times (check, restart, check again).
+    let gate = w
+        .check
+        .as_ref()
+        .map_or(0, |c| c.timeout_ms.saturating_mul(3));
     w.steps
         .iter()
         .map(|s| s.timeout_ms)
-        .fold(0u64, u64::saturating_add)
+        .fold(gate, u64::saturating_add)
 }
 
 #[cfg(test)]
@@ -239,6 +285,7 @@ mod tests {
             name: "w".into(),
             version: 0,
             steps: vec![step("a", 10), step("upload", 10)],
+            check: None,
         };
         assert!(problems(&ok).is_empty());
         let bad = Workflow {
@@ -249,6 +296,7 @@ mod tests {
                 s.argv.clear();
                 s
             }],
+            check: None,
         };
         let got: Vec<String> = problems(&bad).into_iter().map(|p| p.0).collect();
         assert_eq!(
@@ -265,6 +313,7 @@ mod tests {
             name: "w".into(),
             version: 0,
             steps: vec![],
+            check: None,
         };
         assert_eq!(problems(&empty)[0].0, "step");
     }

@@ -230,100 +230,154 @@ impl Executor for WorkflowExecutor {
     }
 }
 
+/// Run one workflow step (or gate command) to its end: whether it passed,
+/// and its record.
+async fn run_step(
+    job: &ExecJob,
+    c: &CommandExecutor,
+    step: &orch_actors::workflow::Step,
+    progress: &UnboundedSender<ExecReport>,
+    cancel: &CancellationToken,
+) -> (bool, orch_actors::workflow::StepRecord, ExecReport) {
+    let mut one = job.clone();
+    one.task.executor = ExecutorSpec::Command {
+        argv: step.argv.clone(),
+        env: step.env.clone(),
+    };
+    let step_cancel = cancel.child_token();
+    let started = std::time::Instant::now();
+    let timer = {
+        let c = step_cancel.clone();
+        let ms = step.timeout_ms;
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            c.cancel();
+        })
+    };
+    let ran = run_command(
+        one,
+        c.work_dir.clone(),
+        &c.groups,
+        &c.watch,
+        progress.clone(),
+        step_cancel.clone(),
+    )
+    .await;
+    timer.abort();
+    let timed_out = step_cancel.is_cancelled() && !cancel.is_cancelled();
+    let duration_ms = started.elapsed().as_millis() as u64;
+    match ran {
+        Ok(r) => (
+            true,
+            orch_actors::workflow::StepRecord {
+                name: step.name.clone(),
+                exit: Some(0),
+                duration_ms,
+                error: None,
+            },
+            r,
+        ),
+        Err(e) => (
+            false,
+            orch_actors::workflow::StepRecord {
+                name: step.name.clone(),
+                exit: e.exit,
+                duration_ms,
+                error: Some(if timed_out {
+                    format!("timed out after {} ms", step.timeout_ms)
+                } else {
+                    e.message
+                }),
+            },
+            e.report,
+        ),
+    }
+}
+
 async fn run_workflow(
     job: ExecJob,
     c: &CommandExecutor,
     progress: UnboundedSender<ExecReport>,
     cancel: CancellationToken,
 ) -> Result<ExecReport, ExecError> {
-    use orch_actors::workflow::{OnFailure, StepRecord};
+    use orch_actors::workflow::{OnFailure, Step, StepRecord};
     let mut report = ExecReport::default();
     let ExecutorSpec::Workflow(w) = &job.task.executor else {
         return Err(fail("not a workflow task".into(), &report));
     };
-    let mut steps: Vec<StepRecord> = Vec::with_capacity(w.steps.len());
+    let mut steps: Vec<StepRecord> = Vec::with_capacity(w.steps.len() + 3);
     let mut failure: Option<(String, bool, Option<i32>)> = None;
-    for step in &w.steps {
+    // The device health gate: check, else restart once and check again;
+    // still failing, the device turns the task away.
+    let mut gate: Vec<Step> = Vec::new();
+    if let Some(check) = &w.check {
+        let as_step = |name: &str, argv: &Vec<String>, on_failure| Step {
+            name: name.into(),
+            argv: argv.clone(),
+            env: Default::default(),
+            timeout_ms: check.timeout_ms,
+            on_failure,
+        };
+        let first = as_step("check", &check.argv, OnFailure::SkipDevice);
+        let (ok, record, _) = run_step(&job, c, &first, &progress, &cancel).await;
+        let first_error = record.error.clone();
+        steps.push(record);
+        if !ok {
+            match &check.restart {
+                Some(restart) => {
+                    gate.push(as_step("restart", restart, OnFailure::Continue));
+                    gate.push(as_step("recheck", &check.argv, OnFailure::SkipDevice));
+                }
+                None => {
+                    failure = Some((
+                        format!("device check failed: {}", first_error.unwrap_or_default()),
+                        true,
+                        None,
+                    ));
+                }
+            }
+        }
+    }
+    let all: Vec<&Step> = if failure.is_some() {
+        Vec::new()
+    } else {
+        gate.iter().chain(w.steps.iter()).collect()
+    };
+    for step in all {
         if cancel.is_cancelled() {
             failure = Some(("cancelled".into(), false, None));
             break;
         }
-        let mut one = job.clone();
-        one.task.executor = ExecutorSpec::Command {
-            argv: step.argv.clone(),
-            env: step.env.clone(),
-        };
-        let step_cancel = cancel.child_token();
-        let started = std::time::Instant::now();
-        let timer = {
-            let c = step_cancel.clone();
-            let ms = step.timeout_ms;
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                c.cancel();
-            })
-        };
-        let ran = run_command(
-            one,
-            c.work_dir.clone(),
-            &c.groups,
-            &c.watch,
-            progress.clone(),
-            step_cancel.clone(),
-        )
-        .await;
-        timer.abort();
-        let timed_out = step_cancel.is_cancelled() && !cancel.is_cancelled();
-        let duration_ms = started.elapsed().as_millis() as u64;
-        let got = match &ran {
-            Ok(r) => r,
-            Err(e) => &e.report,
-        };
+        let (ok, record, got) = run_step(&job, c, step, &progress, &cancel).await;
         // A step that exits 0 reports all frames done as a command would:
         // only what a step reported (`ORCH_PROGRESS`) counts before the end.
-        if ran.is_err() {
+        if !ok {
             report.frames_done = report.frames_done.max(got.frames_done);
         }
         report.last_id_used = got.last_id_used.max(report.last_id_used);
-        report.outputs.extend(got.outputs.iter().cloned());
-        match ran {
-            Ok(_) => steps.push(StepRecord {
-                name: step.name.clone(),
-                exit: Some(0),
-                duration_ms,
-                error: None,
-            }),
-            Err(e) => {
-                let why = if timed_out {
-                    format!("timed out after {} ms", step.timeout_ms)
-                } else {
-                    e.message
-                };
-                steps.push(StepRecord {
-                    name: step.name.clone(),
-                    exit: e.exit,
-                    duration_ms,
-                    error: Some(why.clone()),
-                });
-                if cancel.is_cancelled() {
-                    failure = Some((why, false, e.exit));
-                    break;
-                }
-                match step.on_failure {
-                    OnFailure::Continue => {}
-                    OnFailure::Fail => {
-                        failure = Some((format!("step `{}`: {why}", step.name), false, e.exit));
-                        break;
-                    }
-                    OnFailure::SkipDevice => {
-                        failure = Some((
-                            format!("step `{}` turned the device away: {why}", step.name),
-                            true,
-                            e.exit,
-                        ));
-                        break;
-                    }
-                }
+        report.outputs.extend(got.outputs);
+        let (exit, why) = (record.exit, record.error.clone().unwrap_or_default());
+        steps.push(record);
+        if ok {
+            continue;
+        }
+        if cancel.is_cancelled() {
+            failure = Some((why, false, exit));
+            break;
+        }
+        match step.on_failure {
+            OnFailure::Continue => {}
+            OnFailure::Fail => {
+                failure = Some((format!("step `{}`: {why}", step.name), false, exit));
+                break;
+            }
+            OnFailure::SkipDevice => {
+                failure = Some((
+                    format!("step `{}` turned the device away: {why}", step.name),
+                    true,
+                    exit,
+                ));
+                break;
             }
         }
     }

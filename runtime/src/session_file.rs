@@ -440,6 +440,7 @@ pub fn parse(
                 name,
                 version: version.unwrap_or(0),
                 steps: Vec::new(),
+                check: None,
             })),
             Err(why) => {
                 add("workflow", why);

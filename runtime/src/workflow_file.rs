@@ -9,6 +9,11 @@
 //! argv = ["./fake-phone.sh", "login", "{handle}"]
 //! timeout_ms = 60000          # default 90000; 30000 for a step named `upload`
 //! on_failure = "skip_device"  # fail (default) | skip_device | continue
+//!
+//! [check]                     # the device health gate, before the steps
+//! argv = ["adb", "-s", "{handle}", "get-state"]
+//! restart = ["adb", "-s", "{handle}", "reboot"]   # tried once when the check fails
+//! timeout_ms = 30000
 //! ```
 
 use std::collections::BTreeMap;
@@ -25,6 +30,15 @@ struct RawWorkflow {
     name: String,
     #[serde(default)]
     step: Vec<RawStep>,
+    check: Option<RawCheck>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    argv: Vec<String>,
+    restart: Option<Vec<String>>,
+    timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -43,6 +57,13 @@ struct RawStep {
 pub fn parse(text: &str, file: &str) -> Result<Workflow, ConfigErrors> {
     let raw: RawWorkflow = crate::config::parse_toml(text, file)?;
     let w = Workflow {
+        check: raw.check.map(|c| orch_actors::workflow::DeviceCheck {
+            argv: c.argv,
+            restart: c.restart,
+            timeout_ms: c
+                .timeout_ms
+                .unwrap_or(orch_actors::workflow::CHECK_TIMEOUT_MS),
+        }),
         name: raw.name,
         version: 0,
         steps: raw
@@ -65,6 +86,18 @@ pub fn parse(text: &str, file: &str) -> Result<Workflow, ConfigErrors> {
             expected: crate::config::clip(&expected, 512),
         })
         .collect();
+    if let Some(c) = &w.check {
+        let all = c.argv.iter().chain(c.restart.iter().flatten());
+        for v in all {
+            if let Some(p) = unknown_placeholders(v).first() {
+                found.push(ConfigError {
+                    file: file.to_string(),
+                    key: "check".into(),
+                    expected: format!("unknown placeholder `{p}`"),
+                });
+            }
+        }
+    }
     for (i, s) in w.steps.iter().enumerate() {
         let values = s
             .argv

@@ -225,3 +225,79 @@ fn a_device_failing_every_attempt_is_blocklisted_for_all_until_unblocked() {
     let (code, _, _) = ctl(&c, &["unblock", "node-1", "no-such-device"]);
     assert_eq!(code, 3);
 }
+
+#[test]
+fn the_device_gate_restarts_once_and_turns_tasks_away_from_a_device_that_stays_unhealthy() {
+    let c = TestCluster::master_and_workers(bins!(), 1, 2).unwrap();
+    let dir = c.dir.path().display().to_string();
+    // node-1-dev-0 never passes its check; node-1-dev-1 passes once restarted.
+    let recipe = format!(
+        "name = \"gated\"\n\
+         [check]\n\
+         argv = [\"sh\", \"-c\", \"case {{device}} in node-1-dev-0) echo 'no adb' >&2; exit 1;; node-1-dev-1) test -e {dir}/restarted-{{device}};; esac\"]\n\
+         restart = [\"sh\", \"-c\", \"touch {dir}/restarted-{{device}}\"]\n\
+         timeout_ms = 5000\n\
+         [[step]]\nname = \"shot\"\nargv = [\"sh\", \"-c\", \"echo {{start}} > shot_{{start}}.png\"]\n"
+    );
+    assert_eq!(add(&c, "gated.toml", &recipe), 1);
+    let id = c
+        .submit(
+            "gated",
+            "name = \"gated\"\nframes = { start = 0, end = 12 }\nchunk_frames = 1\nid_chunk_size = 10\nmax_attempts = 1\nblocklist_after = 2\nworkflow = \"gated\"\n",
+        )
+        .unwrap();
+    let v = c.wait_done(&id, Duration::from_secs(60)).unwrap();
+    assert_eq!(v["state"], "completed", "{v}");
+    let m = c.manifest(&id).unwrap();
+    assert_eq!(assert_exactly_once(&m, 0, 12), 12);
+    let ranges = m["ranges"].as_array().unwrap();
+    assert!(ranges.iter().all(|r| r["device"] != "node-1-dev-0"), "{m}");
+    let away = m["turned_away"]["node-1/node-1-dev-0"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!((2..=3).contains(&away), "turned away {away} times: {m}");
+    assert!(
+        m["blocklisted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["what"] == "node-1/node-1-dev-0"),
+        "{m}"
+    );
+    // node-1-dev-1: its first attempt restarted it, then it worked.
+    let on_dev1: Vec<&Value> = ranges
+        .iter()
+        .filter(|r| r["device"] == "node-1-dev-1")
+        .collect();
+    assert!(!on_dev1.is_empty(), "{m}");
+    let names = |r: &Value| -> Vec<(String, Option<i64>)> {
+        r["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["name"].as_str().unwrap().to_string(), s["exit"].as_i64()))
+            .collect()
+    };
+    let first = on_dev1
+        .iter()
+        .min_by_key(|r| r["started_ms"].as_u64().unwrap())
+        .unwrap();
+    assert_eq!(
+        names(first),
+        [
+            ("check".to_string(), Some(1)),
+            ("restart".to_string(), Some(0)),
+            ("recheck".to_string(), Some(0)),
+            ("shot".to_string(), Some(0))
+        ],
+        "{first}"
+    );
+    assert!(
+        on_dev1.iter().any(|r| names(r)
+            == [
+                ("check".to_string(), Some(0)),
+                ("shot".to_string(), Some(0))
+            ]),
+        "later attempts pass the check at once: {on_dev1:?}"
+    );
+}
