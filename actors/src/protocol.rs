@@ -217,7 +217,7 @@ pub enum AdminReply {
     },
     /// The latest version of every workflow.
     Workflows(Vec<crate::workflow::Workflow>),
-    Workflow(crate::workflow::Workflow),
+    Workflow(Box<crate::workflow::Workflow>),
     NotFound(String),
     Error(String),
 }
@@ -552,7 +552,7 @@ pub enum ExecutorSpec {
     /// A workflow recipe (docs/workflows.md): its steps run in order on one
     /// device. A session file names it (`version` 0: the latest, with no
     /// steps); the master fills in the version it stores at submit time.
-    Workflow(crate::workflow::Workflow),
+    Workflow(Box<crate::workflow::Workflow>),
 }
 
 /// The `kind` of a registered executor is this prefix and its name.

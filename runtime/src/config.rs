@@ -748,7 +748,7 @@ impl RawConfig {
             let key = format!("worker.check[{i}]");
             if !valid_name(&c.name) {
                 p.add(
-                    &format!("{key}.name"),
+                    format!("{key}.name"),
                     format!(
                         "expected 1 to 64 characters from `A-Z a-z 0-9 - _ .`, got `{}`",
                         shown(&c.name)
@@ -756,26 +756,26 @@ impl RawConfig {
                 );
             } else if !check_names.insert(c.name.clone()) {
                 p.add(
-                    &format!("{key}.name"),
+                    format!("{key}.name"),
                     format!("`{}` names two checks", c.name),
                 );
             }
             if c.argv.is_empty() || c.argv[0].is_empty() || c.argv.iter().any(|a| a.contains('\0'))
             {
                 p.add(
-                    &format!("{key}.argv"),
+                    format!("{key}.argv"),
                     "expected a non-empty list without NUL: the program and its arguments",
                 );
             }
             if c.every_s == 0 || c.every_s > 86_400 {
                 p.add(
-                    &format!("{key}.every_s"),
+                    format!("{key}.every_s"),
                     format!("expected 1 to 86400, got `{}`", c.every_s),
                 );
             }
             if c.timeout_ms == 0 || c.timeout_ms > 600_000 {
                 p.add(
-                    &format!("{key}.timeout_ms"),
+                    format!("{key}.timeout_ms"),
                     format!("expected 1 to 600000, got `{}`", c.timeout_ms),
                 );
             }

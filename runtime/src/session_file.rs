@@ -436,12 +436,14 @@ pub fn parse(
             None
         }
         (None, Some(w)) => match orch_actors::workflow::parse_ref(w) {
-            Ok((name, version)) => Some(ExecutorSpec::Workflow(orch_actors::workflow::Workflow {
-                name,
-                version: version.unwrap_or(0),
-                steps: Vec::new(),
-                check: None,
-            })),
+            Ok((name, version)) => Some(ExecutorSpec::Workflow(Box::new(
+                orch_actors::workflow::Workflow {
+                    name,
+                    version: version.unwrap_or(0),
+                    steps: Vec::new(),
+                    check: None,
+                },
+            ))),
             Err(why) => {
                 add("workflow", why);
                 None

@@ -30,7 +30,11 @@ fn three_hundred_devices_run_a_3000_task_workflow_one_thing_at_a_time_twenty_per
     )
     .unwrap();
     let out = c.orchctl(0, &["workflow", "add", recipe.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let id = c
         .submit(
             "farm",
@@ -42,15 +46,26 @@ fn three_hundred_devices_run_a_3000_task_workflow_one_thing_at_a_time_twenty_per
     let m = c.manifest(&id).unwrap();
     assert_eq!(assert_exactly_once(&m, 0, 3000), 3000);
     let per_device = max_overlap(&m, "device");
-    assert_eq!(per_device.len(), 300, "every device got work: {} did", per_device.len());
+    assert_eq!(
+        per_device.len(),
+        300,
+        "every device got work: {} did",
+        per_device.len()
+    );
     assert!(
         per_device.values().all(|&n| n == 1),
         "a device ran two things at once: {:?}",
-        per_device.iter().filter(|(_, &n)| n > 1).collect::<Vec<_>>()
+        per_device
+            .iter()
+            .filter(|(_, &n)| n > 1)
+            .collect::<Vec<_>>()
     );
     let per_node = max_overlap(&m, "node");
     assert_eq!(per_node.len(), 3);
-    assert!(per_node.values().all(|&n| n <= 20), "a node ran more than 20: {per_node:?}");
+    assert!(
+        per_node.values().all(|&n| n <= 20),
+        "a node ran more than 20: {per_node:?}"
+    );
 }
 
 #[test]
@@ -74,5 +89,9 @@ fn the_example_farm_s_files_are_valid_as_shipped() {
         .env("FAKE_PHONE_CALM", "1")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

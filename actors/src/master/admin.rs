@@ -121,7 +121,7 @@ impl MasterState {
                             None => format!("no workflow `{}`; store it first with `orchctl workflow add FILE`", w.name),
                         });
                     };
-                    *w = found.clone();
+                    **w = found.clone();
                     // An attempt may take every step's time, and a little.
                     let all = crate::workflow::total_timeout_ms(w).saturating_add(5_000);
                     spec.timeout_ms = spec.timeout_ms.max(all);
@@ -194,7 +194,7 @@ impl MasterState {
             }
             AdminRequest::Workflows => AdminReply::Workflows(self.sched.workflows()),
             AdminRequest::Workflow { name, version } => match self.sched.workflow(&name, version) {
-                Some(w) => AdminReply::Workflow(w.clone()),
+                Some(w) => AdminReply::Workflow(Box::new(w.clone())),
                 None => AdminReply::NotFound(match version {
                     Some(v) => format!("no workflow `{name}` at version {v}"),
                     None => format!("no workflow `{name}`"),
