@@ -40,6 +40,27 @@ fn kill_master(c: &mut TestCluster, workers: usize) {
     c.wait_all_healthy(workers).unwrap();
 }
 
+/// Every attempt's start, high and low sessions together, in order; their
+/// names in that order; where the first high one is.
+fn start_order(hm: &Value, lm: &Value) -> (Vec<(u64, &'static str)>, Vec<&'static str>, usize) {
+    let mut starts: Vec<(u64, &'static str)> = ranges(hm)
+        .iter()
+        .map(|r| (r["started_ms"].as_u64().unwrap(), "high"))
+        .chain(
+            ranges(lm)
+                .iter()
+                .map(|r| (r["started_ms"].as_u64().unwrap(), "low")),
+        )
+        .collect();
+    starts.sort();
+    let order: Vec<&str> = starts.iter().map(|s| s.1).collect();
+    let first = order
+        .iter()
+        .position(|&s| s == "high")
+        .expect("a high attempt");
+    (starts, order, first)
+}
+
 fn ranges(m: &Value) -> &Vec<Value> {
     m["ranges"].as_array().expect("ranges")
 }
@@ -264,18 +285,7 @@ fn a_high_priority_session_takes_the_devices_a_low_one_held_and_the_low_one_fini
     // high session came (at most PREFETCH behind the running one) run
     // first; then every high attempt, one after the other; then the rest
     // of the low one. Shared round-robin would alternate them.
-    let mut starts: Vec<(u64, &str)> = ranges(&hm)
-        .iter()
-        .map(|r| (r["started_ms"].as_u64().unwrap(), "high"))
-        .chain(
-            ranges(&lm)
-                .iter()
-                .map(|r| (r["started_ms"].as_u64().unwrap(), "low")),
-        )
-        .collect();
-    starts.sort();
-    let order: Vec<&str> = starts.iter().map(|s| s.1).collect();
-    let first = order.iter().position(|&s| s == "high").unwrap();
+    let (starts, order, first) = start_order(&hm, &lm);
     assert_eq!(
         &order[first..first + 6],
         &["high"; 6],
@@ -323,18 +333,7 @@ fn attempts_of_a_second_or_more_are_not_queued_so_a_high_priority_session_waits_
     assert_eq!(assert_exactly_once(&hm, 0, 2), 2);
     assert_eq!(assert_exactly_once(&lm, 0, 8), 8);
     let submitted = hm["submitted_ms"].as_u64().unwrap();
-    let mut starts: Vec<(u64, &str)> = ranges(&hm)
-        .iter()
-        .map(|r| (r["started_ms"].as_u64().unwrap(), "high"))
-        .chain(
-            ranges(&lm)
-                .iter()
-                .map(|r| (r["started_ms"].as_u64().unwrap(), "low")),
-        )
-        .collect();
-    starts.sort();
-    let order: Vec<&str> = starts.iter().map(|s| s.1).collect();
-    let first = order.iter().position(|&s| s == "high").unwrap();
+    let (starts, order, first) = start_order(&hm, &lm);
     assert_eq!(&order[first..first + 2], &["high"; 2], "{order:?}");
     // No low attempt was waiting on the device: the high session's first
     // attempt is the next one to start after its submission.

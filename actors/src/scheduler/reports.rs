@@ -268,18 +268,20 @@ impl Scheduler {
         let n = sess.device_failures.entry(key.clone()).or_insert(0);
         *n += 1;
         if limit > 0 && *n >= limit && sess.blocked_devices.insert(key) {
+            let mut blocklist = |sess: &mut Session, what: String, reason: String| {
+                sess.blocklisted.push(Blocklisting {
+                    what: what.clone(),
+                    reason: reason.clone(),
+                    at_ms: now_ms,
+                });
+                out.push(SchedCommand::Blocklisted {
+                    what,
+                    session: Some(sess.id.clone()),
+                    reason,
+                });
+            };
             let reason = format!("{limit} of the session's attempts failed here, last: {error}");
-            let what = format!("{node}/{device}");
-            sess.blocklisted.push(Blocklisting {
-                what: what.clone(),
-                reason: reason.clone(),
-                at_ms: now_ms,
-            });
-            out.push(SchedCommand::Blocklisted {
-                what,
-                session: Some(sess.id.clone()),
-                reason,
-            });
+            blocklist(sess, format!("{node}/{device}"), reason);
             let on_node = sess
                 .blocked_devices
                 .iter()
@@ -287,16 +289,7 @@ impl Scheduler {
                 .count();
             if on_node >= BLOCKLIST_NODE_AFTER && sess.blocked_nodes.insert(node.clone()) {
                 let reason = format!("{on_node} of its devices are blocklisted for the session");
-                sess.blocklisted.push(Blocklisting {
-                    what: node.to_string(),
-                    reason: reason.clone(),
-                    at_ms: now_ms,
-                });
-                out.push(SchedCommand::Blocklisted {
-                    what: node.to_string(),
-                    session: Some(sess.id.clone()),
-                    reason,
-                });
+                blocklist(sess, node.to_string(), reason);
             }
         }
         let Some(n) = self.nodes.get_mut(node) else {

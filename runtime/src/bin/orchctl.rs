@@ -404,9 +404,9 @@ fn parse_view(v: Value) -> Result<SessionView, Failure> {
         .map_err(|e| Failure(EXIT_FAILED, format!("unexpected session format: {e}")))
 }
 
-fn submit(cli: &Cli, file: &std::path::Path, wait: bool) -> Result<(), Failure> {
-    // Validate here too, so that mistakes are reported with the file's name.
-    orch_runtime::session_file::load(file).map_err(|e| Failure(2, e.to_string()))?;
+/// A TOML file (at most `MAX_TOML_BYTES`) with `placeholder` replaced by
+/// the absolute path of the file's folder.
+fn read_in_place(file: &std::path::Path, placeholder: &str) -> Result<String, Failure> {
     let text = orch_runtime::config::read_capped(file, orch_runtime::config::MAX_TOML_BYTES)
         .map_err(|e| Failure(2, format!("`{}`: {e}", file.display())))?;
     let dir = file
@@ -414,7 +414,13 @@ fn submit(cli: &Cli, file: &std::path::Path, wait: bool) -> Result<(), Failure> 
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let text = text.replace("{session_dir}", &dir.display().to_string());
+    Ok(text.replace(placeholder, &dir.display().to_string()))
+}
+
+fn submit(cli: &Cli, file: &std::path::Path, wait: bool) -> Result<(), Failure> {
+    // Validate here too, so that mistakes are reported with the file's name.
+    orch_runtime::session_file::load(file).map_err(|e| Failure(2, e.to_string()))?;
+    let text = read_in_place(file, "{session_dir}")?;
     // One key for this submission: sent again after a timeout or a broken
     // connection, it returns the session the first try made, never a second.
     let key = format!("orchctl-{:032x}", rand::random::<u128>());
@@ -644,15 +650,7 @@ fn workflow(cli: &Cli, cmd: &WorkflowCmd) -> Result<(), Failure> {
     use orch_actors::workflow::Workflow;
     let v = match cmd {
         WorkflowCmd::Add { file } => {
-            let text =
-                orch_runtime::config::read_capped(file, orch_runtime::config::MAX_TOML_BYTES)
-                    .map_err(|e| Failure(2, format!("`{}`: {e}", file.display())))?;
-            let dir = file
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(std::path::Path::new("."));
-            let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-            let text = text.replace("{workflow_dir}", &dir.display().to_string());
+            let text = read_in_place(file, "{workflow_dir}")?;
             // Checked here too, so that mistakes name the file.
             orch_runtime::workflow_file::parse(&text, &file.display().to_string())
                 .map_err(|e| Failure(2, e.to_string()))?;
