@@ -149,13 +149,13 @@ impl SessionState {
     async fn amend_on_disk(&mut self, record: ReplayRecord) {
         let io = self.args.io.clone();
         let id = self.args.id.clone();
-        let (task, attempt) = (record.task, record.old_attempt);
+        let (task, attempt, device) = (record.task, record.old_attempt, record.device.clone());
         let amended = tokio::task::spawn_blocking(move || io.amend_manifest(&id, &record))
             .await
             .unwrap_or_else(|e| Err(format!("the writer failed: {e}")));
         let ok = match amended {
             Ok(()) => {
-                info!(node_id = %self.args.node, session = %self.args.id, task, attempt, "an evicted session's manifest lists an attempt the store never recorded");
+                info!(node_id = %self.args.node, session = %self.args.id, device_id = %device, task, attempt, "an evicted session's manifest lists an attempt the store never recorded");
                 true
             }
             Err(e) => {

@@ -493,7 +493,7 @@ impl WorkerState {
 
     fn assign(&mut self, task: TaskSpec) {
         let key = task.key();
-        debug!(target: "orch::ids", node_id = %self.args.node, session = %key.session, task = key.task, attempt = key.attempt, id_lo = task.ids.lo, id_hi = task.ids.hi, "chunk received");
+        debug!(target: "orch::ids", node_id = %self.args.node, device_id = %task.device, session = %key.session, task = key.task, attempt = key.attempt, id_lo = task.ids.lo, id_hi = task.ids.hi, "chunk received");
         if self.tasks.contains_key(&key) {
             // The same assignment twice (a resent message): it is queued already.
             return;
@@ -640,7 +640,7 @@ impl WorkerState {
                 steps,
             } => {
                 if self.tasks.remove(&key).is_some() {
-                    debug!(target: "orch::ids", node_id = %node, session = %key.session, task = key.task, attempt = key.attempt, last_id_used, completed = matches!(outcome, TaskOutcome::Completed), "attempt finished");
+                    debug!(target: "orch::ids", node_id = %node, device_id = %device, session = %key.session, task = key.task, attempt = key.attempt, last_id_used, completed = matches!(outcome, TaskOutcome::Completed), "attempt finished");
                     self.report(ToMaster::Result(TaskResult {
                         node,
                         epoch,

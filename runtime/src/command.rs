@@ -560,7 +560,7 @@ async fn run_command(
     if let Some(group) = group {
         let pgid = group.pgid();
         if !group.end().await {
-            warn!(session = %job.task.session, task = job.task.task, pgid, "processes of a task's group survived SIGKILL; the device runs its next task anyway");
+            warn!(node_id = %job.node, device_id = %job.task.device, session = %job.task.session, task = job.task.task, attempt = job.task.attempt, pgid, "processes of a task's group survived SIGKILL; the device runs its next task anyway");
         }
     }
     let _ = child.start_kill();

@@ -301,3 +301,34 @@ fn the_device_gate_restarts_once_and_turns_tasks_away_from_a_device_that_stays_u
         "later attempts pass the check at once: {on_dev1:?}"
     );
 }
+
+#[test]
+fn every_log_line_about_a_task_names_its_session_node_device_task_and_attempt() {
+    let c = TestCluster::master_and_workers(bins!(), 1, 2).unwrap();
+    assert_eq!(add(&c, "phone.toml", &recipe(true)), 1);
+    // Failures, turn-aways, retries, stale results: every kind of task line.
+    let id = c
+        .submit(
+            "logged",
+            "name = \"logged\"\nframes = { start = 0, end = 8 }\nchunk_frames = 1\nid_chunk_size = 10\nmax_attempts = 2\nbackoff_ms = 10\nworkflow = \"phone\"\n",
+        )
+        .unwrap();
+    c.wait_done(&id, Duration::from_secs(60)).unwrap();
+    let mut about_tasks = 0;
+    for node in &c.nodes {
+        for r in node.log_records() {
+            let f = &r["fields"];
+            if f.get("task").is_none() {
+                continue;
+            }
+            about_tasks += 1;
+            for k in ["session", "node_id", "device_id", "attempt"] {
+                assert!(
+                    f.get(k).is_some(),
+                    "`{k}` missing from a line about a task: {r}"
+                );
+            }
+        }
+    }
+    assert!(about_tasks > 10, "{about_tasks} lines about tasks");
+}

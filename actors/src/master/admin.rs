@@ -283,13 +283,17 @@ impl MasterState {
             ));
         }
         let nodes: BTreeSet<String> = produced.iter().map(|p| p.node.clone()).collect();
+        let (device, attempt) = produced
+            .last()
+            .map(|p| (p.device.clone(), p.attempt))
+            .unwrap_or_default();
         self.gate.rerun(&session, [task]);
         self.schedule(SchedEvent::Requeue {
             session: session.clone(),
             task,
             produced,
         });
-        info!(node_id = %self.node, %session, task, "produced range requeued by an operator");
+        info!(node_id = %self.node, %session, task, attempt, device_id = %device, "produced range requeued by an operator");
         let on = if nodes.is_empty() {
             String::new()
         } else {

@@ -144,9 +144,9 @@ impl MasterState {
                     }
                 }
             }
-            SchedCommand::RejectedStale { node, key } => {
+            SchedCommand::RejectedStale { node, device, key } => {
                 metrics::counter!(m::TASKS_REJECTED_STALE).increment(1);
-                info!(node_id = %self.node, worker = %node, session = %key.session, task = key.task, attempt = key.attempt, "stale result rejected");
+                info!(node_id = %self.node, worker = %node, device_id = %device, session = %key.session, task = key.task, attempt = key.attempt, "stale result rejected");
             }
             SchedCommand::Reassigned {
                 tasks,

@@ -152,7 +152,11 @@ pub enum SchedCommand {
         reason: LossReason,
     },
     /// A result or progress report for an attempt that is no longer current.
-    RejectedStale { node: String, key: AttemptKey },
+    RejectedStale {
+        node: String,
+        device: String,
+        key: AttemptKey,
+    },
     /// A device or a node no longer takes a session's tasks (`session`), or
     /// a device takes no work at all (`session` is `None`), and why: for
     /// the log and the metrics; the manifest and the device views have it.

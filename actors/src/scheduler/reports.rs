@@ -45,7 +45,8 @@ impl Scheduler {
     pub(super) fn progress(&mut self, p: TaskProgress, out: &mut Vec<SchedCommand>) {
         let Some((s, t)) = self.current(&p.node, &p.key) else {
             if !self.settled(&p.key) {
-                self.reject(&p.node, p.key, out);
+                // (A progress report does not name its device.)
+                self.reject(&p.node, "unknown", p.key, out);
             }
             return;
         };
@@ -63,12 +64,19 @@ impl Scheduler {
         }
     }
 
-    pub(super) fn reject(&mut self, node: &str, key: AttemptKey, out: &mut Vec<SchedCommand>) {
+    pub(super) fn reject(
+        &mut self,
+        node: &str,
+        device: &str,
+        key: AttemptKey,
+        out: &mut Vec<SchedCommand>,
+    ) {
         if let Some(&s) = self.by_id.get(&key.session) {
             self.sessions[s].stale += 1;
         }
         out.push(SchedCommand::RejectedStale {
             node: node.to_string(),
+            device: device.to_string(),
             key,
         });
     }
@@ -97,7 +105,7 @@ impl Scheduler {
                 }
                 _ => Vec::new(),
             };
-            self.reject(&r.node, r.key, out);
+            self.reject(&r.node, &r.device, r.key, out);
             out.push(SchedCommand::Drop {
                 node: r.node,
                 key,

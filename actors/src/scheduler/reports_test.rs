@@ -48,6 +48,7 @@ fn progress_for_an_attempt_that_is_not_current_is_rejected() {
         cmds,
         vec![SchedCommand::RejectedStale {
             node: "n1".into(),
+            device: "unknown".into(),
             key: key(0, 2),
         }]
     );
@@ -58,6 +59,7 @@ fn progress_for_an_attempt_that_is_not_current_is_rejected() {
         cmds,
         vec![SchedCommand::RejectedStale {
             node: "n9".into(),
+            device: "unknown".into(),
             key: key(0, 1),
         }]
     );
@@ -143,6 +145,7 @@ fn a_result_for_a_replaced_attempt_is_rejected_and_dropped_keeping_its_banked_ou
         vec![
             SchedCommand::RejectedStale {
                 node: "n1".into(),
+                device: t[0].device.clone(),
                 key: key(0, 1),
             },
             SchedCommand::Drop {

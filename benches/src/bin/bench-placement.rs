@@ -308,6 +308,7 @@ fn run(nodes: usize, devices: usize, tasks: u64, scan: bool) -> Run {
             &mut queue[i],
             SchedCommand::RejectedStale {
                 node: String::new(),
+                device: String::new(),
                 key: AttemptKey {
                     session: String::new(),
                     task: 0,
