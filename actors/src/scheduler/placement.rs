@@ -208,7 +208,13 @@ impl Scheduler {
     pub(super) fn why_waiting(&self, s: SessionIdx) -> String {
         let spec = &self.sessions[s].spec;
         let matching = self.index.any_matches(&spec.require);
-        if matching {
+        let sess = &self.sessions[s];
+        if matching && !(sess.blocked_devices.is_empty() && sess.blocked_nodes.is_empty()) {
+            format!(
+                "all matching devices are busy or blocklisted for this session ({} blocklisted: see the manifest's `blocklisted`)",
+                sess.blocklisted.len()
+            )
+        } else if matching {
             "all matching devices are busy".into()
         } else if spec.require.is_empty() {
             "no healthy worker with devices".into()

@@ -347,3 +347,27 @@ fn failing_in_a_row_blocklists_a_device_for_every_session_until_it_is_unblocked_
     assert!(!placed.is_empty());
     assert_ne!(state(&fx), DeviceState::Blocklisted);
 }
+
+#[test]
+fn a_session_whose_only_device_is_blocklisted_for_it_waits_and_says_why() {
+    let mut fx = Fixture::new();
+    fx.up("n1", vec![dev("d0")]);
+    let mut s = spec(5, 1);
+    s.max_attempts = 10;
+    s.blocklist_after = Some(1);
+    let mut running = assigned(&fx.submit(S1, s));
+    let t = running.remove(0);
+    fail_and_wait(&mut fx, "n1", &t);
+    // What d0 held already runs out; then nothing more comes to it.
+    for t in running {
+        fx.feed(completed("n1", &t));
+    }
+    let v = fx.view(S1);
+    let why = v.waiting.unwrap_or_default();
+    assert!(why.contains("blocklisted for this session"), "{why}");
+    assert_eq!(
+        fx.load("n1").0,
+        0,
+        "nothing in flight on the blocklisted device"
+    );
+}
