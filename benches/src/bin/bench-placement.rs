@@ -32,6 +32,10 @@ struct Args {
     /// Also place by looking at every device (slow on large fleets).
     #[arg(long)]
     scan: bool,
+    /// Also place as the master does: in `Place` slices of `PLACE_BUDGET`
+    /// (`PlaceInPasses`); the burst is the time spent in the slices.
+    #[arg(long)]
+    sliced: bool,
     /// Skip the scan on fleets above this many devices.
     #[arg(long, default_value_t = 10_000)]
     scan_max_devices: usize,
@@ -282,10 +286,15 @@ struct Run {
     completed: u64,
 }
 
-fn run(nodes: usize, devices: usize, tasks: u64, scan: bool) -> Run {
+fn run(nodes: usize, devices: usize, tasks: u64, scan: bool, sliced: bool) -> Run {
     let mut s = Scheduler::new(0);
     if scan {
         s = s.with_scan_placement();
+    }
+    if sliced {
+        let max = orch_actors::master::PLACE_BUDGET;
+        s.on_event(SchedEvent::PlaceBudget { max }, 0);
+        s.on_event(SchedEvent::PlaceInPasses, 0);
     }
     for n in 0..nodes {
         s.on_event(node_up(n, devices, Vec::new()), 0);
@@ -298,7 +307,15 @@ fn run(nodes: usize, devices: usize, tasks: u64, scan: bool) -> Run {
         },
         0,
     );
-    let burst_s = t0.elapsed().as_secs_f64();
+    let mut burst_s = t0.elapsed().as_secs_f64();
+    // The master sends each slice's assignments as it goes; here they are
+    // kept to be answered, outside the time measured.
+    while sliced && s.wants_to_place() {
+        let t = Instant::now();
+        let slice = s.on_event(SchedEvent::Place, 0);
+        burst_s += t.elapsed().as_secs_f64();
+        queue.extend(slice);
+    }
     let burst_tasks = queue.len();
     let t1 = Instant::now();
     let mut completed = 0u64;
@@ -319,6 +336,9 @@ fn run(nodes: usize, devices: usize, tasks: u64, scan: bool) -> Run {
             completed += 1;
             let more = s.on_event(orch_benches::completed(node, task), 1);
             queue.extend(more);
+            while sliced && s.wants_to_place() {
+                queue.extend(s.on_event(SchedEvent::Place, 1));
+            }
         }
         i += 1;
     }
@@ -347,14 +367,21 @@ fn main() -> anyhow::Result<()> {
             .split_once('x')
             .and_then(|(n, d)| Some((n.parse::<usize>().ok()?, d.parse::<usize>().ok()?)))
             .ok_or_else(|| anyhow::anyhow!("--fleets: `{f}` is not NODESxDEVICES"))?;
-        let mut modes = vec![false];
+        let mut modes = vec![(false, false)];
         if args.scan && n * d <= args.scan_max_devices {
-            modes.push(true);
+            modes.push((true, false));
         }
-        for scan in modes {
-            let r = run(n, d, args.tasks, scan);
+        if args.sliced {
+            modes.push((false, true));
+        }
+        for (scan, sliced) in modes {
+            let r = run(n, d, args.tasks, scan, sliced);
             let per = r.burst_s * 1e6 / r.burst_tasks.max(1) as f64;
-            let mode = if scan { "scan" } else { "index" };
+            let mode = match (scan, sliced) {
+                (true, _) => "scan",
+                (false, true) => "sliced",
+                _ => "index",
+            };
             println!(
                 "{:<10} {:>8} {:<6} {:>10.1}ms {:>8} {:>14.2} {:>14.0}",
                 f,
