@@ -332,3 +332,53 @@ fn every_log_line_about_a_task_names_its_session_node_device_task_and_attempt() 
     }
     assert!(about_tasks > 10, "{about_tasks} lines about tasks");
 }
+
+#[test]
+fn blocklists_and_turn_away_counts_survive_a_master_kill() {
+    let mut c = TestCluster::master_and_workers(bins!(), 1, 2).unwrap();
+    // `login` turns node-1-dev-1 away; `shot` takes 300 ms.
+    let slow = recipe(false).replace(
+        "echo {start} > shot_{start}.png",
+        "sleep 0.3; echo {start} > shot_{start}.png",
+    );
+    assert_eq!(add(&c, "slow.toml", &slow), 1);
+    let id = c
+        .submit(
+            "survives",
+            "name = \"survives\"\nframes = { start = 0, end = 20 }\nchunk_frames = 1\nid_chunk_size = 10\nmax_attempts = 1\nblocklist_after = 1\nworkflow = \"phone\"\n",
+        )
+        .unwrap();
+    let before = c
+        .wait_for_manifest(
+            &id,
+            "the stuck device blocklisted",
+            Duration::from_secs(30),
+            |m| m["blocklisted"].as_array().is_some_and(|b| !b.is_empty()),
+        )
+        .unwrap();
+    let away_before = before["turned_away"]["node-1/node-1-dev-1"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(before["state"], "running", "the kill comes mid-session");
+    c.nodes[0].kill9();
+    c.restart(0).unwrap();
+    c.wait_all_healthy(1).unwrap();
+    let v = c.wait_done(&id, Duration::from_secs(60)).unwrap();
+    assert_eq!(v["state"], "completed", "{v}");
+    let m = c.manifest(&id).unwrap();
+    assert_eq!(assert_exactly_once(&m, 0, 20), 20);
+    assert_eq!(
+        m["blocklisted"], before["blocklisted"],
+        "replayed as recorded"
+    );
+    assert!(m["turned_away"]["node-1/node-1-dev-1"].as_u64().unwrap() >= away_before);
+    assert!(
+        m["ranges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["device"] != "node-1-dev-1"),
+        "the blocklisted device got the session's work after the restart: {m}"
+    );
+    assert!(m["failed"].as_array().unwrap().is_empty(), "{m}");
+}

@@ -693,6 +693,32 @@ impl TestCluster {
         )
     }
 
+    /// Poll a session's manifest every 100 ms until `cond` holds or `within`
+    /// passes; the manifest that satisfied it.
+    pub fn wait_for_manifest(
+        &self,
+        id: &str,
+        what: &str,
+        within: Duration,
+        cond: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let start = Instant::now();
+        let mut last = Value::Null;
+        while start.elapsed() < within {
+            if let Ok(m) = self.manifest(id) {
+                if cond(&m) {
+                    return Ok(m);
+                }
+                last = m;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "timed out after {within:?} waiting for: {what}\nlast manifest: {last}\n{}",
+            self.logs()
+        )
+    }
+
     /// Wait until session `id` ends; its final view.
     pub fn wait_done(&self, id: &str, within: Duration) -> Result<Value> {
         self.wait_session(id, "the session ends", within, |v| v["state"] != "running")
