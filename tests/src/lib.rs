@@ -676,21 +676,7 @@ impl TestCluster {
         within: Duration,
         cond: impl Fn(&Value) -> bool,
     ) -> Result<Value> {
-        let start = Instant::now();
-        let mut last = Value::Null;
-        while start.elapsed() < within {
-            if let Ok(v) = self.session(id) {
-                if cond(&v) {
-                    return Ok(v);
-                }
-                last = v;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        bail!(
-            "timed out after {within:?} waiting for: {what}\nlast session view: {last}\n{}",
-            self.logs()
-        )
+        self.poll_json(|| self.session(id), "session view", what, within, cond)
     }
 
     /// Poll a session's manifest every 100 ms until `cond` holds or `within`
@@ -702,19 +688,32 @@ impl TestCluster {
         within: Duration,
         cond: impl Fn(&Value) -> bool,
     ) -> Result<Value> {
+        self.poll_json(|| self.manifest(id), "manifest", what, within, cond)
+    }
+
+    /// Read `read` every 100 ms until `cond` holds on it or `within` passes;
+    /// the error names `what` and shows the last `kind` read.
+    fn poll_json(
+        &self,
+        read: impl Fn() -> Result<Value>,
+        kind: &str,
+        what: &str,
+        within: Duration,
+        cond: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
         let start = Instant::now();
         let mut last = Value::Null;
         while start.elapsed() < within {
-            if let Ok(m) = self.manifest(id) {
-                if cond(&m) {
-                    return Ok(m);
+            if let Ok(v) = read() {
+                if cond(&v) {
+                    return Ok(v);
                 }
-                last = m;
+                last = v;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         bail!(
-            "timed out after {within:?} waiting for: {what}\nlast manifest: {last}\n{}",
+            "timed out after {within:?} waiting for: {what}\nlast {kind}: {last}\n{}",
             self.logs()
         )
     }
