@@ -30,6 +30,8 @@ pub enum DeviceMsg {
     Quarantine(AttemptKey, Vec<String>),
     /// Start afresh (after its attempts were dropped).
     Restart,
+    /// A discovery source lists it with another handle or capabilities.
+    Info(DeviceInfo),
 }
 
 impl ractor::Message for DeviceMsg {}
@@ -45,7 +47,14 @@ pub struct DeviceArgs {
     /// The node's `max_concurrency` slots.
     pub slots: Arc<Semaphore>,
     pub io: Arc<dyn NodeIo>,
+    /// Why its worker finds it offline (`None`: online). An attempt that
+    /// comes to start while it is offline does not run: it is reported
+    /// [`TaskOutcome::SkippedOffline`].
+    pub offline: Offline,
 }
+
+/// Shared between a device and its worker: why the device is offline.
+pub type Offline = Arc<std::sync::Mutex<Option<String>>>;
 
 /// State of [`Device`].
 pub struct DeviceActorState {
@@ -94,6 +103,7 @@ impl Actor for Device {
                     }
                 }
             }
+            DeviceMsg::Info(info) => state.args.info = info,
             DeviceMsg::Restart => {
                 state.state = DeviceState::Idle;
                 state.tasks_run = 0;
@@ -122,8 +132,30 @@ impl DeviceActorState {
             },
             _ = cancel.cancelled() => return,
         };
-        self.state = DeviceState::Busy;
         let started_ms = unix_ms();
+        let offline = self
+            .args
+            .offline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(why) = offline {
+            info!(node_id = %self.args.node, device_id = %self.args.info.id, session = %key.session, task = key.task, attempt = key.attempt, reason = %why, "device offline: the attempt goes elsewhere");
+            self.send(DeviceEvent::Finished {
+                key,
+                device: self.args.info.id.clone(),
+                started_ms,
+                finished_ms: started_ms,
+                last_id_used: None,
+                outputs: Vec::new(),
+                outcome: TaskOutcome::SkippedOffline {
+                    error: format!("device offline: {why}"),
+                },
+                steps: Vec::new(),
+            });
+            return;
+        }
+        self.state = DeviceState::Busy;
         let rel = out_dir(&key, &self.args.node, &self.args.info.id);
         // Builtin executors write nothing: no folder for them.
         let prepared = if task.executor.writes_files() {
@@ -158,7 +190,12 @@ impl DeviceActorState {
             Err(e) => {
                 warn!(node_id = %self.args.node, device_id = %self.args.info.id, session = %key.session, task = key.task, attempt = key.attempt, error = %e.message, "task failed");
                 let done = e.report.frames_done;
-                let outcome = if e.turn_away {
+                let outcome = if e.unresponsive {
+                    TaskOutcome::Unresponsive {
+                        frames_done: done,
+                        error: e.message,
+                    }
+                } else if e.turn_away {
                     TaskOutcome::TurnedAway {
                         frames_done: done,
                         error: e.message,
@@ -341,6 +378,7 @@ mod tests {
             worker: worker.clone(),
             slots: slots.clone(),
             io: Arc::new(NullIo),
+            offline: Default::default(),
         }
     }
 

@@ -47,6 +47,9 @@ pub struct ExecError {
     /// The device turns the task away (a workflow step with `on_failure =
     /// "skip_device"`): another device should take it.
     pub turn_away: bool,
+    /// The device gave no sign of life for `grace_wait_ms` (a workflow
+    /// step that wrote nothing): the attempt fails `device_unresponsive`.
+    pub unresponsive: bool,
     /// The program's exit code, when it exited by itself with one.
     pub exit: Option<i32>,
 }

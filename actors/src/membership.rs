@@ -356,6 +356,18 @@ impl Membership {
         self.members.get(node).map(|m| m.devices.clone())
     }
 
+    /// `node`'s devices changed (a [`crate::protocol::DeviceReport`] of
+    /// its current `epoch`): `false` when that is not its epoch.
+    pub fn set_devices(&mut self, node: &str, epoch: u64, devices: Vec<DeviceInfo>) -> bool {
+        match self.members.get_mut(node) {
+            Some(m) if m.epoch == epoch && m.state == MemberState::Healthy => {
+                m.devices = devices.into();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// State of `node`, if it ever registered.
     pub fn state_of(&self, node: &str) -> Option<(MemberState, Option<DownReason>, u64)> {
         self.members.get(node).map(|m| (m.state, m.reason, m.epoch))

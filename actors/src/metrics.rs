@@ -22,6 +22,10 @@ pub const REGISTRATIONS_REFUSED: &str = "orch_worker_registrations_refused_total
 /// Counter, label `scope` (`session`: for one session; `all`: for every
 /// session, after failing in a row): devices and nodes blocklisted.
 pub const DEVICES_BLOCKLISTED: &str = "orch_devices_blocklisted_total";
+/// Counter: runs of a discovery source (`[[device_source]]`) that failed, by `source`.
+pub const DEVICE_SOURCE_ERRORS: &str = "orch_device_source_errors_total";
+/// Counter: attempts that came to a device its worker found offline.
+pub const TASKS_SKIPPED_OFFLINE: &str = "orch_tasks_skipped_offline_total";
 /// Counter: task attempts handed to devices.
 pub const TASKS_ASSIGNED: &str = "orch_tasks_assigned_total";
 /// Counter: task attempts that reported completion.
@@ -41,6 +45,8 @@ pub const FAILOVER_REASONS: &[&str] = &[
     "unregistered",
     "device_restart",
     "device_killed",
+    "device_gone",
+    "device_unresponsive",
     "no_answer",
     "master_restart",
     "resume_timeout",
@@ -96,6 +102,14 @@ pub const CATALOG: &[(&str, &str)] = &[
         "cluster messages that did not decode and were dropped",
     ),
     (REGISTRATIONS_REFUSED, "registrations refused by the master"),
+    (
+        DEVICE_SOURCE_ERRORS,
+        "runs of a discovery source that failed, by source",
+    ),
+    (
+        TASKS_SKIPPED_OFFLINE,
+        "task attempts that came to a device its worker found offline",
+    ),
     (
         MASTER_STALLS,
         "times the master found it had not run for longer than a heartbeat",

@@ -105,6 +105,24 @@ pub enum ToMaster {
     OlderMaster {
         older: crate::masters::Claim,
     },
+    /// The worker's devices changed (a discovery source found or lost one,
+    /// one went offline or online again): sent at once, and again with
+    /// every heartbeat until the master acknowledges `version`.
+    Devices(DeviceReport),
+}
+
+/// The devices a worker has now, in full: the master compares it with
+/// what it knows. A device it knows that is not here is gone (its
+/// attempts are requeued with reason `device_gone`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceReport {
+    pub node: String,
+    pub epoch: u64,
+    /// One more at every change this worker process makes.
+    pub version: u64,
+    pub devices: Vec<DeviceInfo>,
+    /// Devices present but offline, and why (`last_error`).
+    pub offline: Vec<(String, String)>,
 }
 
 /// Every message the master sends to a worker.
@@ -133,6 +151,8 @@ pub enum ToWorker {
     /// These outbox entries (progress and results, by `seq`) are recorded in
     /// the master's store: the worker may forget them.
     Ack { seqs: Vec<u64> },
+    /// The master has the worker's [`DeviceReport`] of this `version`.
+    DevicesAck { version: u64 },
 }
 
 /// Admin queries answered by the master (docs/operating.md). Any node forwards them.
@@ -301,6 +321,12 @@ pub enum LossReason {
     DeviceRestart,
     /// An operator killed its device (`device_killed`).
     DeviceKilled,
+    /// Its device left the worker: a discovery source no longer lists it
+    /// (`device_gone`).
+    DeviceGone,
+    /// Its device gave no sign of life for `grace_wait_ms`
+    /// (`device_unresponsive: {detail}`).
+    DeviceUnresponsive { detail: String },
     /// Its session was cancelled (`cancelled`).
     Cancelled,
     /// An operator asked for a produced range to run again
@@ -318,12 +344,16 @@ pub enum LossReason {
 impl LossReason {
     /// The reasons a failover can carry, as the `reason` label values of
     /// `metrics::FAILOVERS` list them.
-    pub const FAILOVERS: [LossReason; 8] = [
+    pub const FAILOVERS: [LossReason; 10] = [
         Self::NodeDown,
         Self::HeartbeatTimeout,
         Self::Unregistered,
         Self::DeviceRestart,
         Self::DeviceKilled,
+        Self::DeviceGone,
+        Self::DeviceUnresponsive {
+            detail: String::new(),
+        },
         Self::NoAnswer,
         Self::MasterRestart { detail: None },
         Self::ResumeTimeout,
@@ -341,6 +371,8 @@ impl LossReason {
             Self::NoAnswer => "no_answer",
             Self::DeviceRestart => "device_restart",
             Self::DeviceKilled => "device_killed",
+            Self::DeviceGone => "device_gone",
+            Self::DeviceUnresponsive { .. } => "device_unresponsive",
             Self::Cancelled => "cancelled",
             Self::OperatorRequeue => "operator_requeue",
             Self::StaleAttempt => "stale attempt",
@@ -353,7 +385,7 @@ impl LossReason {
     pub fn detail(&self) -> Option<&str> {
         match self {
             Self::MasterRestart { detail } => detail.as_deref(),
-            Self::AttemptFailed { detail } => Some(detail),
+            Self::AttemptFailed { detail } | Self::DeviceUnresponsive { detail } => Some(detail),
             _ => None,
         }
     }
@@ -369,6 +401,7 @@ impl LossReason {
             "no_answer" => Self::NoAnswer,
             "device_restart" => Self::DeviceRestart,
             "device_killed" => Self::DeviceKilled,
+            "device_gone" => Self::DeviceGone,
             "cancelled" => Self::Cancelled,
             "operator_requeue" => Self::OperatorRequeue,
             "stale attempt" => Self::StaleAttempt,
@@ -420,6 +453,9 @@ impl From<String> for LossReason {
                 detail: Some(d.to_string()),
             },
             Some(("attempt failed", d)) => Self::AttemptFailed {
+                detail: d.to_string(),
+            },
+            Some(("device_unresponsive", d)) => Self::DeviceUnresponsive {
                 detail: d.to_string(),
             },
             _ => Self::Other(s),
@@ -813,6 +849,35 @@ pub enum TaskOutcome {
         frames_done: u64,
         error: String,
     },
+    /// The device was offline when the attempt came to start (its worker
+    /// found it so: see docs/workflows.md, Online and offline): it did not
+    /// run, it goes to another device without spending an attempt, and it
+    /// is counted `skipped_offline` for the device.
+    SkippedOffline {
+        error: String,
+    },
+    /// The device gave no sign of life for `grace_wait_ms` in a workflow
+    /// step: the attempt failed there (it spends an attempt, and the
+    /// manifest's `replay` records its range moving on with reason
+    /// `device_unresponsive`).
+    Unresponsive {
+        /// Frames finished before (kept, as for a failure).
+        frames_done: u64,
+        error: String,
+    },
+}
+
+impl TaskOutcome {
+    /// The error of an attempt that did not complete.
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            Self::Completed => None,
+            Self::Failed { error, .. }
+            | Self::TurnedAway { error, .. }
+            | Self::SkippedOffline { error }
+            | Self::Unresponsive { error, .. } => Some(error),
+        }
+    }
 }
 
 /// Where a session stands.
@@ -869,6 +934,10 @@ pub struct SessionView {
     pub priority: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_devices: Option<u32>,
+    /// Tasks that came to a device (`node/device`) its worker found
+    /// offline, so they ran elsewhere.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub skipped_offline: BTreeMap<String, u64>,
 }
 
 /// The result of a session (docs/sessions.md, the manifest).
@@ -899,6 +968,10 @@ pub struct Manifest {
     /// workflow step with `on_failure = "skip_device"`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub turned_away: BTreeMap<String, u64>,
+    /// Tasks that came to a device (`node/device`) its worker found
+    /// offline, so they ran elsewhere (no attempt spent).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub skipped_offline: BTreeMap<String, u64>,
     /// Devices (`node/device`) and nodes (`node`) that take none of the
     /// session's tasks any more, and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -972,13 +1045,18 @@ pub fn out_dir(key: &AttemptKey, node: &str, device: &str) -> String {
     )
 }
 
-/// What a device is doing, as the master sees it.
+/// What a device is doing, as the master sees it: online (and idle) or
+/// offline, or busy, blocklisted, quarantined; the detail is the device
+/// view's `last_error`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceState {
+    /// Online and running nothing.
+    #[serde(rename = "online", alias = "idle")]
     Idle,
     Busy,
-    /// Its node is unhealthy or gone.
+    /// Its node is unhealthy or gone, its worker finds it offline, or a
+    /// discovery source no longer lists it.
     Offline,
     /// Killed by an operator; takes no work until restarted.
     Quarantined,
@@ -990,7 +1068,7 @@ pub enum DeviceState {
 impl DeviceState {
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Idle => "idle",
+            Self::Idle => "online",
             Self::Busy => "busy",
             Self::Offline => "offline",
             Self::Quarantined => "quarantined",
@@ -1000,8 +1078,8 @@ impl DeviceState {
 }
 
 /// One node's devices for the status page: `states` has one character per
-/// device, in the order of `GET /v1/devices?node=…`: `i` idle, `b` busy,
-/// `o` offline, `q` quarantined.
+/// device, in the order of `GET /v1/devices?node=…`: `i` online and idle,
+/// `b` busy, `o` offline, `q` quarantined, `x` blocklisted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeGrid {
     pub node: String,

@@ -204,6 +204,7 @@ mod tests {
             paused: false,
             priority: 0,
             max_devices: None,
+            skipped_offline: Default::default(),
         }
     }
 

@@ -19,9 +19,9 @@ use crate::masters::{self, Claim, MASTERS_SCOPE};
 use crate::metrics as m;
 use crate::outbox::Outbox;
 use crate::protocol::{
-    worker_group, AttemptKey, Capabilities, DeviceInfo, Heartbeat, OutputFile, Register,
-    TaskOutcome, TaskProgress, TaskResult, TaskSpec, ToMaster, ToWorker, WorkerStatus,
-    PROTOCOL_VERSION,
+    worker_group, AttemptKey, Capabilities, DeviceInfo, DeviceReport, FrameRange, Heartbeat,
+    OutputFile, Register, TaskOutcome, TaskProgress, TaskResult, TaskSpec, ToMaster, ToWorker,
+    WorkerStatus, PROTOCOL_VERSION,
 };
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -50,6 +50,61 @@ pub enum WorkerMsg {
     /// check puts the worker in status `error`: it stays registered and
     /// takes no new work until the checks pass.
     NodeCheck(Option<String>),
+    /// Local: what a discovery source (`[[device_source]]`) found in one
+    /// run, or why the run failed (its devices then stay as they were,
+    /// and go offline once none was listed for `online_window_s`).
+    Discovered {
+        source: String,
+        found: Result<Vec<Found>, String>,
+    },
+}
+
+/// A device a discovery source lists.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found {
+    pub info: DeviceInfo,
+    /// Present but not ready to work (adb `unauthorized`, ...), and why.
+    pub offline: Option<String>,
+    /// Its utilisation, 0 to 1, where the source knows it (GPUs).
+    pub gpu_usage: Option<f32>,
+}
+
+/// Where a device comes from and how it is, as its worker sees it.
+struct Health {
+    /// The discovery source that lists it; `None` for a configured device.
+    source: Option<String>,
+    /// Listed by its source's last good run (configured devices always are).
+    present: bool,
+    /// When its source last listed it.
+    listed_at: Instant,
+    /// Its source lists it as not ready, and why.
+    listed_offline: Option<String>,
+    /// It gave no sign of life in a step: offline until then, and why.
+    unresponsive: Option<(Instant, String)>,
+    gpu_usage: Option<f32>,
+    /// Shared with its Device actor: why it is offline now.
+    offline: crate::device::Offline,
+}
+
+impl Health {
+    fn new(source: Option<String>) -> Self {
+        Self {
+            source,
+            present: true,
+            listed_at: Instant::now(),
+            listed_offline: None,
+            unresponsive: None,
+            gpu_usage: None,
+            offline: Default::default(),
+        }
+    }
+
+    fn offline_now(&self) -> Option<String> {
+        self.offline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// What a device tells its worker.
@@ -85,6 +140,9 @@ pub struct WorkerArgs {
     pub devices: Vec<DeviceInfo>,
     pub max_concurrency: u32,
     pub heartbeat_ms: u64,
+    /// A discovered device not listed for this long is offline; a device
+    /// that gave no sign of life stays offline this long (`online_window_s`).
+    pub online_window: Duration,
     pub io: Arc<dyn NodeIo>,
     /// Reports not yet acknowledged, restored from disk after a restart.
     pub outbox: Outbox,
@@ -128,8 +186,21 @@ pub struct WorkerState {
     seq: u64,
     devices: Vec<ActorRef<DeviceMsg>>,
     by_id: HashMap<String, usize>,
-    /// Attempts queued or running here, with their cancel switches and devices.
-    tasks: HashMap<AttemptKey, (CancellationToken, usize)>,
+    /// Per device, in the order of `devices`.
+    health: Vec<Health>,
+    /// One more at every change of the devices the master must hear of.
+    dev_version: u64,
+    /// The highest version the master acknowledged.
+    dev_acked: u64,
+    /// Discovery sources whose last run failed, with the error said.
+    source_errors: HashMap<String, String>,
+    /// The node's slots, shared by its devices (new ones too).
+    slots: Arc<Semaphore>,
+    /// The last frame an attempt here reported done.
+    last_frame: Option<u64>,
+    /// Attempts queued or running here, with their cancel switches,
+    /// devices, and frames.
+    tasks: HashMap<AttemptKey, (CancellationToken, usize, FrameRange)>,
     leaving: Option<RpcReplyPort<bool>>,
     /// The node check that fails, and why (status `error`).
     node_error: Option<String>,
@@ -166,16 +237,20 @@ impl Actor for Worker {
         }
         let mut devices = Vec::with_capacity(args.devices.len());
         let slots = Arc::new(Semaphore::new(args.max_concurrency.max(1) as usize));
+        let mut health = Vec::with_capacity(args.devices.len());
         for info in &args.devices {
+            let h = Health::new(None);
             let dargs = DeviceArgs {
                 info: info.clone(),
                 node: args.node.clone(),
                 worker: myself.clone(),
                 slots: slots.clone(),
                 io: args.io.clone(),
+                offline: h.offline.clone(),
             };
             let (dev, _) = Actor::spawn_linked(None, Device, dargs, myself.get_cell()).await?;
             devices.push(dev);
+            health.push(h);
         }
         let by_id = args
             .devices
@@ -196,6 +271,12 @@ impl Actor for Worker {
             seq: 0,
             devices,
             by_id,
+            health,
+            dev_version: 0,
+            dev_acked: 0,
+            source_errors: HashMap::new(),
+            slots,
+            last_frame: None,
             tasks: HashMap::new(),
             leaving: None,
             node_error: None,
@@ -223,6 +304,7 @@ impl Actor for Worker {
                 warn!(node_id = %state.args.node, error = %what, "dropped an undecodable message");
             }
             WorkerMsg::Tick => {
+                state.refresh_online();
                 state.step();
                 // A report lost on the way while the master answers others:
                 // send everything again. A master that answers nothing at all
@@ -257,6 +339,9 @@ impl Actor for Worker {
                 }
             }
             WorkerMsg::Device(ev) => state.on_device(*ev),
+            WorkerMsg::Discovered { source, found } => {
+                state.on_discovered(&myself, source, found).await?
+            }
             WorkerMsg::Leave(reply) => state.leave(reply),
             WorkerMsg::Registration(reply) => {
                 let _ = reply.send(match &state.phase {
@@ -349,7 +434,7 @@ impl WorkerState {
             node: self.args.node.clone(),
             advertise: self.args.advertise.clone(),
             capabilities: self.args.capabilities.clone(),
-            devices: self.args.devices.clone(),
+            devices: self.present_devices(),
             max_concurrency: self.args.max_concurrency,
             instance: self.instance,
             attempt: self.attempt,
@@ -383,12 +468,12 @@ impl WorkerState {
                         seq: self.seq,
                         queue_ratio: queue_ratio(
                             self.tasks.len(),
-                            self.devices.len(),
+                            self.health.iter().filter(|h| h.present).count(),
                             self.args.max_concurrency,
                         ),
-                        gpu_usage: 0.0,
+                        gpu_usage: self.gpu_usage(),
                         active_tasks: self.tasks.len() as u32,
-                        last_frame: None,
+                        last_frame: self.last_frame,
                         status: if self.leaving.is_some() {
                             WorkerStatus::Draining
                         } else if self.node_error.is_some() {
@@ -399,6 +484,9 @@ impl WorkerState {
                         error: self.node_error.clone(),
                     }),
                 );
+                if self.dev_acked < self.dev_version {
+                    self.send_devices();
+                }
             }
             // Not acknowledged yet: retransmit the same registration.
             Phase::Registering { master: m } if m == id => self.send(&master, self.register_msg()),
@@ -424,7 +512,16 @@ impl WorkerState {
                     self.phase = Phase::Registered { master: id, epoch };
                     self.last_ack = Instant::now();
                     self.deliver_outbox();
+                    // The registration named the devices present; the
+                    // master hears which are offline now.
+                    if self.dev_version > 0 {
+                        self.dev_acked = 0;
+                        self.send_devices();
+                    }
                 }
+            }
+            ToWorker::DevicesAck { version } => {
+                self.dev_acked = self.dev_acked.max(version);
             }
             ToWorker::Ack { seqs } => {
                 self.outbox.ack(&seqs);
@@ -468,7 +565,7 @@ impl WorkerState {
                 // before a crash): the one it was queued on is quarantined,
                 // or, if it finished, the one its waiting result names.
                 let mut on = self.by_id.get(&device).copied();
-                if let Some((token, d)) = self.tasks.remove(&key) {
+                if let Some((token, d, _)) = self.tasks.remove(&key) {
                     info!(node_id = %self.args.node, device_id = %self.args.devices[d].id, session = %key.session, task = key.task, attempt = key.attempt, %reason, "dropping attempt");
                     token.cancel();
                     on = on.or(Some(d));
@@ -498,6 +595,32 @@ impl WorkerState {
             // The same assignment twice (a resent message): it is queued already.
             return;
         }
+        if let Some(&d) = self
+            .by_id
+            .get(&task.device)
+            .filter(|&&d| !self.health[d].present)
+        {
+            // Gone since the master placed it: it goes elsewhere.
+            let error = format!(
+                "device offline: `{}` is gone (device source `{}` no longer lists it)",
+                task.device,
+                self.health[d].source.as_deref().unwrap_or("?")
+            );
+            self.report(ToMaster::Result(TaskResult {
+                node: self.args.node.clone(),
+                epoch: self.epoch(),
+                key,
+                device: task.device.clone(),
+                started_ms: 0,
+                finished_ms: 0,
+                last_id_used: None,
+                outputs: vec![],
+                outcome: TaskOutcome::SkippedOffline { error },
+                seq: 0,
+                steps: Vec::new(),
+            }));
+            return;
+        }
         let Some(&d) = self.by_id.get(&task.device) else {
             warn!(node_id = %self.args.node, device_id = %task.device, "assignment for an unknown device");
             self.report(ToMaster::Result(TaskResult {
@@ -519,7 +642,7 @@ impl WorkerState {
             return;
         };
         let token = CancellationToken::new();
-        self.tasks.insert(key, (token.clone(), d));
+        self.tasks.insert(key, (token.clone(), d, task.frames));
         let _ = self.devices[d].cast(DeviceMsg::Run(Box::new(task), token));
     }
 
@@ -617,7 +740,10 @@ impl WorkerState {
                 last_id_used,
                 outputs,
             } => {
-                if self.tasks.contains_key(&key) {
+                if let Some(&(_, _, frames)) = self.tasks.get(&key) {
+                    if frames_done > 0 {
+                        self.last_frame = Some(frames.start + frames_done - 1);
+                    }
                     self.report(ToMaster::Progress(TaskProgress {
                         node,
                         epoch,
@@ -639,7 +765,16 @@ impl WorkerState {
                 outcome,
                 steps,
             } => {
-                if self.tasks.remove(&key).is_some() {
+                if let Some((_, d, frames)) = self.tasks.remove(&key) {
+                    if matches!(outcome, TaskOutcome::Completed) && frames.len() > 0 {
+                        self.last_frame = Some(frames.end - 1);
+                    }
+                    if let TaskOutcome::Unresponsive { error, .. } = &outcome {
+                        let until = Instant::now() + self.args.online_window;
+                        warn!(node_id = %node, device_id = %device, session = %key.session, task = key.task, attempt = key.attempt, error = %error, window_s = self.args.online_window.as_secs(), "device unresponsive: offline for `online_window_s`, then tried again");
+                        self.health[d].unresponsive = Some((until, error.clone()));
+                        self.refresh_online();
+                    }
                     debug!(target: "orch::ids", node_id = %node, device_id = %device, session = %key.session, task = key.task, attempt = key.attempt, last_id_used, completed = matches!(outcome, TaskOutcome::Completed), "attempt finished");
                     self.report(ToMaster::Result(TaskResult {
                         node,
@@ -657,6 +792,222 @@ impl WorkerState {
                 }
             }
         }
+    }
+
+    /// The devices present, as the master must know them.
+    fn present_devices(&self) -> Vec<DeviceInfo> {
+        self.args
+            .devices
+            .iter()
+            .zip(&self.health)
+            .filter(|(_, h)| h.present)
+            .map(|(d, _)| d.clone())
+            .collect()
+    }
+
+    /// The mean utilisation of the devices whose source reports one.
+    fn gpu_usage(&self) -> f32 {
+        let known: Vec<f32> = self
+            .health
+            .iter()
+            .filter(|h| h.present)
+            .filter_map(|h| h.gpu_usage)
+            .collect();
+        if known.is_empty() {
+            0.0
+        } else {
+            known.iter().sum::<f32>() / known.len() as f32
+        }
+    }
+
+    /// Tell the master the devices as they are now (again until acknowledged).
+    fn send_devices(&mut self) {
+        let Some(master) = self.registered_master() else {
+            return;
+        };
+        let offline = self
+            .args
+            .devices
+            .iter()
+            .zip(&self.health)
+            .filter(|(_, h)| h.present)
+            .filter_map(|(d, h)| Some((d.id.clone(), h.offline_now()?)))
+            .collect();
+        let report = DeviceReport {
+            node: self.args.node.clone(),
+            epoch: self.epoch(),
+            version: self.dev_version,
+            devices: self.present_devices(),
+            offline,
+        };
+        self.send(&master, ToMaster::Devices(report));
+    }
+
+    /// Something the master must hear of changed in the devices.
+    fn devices_changed(&mut self) {
+        self.dev_version += 1;
+        self.send_devices();
+    }
+
+    /// Work out which devices are offline now: unresponsive lately, listed
+    /// as not ready, or not listed by their source for `online_window_s`.
+    fn refresh_online(&mut self) {
+        let now = Instant::now();
+        let window = self.args.online_window;
+        let mut changed = false;
+        for (i, h) in self.health.iter_mut().enumerate() {
+            if h.unresponsive
+                .as_ref()
+                .is_some_and(|(until, _)| *until <= now)
+            {
+                h.unresponsive = None;
+            }
+            let why = if !h.present {
+                None
+            } else if let Some((_, why)) = &h.unresponsive {
+                Some(why.clone())
+            } else if let Some(why) = &h.listed_offline {
+                Some(why.clone())
+            } else if h.source.is_some() && now.duration_since(h.listed_at) > window {
+                Some(format!(
+                    "device source `{}` has not listed it for {} s (`online_window_s` {})",
+                    h.source.as_deref().unwrap_or("?"),
+                    now.duration_since(h.listed_at).as_secs(),
+                    window.as_secs()
+                ))
+            } else {
+                None
+            };
+            let mut shared = h.offline.lock().unwrap_or_else(|p| p.into_inner());
+            // Only whether it is offline matters to the master; a new
+            // reason for the same state is not a change.
+            if shared.is_some() != why.is_some() {
+                let id = &self.args.devices[i].id;
+                match &why {
+                    Some(w) => {
+                        warn!(node_id = %self.args.node, device_id = %id, reason = %w, "device offline")
+                    }
+                    None => {
+                        info!(node_id = %self.args.node, device_id = %id, "device online again")
+                    }
+                }
+                changed = true;
+            }
+            *shared = why;
+        }
+        if changed {
+            self.devices_changed();
+        }
+    }
+
+    /// One run of discovery source `source`: devices it lists join (or
+    /// come back), those of it it no longer lists are gone: their attempts
+    /// here stop, and the master requeues them (`device_gone`).
+    async fn on_discovered(
+        &mut self,
+        myself: &ActorRef<WorkerMsg>,
+        source: String,
+        found: Result<Vec<Found>, String>,
+    ) -> Result<(), ActorProcessingErr> {
+        let list = match found {
+            Err(e) => {
+                metrics::counter!(m::DEVICE_SOURCE_ERRORS, "source" => source.clone()).increment(1);
+                // Said once per new error, not at every run.
+                if self.source_errors.get(&source) != Some(&e) {
+                    warn!(node_id = %self.args.node, source = %source, error = %e, "device source failed; its devices stay as they are and go offline after `online_window_s` without a good run");
+                    self.source_errors.insert(source, e);
+                }
+                self.refresh_online();
+                return Ok(());
+            }
+            Ok(list) => list,
+        };
+        if self.source_errors.remove(&source).is_some() {
+            info!(node_id = %self.args.node, source = %source, devices = list.len(), "device source works again");
+        }
+        let now = Instant::now();
+        let mut changed = false;
+        let mut listed = std::collections::HashSet::new();
+        for f in list {
+            let id = f.info.id.clone();
+            match self.by_id.get(&id).copied() {
+                Some(d) if self.health[d].source.as_deref() != Some(source.as_str()) => {
+                    let owner = match &self.health[d].source {
+                        Some(s) => format!("device source `{s}`"),
+                        None => "the configuration".to_string(),
+                    };
+                    let e = format!("lists device `{id}`, which {owner} has already");
+                    if self.source_errors.get(&source) != Some(&e) {
+                        warn!(node_id = %self.args.node, source = %source, error = %e, "device source: a device skipped");
+                        self.source_errors.insert(source.clone(), e);
+                    }
+                }
+                Some(d) => {
+                    listed.insert(d);
+                    let h = &mut self.health[d];
+                    h.listed_at = now;
+                    h.listed_offline = f.offline;
+                    h.gpu_usage = f.gpu_usage;
+                    if !h.present {
+                        h.present = true;
+                        changed = true;
+                        info!(node_id = %self.args.node, device_id = %id, source = %source, "device back");
+                    }
+                    if self.args.devices[d] != f.info {
+                        self.args.devices[d] = f.info.clone();
+                        let _ = self.devices[d].cast(DeviceMsg::Info(f.info));
+                        changed = true;
+                    }
+                }
+                None => {
+                    let mut h = Health::new(Some(source.clone()));
+                    h.listed_offline = f.offline;
+                    h.gpu_usage = f.gpu_usage;
+                    let dargs = DeviceArgs {
+                        info: f.info.clone(),
+                        node: self.args.node.clone(),
+                        worker: myself.clone(),
+                        slots: self.slots.clone(),
+                        io: self.args.io.clone(),
+                        offline: h.offline.clone(),
+                    };
+                    let (dev, _) =
+                        Actor::spawn_linked(None, Device, dargs, myself.get_cell()).await?;
+                    let d = self.devices.len();
+                    self.devices.push(dev);
+                    self.health.push(h);
+                    self.args.devices.push(f.info);
+                    self.by_id.insert(id.clone(), d);
+                    listed.insert(d);
+                    changed = true;
+                    info!(node_id = %self.args.node, device_id = %id, source = %source, "device joined");
+                }
+            }
+        }
+        for d in 0..self.health.len() {
+            let h = &mut self.health[d];
+            if h.source.as_deref() != Some(source.as_str()) || !h.present || listed.contains(&d) {
+                continue;
+            }
+            h.present = false;
+            h.unresponsive = None;
+            changed = true;
+            let id = self.args.devices[d].id.clone();
+            let mut stopped = 0;
+            self.tasks.retain(|_, (token, on, _)| {
+                if *on == d {
+                    token.cancel();
+                    stopped += 1;
+                }
+                *on != d
+            });
+            warn!(node_id = %self.args.node, device_id = %id, source = %source, attempts = stopped, "device gone: its attempts stop and are requeued (`device_gone`)");
+        }
+        if changed {
+            self.devices_changed();
+        }
+        self.refresh_online();
+        Ok(())
     }
 
     fn leave(&mut self, reply: RpcReplyPort<bool>) {
@@ -798,6 +1149,7 @@ mod tests {
                 heartbeat_ms: 60_000,
                 io: Arc::new(NullIo),
                 outbox: Outbox::open(None).expect("an outbox in memory"),
+                online_window: Duration::from_secs(30),
             },
         )
         .await

@@ -68,7 +68,23 @@ pub struct Workflow {
     /// The device health gate, run right before the steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<DeviceCheck>,
+    /// The device preflight, run before the steps of every attempt (after
+    /// the health gate): when it fails, its error is the attempt's
+    /// `failure_reason` and the device turns the task away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preflight: Option<Preflight>,
 }
+
+/// A device preflight (seed 001 §2, gate 2): one program, recorded as the
+/// step `preflight`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Preflight {
+    pub argv: Vec<String>,
+    pub timeout_ms: u64,
+}
+
+/// Default time a preflight may take (seed 001: 10 to 20 s).
+pub const PREFLIGHT_TIMEOUT_MS: u64 = 20_000;
 
 /// A device health gate (seed 001 §2): `argv` runs before the steps of
 /// every attempt; when it fails, `restart` runs once and `argv` again; if
@@ -179,6 +195,26 @@ pub fn problems(w: &Workflow) -> Vec<(String, String)> {
             ));
         }
     }
+    if let Some(pre) = &w.preflight {
+        if pre.argv.is_empty()
+            || pre.argv[0].is_empty()
+            || pre.argv.iter().any(|a| a.contains('\0'))
+        {
+            out.push((
+                "preflight.argv".to_string(),
+                "expected a non-empty list without NUL: the program and its arguments".into(),
+            ));
+        }
+        if pre.timeout_ms == 0 || pre.timeout_ms > MAX_STEP_TIMEOUT_MS {
+            out.push((
+                "preflight.timeout_ms".to_string(),
+                format!(
+                    "expected 1 to {MAX_STEP_TIMEOUT_MS}, got {}",
+                    pre.timeout_ms
+                ),
+            ));
+        }
+    }
     let mut seen = std::collections::HashSet::new();
     for (i, s) in w.steps.iter().enumerate() {
         let at = |k: &str| format!("step[{i}].{k}");
@@ -240,7 +276,8 @@ pub fn total_timeout_ms(w: &Workflow) -> u64 {
     let gate = w
         .check
         .as_ref()
-        .map_or(0, |c| c.timeout_ms.saturating_mul(3));
+        .map_or(0, |c| c.timeout_ms.saturating_mul(3))
+        .saturating_add(w.preflight.as_ref().map_or(0, |p| p.timeout_ms));
     w.steps
         .iter()
         .map(|s| s.timeout_ms)
@@ -286,6 +323,7 @@ mod tests {
             version: 0,
             steps: vec![step("a", 10), step("upload", 10)],
             check: None,
+            preflight: None,
         };
         assert!(problems(&ok).is_empty());
         let bad = Workflow {
@@ -297,6 +335,7 @@ mod tests {
                 s
             }],
             check: None,
+            preflight: None,
         };
         let got: Vec<String> = problems(&bad).into_iter().map(|p| p.0).collect();
         assert_eq!(
@@ -314,6 +353,7 @@ mod tests {
             version: 0,
             steps: vec![],
             check: None,
+            preflight: None,
         };
         assert_eq!(problems(&empty)[0].0, "step");
     }

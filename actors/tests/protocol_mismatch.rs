@@ -146,6 +146,7 @@ async fn a_protocol_mismatch_is_refused_on_both_sides() {
             devices: vec![],
             max_concurrency: 1,
             heartbeat_ms: 50,
+            online_window: Duration::from_secs(30),
             outbox: orch_actors::outbox::Outbox::open(None).unwrap(),
         },
     )

@@ -197,6 +197,7 @@ fn dispatch(c: &mut Criterion) {
                 devices: devices(8),
                 max_concurrency: 8,
                 heartbeat_ms: 1000,
+                online_window: std::time::Duration::from_secs(30),
                 io: Arc::new(NullIo),
                 outbox: orch_actors::outbox::Outbox::open(None).unwrap(),
             },
@@ -331,6 +332,7 @@ fn read_model(c: &mut Criterion) {
                 paused: false,
                 priority: 0,
                 max_devices: None,
+                skipped_offline: Default::default(),
             },
         );
     }

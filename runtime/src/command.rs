@@ -52,6 +52,17 @@ pub struct CommandExecutor {
     pub groups: Arc<TaskGroups>,
     /// New output files, found without rescanning folders.
     pub watch: Arc<OutputWatch>,
+    /// A workflow step (or device check) that writes nothing on stdout or
+    /// stderr for this long shows no sign of life: its device is
+    /// unresponsive (`grace_wait_ms`; 0: never judged so).
+    pub grace_ms: u64,
+}
+
+/// Counts what a program writes: a sign of life.
+type Alive = Arc<std::sync::atomic::AtomicU64>;
+
+fn bump(alive: &Alive) {
+    alive.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 fn placeholders(job: &ExecJob, items_file: &Path) -> Vec<(&'static str, String)> {
@@ -152,9 +163,14 @@ impl<R: AsyncRead + Unpin> BoundedLines<R> {
 /// Forward the progress lines of `stdout` (others are ignored) until it
 /// closes. A bounded channel: a node that falls behind slows the program's
 /// writes instead of buffering without bound.
-async fn read_progress(stdout: impl AsyncRead + Unpin, lines: mpsc::Sender<(u64, Option<u64>)>) {
+async fn read_progress(
+    stdout: impl AsyncRead + Unpin,
+    lines: mpsc::Sender<(u64, Option<u64>)>,
+    alive: Alive,
+) {
     let mut reader = BoundedLines::new(stdout);
     while let Ok(Some(line)) = reader.next_line().await {
+        bump(&alive);
         if let Some(p) = parse_progress(&line) {
             if lines.send(p).await.is_err() {
                 return;
@@ -164,12 +180,17 @@ async fn read_progress(stdout: impl AsyncRead + Unpin, lines: mpsc::Sender<(u64,
 }
 
 /// Keep the last [`STDERR_TAIL`] bytes of `stderr` in `tail` until it closes.
-async fn keep_tail(mut stderr: impl AsyncRead + Unpin, tail: Arc<Mutex<VecDeque<u8>>>) {
+async fn keep_tail(
+    mut stderr: impl AsyncRead + Unpin,
+    tail: Arc<Mutex<VecDeque<u8>>>,
+    alive: Alive,
+) {
     let mut buf = [0u8; 4096];
     while let Ok(n) = stderr.read(&mut buf).await {
         if n == 0 {
             break;
         }
+        bump(&alive);
         let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
         for &b in &buf[..n] {
             if t.len() == STDERR_TAIL {
@@ -207,7 +228,18 @@ impl Executor for CommandExecutor {
         let work_dir = self.work_dir.clone();
         let groups = self.groups.clone();
         let watch = self.watch.clone();
-        Box::pin(async move { run_command(job, work_dir, &groups, &watch, progress, cancel).await })
+        Box::pin(async move {
+            run_command(
+                job,
+                work_dir,
+                &groups,
+                &watch,
+                progress,
+                cancel,
+                Alive::default(),
+            )
+            .await
+        })
     }
 }
 
@@ -238,7 +270,7 @@ async fn run_step(
     step: &orch_actors::workflow::Step,
     progress: &UnboundedSender<ExecReport>,
     cancel: &CancellationToken,
-) -> (bool, orch_actors::workflow::StepRecord, ExecReport) {
+) -> (Ran, orch_actors::workflow::StepRecord, ExecReport) {
     let mut one = job.clone();
     one.task.executor = ExecutorSpec::Command {
         argv: step.argv.clone(),
@@ -254,6 +286,30 @@ async fn run_step(
             c.cancel();
         })
     };
+    // No sign of life (nothing on stdout or stderr) for `grace_ms`: the
+    // device is unresponsive, and the step stops there.
+    let alive = Alive::default();
+    let silent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = (c.grace_ms > 0).then(|| {
+        let (alive, silent, stop) = (alive.clone(), silent.clone(), step_cancel.clone());
+        let grace = Duration::from_millis(c.grace_ms);
+        let poll = (grace / 10).clamp(Duration::from_millis(10), Duration::from_millis(200));
+        tokio::spawn(async move {
+            let mut seen = alive.load(std::sync::atomic::Ordering::Relaxed);
+            let mut since = tokio::time::Instant::now();
+            loop {
+                tokio::time::sleep(poll).await;
+                let now = alive.load(std::sync::atomic::Ordering::Relaxed);
+                if now != seen {
+                    (seen, since) = (now, tokio::time::Instant::now());
+                } else if since.elapsed() >= grace {
+                    silent.store(true, std::sync::atomic::Ordering::Relaxed);
+                    stop.cancel();
+                    return;
+                }
+            }
+        })
+    });
     let ran = run_command(
         one,
         c.work_dir.clone(),
@@ -261,14 +317,19 @@ async fn run_step(
         &c.watch,
         progress.clone(),
         step_cancel.clone(),
+        alive,
     )
     .await;
     timer.abort();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    let unresponsive = silent.load(std::sync::atomic::Ordering::Relaxed) && ran.is_err();
     let timed_out = step_cancel.is_cancelled() && !cancel.is_cancelled();
     let duration_ms = started.elapsed().as_millis() as u64;
     match ran {
         Ok(r) => (
-            true,
+            Ran::Passed,
             orch_actors::workflow::StepRecord {
                 name: step.name.clone(),
                 exit: Some(0),
@@ -278,12 +339,21 @@ async fn run_step(
             r,
         ),
         Err(e) => (
-            false,
+            if unresponsive {
+                Ran::Unresponsive
+            } else {
+                Ran::Failed
+            },
             orch_actors::workflow::StepRecord {
                 name: step.name.clone(),
                 exit: e.exit,
                 duration_ms,
-                error: Some(if timed_out {
+                error: Some(if unresponsive {
+                    format!(
+                        "device_unresponsive: no sign of life (nothing on stdout or stderr) for {} ms (`grace_wait_ms`)",
+                        c.grace_ms
+                    )
+                } else if timed_out {
                     format!("timed out after {} ms", step.timeout_ms)
                 } else {
                     e.message
@@ -291,6 +361,34 @@ async fn run_step(
             },
             e.report,
         ),
+    }
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ran {
+    Passed,
+    Failed,
+    /// It showed no sign of life for `grace_ms`.
+    Unresponsive,
+}
+
+/// Why a workflow attempt stopped.
+struct Stopped {
+    message: String,
+    turn_away: bool,
+    unresponsive: bool,
+    exit: Option<i32>,
+}
+
+impl Stopped {
+    fn new(message: String, turn_away: bool, exit: Option<i32>) -> Self {
+        Self {
+            message,
+            turn_away,
+            unresponsive: false,
+            exit,
+        }
     }
 }
 
@@ -305,38 +403,68 @@ async fn run_workflow(
     let ExecutorSpec::Workflow(w) = &job.task.executor else {
         return Err(fail("not a workflow task".into(), &report));
     };
-    let mut steps: Vec<StepRecord> = Vec::with_capacity(w.steps.len() + 3);
-    let mut failure: Option<(String, bool, Option<i32>)> = None;
+    let mut steps: Vec<StepRecord> = Vec::with_capacity(w.steps.len() + 4);
+    let mut failure: Option<Stopped> = None;
+    let as_step = |name: &str, argv: &Vec<String>, timeout_ms, on_failure| Step {
+        name: name.into(),
+        argv: argv.clone(),
+        env: Default::default(),
+        timeout_ms,
+        on_failure,
+    };
     // The device health gate: check, else restart once and check again;
     // still failing, the device turns the task away.
     let mut gate: Vec<Step> = Vec::new();
     if let Some(check) = &w.check {
-        let as_step = |name: &str, argv: &Vec<String>, on_failure| Step {
-            name: name.into(),
-            argv: argv.clone(),
-            env: Default::default(),
-            timeout_ms: check.timeout_ms,
-            on_failure,
-        };
-        let first = as_step("check", &check.argv, OnFailure::SkipDevice);
-        let (ok, record, _) = run_step(&job, c, &first, &progress, &cancel).await;
-        let first_error = record.error.clone();
+        let first = as_step(
+            "check",
+            &check.argv,
+            check.timeout_ms,
+            OnFailure::SkipDevice,
+        );
+        let (ran, record, _) = run_step(&job, c, &first, &progress, &cancel).await;
+        let first_error = record.error.clone().unwrap_or_default();
         steps.push(record);
-        if !ok {
-            match &check.restart {
-                Some(restart) => {
-                    gate.push(as_step("restart", restart, OnFailure::Continue));
-                    gate.push(as_step("recheck", &check.argv, OnFailure::SkipDevice));
-                }
-                None => {
-                    failure = Some((
-                        format!("device check failed: {}", first_error.unwrap_or_default()),
-                        true,
-                        None,
-                    ));
-                }
+        match (ran, &check.restart) {
+            (Ran::Passed, _) => {}
+            (Ran::Unresponsive, _) => {
+                failure = Some(Stopped {
+                    unresponsive: true,
+                    ..Stopped::new(format!("step `check`: {first_error}"), false, None)
+                })
+            }
+            (Ran::Failed, Some(restart)) => {
+                gate.push(as_step(
+                    "restart",
+                    restart,
+                    check.timeout_ms,
+                    OnFailure::Continue,
+                ));
+                gate.push(as_step(
+                    "recheck",
+                    &check.argv,
+                    check.timeout_ms,
+                    OnFailure::SkipDevice,
+                ));
+            }
+            (Ran::Failed, None) => {
+                failure = Some(Stopped::new(
+                    format!("device check failed: {first_error}"),
+                    true,
+                    None,
+                ));
             }
         }
+    }
+    // The device preflight, before every run: failing, it says why
+    // (`failure_reason`) and the device turns the task away.
+    if let Some(pre) = &w.preflight {
+        gate.push(as_step(
+            "preflight",
+            &pre.argv,
+            pre.timeout_ms,
+            OnFailure::SkipDevice,
+        ));
     }
     let all: Vec<&Step> = if failure.is_some() {
         Vec::new()
@@ -345,34 +473,52 @@ async fn run_workflow(
     };
     for step in all {
         if cancel.is_cancelled() {
-            failure = Some(("cancelled".into(), false, None));
+            failure = Some(Stopped::new("cancelled".into(), false, None));
             break;
         }
-        let (ok, record, got) = run_step(&job, c, step, &progress, &cancel).await;
+        let (ran, record, got) = run_step(&job, c, step, &progress, &cancel).await;
         // A step that exits 0 reports all frames done as a command would:
         // only what a step reported (`ORCH_PROGRESS`) counts before the end.
-        if !ok {
+        if ran != Ran::Passed {
             report.frames_done = report.frames_done.max(got.frames_done);
         }
         report.last_id_used = got.last_id_used.max(report.last_id_used);
         report.outputs.extend(got.outputs);
         let (exit, why) = (record.exit, record.error.clone().unwrap_or_default());
         steps.push(record);
-        if ok {
+        if ran == Ran::Passed {
             continue;
         }
         if cancel.is_cancelled() {
-            failure = Some((why, false, exit));
+            failure = Some(Stopped::new(why, false, exit));
+            break;
+        }
+        if ran == Ran::Unresponsive {
+            // Whatever the step's `on_failure`: the device itself is stuck.
+            failure = Some(Stopped {
+                unresponsive: true,
+                ..Stopped::new(format!("step `{}`: {why}", step.name), false, exit)
+            });
             break;
         }
         match step.on_failure {
             OnFailure::Continue => {}
             OnFailure::Fail => {
-                failure = Some((format!("step `{}`: {why}", step.name), false, exit));
+                failure = Some(Stopped::new(
+                    format!("step `{}`: {why}", step.name),
+                    false,
+                    exit,
+                ));
+                break;
+            }
+            OnFailure::SkipDevice
+                if step.name == "preflight" && gate.iter().any(|g| std::ptr::eq(g, step)) =>
+            {
+                failure = Some(Stopped::new(format!("preflight failed: {why}"), true, exit));
                 break;
             }
             OnFailure::SkipDevice => {
-                failure = Some((
+                failure = Some(Stopped::new(
                     format!("step `{}` turned the device away: {why}", step.name),
                     true,
                     exit,
@@ -387,15 +533,14 @@ async fn run_workflow(
             report.frames_done = job.task.frames.len();
             Ok(report)
         }
-        Some((message, turn_away, exit)) => {
-            // Frames a step reported done stay done, as for a command.
-            Err(ExecError {
-                message,
-                report,
-                turn_away,
-                exit,
-            })
-        }
+        // Frames a step reported done stay done, as for a command.
+        Some(s) => Err(ExecError {
+            message: s.message,
+            report,
+            turn_away: s.turn_away,
+            unresponsive: s.unresponsive,
+            exit: s.exit,
+        }),
     }
 }
 
@@ -473,6 +618,7 @@ async fn run_command(
     watch: &OutputWatch,
     progress: UnboundedSender<ExecReport>,
     cancel: CancellationToken,
+    alive: Alive,
 ) -> Result<ExecReport, ExecError> {
     let report = ExecReport::default();
     let ExecutorSpec::Command { argv, env } = &job.task.executor else {
@@ -526,12 +672,12 @@ async fn run_command(
     let stdout = child
         .stdout
         .take()
-        .map(|o| tokio::spawn(read_progress(o, line_tx)));
+        .map(|o| tokio::spawn(read_progress(o, line_tx, alive.clone())));
     let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
     let stderr = child
         .stderr
         .take()
-        .map(|e| tokio::spawn(keep_tail(e, tail.clone())));
+        .map(|e| tokio::spawn(keep_tail(e, tail.clone(), alive.clone())));
     let mut t = Tracker {
         job: &job,
         program,
@@ -707,6 +853,7 @@ mod tests {
             work_dir: dir.join("work"),
             groups: Arc::new(TaskGroups::in_dir(dir.join("procs"))),
             watch: Arc::new(OutputWatch::new()),
+            grace_ms: 0,
         };
         std::fs::create_dir_all(dir.join("procs")).unwrap();
         let (tx, mut rx) = mpsc::unbounded_channel();

@@ -160,6 +160,8 @@ pub struct WorkerConfig {
     pub max_concurrency: u32,
     pub capabilities: Capabilities,
     pub checks: Vec<NodeCheck>,
+    /// Discovery sources (`[[device_source]]`).
+    pub sources: Vec<crate::device_sources::DeviceSource>,
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +187,8 @@ pub struct RawConfig {
     worker: RawWorker,
     #[serde(default, rename = "device")]
     devices: Vec<RawDevice>,
+    #[serde(default, rename = "device_source")]
+    device_sources: Vec<RawSource>,
     #[serde(default)]
     admin: RawAdmin,
     #[serde(default)]
@@ -309,6 +313,28 @@ struct RawDevice {
     id_prefix: Option<String>,
     #[serde(default)]
     capabilities: BTreeMap<String, toml::Value>,
+}
+
+/// A discovery source (`[[device_source]]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    name: String,
+    command: Option<Vec<String>>,
+    builtin: Option<String>,
+    #[serde(default = "default_source_every")]
+    every_s: u64,
+    #[serde(default = "default_source_timeout")]
+    timeout_ms: u64,
+    #[serde(default)]
+    capabilities: BTreeMap<String, toml::Value>,
+}
+
+fn default_source_every() -> u64 {
+    10
+}
+fn default_source_timeout() -> u64 {
+    10_000
 }
 
 #[derive(Debug, Deserialize)]
@@ -567,7 +593,7 @@ pub fn valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-fn valid_device_id(s: &str) -> bool {
+pub fn valid_device_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && s != "."
@@ -857,11 +883,84 @@ impl RawConfig {
                 ),
             );
         }
+        let mut sources = Vec::new();
+        let mut source_names = BTreeSet::new();
+        for (i, s) in self.device_sources.iter().enumerate() {
+            use crate::device_sources::{DeviceSource, SourceKind};
+            let key = format!("device_source[{i}]");
+            if !valid_name(&s.name) {
+                p.add(
+                    format!("{key}.name"),
+                    format!(
+                        "expected 1 to 64 characters from `A-Z a-z 0-9 - _ .`, got `{}`",
+                        shown(&s.name)
+                    ),
+                );
+            } else if !source_names.insert(s.name.clone()) {
+                p.add(
+                    format!("{key}.name"),
+                    format!("`{}` names two device sources", s.name),
+                );
+            }
+            let kind = match (&s.command, s.builtin.as_deref()) {
+                (Some(argv), None) => {
+                    if argv.is_empty()
+                        || argv[0].is_empty()
+                        || argv.iter().any(|a| a.contains('\0'))
+                    {
+                        p.add(
+                            format!("{key}.command"),
+                            "expected a non-empty list without NUL: the program and its arguments",
+                        );
+                    }
+                    Some(SourceKind::Command(argv.clone()))
+                }
+                (None, Some("adb")) => Some(SourceKind::Adb),
+                (None, Some("nvidia")) => Some(SourceKind::Nvidia),
+                (None, Some(other)) => {
+                    p.add(
+                        format!("{key}.builtin"),
+                        format!("expected `adb` or `nvidia`, got `{}`", shown(other)),
+                    );
+                    None
+                }
+                _ => {
+                    p.add(
+                        key.clone(),
+                        "expected either `command` (a program printing one JSON object a line) or `builtin` (`adb` or `nvidia`)",
+                    );
+                    None
+                }
+            };
+            if s.every_s == 0 || s.every_s > 86_400 {
+                p.add(
+                    format!("{key}.every_s"),
+                    format!("expected 1 to 86400, got `{}`", s.every_s),
+                );
+            }
+            if s.timeout_ms == 0 || s.timeout_ms > 600_000 {
+                p.add(
+                    format!("{key}.timeout_ms"),
+                    format!("expected 1 to 600000, got `{}`", s.timeout_ms),
+                );
+            }
+            let mut caps = worker_caps.clone();
+            caps.extend(p.capabilities(&format!("{key}.capabilities"), &s.capabilities));
+            if let Some(kind) = kind {
+                sources.push(DeviceSource {
+                    name: s.name.clone(),
+                    kind,
+                    every_s: s.every_s,
+                    timeout_ms: s.timeout_ms,
+                    capabilities: caps,
+                });
+            }
+        }
         let is_worker = roles.iter().any(|r| r == "worker");
-        if is_worker && self.devices.is_empty() {
+        if is_worker && self.devices.is_empty() && self.device_sources.is_empty() {
             p.add(
                 "device",
-                "a node with role `worker` needs at least one `[[device]]`",
+                "a node with role `worker` needs at least one `[[device]]` or `[[device_source]]`",
             );
         }
 
@@ -933,6 +1032,7 @@ impl RawConfig {
                 max_concurrency,
                 capabilities: worker_caps,
                 checks,
+                sources,
             },
             devices,
             admin: AdminConfig {

@@ -7,6 +7,7 @@ pub mod cluster_link;
 pub mod cluster_port;
 pub mod command;
 pub mod config;
+pub mod device_sources;
 pub mod exit;
 pub mod metrics;
 pub mod node;

@@ -160,8 +160,11 @@ impl Actor for NodeSupervisor {
             executors,
         } = args;
         let node = cfg.node.name.clone();
-        let io: Arc<dyn NodeIo> =
-            Arc::new(FsIo::new(cfg.node.data_dir.clone(), groups).with_executors(&executors));
+        let io: Arc<dyn NodeIo> = Arc::new(
+            FsIo::new(cfg.node.data_dir.clone(), groups)
+                .with_grace(cfg.cluster.grace_wait_ms)
+                .with_executors(&executors),
+        );
         let (link, _) = Actor::spawn_linked(
             None,
             ClusterLink,
@@ -230,6 +233,7 @@ impl Actor for NodeSupervisor {
                 devices: cfg.devices.clone(),
                 max_concurrency: cfg.worker.max_concurrency,
                 heartbeat_ms: cfg.cluster.heartbeat_ms,
+                online_window: std::time::Duration::from_secs(cfg.cluster.online_window_s),
                 io,
                 outbox: match outbox {
                     Some(o) => o,
@@ -241,6 +245,10 @@ impl Actor for NodeSupervisor {
                 .0;
             tokio::spawn(crate::node_checks::run(
                 cfg.worker.checks.clone(),
+                worker.clone(),
+            ));
+            tokio::spawn(crate::device_sources::run(
+                cfg.worker.sources.clone(),
                 worker.clone(),
             ));
             Some(worker)

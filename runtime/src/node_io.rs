@@ -126,12 +126,22 @@ impl FsIo {
         Ok(path)
     }
 
+    /// A workflow step silent for `ms` shows its device unresponsive
+    /// (`cluster.grace_wait_ms`); call before the executors are shared.
+    pub fn with_grace(mut self, ms: u64) -> Self {
+        if let Some(c) = Arc::get_mut(&mut self.command) {
+            c.grace_ms = ms;
+        }
+        self
+    }
+
     /// File work under `data_dir`; `command` tasks run as `groups`.
     pub fn new(data_dir: PathBuf, groups: Arc<TaskGroups>) -> Self {
         let command = Arc::new(CommandExecutor {
             work_dir: data_dir.join("work"),
             groups,
             watch: Arc::new(OutputWatch::new()),
+            grace_ms: 0,
         });
         Self {
             data_dir,
@@ -675,6 +685,7 @@ mod tests {
             workflow: None,
             turned_away: Default::default(),
             blocklisted: Vec::new(),
+            skipped_offline: Default::default(),
         };
         io.write_manifest_json("s", &m).unwrap();
         let record = |old_attempt| ReplayRecord {

@@ -442,6 +442,7 @@ pub fn parse(
                     version: version.unwrap_or(0),
                     steps: Vec::new(),
                     check: None,
+                    preflight: None,
                 },
             ))),
             Err(why) => {

@@ -10,6 +10,10 @@
 //! timeout_ms = 60000          # default 90000; 30000 for a step named `upload`
 //! on_failure = "skip_device"  # fail (default) | skip_device | continue
 //!
+//! [preflight]                 # the device preflight, before every run
+//! argv = ["./fake-phone.sh", "preflight", "{handle}"]
+//! timeout_ms = 20000          # default 20000
+//!
 //! [check]                     # the device health gate, before the steps
 //! argv = ["adb", "-s", "{handle}", "get-state"]
 //! restart = ["adb", "-s", "{handle}", "reboot"]   # tried once when the check fails
@@ -31,6 +35,14 @@ struct RawWorkflow {
     #[serde(default)]
     step: Vec<RawStep>,
     check: Option<RawCheck>,
+    preflight: Option<RawPreflight>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPreflight {
+    argv: Vec<String>,
+    timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,6 +76,12 @@ pub fn parse(text: &str, file: &str) -> Result<Workflow, ConfigErrors> {
                 .timeout_ms
                 .unwrap_or(orch_actors::workflow::CHECK_TIMEOUT_MS),
         }),
+        preflight: raw.preflight.map(|p| orch_actors::workflow::Preflight {
+            argv: p.argv,
+            timeout_ms: p
+                .timeout_ms
+                .unwrap_or(orch_actors::workflow::PREFLIGHT_TIMEOUT_MS),
+        }),
         name: raw.name,
         version: 0,
         steps: raw
@@ -86,16 +104,25 @@ pub fn parse(text: &str, file: &str) -> Result<Workflow, ConfigErrors> {
             expected: crate::config::clip(&expected, 512),
         })
         .collect();
-    if let Some(c) = &w.check {
-        let all = c.argv.iter().chain(c.restart.iter().flatten());
-        for v in all {
-            if let Some(p) = unknown_placeholders(v).first() {
-                found.push(ConfigError {
-                    file: file.to_string(),
-                    key: "check".into(),
-                    expected: format!("unknown placeholder `{p}`"),
-                });
-            }
+    let gates = [
+        w.check
+            .iter()
+            .flat_map(|c| c.argv.iter().chain(c.restart.iter().flatten()))
+            .map(|v| ("check", v))
+            .collect::<Vec<_>>(),
+        w.preflight
+            .iter()
+            .flat_map(|p| p.argv.iter())
+            .map(|v| ("preflight", v))
+            .collect(),
+    ];
+    for (key, v) in gates.into_iter().flatten() {
+        if let Some(p) = unknown_placeholders(v).first() {
+            found.push(ConfigError {
+                file: file.to_string(),
+                key: key.into(),
+                expected: format!("unknown placeholder `{p}`"),
+            });
         }
     }
     for (i, s) in w.steps.iter().enumerate() {

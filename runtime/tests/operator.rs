@@ -82,7 +82,7 @@ fn every_command_answers_json_and_unknown_names_are_exit_3() {
     assert_eq!(devs[0]["state"], "quarantined");
     let d = json(&c, &["restart-device", "node-2", "node-2-dev-0"]);
     assert_eq!(d["ok"], true);
-    assert_eq!(json(&c, &["devices", "node-2"])[0]["state"], "idle");
+    assert_eq!(json(&c, &["devices", "node-2"])[0]["state"], "online");
     let second = c
         .submit("cancel-me", &sleep_session("cancel-me", 1000, 10, 50))
         .unwrap();

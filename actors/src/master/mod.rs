@@ -101,6 +101,7 @@ impl MasterMsg {
             Self::Worker(ToMaster::Progress(_)) => "progress",
             Self::Worker(ToMaster::Result(_)) => "result",
             Self::Worker(ToMaster::OlderMaster { .. }) => "older_master",
+            Self::Worker(ToMaster::Devices(_)) => "devices",
             Self::Admin(..) | Self::RemoteAdmin(..) => "admin",
             Self::Malformed(_) => "malformed",
             Self::Tick { .. } => "tick",
@@ -207,6 +208,8 @@ pub struct MasterState {
     cluster: Option<Arc<dyn ClusterControl>>,
     /// Younger masters already warned about.
     warned_of: HashSet<String>,
+    /// The last device report recorded of each node: (epoch, version).
+    device_versions: HashMap<String, (u64, u64)>,
     /// Messages that held the master long ([`gauges::SlowMessages`]).
     slow: gauges::SlowMessages,
 }
@@ -405,6 +408,7 @@ impl MasterState {
                 node: args.node.clone(),
             },
             warned_of: HashSet::new(),
+            device_versions: HashMap::new(),
             cluster: args.cluster,
             slow: gauges::SlowMessages::default(),
         };
@@ -489,6 +493,7 @@ impl MasterState {
                 }
             }
             ToMaster::Heartbeat(hb) => self.feed(myself, MemberEvent::Heartbeat(hb)),
+            ToMaster::Devices(rep) => self.on_devices(rep),
             ToMaster::Unregister { node, epoch } => {
                 self.feed(myself, MemberEvent::Unregister { node, epoch })
             }
@@ -506,6 +511,11 @@ impl MasterState {
                     .record(r.finished_ms.saturating_sub(r.started_ms) as f64 / 1000.0);
                 if matches!(r.outcome, crate::protocol::TaskOutcome::Completed) {
                     metrics::counter!(m::TASKS_COMPLETED).increment(1);
+                } else if matches!(
+                    r.outcome,
+                    crate::protocol::TaskOutcome::SkippedOffline { .. }
+                ) {
+                    metrics::counter!(m::TASKS_SKIPPED_OFFLINE).increment(1);
                 } else {
                     metrics::counter!(m::TASKS_FAILED).increment(1);
                 }
@@ -513,6 +523,36 @@ impl MasterState {
             }
         }
         Ok(())
+    }
+
+    /// A worker's devices changed: recorded once per version (a worker
+    /// sends it again until acknowledged), for the epoch it is registered under.
+    fn on_devices(&mut self, rep: crate::protocol::DeviceReport) {
+        let crate::protocol::DeviceReport {
+            node,
+            epoch,
+            version,
+            devices,
+            offline,
+        } = rep;
+        if self.device_versions.get(&node) == Some(&(epoch, version)) {
+            self.send_to(&node, ToWorker::DevicesAck { version });
+            return;
+        }
+        if !self.membership.set_devices(&node, epoch, devices.clone()) {
+            debug!(node_id = %self.node, worker = %node, epoch, "a device report of an epoch not current: ignored");
+            return;
+        }
+        info!(node_id = %self.node, worker = %node, devices = devices.len(), offline = offline.len(), version, "the worker's devices changed");
+        self.device_versions.insert(node.clone(), (epoch, version));
+        self.members_changed = true;
+        self.schedule(SchedEvent::Devices {
+            node: node.clone(),
+            epoch,
+            devices,
+            offline,
+        });
+        self.send_to(&node, ToWorker::DevicesAck { version });
     }
 
     /// An admin request; `remote`: forwarded by another node, so its answer

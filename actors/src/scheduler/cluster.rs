@@ -27,6 +27,49 @@ pub(super) struct Device {
     /// Blocklisted for failing [`DEVICE_BLOCKLIST_IN_A_ROW`] in a row:
     /// takes no work until restarted or unblocked.
     pub(super) blocklisted: bool,
+    /// Its worker finds it offline, and why: takes no work until online.
+    pub(super) offline: Option<String>,
+    /// A discovery source no longer lists it: takes no work until it is
+    /// back (kept, so that its counters and indexes stay).
+    pub(super) gone: bool,
+}
+
+impl Device {
+    fn new(id: Arc<str>, caps: Capabilities, blocked: Option<&String>) -> Self {
+        Self {
+            id,
+            caps,
+            inflight: 0,
+            last_used: 0,
+            disabled: false,
+            last_error: blocked.cloned(),
+            tasks_done: 0,
+            fails_in_row: 0,
+            blocklisted: blocked.is_some(),
+            offline: None,
+            gone: false,
+        }
+    }
+
+    /// What it is doing, as views show it.
+    pub(super) fn state(&self) -> DeviceState {
+        if self.disabled {
+            DeviceState::Quarantined
+        } else if self.blocklisted {
+            DeviceState::Blocklisted
+        } else if self.gone || self.offline.is_some() {
+            DeviceState::Offline
+        } else if self.inflight > 0 {
+            DeviceState::Busy
+        } else {
+            DeviceState::Idle
+        }
+    }
+
+    /// Whether it may take new work, whatever it holds.
+    pub(super) fn usable(&self) -> bool {
+        !self.disabled && !self.blocklisted && !self.gone && self.offline.is_none()
+    }
 }
 
 #[derive(Debug)]
@@ -150,17 +193,7 @@ impl Scheduler {
                 let id: Arc<str> = d.id.into();
                 // Blocklisted before: still, until an operator says otherwise.
                 let blocked = self.device_blocklist.get(&(name.clone(), id.clone()));
-                Device {
-                    id,
-                    caps: d.capabilities,
-                    inflight: 0,
-                    last_used: 0,
-                    disabled: false,
-                    last_error: blocked.cloned(),
-                    tasks_done: 0,
-                    fails_in_row: 0,
-                    blocklisted: blocked.is_some(),
-                }
+                Device::new(id, d.capabilities, blocked)
             })
             .collect();
         let by_id = devices
@@ -191,6 +224,87 @@ impl Scheduler {
             self.keep_running(s, t, now_ms);
         }
         self.note_unrecorded(&node_name, held, out);
+    }
+
+    /// A worker's devices now ([`SchedEvent::Devices`]): devices it no
+    /// longer has are gone and their attempts requeued (`device_gone`), new
+    /// ones join, and `offline` ones take no work until they are online.
+    pub(super) fn devices_changed(
+        &mut self,
+        node: &str,
+        epoch: u64,
+        devices: Vec<DeviceInfo>,
+        offline: &[(String, String)],
+        now_ms: u64,
+        out: &mut Vec<SchedCommand>,
+    ) {
+        let Some(n) = self.nodes.get_mut(node) else {
+            return;
+        };
+        if n.epoch != epoch {
+            return;
+        }
+        let present: HashMap<&str, &DeviceInfo> =
+            devices.iter().map(|d| (d.id.as_str(), d)).collect();
+        let offline: HashMap<&str, &str> = offline
+            .iter()
+            .map(|(d, why)| (d.as_str(), why.as_str()))
+            .collect();
+        let mut reindex = false;
+        let mut gone = Vec::new();
+        for d in n.devices.iter_mut() {
+            match present.get(&*d.id) {
+                None if !d.gone => {
+                    d.gone = true;
+                    d.last_error = Some("device_gone: its worker no longer lists it".into());
+                    gone.push(d.id.clone());
+                }
+                None => {}
+                Some(info) => {
+                    if d.gone {
+                        d.gone = false;
+                        d.last_error = None;
+                    }
+                    if d.caps != info.capabilities {
+                        d.caps = info.capabilities.clone();
+                        reindex = true;
+                    }
+                }
+            }
+            let why = present
+                .contains_key(&*d.id)
+                .then(|| offline.get(&*d.id))
+                .flatten();
+            let now_offline = why.map(|w| w.to_string());
+            if d.offline != now_offline {
+                if let Some(w) = &now_offline {
+                    d.last_error = Some(w.clone());
+                }
+                d.offline = now_offline;
+            }
+        }
+        for info in &devices {
+            if n.by_id.contains_key(info.id.as_str()) {
+                continue;
+            }
+            let id: Arc<str> = info.id.as_str().into();
+            let blocked = self.device_blocklist.get(&(n.name.clone(), id.clone()));
+            let mut dev = Device::new(id.clone(), info.capabilities.clone(), blocked);
+            dev.offline = offline.get(info.id.as_str()).map(|w| w.to_string());
+            n.by_id.insert(id, n.devices.len());
+            n.devices.push(dev);
+            reindex = true;
+        }
+        if reindex {
+            self.index.set_node(n);
+        } else {
+            for d in 0..n.devices.len() {
+                self.index.device(n, d);
+            }
+        }
+        for device in gone {
+            self.take_back(node, &device, &LossReason::DeviceGone, now_ms, out);
+        }
     }
 
     /// Take the running attempt of task `t` off its device and node.

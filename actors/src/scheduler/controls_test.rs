@@ -394,6 +394,7 @@ fn manifest_of(ranges: Vec<ManifestRange>) -> Manifest {
         workflow: None,
         turned_away: Default::default(),
         blocklisted: Vec::new(),
+        skipped_offline: Default::default(),
     }
 }
 

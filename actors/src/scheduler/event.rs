@@ -38,6 +38,16 @@ pub enum SchedEvent {
         node: String,
         drained: bool,
     },
+    /// A worker's devices now (its [`crate::protocol::DeviceReport`]):
+    /// devices it no longer lists are gone (their attempts requeued with
+    /// reason `device_gone`), new ones join, and those `offline` take no
+    /// work until a later report has them online.
+    Devices {
+        node: String,
+        epoch: u64,
+        devices: Vec<DeviceInfo>,
+        offline: Vec<(String, String)>,
+    },
     /// An operator restarts (`disable = false`) or kills a device: its attempts are requeued.
     DeviceDown {
         node: String,

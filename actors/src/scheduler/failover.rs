@@ -169,6 +169,22 @@ impl Scheduler {
             self.device_blocklist.remove(&key);
         }
         self.index.device(n, d);
+        self.take_back(node, device, reason, now_ms, out);
+        true
+    }
+
+    /// Requeue the attempts running or queued on one device (`reason`).
+    pub(super) fn take_back(
+        &mut self,
+        node: &str,
+        device: &str,
+        reason: &LossReason,
+        now_ms: u64,
+        out: &mut Vec<SchedCommand>,
+    ) {
+        let Some(n) = self.nodes.get(node) else {
+            return;
+        };
         let mut on_device: Vec<(SessionIdx, TaskIdx)> = n
             .running
             .iter()
@@ -197,7 +213,6 @@ impl Scheduler {
                 reason: reason.clone(),
             });
         }
-        true
     }
 
     /// The master did not run for `ms`: no attempt is judged on that time.

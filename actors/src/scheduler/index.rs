@@ -65,8 +65,7 @@ fn load_of(n: &Node) -> u64 {
 }
 
 fn slot_of(d: &Device) -> Option<(usize, u64)> {
-    (!d.disabled && !d.blocklisted && d.inflight <= PREFETCH)
-        .then_some((d.inflight as usize, d.last_used))
+    (d.usable() && d.inflight <= PREFETCH).then_some((d.inflight as usize, d.last_used))
 }
 
 /// Whether a session must not use a node (`None`) or one of its devices.

@@ -239,6 +239,12 @@ impl Scheduler {
             } => {
                 self.device_down(&node, &device, &reason, disable, now_ms, &mut out);
             }
+            SchedEvent::Devices {
+                node,
+                epoch,
+                devices,
+                offline,
+            } => self.devices_changed(&node, epoch, devices, &offline, now_ms, &mut out),
             SchedEvent::Cancel { session } => self.cancel(&session, now_ms, &mut out),
             SchedEvent::Progress(p) => self.progress(p, &mut out),
             SchedEvent::Result(r) => self.result(r, now_ms, &mut out),

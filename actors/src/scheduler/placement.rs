@@ -369,8 +369,7 @@ impl Scheduler {
             return;
         }
         for (i, d) in node.devices.iter().enumerate() {
-            if d.disabled
-                || d.blocklisted
+            if !d.usable()
                 || d.inflight > depth
                 || !caps_match(&sess.spec.require, &d.caps)
                 || sess.blocks(node, Some(i))

@@ -191,7 +191,7 @@ impl Scheduler {
                     && !sess.pending.is_empty()
                     && n.devices
                         .iter()
-                        .any(|d| !d.disabled && caps_match(&sess.spec.require, &d.caps))
+                        .any(|d| d.usable() && caps_match(&sess.spec.require, &d.caps))
             })
             .collect();
         let mut taken: Vec<Vec<u32>> = vec![Vec::new(); eligible.len()];

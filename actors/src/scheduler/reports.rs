@@ -125,7 +125,15 @@ impl Scheduler {
                 dev.tasks_done += 1;
                 match &r.outcome {
                     TaskOutcome::Completed => dev.fails_in_row = 0,
-                    TaskOutcome::Failed { error, .. } | TaskOutcome::TurnedAway { error, .. } => {
+                    // Not the device's failure: it was offline, and says why.
+                    TaskOutcome::SkippedOffline { error } => {
+                        if !dev.blocklisted {
+                            dev.last_error = Some(error.clone());
+                        }
+                    }
+                    TaskOutcome::Failed { error, .. }
+                    | TaskOutcome::TurnedAway { error, .. }
+                    | TaskOutcome::Unresponsive { error, .. } => {
                         // A blocklisted device keeps saying why it is.
                         if !dev.blocklisted {
                             dev.last_error = Some(error.clone());
@@ -135,10 +143,9 @@ impl Scheduler {
                 }
             }
         }
-        if let TaskOutcome::Failed { error, .. } | TaskOutcome::TurnedAway { error, .. } =
-            &r.outcome
-        {
-            let error = error.clone();
+        let skipped = matches!(r.outcome, TaskOutcome::SkippedOffline { .. });
+        if let (Some(error), false) = (r.outcome.error(), skipped) {
+            let error = error.to_string();
             self.count_failure(s, &node, &device, &error, now_ms, out);
         }
         let sess = &mut self.sessions[s];
@@ -151,12 +158,25 @@ impl Scheduler {
         }
         run.started_ms = r.started_ms;
         let took = r.finished_ms.saturating_sub(r.started_ms);
-        sess.attempt_ms = Some(sess.attempt_ms.map_or(took, |ms| (3 * ms + took) / 4));
+        if !skipped {
+            sess.attempt_ms = Some(sess.attempt_ms.map_or(took, |ms| (3 * ms + took) / 4));
+        }
         add_outputs(&mut run.outputs, r.outputs);
         run.steps = r.steps;
-        let turned_away = matches!(r.outcome, TaskOutcome::TurnedAway { .. });
-        match r.outcome {
-            TaskOutcome::Completed => {
+        let turned_away = matches!(
+            r.outcome,
+            TaskOutcome::TurnedAway { .. } | TaskOutcome::SkippedOffline { .. }
+        );
+        let unresponsive = matches!(r.outcome, TaskOutcome::Unresponsive { .. });
+        let (frames_done, error) = match r.outcome {
+            TaskOutcome::Completed => (None, String::new()),
+            TaskOutcome::SkippedOffline { error } => (Some(0), error),
+            TaskOutcome::Failed { frames_done, error }
+            | TaskOutcome::TurnedAway { frames_done, error }
+            | TaskOutcome::Unresponsive { frames_done, error } => (Some(frames_done), error),
+        };
+        match frames_done {
+            None => {
                 let len = task.frames.len();
                 bank(
                     sess,
@@ -170,8 +190,7 @@ impl Scheduler {
                 sess.tasks_done += 1;
                 sess.tasks.done(t);
             }
-            TaskOutcome::Failed { frames_done, error }
-            | TaskOutcome::TurnedAway { frames_done, error } => {
+            Some(frames_done) => {
                 let done = run.done.max(frames_done.min(task.frames.len()));
                 let keep: Vec<String> = run.outputs.iter().map(|o| o.path.clone()).collect();
                 // Only what the attempt reported using is retired: the rest
@@ -217,10 +236,12 @@ impl Scheduler {
                 if turned_away {
                     // Not the task's failure: another device takes it at
                     // once, and it counts against `max_losses` only.
-                    *sess
-                        .turned_away
-                        .entry(format!("{node}/{device}"))
-                        .or_insert(0) += 1;
+                    let counts = if skipped {
+                        &mut sess.skipped_offline
+                    } else {
+                        &mut sess.turned_away
+                    };
+                    *counts.entry(format!("{node}/{device}")).or_insert(0) += 1;
                     let task = sess.tasks.get_mut(t);
                     task.losses += 1;
                     if task.losses >= sess.spec.max_losses {
@@ -241,7 +262,22 @@ impl Scheduler {
                     fail_task_with(sess, t, error, std::mem::take(&mut run.steps));
                     return;
                 }
+                let old_attempt = task.attempt;
                 task.next_attempt();
+                if unresponsive {
+                    // Its range moves on for the device's sake, as a failover's does.
+                    sess.replay.push(ReplayRecord {
+                        frames: task.frames,
+                        task: t.wire(),
+                        old_attempt,
+                        new_attempt: task.attempt,
+                        node: node.to_string(),
+                        device: device.to_string(),
+                        reason: LossReason::DeviceUnresponsive {
+                            detail: error.clone(),
+                        },
+                    });
+                }
                 task.avoid = Some((node, device));
                 sess.retries += 1;
                 let exp = (task.failures - 1).min(20);

@@ -149,6 +149,8 @@ pub(super) struct Session {
     pub(super) attempt_ms: Option<u64>,
     /// Tasks each device turned away (`node/device`).
     pub(super) turned_away: BTreeMap<String, u64>,
+    /// Tasks that came to a device its worker found offline (`node/device`).
+    pub(super) skipped_offline: BTreeMap<String, u64>,
     /// Failed or turned-away attempts per (node, device) (`blocklist_after`).
     pub(super) device_failures: HashMap<(Arc<str>, Arc<str>), u32>,
     /// Devices and nodes that take none of its tasks any more.
@@ -309,6 +311,7 @@ impl Scheduler {
             starved_since: None,
             attempt_ms: None,
             turned_away: BTreeMap::new(),
+            skipped_offline: BTreeMap::new(),
             device_failures: HashMap::new(),
             blocked_devices: HashSet::new(),
             blocked_nodes: HashSet::new(),

@@ -16,6 +16,7 @@ pub struct ManifestSnapshot {
     executor: String,
     workflow: Option<String>,
     turned_away: BTreeMap<String, u64>,
+    skipped_offline: BTreeMap<String, u64>,
     blocklisted: Vec<Blocklisting>,
     submitted_ms: u64,
     finished_ms: Option<u64>,
@@ -74,6 +75,7 @@ impl ManifestSnapshot {
             retried: self.retried.clone(),
             workflow: self.workflow.clone(),
             turned_away: self.turned_away.clone(),
+            skipped_offline: self.skipped_offline.clone(),
             blocklisted: self.blocklisted.clone(),
         }
     }
@@ -129,7 +131,7 @@ impl serde::Serialize for RangesOf<'_> {
 impl serde::Serialize for ManifestSnapshot {
     fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = ser.serialize_struct("Manifest", 14)?;
+        let mut st = ser.serialize_struct("Manifest", 15)?;
         st.serialize_field("session", &self.session)?;
         st.serialize_field("name", &self.name)?;
         st.serialize_field("state", &self.state)?;
@@ -150,6 +152,11 @@ impl serde::Serialize for ManifestSnapshot {
             st.skip_field("turned_away")?;
         } else {
             st.serialize_field("turned_away", &self.turned_away)?;
+        }
+        if self.skipped_offline.is_empty() {
+            st.skip_field("skipped_offline")?;
+        } else {
+            st.serialize_field("skipped_offline", &self.skipped_offline)?;
         }
         if self.blocklisted.is_empty() {
             st.skip_field("blocklisted")?;
@@ -232,6 +239,7 @@ impl Scheduler {
             paused: s.paused && !s.state.is_final(),
             priority: s.spec.priority,
             max_devices: s.spec.max_devices,
+            skipped_offline: s.skipped_offline.clone(),
         })
     }
 
@@ -291,22 +299,7 @@ impl Scheduler {
             .values()
             .map(|n| crate::protocol::NodeGrid {
                 node: n.name.to_string(),
-                states: n
-                    .devices
-                    .iter()
-                    .map(|d| {
-                        if d.disabled {
-                            DeviceState::Quarantined
-                        } else if d.blocklisted {
-                            DeviceState::Blocklisted
-                        } else if d.inflight > 0 {
-                            DeviceState::Busy
-                        } else {
-                            DeviceState::Idle
-                        }
-                        .grid_char()
-                    })
-                    .collect(),
+                states: n.devices.iter().map(|d| d.state().grid_char()).collect(),
             })
             .collect()
     }
@@ -338,15 +331,7 @@ impl Scheduler {
             }
             for d in &n.devices {
                 let tasks = current.remove(&*d.id).unwrap_or_default();
-                let state = if d.disabled {
-                    DeviceState::Quarantined
-                } else if d.blocklisted {
-                    DeviceState::Blocklisted
-                } else if tasks.is_empty() {
-                    DeviceState::Idle
-                } else {
-                    DeviceState::Busy
-                };
+                let state = d.state();
                 out.push(DeviceView {
                     node: n.name.to_string(),
                     device: d.id.to_string(),
@@ -395,6 +380,7 @@ impl Scheduler {
             retried: s.retried.clone(),
             workflow,
             turned_away: s.turned_away.clone(),
+            skipped_offline: s.skipped_offline.clone(),
             blocklisted: s.blocklisted.clone(),
         })
     }
@@ -418,6 +404,7 @@ impl Scheduler {
             executor: sess.spec.executor.kind().into_owned(),
             workflow: sess.spec.executor.workflow_label(),
             turned_away: sess.turned_away.clone(),
+            skipped_offline: sess.skipped_offline.clone(),
             blocklisted: sess.blocklisted.clone(),
             submitted_ms: sess.submitted_ms,
             finished_ms: sess.finished_ms,
@@ -440,6 +427,7 @@ impl Scheduler {
             executor: "builtin:noop".into(),
             workflow: None,
             turned_away: BTreeMap::new(),
+            skipped_offline: BTreeMap::new(),
             blocklisted: Vec::new(),
             submitted_ms: 0,
             finished_ms: Some(0),

@@ -34,6 +34,7 @@ fn a_view_counts_tasks_by_state() {
             paused: false,
             priority: 0,
             max_devices: None,
+            skipped_offline: Default::default(),
         }
     );
     assert_eq!(fx.sched.inflight(), 3);

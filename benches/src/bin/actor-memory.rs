@@ -358,6 +358,7 @@ fn device_args(
         worker: worker.clone(),
         slots: slots.clone(),
         io: io.clone(),
+        offline: Default::default(),
     }
 }
 
@@ -517,6 +518,7 @@ async fn main() -> Result<()> {
         devices: (0..n).map(device_info).collect(),
         max_concurrency: 100,
         heartbeat_ms: 1000,
+        online_window: std::time::Duration::from_secs(30),
         io: io.clone(),
         outbox: Outbox::open(None).map_err(anyhow::Error::msg)?,
     };

@@ -152,6 +152,7 @@ async fn main() {
         work_dir: tmp.path().join("work"),
         groups: Arc::new(TaskGroups::in_dir(tmp.path().join("procs"))),
         watch: Arc::new(OutputWatch::new()),
+        grace_ms: 0,
     };
     std::fs::create_dir_all(tmp.path().join("procs")).unwrap();
     println!(
