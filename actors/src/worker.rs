@@ -766,7 +766,7 @@ impl WorkerState {
                 steps,
             } => {
                 if let Some((_, d, frames)) = self.tasks.remove(&key) {
-                    if matches!(outcome, TaskOutcome::Completed) && frames.len() > 0 {
+                    if matches!(outcome, TaskOutcome::Completed) && !frames.is_empty() {
                         self.last_frame = Some(frames.end - 1);
                     }
                     if let TaskOutcome::Unresponsive { error, .. } = &outcome {

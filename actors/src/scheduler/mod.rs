@@ -48,6 +48,8 @@ mod cluster_test;
 #[cfg(test)]
 mod controls_test;
 #[cfg(test)]
+mod devices_test;
+#[cfg(test)]
 mod event_test;
 #[cfg(test)]
 mod failover_test;
