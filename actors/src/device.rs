@@ -54,7 +54,30 @@ pub struct DeviceArgs {
 }
 
 /// Shared between a device and its worker: why the device is offline.
-pub type Offline = Arc<std::sync::Mutex<Option<String>>>;
+pub type Offline = Arc<std::sync::Mutex<Liveness>>;
+
+/// Whether a device is offline, and since when it was unresponsive.
+#[derive(Debug, Default)]
+pub struct Liveness {
+    /// Why it is offline now (`None`: online); its worker keeps it current.
+    pub offline: Option<String>,
+    /// It gave no sign of life in a step: offline until then, and why. The
+    /// device sets it itself, before it takes its next task, so that no
+    /// attempt queued behind the hung one runs on it.
+    pub unresponsive: Option<(Instant, String)>,
+    /// How long an unresponsive device stays offline (`online_window_s`).
+    pub cooldown: Duration,
+}
+
+impl Liveness {
+    /// Why it is offline now, if it is.
+    pub fn why(&self) -> Option<String> {
+        match &self.unresponsive {
+            Some((until, why)) if *until > Instant::now() => Some(why.clone()),
+            _ => self.offline.clone(),
+        }
+    }
+}
 
 /// State of [`Device`].
 pub struct DeviceActorState {
@@ -138,7 +161,7 @@ impl DeviceActorState {
             .offline
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
+            .why();
         if let Some(why) = offline {
             info!(node_id = %self.args.node, device_id = %self.args.info.id, session = %key.session, task = key.task, attempt = key.attempt, reason = %why, "device offline: the attempt goes elsewhere");
             self.send(DeviceEvent::Finished {
@@ -191,6 +214,9 @@ impl DeviceActorState {
                 warn!(node_id = %self.args.node, device_id = %self.args.info.id, session = %key.session, task = key.task, attempt = key.attempt, error = %e.message, "task failed");
                 let done = e.report.frames_done;
                 let outcome = if e.unresponsive {
+                    let mut l = self.args.offline.lock().unwrap_or_else(|p| p.into_inner());
+                    l.unresponsive = Some((Instant::now() + l.cooldown, e.message.clone()));
+                    drop(l);
                     TaskOutcome::Unresponsive {
                         frames_done: done,
                         error: e.message,

@@ -79,23 +79,23 @@ struct Health {
     listed_at: Instant,
     /// Its source lists it as not ready, and why.
     listed_offline: Option<String>,
-    /// It gave no sign of life in a step: offline until then, and why.
-    unresponsive: Option<(Instant, String)>,
     gpu_usage: Option<f32>,
     /// Shared with its Device actor: why it is offline now.
     offline: crate::device::Offline,
 }
 
 impl Health {
-    fn new(source: Option<String>) -> Self {
+    fn new(source: Option<String>, cooldown: Duration) -> Self {
         Self {
+            offline: Arc::new(std::sync::Mutex::new(crate::device::Liveness {
+                cooldown,
+                ..Default::default()
+            })),
             source,
             present: true,
             listed_at: Instant::now(),
             listed_offline: None,
-            unresponsive: None,
             gpu_usage: None,
-            offline: Default::default(),
         }
     }
 
@@ -103,6 +103,7 @@ impl Health {
         self.offline
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .offline
             .clone()
     }
 }
@@ -239,7 +240,7 @@ impl Actor for Worker {
         let slots = Arc::new(Semaphore::new(args.max_concurrency.max(1) as usize));
         let mut health = Vec::with_capacity(args.devices.len());
         for info in &args.devices {
-            let h = Health::new(None);
+            let h = Health::new(None, args.online_window);
             let dargs = DeviceArgs {
                 info: info.clone(),
                 node: args.node.clone(),
@@ -765,14 +766,12 @@ impl WorkerState {
                 outcome,
                 steps,
             } => {
-                if let Some((_, d, frames)) = self.tasks.remove(&key) {
+                if let Some((_, _, frames)) = self.tasks.remove(&key) {
                     if matches!(outcome, TaskOutcome::Completed) && !frames.is_empty() {
                         self.last_frame = Some(frames.end - 1);
                     }
                     if let TaskOutcome::Unresponsive { error, .. } = &outcome {
-                        let until = Instant::now() + self.args.online_window;
                         warn!(node_id = %node, device_id = %device, session = %key.session, task = key.task, attempt = key.attempt, error = %error, window_s = self.args.online_window.as_secs(), "device unresponsive: offline for `online_window_s`, then tried again");
-                        self.health[d].unresponsive = Some((until, error.clone()));
                         self.refresh_online();
                     }
                     debug!(target: "orch::ids", node_id = %node, device_id = %device, session = %key.session, task = key.task, attempt = key.attempt, last_id_used, completed = matches!(outcome, TaskOutcome::Completed), "attempt finished");
@@ -856,15 +855,17 @@ impl WorkerState {
         let window = self.args.online_window;
         let mut changed = false;
         for (i, h) in self.health.iter_mut().enumerate() {
-            if h.unresponsive
+            let mut shared = h.offline.lock().unwrap_or_else(|p| p.into_inner());
+            if shared
+                .unresponsive
                 .as_ref()
                 .is_some_and(|(until, _)| *until <= now)
             {
-                h.unresponsive = None;
+                shared.unresponsive = None;
             }
             let why = if !h.present {
                 None
-            } else if let Some((_, why)) = &h.unresponsive {
+            } else if let Some((_, why)) = &shared.unresponsive {
                 Some(why.clone())
             } else if let Some(why) = &h.listed_offline {
                 Some(why.clone())
@@ -878,10 +879,9 @@ impl WorkerState {
             } else {
                 None
             };
-            let mut shared = h.offline.lock().unwrap_or_else(|p| p.into_inner());
             // Only whether it is offline matters to the master; a new
             // reason for the same state is not a change.
-            if shared.is_some() != why.is_some() {
+            if shared.offline.is_some() != why.is_some() {
                 let id = &self.args.devices[i].id;
                 match &why {
                     Some(w) => {
@@ -893,7 +893,7 @@ impl WorkerState {
                 }
                 changed = true;
             }
-            *shared = why;
+            shared.offline = why;
         }
         if changed {
             self.devices_changed();
@@ -960,7 +960,7 @@ impl WorkerState {
                     }
                 }
                 None => {
-                    let mut h = Health::new(Some(source.clone()));
+                    let mut h = Health::new(Some(source.clone()), self.args.online_window);
                     h.listed_offline = f.offline;
                     h.gpu_usage = f.gpu_usage;
                     let dargs = DeviceArgs {
@@ -990,7 +990,6 @@ impl WorkerState {
                 continue;
             }
             h.present = false;
-            h.unresponsive = None;
             changed = true;
             let id = self.args.devices[d].id.clone();
             let mut stopped = 0;

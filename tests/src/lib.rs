@@ -131,6 +131,8 @@ pub struct NodeSpec {
     pub env: Vec<(String, String)>,
     /// TOML appended to the node's `cluster.toml` (`[[worker.check]]`, ...).
     pub extra_toml: String,
+    /// More keys of its `[cluster]` table (`grace_wait_ms = 1500`, ...).
+    pub cluster_toml: String,
 }
 
 /// The tests' log filter: the node's default plus every ID chunk a worker
@@ -157,6 +159,7 @@ impl NodeSpec {
             rust_log: Some(TEST_LOG.into()),
             env: Vec::new(),
             extra_toml: String::new(),
+            cluster_toml: String::new(),
         }
     }
 
@@ -920,6 +923,7 @@ secret = "{secret}"
 peers = [{peers}]
 heartbeat_ms = {hb}
 missed_heartbeats = {missed}
+{cluster_extra}
 
 [worker]
 max_concurrency = {max_concurrency}
@@ -941,6 +945,7 @@ listen = "{metrics}"
         missed = spec.missed_heartbeats,
         max_concurrency = spec.max_concurrency,
         extra = spec.extra_toml,
+        cluster_extra = spec.cluster_toml,
         store = spec
             .durability
             .as_ref()
