@@ -46,6 +46,14 @@ enum Op {
     /// An operator requeues the produced task at this index (modulo the
     /// produced ones).
     Requeue(usize),
+    /// Node i's worker reports its devices (`SchedEvent::Devices`): bit d
+    /// of the first mask says device d is present (a discovery source
+    /// lists it), of the second that it is offline. Without batches only.
+    Devices(usize, u8, u8),
+    /// An attempt comes to a device its worker found offline: it did not run.
+    Skip(usize),
+    /// An attempt's device gave no sign of life.
+    Hang(usize, u8),
 }
 
 /// [`op`], plus commits and crashes that lose the last batch.
@@ -71,6 +79,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0usize..3, any::<u8>()).prop_map(|(i, n)| Op::Reserve(i, n % 8)),
         1 => any::<bool>().prop_map(Op::Pause),
         1 => any::<usize>().prop_map(Op::Requeue),
+        1 => (0usize..3, any::<u8>(), any::<u8>()).prop_map(|(i, p, o)| Op::Devices(i, p, o)),
+        1 => any::<usize>().prop_map(Op::Skip),
+        1 => (any::<usize>(), any::<u8>()).prop_map(|(i, f)| Op::Hang(i, f)),
     ]
 }
 
@@ -134,6 +145,8 @@ struct World {
     late: [Option<Late>; 3],
     /// The session's `max_devices`.
     max_devices: Option<u32>,
+    /// Per node, bit d: device d may take work (present and online).
+    usable: [u8; 3],
     /// An operator paused the session.
     paused: bool,
     /// Retries an operator may still ask for once the session ends
@@ -199,6 +212,7 @@ impl World {
             unnameable: Vec::new(),
             late: [None, None, None],
             max_devices,
+            usable: [0xff; 3],
             paused: false,
             retries_left: 0,
             rival: None,
@@ -231,6 +245,26 @@ impl World {
 
     fn feed(&mut self, ev: SchedEvent) {
         self.log.push((self.now, ev.clone()));
+        match &ev {
+            SchedEvent::NodeUp { node, .. } => {
+                self.usable[node[1..].parse::<usize>().unwrap()] = 0xff;
+            }
+            SchedEvent::Devices {
+                node,
+                devices,
+                offline,
+                ..
+            } => {
+                let mut mask = 0u8;
+                for d in devices {
+                    if !offline.iter().any(|(o, _)| *o == d.id) {
+                        mask |= 1 << d.id[1..].parse::<u8>().unwrap();
+                    }
+                }
+                self.usable[node[1..].parse::<usize>().unwrap()] = mask;
+            }
+            _ => {}
+        }
         if let (true, SchedEvent::NodeUp { node, .. }) = (self.batches, &ev) {
             // Its registration waits for the commit, and so does what follows.
             self.gate.message(node);
@@ -243,6 +277,12 @@ impl World {
             } = cmd
             {
                 let i: usize = node[1..].parse().unwrap();
+                let d: u8 = task.device[1..].parse().unwrap();
+                assert!(
+                    self.usable[i] & (1 << d) != 0,
+                    "{task:?} went to {node}/{}, gone or offline",
+                    task.device
+                );
                 assert!(
                     !reserved || self.reserved_for.as_ref() == Some(&node),
                     "a reserved task goes only to the node it was reserved for"
@@ -419,6 +459,59 @@ impl World {
                 let outcome = TaskOutcome::Failed {
                     frames_done: done,
                     error: "boom".into(),
+                };
+                self.finished(&l, outcome.clone());
+                let ev = self.result(&l, outcome);
+                self.feed(ev);
+                self.dead.push(l);
+            }
+            Op::Devices(i, present, offline)
+                if !self.batches && self.up[i] && self.late[i].is_none() =>
+            {
+                let name = node_name(i);
+                let all = devices(i);
+                let keep: Vec<DeviceInfo> = all
+                    .iter()
+                    .enumerate()
+                    .filter(|(d, _)| present & (1 << d) != 0)
+                    .map(|(_, d)| d.clone())
+                    .collect();
+                let off: Vec<(String, String)> = keep
+                    .iter()
+                    .enumerate()
+                    .filter(|(d, _)| offline & (1 << d) != 0)
+                    .map(|(_, d)| (d.id.clone(), "offline".to_string()))
+                    .collect();
+                // The worker stops the attempts of the devices it lost.
+                let (gone, live): (Vec<_>, Vec<_>) = self
+                    .live
+                    .drain(..)
+                    .partition(|l| l.node == name && !keep.iter().any(|d| d.id == l.task.device));
+                self.live = live;
+                self.dead.extend(gone);
+                self.feed(SchedEvent::Devices {
+                    node: name,
+                    epoch: self.epochs[i],
+                    devices: keep,
+                    offline: off,
+                });
+            }
+            Op::Skip(i) if !self.live.is_empty() => {
+                let l = self.live.remove(i % self.live.len());
+                let outcome = TaskOutcome::SkippedOffline {
+                    error: "device offline".into(),
+                };
+                self.finished(&l, outcome.clone());
+                let ev = self.result(&l, outcome);
+                self.feed(ev);
+                self.dead.push(l);
+            }
+            Op::Hang(i, f) if !self.live.is_empty() => {
+                let l = self.live.remove(i % self.live.len());
+                let done = l.progress.max(l.task.frames.len() * u64::from(f) / 512);
+                let outcome = TaskOutcome::Unresponsive {
+                    frames_done: done,
+                    error: "device_unresponsive: silent".into(),
                 };
                 self.finished(&l, outcome.clone());
                 let ev = self.result(&l, outcome);
@@ -847,6 +940,12 @@ impl World {
         }
         if self.paused {
             self.apply(Op::Pause(false));
+        }
+        // Devices that left or went offline are back.
+        for i in 0..3 {
+            if self.up[i] && self.late[i].is_none() && self.usable[i] != 0xff {
+                self.apply(Op::Devices(i, 0xff, 0));
+            }
         }
         // An operator unblocks the devices that failed attempts in a row.
         for d in self.sched.device_views(None) {
