@@ -972,6 +972,10 @@ pub struct Manifest {
     /// offline, so they ran elsewhere (no attempt spent).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub skipped_offline: BTreeMap<String, u64>,
+    /// Why each device (`node/device`) last turned a task away or skipped
+    /// one: a failed preflight or health gate, offline.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failure_reasons: BTreeMap<String, String>,
     /// Devices (`node/device`) and nodes (`node`) that take none of the
     /// session's tasks any more, and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -3,7 +3,9 @@
 # Like a real phone farm it misbehaves now and then:
 # - `check` fails about one time in ten (the phone is not answering adb);
 # - `restart` brings it back;
-# - phone-13 hangs in `login` (its step times out; the task moves on);
+# - `preflight` finds storage full about one time in fifty;
+# - phone-13 hangs in `login`, silent (after `grace_wait_ms` it is
+#   `device_unresponsive`: the task moves on, the phone is offline a while);
 # - `screenshot` is slow (0.2-0.7 s) and writes a PNG-named file;
 # - `upload` fails about one time in twenty (a `continue` step: recorded only).
 # FAKE_PHONE_CALM=1 turns every misbehaviour off.
@@ -24,6 +26,9 @@ case "$cmd" in
     ;;
   restart)
     rm -f "$state/$phone.down"; sleep 0.1
+    ;;
+  preflight)
+    if roll 50; then echo "$phone: storage full" >&2; exit 1; fi
     ;;
   bootstrap)
     echo "bootstrap $phone"

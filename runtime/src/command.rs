@@ -350,7 +350,7 @@ async fn run_step(
                 duration_ms,
                 error: Some(if unresponsive {
                     format!(
-                        "device_unresponsive: no sign of life (nothing on stdout or stderr) for {} ms (`grace_wait_ms`)",
+                        "no sign of life (nothing on stdout or stderr) for {} ms (`grace_wait_ms`)",
                         c.grace_ms
                     )
                 } else if timed_out {
@@ -430,7 +430,11 @@ async fn run_workflow(
             (Ran::Unresponsive, _) => {
                 failure = Some(Stopped {
                     unresponsive: true,
-                    ..Stopped::new(format!("step `check`: {first_error}"), false, None)
+                    ..Stopped::new(
+                        format!("device_unresponsive: step `check`: {first_error}"),
+                        false,
+                        None,
+                    )
                 })
             }
             (Ran::Failed, Some(restart)) => {
@@ -497,7 +501,11 @@ async fn run_workflow(
             // Whatever the step's `on_failure`: the device itself is stuck.
             failure = Some(Stopped {
                 unresponsive: true,
-                ..Stopped::new(format!("step `{}`: {why}", step.name), false, exit)
+                ..Stopped::new(
+                    format!("device_unresponsive: step `{}`: {why}", step.name),
+                    false,
+                    exit,
+                )
             });
             break;
         }

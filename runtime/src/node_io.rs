@@ -686,6 +686,7 @@ mod tests {
             turned_away: Default::default(),
             blocklisted: Vec::new(),
             skipped_offline: Default::default(),
+            failure_reasons: Default::default(),
         };
         io.write_manifest_json("s", &m).unwrap();
         let record = |old_attempt| ReplayRecord {

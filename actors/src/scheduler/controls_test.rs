@@ -395,6 +395,7 @@ fn manifest_of(ranges: Vec<ManifestRange>) -> Manifest {
         turned_away: Default::default(),
         blocklisted: Vec::new(),
         skipped_offline: Default::default(),
+        failure_reasons: Default::default(),
     }
 }
 

@@ -154,6 +154,10 @@ fn an_attempt_skipped_offline_spends_no_attempt_is_counted_and_blocklists_nothin
     assert_eq!(v.skipped_offline.get(&key), Some(&1));
     let m = fx.manifest(S1);
     assert_eq!(m.skipped_offline.get(&key), Some(&1));
+    assert_eq!(
+        m.failure_reasons.get(&key).map(String::as_str),
+        Some("device offline: battery low")
+    );
     assert!(m.turned_away.is_empty());
     assert!(
         m.blocklisted.is_empty(),

@@ -242,6 +242,8 @@ impl Scheduler {
                         &mut sess.turned_away
                     };
                     *counts.entry(format!("{node}/{device}")).or_insert(0) += 1;
+                    sess.failure_reasons
+                        .insert(format!("{node}/{device}"), error.clone());
                     let task = sess.tasks.get_mut(t);
                     task.losses += 1;
                     if task.losses >= sess.spec.max_losses {
@@ -274,7 +276,10 @@ impl Scheduler {
                         node: node.to_string(),
                         device: device.to_string(),
                         reason: LossReason::DeviceUnresponsive {
-                            detail: error.clone(),
+                            detail: error
+                                .strip_prefix("device_unresponsive: ")
+                                .unwrap_or(&error)
+                                .to_string(),
                         },
                     });
                 }

@@ -151,6 +151,8 @@ pub(super) struct Session {
     pub(super) turned_away: BTreeMap<String, u64>,
     /// Tasks that came to a device its worker found offline (`node/device`).
     pub(super) skipped_offline: BTreeMap<String, u64>,
+    /// Why each device last turned a task away or skipped one.
+    pub(super) failure_reasons: BTreeMap<String, String>,
     /// Failed or turned-away attempts per (node, device) (`blocklist_after`).
     pub(super) device_failures: HashMap<(Arc<str>, Arc<str>), u32>,
     /// Devices and nodes that take none of its tasks any more.
@@ -312,6 +314,7 @@ impl Scheduler {
             attempt_ms: None,
             turned_away: BTreeMap::new(),
             skipped_offline: BTreeMap::new(),
+            failure_reasons: BTreeMap::new(),
             device_failures: HashMap::new(),
             blocked_devices: HashSet::new(),
             blocked_nodes: HashSet::new(),

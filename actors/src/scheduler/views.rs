@@ -17,6 +17,7 @@ pub struct ManifestSnapshot {
     workflow: Option<String>,
     turned_away: BTreeMap<String, u64>,
     skipped_offline: BTreeMap<String, u64>,
+    failure_reasons: BTreeMap<String, String>,
     blocklisted: Vec<Blocklisting>,
     submitted_ms: u64,
     finished_ms: Option<u64>,
@@ -76,6 +77,7 @@ impl ManifestSnapshot {
             workflow: self.workflow.clone(),
             turned_away: self.turned_away.clone(),
             skipped_offline: self.skipped_offline.clone(),
+            failure_reasons: self.failure_reasons.clone(),
             blocklisted: self.blocklisted.clone(),
         }
     }
@@ -131,7 +133,7 @@ impl serde::Serialize for RangesOf<'_> {
 impl serde::Serialize for ManifestSnapshot {
     fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = ser.serialize_struct("Manifest", 15)?;
+        let mut st = ser.serialize_struct("Manifest", 16)?;
         st.serialize_field("session", &self.session)?;
         st.serialize_field("name", &self.name)?;
         st.serialize_field("state", &self.state)?;
@@ -157,6 +159,11 @@ impl serde::Serialize for ManifestSnapshot {
             st.skip_field("skipped_offline")?;
         } else {
             st.serialize_field("skipped_offline", &self.skipped_offline)?;
+        }
+        if self.failure_reasons.is_empty() {
+            st.skip_field("failure_reasons")?;
+        } else {
+            st.serialize_field("failure_reasons", &self.failure_reasons)?;
         }
         if self.blocklisted.is_empty() {
             st.skip_field("blocklisted")?;
@@ -381,6 +388,7 @@ impl Scheduler {
             workflow,
             turned_away: s.turned_away.clone(),
             skipped_offline: s.skipped_offline.clone(),
+            failure_reasons: s.failure_reasons.clone(),
             blocklisted: s.blocklisted.clone(),
         })
     }
@@ -405,6 +413,7 @@ impl Scheduler {
             workflow: sess.spec.executor.workflow_label(),
             turned_away: sess.turned_away.clone(),
             skipped_offline: sess.skipped_offline.clone(),
+            failure_reasons: sess.failure_reasons.clone(),
             blocklisted: sess.blocklisted.clone(),
             submitted_ms: sess.submitted_ms,
             finished_ms: sess.finished_ms,
@@ -428,6 +437,7 @@ impl Scheduler {
             workflow: None,
             turned_away: BTreeMap::new(),
             skipped_offline: BTreeMap::new(),
+            failure_reasons: BTreeMap::new(),
             blocklisted: Vec::new(),
             submitted_ms: 0,
             finished_ms: Some(0),
