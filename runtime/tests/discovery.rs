@@ -350,3 +350,106 @@ fn which(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
+
+/// `node-1-dev-1` hangs silently in `shot`; `node-1-dev-0`'s preflight
+/// finds its storage full; every other step takes 300 ms.
+const UNWELL: &str = "name = \"unwell\"\n\
+    [preflight]\nargv = [\"sh\", \"-c\", \"if [ {device} = node-1-dev-0 ]; then echo 'storage full' >&2; exit 2; fi\"]\ntimeout_ms = 5000\n\
+    [[step]]\nname = \"shot\"\nargv = [\"sh\", \"-c\", \"echo shooting; if [ {device} = node-1-dev-1 ]; then exec sleep 603; fi; sleep 0.3; echo {start} > shot_{start}.png\"]\ntimeout_ms = 60000\n";
+
+#[test]
+fn preflight_reasons_skip_counts_and_hangs_survive_a_master_kill_mid_session() {
+    let mut c = TestCluster::new(bins!());
+    let port = free_port();
+    let mut m = NodeSpec::new("node-0").master().heartbeat(300, 3);
+    m.devices = 2;
+    c.add_with_port(m, port).unwrap();
+    let mut w = NodeSpec::new("node-1")
+        .peer(format!("127.0.0.1:{port}"))
+        .heartbeat(300, 3);
+    w.devices = 2;
+    w.cluster_toml = "grace_wait_ms = 1000\nonline_window_s = 60\n".into();
+    c.add(w).unwrap();
+    c.wait_all_healthy(1).unwrap();
+    let recipe = c.dir.path().join("unwell.toml");
+    std::fs::write(&recipe, UNWELL).unwrap();
+    let out = c.orchctl(0, &["workflow", "add", recipe.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = c
+        .submit(
+            "unwell",
+            "name = \"unwell\"\nframes = { start = 0, end = 40 }\nchunk_frames = 1\nid_chunk_size = 10\nworkflow = \"unwell\"\n",
+        )
+        .unwrap();
+    let before = c
+        .wait_for_manifest(
+            &id,
+            "a hang recorded, and tasks skipped on the hung device",
+            Duration::from_secs(30),
+            |m| {
+                m["skipped_offline"]["node-1/node-1-dev-1"].as_u64() > Some(0)
+                    && m["failure_reasons"]["node-1/node-1-dev-0"].is_string()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        before["state"], "running",
+        "the kill comes mid-session: {before}"
+    );
+    c.nodes[0].kill9();
+    c.restart(0).unwrap();
+    c.wait_all_healthy(1).unwrap();
+    let v = c.wait_done(&id, Duration::from_secs(90)).unwrap();
+    assert_eq!(v["state"], "completed", "{v}");
+    let m = c.manifest(&id).unwrap();
+    assert_eq!(assert_exactly_once(&m, 0, 40), 40);
+    let skipped = |m: &Value| {
+        m["skipped_offline"]["node-1/node-1-dev-1"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert!(
+        skipped(&m) >= skipped(&before),
+        "{} then {}",
+        before["skipped_offline"],
+        m["skipped_offline"]
+    );
+    let reason = m["failure_reasons"]["node-1/node-1-dev-0"]
+        .as_str()
+        .unwrap();
+    assert!(
+        reason.starts_with("preflight failed: `sh` exited with code 2: storage full"),
+        "{reason}"
+    );
+    let hung = |m: &Value| {
+        m["replay"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                r["device"] == "node-1-dev-1"
+                    && r["reason"]
+                        .as_str()
+                        .is_some_and(|s| s.starts_with("device_unresponsive"))
+            })
+            .count()
+    };
+    assert!(hung(&before) >= 1);
+    assert!(hung(&m) >= hung(&before), "replayed as recorded");
+    assert!(
+        m["ranges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["node"] != "node-1"),
+        "neither unwell device produced anything"
+    );
+    wait_until("no `sleep 603` left", Duration::from_secs(5), || {
+        running("^sleep 603$") == 0
+    })
+    .unwrap();
+}
