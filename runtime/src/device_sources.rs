@@ -107,6 +107,9 @@ impl DeviceSource {
 pub async fn run(sources: Vec<DeviceSource>, worker: ActorRef<WorkerMsg>) {
     let mut all = Vec::new();
     for s in sources {
+        // Visible at 0 from the first scrape, so an alert on its rate works at once.
+        metrics::counter!(orch_actors::metrics::DEVICE_SOURCE_ERRORS, "source" => s.name.clone())
+            .increment(0);
         let worker = worker.clone();
         all.push(tokio::spawn(async move {
             loop {

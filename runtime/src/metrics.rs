@@ -110,6 +110,7 @@ pub fn install_exporter(listen: SocketAddr) -> anyhow::Result<()> {
         am::OUTBOX_RESENT,
         am::MASTER_STALLS,
         am::SESSION_ACTOR_RESTARTS,
+        am::TASKS_SKIPPED_OFFLINE,
     ] {
         metrics::counter!(name).increment(0);
     }

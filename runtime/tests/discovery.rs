@@ -272,6 +272,13 @@ fn sources_that_print_garbage_never_exit_or_are_missing_are_one_error_line_each_
         )
         .unwrap();
     }
+    let body = orch_tests::http_get(c.nodes[0].metrics_addr, "/metrics", None)
+        .unwrap()
+        .1;
+    assert!(
+        body.contains("# HELP orch_device_source_errors_total "),
+        "the source error counter has help text:\n{body}"
+    );
     // The node still runs sessions on its configured devices meanwhile.
     let id = c
         .submit("still", &sleep_session("still", 8, 1, 20))
