@@ -1328,4 +1328,78 @@ capabilities = { gpu = true }
         let text = format!("{GOOD}\n[metrics]\nlisten = \"127.0.0.1:7700\"\n");
         assert!(one_error(&text).contains("already used by `node.listen`"));
     }
+
+    #[test]
+    fn bad_device_sources_are_one_line_each() {
+        let src = |body: &str| format!("{GOOD}\n[[device_source]]\nname = \"phones\"\n{body}\n");
+        for (body, key, expect) in [
+            (
+                "builtin = \"bogus\"",
+                "`device_source[0].builtin`",
+                "expected `adb` or `nvidia`",
+            ),
+            (
+                "command = []",
+                "`device_source[0].command`",
+                "non-empty list",
+            ),
+            (
+                "builtin = \"adb\"\nevery_s = 0",
+                "`device_source[0].every_s`",
+                "expected 1 to 86400",
+            ),
+            (
+                "builtin = \"adb\"\ntimeout_ms = 0",
+                "`device_source[0].timeout_ms`",
+                "expected 1 to 600000",
+            ),
+            (
+                "builtin = \"adb\"\ncommand = [\"x\"]",
+                "`device_source[0]`",
+                "either `command`",
+            ),
+            ("", "`device_source[0]`", "either `command`"),
+            (
+                "builtin = \"adb\"\nevery = 5",
+                "device_source",
+                "unknown field `every`",
+            ),
+            (
+                "builtin = \"adb\"\ncapabilities = { os = 1.5 }",
+                "device_source[0].capabilities.os",
+                "expected a boolean",
+            ),
+        ] {
+            let line = one_error(&src(body));
+            assert!(
+                line.contains(key) && line.contains(expect),
+                "{body}: {line}"
+            );
+        }
+        let two = format!(
+            "{GOOD}\n[[device_source]]\nname = \"a\"\nbuiltin = \"adb\"\n[[device_source]]\nname = \"a\"\nbuiltin = \"nvidia\"\n"
+        );
+        let line = one_error(&two);
+        assert!(
+            line.contains("`device_source[1].name`") && line.contains("names two"),
+            "{line}"
+        );
+        // Several problems in one source: one line for each.
+        let e = errs(&src("builtin = \"bogus\"\nevery_s = 0\ntimeout_ms = 0"));
+        assert_eq!(e.len(), 3, "{e:?}");
+        // A worker with only a source and no `[[device]]` is valid.
+        let only = GOOD.replace(
+            "[[device]]\nid = \"gpu0\"\nhandle = \"cuda:0\"\ncapabilities = { gpu = true }\n",
+            "",
+        );
+        assert!(parse(&only, "c.toml", Path::new("/tmp")).is_err());
+        let c = parse(
+            &format!("{only}\n[[device_source]]\nname = \"gpus\"\nbuiltin = \"nvidia\"\n"),
+            "c.toml",
+            Path::new("/tmp"),
+        )
+        .unwrap();
+        assert_eq!(c.worker.sources.len(), 1);
+        assert_eq!(c.worker.sources[0].every_s, 10);
+    }
 }
