@@ -104,6 +104,8 @@ struct Member {
     status: WorkerStatus,
     error: Option<String>,
     queue_ratio: f32,
+    gpu_usage: f32,
+    last_frame: Option<u64>,
     active_tasks: u32,
     registrations: u64,
 }
@@ -202,6 +204,8 @@ impl Membership {
                 status: WorkerStatus::Ok,
                 error: None,
                 queue_ratio: 0.0,
+                gpu_usage: 0.0,
+                last_frame: None,
                 active_tasks: 0,
                 registrations,
             },
@@ -239,6 +243,12 @@ impl Membership {
                     m.status = hb.status;
                     m.error = hb.error;
                     m.queue_ratio = hb.queue_ratio;
+                    m.gpu_usage = if hb.gpu_usage.is_finite() {
+                        hb.gpu_usage.clamp(0.0, 1.0)
+                    } else {
+                        0.0
+                    };
+                    m.last_frame = hb.last_frame.or(m.last_frame);
                     m.active_tasks = hb.active_tasks;
                 }
                 cmds
@@ -403,6 +413,8 @@ impl Membership {
                 status: m.status,
                 error: m.error.clone(),
                 queue_ratio: m.queue_ratio,
+                gpu_usage: m.gpu_usage,
+                last_frame: m.last_frame,
                 active_tasks: m.active_tasks,
                 max_concurrency: m.info.max_concurrency,
                 capabilities: m.info.capabilities.clone(),
@@ -828,5 +840,27 @@ mod tests {
         h.queue_ratio = 0.3;
         m.on_event(MemberEvent::Heartbeat(h), 1);
         assert!((m.status("m", 2).queue_depth_summary - 0.8).abs() < 1e-6);
+    }
+
+    #[test]
+    fn heartbeats_carry_gpu_usage_and_the_last_frame_into_the_view() {
+        let mut m = membership();
+        let e = registered_epoch(&m.on_event(MemberEvent::Register(reg("w1", 1, 1)), 0));
+        let view = |m: &Membership| m.views(2).into_iter().next().unwrap();
+        assert_eq!((view(&m).gpu_usage, view(&m).last_frame), (0.0, None));
+        let mut h = hb("w1", e, 1);
+        h.gpu_usage = 0.4;
+        h.last_frame = Some(17);
+        m.on_event(MemberEvent::Heartbeat(h), 1);
+        assert_eq!((view(&m).gpu_usage, view(&m).last_frame), (0.4, Some(17)));
+        // A heartbeat with no frame finished keeps the last one; a value from a
+        // confused worker is bounded.
+        for (seq, bad, want) in [(2, f32::NAN, 0.0), (3, 7.0, 1.0), (4, -1.0, 0.0)] {
+            let mut h = hb("w1", e, seq);
+            h.gpu_usage = bad;
+            h.last_frame = None;
+            m.on_event(MemberEvent::Heartbeat(h), 1);
+            assert_eq!((view(&m).gpu_usage, view(&m).last_frame), (want, Some(17)));
+        }
     }
 }

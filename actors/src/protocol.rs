@@ -476,6 +476,12 @@ pub struct WorkerView {
     pub status: WorkerStatus,
     pub error: Option<String>,
     pub queue_ratio: f32,
+    /// Mean GPU utilisation (0 to 1) its discovery sources reported; 0 without one.
+    #[serde(default)]
+    pub gpu_usage: f32,
+    /// The frame it finished last (any session), from its heartbeat.
+    #[serde(default)]
+    pub last_frame: Option<u64>,
     pub active_tasks: u32,
     pub max_concurrency: u32,
     pub capabilities: Capabilities,

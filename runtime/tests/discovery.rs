@@ -49,6 +49,11 @@ fn phone(id: &str) -> String {
     format!("{{\"id\": \"{id}\", \"handle\": \"serial-{id}\", \"capabilities\": {{\"os\": \"android\"}}}}")
 }
 
+/// A phone whose source reports its GPU use.
+fn busy_phone(id: &str, gpu: f64) -> String {
+    phone(id).replacen('}', &format!("}}, \"gpu_usage\": {gpu}"), 1)
+}
+
 #[test]
 fn devices_a_discovery_script_adds_get_work_within_a_period_and_removed_ones_are_requeued_device_gone(
 ) {
@@ -96,7 +101,14 @@ fn devices_a_discovery_script_adds_get_work_within_a_period_and_removed_ones_are
         device(&devices(&c, "node-0"), "p1").is_some_and(|d| d["state"] == "busy")
     })
     .unwrap();
-    list(&listing, &[&phone("p2"), &phone("p3"), &phone("p4")]);
+    list(
+        &listing,
+        &[
+            &busy_phone("p2", 0.2),
+            &busy_phone("p3", 0.4),
+            &busy_phone("p4", 0.6),
+        ],
+    );
     let plugged = Instant::now();
     wait_until("p3 and p4 run attempts", Duration::from_secs(15), || {
         let all = devices(&c, "node-0");
@@ -119,10 +131,29 @@ fn devices_a_discovery_script_adds_get_work_within_a_period_and_removed_ones_are
         "{gone}"
     );
 
+    // The heartbeat carries the sources' GPU use to the master.
+    wait_until("node-0's GPU use is 40 %", Duration::from_secs(10), || {
+        let ws = ctl_json(&c, &["workers"]);
+        ws[0]["gpu_usage"]
+            .as_f64()
+            .is_some_and(|g| (g - 0.4).abs() < 0.01)
+    })
+    .unwrap();
+
     let v = c.wait_done(&id, Duration::from_secs(120)).unwrap();
     assert_eq!(v["state"], "completed", "{v}");
     let man = c.manifest(&id).unwrap();
     assert_eq!(assert_exactly_once(&man, 0, 60), 60);
+    wait_until(
+        "the master knows node-0's last frame",
+        Duration::from_secs(10),
+        || {
+            ctl_json(&c, &["workers"])[0]["last_frame"]
+                .as_u64()
+                .is_some_and(|f| f < 60)
+        },
+    )
+    .unwrap();
     let replay = man["replay"].as_array().unwrap();
     assert!(
         replay

@@ -344,12 +344,12 @@ fn print_workers(v: Value) -> Result<(), Failure> {
     let ws: Vec<WorkerView> = serde_json::from_value(v)
         .map_err(|e| Failure(EXIT_FAILED, format!("unexpected workers format: {e}")))?;
     println!(
-        "{:<20} {:<12} {:<18} {:>8} {:>8} {:>7} {:>6}  ADDRESS",
-        "NODE", "STATE", "REASON", "HB AGE", "DEVICES", "ACTIVE", "SLOTS"
+        "{:<20} {:<12} {:<18} {:>8} {:>8} {:>7} {:>6} {:>5} {:>10}  ADDRESS",
+        "NODE", "STATE", "REASON", "HB AGE", "DEVICES", "ACTIVE", "SLOTS", "GPU", "LAST FRAME"
     );
     for w in &ws {
         println!(
-            "{:<20} {:<12} {:<18} {:>8} {:>8} {:>7} {:>6}  {}",
+            "{:<20} {:<12} {:<18} {:>8} {:>8} {:>7} {:>6} {:>4}% {:>10}  {}",
             w.node,
             w.state.as_str(),
             w.reason.map(|r| r.as_str()).unwrap_or("-"),
@@ -357,6 +357,8 @@ fn print_workers(v: Value) -> Result<(), Failure> {
             w.devices.len(),
             w.active_tasks,
             w.max_concurrency,
+            (w.gpu_usage * 100.0).round() as u32,
+            w.last_frame.map_or("-".to_string(), |f| f.to_string()),
             w.advertise
         );
     }
