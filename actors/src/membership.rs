@@ -420,6 +420,7 @@ impl Membership {
                 capabilities: m.info.capabilities.clone(),
                 devices: m.devices.clone(),
                 registrations: m.registrations,
+                data: m.info.data.clone(),
             })
             .collect()
     }

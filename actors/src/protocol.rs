@@ -59,6 +59,9 @@ pub struct Register {
     /// the master's other attempts on this node are requeued.
     #[serde(default)]
     pub held: Vec<AttemptKey>,
+    /// Address of this node's data plane (files and logs, docs/collection.md).
+    #[serde(default)]
+    pub data: Option<String>,
 }
 
 /// Worker health as the worker reports it (docs/design/architecture.md).
@@ -489,6 +492,9 @@ pub struct WorkerView {
     pub devices: std::sync::Arc<[DeviceInfo]>,
     /// How many times this node registered with this master.
     pub registrations: u64,
+    /// Address of its data plane (files and logs).
+    #[serde(default)]
+    pub data: Option<String>,
 }
 
 /// `orchctl status`.
@@ -754,7 +760,26 @@ pub struct SessionSpec {
     /// the same key submitted again returns the session it made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// Where the outputs are gathered (docs/collection.md): `None`, the
+    /// master's node; `"none"`, nowhere (shared storage); else a node's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collect: Option<String>,
 }
+
+/// What [`SessionSpec::collect`] means for a session's view: `""`, its
+/// outputs are not gathered (`collect = "none"`, or its executor writes
+/// no files); [`COLLECT_MASTER`], on the master's node; else a node.
+pub fn collector_of(spec: &SessionSpec) -> String {
+    match spec.collect.as_deref() {
+        _ if !spec.executor.writes_files() => String::new(),
+        Some("none") => String::new(),
+        None => COLLECT_MASTER.to_string(),
+        Some(node) => node.to_string(),
+    }
+}
+
+/// The collector of a session gathered on the master's node.
+pub const COLLECT_MASTER: &str = "@master";
 
 /// One assignment, master -> worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -944,6 +969,9 @@ pub struct SessionView {
     /// offline, so they ran elsewhere.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub skipped_offline: BTreeMap<String, u64>,
+    /// Where its outputs are gathered ([`collector_of`]).
+    #[serde(default)]
+    pub collect: String,
 }
 
 /// The result of a session (docs/sessions.md, the manifest).
@@ -986,6 +1014,69 @@ pub struct Manifest {
     /// session's tasks any more, and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blocklisted: Vec<Blocklisting>,
+    /// Where the outputs are gathered ([`collector_of`]).
+    #[serde(default)]
+    pub collect: String,
+    /// What the collector gathered, file by file (docs/collection.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collection: Option<Collection>,
+}
+
+/// A session's collected outputs, as its collector has them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Collection {
+    /// The node that gathers them.
+    pub node: String,
+    /// Its folder, relative to that node's `data_dir`.
+    pub dir: String,
+    /// Every produced output is `collected`, `failed` or `conflict`, and
+    /// the session is over.
+    pub settled: bool,
+    pub collected: u64,
+    pub pending: u64,
+    pub failed: u64,
+    pub uncollected: u64,
+    pub conflicts: u64,
+    /// One entry per output of a produced range, by file name.
+    pub files: Vec<CollectedFile>,
+}
+
+/// Where one output stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CollectState {
+    /// Not yet here; being fetched or waiting to be.
+    Pending,
+    /// Here, and its sha256 matched the manifest's.
+    Collected,
+    /// Its source cannot be reached (its node is down or gone); tried again.
+    Uncollected,
+    /// It did not match its sha256 after every try: not merged.
+    Failed,
+    /// Another range wrote the same name first: not merged.
+    Conflict,
+}
+
+/// One output of a produced range at the collector.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectedFile {
+    /// The program's own name for it (relative, as in `outputs`).
+    pub name: String,
+    pub task: u64,
+    pub attempt: u32,
+    /// The node that produced it.
+    pub node: String,
+    pub size: u64,
+    pub sha256: String,
+    pub state: CollectState,
+    /// Transfers tried.
+    pub tries: u32,
+    /// Unix milliseconds, once collected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collected_ms: Option<u64>,
+    /// Why it is not collected, or what delayed it (a node that was down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A device or node blocklisted for a session.
@@ -1045,6 +1136,19 @@ pub struct FailedRange {
     /// A workflow session's: what each step of the last attempt did.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<crate::workflow::StepRecord>,
+    /// Where its last attempt (number `attempts`) ran, when it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// Its last attempt's log on the admin API, when it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+}
+
+/// The admin API path of one attempt's log (docs/logs.md).
+pub fn log_route(session: &str, task: u64, attempt: u32) -> String {
+    format!("/v1/sessions/{session}/tasks/{task}/log?attempt={attempt}")
 }
 
 /// Output folder of an attempt, relative to `data_dir` (docs/sessions.md).

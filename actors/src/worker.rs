@@ -140,6 +140,8 @@ pub struct WorkerArgs {
     pub capabilities: Capabilities,
     pub devices: Vec<DeviceInfo>,
     pub max_concurrency: u32,
+    /// Address of this node's data plane, sent in `Register`.
+    pub data: Option<String>,
     pub heartbeat_ms: u64,
     /// A discovered device not listed for this long is offline; a device
     /// that gave no sign of life stays offline this long (`online_window_s`).
@@ -439,6 +441,7 @@ impl WorkerState {
             max_concurrency: self.args.max_concurrency,
             instance: self.instance,
             attempt: self.attempt,
+            data: self.args.data.clone(),
         })
     }
 

@@ -35,6 +35,7 @@ use tracing::warn;
 
 use crate::outputs::{scan_all, Found, OutputWatch, Watched};
 use crate::procs::TaskGroups;
+use crate::task_log::{Stream, TaskLog};
 
 /// Bytes of stderr kept for the error message.
 const STDERR_TAIL: usize = 4096;
@@ -56,6 +57,42 @@ pub struct CommandExecutor {
     /// stderr for this long shows no sign of life: its device is
     /// unresponsive (`grace_wait_ms`; 0: never judged so).
     pub grace_ms: u64,
+    /// Where each attempt's log goes (`{data_dir}/logs/...`), and its cap;
+    /// `None`: no logs are kept.
+    pub logs: Option<LogSettings>,
+}
+
+/// Where attempts' logs go (see [`crate::task_log`]).
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub data_dir: PathBuf,
+    pub max_bytes: u64,
+}
+
+impl CommandExecutor {
+    /// Open the log of `job`'s attempt; `None` (with a warning) when it
+    /// cannot be made: the attempt runs without one.
+    pub fn open_log(&self, job: &ExecJob) -> Option<Arc<TaskLog>> {
+        let settings = self.logs.as_ref()?;
+        let rel = crate::task_log::rel_path(&job.task.session, job.task.task, job.task.attempt)?;
+        match TaskLog::create(settings.data_dir.join(rel), settings.max_bytes) {
+            Ok(log) => Some(log),
+            Err(e) => {
+                warn!(node_id = %job.node, session = %job.task.session, task = job.task.task, attempt = job.task.attempt, error = %e, "cannot open the attempt's log; it runs without one");
+                None
+            }
+        }
+    }
+}
+
+/// The end of an attempt in its log, and the log closed.
+fn close_log(log: Option<Arc<TaskLog>>, ran: &Result<ExecReport, ExecError>) {
+    let Some(log) = log else { return };
+    match ran {
+        Ok(r) => log.line(Stream::Orch, &format!("attempt completed: {} frames", r.frames_done)),
+        Err(e) => log.line(Stream::Orch, &format!("attempt failed: {}", e.message)),
+    }
+    log.finish();
 }
 
 /// Counts what a program writes: a sign of life.
@@ -167,10 +204,14 @@ async fn read_progress(
     stdout: impl AsyncRead + Unpin,
     lines: mpsc::Sender<(u64, Option<u64>)>,
     alive: Alive,
+    log: Option<Arc<TaskLog>>,
 ) {
     let mut reader = BoundedLines::new(stdout);
     while let Ok(Some(line)) = reader.next_line().await {
         bump(&alive);
+        if let Some(log) = &log {
+            log.line(Stream::Out, &line);
+        }
         if let Some(p) = parse_progress(&line) {
             if lines.send(p).await.is_err() {
                 return;
@@ -179,20 +220,22 @@ async fn read_progress(
     }
 }
 
-/// Keep the last [`STDERR_TAIL`] bytes of `stderr` in `tail` until it closes.
+/// Keep the last [`STDERR_TAIL`] bytes of `stderr` in `tail` until it
+/// closes, and each line in the attempt's log.
 async fn keep_tail(
-    mut stderr: impl AsyncRead + Unpin,
+    stderr: impl AsyncRead + Unpin,
     tail: Arc<Mutex<VecDeque<u8>>>,
     alive: Alive,
+    log: Option<Arc<TaskLog>>,
 ) {
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = stderr.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
+    let mut reader = BoundedLines::new(stderr);
+    while let Ok(Some(line)) = reader.next_line().await {
         bump(&alive);
+        if let Some(log) = &log {
+            log.line(Stream::Err, &line);
+        }
         let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
-        for &b in &buf[..n] {
+        for &b in line.as_bytes().iter().chain(b"\n") {
             if t.len() == STDERR_TAIL {
                 t.pop_front();
             }
@@ -228,8 +271,9 @@ impl Executor for CommandExecutor {
         let work_dir = self.work_dir.clone();
         let groups = self.groups.clone();
         let watch = self.watch.clone();
+        let log = self.open_log(&job);
         Box::pin(async move {
-            run_command(
+            let ran = run_command(
                 job,
                 work_dir,
                 &groups,
@@ -237,8 +281,11 @@ impl Executor for CommandExecutor {
                 progress,
                 cancel,
                 Alive::default(),
+                log.clone(),
             )
-            .await
+            .await;
+            close_log(log, &ran);
+            ran
         })
     }
 }
@@ -258,7 +305,12 @@ impl Executor for WorkflowExecutor {
         cancel: CancellationToken,
     ) -> ExecFuture {
         let c = self.0.clone();
-        Box::pin(async move { run_workflow(job, &c, progress, cancel).await })
+        let log = c.open_log(&job);
+        Box::pin(async move {
+            let ran = run_workflow(job, &c, progress, cancel, log.clone()).await;
+            close_log(log, &ran);
+            ran
+        })
     }
 }
 
@@ -270,7 +322,11 @@ async fn run_step(
     step: &orch_actors::workflow::Step,
     progress: &UnboundedSender<ExecReport>,
     cancel: &CancellationToken,
+    log: Option<&Arc<TaskLog>>,
 ) -> (Ran, orch_actors::workflow::StepRecord, ExecReport) {
+    if let Some(log) = log {
+        log.line(Stream::Orch, &format!("step `{}` starts: {}", step.name, step.argv.join(" ")));
+    }
     let mut one = job.clone();
     one.task.executor = ExecutorSpec::Command {
         argv: step.argv.clone(),
@@ -318,6 +374,7 @@ async fn run_step(
         progress.clone(),
         step_cancel.clone(),
         alive,
+        log.cloned(),
     )
     .await;
     timer.abort();
@@ -397,6 +454,7 @@ async fn run_workflow(
     c: &CommandExecutor,
     progress: UnboundedSender<ExecReport>,
     cancel: CancellationToken,
+    log: Option<Arc<TaskLog>>,
 ) -> Result<ExecReport, ExecError> {
     use orch_actors::workflow::{OnFailure, Step, StepRecord};
     let mut report = ExecReport::default();
@@ -422,7 +480,7 @@ async fn run_workflow(
             check.timeout_ms,
             OnFailure::SkipDevice,
         );
-        let (ran, record, _) = run_step(&job, c, &first, &progress, &cancel).await;
+        let (ran, record, _) = run_step(&job, c, &first, &progress, &cancel, log.as_ref()).await;
         let first_error = record.error.clone().unwrap_or_default();
         steps.push(record);
         match (ran, &check.restart) {
@@ -480,7 +538,7 @@ async fn run_workflow(
             failure = Some(Stopped::new("cancelled".into(), false, None));
             break;
         }
-        let (ran, record, got) = run_step(&job, c, step, &progress, &cancel).await;
+        let (ran, record, got) = run_step(&job, c, step, &progress, &cancel, log.as_ref()).await;
         // A step that exits 0 reports all frames done as a command would:
         // only what a step reported (`ORCH_PROGRESS`) counts before the end.
         if ran != Ran::Passed {
@@ -627,6 +685,7 @@ async fn run_command(
     progress: UnboundedSender<ExecReport>,
     cancel: CancellationToken,
     alive: Alive,
+    log: Option<Arc<TaskLog>>,
 ) -> Result<ExecReport, ExecError> {
     let report = ExecReport::default();
     let ExecutorSpec::Command { argv, env } = &job.task.executor else {
@@ -680,12 +739,12 @@ async fn run_command(
     let stdout = child
         .stdout
         .take()
-        .map(|o| tokio::spawn(read_progress(o, line_tx, alive.clone())));
+        .map(|o| tokio::spawn(read_progress(o, line_tx, alive.clone(), log.clone())));
     let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
     let stderr = child
         .stderr
         .take()
-        .map(|e| tokio::spawn(keep_tail(e, tail.clone(), alive.clone())));
+        .map(|e| tokio::spawn(keep_tail(e, tail.clone(), alive.clone(), log)));
     let mut t = Tracker {
         job: &job,
         program,
@@ -862,6 +921,10 @@ mod tests {
             groups: Arc::new(TaskGroups::in_dir(dir.join("procs"))),
             watch: Arc::new(OutputWatch::new()),
             grace_ms: 0,
+            logs: Some(LogSettings {
+                data_dir: dir.to_path_buf(),
+                max_bytes: crate::task_log::DEFAULT_LOG_MAX_BYTES,
+            }),
         };
         std::fs::create_dir_all(dir.join("procs")).unwrap();
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -1016,5 +1079,31 @@ mod tests {
             "files are listed as progress comes, not only at the end"
         );
         assert_eq!(rep.frames_done, 6);
+    }
+
+    #[tokio::test]
+    async fn both_streams_land_in_the_attempts_log_in_order_with_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = run(
+            dir.path(),
+            1,
+            "echo one; echo two >&2; printf 'no newline'; echo three >&2; exit 3",
+            None,
+        )
+        .await;
+        assert!(r.result.is_err());
+        let log = std::fs::read_to_string(dir.path().join("logs/s-1/0-a1.log")).unwrap();
+        let rest: Vec<&str> = log
+            .lines()
+            .map(|l| l.split_once(' ').unwrap().1)
+            .collect();
+        // The streams are read concurrently: each keeps its own order.
+        let outs: Vec<&str> = rest.iter().filter(|l| l.starts_with("out ")).copied().collect();
+        let errs: Vec<&str> = rest.iter().filter(|l| l.starts_with("err ")).copied().collect();
+        assert_eq!(outs, ["out one", "out no newline"]);
+        assert_eq!(errs, ["err two", "err three"]);
+        assert!(rest.last().unwrap().starts_with("orch attempt failed: "), "{log}");
+        assert!(rest.last().unwrap().contains("exited with code 3: three"), "{log}");
+        assert!(!crate::task_log::is_open(&dir.path().join("logs/s-1/0-a1.log")));
     }
 }

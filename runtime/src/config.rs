@@ -143,6 +143,9 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     pub advertise: String,
     pub data_dir: PathBuf,
+    /// The data plane's listener (files and logs between nodes,
+    /// docs/collection.md); port 0: any free port, advertised in `Register`.
+    pub data_listen: SocketAddr,
 }
 
 #[derive(Debug, Clone)]
@@ -158,6 +161,11 @@ pub struct ClusterConfig {
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub max_concurrency: u32,
+    /// Cap of each attempt's log (docs/logs.md).
+    pub log_max_bytes: u64,
+    /// Delete an output once its collector has a verified copy
+    /// (docs/collection.md); by default the worker keeps it.
+    pub delete_collected: bool,
     pub capabilities: Capabilities,
     pub checks: Vec<NodeCheck>,
     /// Discovery sources (`[[device_source]]`).
@@ -224,6 +232,7 @@ struct RawNode {
     listen: String,
     advertise: Option<String>,
     data_dir: Option<PathBuf>,
+    data_listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -258,6 +267,9 @@ struct RawTls {
 struct RawWorker {
     #[serde(default = "default_max_concurrency")]
     max_concurrency: u32,
+    log_max_bytes: Option<u64>,
+    #[serde(default)]
+    delete_collected: bool,
     #[serde(default)]
     capabilities: BTreeMap<String, toml::Value>,
     /// Node checks (`[[worker.check]]`).
@@ -269,6 +281,8 @@ impl Default for RawWorker {
     fn default() -> Self {
         Self {
             max_concurrency: default_max_concurrency(),
+            log_max_bytes: None,
+            delete_collected: false,
             capabilities: BTreeMap::new(),
             check: Vec::new(),
         }
@@ -685,6 +699,12 @@ impl RawConfig {
             },
         };
         let data_dir = resolve(n.data_dir.as_deref().unwrap_or(Path::new("orch-data")));
+        // The data plane listens where the cluster port does, on any free
+        // port unless set.
+        let data_listen = match &n.data_listen {
+            Some(d) => p.socket_addr("node.data_listen", d),
+            None => listen.map(|l| SocketAddr::new(l.ip(), 0)),
+        };
 
         // [cluster]
         let c = &self.cluster;
@@ -761,6 +781,20 @@ impl RawConfig {
 
         // [worker] and [[device]]
         let max_concurrency = self.worker.max_concurrency;
+        let log_max_bytes = self
+            .worker
+            .log_max_bytes
+            .unwrap_or(crate::task_log::DEFAULT_LOG_MAX_BYTES);
+        if !(crate::task_log::MIN_LOG_MAX_BYTES..=1 << 40).contains(&log_max_bytes) {
+            p.add(
+                "worker.log_max_bytes",
+                format!(
+                    "expected {} to {} bytes, got `{log_max_bytes}`",
+                    crate::task_log::MIN_LOG_MAX_BYTES,
+                    1u64 << 40
+                ),
+            );
+        }
         if max_concurrency == 0 || max_concurrency > 100_000 {
             p.add(
                 "worker.max_concurrency",
@@ -995,6 +1029,7 @@ impl RawConfig {
             ("node.listen", listen),
             ("admin.listen", admin_listen),
             ("metrics.listen", metrics_listen),
+            ("node.data_listen", data_listen),
         ] {
             if let Some(a) = addr.filter(|a| a.port() != 0) {
                 if let Some(other) = ports.insert(a.port(), key) {
@@ -1019,6 +1054,7 @@ impl RawConfig {
                 listen: unwrap(listen),
                 advertise,
                 data_dir,
+                data_listen: unwrap(data_listen),
             },
             cluster: ClusterConfig {
                 secret: secret.unwrap_or_else(|| unreachable!("checked above")),
@@ -1030,6 +1066,8 @@ impl RawConfig {
             },
             worker: WorkerConfig {
                 max_concurrency,
+                log_max_bytes,
+                delete_collected: self.worker.delete_collected,
                 capabilities: worker_caps,
                 checks,
                 sources,

@@ -5,8 +5,10 @@
 pub mod admin;
 pub mod cluster_link;
 pub mod cluster_port;
+pub mod collect;
 pub mod command;
 pub mod config;
+pub mod data_plane;
 pub mod device_sources;
 pub mod exit;
 pub mod metrics;
@@ -18,6 +20,7 @@ pub mod procs;
 pub mod runner;
 pub mod session_file;
 pub mod store;
+pub mod task_log;
 pub mod workflow_file;
 
 pub use node::{run_node, run_node_with};

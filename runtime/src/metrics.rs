@@ -24,6 +24,14 @@ pub const UNAUTHENTICATED: &str = "orch_cluster_unauthenticated_connections";
 pub const ACCEPT_ERRORS: &str = "orch_cluster_accept_errors_total";
 /// Counter, labels `route` and `code`: admin API requests.
 pub const ADMIN_REQUESTS: &str = "orch_admin_requests_total";
+/// Counter, label `reason` (no_token / wrong_token): data plane requests refused.
+pub const DATA_PLANE_REJECTED: &str = "orch_data_plane_rejected_total";
+/// Counter, label `direction` (sent / received): bytes of files moved on the data plane.
+pub const DATA_PLANE_BYTES: &str = "orch_data_plane_bytes_total";
+/// Counter, label `result` (see [`COLLECT_RESULTS`]): outputs the collector handled.
+pub const COLLECTED_FILES: &str = "orch_collected_files_total";
+/// Values of the `result` label of [`COLLECTED_FILES`].
+pub const COLLECT_RESULTS: &[&str] = &["collected", "mismatch", "failed", "conflict", "unreachable"];
 
 /// Every metric of this crate with its help text.
 pub const CATALOG: &[(&str, &str)] = &[
@@ -54,6 +62,18 @@ pub const CATALOG: &[(&str, &str)] = &[
         "inbound cluster connections not authenticated yet",
     ),
     (ACCEPT_ERRORS, "failed accepts on the cluster port"),
+    (
+        DATA_PLANE_REJECTED,
+        "data plane requests refused for a missing or wrong token, by reason",
+    ),
+    (
+        DATA_PLANE_BYTES,
+        "bytes of output files sent and received on the data plane",
+    ),
+    (
+        COLLECTED_FILES,
+        "outputs the collector collected, found mismatched, failed, found in conflict or could not reach",
+    ),
 ];
 
 /// Install the global recorder and serve `/metrics` on `listen`.
@@ -127,6 +147,15 @@ pub fn install_exporter(listen: SocketAddr) -> anyhow::Result<()> {
     }
     for reason in crate::cluster_port::REFUSAL_REASONS {
         metrics::counter!(CONNECTIONS_REFUSED, "reason" => *reason).increment(0);
+    }
+    for reason in ["no_token", "wrong_token"] {
+        metrics::counter!(DATA_PLANE_REJECTED, "reason" => reason).increment(0);
+    }
+    for direction in ["sent", "received"] {
+        metrics::counter!(DATA_PLANE_BYTES, "direction" => direction).increment(0);
+    }
+    for result in COLLECT_RESULTS {
+        metrics::counter!(COLLECTED_FILES, "result" => *result).increment(0);
     }
     for event in ["up", "down"] {
         metrics::counter!(NODE_EVENTS, "event" => event).increment(0);

@@ -88,6 +88,8 @@ pub struct NodeArgs {
     pub read_model: Arc<ReadModel>,
     /// The executors the program registered (`kind = "rust:<name>"`).
     pub executors: Executors,
+    /// Where peers reach this node's data plane.
+    pub data: Option<String>,
 }
 
 /// Open the node's stores under `data_dir` and replay the master's ledger.
@@ -136,6 +138,7 @@ pub fn open_stores(cfg: &Config, groups: Arc<TaskGroups>) -> Result<NodeArgs, St
         outbox,
         read_model: Arc::new(ReadModel::new()),
         executors: Executors::new(),
+        data: None,
     })
 }
 
@@ -158,11 +161,13 @@ impl Actor for NodeSupervisor {
             outbox,
             read_model,
             executors,
+            data,
         } = args;
         let node = cfg.node.name.clone();
         let io: Arc<dyn NodeIo> = Arc::new(
             FsIo::new(cfg.node.data_dir.clone(), groups)
                 .with_grace(cfg.cluster.grace_wait_ms)
+                .with_log_max(cfg.worker.log_max_bytes)
                 .with_executors(&executors),
         );
         let (link, _) = Actor::spawn_linked(
@@ -232,6 +237,7 @@ impl Actor for NodeSupervisor {
                 capabilities: cfg.worker.capabilities.clone(),
                 devices: cfg.devices.clone(),
                 max_concurrency: cfg.worker.max_concurrency,
+                data,
                 heartbeat_ms: cfg.cluster.heartbeat_ms,
                 online_window: std::time::Duration::from_secs(cfg.cluster.online_window_s),
                 io,
@@ -383,6 +389,18 @@ pub async fn run_node_with(
     let fatal = args.fatal.clone();
     crate::metrics::install_exporter(cfg.metrics.listen)?;
     let admin_listener = crate::admin::bind(cfg.admin.listen).await?;
+    let read_model = args.read_model.clone();
+    let data_listener = crate::data_plane::bind(cfg.node.data_listen).await?;
+    let data_addr = crate::data_plane::advertised(&cfg.node.advertise, data_listener.local_addr()?);
+    args.data = Some(data_addr.clone());
+    let data_token = crate::data_plane::token(cfg.cluster.secret.expose());
+    let data_plane = crate::data_plane::router(crate::data_plane::DataCtx::new(
+        node.clone(),
+        cfg.node.data_dir.clone(),
+        data_token.clone(),
+        cfg.worker.delete_collected,
+    ));
+    info!(node_id = %node, data = %data_addr, "data plane listening");
     let admin = crate::admin::router(
         node.clone(),
         cfg.admin.token.clone(),
@@ -395,6 +413,16 @@ pub async fn run_node_with(
         }
         Err(e) => anyhow::bail!("node `{node}` failed to start: {}", root_cause(&e)),
     };
+    let data_task = tokio::spawn(async move { axum::serve(data_listener, data_plane).await });
+    let collector = tokio::spawn(
+        crate::collect::Collector::new(
+            node.clone(),
+            cfg.node.data_dir.clone(),
+            data_token,
+            read_model.clone(),
+        )
+        .run(),
+    );
     let (stop_admin_tx, stop_admin_rx) = tokio::sync::oneshot::channel::<()>();
     let admin_task = tokio::spawn(async move {
         axum::serve(admin_listener, admin)
@@ -426,6 +454,8 @@ pub async fn run_node_with(
             })
         }
     };
+    collector.abort();
+    data_task.abort();
     let _ = stop_admin_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
     // Anything still running (the node stopped on a failure) dies with it.

@@ -93,6 +93,37 @@ impl std::fmt::Debug for Executors {
     }
 }
 
+/// One writer of manifests at a time in this process: the master's Session
+/// actors and the collector.
+static MANIFEST_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Set the `collection` of the manifest of `session` on disk (if written)
+/// to `c`, keeping the rest as it is.
+pub fn amend_collection(data_dir: &Path, session: &str, c: &orch_actors::protocol::Collection) {
+    let _held = MANIFEST_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    amend_collection_locked(data_dir, session, c);
+}
+
+fn amend_collection_locked(data_dir: &Path, session: &str, c: &orch_actors::protocol::Collection) {
+    let Ok(dir) = confine(data_dir, &format!("sessions/{session}")) else { return };
+    let path = dir.join("manifest.json");
+    let Ok(bytes) = std::fs::read(&path) else { return };
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return };
+    let Ok(now) = serde_json::to_value(c) else { return };
+    if v.get("collection") == Some(&now) {
+        return;
+    }
+    v["collection"] = now;
+    let tmp = dir.join(".manifest.json.collection.tmp");
+    let written = serde_json::to_vec_pretty(&v)
+        .map_err(std::io::Error::other)
+        .and_then(|b| std::fs::write(&tmp, b))
+        .and_then(|_| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        tracing::warn!(session, error = %e, "cannot add the collection to the manifest on disk; `orchctl manifest` still shows it");
+    }
+}
+
 impl FsIo {
     fn manifest_path(&self, session: &str) -> Result<PathBuf, String> {
         self.confined(&format!("sessions/{session}/manifest.json"))
@@ -107,6 +138,7 @@ impl FsIo {
         manifest: &impl serde::Serialize,
     ) -> Result<PathBuf, String> {
         use std::io::Write;
+        let _held = MANIFEST_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         let dir = self.confined(&format!("sessions/{session}"))?;
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
@@ -123,6 +155,10 @@ impl FsIo {
         std::fs::rename(&tmp, &path)
             .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
         let _ = std::fs::File::open(&dir).and_then(|d| d.sync_all());
+        // What the collector of this node gathered stays said.
+        if let Ok(Some(c)) = crate::collect::read_state(&self.data_dir, session) {
+            amend_collection_locked(&self.data_dir, session, &c);
+        }
         Ok(path)
     }
 
@@ -135,6 +171,17 @@ impl FsIo {
         self
     }
 
+    /// Attempts' logs are capped at `bytes` (`[worker] log_max_bytes`);
+    /// call before the executors are shared.
+    pub fn with_log_max(mut self, bytes: u64) -> Self {
+        if let Some(c) = Arc::get_mut(&mut self.command) {
+            if let Some(l) = c.logs.as_mut() {
+                l.max_bytes = bytes;
+            }
+        }
+        self
+    }
+
     /// File work under `data_dir`; `command` tasks run as `groups`.
     pub fn new(data_dir: PathBuf, groups: Arc<TaskGroups>) -> Self {
         let command = Arc::new(CommandExecutor {
@@ -142,6 +189,10 @@ impl FsIo {
             groups,
             watch: Arc::new(OutputWatch::new()),
             grace_ms: 0,
+            logs: Some(crate::command::LogSettings {
+                data_dir: data_dir.clone(),
+                max_bytes: crate::task_log::DEFAULT_LOG_MAX_BYTES,
+            }),
         });
         Self {
             data_dir,

@@ -31,7 +31,25 @@ pub struct Found {
     pub problems: Vec<String>,
 }
 
-fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
+/// Whether `s` can be one component of a path: not empty, no `/`, not
+/// `.` or `..`, no NUL.
+pub fn safe_component(s: &str) -> bool {
+    !s.is_empty() && s != "." && s != ".." && !s.contains(['/', '\0']) && s.len() <= 255
+}
+
+/// Whether `rel` is a plain relative path: components that are each
+/// [`safe_component`], separated by single `/`.
+pub fn safe_rel(rel: &str) -> bool {
+    !rel.is_empty() && rel.len() <= 4096 && rel.split('/').all(safe_component)
+}
+
+/// The lowercase hex of a finished sha256.
+pub fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Size and sha256 (hex) of the file at `path`.
+pub fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
     let mut f = std::fs::File::open(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -44,8 +62,7 @@ fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
         size += n as u64;
         h.update(&buf[..n]);
     }
-    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    Ok((size, hex))
+    Ok((size, hex(&h.finalize())))
 }
 
 fn temporary(rel: &str) -> bool {

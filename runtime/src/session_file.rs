@@ -12,6 +12,8 @@
 //! priority = 0                         # higher first (-1000 to 1000); equals share devices
 //! max_devices = 8                      # at most this many attempts in flight at once
 //! blocklist_after = 3                  # failures on one device before it gets none (0: never)
+//! collect = "none"                     # where outputs are gathered: the master's node (default),
+//!                                      # a node's name, or "none" (shared storage)
 //! [require]                            # hard match on device capabilities
 //! gpu = true
 //! [prefer]                             # weights for devices with the capability
@@ -124,6 +126,8 @@ struct RawSession {
     /// Failed or turned-away attempts on one device after which it takes
     /// none of the session's tasks (default 3; 0: never).
     blocklist_after: Option<u64>,
+    /// Where the outputs are gathered (docs/collection.md).
+    collect: Option<String>,
     #[serde(default)]
     require: BTreeMap<String, toml::Value>,
     #[serde(default)]
@@ -343,6 +347,17 @@ pub fn parse(
             add(
                 "blocklist_after",
                 format!("expected 0 (never) to 1000, got `{b}`"),
+            );
+        }
+    }
+    if let Some(c) = &raw.collect {
+        if c != "none" && !crate::config::valid_name(c) {
+            add(
+                "collect",
+                format!(
+                    "expected `none` or a node's name (1 to 64 characters from `A-Z a-z 0-9 - _ .`), got `{}`",
+                    crate::config::shown(c)
+                ),
             );
         }
     }
@@ -582,6 +597,7 @@ pub fn parse(
         priority: raw.priority as i32,
         max_devices: raw.max_devices.map(|m| m as u32),
         idempotency_key: None,
+        collect: raw.collect,
         blocklist_after: raw.blocklist_after.map(|b| b.min(1_000) as u32),
     })
 }
@@ -602,6 +618,17 @@ kind = "builtin:noop"
         let e = parse(text, "s.toml", None).unwrap_err();
         assert_eq!(e.0.len(), 1, "{e}");
         e.to_string()
+    }
+
+    #[test]
+    fn collect_is_none_or_a_node_name() {
+        assert_eq!(parse(&format!("collect = \"none\"\n{GOOD}"), "s.toml", None).unwrap().collect.as_deref(), Some("none"));
+        assert_eq!(parse(&format!("collect = \"render-01\"\n{GOOD}"), "s.toml", None).unwrap().collect.as_deref(), Some("render-01"));
+        assert_eq!(parse(GOOD, "s.toml", None).unwrap().collect, None);
+        for bad in ["", "a/b", "../x", "two words"] {
+            let e = err(&format!("collect = \"{bad}\"\n{GOOD}"));
+            assert!(e.contains("`collect`") && e.contains("node's name"), "{bad}: {e}");
+        }
     }
 
     #[test]

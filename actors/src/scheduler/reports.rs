@@ -249,6 +249,8 @@ impl Scheduler {
                     if task.losses >= sess.spec.max_losses {
                         let n = task.losses;
                         let error = format!("turned away {n} times (`max_losses`), last: {error}");
+                        let task = sess.tasks.get_mut(t);
+                        task.avoid = Some((node.clone(), device.clone()));
                         fail_task_with(sess, t, error, std::mem::take(&mut run.steps));
                         return;
                     }
@@ -261,6 +263,7 @@ impl Scheduler {
                 let task = sess.tasks.get_mut(t);
                 task.failures += 1;
                 if task.failures >= sess.spec.max_attempts {
+                    task.avoid = Some((node.clone(), device.clone()));
                     fail_task_with(sess, t, error, std::mem::take(&mut run.steps));
                     return;
                 }

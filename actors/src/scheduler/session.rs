@@ -254,13 +254,21 @@ pub(super) fn fail_task_with(
     error: String,
     steps: Vec<crate::workflow::StepRecord>,
 ) {
+    let id = sess.id.clone();
     let task = sess.tasks.get_mut(t);
+    // The device of its last attempt, when one ran and failed there.
+    let ran_on = task.avoid.clone().filter(|_| task.failures > 0 || task.losses > 0);
     sess.failed.push(FailedRange {
         frames: task.frames,
         task: t.wire(),
         attempts: task.attempt,
         error: error.clone(),
         steps,
+        log: ran_on
+            .as_ref()
+            .map(|_| crate::protocol::log_route(&id, t.wire(), task.attempt)),
+        node: ran_on.as_ref().map(|(n, _)| n.to_string()),
+        device: ran_on.map(|(_, d)| d.to_string()),
     });
     task.last_error = Some(error);
     task.state = TaskState::Failed;

@@ -19,6 +19,7 @@ pub struct ManifestSnapshot {
     skipped_offline: BTreeMap<String, u64>,
     failure_reasons: BTreeMap<String, String>,
     blocklisted: Vec<Blocklisting>,
+    collect: String,
     submitted_ms: u64,
     finished_ms: Option<u64>,
     /// The session's, shared: in the order they were produced (see
@@ -79,6 +80,8 @@ impl ManifestSnapshot {
             skipped_offline: self.skipped_offline.clone(),
             failure_reasons: self.failure_reasons.clone(),
             blocklisted: self.blocklisted.clone(),
+            collect: self.collect.clone(),
+            collection: None,
         }
     }
 }
@@ -170,6 +173,8 @@ impl serde::Serialize for ManifestSnapshot {
         } else {
             st.serialize_field("blocklisted", &self.blocklisted)?;
         }
+        st.serialize_field("collect", &self.collect)?;
+        st.skip_field("collection")?;
         st.end()
     }
 }
@@ -247,6 +252,7 @@ impl Scheduler {
             priority: s.spec.priority,
             max_devices: s.spec.max_devices,
             skipped_offline: s.skipped_offline.clone(),
+            collect: crate::protocol::collector_of(&s.spec),
         })
     }
 
@@ -390,6 +396,8 @@ impl Scheduler {
             skipped_offline: s.skipped_offline.clone(),
             failure_reasons: s.failure_reasons.clone(),
             blocklisted: s.blocklisted.clone(),
+            collect: crate::protocol::collector_of(&s.spec),
+            collection: None,
         })
     }
 
@@ -415,6 +423,7 @@ impl Scheduler {
             skipped_offline: sess.skipped_offline.clone(),
             failure_reasons: sess.failure_reasons.clone(),
             blocklisted: sess.blocklisted.clone(),
+            collect: crate::protocol::collector_of(&sess.spec),
             submitted_ms: sess.submitted_ms,
             finished_ms: sess.finished_ms,
             ranges,
@@ -439,6 +448,7 @@ impl Scheduler {
             skipped_offline: BTreeMap::new(),
             failure_reasons: BTreeMap::new(),
             blocklisted: Vec::new(),
+            collect: String::new(),
             submitted_ms: 0,
             finished_ms: Some(0),
             ranges: Segments::default(),

@@ -153,6 +153,7 @@ async fn main() {
         groups: Arc::new(TaskGroups::in_dir(tmp.path().join("procs"))),
         watch: Arc::new(OutputWatch::new()),
         grace_ms: 0,
+        logs: None,
     };
     std::fs::create_dir_all(tmp.path().join("procs")).unwrap();
     println!(
