@@ -482,6 +482,7 @@ mod tests {
             instance,
             attempt,
             held: vec![],
+            data: None,
         }
     }
 

@@ -213,6 +213,47 @@ pub enum AdminRequest {
         name: String,
         version: Option<u32>,
     },
+    /// Tasks `from ..` of a session, at most `limit` ([`MAX_TASKS_PAGE`]).
+    Tasks {
+        session: String,
+        from: u64,
+        limit: u32,
+    },
+}
+
+/// Most tasks one [`AdminRequest::Tasks`] answers.
+pub const MAX_TASKS_PAGE: u32 = 10_000;
+
+/// Where one task stands, as the session page and `orchctl logs` see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskView {
+    pub task: u64,
+    /// Its whole range.
+    pub frames: FrameRange,
+    /// `pending`, `running`, `done` or `failed`.
+    pub state: String,
+    /// Its current (or last) attempt.
+    pub attempt: u32,
+    /// Produced once after a loss or failure, or requeued.
+    pub replayed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Every attempt known to have run, oldest first.
+    pub attempts: Vec<AttemptView>,
+}
+
+/// One attempt of a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptView {
+    pub attempt: u32,
+    pub node: String,
+    pub device: String,
+    /// `running`, `produced`, `failed`, or why it moved on (a loss reason).
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<u64>,
 }
 
 /// Answer to an [`AdminRequest`].
@@ -241,6 +282,7 @@ pub enum AdminReply {
     /// The latest version of every workflow.
     Workflows(Vec<crate::workflow::Workflow>),
     Workflow(Box<crate::workflow::Workflow>),
+    Tasks(Vec<TaskView>),
     NotFound(String),
     Error(String),
 }

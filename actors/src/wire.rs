@@ -235,6 +235,7 @@ mod tests {
                         instance,
                         attempt,
                         held: vec![],
+                        data: None,
                     })
                 }),
             (

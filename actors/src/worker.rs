@@ -1175,6 +1175,7 @@ mod tests {
                 instance,
                 attempt: 1,
                 held: vec![],
+                data: None,
             }
         );
         assert_eq!(registration(&worker).await, Registration::Registering);

@@ -107,6 +107,7 @@ async fn a_protocol_mismatch_is_refused_on_both_sides() {
             instance: 1,
             attempt: 1,
             held: vec![],
+            data: None,
         })))
         .unwrap();
     let reply = tokio::time::timeout(Duration::from_secs(5), rx.recv())
@@ -145,6 +146,7 @@ async fn a_protocol_mismatch_is_refused_on_both_sides() {
             capabilities: Default::default(),
             devices: vec![],
             max_concurrency: 1,
+            data: None,
             heartbeat_ms: 50,
             online_window: Duration::from_secs(30),
             outbox: orch_actors::outbox::Outbox::open(None).unwrap(),

@@ -234,6 +234,7 @@ impl World {
             executor: ExecutorSpec::Noop,
             timeout_ms: 1000,
             idempotency_key: None,
+            collect: None,
             blocklist_after: Some(0),
         };
         w.feed(SchedEvent::Submit {
@@ -398,6 +399,7 @@ impl World {
                     max_concurrency: 1 + i as u32,
                     devices: devices(i),
                     held: Vec::new(),
+                    data: None,
                 });
             }
             Op::Down(i) if self.up[i] && self.late[i].is_none() => {
@@ -694,6 +696,7 @@ impl World {
                     max_concurrency: 1,
                     devices: devices(0),
                     held: Vec::new(),
+                    data: None,
                 });
                 self.commit(0);
             }
@@ -1015,6 +1018,7 @@ impl World {
             executor: ExecutorSpec::Noop,
             timeout_ms: 1000,
             idempotency_key: None,
+            collect: None,
             blocklist_after: Some(0),
         };
         self.feed(SchedEvent::Submit {
@@ -1264,6 +1268,7 @@ fn a_session_no_device_can_serve_waits_and_says_why() {
             max_concurrency: 2,
             devices: devices(0),
             held: Vec::new(),
+            data: None,
         },
         0,
     );
@@ -1284,6 +1289,7 @@ fn a_session_no_device_can_serve_waits_and_says_why() {
         executor: ExecutorSpec::Noop,
         timeout_ms: 1,
         idempotency_key: None,
+        collect: None,
         blocklist_after: Some(0),
     };
     let cmds = s.on_event(
@@ -1318,6 +1324,7 @@ fn per_device_fifo_depth_and_round_robin_over_many_devices() {
             max_concurrency: 20,
             devices: devs,
             held: Vec::new(),
+            data: None,
         },
         0,
     );
@@ -1341,6 +1348,7 @@ fn per_device_fifo_depth_and_round_robin_over_many_devices() {
         executor: ExecutorSpec::Noop,
         timeout_ms: 1,
         idempotency_key: None,
+        collect: None,
         blocklist_after: Some(0),
     };
     let mut leases: Vec<TaskSpec> = s
@@ -1418,6 +1426,7 @@ fn one_task(name: &str) -> SessionSpec {
         executor: ExecutorSpec::Noop,
         timeout_ms: 1,
         idempotency_key: None,
+        collect: None,
         blocklist_after: Some(0),
     }
 }
@@ -1450,6 +1459,7 @@ fn up(s: &mut Scheduler, node: &str, devices: Vec<DeviceInfo>) -> Vec<SchedComma
             max_concurrency: devices.len() as u32,
             devices,
             held: Vec::new(),
+            data: None,
         },
         0,
     )

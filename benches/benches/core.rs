@@ -196,6 +196,7 @@ fn dispatch(c: &mut Criterion) {
                 capabilities: BTreeMap::new(),
                 devices: devices(8),
                 max_concurrency: 8,
+                data: None,
                 heartbeat_ms: 1000,
                 online_window: std::time::Duration::from_secs(30),
                 io: Arc::new(NullIo),

@@ -57,6 +57,7 @@ pub fn noop_session(name: &str, frames: u64, chunk: u64, id_chunk: u64) -> Sessi
         executor: ExecutorSpec::Noop,
         timeout_ms: 600_000,
         idempotency_key: None,
+        collect: None,
         blocklist_after: None,
     }
 }

@@ -31,15 +31,25 @@ const MAX_BODY: usize = 8 * 1024 * 1024;
 /// How long an admin request waits for the master.
 const MASTER_TIMEOUT: Duration = Duration::from_secs(5);
 
-struct AdminCtx {
-    node: String,
+pub(crate) struct AdminCtx {
+    pub(crate) node: String,
     token: Option<Secret>,
     /// What this node's master publishes (read while it is the current master).
-    read_model: Arc<ReadModel>,
+    pub(crate) read_model: Arc<ReadModel>,
+    /// This node's files, and the token of the other nodes' data planes
+    /// (logs and collected outputs are read there).
+    pub(crate) data: DataAccess,
+}
+
+/// What the admin API needs to read logs and outputs on any node.
+#[derive(Clone)]
+pub struct DataAccess {
+    pub data_dir: std::path::PathBuf,
+    pub token: String,
 }
 
 /// An error answer: a status code and one clear line.
-struct ApiError(StatusCode, String);
+pub(crate) struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
 /// Longest error message sent.
 const MAX_ERROR: usize = 1024;
@@ -89,11 +99,17 @@ pub async fn bind(listen: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 /// The admin router for this node.
-pub fn router(node: String, token: Option<Secret>, read_model: Arc<ReadModel>) -> Router {
+pub fn router(
+    node: String,
+    token: Option<Secret>,
+    read_model: Arc<ReadModel>,
+    data: DataAccess,
+) -> Router {
     let ctx = Arc::new(AdminCtx {
         node,
         token,
         read_model,
+        data,
     });
     Router::new()
         .route("/v1/status", get(status))
@@ -101,6 +117,10 @@ pub fn router(node: String, token: Option<Secret>, read_model: Arc<ReadModel>) -
         .route("/v1/sessions", get(sessions).post(submit))
         .route("/v1/sessions/{id}", get(session))
         .route("/v1/sessions/{id}/manifest", get(manifest))
+        .route("/v1/sessions/{id}/tasks", get(crate::admin_data::tasks))
+        .route("/v1/sessions/{id}/tasks/{task}/log", get(crate::admin_data::log))
+        .route("/v1/sessions/{id}/output", get(crate::admin_data::output))
+        .route("/v1/sessions/{id}/output/{*name}", get(crate::admin_data::output_file))
         .route("/v1/sessions/{id}/cancel", post(cancel))
         .route("/v1/sessions/{id}/pause", post(pause))
         .route("/v1/sessions/{id}/resume", post(resume))
@@ -197,7 +217,7 @@ async fn not_found() -> ApiError {
 }
 
 /// Ask the master (the one [`masters::current`] names), wherever it runs.
-async fn ask_master(ctx: &AdminCtx, req: AdminRequest) -> Result<AdminReply, ApiError> {
+pub(crate) async fn ask_master(ctx: &AdminCtx, req: AdminRequest) -> Result<AdminReply, ApiError> {
     let Some((claim, master)) = masters::current() else {
         return Err(ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -298,14 +318,14 @@ async fn workers(
     }
 }
 
-fn unexpected() -> ApiError {
+pub(crate) fn unexpected() -> ApiError {
     ApiError(
         StatusCode::BAD_GATEWAY,
         "unexpected reply from the master".into(),
     )
 }
 
-fn json<T: serde::Serialize>(v: T) -> Result<Response, ApiError> {
+pub(crate) fn json<T: serde::Serialize>(v: T) -> Result<Response, ApiError> {
     Ok(Json(v).into_response())
 }
 
@@ -425,7 +445,10 @@ async fn manifest(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     match ask_master(&ctx, AdminRequest::Manifest(id)).await? {
-        AdminReply::Manifest(m) => json(m),
+        AdminReply::Manifest(mut m) => {
+            m.collection = crate::admin_data::collection_of(&ctx, &m.session, &m.collect).await;
+            json(m)
+        }
         _ => Err(unexpected()),
     }
 }

@@ -185,13 +185,23 @@ fn range_of(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, Respon
     Ok(Some((start, end)))
 }
 
-/// Serve the regular file at `path`, whole or the range asked.
+/// Serve the regular file at `path` of this node (for the admin API).
+pub async fn serve_local(node: &str, path: &FsPath, headers: &HeaderMap) -> Response {
+    serve(node, None, path, headers).await
+}
+
 async fn serve_file(ctx: &DataCtx, path: &FsPath, headers: &HeaderMap) -> Response {
+    serve(&ctx.node, Some(ctx.permits.clone()), path, headers).await
+}
+
+/// Serve the regular file at `path`, whole or the range asked, holding
+/// one of `permits` while it is sent.
+async fn serve(node: &str, permits: Option<Arc<Semaphore>>, path: &FsPath, headers: &HeaderMap) -> Response {
     let meta = match tokio::fs::symlink_metadata(path).await {
         Ok(m) if m.is_file() => m,
         Ok(_) => return err(StatusCode::FORBIDDEN, "not a regular file"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return err(StatusCode::NOT_FOUND, format!("no file `{}` on node `{}`", path.display(), ctx.node))
+            return err(StatusCode::NOT_FOUND, format!("no file `{}` on node `{node}`", path.display()))
         }
         Err(e) => return err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
@@ -200,13 +210,16 @@ async fn serve_file(ctx: &DataCtx, path: &FsPath, headers: &HeaderMap) -> Respon
         Ok(r) => r,
         Err(r) => return r,
     };
-    let permit = match tokio::time::timeout(Duration::from_secs(30), ctx.permits.clone().acquire_owned()).await {
-        Ok(Ok(p)) => p,
-        _ => {
-            let mut r = err(StatusCode::SERVICE_UNAVAILABLE, format!("node `{}` serves {SERVE_CONCURRENCY} files already; try again", ctx.node));
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return r;
-        }
+    let permit = match permits {
+        None => None,
+        Some(p) => match tokio::time::timeout(Duration::from_secs(30), p.acquire_owned()).await {
+            Ok(Ok(p)) => Some(p),
+            _ => {
+                let mut r = err(StatusCode::SERVICE_UNAVAILABLE, format!("node `{node}` serves {SERVE_CONCURRENCY} files already; try again"));
+                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return r;
+            }
+        },
     };
     let mut f = match tokio::fs::File::open(path).await {
         Ok(f) => f,
@@ -278,7 +291,7 @@ where
 
 struct Permitted<S> {
     inner: S,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl<S: futures_core::Stream + Unpin> futures_core::Stream for Permitted<S> {

@@ -3,6 +3,7 @@
 //! binaries.
 
 pub mod admin;
+mod admin_data;
 pub mod cluster_link;
 pub mod cluster_port;
 pub mod collect;
@@ -11,6 +12,7 @@ pub mod config;
 pub mod data_plane;
 pub mod device_sources;
 pub mod exit;
+pub mod fetch;
 pub mod metrics;
 pub mod node;
 pub mod node_checks;

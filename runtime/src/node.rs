@@ -405,6 +405,10 @@ pub async fn run_node_with(
         node.clone(),
         cfg.admin.token.clone(),
         args.read_model.clone(),
+        crate::admin::DataAccess {
+            data_dir: cfg.node.data_dir.clone(),
+            token: data_token.clone(),
+        },
     );
     let (sup, sup_handle) = match Actor::spawn(None, NodeSupervisor, args).await {
         Ok(started) => started,

@@ -113,7 +113,7 @@ pub async fn run_session(spec: SessionSpec, data_dir: &Path) -> anyhow::Result<S
             .join("manifest.json")
             .display()
     );
-    println!("  outputs   {}", data_dir.join("out").join(&v.id).display());
+    print_outputs(&v, &data_dir).await;
     if let AdminReply::Manifest(m) = ask(AdminRequest::Manifest(id.clone())).await? {
         for f in &m.failed {
             println!(
@@ -123,4 +123,55 @@ pub async fn run_session(spec: SessionSpec, data_dir: &Path) -> anyhow::Result<S
         }
     }
     Ok(v.state)
+}
+
+/// How long `--run` waits, after the session ended, for its outputs to be collected.
+const COLLECT_WAIT: Duration = Duration::from_secs(120);
+
+/// Where the outputs are: the collected folder, once this node's collector
+/// has them all (waiting for it with a line of progress), or the workers'.
+async fn print_outputs(v: &SessionView, data_dir: &Path) {
+    let here = masters::current().map(|(c, _)| c.node);
+    let collector = match v.collect.as_str() {
+        "" => None,
+        orch_actors::protocol::COLLECT_MASTER => here.clone(),
+        node => Some(node.to_string()),
+    };
+    let Some(collector) = collector else {
+        println!("  outputs   {} (not collected)", data_dir.join("out").join(&v.id).display());
+        return;
+    };
+    let dir = data_dir.join(crate::collect::output_rel(&v.id));
+    let deadline = Instant::now() + COLLECT_WAIT;
+    let mut said = Instant::now();
+    let state = loop {
+        let state = crate::collect::read_state(data_dir, &v.id).ok().flatten();
+        match &state {
+            Some(c) if c.settled => break state,
+            None if v.frames_done == 0 => break state,
+            _ if Instant::now() > deadline => break state,
+            Some(c) if said.elapsed() > Duration::from_secs(2) => {
+                eprintln!("collecting outputs: {}/{} files", c.collected, c.files.len());
+                said = Instant::now();
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    match state {
+        Some(c) if Some(&collector) == here.as_ref() => {
+            let mut line = format!("  outputs   {} ({} files collected, sha256 verified", dir.display(), c.collected);
+            for (n, what) in [(c.pending, "pending"), (c.uncollected, "uncollected"), (c.failed, "failed"), (c.conflicts, "in conflict")] {
+                if n > 0 {
+                    line.push_str(&format!(", {n} {what}"));
+                }
+            }
+            println!("{line})");
+        }
+        _ => println!(
+            "  outputs   collected on node `{collector}` in {} (`orchctl fetch {} DIR` downloads them)",
+            crate::collect::output_rel(&v.id),
+            v.id
+        ),
+    }
 }

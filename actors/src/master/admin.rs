@@ -205,6 +205,17 @@ impl MasterState {
                 Some(v) => AdminReply::Session(v),
                 None => AdminReply::NotFound(format!("no session `{id}`")),
             },
+            AdminRequest::Tasks {
+                session,
+                from,
+                limit,
+            } => match self.sched.tasks_page(&session, from, limit) {
+                Some(t) => AdminReply::Tasks(t),
+                None if self.sched.has_session(&session) => AdminReply::Error(format!(
+                    "session `{session}` left the master's memory: its tasks are in its manifest"
+                )),
+                None => AdminReply::NotFound(format!("no session `{session}`")),
+            },
             AdminRequest::Manifest(id) => match self.sched.manifest(&id) {
                 Some(m) => AdminReply::Manifest(Box::new(m)),
                 None => AdminReply::NotFound(format!("no session `{id}`")),

@@ -708,6 +708,7 @@ mod tests {
             executor: ExecutorSpec::Noop,
             timeout_ms: 60_000,
             idempotency_key: None,
+            collect: None,
             blocklist_after: None,
         }
     }
@@ -764,6 +765,7 @@ mod tests {
             instance: 1,
             attempt: 1,
             held: vec![],
+            data: None,
         })))
         .expect("the master takes messages");
         let reply = tokio::time::timeout(WITHIN, rx.recv())

@@ -23,7 +23,7 @@ use crate::protocol::{
     FailedRange, FrameRange, IdRange, LossReason, Manifest, ManifestRange, OutputFile,
     ReplayRecord, SessionSpec, SessionState, SessionView, TaskOutcome, TaskProgress, TaskRef,
     TaskResult, TaskSpec, BLOCKLIST_NODE_AFTER, DEFAULT_BLOCKLIST_AFTER, DEVICE_BLOCKLIST_IN_A_ROW,
-    PRIORITY_AGING_MS,
+    PRIORITY_AGING_MS, AttemptView, TaskView, MAX_TASKS_PAGE,
 };
 
 mod cluster;

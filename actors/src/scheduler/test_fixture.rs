@@ -68,6 +68,7 @@ pub(super) fn spec(n: u64, chunk: u64) -> SessionSpec {
         executor: crate::protocol::ExecutorSpec::Noop,
         timeout_ms: TIMEOUT_MS,
         idempotency_key: None,
+        collect: None,
         blocklist_after: None,
     }
 }

@@ -528,3 +528,107 @@ impl Scheduler {
         v
     }
 }
+
+impl Scheduler {
+    /// Tasks `from ..` of session `id`, at most `limit`: their state and
+    /// every attempt known to have run (`None`: no such session in memory;
+    /// an evicted one's tasks are read from its manifest).
+    pub fn tasks_page(&self, id: &str, from: u64, limit: u32) -> Option<Vec<TaskView>> {
+        let s = &self.sessions[*self.by_id.get(id)?];
+        if s.evicted.is_some() {
+            return None;
+        }
+        let n = u64::from(s.tasks.len());
+        let end = from
+            .saturating_add(u64::from(limit.min(MAX_TASKS_PAGE)))
+            .min(n);
+        if from >= end {
+            return Some(Vec::new());
+        }
+        let mut views: Vec<TaskView> = (from..end)
+            .map(|t| {
+                let idx = TaskIdx(t as u32);
+                let task = s.tasks.get(idx);
+                let (state, attempt, error) = match task.as_deref() {
+                    Some(task) => (
+                        match task.state {
+                            TaskState::Pending | TaskState::Waiting => "pending",
+                            TaskState::Running(_) => "running",
+                            TaskState::Done => "done",
+                            TaskState::Failed => "failed",
+                        },
+                        task.attempt,
+                        task.last_error.clone(),
+                    ),
+                    None => ("pending", 0, None),
+                };
+                TaskView {
+                    task: t,
+                    frames: s.tasks.range(idx),
+                    state: state.to_string(),
+                    attempt,
+                    replayed: false,
+                    error,
+                    attempts: Vec::new(),
+                }
+            })
+            .collect();
+        let at = |t: u64| (t >= from && t < end).then(|| (t - from) as usize);
+        for r in &s.replay {
+            if let Some(i) = at(r.task) {
+                views[i].replayed = true;
+                views[i].attempts.push(AttemptView {
+                    attempt: r.old_attempt,
+                    node: r.node.clone(),
+                    device: r.device.clone(),
+                    outcome: r.reason.as_str().to_string(),
+                    started_ms: None,
+                    finished_ms: None,
+                });
+            }
+        }
+        for seg in s.ranges.iter() {
+            if let Some(i) = at(seg.task.wire()) {
+                let v = &mut views[i];
+                if !v.attempts.iter().any(|a| a.attempt == seg.attempt && a.outcome == "produced") {
+                    v.attempts.push(AttemptView {
+                        attempt: seg.attempt,
+                        node: seg.node.to_string(),
+                        device: seg.device.to_string(),
+                        outcome: "produced".into(),
+                        started_ms: Some(seg.started_ms),
+                        finished_ms: Some(seg.finished_ms),
+                    });
+                }
+            }
+        }
+        for f in &s.failed {
+            if let (Some(i), Some(node), Some(device)) = (at(f.task), &f.node, &f.device) {
+                views[i].attempts.push(AttemptView {
+                    attempt: f.attempts,
+                    node: node.clone(),
+                    device: device.clone(),
+                    outcome: "failed".into(),
+                    started_ms: None,
+                    finished_ms: None,
+                });
+            }
+        }
+        for v in &mut views {
+            if let Some(task) = s.tasks.get(TaskIdx(v.task as u32)) {
+                if let TaskState::Running(run) = &task.state {
+                    v.attempts.push(AttemptView {
+                        attempt: task.attempt,
+                        node: run.node.to_string(),
+                        device: run.device.to_string(),
+                        outcome: "running".into(),
+                        started_ms: Some(run.started_ms),
+                        finished_ms: None,
+                    });
+                }
+            }
+            v.attempts.sort_by_key(|a| a.attempt);
+        }
+        Some(views)
+    }
+}

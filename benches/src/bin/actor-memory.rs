@@ -517,6 +517,7 @@ async fn main() -> Result<()> {
         capabilities: BTreeMap::from([("gpu".to_string(), CapValue::Bool(false))]),
         devices: (0..n).map(device_info).collect(),
         max_concurrency: 100,
+        data: None,
         heartbeat_ms: 1000,
         online_window: std::time::Duration::from_secs(30),
         io: io.clone(),

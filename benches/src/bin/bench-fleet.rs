@@ -491,6 +491,7 @@ fn register_of(node: &str, devices: usize, instance: u64) -> Register {
         instance: instance + 1,
         attempt: 1,
         held: vec![],
+        data: None,
     }
 }
 

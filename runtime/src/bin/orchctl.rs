@@ -85,6 +85,19 @@ enum Cmd {
     },
     /// Follow a session with a live progress bar until it ends (exit 0 only if completed).
     Watch { id: String },
+    /// Download a session's collected outputs into DIR, each verified by its
+    /// sha256 (exit 0 only if every produced output was collected).
+    Fetch { id: String, dir: PathBuf },
+    /// An attempt's stdout and stderr (its last attempt unless --attempt).
+    Logs {
+        id: String,
+        task: u64,
+        #[arg(long)]
+        attempt: Option<u32>,
+        /// Follow a running attempt until it ends.
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
     /// Workflow recipes the master stores (docs/workflows.md).
     Workflow {
         #[command(subcommand)]
@@ -135,14 +148,8 @@ fn request(cli: &Cli, method: &str, path: &str, body: Option<&str>) -> Result<Va
     request_with(cli, method, path, body, None)
 }
 
-fn request_with(
-    cli: &Cli,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-    idempotency_key: Option<&str>,
-) -> Result<Value, Failure> {
-    let token = match &cli.token_file {
+fn token(cli: &Cli) -> Result<Option<String>, Failure> {
+    Ok(match &cli.token_file {
         Some(f) => Some(
             orch_runtime::config::read_capped(f, orch_runtime::config::MAX_SECRET_BYTES)
                 .map_err(|e| Failure(2, format!("token file `{}`: {e}", f.display())))?
@@ -150,7 +157,55 @@ fn request_with(
                 .to_string(),
         ),
         None => None,
-    };
+    })
+}
+
+fn endpoint(cli: &Cli) -> Result<orch_runtime::fetch::Endpoint, Failure> {
+    Ok(orch_runtime::fetch::Endpoint {
+        node: cli.node.clone(),
+        token: token(cli)?,
+    })
+}
+
+fn fetch(cli: &Cli, id: &str, dir: &std::path::Path) -> Result<(), Failure> {
+    let ep = endpoint(cli)?;
+    let progress = !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let done = orch_runtime::fetch::fetch(&ep, id, dir, progress).map_err(|(c, m)| Failure(c, m))?;
+    if cli.json {
+        print_json(&serde_json::json!({
+            "dir": dir, "fetched": done.files, "bytes": done.bytes,
+            "kept": done.kept, "missing": done.missing,
+        }))?;
+    } else {
+        println!(
+            "fetched {} files ({} bytes) into {}, {} already there; every one matched its sha256",
+            done.files,
+            done.bytes,
+            dir.display(),
+            done.kept
+        );
+        for m in &done.missing {
+            println!("not collected: {m}");
+        }
+    }
+    if done.missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure(
+            EXIT_FAILED,
+            format!("{} outputs are not collected (see `orchctl manifest {id}`)", done.missing.len()),
+        ))
+    }
+}
+
+fn request_with(
+    cli: &Cli,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    idempotency_key: Option<&str>,
+) -> Result<Value, Failure> {
+    let token = token(cli)?;
     let url = format!("http://{}{path}", cli.node);
     // A large manifest may take a while to stream: bound each read, not the
     // whole. The node answers within its own 5 s limit for the master, so a
@@ -504,6 +559,17 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             };
         }
         Cmd::Watch { id } => return follow(cli, id),
+        Cmd::Fetch { id, dir } => return fetch(cli, id, dir),
+        Cmd::Logs {
+            id,
+            task,
+            attempt,
+            follow,
+        } => {
+            let ep = endpoint(cli)?;
+            return orch_runtime::fetch::logs(&ep, id, *task, *attempt, *follow, &mut std::io::stdout().lock())
+                .map_err(|(c, m)| Failure(c, m));
+        }
         Cmd::Workflow { cmd } => return workflow(cli, cmd),
         Cmd::Pause { id } => return mutate(cli, &format!("/v1/sessions/{id}/pause")),
         Cmd::Resume { id } => return mutate(cli, &format!("/v1/sessions/{id}/resume")),
@@ -612,6 +678,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                     f.frames.start, f.frames.end, f.task, f.attempts, f.error
                 );
             }
+            print_collection(&m);
             Ok(())
         }
         Cmd::Devices { .. } => {
@@ -723,5 +790,38 @@ fn main() -> ExitCode {
             eprintln!("error: {msg}");
             exit::code(code)
         }
+    }
+}
+
+/// The collection part of `orchctl manifest`.
+fn print_collection(m: &Manifest) {
+    use orch_actors::protocol::CollectState;
+    let Some(c) = &m.collection else {
+        if m.collect.is_empty() {
+            println!("outputs not collected (`collect = \"none\"`, or the executor writes no files)");
+        }
+        return;
+    };
+    println!(
+        "collection on node `{}` in {}: {} collected, {} pending, {} uncollected, {} failed, {} conflicts{}",
+        c.node,
+        c.dir,
+        c.collected,
+        c.pending,
+        c.uncollected,
+        c.failed,
+        c.conflicts,
+        if c.settled { " (settled)" } else { "" }
+    );
+    for f in c.files.iter().filter(|f| f.state != CollectState::Collected || f.error.is_some()) {
+        println!(
+            "  {:<12} {} task {} attempt {} from {}: {}",
+            format!("{:?}", f.state).to_lowercase(),
+            f.name,
+            f.task,
+            f.attempt,
+            f.node,
+            f.error.as_deref().unwrap_or("")
+        );
     }
 }
