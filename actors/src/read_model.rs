@@ -180,6 +180,7 @@ mod tests {
 
     fn view(id: &str) -> SessionView {
         SessionView {
+            collect: String::new(),
             id: id.into(),
             name: id.into(),
             state: SessionState::Running,

@@ -185,6 +185,7 @@ mod tests {
 
     fn view(id: &str, state: State) -> SessionView {
         SessionView {
+            collect: String::new(),
             id: id.into(),
             name: id.into(),
             state,

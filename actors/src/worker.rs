@@ -1142,6 +1142,7 @@ mod tests {
             None,
             Worker,
             WorkerArgs {
+                data: None,
                 node: node.into(),
                 advertise: "127.0.0.1:7001".into(),
                 capabilities: capabilities.clone(),

@@ -399,7 +399,6 @@ impl World {
                     max_concurrency: 1 + i as u32,
                     devices: devices(i),
                     held: Vec::new(),
-                    data: None,
                 });
             }
             Op::Down(i) if self.up[i] && self.late[i].is_none() => {
@@ -696,7 +695,6 @@ impl World {
                     max_concurrency: 1,
                     devices: devices(0),
                     held: Vec::new(),
-                    data: None,
                 });
                 self.commit(0);
             }
@@ -1268,7 +1266,6 @@ fn a_session_no_device_can_serve_waits_and_says_why() {
             max_concurrency: 2,
             devices: devices(0),
             held: Vec::new(),
-            data: None,
         },
         0,
     );
@@ -1324,7 +1321,6 @@ fn per_device_fifo_depth_and_round_robin_over_many_devices() {
             max_concurrency: 20,
             devices: devs,
             held: Vec::new(),
-            data: None,
         },
         0,
     );
@@ -1459,7 +1455,6 @@ fn up(s: &mut Scheduler, node: &str, devices: Vec<DeviceInfo>) -> Vec<SchedComma
             max_concurrency: devices.len() as u32,
             devices,
             held: Vec::new(),
-            data: None,
         },
         0,
     )

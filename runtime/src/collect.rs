@@ -154,6 +154,8 @@ struct Sess {
     files: BTreeMap<Key, CollectedFile>,
     /// When each file is next tried.
     next_try: HashMap<Key, Instant>,
+    /// Transfers of each file whose bytes did not match (or that its node did not have).
+    mismatches: HashMap<Key, u32>,
     /// Each produced attempt's folder on its node, by (task, attempt).
     out_dirs: HashMap<(u64, u32), String>,
     /// The session is over (final state).
@@ -326,6 +328,7 @@ impl Collector {
             seen: None,
             files,
             next_try: HashMap::new(),
+            mismatches: HashMap::new(),
             out_dirs: HashMap::new(),
             finished: false,
             dirty: false,
@@ -551,12 +554,15 @@ impl Collector {
                 }
             }
             Outcome::Mismatch(why) | Outcome::Missing(why) => {
-                let result = if f.tries >= MAX_MISMATCH_TRIES { "failed" } else { "mismatch" };
+                let n = sess.mismatches.entry(job.key.clone()).or_insert(0);
+                *n += 1;
+                let n = *n;
+                let result = if n >= MAX_MISMATCH_TRIES { "failed" } else { "mismatch" };
                 metrics::counter!(m::COLLECTED_FILES, "result" => result).increment(1);
-                warn!(node_id = %self.node, session = %job.session, file = %f.name, from = %f.node, tries = f.tries, "{why}");
-                if f.tries >= MAX_MISMATCH_TRIES {
+                warn!(node_id = %self.node, session = %job.session, file = %f.name, from = %f.node, tries = n, "{why}");
+                if n >= MAX_MISMATCH_TRIES {
                     f.state = CollectState::Failed;
-                    f.error = Some(format!("{why} ({} tries); not merged", f.tries));
+                    f.error = Some(format!("{why} ({n} tries); not merged"));
                 } else {
                     f.error = Some(why);
                     sess.next_try.insert(job.key.clone(), Instant::now() + backoff(f.tries));

@@ -304,11 +304,19 @@ impl<S: futures_core::Stream + Unpin> futures_core::Stream for Permitted<S> {
     }
 }
 
+/// Test hook: while this file exists under `data_dir`, the node's data
+/// plane answers 503 to every file request (a collector must wait and
+/// retry). See docs/testing.md.
+pub const HOLD_HOOK_FILE: &str = "test-hold-data-plane";
+
 async fn file(
     State(ctx): State<Arc<DataCtx>>,
     Path(rel): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    if ctx.data_dir.join(HOLD_HOOK_FILE).exists() {
+        return err(StatusCode::SERVICE_UNAVAILABLE, "held by the test hook");
+    }
     match confined(&ctx, &rel, "out/") {
         Ok(p) => serve_file(&ctx, &p, &headers).await,
         Err(r) => r,

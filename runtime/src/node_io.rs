@@ -708,6 +708,8 @@ mod tests {
         let io = FsIo::new(d.path().to_path_buf(), groups(d.path()));
         let frames = FrameRange { start: 70, end: 80 };
         let m = Manifest {
+            collect: String::new(),
+            collection: None,
             session: "s".into(),
             name: "s".into(),
             state: SessionState::Completed,

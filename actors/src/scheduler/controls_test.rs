@@ -380,6 +380,8 @@ fn range(task: u64, attempt: u32, start: u64, end: u64) -> ManifestRange {
 
 fn manifest_of(ranges: Vec<ManifestRange>) -> Manifest {
     Manifest {
+        collect: String::new(),
+        collection: None,
         session: S1.into(),
         name: "render".into(),
         state: SessionState::Completed,

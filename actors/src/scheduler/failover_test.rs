@@ -199,6 +199,9 @@ fn a_range_lost_max_losses_times_fails_for_good() {
     assert_eq!(
         m.failed,
         vec![FailedRange {
+            node: None,
+            device: None,
+            log: None,
             frames: frames(0, 1),
             task: 0,
             // The number its next attempt took, not the attempts that ran.

@@ -120,7 +120,6 @@ fn apply(
                     })
                     .collect(),
                 held: Vec::new(),
-                data: None,
             },
             *now,
         ),
@@ -256,7 +255,6 @@ fn a_budget_places_in_slices_that_replay_the_same() {
         max_concurrency: 20,
         devices,
         held: Vec::new(),
-        data: None,
     };
     feed(&mut sched, &mut log, up);
     assert_eq!(
@@ -311,7 +309,6 @@ fn in_passes_only_place_places_and_a_replay_places_the_same() {
         max_concurrency: 20,
         devices,
         held: Vec::new(),
-        data: None,
     };
     assert!(feed(&mut sched, up).is_empty());
     let submit = SchedEvent::Submit {

@@ -242,6 +242,10 @@ fn a_range_that_fails_max_attempts_times_fails_for_good() {
     assert_eq!(
         fx.manifest(S1).failed,
         vec![FailedRange {
+            // Where its last attempt ran, and that attempt's log.
+            node: Some("n1".into()),
+            device: Some("d0".into()),
+            log: Some(format!("/v1/sessions/{S1}/tasks/0/log?attempt=1")),
             frames: frames(0, 1),
             task: 0,
             attempts: 1,

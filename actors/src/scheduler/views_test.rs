@@ -15,6 +15,7 @@ fn a_view_counts_tasks_by_state() {
     assert_eq!(
         fx.view(S1),
         SessionView {
+            collect: String::new(),
             id: S1.into(),
             name: "render".into(),
             state: SessionState::Running,
