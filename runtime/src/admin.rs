@@ -118,9 +118,15 @@ pub fn router(
         .route("/v1/sessions/{id}", get(session))
         .route("/v1/sessions/{id}/manifest", get(manifest))
         .route("/v1/sessions/{id}/tasks", get(crate::admin_data::tasks))
-        .route("/v1/sessions/{id}/tasks/{task}/log", get(crate::admin_data::log))
+        .route(
+            "/v1/sessions/{id}/tasks/{task}/log",
+            get(crate::admin_data::log),
+        )
         .route("/v1/sessions/{id}/output", get(crate::admin_data::output))
-        .route("/v1/sessions/{id}/output/{*name}", get(crate::admin_data::output_file))
+        .route(
+            "/v1/sessions/{id}/output/{*name}",
+            get(crate::admin_data::output_file),
+        )
         .route("/v1/sessions/{id}/cancel", post(cancel))
         .route("/v1/sessions/{id}/pause", post(pause))
         .route("/v1/sessions/{id}/resume", post(resume))

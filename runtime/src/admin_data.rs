@@ -48,7 +48,12 @@ async fn data_addr(ctx: &AdminCtx, node: &str) -> Result<String, ApiError> {
 
 /// GET `path` of `node`'s data plane, streamed through, status and
 /// headers (those that matter) kept.
-async fn proxy(ctx: &AdminCtx, node: &str, path: String, range: Option<String>) -> Result<Response, ApiError> {
+async fn proxy(
+    ctx: &AdminCtx,
+    node: &str,
+    path: String,
+    range: Option<String>,
+) -> Result<Response, ApiError> {
     let addr = data_addr(ctx, node).await?;
     let token = ctx.data.token.clone();
     let url = format!("http://{addr}{path}");
@@ -65,7 +70,9 @@ async fn proxy(ctx: &AdminCtx, node: &str, path: String, range: Option<String>) 
             Ok(r) => r,
             Err(ureq::Error::Status(_, r)) => r,
             Err(e) => {
-                let _ = head_tx.send(Err(format!("cannot reach node's data plane at `{addr}`: {e}")));
+                let _ = head_tx.send(Err(format!(
+                    "cannot reach node's data plane at `{addr}`: {e}"
+                )));
                 return;
             }
         };
@@ -87,7 +94,10 @@ async fn proxy(ctx: &AdminCtx, node: &str, path: String, range: Option<String>) 
             match std::io::Read::read(&mut reader, &mut buf) {
                 Ok(0) => return,
                 Ok(n) => {
-                    if tx.blocking_send(Ok(bytes::Bytes::copy_from_slice(&buf[..n]))).is_err() {
+                    if tx
+                        .blocking_send(Ok(bytes::Bytes::copy_from_slice(&buf[..n])))
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -100,7 +110,12 @@ async fn proxy(ctx: &AdminCtx, node: &str, path: String, range: Option<String>) 
     });
     let (status, headers) = head_rx
         .await
-        .map_err(|_| ApiError(StatusCode::BAD_GATEWAY, "the data plane request failed".into()))?
+        .map_err(|_| {
+            ApiError(
+                StatusCode::BAD_GATEWAY,
+                "the data plane request failed".into(),
+            )
+        })?
         .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, e))?;
     let stream = Stream(rx);
     let mut resp = Response::new(Body::from_stream(stream));
@@ -127,16 +142,26 @@ impl futures_core::Stream for Stream {
 
 /// The collector's state of a session, wherever it runs (`None`: not
 /// collected, or the collector cannot be read now).
-pub(crate) async fn collection_of(ctx: &AdminCtx, session: &str, collect: &str) -> Option<Collection> {
+pub(crate) async fn collection_of(
+    ctx: &AdminCtx,
+    session: &str,
+    collect: &str,
+) -> Option<Collection> {
     let node = collector_node(collect)?;
     if node == ctx.node {
-        return crate::collect::read_state(&ctx.data.data_dir, session).ok().flatten();
+        return crate::collect::read_state(&ctx.data.data_dir, session)
+            .ok()
+            .flatten();
     }
-    let resp = proxy(ctx, &node, format!("/v1/collected/{session}"), None).await.ok()?;
+    let resp = proxy(ctx, &node, format!("/v1/collected/{session}"), None)
+        .await
+        .ok()?;
     if !resp.status().is_success() {
         return None;
     }
-    let bytes = axum::body::to_bytes(resp.into_body(), 256 * 1024 * 1024).await.ok()?;
+    let bytes = axum::body::to_bytes(resp.into_body(), 256 * 1024 * 1024)
+        .await
+        .ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 
@@ -213,7 +238,12 @@ fn tasks_from_manifest(m: &Manifest, from: u64, limit: u32) -> Vec<TaskView> {
     out
 }
 
-async fn tasks_of(ctx: &AdminCtx, id: &str, from: u64, limit: u32) -> Result<Vec<TaskView>, ApiError> {
+async fn tasks_of(
+    ctx: &AdminCtx,
+    id: &str,
+    from: u64,
+    limit: u32,
+) -> Result<Vec<TaskView>, ApiError> {
     let req = AdminRequest::Tasks {
         session: id.to_string(),
         from,
@@ -256,9 +286,14 @@ pub(crate) async fn log(
 ) -> Result<Response, ApiError> {
     let views = tasks_of(&ctx, &id, task, 1).await?;
     let Some(view) = views.into_iter().find(|v| v.task == task) else {
-        return Err(ApiError(StatusCode::NOT_FOUND, format!("session `{id}` has no task {task}")));
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("session `{id}` has no task {task}"),
+        ));
     };
-    let attempt = q.attempt.or_else(|| view.attempts.last().map(|a| a.attempt));
+    let attempt = q
+        .attempt
+        .or_else(|| view.attempts.last().map(|a| a.attempt));
     let Some(a) = attempt.and_then(|n| view.attempts.iter().rev().find(|a| a.attempt == n)) else {
         let what = match attempt {
             Some(n) => format!("attempt {n} of task {task} of `{id}` is not known to have run (attempts that ran: {})", list(&view.attempts)),
@@ -303,11 +338,15 @@ pub(crate) async fn log(
         LOG_OPEN_HEADER,
         HeaderValue::from_static(if open || running { "true" } else { "false" }),
     );
-    if let (Ok(n), Ok(d)) = (HeaderValue::from_str(&a.node), HeaderValue::from_str(&a.device)) {
+    if let (Ok(n), Ok(d)) = (
+        HeaderValue::from_str(&a.node),
+        HeaderValue::from_str(&a.device),
+    ) {
         resp.headers_mut().insert("x-orch-node", n);
         resp.headers_mut().insert("x-orch-device", d);
     }
-    resp.headers_mut().insert("x-orch-attempt", HeaderValue::from(a.attempt));
+    resp.headers_mut()
+        .insert("x-orch-attempt", HeaderValue::from(a.attempt));
     Ok(resp)
 }
 
@@ -315,7 +354,11 @@ fn list(attempts: &[AttemptView]) -> String {
     if attempts.is_empty() {
         return "none".into();
     }
-    attempts.iter().map(|a| a.attempt.to_string()).collect::<Vec<_>>().join(", ")
+    attempts
+        .iter()
+        .map(|a| a.attempt.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The collector of session `id`, from its view.
@@ -332,7 +375,10 @@ async fn collector_of_session(ctx: &AdminCtx, id: &str) -> Result<String, ApiErr
     })
 }
 
-pub(crate) async fn output(State(ctx): State<Arc<AdminCtx>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub(crate) async fn output(
+    State(ctx): State<Arc<AdminCtx>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let node = collector_of_session(&ctx, &id).await?;
     match collection_of(&ctx, &id, &node).await {
         Some(c) => json(c),
@@ -352,7 +398,13 @@ pub(crate) async fn output_file(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     if !crate::outputs::safe_rel(&name) || !crate::outputs::safe_component(&id) {
-        return Err(ApiError(StatusCode::BAD_REQUEST, format!("`{}` is not a plain relative file name", crate::config::clip(&name, 200))));
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "`{}` is not a plain relative file name",
+                crate::config::clip(&name, 200)
+            ),
+        ));
     }
     let node = collector_of_session(&ctx, &id).await?;
     let range = headers
@@ -361,8 +413,18 @@ pub(crate) async fn output_file(
         .map(str::to_string);
     if node == ctx.node {
         // This node's own data plane code serves it, Range and all.
-        let path = ctx.data.data_dir.join(crate::collect::output_rel(&id)).join(&name);
+        let path = ctx
+            .data
+            .data_dir
+            .join(crate::collect::output_rel(&id))
+            .join(&name);
         return Ok(crate::data_plane::serve_local(&ctx.node, &path, &headers).await);
     }
-    proxy(&ctx, &node, format!("/v1/collected/{id}/files/{name}"), range).await
+    proxy(
+        &ctx,
+        &node,
+        format!("/v1/collected/{id}/files/{name}"),
+        range,
+    )
+    .await
 }

@@ -58,8 +58,12 @@ fn unix_ms() -> u64 {
 
 /// The collector's file of one session.
 pub fn state_path(data_dir: &Path, session: &str) -> Option<PathBuf> {
-    crate::outputs::safe_component(session)
-        .then(|| data_dir.join("sessions").join(session).join("collection.json"))
+    crate::outputs::safe_component(session).then(|| {
+        data_dir
+            .join("sessions")
+            .join(session)
+            .join("collection.json")
+    })
 }
 
 /// The collected folder of one session, relative to `data_dir`.
@@ -260,7 +264,9 @@ impl Collector {
                 let s = self.load(&v.id);
                 self.sessions.insert(v.id.clone(), s);
             }
-            let Some(sess) = self.sessions.get(&v.id) else { continue };
+            let Some(sess) = self.sessions.get(&v.id) else {
+                continue;
+            };
             let seen = Some((
                 v.state.as_str().to_string(),
                 v.tasks_completed,
@@ -274,8 +280,12 @@ impl Collector {
             }
         }
         for (id, seen, finished) in moved {
-            let Some(AdminReply::Manifest(manifest)) =
-                ask(&self.read_model, &self.node, AdminRequest::Manifest(id.clone())).await
+            let Some(AdminReply::Manifest(manifest)) = ask(
+                &self.read_model,
+                &self.node,
+                AdminRequest::Manifest(id.clone()),
+            )
+            .await
             else {
                 continue;
             };
@@ -286,10 +296,11 @@ impl Collector {
                 s.dirty = true;
             }
         }
-        let wants = self
-            .sessions
-            .values()
-            .any(|s| s.files.values().any(|f| matches!(f.state, CollectState::Pending | CollectState::Uncollected)));
+        let wants = self.sessions.values().any(|s| {
+            s.files
+                .values()
+                .any(|f| matches!(f.state, CollectState::Pending | CollectState::Uncollected))
+        });
         if wants {
             self.refresh_workers().await;
             self.start_transfers(tx);
@@ -297,7 +308,10 @@ impl Collector {
     }
 
     async fn refresh_workers(&mut self) {
-        if self.workers_at.is_some_and(|t| t.elapsed() < Duration::from_millis(500)) {
+        if self
+            .workers_at
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(500))
+        {
             return;
         }
         if let Some(AdminReply::Workers(ws)) =
@@ -341,7 +355,9 @@ impl Collector {
     fn reconcile(&mut self, manifest: &Manifest) {
         let id = manifest.session.clone();
         let out = self.data_dir.join(output_rel(&id));
-        let Some(sess) = self.sessions.get_mut(&id) else { return };
+        let Some(sess) = self.sessions.get_mut(&id) else {
+            return;
+        };
         // What the manifest produced, in frame order: the first range to
         // write a name has it; a later one is a conflict.
         let mut wanted: BTreeMap<Key, (CollectedFile, bool)> = BTreeMap::new();
@@ -375,7 +391,12 @@ impl Collector {
             }
         }
         // Outputs of ranges no longer produced: out of the folder.
-        let gone: Vec<Key> = sess.files.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect();
+        let gone: Vec<Key> = sess
+            .files
+            .keys()
+            .filter(|k| !wanted.contains_key(*k))
+            .cloned()
+            .collect();
         for key in gone {
             let f = sess.files.remove(&key).unwrap_or_else(|| unreachable!());
             sess.next_try.remove(&key);
@@ -394,8 +415,12 @@ impl Collector {
                     .map_or(Ok(()), std::fs::create_dir_all)
                     .and_then(|_| std::fs::rename(&from, &to));
                 match moved {
-                    Ok(()) => info!(node_id = %self.node, session = %id, file = %f.name, task = f.task, attempt = f.attempt, "collected output of a range no longer produced moved to quarantine"),
-                    Err(e) => warn!(node_id = %self.node, session = %id, file = %f.name, error = %e, "cannot move a collected output of a range no longer produced to quarantine"),
+                    Ok(()) => {
+                        info!(node_id = %self.node, session = %id, file = %f.name, task = f.task, attempt = f.attempt, "collected output of a range no longer produced moved to quarantine")
+                    }
+                    Err(e) => {
+                        warn!(node_id = %self.node, session = %id, file = %f.name, error = %e, "cannot move a collected output of a range no longer produced to quarantine")
+                    }
                 }
             }
             sess.dirty = true;
@@ -451,28 +476,39 @@ impl Collector {
                     Source::Local(self.data_dir.join(&rel))
                 } else {
                     match self.workers.get(&f.node) {
-                        Some(w) if w.state == MemberState::Healthy && w.data.is_some() => Source::Remote {
-                            addr: w.data.clone().unwrap_or_default(),
-                            rel,
-                        },
+                        Some(w) if w.state == MemberState::Healthy && w.data.is_some() => {
+                            Source::Remote {
+                                addr: w.data.clone().unwrap_or_default(),
+                                rel,
+                            }
+                        }
                         other => {
                             let why = match other {
                                 None => format!("node `{}` is not in the cluster", f.node),
-                                Some(w) if w.data.is_none() => format!("node `{}` has no data plane (an older version)", f.node),
+                                Some(w) if w.data.is_none() => format!(
+                                    "node `{}` has no data plane (an older version)",
+                                    f.node
+                                ),
                                 Some(w) => format!(
                                     "node `{}` is {}{}",
                                     f.node,
                                     w.state.as_str(),
-                                    w.reason.map(|r| format!(" ({})", r.as_str())).unwrap_or_default()
+                                    w.reason
+                                        .map(|r| format!(" ({})", r.as_str()))
+                                        .unwrap_or_default()
                                 ),
                             };
-                            if f.state != CollectState::Uncollected || f.error.as_deref() != Some(why.as_str()) {
+                            if f.state != CollectState::Uncollected
+                                || f.error.as_deref() != Some(why.as_str())
+                            {
                                 f.state = CollectState::Uncollected;
                                 f.error = Some(why);
                                 sess.dirty = true;
-                                metrics::counter!(m::COLLECTED_FILES, "result" => "unreachable").increment(1);
+                                metrics::counter!(m::COLLECTED_FILES, "result" => "unreachable")
+                                    .increment(1);
                             }
-                            sess.next_try.insert(key.clone(), now + Duration::from_secs(1));
+                            sess.next_try
+                                .insert(key.clone(), now + Duration::from_secs(1));
                             continue;
                         }
                     }
@@ -512,7 +548,9 @@ impl Collector {
             *n = n.saturating_sub(1);
         }
         let still = self.in_flight.remove(&job.key).is_some();
-        let Some(sess) = self.sessions.get_mut(&job.session) else { return };
+        let Some(sess) = self.sessions.get_mut(&job.session) else {
+            return;
+        };
         let Some(f) = sess.files.get_mut(&job.key).filter(|_| still) else {
             // The range is no longer produced: what was fetched goes.
             let _ = std::fs::remove_file(&job.part);
@@ -538,7 +576,8 @@ impl Collector {
                         f.error = f.error.take().map(|e| format!("collected after: {e}"));
                         metrics::counter!(m::COLLECTED_FILES, "result" => "collected").increment(1);
                         if let Source::Remote { addr, rel } = &job.source {
-                            let (addr, rel, token) = (addr.clone(), rel.clone(), self.token.clone());
+                            let (addr, rel, token) =
+                                (addr.clone(), rel.clone(), self.token.clone());
                             tokio::task::spawn_blocking(move || {
                                 let _ = crate::data_plane::agent()
                                     .post(&format!("http://{addr}/v1/release/{rel}"))
@@ -549,7 +588,8 @@ impl Collector {
                     }
                     Err(e) => {
                         f.error = Some(format!("cannot place `{}`: {e}", dest.display()));
-                        sess.next_try.insert(job.key.clone(), Instant::now() + backoff(f.tries));
+                        sess.next_try
+                            .insert(job.key.clone(), Instant::now() + backoff(f.tries));
                     }
                 }
             }
@@ -557,7 +597,11 @@ impl Collector {
                 let n = sess.mismatches.entry(job.key.clone()).or_insert(0);
                 *n += 1;
                 let n = *n;
-                let result = if n >= MAX_MISMATCH_TRIES { "failed" } else { "mismatch" };
+                let result = if n >= MAX_MISMATCH_TRIES {
+                    "failed"
+                } else {
+                    "mismatch"
+                };
                 metrics::counter!(m::COLLECTED_FILES, "result" => result).increment(1);
                 warn!(node_id = %self.node, session = %job.session, file = %f.name, from = %f.node, tries = n, "{why}");
                 if n >= MAX_MISMATCH_TRIES {
@@ -565,7 +609,8 @@ impl Collector {
                     f.error = Some(format!("{why} ({n} tries); not merged"));
                 } else {
                     f.error = Some(why);
-                    sess.next_try.insert(job.key.clone(), Instant::now() + backoff(f.tries));
+                    sess.next_try
+                        .insert(job.key.clone(), Instant::now() + backoff(f.tries));
                 }
             }
             Outcome::Unreachable(why) => {
@@ -574,11 +619,13 @@ impl Collector {
                 }
                 f.state = CollectState::Uncollected;
                 f.error = Some(why);
-                sess.next_try.insert(job.key.clone(), Instant::now() + backoff(f.tries));
+                sess.next_try
+                    .insert(job.key.clone(), Instant::now() + backoff(f.tries));
             }
             Outcome::Other(why) => {
                 f.error = Some(why);
-                sess.next_try.insert(job.key.clone(), Instant::now() + backoff(f.tries));
+                sess.next_try
+                    .insert(job.key.clone(), Instant::now() + backoff(f.tries));
             }
         }
     }
@@ -596,7 +643,9 @@ impl Collector {
             } else if !c.settled {
                 sess.settled_logged = false;
             }
-            let Some(path) = state_path(&self.data_dir, id) else { continue };
+            let Some(path) = state_path(&self.data_dir, id) else {
+                continue;
+            };
             let bytes = match serde_json::to_vec_pretty(&c) {
                 Ok(b) => b,
                 Err(_) => continue,
@@ -609,7 +658,10 @@ impl Collector {
             // The manifest on disk says it too once the session is over
             // (at most every few seconds until it is settled).
             if sess.finished
-                && (c.settled || sess.amended.is_none_or(|t| t.elapsed() > Duration::from_secs(5)))
+                && (c.settled
+                    || sess
+                        .amended
+                        .is_none_or(|t| t.elapsed() > Duration::from_secs(5)))
             {
                 sess.amended = Some(Instant::now());
                 crate::node_io::amend_collection(&self.data_dir, id, &c);
@@ -667,8 +719,18 @@ fn copy_local(src: &Path, part: &Path) -> Result<(u64, String), Outcome> {
     let _ = std::fs::remove_file(part);
     match std::fs::symlink_metadata(src) {
         Ok(m) if m.is_file() => {}
-        Ok(_) => return Err(Outcome::Missing(format!("`{}` is not a regular file", src.display()))),
-        Err(e) => return Err(Outcome::Missing(format!("cannot read `{}`: {e}", src.display()))),
+        Ok(_) => {
+            return Err(Outcome::Missing(format!(
+                "`{}` is not a regular file",
+                src.display()
+            )))
+        }
+        Err(e) => {
+            return Err(Outcome::Missing(format!(
+                "cannot read `{}`: {e}",
+                src.display()
+            )))
+        }
     }
     if std::fs::hard_link(src, part).is_ok() {
         return crate::outputs::sha256_file(part).map_err(|e| Outcome::Other(e.to_string()));
@@ -683,7 +745,13 @@ fn copy_local(src: &Path, part: &Path) -> Result<(u64, String), Outcome> {
 }
 
 /// A file of another node, resumed from what `part` holds already.
-fn fetch_remote(addr: &str, rel: &str, token: &str, part: &Path, size: u64) -> Result<(u64, String), Outcome> {
+fn fetch_remote(
+    addr: &str,
+    rel: &str,
+    token: &str,
+    part: &Path,
+    size: u64,
+) -> Result<(u64, String), Outcome> {
     let io = |e: std::io::Error| Outcome::Other(format!("`{}`: {e}", part.display()));
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -742,6 +810,8 @@ fn fetch_remote(addr: &str, rel: &str, token: &str, part: &Path, size: u64) -> R
             Ok((have + n, crate::outputs::hex(&h.finalize())))
         }
         // Cut off mid-way: what arrived stays in `part` for the next try.
-        (Err(e), _) | (_, Err(e)) => Err(Outcome::Unreachable(format!("transfer from `{addr}` cut off: {e}"))),
+        (Err(e), _) | (_, Err(e)) => Err(Outcome::Unreachable(format!(
+            "transfer from `{addr}` cut off: {e}"
+        ))),
     }
 }

@@ -89,7 +89,10 @@ impl CommandExecutor {
 fn close_log(log: Option<Arc<TaskLog>>, ran: &Result<ExecReport, ExecError>) {
     let Some(log) = log else { return };
     match ran {
-        Ok(r) => log.line(Stream::Orch, &format!("attempt completed: {} frames", r.frames_done)),
+        Ok(r) => log.line(
+            Stream::Orch,
+            &format!("attempt completed: {} frames", r.frames_done),
+        ),
         Err(e) => log.line(Stream::Orch, &format!("attempt failed: {}", e.message)),
     }
     log.finish();
@@ -325,7 +328,10 @@ async fn run_step(
     log: Option<&Arc<TaskLog>>,
 ) -> (Ran, orch_actors::workflow::StepRecord, ExecReport) {
     if let Some(log) = log {
-        log.line(Stream::Orch, &format!("step `{}` starts: {}", step.name, step.argv.join(" ")));
+        log.line(
+            Stream::Orch,
+            &format!("step `{}` starts: {}", step.name, step.argv.join(" ")),
+        );
     }
     let mut one = job.clone();
     one.task.executor = ExecutorSpec::Command {
@@ -1093,17 +1099,30 @@ mod tests {
         .await;
         assert!(r.result.is_err());
         let log = std::fs::read_to_string(dir.path().join("logs/s-1/0-a1.log")).unwrap();
-        let rest: Vec<&str> = log
-            .lines()
-            .map(|l| l.split_once(' ').unwrap().1)
-            .collect();
+        let rest: Vec<&str> = log.lines().map(|l| l.split_once(' ').unwrap().1).collect();
         // The streams are read concurrently: each keeps its own order.
-        let outs: Vec<&str> = rest.iter().filter(|l| l.starts_with("out ")).copied().collect();
-        let errs: Vec<&str> = rest.iter().filter(|l| l.starts_with("err ")).copied().collect();
+        let outs: Vec<&str> = rest
+            .iter()
+            .filter(|l| l.starts_with("out "))
+            .copied()
+            .collect();
+        let errs: Vec<&str> = rest
+            .iter()
+            .filter(|l| l.starts_with("err "))
+            .copied()
+            .collect();
         assert_eq!(outs, ["out one", "out no newline"]);
         assert_eq!(errs, ["err two", "err three"]);
-        assert!(rest.last().unwrap().starts_with("orch attempt failed: "), "{log}");
-        assert!(rest.last().unwrap().contains("exited with code 3: three"), "{log}");
-        assert!(!crate::task_log::is_open(&dir.path().join("logs/s-1/0-a1.log")));
+        assert!(
+            rest.last().unwrap().starts_with("orch attempt failed: "),
+            "{log}"
+        );
+        assert!(
+            rest.last().unwrap().contains("exited with code 3: three"),
+            "{log}"
+        );
+        assert!(!crate::task_log::is_open(
+            &dir.path().join("logs/s-1/0-a1.log")
+        ));
     }
 }

@@ -63,7 +63,12 @@ pub struct DataCtx {
 }
 
 impl DataCtx {
-    pub fn new(node: String, data_dir: PathBuf, token: String, delete_collected: bool) -> Arc<Self> {
+    pub fn new(
+        node: String,
+        data_dir: PathBuf,
+        token: String,
+        delete_collected: bool,
+    ) -> Arc<Self> {
         Arc::new(Self {
             node,
             data_dir,
@@ -127,7 +132,11 @@ async fn authorize(State(ctx): State<Arc<DataCtx>>, req: Request, next: Next) ->
             next.run(req).await
         }
         other => {
-            let reason = if other.is_none() { "no_token" } else { "wrong_token" };
+            let reason = if other.is_none() {
+                "no_token"
+            } else {
+                "wrong_token"
+            };
             metrics::counter!(m::DATA_PLANE_REJECTED, "reason" => reason).increment(1);
             err(
                 StatusCode::UNAUTHORIZED,
@@ -143,14 +152,20 @@ fn confined(ctx: &DataCtx, rel: &str, under: &str) -> Result<PathBuf, Response> 
     if !safe_rel(rel) || !rel.starts_with(under) {
         return Err(err(
             StatusCode::BAD_REQUEST,
-            format!("path `{}` is not a plain relative path under `{under}`", crate::config::clip(rel, 200)),
+            format!(
+                "path `{}` is not a plain relative path under `{under}`",
+                crate::config::clip(rel, 200)
+            ),
         ));
     }
     let mut p = ctx.data_dir.clone();
     for c in rel.split('/') {
         p.push(c);
         if std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
-            return Err(err(StatusCode::FORBIDDEN, format!("`{rel}` passes through a symbolic link")));
+            return Err(err(
+                StatusCode::FORBIDDEN,
+                format!("`{rel}` passes through a symbolic link"),
+            ));
         }
     }
     Ok(p)
@@ -171,12 +186,20 @@ fn range_of(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, Respon
         }
         r
     };
-    let spec = v.to_str().ok().and_then(|s| s.strip_prefix("bytes=")).ok_or_else(bad)?;
+    let spec = v
+        .to_str()
+        .ok()
+        .and_then(|s| s.strip_prefix("bytes="))
+        .ok_or_else(bad)?;
     let (a, b) = spec.split_once('-').ok_or_else(bad)?;
     let start: u64 = a.trim().parse().map_err(|_| bad())?;
     let end: u64 = match b.trim() {
         "" => size,
-        e => e.parse::<u64>().map_err(|_| bad())?.saturating_add(1).min(size),
+        e => e
+            .parse::<u64>()
+            .map_err(|_| bad())?
+            .saturating_add(1)
+            .min(size),
     };
     // A resume of a file already whole asks for `size-`: an empty answer.
     if start > size || end < start {
@@ -196,12 +219,20 @@ async fn serve_file(ctx: &DataCtx, path: &FsPath, headers: &HeaderMap) -> Respon
 
 /// Serve the regular file at `path`, whole or the range asked, holding
 /// one of `permits` while it is sent.
-async fn serve(node: &str, permits: Option<Arc<Semaphore>>, path: &FsPath, headers: &HeaderMap) -> Response {
+async fn serve(
+    node: &str,
+    permits: Option<Arc<Semaphore>>,
+    path: &FsPath,
+    headers: &HeaderMap,
+) -> Response {
     let meta = match tokio::fs::symlink_metadata(path).await {
         Ok(m) if m.is_file() => m,
         Ok(_) => return err(StatusCode::FORBIDDEN, "not a regular file"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return err(StatusCode::NOT_FOUND, format!("no file `{}` on node `{node}`", path.display()))
+            return err(
+                StatusCode::NOT_FOUND,
+                format!("no file `{}` on node `{node}`", path.display()),
+            )
         }
         Err(e) => return err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
@@ -215,8 +246,12 @@ async fn serve(node: &str, permits: Option<Arc<Semaphore>>, path: &FsPath, heade
         Some(p) => match tokio::time::timeout(Duration::from_secs(30), p.acquire_owned()).await {
             Ok(Ok(p)) => Some(p),
             _ => {
-                let mut r = err(StatusCode::SERVICE_UNAVAILABLE, format!("node `{node}` serves {SERVE_CONCURRENCY} files already; try again"));
-                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                let mut r = err(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("node `{node}` serves {SERVE_CONCURRENCY} files already; try again"),
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 return r;
             }
         },
@@ -236,15 +271,23 @@ async fn serve(node: &str, permits: Option<Arc<Semaphore>>, path: &FsPath, heade
     let sent = metrics::counter!(m::DATA_PLANE_BYTES, "direction" => "sent");
     let stream = futures_util_map(stream, move |n| sent.increment(n));
     // The permit is held until the body is sent.
-    let body = Body::from_stream(Permitted { inner: stream, _permit: permit });
+    let body = Body::from_stream(Permitted {
+        inner: stream,
+        _permit: permit,
+    });
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type(path)));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type(path)),
+    );
     if range.is_some() {
         *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
-        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end.saturating_sub(1))) {
+        if let Ok(v) =
+            HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end.saturating_sub(1)))
+        {
             resp.headers_mut().insert(header::CONTENT_RANGE, v);
         }
     }
@@ -253,7 +296,12 @@ async fn serve(node: &str, permits: Option<Arc<Semaphore>>, path: &FsPath, heade
 
 /// The type a browser needs to show a thumbnail; anything else is bytes.
 pub fn content_type(path: &FsPath) -> &'static str {
-    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         Some("png") => "image/png",
         Some("jpg" | "jpeg") => "image/jpeg",
         Some("txt" | "log") => "text/plain; charset=utf-8",
@@ -264,7 +312,10 @@ pub fn content_type(path: &FsPath) -> &'static str {
 
 /// A stream that counts the bytes it yields.
 fn futures_util_map<S>(inner: S, count: impl Fn(u64) + Send + 'static) -> Counted<S> {
-    Counted { inner, count: Box::new(count) }
+    Counted {
+        inner,
+        count: Box::new(count),
+    }
 }
 
 struct Counted<S> {
@@ -336,7 +387,12 @@ async fn release(State(ctx): State<Arc<DataCtx>>, Path(rel): Path<String>) -> Re
     match std::fs::remove_file(&path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return err(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot delete `{rel}`: {e}")),
+        Err(e) => {
+            return err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot delete `{rel}`: {e}"),
+            )
+        }
     }
     let stop = ctx.data_dir.join("out");
     let mut dir = path.parent().map(FsPath::to_path_buf);
@@ -364,7 +420,9 @@ async fn log(
         return err(StatusCode::BAD_REQUEST, "not a session id");
     };
     let path = ctx.data_dir.join(rel);
-    let read = tokio::task::spawn_blocking(move || crate::task_log::read_from(&path, q.offset, LOG_CHUNK)).await;
+    let read =
+        tokio::task::spawn_blocking(move || crate::task_log::read_from(&path, q.offset, LOG_CHUNK))
+            .await;
     match read {
         Ok(Ok((bytes, open))) => {
             let mut r = (StatusCode::OK, bytes).into_response();
@@ -384,7 +442,10 @@ async fn log(
 async fn collected_state(State(ctx): State<Arc<DataCtx>>, Path(session): Path<String>) -> Response {
     match crate::collect::read_state(&ctx.data_dir, &session) {
         Ok(Some(c)) => Json(c).into_response(),
-        Ok(None) => err(StatusCode::NOT_FOUND, format!("node `{}` collects nothing of `{session}`", ctx.node)),
+        Ok(None) => err(
+            StatusCode::NOT_FOUND,
+            format!("node `{}` collects nothing of `{session}`", ctx.node),
+        ),
         Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
@@ -397,7 +458,11 @@ async fn collected_file(
     if !crate::outputs::safe_component(&session) {
         return err(StatusCode::BAD_REQUEST, "not a session id");
     }
-    match confined(&ctx, &format!("sessions/{session}/output/{rel}"), "sessions/") {
+    match confined(
+        &ctx,
+        &format!("sessions/{session}/output/{rel}"),
+        "sessions/",
+    ) {
         Ok(p) => serve_file(&ctx, &p, &headers).await,
         Err(r) => r,
     }

@@ -76,7 +76,8 @@ pub fn fetch(ep: &Endpoint, session: &str, dir: &Path, progress: bool) -> Result
         .get(&format!("/v1/sessions/{session}/output"), None)?
         .into_json()
         .map_err(|e| (FAILED, format!("unexpected answer from `{}`: {e}", ep.node)))?;
-    std::fs::create_dir_all(dir).map_err(|e| (USAGE, format!("cannot create `{}`: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| (USAGE, format!("cannot create `{}`: {e}", dir.display())))?;
     let mut done = Fetched::default();
     let wanted: Vec<_> = state
         .files
@@ -86,7 +87,8 @@ pub fn fetch(ep: &Endpoint, session: &str, dir: &Path, progress: bool) -> Result
                 return true;
             }
             if f.state != CollectState::Conflict {
-                done.missing.push(format!("{} ({:?})", f.name, f.state).to_lowercase());
+                done.missing
+                    .push(format!("{} ({:?})", f.name, f.state).to_lowercase());
             }
             false
         })
@@ -105,7 +107,13 @@ pub fn fetch(ep: &Endpoint, session: &str, dir: &Path, progress: bool) -> Result
     );
     for f in wanted {
         if !crate::outputs::safe_rel(&f.name) {
-            return Err((FAILED, format!("the collector listed `{}`, not a plain relative name; refused", f.name)));
+            return Err((
+                FAILED,
+                format!(
+                    "the collector listed `{}`, not a plain relative name; refused",
+                    f.name
+                ),
+            ));
         }
         let dest = dir.join(&f.name);
         bar.set_message(f.name.clone());
@@ -115,7 +123,8 @@ pub fn fetch(ep: &Endpoint, session: &str, dir: &Path, progress: bool) -> Result
             continue;
         }
         if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| (FAILED, format!("cannot create `{}`: {e}", parent.display())))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| (FAILED, format!("cannot create `{}`: {e}", parent.display())))?;
         }
         let part = dest.with_file_name(format!(
             ".{}.part",
@@ -136,7 +145,8 @@ pub fn fetch(ep: &Endpoint, session: &str, dir: &Path, progress: bool) -> Result
                 Err(_) => std::thread::sleep(Duration::from_millis(500)),
             }
         }
-        std::fs::rename(&part, &dest).map_err(|e| (FAILED, format!("cannot write `{}`: {e}", dest.display())))?;
+        std::fs::rename(&part, &dest)
+            .map_err(|e| (FAILED, format!("cannot write `{}`: {e}", dest.display())))?;
         done.files += 1;
         done.bytes += f.size;
     }
@@ -159,7 +169,13 @@ fn fetch_one(
         have = 0;
     }
     let mut h = Sha256::new();
-    let mut f = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(part).map_err(io)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(part)
+        .map_err(io)?;
     f.set_len(have).map_err(io)?;
     let mut buf = vec![0u8; 1 << 20];
     {
@@ -172,7 +188,10 @@ fn fetch_one(
             h.update(&buf[..n]);
         }
     }
-    let resp = ep.get(&format!("/v1/sessions/{session}/output/{name}"), (have > 0).then_some(have))?;
+    let resp = ep.get(
+        &format!("/v1/sessions/{session}/output/{name}"),
+        (have > 0).then_some(have),
+    )?;
     if resp.status() == 200 && have > 0 {
         f.set_len(0).map_err(io)?;
         h = Sha256::new();
@@ -183,7 +202,9 @@ fn fetch_one(
     let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut f);
     let mut n_total = have;
     loop {
-        let n = r.read(&mut buf).map_err(|e| (FAILED, format!("download of `{name}` cut off: {e}")))?;
+        let n = r
+            .read(&mut buf)
+            .map_err(|e| (FAILED, format!("download of `{name}` cut off: {e}")))?;
         if n == 0 {
             break;
         }

@@ -31,7 +31,8 @@ pub const DATA_PLANE_BYTES: &str = "orch_data_plane_bytes_total";
 /// Counter, label `result` (see [`COLLECT_RESULTS`]): outputs the collector handled.
 pub const COLLECTED_FILES: &str = "orch_collected_files_total";
 /// Values of the `result` label of [`COLLECTED_FILES`].
-pub const COLLECT_RESULTS: &[&str] = &["collected", "mismatch", "failed", "conflict", "unreachable"];
+pub const COLLECT_RESULTS: &[&str] =
+    &["collected", "mismatch", "failed", "conflict", "unreachable"];
 
 /// Every metric of this crate with its help text.
 pub const CATALOG: &[(&str, &str)] = &[

@@ -105,11 +105,19 @@ pub fn amend_collection(data_dir: &Path, session: &str, c: &orch_actors::protoco
 }
 
 fn amend_collection_locked(data_dir: &Path, session: &str, c: &orch_actors::protocol::Collection) {
-    let Ok(dir) = confine(data_dir, &format!("sessions/{session}")) else { return };
+    let Ok(dir) = confine(data_dir, &format!("sessions/{session}")) else {
+        return;
+    };
     let path = dir.join("manifest.json");
-    let Ok(bytes) = std::fs::read(&path) else { return };
-    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return };
-    let Ok(now) = serde_json::to_value(c) else { return };
+    let Ok(bytes) = std::fs::read(&path) else {
+        return;
+    };
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return;
+    };
+    let Ok(now) = serde_json::to_value(c) else {
+        return;
+    };
     if v.get("collection") == Some(&now) {
         return;
     }

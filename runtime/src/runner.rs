@@ -138,7 +138,10 @@ async fn print_outputs(v: &SessionView, data_dir: &Path) {
         node => Some(node.to_string()),
     };
     let Some(collector) = collector else {
-        println!("  outputs   {} (not collected)", data_dir.join("out").join(&v.id).display());
+        println!(
+            "  outputs   {} (not collected)",
+            data_dir.join("out").join(&v.id).display()
+        );
         return;
     };
     let dir = data_dir.join(crate::collect::output_rel(&v.id));
@@ -151,7 +154,11 @@ async fn print_outputs(v: &SessionView, data_dir: &Path) {
             None if v.frames_done == 0 => break state,
             _ if Instant::now() > deadline => break state,
             Some(c) if said.elapsed() > Duration::from_secs(2) => {
-                eprintln!("collecting outputs: {}/{} files", c.collected, c.files.len());
+                eprintln!(
+                    "collecting outputs: {}/{} files",
+                    c.collected,
+                    c.files.len()
+                );
                 said = Instant::now();
             }
             _ => {}

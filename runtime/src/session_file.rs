@@ -622,12 +622,27 @@ kind = "builtin:noop"
 
     #[test]
     fn collect_is_none_or_a_node_name() {
-        assert_eq!(parse(&format!("collect = \"none\"\n{GOOD}"), "s.toml", None).unwrap().collect.as_deref(), Some("none"));
-        assert_eq!(parse(&format!("collect = \"render-01\"\n{GOOD}"), "s.toml", None).unwrap().collect.as_deref(), Some("render-01"));
+        assert_eq!(
+            parse(&format!("collect = \"none\"\n{GOOD}"), "s.toml", None)
+                .unwrap()
+                .collect
+                .as_deref(),
+            Some("none")
+        );
+        assert_eq!(
+            parse(&format!("collect = \"render-01\"\n{GOOD}"), "s.toml", None)
+                .unwrap()
+                .collect
+                .as_deref(),
+            Some("render-01")
+        );
         assert_eq!(parse(GOOD, "s.toml", None).unwrap().collect, None);
         for bad in ["", "a/b", "../x", "two words"] {
             let e = err(&format!("collect = \"{bad}\"\n{GOOD}"));
-            assert!(e.contains("`collect`") && e.contains("node's name"), "{bad}: {e}");
+            assert!(
+                e.contains("`collect`") && e.contains("node's name"),
+                "{bad}: {e}"
+            );
         }
     }
 

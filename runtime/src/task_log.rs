@@ -36,8 +36,7 @@ pub fn is_open(path: &Path) -> bool {
 /// Where the log of one attempt lives, relative to `data_dir`. `None` when
 /// the session id cannot be a file name.
 pub fn rel_path(session: &str, task: u64, attempt: u32) -> Option<String> {
-    crate::outputs::safe_component(session)
-        .then(|| format!("logs/{session}/{task}-a{attempt}.log"))
+    crate::outputs::safe_component(session).then(|| format!("logs/{session}/{task}-a{attempt}.log"))
 }
 
 /// Which stream a line came from.
@@ -173,11 +172,7 @@ impl TaskLog {
 
 impl Drop for TaskLog {
     fn drop(&mut self) {
-        let open = self
-            .state
-            .lock()
-            .map(|s| s.file.is_some())
-            .unwrap_or(false);
+        let open = self.state.lock().map(|s| s.file.is_some()).unwrap_or(false);
         if open {
             self.finish();
         }

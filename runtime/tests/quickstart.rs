@@ -74,14 +74,22 @@ fn the_main_job_renders_every_frame_and_writes_the_manifest() {
     assert_eq!(pngs, 48, "one PNG per frame");
     // One folder holds every frame, each byte-identical to what the manifest says.
     let output = sessions.join(&id).join("output");
-    assert!(stdout.contains(&format!("{}", output.display())), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{}", output.display())),
+        "{stdout}"
+    );
     assert!(stdout.contains("48 files collected"), "{stdout}");
     let listed: std::collections::BTreeMap<String, String> = manifest["ranges"]
         .as_array()
         .unwrap()
         .iter()
         .flat_map(|r| r["outputs"].as_array().unwrap().iter())
-        .map(|o| (o["path"].as_str().unwrap().to_string(), o["sha256"].as_str().unwrap().to_string()))
+        .map(|o| {
+            (
+                o["path"].as_str().unwrap().to_string(),
+                o["sha256"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     let mut names: Vec<String> = std::fs::read_dir(&output)
         .unwrap()
@@ -91,8 +99,16 @@ fn the_main_job_renders_every_frame_and_writes_the_manifest() {
     let expected: Vec<String> = (0..48).map(|i| format!("frame_{i:05}.png")).collect();
     assert_eq!(names, expected);
     for (name, sha) in &listed {
-        assert_eq!(&orch_tests::sha256_hex(&std::fs::read(output.join(name)).unwrap()), sha, "{name}");
+        assert_eq!(
+            &orch_tests::sha256_hex(&std::fs::read(output.join(name)).unwrap()),
+            sha,
+            "{name}"
+        );
     }
-    assert_eq!(manifest["collection"]["collected"], 48, "{}", manifest["collection"]);
+    assert_eq!(
+        manifest["collection"]["collected"], 48,
+        "{}",
+        manifest["collection"]
+    );
     assert_eq!(manifest["collection"]["settled"], true);
 }

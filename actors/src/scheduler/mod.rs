@@ -19,11 +19,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::IdAllocator;
 use crate::protocol::{
-    out_dir, AttemptKey, Blocklisting, CapValue, Capabilities, DeviceInfo, DeviceState, DeviceView,
-    FailedRange, FrameRange, IdRange, LossReason, Manifest, ManifestRange, OutputFile,
-    ReplayRecord, SessionSpec, SessionState, SessionView, TaskOutcome, TaskProgress, TaskRef,
-    TaskResult, TaskSpec, BLOCKLIST_NODE_AFTER, DEFAULT_BLOCKLIST_AFTER, DEVICE_BLOCKLIST_IN_A_ROW,
-    PRIORITY_AGING_MS, AttemptView, TaskView, MAX_TASKS_PAGE,
+    out_dir, AttemptKey, AttemptView, Blocklisting, CapValue, Capabilities, DeviceInfo,
+    DeviceState, DeviceView, FailedRange, FrameRange, IdRange, LossReason, Manifest, ManifestRange,
+    OutputFile, ReplayRecord, SessionSpec, SessionState, SessionView, TaskOutcome, TaskProgress,
+    TaskRef, TaskResult, TaskSpec, TaskView, BLOCKLIST_NODE_AFTER, DEFAULT_BLOCKLIST_AFTER,
+    DEVICE_BLOCKLIST_IN_A_ROW, MAX_TASKS_PAGE, PRIORITY_AGING_MS,
 };
 
 mod cluster;

@@ -257,7 +257,10 @@ pub(super) fn fail_task_with(
     let id = sess.id.clone();
     let task = sess.tasks.get_mut(t);
     // The device of its last attempt, when one ran and failed there.
-    let ran_on = task.avoid.clone().filter(|_| task.failures > 0 || task.losses > 0);
+    let ran_on = task
+        .avoid
+        .clone()
+        .filter(|_| task.failures > 0 || task.losses > 0);
     sess.failed.push(FailedRange {
         frames: task.frames,
         task: t.wire(),

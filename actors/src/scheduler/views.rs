@@ -590,7 +590,11 @@ impl Scheduler {
         for seg in s.ranges.iter() {
             if let Some(i) = at(seg.task.wire()) {
                 let v = &mut views[i];
-                if !v.attempts.iter().any(|a| a.attempt == seg.attempt && a.outcome == "produced") {
+                if !v
+                    .attempts
+                    .iter()
+                    .any(|a| a.attempt == seg.attempt && a.outcome == "produced")
+                {
                     v.attempts.push(AttemptView {
                         attempt: seg.attempt,
                         node: seg.node.to_string(),

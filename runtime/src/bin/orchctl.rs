@@ -170,7 +170,8 @@ fn endpoint(cli: &Cli) -> Result<orch_runtime::fetch::Endpoint, Failure> {
 fn fetch(cli: &Cli, id: &str, dir: &std::path::Path) -> Result<(), Failure> {
     let ep = endpoint(cli)?;
     let progress = !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let done = orch_runtime::fetch::fetch(&ep, id, dir, progress).map_err(|(c, m)| Failure(c, m))?;
+    let done =
+        orch_runtime::fetch::fetch(&ep, id, dir, progress).map_err(|(c, m)| Failure(c, m))?;
     if cli.json {
         print_json(&serde_json::json!({
             "dir": dir, "fetched": done.files, "bytes": done.bytes,
@@ -193,7 +194,10 @@ fn fetch(cli: &Cli, id: &str, dir: &std::path::Path) -> Result<(), Failure> {
     } else {
         Err(Failure(
             EXIT_FAILED,
-            format!("{} outputs are not collected (see `orchctl manifest {id}`)", done.missing.len()),
+            format!(
+                "{} outputs are not collected (see `orchctl manifest {id}`)",
+                done.missing.len()
+            ),
         ))
     }
 }
@@ -567,8 +571,15 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             follow,
         } => {
             let ep = endpoint(cli)?;
-            return orch_runtime::fetch::logs(&ep, id, *task, *attempt, *follow, &mut std::io::stdout().lock())
-                .map_err(|(c, m)| Failure(c, m));
+            return orch_runtime::fetch::logs(
+                &ep,
+                id,
+                *task,
+                *attempt,
+                *follow,
+                &mut std::io::stdout().lock(),
+            )
+            .map_err(|(c, m)| Failure(c, m));
         }
         Cmd::Workflow { cmd } => return workflow(cli, cmd),
         Cmd::Pause { id } => return mutate(cli, &format!("/v1/sessions/{id}/pause")),
@@ -798,7 +809,9 @@ fn print_collection(m: &Manifest) {
     use orch_actors::protocol::CollectState;
     let Some(c) = &m.collection else {
         if m.collect.is_empty() {
-            println!("outputs not collected (`collect = \"none\"`, or the executor writes no files)");
+            println!(
+                "outputs not collected (`collect = \"none\"`, or the executor writes no files)"
+            );
         }
         return;
     };
@@ -813,7 +826,11 @@ fn print_collection(m: &Manifest) {
         c.conflicts,
         if c.settled { " (settled)" } else { "" }
     );
-    for f in c.files.iter().filter(|f| f.state != CollectState::Collected || f.error.is_some()) {
+    for f in c
+        .files
+        .iter()
+        .filter(|f| f.state != CollectState::Collected || f.error.is_some())
+    {
         println!(
             "  {:<12} {} task {} attempt {} from {}: {}",
             format!("{:?}", f.state).to_lowercase(),
