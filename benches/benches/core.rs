@@ -314,6 +314,7 @@ fn read_model(c: &mut Criterion) {
             i,
             i,
             SessionView {
+                collect: String::new(),
                 id: format!("render-{i:04}"),
                 name: format!("render-{i:04}"),
                 state: SessionState::Running,

@@ -683,6 +683,7 @@ impl Tracker<'_> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_command(
     job: ExecJob,
     work_dir: PathBuf,

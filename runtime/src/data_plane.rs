@@ -148,6 +148,7 @@ async fn authorize(State(ctx): State<Arc<DataCtx>>, req: Request, next: Next) ->
 
 /// `data_dir/rel` for a plain relative `rel` under `under/`, refusing
 /// anything else and symbolic links on the way.
+#[allow(clippy::result_large_err)]
 fn confined(ctx: &DataCtx, rel: &str, under: &str) -> Result<PathBuf, Response> {
     if !safe_rel(rel) || !rel.starts_with(under) {
         return Err(err(
@@ -172,6 +173,7 @@ fn confined(ctx: &DataCtx, rel: &str, under: &str) -> Result<PathBuf, Response> 
 }
 
 /// The byte range a request asks for: `bytes=N-` or `bytes=N-M`.
+#[allow(clippy::result_large_err)]
 fn range_of(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, Response> {
     let Some(v) = headers.get(header::RANGE) else {
         return Ok(None);

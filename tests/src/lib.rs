@@ -1269,6 +1269,15 @@ pub fn rerun_outside_replay(events: &[IdEvent], manifest: &Value) -> Vec<String>
     bad
 }
 
+/// The sha256 of `bytes`, in lowercase hex (as manifests record it).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -1295,13 +1304,4 @@ mod tests {
             assert!((10_000..lo).contains(&p), "{p} is not below {lo}");
         }
     }
-}
-
-/// The sha256 of `bytes`, in lowercase hex (as manifests record it).
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
