@@ -117,10 +117,6 @@ fn err(code: StatusCode, msg: impl Into<String>) -> Response {
         .into_response()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn authorize(State(ctx): State<Arc<DataCtx>>, req: Request, next: Next) -> Response {
     let given = req
         .headers()
@@ -128,7 +124,7 @@ async fn authorize(State(ctx): State<Arc<DataCtx>>, req: Request, next: Next) ->
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
-        Some(t) if constant_time_eq(t.trim().as_bytes(), ctx.token.as_bytes()) => {
+        Some(t) if crate::admin::constant_time_eq(t.trim().as_bytes(), ctx.token.as_bytes()) => {
             next.run(req).await
         }
         other => {
