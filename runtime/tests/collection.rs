@@ -256,3 +256,45 @@ fn a_worker_gone_before_collection_is_collected_when_it_returns_and_a_corrupted_
     assert!(String::from_utf8_lossy(&got.stdout).contains(&name));
     assert_eq!(folder(elsewhere.path()), want);
 }
+
+#[test]
+fn logs_follow_a_running_attempt_to_its_end() {
+    let c = TestCluster::three_healthy(bins(), 300).unwrap();
+    let toml = "name = \"follow\"\nframes = { start = 0, end = 1 }\nchunk_frames = 1\nid_chunk_size = 10\n\
+        [executor]\nkind = \"command\"\n\
+        argv = [\"sh\", \"-c\", \"for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.4; done; echo done > out.txt\"]\n";
+    let id = c.submit("follow", toml).unwrap();
+    c.wait_session(&id, "its task running", Duration::from_secs(20), |v| {
+        v["tasks_running"] == 1
+    })
+    .unwrap();
+    // Follows from while it runs: every line, then it returns at the end.
+    let out = c.orchctl(0, &["logs", &id, "0", "-f"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ticks: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_once(" out ").map(|(_, t)| t))
+        .collect();
+    assert_eq!(
+        ticks,
+        ["tick 1", "tick 2", "tick 3", "tick 4", "tick 5", "tick 6"],
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .last()
+            .unwrap()
+            .contains(" orch attempt completed"),
+        "{text}"
+    );
+    let v = c.session(&id).unwrap();
+    assert_eq!(
+        v["state"], "completed",
+        "the log ended with the attempt: {v}"
+    );
+}
