@@ -298,3 +298,84 @@ fn logs_follow_a_running_attempt_to_its_end() {
         "the log ended with the attempt: {v}"
     );
 }
+
+/// A raw HTTP/1.1 GET to `addr` with `headers`; the status line.
+fn raw_get(addr: &str, path: &str, headers: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.lines().next().unwrap_or("").to_string()
+}
+
+#[test]
+fn the_data_plane_refuses_requests_without_the_cluster_token_and_paths_outside_its_folders() {
+    let c = TestCluster::three_healthy(bins(), 300).unwrap();
+    // Nothing is collected for a session that says `collect = "none"`.
+    let toml = session("none", "0").replace(
+        "chunk_frames = 1\n",
+        "chunk_frames = 1\ncollect = \"none\"\n",
+    );
+    let id = c.submit("none", &toml).unwrap();
+    let m = c
+        .wait_for_manifest(&id, "completed", Duration::from_secs(60), |m| {
+            m["state"] == "completed"
+        })
+        .unwrap();
+    assert_eq!(m["collect"], "");
+    assert!(m.get("collection").is_none(), "{m}");
+    assert!(!c
+        .dir
+        .path()
+        .join("node-0/data/sessions")
+        .join(&id)
+        .join("output")
+        .exists());
+    let w = c.worker("node-1").unwrap();
+    let addr = w["data"]
+        .as_str()
+        .expect("a data plane address in the worker view")
+        .to_string();
+    let r = &m["ranges"][0];
+    let file = format!(
+        "/v1/files/{}/{}",
+        r["out_dir"].as_str().unwrap(),
+        r["outputs"][0]["path"].as_str().unwrap()
+    );
+    for headers in [
+        "",
+        "Authorization: Bearer wrong\r\n",
+        "Authorization: Basic eDp5\r\n",
+    ] {
+        let status = raw_get(&addr, &file, headers);
+        assert!(status.contains(" 401 "), "{headers:?}: {status}");
+    }
+    let node1 = c.nodes.iter().find(|n| n.spec.name == "node-1").unwrap();
+    let rejected = node1
+        .metric("orch_data_plane_rejected_total{reason=\"no_token\"}")
+        .unwrap_or(0.0)
+        + node1
+            .metric("orch_data_plane_rejected_total{reason=\"wrong_token\"}")
+            .unwrap_or(0.0);
+    assert!(rejected >= 3.0, "rejections counted: {rejected}");
+    // With the token (derived from the secret), paths outside `out/` are refused.
+    let token = orch_runtime::data_plane::token(&node1.spec.secret);
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    for bad in [
+        "/v1/files/out/../cluster.toml",
+        "/v1/files/cluster.toml",
+        "/v1/files/out/%2e%2e/cluster.toml",
+    ] {
+        let status = raw_get(&addr, bad, &auth);
+        assert!(
+            status.contains(" 400 ") || status.contains(" 404 "),
+            "{bad}: {status}"
+        );
+    }
+}
