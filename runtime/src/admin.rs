@@ -148,6 +148,7 @@ pub fn router(
             post(unblock_device),
         )
         .route("/", get(status_page))
+        .route("/sessions/{id}", get(session_page))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(ctx.clone(), authorize))
@@ -182,8 +183,8 @@ async fn authorize(State(ctx): State<Arc<AdminCtx>>, req: Request, next: Next) -
             .and_then(|v| v.strip_prefix("Bearer ")),
     );
     let response = match &ctx.token {
-        // The page itself holds no data; its API calls carry the token.
-        _ if route == "/" => next.run(req).await,
+        // The pages themselves hold no data; their API calls carry the token.
+        _ if is_page(&route) => next.run(req).await,
         None => next.run(req).await,
         Some(token) => {
             let given = req
@@ -572,11 +573,33 @@ async fn kill_device(
     done(&ctx, AdminRequest::KillDevice { node, device }).await
 }
 
-/// The live status page: static HTML and JS polling the JSON API.
-async fn status_page() -> Response {
+/// A static page (`/`, `/sessions/{id}`): no data in it, only HTML and JS
+/// that call the JSON API with the token.
+fn is_page(route: &str) -> bool {
+    route == "/"
+        || route
+            .strip_prefix("/sessions/")
+            .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+}
+
+fn page(html: &'static str) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        include_str!("status.html"),
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        html,
     )
         .into_response()
+}
+
+/// The live status page: static HTML and JS polling the JSON API.
+async fn status_page() -> Response {
+    page(include_str!("status.html"))
+}
+
+/// One session's page (docs/status-page.md): its tasks as a grid, an
+/// attempt's live log, thumbnails of its collected frames.
+async fn session_page(Path(_id): Path<String>) -> Response {
+    page(include_str!("session.html"))
 }

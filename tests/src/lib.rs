@@ -6,6 +6,7 @@
 //! exists only in `runtime/tests/`).
 
 pub mod netns;
+pub mod webdriver;
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
