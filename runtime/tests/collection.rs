@@ -379,3 +379,155 @@ fn the_data_plane_refuses_requests_without_the_cluster_token_and_paths_outside_i
         );
     }
 }
+
+/// Every collected file is the one of the range the manifest lists as
+/// produced for its task: its attempt and node.
+fn collected_from_produced_attempts(m: &Value) {
+    let produced: BTreeMap<u64, (u64, String)> = m["ranges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["task"].as_u64().unwrap(),
+                (
+                    r["attempt"].as_u64().unwrap(),
+                    r["node"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
+        .collect();
+    for f in m["collection"]["files"].as_array().unwrap() {
+        let (attempt, node) = &produced[&f["task"].as_u64().unwrap()];
+        assert_eq!(f["attempt"].as_u64().unwrap(), *attempt, "{f}");
+        assert_eq!(f["node"].as_str().unwrap(), node, "{f}");
+    }
+}
+
+/// Every entry of `dir`, hidden ones too (a transfer's leftovers).
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_worker_killed_mid_session_leaves_one_file_per_frame_and_none_from_its_lost_attempts() {
+    let mut c = TestCluster::three_healthy(bins(), 300).unwrap();
+    let id = c.submit("midkill", &session("midkill", "0.6")).unwrap();
+    c.wait_session(
+        &id,
+        "a few frames done, node-1 busy",
+        Duration::from_secs(30),
+        |v| v["frames_done"].as_u64().unwrap() >= 3,
+    )
+    .unwrap();
+    c.wait_for("node-1 running a task", Duration::from_secs(20), |ws| {
+        ws.iter()
+            .any(|w| w["node"] == "node-1" && w["active_tasks"].as_u64().unwrap_or(0) > 0)
+    })
+    .unwrap();
+    c.node("node-1").kill9();
+    let m = c
+        .wait_for_manifest(
+            &id,
+            "completed without node-1",
+            Duration::from_secs(60),
+            |m| m["state"] == "completed",
+        )
+        .unwrap();
+    assert_eq!(assert_exactly_once(&m, 0, 24), 24);
+    let lost: Vec<&Value> = m["replay"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["node"] == "node-1")
+        .collect();
+    assert!(
+        !lost.is_empty(),
+        "node-1's running attempts were lost and replayed: {}",
+        m["replay"]
+    );
+    // What node-1 produced before it died waits for it; it comes back.
+    c.restart(1).unwrap();
+    let m = c
+        .wait_for_manifest(
+            &id,
+            "every output collected",
+            Duration::from_secs(60),
+            |m| settled(m),
+        )
+        .unwrap();
+    assert_eq!(m["collection"]["collected"], 24, "{}", m["collection"]);
+    collected_from_produced_attempts(&m);
+    let out = c
+        .dir
+        .path()
+        .join("node-0/data/sessions")
+        .join(&id)
+        .join("output");
+    assert_eq!(
+        folder(&out),
+        listed(&m),
+        "one file per frame, each the produced one"
+    );
+    assert_eq!(entries(&out).len(), 24, "nothing else: {:?}", entries(&out));
+}
+
+#[test]
+fn a_collector_restarted_mid_collection_finishes_it_without_duplicates() {
+    let mut c = TestCluster::three_healthy(bins(), 300).unwrap();
+    // node-2's files wait while the collector goes down and comes back.
+    let hold = c
+        .dir
+        .path()
+        .join("node-2/data")
+        .join("test-hold-data-plane");
+    std::fs::write(&hold, "").unwrap();
+    let id = c.submit("restart", &session("restart", "0.2")).unwrap();
+    let m = c
+        .wait_for_manifest(
+            &id,
+            "completed, the others' files collected, node-2's not",
+            Duration::from_secs(60),
+            |m| {
+                m["state"] == "completed"
+                    && m["collection"]["collected"].as_u64().unwrap_or(0) >= 1
+                    && !settled(m)
+            },
+        )
+        .unwrap();
+    let before = m["collection"]["collected"].as_u64().unwrap();
+    assert!(before < 24);
+    c.node("node-0").kill9();
+    std::fs::remove_file(&hold).unwrap();
+    c.restart(0).unwrap();
+    c.wait_all_healthy(2).unwrap();
+    let m = c
+        .wait_for_manifest(
+            &id,
+            "every output collected after the restart",
+            Duration::from_secs(90),
+            |m| settled(m),
+        )
+        .unwrap();
+    assert_eq!(assert_exactly_once(&m, 0, 24), 24);
+    assert_eq!(m["collection"]["collected"], 24, "{}", m["collection"]);
+    collected_from_produced_attempts(&m);
+    let out = c
+        .dir
+        .path()
+        .join("node-0/data/sessions")
+        .join(&id)
+        .join("output");
+    assert_eq!(folder(&out), listed(&m));
+    assert_eq!(
+        entries(&out).len(),
+        24,
+        "no duplicates or leftovers: {:?}",
+        entries(&out)
+    );
+}

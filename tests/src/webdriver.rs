@@ -186,13 +186,12 @@ impl Browser {
         cond: impl Fn(&Value) -> bool,
     ) -> Result<Value> {
         let deadline = Instant::now() + within;
-        let mut last = Value::Null;
         loop {
-            match self.eval(script) {
+            let last = match self.eval(script) {
                 Ok(v) if cond(&v) => return Ok(v),
-                Ok(v) => last = v,
-                Err(e) => last = json!(e.to_string()),
-            }
+                Ok(v) => v,
+                Err(e) => json!(e.to_string()),
+            };
             if Instant::now() > deadline {
                 bail!("timed out after {within:?} waiting for: {what}; last answer: {last}");
             }
