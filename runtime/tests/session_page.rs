@@ -181,7 +181,10 @@ fn the_session_page_shows_the_grid_a_live_log_and_thumbnails_as_the_session_runs
         )
         .unwrap();
     let want: Vec<String> = (0..frames).map(|f| format!("frame_{f:05}.png")).collect();
-    assert_eq!(states(&all), want.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        states(&all),
+        want.iter().map(String::as_str).collect::<Vec<_>>()
+    );
 
     // A screenshot, for people: docs/session-page.png when asked for.
     b.click(&format!("#grid .task[data-task=\"{}\"]", frames / 2))
@@ -190,7 +193,11 @@ fn the_session_page_shows_the_grid_a_live_log_and_thumbnails_as_the_session_runs
         "the last task's log",
         Duration::from_secs(10),
         detail,
-        |v| v["log"].as_str().is_some_and(|l| l.contains("finished frame")),
+        |v| {
+            v["log"]
+                .as_str()
+                .is_some_and(|l| l.contains("finished frame"))
+        },
     )
     .unwrap();
     let png = b.screenshot().unwrap();
@@ -217,9 +224,12 @@ fn the_session_pages_cancel_button_asks_then_cancels() {
     .unwrap();
     b.click("#actions button[data-act=cancel]").unwrap();
     b.accept_alert().unwrap();
-    c.wait_session(&id, "cancelled from the page", Duration::from_secs(15), |v| {
-        v["state"] == "cancelled"
-    })
+    c.wait_session(
+        &id,
+        "cancelled from the page",
+        Duration::from_secs(15),
+        |v| v["state"] == "cancelled",
+    )
     .unwrap();
     b.wait_for(
         "the page shows it cancelled, with no buttons left",
