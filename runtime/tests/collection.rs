@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use orch_tests::{assert_exactly_once, sha256_hex, Bins, TestCluster};
+use orch_tests::{assert_exactly_once, sha256_hex, Bins, NodeSpec, TestCluster};
 use serde_json::Value;
 
 fn bins() -> Bins {
@@ -530,4 +530,47 @@ fn a_collector_restarted_mid_collection_finishes_it_without_duplicates() {
         "no duplicates or leftovers: {:?}",
         entries(&out)
     );
+}
+
+#[test]
+fn a_task_printing_a_gibibyte_leaves_a_log_no_larger_than_its_cap() {
+    let mut c = TestCluster::new(bins());
+    let mut m = NodeSpec::new("node-0").master();
+    m.devices = 1;
+    c.add(m).unwrap();
+    c.wait_all_healthy(0).unwrap();
+    let toml = "name = \"loud\"\nframes = { start = 0, end = 1 }\nchunk_frames = 1\nid_chunk_size = 10\ntimeout_ms = 600000\n\
+         [executor]\nkind = \"command\"\n\
+         argv = [\"sh\", \"-c\", \"echo first line; python3 -c 'import sys; l = b\\\"x\\\" * 4095 + b\\\"\\\\n\\\"; w = sys.stdout.buffer.write; [w(l) for _ in range(262144)]'; echo last line >&2\"]\n";
+    let id = c.submit("loud", toml).unwrap();
+    let m = c
+        .wait_for_manifest(&id, "completed", Duration::from_secs(180), |m| {
+            m["state"] == "completed"
+        })
+        .unwrap();
+    let task = m["ranges"][0]["task"].as_u64().unwrap();
+    let log = c
+        .dir
+        .path()
+        .join("node-0/data/logs")
+        .join(&id)
+        .join(format!("{task}-a1.log"));
+    let size = std::fs::metadata(&log).unwrap().len();
+    // The default cap (16 MiB), give or take the note and one cut line.
+    let cap = 16 * 1024 * 1024;
+    assert!(size <= cap + 8 * 1024, "1 GiB printed, {size} bytes kept");
+    assert!(size >= cap / 2, "head and tail kept: {size}");
+    // orchctl shows the whole (capped) log: its head, the note, its tail.
+    let out = c.orchctl(0, &["logs", &id, &task.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next().unwrap();
+    assert!(first.ends_with(" out first line"), "{first}");
+    assert!(text.contains("bytes of output left out"));
+    let last_line = text.lines().rev().find(|l| l.contains(" err ")).unwrap();
+    assert!(last_line.ends_with(" err last line"), "{last_line}");
 }
