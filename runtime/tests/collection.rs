@@ -458,7 +458,7 @@ fn a_worker_killed_mid_session_leaves_one_file_per_frame_and_none_from_its_lost_
             &id,
             "every output collected",
             Duration::from_secs(60),
-            |m| settled(m),
+            settled,
         )
         .unwrap();
     assert_eq!(m["collection"]["collected"], 24, "{}", m["collection"]);
@@ -511,7 +511,7 @@ fn a_collector_restarted_mid_collection_finishes_it_without_duplicates() {
             &id,
             "every output collected after the restart",
             Duration::from_secs(90),
-            |m| settled(m),
+            settled,
         )
         .unwrap();
     assert_eq!(assert_exactly_once(&m, 0, 24), 24);
