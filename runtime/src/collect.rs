@@ -35,7 +35,11 @@ use tracing::{info, warn};
 use crate::metrics as m;
 
 /// How often the collector looks at the sessions.
-const TICK: Duration = Duration::from_millis(250);
+const TICK: Duration = Duration::from_millis(100);
+/// While transfers run, the state of a session is written at most this often
+/// (a file collected but not yet written down is fetched again after a
+/// crash, onto the same name).
+const PERSIST_EVERY: Duration = Duration::from_secs(1);
 /// Transfers at once, in all.
 pub const MAX_TRANSFERS: usize = 4;
 /// Transfers at once from one node.
@@ -226,12 +230,29 @@ impl Collector {
         let (tx, mut rx) = mpsc::channel::<(Job, Outcome)>(64);
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut persisted = Instant::now();
         loop {
             tokio::select! {
-                _ = tick.tick() => self.pass(&tx).await,
-                Some((job, outcome)) = rx.recv() => self.finished_job(job, outcome),
+                _ = tick.tick() => {
+                    self.pass(&tx).await;
+                    if self.in_flight.is_empty() || persisted.elapsed() >= PERSIST_EVERY {
+                        self.persist();
+                        persisted = Instant::now();
+                    }
+                }
+                Some((job, outcome)) = rx.recv() => {
+                    let session = job.session.clone();
+                    self.finished_job(job, outcome);
+                    // The next file starts now, not at the next tick; the
+                    // state is written now when the session has nothing
+                    // left in flight, else by a tick.
+                    self.start_transfers(&tx);
+                    if !self.in_flight.values().any(|s| *s == session) {
+                        self.persist();
+                        persisted = Instant::now();
+                    }
+                }
             }
-            self.persist();
         }
     }
 
