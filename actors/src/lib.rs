@@ -3,6 +3,7 @@
 
 pub mod commit_gate;
 pub mod device;
+pub mod events;
 pub mod executor;
 pub mod ids;
 pub mod journal;
@@ -11,6 +12,7 @@ pub mod masters;
 pub mod membership;
 pub mod metrics;
 pub mod outbox;
+pub mod pipeline;
 pub mod protocol;
 pub mod read_model;
 pub mod scheduler;

@@ -806,6 +806,10 @@ pub struct SessionSpec {
     /// master's node; `"none"`, nowhere (shared storage); else a node's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collect: Option<String>,
+    /// The trigger's correlation id (a pipeline run's, or the submitter's
+    /// `X-Correlation-Id`): it follows the session into its events and logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
 }
 
 /// What [`SessionSpec::collect`] means for a session's view: `""`, its

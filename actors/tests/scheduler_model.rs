@@ -235,6 +235,7 @@ impl World {
             timeout_ms: 1000,
             idempotency_key: None,
             collect: None,
+            correlation_id: None,
             blocklist_after: Some(0),
         };
         w.feed(SchedEvent::Submit {
@@ -1017,6 +1018,7 @@ impl World {
             timeout_ms: 1000,
             idempotency_key: None,
             collect: None,
+            correlation_id: None,
             blocklist_after: Some(0),
         };
         self.feed(SchedEvent::Submit {
@@ -1287,6 +1289,7 @@ fn a_session_no_device_can_serve_waits_and_says_why() {
         timeout_ms: 1,
         idempotency_key: None,
         collect: None,
+        correlation_id: None,
         blocklist_after: Some(0),
     };
     let cmds = s.on_event(
@@ -1345,6 +1348,7 @@ fn per_device_fifo_depth_and_round_robin_over_many_devices() {
         timeout_ms: 1,
         idempotency_key: None,
         collect: None,
+        correlation_id: None,
         blocklist_after: Some(0),
     };
     let mut leases: Vec<TaskSpec> = s
@@ -1423,6 +1427,7 @@ fn one_task(name: &str) -> SessionSpec {
         timeout_ms: 1,
         idempotency_key: None,
         collect: None,
+        correlation_id: None,
         blocklist_after: Some(0),
     }
 }

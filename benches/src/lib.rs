@@ -58,6 +58,7 @@ pub fn noop_session(name: &str, frames: u64, chunk: u64, id_chunk: u64) -> Sessi
         timeout_ms: 600_000,
         idempotency_key: None,
         collect: None,
+        correlation_id: None,
         blocklist_after: None,
     }
 }

@@ -598,6 +598,7 @@ pub fn parse(
         max_devices: raw.max_devices.map(|m| m as u32),
         idempotency_key: None,
         collect: raw.collect,
+        correlation_id: None,
         blocklist_after: raw.blocklist_after.map(|b| b.min(1_000) as u32),
     })
 }

@@ -709,6 +709,7 @@ mod tests {
             timeout_ms: 60_000,
             idempotency_key: None,
             collect: None,
+            correlation_id: None,
             blocklist_after: None,
         }
     }

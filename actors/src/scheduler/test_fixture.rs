@@ -69,6 +69,7 @@ pub(super) fn spec(n: u64, chunk: u64) -> SessionSpec {
         timeout_ms: TIMEOUT_MS,
         idempotency_key: None,
         collect: None,
+        correlation_id: None,
         blocklist_after: None,
     }
 }
