@@ -7,6 +7,8 @@ pub const CLUSTER_WORKERS: &str = "orch_cluster_workers";
 pub const HEARTBEAT_AGE: &str = "orch_worker_heartbeat_age_seconds";
 /// Counter, label `reason` (heartbeat_timeout / node_down): workers declared unhealthy.
 pub const WORKER_FAILURES: &str = "orch_worker_failures_total";
+/// Counter: events published on the bus (docs/pipelines.md).
+pub const EVENTS_PUBLISHED: &str = "orch_events_published_total";
 /// Counter: messages from the network that did not decode.
 pub const WIRE_DECODE_ERRORS: &str = "orch_wire_decode_errors_total";
 /// Counter: times the master found it had not run for longer than a heartbeat.
@@ -97,6 +99,7 @@ pub const CATALOG: &[(&str, &str)] = &[
         "seconds since the master last heard from each worker",
     ),
     (WORKER_FAILURES, "workers declared unhealthy, by reason"),
+    (EVENTS_PUBLISHED, "events published on the bus"),
     (
         WIRE_DECODE_ERRORS,
         "cluster messages that did not decode and were dropped",

@@ -219,6 +219,24 @@ pub enum AdminRequest {
         from: u64,
         limit: u32,
     },
+    /// Store a pipeline as the next version of its name (docs/pipelines.md).
+    PipelineAdd(Box<crate::pipeline::PipelineSpec>),
+    /// Start a run of a pipeline.
+    PipelineRun {
+        name: String,
+        params: BTreeMap<String, String>,
+        correlation_id: Option<String>,
+    },
+    /// Every pipeline.
+    Pipelines,
+    /// One pipeline: its view and its latest version.
+    Pipeline(String),
+    /// The runs of a pipeline kept, oldest first (without their stages).
+    PipelineRuns(String),
+    /// One run with its stages.
+    PipelineShow(String),
+    PipelineCancel(String),
+    PipelineRerun(String),
 }
 
 /// Most tasks one [`AdminRequest::Tasks`] answers.
@@ -283,6 +301,18 @@ pub enum AdminReply {
     Workflows(Vec<crate::workflow::Workflow>),
     Workflow(Box<crate::workflow::Workflow>),
     Tasks(Vec<TaskView>),
+    PipelineAdded {
+        name: String,
+        version: u32,
+    },
+    PipelineStarted {
+        run: String,
+        correlation_id: String,
+    },
+    Pipelines(Vec<crate::pipeline::PipelineView>),
+    Pipeline(Box<(crate::pipeline::PipelineView, crate::pipeline::PipelineSpec)>),
+    PipelineRuns(Vec<crate::pipeline::Run>),
+    PipelineRun(Box<crate::pipeline::Run>),
     NotFound(String),
     Error(String),
 }

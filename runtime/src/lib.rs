@@ -18,6 +18,7 @@ pub mod node;
 pub mod node_checks;
 pub mod node_io;
 pub mod outputs;
+pub mod pipeline_file;
 pub mod procs;
 pub mod runner;
 pub mod session_file;

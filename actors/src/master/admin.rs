@@ -192,6 +192,164 @@ impl MasterState {
                 self.schedule(SchedEvent::WorkflowAdded(w));
                 AdminReply::WorkflowAdded { name, version }
             }
+            AdminRequest::PipelineAdd(mut spec) => {
+                let problems = crate::pipeline::problems(&spec);
+                if !problems.is_empty() {
+                    let all: Vec<String> = problems
+                        .into_iter()
+                        .map(|(at, what)| format!("`{at}`: {what}"))
+                        .collect();
+                    return AdminReply::Error(format!("invalid pipeline: {}", all.join("; ")));
+                }
+                let p = self.sched.pipelines();
+                if p.spec(&spec.name).is_none() && p.len() >= crate::pipeline::MAX_PIPELINES {
+                    return AdminReply::Error(format!(
+                        "{} pipelines are stored, the most kept",
+                        p.len()
+                    ));
+                }
+                spec.version = p.spec(&spec.name).map_or(1, |s| s.version + 1);
+                let (name, version) = (spec.name.clone(), spec.version);
+                info!(node_id = %self.node, pipeline = %name, version, stages = spec.stages.len(), "pipeline stored");
+                self.schedule(SchedEvent::PipelineDefined(spec));
+                AdminReply::PipelineAdded { name, version }
+            }
+            AdminRequest::PipelineRun {
+                name,
+                params,
+                correlation_id,
+            } => {
+                if self.sched.pipelines().spec(&name).is_none() {
+                    return AdminReply::NotFound(format!(
+                        "no pipeline `{name}`; store it first with `orchctl pipeline add FILE`"
+                    ));
+                }
+                if params.len() > crate::pipeline::MAX_PARAMS {
+                    return AdminReply::Error(format!(
+                        "at most {} parameters, got {}",
+                        crate::pipeline::MAX_PARAMS,
+                        params.len()
+                    ));
+                }
+                if let Some((k, _)) = params.iter().find(|(k, v)| {
+                    !crate::pipeline::valid_param(k)
+                        || v.len() > crate::pipeline::MAX_PARAM_LEN
+                        || v.contains('\0')
+                }) {
+                    return AdminReply::Error(format!(
+                        "invalid parameter `{}`: expected a name from `A-Z a-z 0-9 _` and a value of at most {} bytes without NUL",
+                        k.chars().take(64).collect::<String>(),
+                        crate::pipeline::MAX_PARAM_LEN
+                    ));
+                }
+                if let Some(c) = &correlation_id {
+                    if !crate::pipeline::valid_correlation(c) {
+                        return AdminReply::Error(
+                            "invalid correlation id: expected 1 to 128 characters from `A-Z a-z 0-9 - _ . :`".into(),
+                        );
+                    }
+                }
+                self.schedule(SchedEvent::PipelineRun {
+                    pipeline: name.clone(),
+                    params,
+                    correlation_id,
+                });
+                let p = self.sched.pipelines();
+                match p
+                    .view(&name)
+                    .and_then(|v| v.last_run)
+                    .and_then(|r| p.run(&r))
+                {
+                    Some(run) => {
+                        info!(node_id = %self.node, pipeline = %name, run = %run.id, correlation_id = %run.correlation_id, "pipeline run started");
+                        AdminReply::PipelineStarted {
+                            run: run.id.clone(),
+                            correlation_id: run.correlation_id.clone(),
+                        }
+                    }
+                    None => AdminReply::Error(format!("pipeline `{name}` did not start")),
+                }
+            }
+            AdminRequest::Pipelines => AdminReply::Pipelines(self.sched.pipelines().views()),
+            AdminRequest::Pipeline(name) => {
+                let p = self.sched.pipelines();
+                match (p.view(&name), p.spec(&name)) {
+                    (Some(v), Some(s)) => AdminReply::Pipeline(Box::new((v, s.clone()))),
+                    _ => AdminReply::NotFound(format!("no pipeline `{name}`")),
+                }
+            }
+            AdminRequest::PipelineRuns(name) => {
+                let p = self.sched.pipelines();
+                if p.spec(&name).is_none() {
+                    return AdminReply::NotFound(format!("no pipeline `{name}`"));
+                }
+                AdminReply::PipelineRuns(
+                    p.runs_of(&name)
+                        .into_iter()
+                        .map(|r| {
+                            let mut r = r.clone();
+                            r.stages.clear();
+                            r
+                        })
+                        .collect(),
+                )
+            }
+            AdminRequest::PipelineShow(run) => match self.sched.pipeline_run_view(&run) {
+                Some(r) => AdminReply::PipelineRun(Box::new(r)),
+                None => AdminReply::NotFound(format!(
+                    "no run `{run}` (finished runs beyond the last {} of a pipeline leave memory)",
+                    crate::pipeline::RUNS_KEPT
+                )),
+            },
+            AdminRequest::PipelineCancel(run) | AdminRequest::PipelineRerun(run)
+                if self.sched.pipelines().run(&run).is_none() =>
+            {
+                AdminReply::NotFound(format!("no run `{run}`"))
+            }
+            AdminRequest::PipelineCancel(run) => {
+                if let Some(r) = self
+                    .sched
+                    .pipelines()
+                    .run(&run)
+                    .filter(|r| r.state.is_final())
+                {
+                    return AdminReply::Error(format!(
+                        "run `{run}` is {} already",
+                        r.state.as_str()
+                    ));
+                }
+                self.schedule(SchedEvent::PipelineCancel { run: run.clone() });
+                info!(node_id = %self.node, %run, "pipeline run cancelled by an operator");
+                AdminReply::Done(format!(
+                    "run `{run}` cancelled; its running sessions were cancelled"
+                ))
+            }
+            AdminRequest::PipelineRerun(run) => {
+                let Some(r) = self.sched.pipelines().run(&run) else {
+                    return AdminReply::NotFound(format!("no run `{run}`"));
+                };
+                if !r.state.is_final() {
+                    return AdminReply::Error(format!("run `{run}` is still in progress"));
+                }
+                let again = r
+                    .stages
+                    .iter()
+                    .filter(|s| {
+                        matches!(
+                            s.state,
+                            crate::pipeline::StageState::Failed
+                                | crate::pipeline::StageState::Skipped
+                                | crate::pipeline::StageState::Cancelled
+                        )
+                    })
+                    .count();
+                if again == 0 {
+                    return AdminReply::Error(format!("run `{run}` has no failed stage"));
+                }
+                self.schedule(SchedEvent::PipelineRerun { run: run.clone() });
+                info!(node_id = %self.node, %run, stages = again, "failed stages of a pipeline run run again");
+                AdminReply::Done(format!("run `{run}`: {again} stages run again"))
+            }
             AdminRequest::Workflows => AdminReply::Workflows(self.sched.workflows()),
             AdminRequest::Workflow { name, version } => match self.sched.workflow(&name, version) {
                 Some(w) => AdminReply::Workflow(Box::new(w.clone())),
@@ -342,5 +500,9 @@ pub(super) fn mutates(req: &AdminRequest) -> bool {
             | AdminRequest::KillDevice { .. }
             | AdminRequest::WorkflowAdd(_)
             | AdminRequest::Unblock { .. }
+            | AdminRequest::PipelineAdd(_)
+            | AdminRequest::PipelineRun { .. }
+            | AdminRequest::PipelineCancel(_)
+            | AdminRequest::PipelineRerun(_)
     )
 }

@@ -168,11 +168,19 @@ impl MasterState {
                 self.gate.local();
                 self.outgoing.push(Outgoing::AmendOnDisk(session, record));
             }
+            SchedCommand::Publish(ev) => self.publish(ev),
             SchedCommand::ManifestAmended { session } => {
                 info!(node_id = %self.node, session = %session, "a node named an attempt of a finished session that the store never recorded; its manifest lists it in `replay`");
                 self.gate.local();
                 self.outgoing.push(Outgoing::Manifest(session));
             }
         }
+    }
+
+    /// An event for the bus: logged with its correlation id.
+    pub(super) fn publish(&mut self, ev: crate::events::Event) {
+        metrics::counter!(m::EVENTS_PUBLISHED).increment(1);
+        let payload: Vec<String> = ev.payload.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        info!(node_id = %self.node, event = %ev.kind, correlation_id = %ev.correlation_id, source = %ev.source, payload = %payload.join(" "), "event");
     }
 }

@@ -189,6 +189,14 @@ pub fn valid_param(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
+/// Whether `c` may be a correlation id a client gives.
+pub fn valid_correlation(c: &str) -> bool {
+    !c.is_empty()
+        && c.len() <= 128
+        && c.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@'))
+}
+
 /// Parse a cron expression and a time zone, as the master evaluates them.
 pub fn parse_cron(expr: &str, tz: &str) -> Result<(croner::Cron, chrono_tz::Tz), String> {
     let fields = expr.split_whitespace().count();

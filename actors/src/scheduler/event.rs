@@ -133,6 +133,24 @@ pub enum SchedEvent {
         #[serde(default)]
         produced: Vec<ProducedRange>,
     },
+    /// An operator stored a pipeline as this version of its name (the
+    /// master checked it and numbered it).
+    PipelineDefined(Box<crate::pipeline::PipelineSpec>),
+    /// Start a run of a pipeline (manually; schedules and events start
+    /// theirs from `Tick`). The run's id follows from the ledger.
+    PipelineRun {
+        pipeline: String,
+        params: BTreeMap<String, String>,
+        correlation_id: Option<String>,
+    },
+    /// Cancel a run: its running sessions are cancelled.
+    PipelineCancel {
+        run: String,
+    },
+    /// Run the failed, skipped and cancelled stages of a finished run again.
+    PipelineRerun {
+        run: String,
+    },
 }
 
 /// A range an attempt produced, as a requeue needs it.
@@ -195,4 +213,6 @@ pub enum SchedCommand {
         session: String,
         record: ReplayRecord,
     },
+    /// An event for the bus (docs/pipelines.md).
+    Publish(crate::events::Event),
 }

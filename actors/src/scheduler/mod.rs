@@ -31,6 +31,7 @@ mod controls;
 mod event;
 mod failover;
 mod index;
+mod pipelines;
 mod placement;
 mod recovery;
 mod reports;
@@ -163,6 +164,8 @@ pub struct Scheduler {
     /// Devices blocklisted for failing attempts in a row, and why (kept
     /// across re-registration, until a restart or an unblock).
     device_blocklist: HashMap<(Arc<str>, Arc<str>), String>,
+    /// Pipelines, their runs, breakers and schedules (docs/pipelines.md).
+    pipelines: crate::pipeline::Pipelines,
 }
 
 impl Scheduler {
@@ -253,7 +256,10 @@ impl Scheduler {
             SchedEvent::Reserve { node, tasks } => self.reserve(node, tasks),
             SchedEvent::Stalled { ms } => self.stalled(ms),
             SchedEvent::Evict { session } => self.evict(&session),
-            SchedEvent::Tick => self.tick(now_ms, &mut out),
+            SchedEvent::Tick => {
+                self.tick(now_ms, &mut out);
+                self.pipelines_tick(now_ms, &mut out);
+            }
             SchedEvent::Resume {
                 id_floor,
                 within_ms,
@@ -276,6 +282,10 @@ impl Scheduler {
                 task,
                 produced,
             } => self.requeue(&session, task, produced, &mut out),
+            ev @ (SchedEvent::PipelineDefined(_)
+            | SchedEvent::PipelineRun { .. }
+            | SchedEvent::PipelineCancel { .. }
+            | SchedEvent::PipelineRerun { .. }) => self.pipeline_event(ev, now_ms, &mut out),
         }
         if places {
             self.place(now_ms, &mut out);
@@ -283,6 +293,7 @@ impl Scheduler {
             self.place_more = true;
         }
         self.finish(now_ms, &mut out);
+        self.pipelines_after(0, now_ms, &mut out);
         out
     }
 
@@ -330,5 +341,6 @@ impl Scheduler {
                 .nodes
                 .values()
                 .any(|n| n.resume_by.is_some_and(|at| at <= now_ms))
+            || self.pipelines.due(now_ms)
     }
 }
