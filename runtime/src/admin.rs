@@ -134,6 +134,18 @@ pub fn router(
         .route("/v1/sessions/{id}/tasks/{task}/requeue", post(requeue))
         .route("/v1/workflows", get(workflows).post(add_workflow))
         .route("/v1/workflows/{name}", get(workflow))
+        .route(
+            "/v1/pipelines",
+            get(crate::admin_pipelines::list).post(crate::admin_pipelines::add),
+        )
+        .route("/v1/pipelines/{name}", get(crate::admin_pipelines::show))
+        .route(
+            "/v1/pipelines/{name}/runs",
+            get(crate::admin_pipelines::runs).post(crate::admin_pipelines::start),
+        )
+        .route("/v1/runs/{run}", get(crate::admin_pipelines::run))
+        .route("/v1/runs/{run}/cancel", post(crate::admin_pipelines::cancel))
+        .route("/v1/runs/{run}/rerun", post(crate::admin_pipelines::rerun))
         .route("/v1/devices", get(devices))
         .route("/v1/devices/grid", get(device_grid))
         .route("/v1/nodes/{node}/drain", post(drain))

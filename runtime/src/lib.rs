@@ -4,6 +4,7 @@
 
 pub mod admin;
 mod admin_data;
+mod admin_pipelines;
 pub mod cluster_link;
 pub mod cluster_port;
 pub mod collect;

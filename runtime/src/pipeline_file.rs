@@ -143,6 +143,41 @@ pub fn load(path: &Path) -> Result<PipelineSpec, ConfigErrors> {
     parse(&text, &file, Some(&dir))
 }
 
+/// The text to send for the pipeline file at `path`: checked, with
+/// `{pipeline_dir}` replaced and every stage's session file read into an
+/// inline `[stage.session]` table (`{session_dir}` replaced), so the node
+/// that receives it needs no file of this machine.
+pub fn inline(path: &Path) -> Result<String, ConfigErrors> {
+    load(path)?;
+    let (file, text, dir) = crate::config::read_toml_file(path)?;
+    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+    let text = text.replace("{pipeline_dir}", &dir.display().to_string());
+    let fail = |expected: String| {
+        ConfigErrors(vec![ConfigError {
+            file: file.clone(),
+            key: "(file)".into(),
+            expected,
+        }])
+    };
+    let mut doc: toml::Table = toml::from_str(&text).map_err(|e| fail(e.message().to_string()))?;
+    if let Some(toml::Value::Array(stages)) = doc.get_mut("stage") {
+        for st in stages.iter_mut() {
+            let Some(t) = st.as_table_mut() else { continue };
+            let Some(toml::Value::String(f)) = t.get("session") else {
+                continue;
+            };
+            let spath = dir.join(f);
+            let (sfile, stext, sdir) = crate::config::read_toml_file(&spath)?;
+            let sdir = std::fs::canonicalize(&sdir).unwrap_or(sdir);
+            let stext = stext.replace("{session_dir}", &sdir.display().to_string());
+            let table: toml::Table = toml::from_str(&stext)
+                .map_err(|e| fail(format!("`{sfile}`: {}", e.message())))?;
+            t.insert("session".into(), toml::Value::Table(table));
+        }
+    }
+    toml::to_string(&doc).map_err(|e| fail(e.to_string()))
+}
+
 /// Parse and check pipeline text from `file`; `dir` is the folder session
 /// files are relative to and `{pipeline_dir}` names (`None`: text from the
 /// API, where a stage's session must be inline).

@@ -51,6 +51,37 @@ enum WorkflowCmd {
 }
 
 #[derive(Subcommand, Debug)]
+enum PipelineCmd {
+    /// Check a pipeline file (and its session files) without a node; exit 2 on a problem.
+    Check { file: PathBuf },
+    /// Store a pipeline file as the next version of its name.
+    Add { file: PathBuf },
+    /// Start a run of pipeline NAME (or of FILE, stored first); with --wait,
+    /// follow it to the end (exit 0 only if completed).
+    Run {
+        #[arg(value_name = "NAME|FILE")]
+        name: String,
+        /// A run parameter, `KEY=VALUE` (repeatable); stages see `ORCH_PARAM_KEY`.
+        #[arg(long = "param", value_name = "KEY=VALUE")]
+        params: Vec<String>,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Every pipeline: version, schedule, next run, last run's state.
+    List,
+    /// One pipeline: its schedule, next run, breakers and last run.
+    Status { name: String },
+    /// The runs of a pipeline kept (the last 50 finished and those in progress).
+    Runs { name: String },
+    /// One run: each stage's state, attempts, items, times and last error.
+    Show { run: String },
+    /// Cancel a run in progress: its running sessions are cancelled.
+    Cancel { run: String },
+    /// Run the failed, skipped and cancelled stages of a finished run again.
+    Rerun { run: String },
+}
+
+#[derive(Subcommand, Debug)]
 enum Cmd {
     /// Cluster summary: master, workers by state, devices, recent failures.
     Status,
@@ -102,6 +133,11 @@ enum Cmd {
     Workflow {
         #[command(subcommand)]
         cmd: WorkflowCmd,
+    },
+    /// Pipelines: DAGs of stages, their runs and schedules (docs/pipelines.md).
+    Pipeline {
+        #[command(subcommand)]
+        cmd: PipelineCmd,
     },
     /// Devices of every worker, or of NODE: state, current task, last error.
     Devices {
@@ -582,6 +618,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             .map_err(|(c, m)| Failure(c, m));
         }
         Cmd::Workflow { cmd } => return workflow(cli, cmd),
+        Cmd::Pipeline { cmd } => return pipeline(cli, cmd),
         Cmd::Pause { id } => return mutate(cli, &format!("/v1/sessions/{id}/pause")),
         Cmd::Resume { id } => return mutate(cli, &format!("/v1/sessions/{id}/resume")),
         Cmd::Retry { id } => return mutate(cli, &format!("/v1/sessions/{id}/retry")),
@@ -780,6 +817,244 @@ fn workflow(cli: &Cli, cmd: &WorkflowCmd) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// A time of the ledger's clock (unix ms), to the second, UTC.
+fn when(ms: Option<u64>) -> String {
+    match ms {
+        None => "-".into(),
+        Some(ms) => humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + Duration::from_millis(ms),
+        )
+        .to_string(),
+    }
+}
+
+fn pipeline(cli: &Cli, cmd: &PipelineCmd) -> Result<(), Failure> {
+    use orch_actors::pipeline::{PipelineView, Run, Schedule};
+    let add = |file: &std::path::Path| -> Result<Value, Failure> {
+        let text =
+            orch_runtime::pipeline_file::inline(file).map_err(|e| Failure(EXIT_USAGE, e.to_string()))?;
+        request(cli, "POST", "/v1/pipelines", Some(&text))
+    };
+    let schedule = |s: &Option<Schedule>| match s {
+        None => "-".to_string(),
+        Some(Schedule::Every { ms }) => format!("every {}", humantime::format_duration(Duration::from_millis(*ms))),
+        Some(Schedule::Cron { expr, tz }) => format!("cron {expr} {tz}"),
+    };
+    let v = match cmd {
+        PipelineCmd::Check { file } => {
+            let p = orch_runtime::pipeline_file::load(file)
+                .map_err(|e| Failure(EXIT_USAGE, e.to_string()))?;
+            println!("{}: pipeline `{}`, {} stages, ok", file.display(), p.name, p.stages.len());
+            return Ok(());
+        }
+        PipelineCmd::Add { file } => {
+            let v = add(file)?;
+            if !cli.json {
+                println!(
+                    "stored pipeline {}@{}",
+                    v["name"].as_str().unwrap_or("?"),
+                    v["version"]
+                );
+                return Ok(());
+            }
+            v
+        }
+        PipelineCmd::Run { name, params, wait } => {
+            let mut map = serde_json::Map::new();
+            for p in params {
+                let Some((k, val)) = p.split_once('=') else {
+                    return Err(Failure(
+                        EXIT_USAGE,
+                        format!("--param `{p}`: expected KEY=VALUE"),
+                    ));
+                };
+                map.insert(k.to_string(), Value::String(val.to_string()));
+            }
+            let path = std::path::Path::new(name);
+            let name = if path.is_file() {
+                let v = add(path)?;
+                v["name"].as_str().unwrap_or_default().to_string()
+            } else {
+                name.clone()
+            };
+            let body = serde_json::json!({ "params": map }).to_string();
+            let v = request(cli, "POST", &format!("/v1/pipelines/{name}/runs"), Some(&body))?;
+            let run = v["run"].as_str().unwrap_or_default().to_string();
+            if !*wait {
+                if cli.json {
+                    return print_json(&v);
+                }
+                println!(
+                    "started run {run} of pipeline {name} (correlation id {})",
+                    v["correlation_id"].as_str().unwrap_or("?")
+                );
+                return Ok(());
+            }
+            if !cli.json {
+                println!("started run {run} of pipeline {name}");
+            }
+            let mut seen: std::collections::HashMap<String, String> = Default::default();
+            loop {
+                let v = get(cli, &format!("/v1/runs/{run}"))?;
+                let r: Run = serde_json::from_value(v.clone())
+                    .map_err(|e| Failure(EXIT_FAILED, format!("unexpected run format: {e}")))?;
+                if !cli.json {
+                    for s in &r.stages {
+                        let state = s.state.as_str().to_string();
+                        if seen.get(&s.name) != Some(&state) && s.state != orch_actors::pipeline::StageState::Pending && s.state != orch_actors::pipeline::StageState::Standby {
+                            println!(
+                                "  {:<24} {:<10} attempt {}{}",
+                                s.name,
+                                state,
+                                s.attempts,
+                                s.last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+                            );
+                            seen.insert(s.name.clone(), state);
+                        }
+                    }
+                }
+                if r.state.is_final() {
+                    if cli.json {
+                        print_json(&v)?;
+                    } else {
+                        println!("run {run} {}", r.state.as_str());
+                    }
+                    return if r.state == orch_actors::pipeline::RunState::Completed {
+                        Ok(())
+                    } else {
+                        Err(Failure(EXIT_FAILED, format!("run {run} ended {}", r.state.as_str())))
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+        PipelineCmd::List => {
+            let v = get(cli, "/v1/pipelines")?;
+            if cli.json {
+                return print_json(&v);
+            }
+            let list: Vec<PipelineView> = serde_json::from_value(v)
+                .map_err(|e| Failure(EXIT_FAILED, format!("unexpected pipeline format: {e}")))?;
+            println!(
+                "{:<28} {:>7} {:>6}  {:<26} {:<20} {:<11} LAST RUN",
+                "PIPELINE", "VERSION", "STAGES", "SCHEDULE", "NEXT RUN", "STATUS"
+            );
+            for p in &list {
+                println!(
+                    "{:<28} {:>7} {:>6}  {:<26} {:<20} {:<11} {}",
+                    p.name,
+                    p.version,
+                    p.stages,
+                    schedule(&p.schedule),
+                    when(p.next_run_ms),
+                    p.status,
+                    p.last_run.as_deref().unwrap_or("-")
+                );
+            }
+            return Ok(());
+        }
+        PipelineCmd::Status { name } => {
+            let v = get(cli, &format!("/v1/pipelines/{name}"))?;
+            if cli.json {
+                return print_json(&v);
+            }
+            let p: PipelineView = serde_json::from_value(v["pipeline"].clone())
+                .map_err(|e| Failure(EXIT_FAILED, format!("unexpected pipeline format: {e}")))?;
+            println!("pipeline     {}@{} ({} stages)", p.name, p.version, p.stages);
+            println!("status       {}", p.status);
+            println!("schedule     {}", schedule(&p.schedule));
+            println!("next run     {}", when(p.next_run_ms));
+            println!("last slot    {}", when(p.last_slot_ms));
+            println!("runs         {} (last: {})", p.runs, p.last_run.as_deref().unwrap_or("-"));
+            for (stage, b) in &p.breakers {
+                let detail = match b {
+                    orch_actors::pipeline::Breaker::Closed { failures } => format!("{failures} failures in a row"),
+                    orch_actors::pipeline::Breaker::Open { since_ms, failures } => {
+                        format!("since {} after {failures} failures", when(Some(*since_ms)))
+                    }
+                    orch_actors::pipeline::Breaker::HalfOpen { trial } => format!("trial in run {trial}"),
+                };
+                println!("breaker      {stage}: {} ({detail})", b.as_str());
+            }
+            return Ok(());
+        }
+        PipelineCmd::Runs { name } => {
+            let v = get(cli, &format!("/v1/pipelines/{name}/runs"))?;
+            if cli.json {
+                return print_json(&v);
+            }
+            let runs: Vec<Run> = serde_json::from_value(v)
+                .map_err(|e| Failure(EXIT_FAILED, format!("unexpected run format: {e}")))?;
+            println!("{:<36} {:<11} {:<22} {:<20} {:>9}", "RUN", "STATE", "CAUSE", "STARTED", "TOOK");
+            for r in &runs {
+                let took = r
+                    .finished_ms
+                    .map(|f| secs(f.saturating_sub(r.started_ms)))
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<36} {:<11} {:<22} {:<20} {:>9}",
+                    r.id,
+                    r.state.as_str(),
+                    r.cause.label(),
+                    when(Some(r.started_ms)),
+                    took
+                );
+            }
+            return Ok(());
+        }
+        PipelineCmd::Show { run } => {
+            let v = get(cli, &format!("/v1/runs/{run}"))?;
+            if cli.json {
+                return print_json(&v);
+            }
+            let r: Run = serde_json::from_value(v)
+                .map_err(|e| Failure(EXIT_FAILED, format!("unexpected run format: {e}")))?;
+            println!(
+                "run {} of {}@{}: {} (cause {}, correlation id {})",
+                r.id,
+                r.pipeline,
+                r.version,
+                r.state.as_str(),
+                r.cause.label(),
+                r.correlation_id
+            );
+            println!(
+                "{:<24} {:<10} {:>8} {:>13} {:<20} {:>9}  LAST ERROR",
+                "STAGE", "STATE", "ATTEMPTS", "ITEMS", "STARTED", "TOOK"
+            );
+            for s in &r.stages {
+                let took = match (s.started_ms, s.finished_ms) {
+                    (Some(a), Some(b)) => secs(b.saturating_sub(a)),
+                    _ => "-".into(),
+                };
+                let items = if s.items_total > 0 {
+                    format!("{}/{}", s.items_processed, s.items_total)
+                } else {
+                    "-".into()
+                };
+                let mut err = s.last_error.clone().unwrap_or_else(|| "-".into());
+                if let Some(f) = &s.fallback_for {
+                    err = format!("(fallback for {f}) {err}");
+                }
+                println!(
+                    "{:<24} {:<10} {:>8} {:>13} {:<20} {:>9}  {}",
+                    s.name,
+                    s.state.as_str(),
+                    s.attempts,
+                    items,
+                    when(s.started_ms),
+                    took,
+                    err
+                );
+            }
+            return Ok(());
+        }
+        PipelineCmd::Cancel { run } => return mutate(cli, &format!("/v1/runs/{run}/cancel")),
+        PipelineCmd::Rerun { run } => return mutate(cli, &format!("/v1/runs/{run}/rerun")),
+    };
+    print_json(&v)
 }
 
 /// A mutating command: POST, then print what was done.
