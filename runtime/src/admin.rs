@@ -144,7 +144,10 @@ pub fn router(
             get(crate::admin_pipelines::runs).post(crate::admin_pipelines::start),
         )
         .route("/v1/runs/{run}", get(crate::admin_pipelines::run))
-        .route("/v1/runs/{run}/cancel", post(crate::admin_pipelines::cancel))
+        .route(
+            "/v1/runs/{run}/cancel",
+            post(crate::admin_pipelines::cancel),
+        )
         .route("/v1/runs/{run}/rerun", post(crate::admin_pipelines::rerun))
         .route("/v1/devices", get(devices))
         .route("/v1/devices/grid", get(device_grid))

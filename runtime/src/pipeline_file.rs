@@ -170,8 +170,8 @@ pub fn inline(path: &Path) -> Result<String, ConfigErrors> {
             let (sfile, stext, sdir) = crate::config::read_toml_file(&spath)?;
             let sdir = std::fs::canonicalize(&sdir).unwrap_or(sdir);
             let stext = stext.replace("{session_dir}", &sdir.display().to_string());
-            let table: toml::Table = toml::from_str(&stext)
-                .map_err(|e| fail(format!("`{sfile}`: {}", e.message())))?;
+            let table: toml::Table =
+                toml::from_str(&stext).map_err(|e| fail(format!("`{sfile}`: {}", e.message())))?;
             t.insert("session".into(), toml::Value::Table(table));
         }
     }
@@ -260,7 +260,18 @@ pub fn parse(text: &str, file: &str, dir: Option<&Path>) -> Result<PipelineSpec,
                 let parsed = match (session, dir) {
                     (RawSession::File(f), Some(d)) => {
                         let path = d.join(&f);
-                        crate::session_file::load(&path)
+                        if path.is_file() {
+                            crate::session_file::load(&path)
+                        } else {
+                            Err(ConfigErrors(vec![ConfigError {
+                                file: file.to_string(),
+                                key: at("session"),
+                                expected: format!(
+                                    "a session file, relative to this file: no file `{}`",
+                                    path.display()
+                                ),
+                            }]))
+                        }
                     }
                     (RawSession::File(f), None) => Err(ConfigErrors(vec![ConfigError {
                         file: file.to_string(),

@@ -181,6 +181,6 @@ impl MasterState {
     pub(super) fn publish(&mut self, ev: crate::events::Event) {
         metrics::counter!(m::EVENTS_PUBLISHED).increment(1);
         let payload: Vec<String> = ev.payload.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        info!(node_id = %self.node, event = %ev.kind, correlation_id = %ev.correlation_id, source = %ev.source, payload = %payload.join(" "), "event");
+        info!(node_id = %self.node, event = %ev.kind, correlation_id = %ev.correlation_id, source = %ev.source, at_ms = ev.timestamp_ms, payload = %payload.join(" "), "event");
     }
 }

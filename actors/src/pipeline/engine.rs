@@ -257,6 +257,10 @@ fn stage_session(run: &Run, spec: &PipelineSpec, i: usize) -> SessionSpec {
     env.insert("ORCH_PIPELINE".into(), run.pipeline.clone());
     env.insert("ORCH_RUN".into(), run.id.clone());
     env.insert("ORCH_STAGE".into(), stage.name.clone());
+    env.insert(
+        "ORCH_STAGE_ATTEMPT".into(),
+        run.stages[i].attempts.to_string(),
+    );
     env.insert("ORCH_CORRELATION_ID".into(), run.correlation_id.clone());
     let mut s = match &stage.run {
         StageRun::Session(s) => {
@@ -418,20 +422,20 @@ impl Pipelines {
         })
     }
 
-    /// Store `spec` as the next version of its name (checked by the caller).
+    /// Store `spec` (checked by the caller) as its version, or as the next
+    /// version of its name when it has none (0).
     pub fn define(&mut self, mut spec: PipelineSpec, now_ms: u64) -> u32 {
+        let prev = self.defs.get(&spec.name).map_or(0, |d| d.spec.version);
+        if spec.version == 0 {
+            spec.version = prev + 1;
+        }
+        let version = spec.version;
         let d = self.defs.entry(spec.name.clone()).or_insert_with(|| Def {
             spec: Arc::new(spec.clone()),
             runs_made: 0,
             last_slot_ms: None,
             next_slot_ms: None,
         });
-        let version = if d.spec.version == 0 {
-            1
-        } else {
-            d.spec.version + 1
-        };
-        spec.version = version;
         d.next_slot_ms = spec
             .schedule
             .as_ref()
@@ -658,38 +662,63 @@ impl Pipelines {
                 continue;
             };
             let from = d.next_slot_ms.unwrap_or(now_ms);
-            let slot = latest_slot(&schedule, from, now_ms).unwrap_or(from);
-            let missed = slot > from || now_ms.saturating_sub(slot) > LATE_MS;
-            d.last_slot_ms = Some(slot);
-            d.next_slot_ms = next_slot(&schedule, slot.max(now_ms));
+            let latest = latest_slot(&schedule, from, now_ms).unwrap_or(from);
+            let on_time = now_ms.saturating_sub(latest) <= LATE_MS;
+            // The slots missed (the master was down or stalled): every one
+            // before the latest, and the latest too if it is late. They
+            // fire once, as the latest of them, or not at all.
+            let missed = if on_time {
+                latest_slot(&schedule, from, latest.saturating_sub(1))
+            } else {
+                Some(latest)
+            };
+            d.last_slot_ms = Some(latest);
+            d.next_slot_ms = next_slot(&schedule, latest.max(now_ms));
+            let catch_up = d.spec.catch_up;
             let source = format!("schedule:{name}");
-            if missed && !d.spec.catch_up {
+            let mut fire = Vec::new();
+            if let Some(slot) = missed {
+                if catch_up {
+                    fire.push((slot, true));
+                } else {
+                    out.push(PipeAction::Publish(
+                        Event::new(
+                            "schedule.skipped",
+                            source.clone(),
+                            &format!("{name}@{slot}"),
+                            now_ms,
+                        )
+                        .with("pipeline", name.clone())
+                        .with("slot_ms", slot.to_string())
+                        .with("from_ms", from.to_string()),
+                    ));
+                }
+            }
+            if on_time {
+                fire.push((latest, false));
+            }
+            for (slot, late) in fire {
                 out.push(PipeAction::Publish(
                     Event::new(
-                        "schedule.skipped",
-                        source,
+                        "schedule.fired",
+                        source.clone(),
                         &format!("{name}@{slot}"),
                         now_ms,
                     )
                     .with("pipeline", name.clone())
-                    .with("slot_ms", slot.to_string()),
-                ));
-                continue;
-            }
-            out.push(PipeAction::Publish(
-                Event::new("schedule.fired", source, &format!("{name}@{slot}"), now_ms)
-                    .with("pipeline", name.clone())
                     .with("slot_ms", slot.to_string())
-                    .with("late_ms", now_ms.saturating_sub(slot).to_string()),
-            ));
-            self.trigger(
-                &name,
-                BTreeMap::new(),
-                None,
-                Cause::Schedule { slot_ms: slot },
-                now_ms,
-                out,
-            );
+                    .with("late_ms", now_ms.saturating_sub(slot).to_string())
+                    .with("catch_up", late.to_string()),
+                ));
+                self.trigger(
+                    &name,
+                    BTreeMap::new(),
+                    None,
+                    Cause::Schedule { slot_ms: slot },
+                    now_ms,
+                    out,
+                );
+            }
         }
         let n = self.triggered.len().min(TRIGGERED_PER_TICK);
         for (name, cause) in self.triggered.drain(..n).collect::<Vec<_>>() {

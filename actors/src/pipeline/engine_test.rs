@@ -141,6 +141,14 @@ fn stages_start_when_their_dependencies_complete_and_independent_ones_run_togeth
         "one correlation id for the run"
     );
     assert_eq!(r.p.view("seed").unwrap().status, "completed");
+    assert_eq!(r.p.view("seed").unwrap().version, 1);
+    let mut again = r.p.spec("seed").unwrap().clone();
+    again.version = 0;
+    assert_eq!(
+        r.p.define(again, 70),
+        2,
+        "the same name again: the next version"
+    );
 }
 
 #[test]
@@ -378,26 +386,50 @@ fn an_interval_schedule_fires_every_slot_once_and_a_missed_slot_once_or_not_at_a
         ticks(&mut r, 100, 60_000, 100);
         let slots = fired(&r);
         assert_eq!(slots, (1..=30).map(|i| i * 2_000).collect::<Vec<_>>());
-        // The master is down from 60.1 s to 70.05 s: slots 62..70 s were missed.
+        // The master is down from 60.1 s to 70.05 s: slots 62..68 s were
+        // missed, 70 s is on time.
         ticks(&mut r, 70_050, 71_000, 100);
         let after = fired(&r);
         if catch_up {
             assert_eq!(
                 &after[30..],
-                [70_000],
-                "the missed slots fire once, for the latest"
+                [68_000, 70_000],
+                "the missed slots fire once (as the latest missed), then the slot on time"
             );
         } else {
             assert_eq!(
-                after.len(),
-                30,
-                "catch_up = false: a missed slot does not fire"
+                &after[30..],
+                [70_000],
+                "catch_up = false: the missed slots do not fire"
             );
             assert!(r.events.iter().any(|e| e.kind == "schedule.skipped"));
         }
         ticks(&mut r, 71_100, 72_000, 100);
         assert_eq!(*fired(&r).last().unwrap(), 72_000, "on time again after");
         assert_eq!(r.p.view("every2").unwrap().next_run_ms, Some(74_000));
+        // Down from 72 s to 80.5 s: 74..78 s fire as 78 s, then 80 s on time.
+        let n = fired(&r).len();
+        ticks(&mut r, 80_500, 80_500, 100);
+        let want: &[u64] = if catch_up {
+            &[78_000, 80_000]
+        } else {
+            &[80_000]
+        };
+        assert_eq!(&fired(&r)[n..], want);
+        // Back more than LATE_MS after the last slot: it is missed too.
+        let mut r = Rig::default();
+        let mut p = pipeline("every10", vec![stage("a", &[])]);
+        p.schedule = Some(Schedule::Every { ms: 10_000 });
+        p.catch_up = catch_up;
+        r.define(p, 95_000);
+        ticks(&mut r, 100_000, 100_000, 100);
+        ticks(&mut r, 117_000, 117_000, 100);
+        let want: &[u64] = if catch_up {
+            &[100_000, 110_000]
+        } else {
+            &[100_000]
+        };
+        assert_eq!(fired(&r), want, "110 s is 7 s late: missed");
     }
 }
 

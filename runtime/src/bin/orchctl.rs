@@ -823,30 +823,38 @@ fn workflow(cli: &Cli, cmd: &WorkflowCmd) -> Result<(), Failure> {
 fn when(ms: Option<u64>) -> String {
     match ms {
         None => "-".into(),
-        Some(ms) => humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + Duration::from_millis(ms),
-        )
-        .to_string(),
+        Some(ms) => {
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+                .to_string()
+        }
     }
 }
 
 fn pipeline(cli: &Cli, cmd: &PipelineCmd) -> Result<(), Failure> {
     use orch_actors::pipeline::{PipelineView, Run, Schedule};
     let add = |file: &std::path::Path| -> Result<Value, Failure> {
-        let text =
-            orch_runtime::pipeline_file::inline(file).map_err(|e| Failure(EXIT_USAGE, e.to_string()))?;
+        let text = orch_runtime::pipeline_file::inline(file)
+            .map_err(|e| Failure(EXIT_USAGE, e.to_string()))?;
         request(cli, "POST", "/v1/pipelines", Some(&text))
     };
     let schedule = |s: &Option<Schedule>| match s {
         None => "-".to_string(),
-        Some(Schedule::Every { ms }) => format!("every {}", humantime::format_duration(Duration::from_millis(*ms))),
+        Some(Schedule::Every { ms }) => format!(
+            "every {}",
+            humantime::format_duration(Duration::from_millis(*ms))
+        ),
         Some(Schedule::Cron { expr, tz }) => format!("cron {expr} {tz}"),
     };
     let v = match cmd {
         PipelineCmd::Check { file } => {
             let p = orch_runtime::pipeline_file::load(file)
                 .map_err(|e| Failure(EXIT_USAGE, e.to_string()))?;
-            println!("{}: pipeline `{}`, {} stages, ok", file.display(), p.name, p.stages.len());
+            println!(
+                "{}: pipeline `{}`, {} stages, ok",
+                file.display(),
+                p.name,
+                p.stages.len()
+            );
             return Ok(());
         }
         PipelineCmd::Add { file } => {
@@ -880,7 +888,12 @@ fn pipeline(cli: &Cli, cmd: &PipelineCmd) -> Result<(), Failure> {
                 name.clone()
             };
             let body = serde_json::json!({ "params": map }).to_string();
-            let v = request(cli, "POST", &format!("/v1/pipelines/{name}/runs"), Some(&body))?;
+            let v = request(
+                cli,
+                "POST",
+                &format!("/v1/pipelines/{name}/runs"),
+                Some(&body),
+            )?;
             let run = v["run"].as_str().unwrap_or_default().to_string();
             if !*wait {
                 if cli.json {
@@ -903,13 +916,25 @@ fn pipeline(cli: &Cli, cmd: &PipelineCmd) -> Result<(), Failure> {
                 if !cli.json {
                     for s in &r.stages {
                         let state = s.state.as_str().to_string();
-                        if seen.get(&s.name) != Some(&state) && s.state != orch_actors::pipeline::StageState::Pending && s.state != orch_actors::pipeline::StageState::Standby {
+                        if seen.get(&s.name) != Some(&state)
+                            && s.state != orch_actors::pipeline::StageState::Pending
+                            && s.state != orch_actors::pipeline::StageState::Standby
+                        {
                             println!(
                                 "  {:<24} {:<10} attempt {}{}",
                                 s.name,
                                 state,
                                 s.attempts,
-                                s.last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+                                s.last_error
+                                    .as_deref()
+                                    .filter(|_| matches!(
+                                        s.state,
+                                        orch_actors::pipeline::StageState::Failed
+                                            | orch_actors::pipeline::StageState::Waiting
+                                            | orch_actors::pipeline::StageState::Skipped
+                                    ))
+                                    .map(|e| format!(": {e}"))
+                                    .unwrap_or_default()
                             );
                             seen.insert(s.name.clone(), state);
                         }
@@ -924,7 +949,10 @@ fn pipeline(cli: &Cli, cmd: &PipelineCmd) -> Result<(), Failure> {
                     return if r.state == orch_actors::pipeline::RunState::Completed {
                         Ok(())
                     } else {
-                        Err(Failure(EXIT_FAILED, format!("run {run} ended {}", r.state.as_str())))
+                        Err(Failure(
+                            EXIT_FAILED,
+                            format!("run {run} ended {}", r.state.as_str()),
+                        ))
                     };
                 }
                 std::thread::sleep(Duration::from_millis(250));
@@ -962,19 +990,30 @@ fn pipeline(cli: &Cli, cmd: &PipelineCmd) -> Result<(), Failure> {
             }
             let p: PipelineView = serde_json::from_value(v["pipeline"].clone())
                 .map_err(|e| Failure(EXIT_FAILED, format!("unexpected pipeline format: {e}")))?;
-            println!("pipeline     {}@{} ({} stages)", p.name, p.version, p.stages);
+            println!(
+                "pipeline     {}@{} ({} stages)",
+                p.name, p.version, p.stages
+            );
             println!("status       {}", p.status);
             println!("schedule     {}", schedule(&p.schedule));
             println!("next run     {}", when(p.next_run_ms));
             println!("last slot    {}", when(p.last_slot_ms));
-            println!("runs         {} (last: {})", p.runs, p.last_run.as_deref().unwrap_or("-"));
+            println!(
+                "runs         {} (last: {})",
+                p.runs,
+                p.last_run.as_deref().unwrap_or("-")
+            );
             for (stage, b) in &p.breakers {
                 let detail = match b {
-                    orch_actors::pipeline::Breaker::Closed { failures } => format!("{failures} failures in a row"),
+                    orch_actors::pipeline::Breaker::Closed { failures } => {
+                        format!("{failures} failures in a row")
+                    }
                     orch_actors::pipeline::Breaker::Open { since_ms, failures } => {
                         format!("since {} after {failures} failures", when(Some(*since_ms)))
                     }
-                    orch_actors::pipeline::Breaker::HalfOpen { trial } => format!("trial in run {trial}"),
+                    orch_actors::pipeline::Breaker::HalfOpen { trial } => {
+                        format!("trial in run {trial}")
+                    }
                 };
                 println!("breaker      {stage}: {} ({detail})", b.as_str());
             }
@@ -987,7 +1026,10 @@ fn pipeline(cli: &Cli, cmd: &PipelineCmd) -> Result<(), Failure> {
             }
             let runs: Vec<Run> = serde_json::from_value(v)
                 .map_err(|e| Failure(EXIT_FAILED, format!("unexpected run format: {e}")))?;
-            println!("{:<36} {:<11} {:<22} {:<20} {:>9}", "RUN", "STATE", "CAUSE", "STARTED", "TOOK");
+            println!(
+                "{:<36} {:<11} {:<22} {:<20} {:>9}",
+                "RUN", "STATE", "CAUSE", "STARTED", "TOOK"
+            );
             for r in &runs {
                 let took = r
                     .finished_ms
