@@ -351,12 +351,12 @@ fn bad_pipeline_files_are_one_clear_line_each_and_exit_2() {
     let c = TestCluster::master_and_workers(bins!(), 0, 1).unwrap();
     let ok_stage = "[[stage]]\nname = \"a\"\ncommand = [\"true\"]\n";
     for (name, text, says) in [
-        ("cycle", format!("name = \"c\"\n[[stage]]\nname = \"a\"\ncommand = [\"true\"]\ndepends_on = [\"b\"]\n[[stage]]\nname = \"b\"\ncommand = [\"true\"]\ndepends_on = [\"a\"]\n"), "cycle: a -> b -> a"),
+        ("cycle", "name = \"c\"\n[[stage]]\nname = \"a\"\ncommand = [\"true\"]\ndepends_on = [\"b\"]\n[[stage]]\nname = \"b\"\ncommand = [\"true\"]\ndepends_on = [\"a\"]\n".to_string(), "cycle: a -> b -> a"),
         ("unknown", format!("name = \"u\"\n{ok_stage}depends_on = [\"ghost\"]\n"), "`ghost`"),
         ("cron", format!("name = \"k\"\nschedule = {{ cron = \"0 3 * *\" }}\n{ok_stage}"), "schedule.cron"),
         ("tz", format!("name = \"k\"\nschedule = {{ cron = \"0 3 * * *\", tz = \"Moon/Base\" }}\n{ok_stage}"), "time zone"),
         ("key", format!("name = \"k\"\n{ok_stage}colour = \"red\"\n"), "colour"),
-        ("session", format!("name = \"s\"\n[[stage]]\nname = \"a\"\nsession = \"missing.toml\"\n"), "missing.toml"),
+        ("session", "name = \"s\"\n[[stage]]\nname = \"a\"\nsession = \"missing.toml\"\n".to_string(), "missing.toml"),
     ] {
         let path = file(&c, &format!("{name}.toml"), &text);
         for cmd in ["check", "add"] {

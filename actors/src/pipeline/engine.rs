@@ -637,10 +637,13 @@ impl Pipelines {
             .values()
             .filter(|r| r.state == RunState::InProgress)
             .flat_map(|r| {
-                r.stages.iter().enumerate().filter_map(|(i, s)| {
-                    (s.state == StageState::Waiting && s.retry_at_ms.is_some_and(|t| t <= now_ms))
-                        .then(|| (r.id.clone(), i))
-                })
+                r.stages
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| {
+                        s.state == StageState::Waiting && s.retry_at_ms.is_some_and(|t| t <= now_ms)
+                    })
+                    .map(|(i, _)| (r.id.clone(), i))
             })
             .collect();
         for (run, i) in due {
