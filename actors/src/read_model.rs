@@ -54,6 +54,8 @@ pub struct ReadModel {
     /// Every session's view, with its place in submission order and the
     /// version it was taken at.
     sessions: DashMap<String, (u64, u64, SessionView)>,
+    /// The node's event bus (docs/pipelines.md).
+    bus: crate::events::Bus,
 }
 
 impl Default for ReadModel {
@@ -63,6 +65,11 @@ impl Default for ReadModel {
 }
 
 impl ReadModel {
+    /// The node's event bus.
+    pub fn bus(&self) -> &crate::events::Bus {
+        &self.bus
+    }
+
     pub fn new() -> Self {
         Self {
             epoch: Instant::now(),
@@ -70,6 +77,7 @@ impl ReadModel {
             answers: DashMap::new(),
             asked_at: DashMap::new(),
             sessions: DashMap::new(),
+            bus: crate::events::Bus::new(),
         }
     }
 

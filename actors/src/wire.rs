@@ -19,6 +19,7 @@ pub const MAX_DEPTH: usize = 32;
 const VARIANT_TO_MASTER: &str = "orch.to_master";
 const VARIANT_TO_WORKER: &str = "orch.to_worker";
 const VARIANT_ADMIN: &str = "orch.admin";
+const VARIANT_EVENTS: &str = "orch.events";
 
 /// Encode a value for the wire (field names kept, so that fields can be added).
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
@@ -184,6 +185,34 @@ impl Message for WorkerMsg {
                 }
             }
             other => WorkerMsg::Malformed(unexpected("worker", &other)),
+        })
+    }
+}
+
+impl Message for crate::events::EventsMsg {
+    fn serializable() -> bool {
+        true
+    }
+
+    fn serialize(self) -> Result<SerializedMessage, BoxedDowncastErr> {
+        match self {
+            Self::Events(events) => Ok(cast(
+                VARIANT_EVENTS,
+                encode(&events).map_err(|_| BoxedDowncastErr)?,
+            )),
+            Self::Malformed(_) => Err(BoxedDowncastErr),
+        }
+    }
+
+    fn deserialize(msg: SerializedMessage) -> Result<Self, BoxedDowncastErr> {
+        Ok(match msg {
+            SerializedMessage::Cast { variant, args, .. } if variant == VARIANT_EVENTS => {
+                match decode(&args) {
+                    Ok(events) => Self::Events(events),
+                    Err(e) => Self::Malformed(e),
+                }
+            }
+            other => Self::Malformed(unexpected("events", &other)),
         })
     }
 }

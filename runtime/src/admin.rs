@@ -144,6 +144,7 @@ pub fn router(
             get(crate::admin_pipelines::runs).post(crate::admin_pipelines::start),
         )
         .route("/v1/runs/{run}", get(crate::admin_pipelines::run))
+        .route("/v1/events", get(crate::admin_events::events))
         .route(
             "/v1/runs/{run}/cancel",
             post(crate::admin_pipelines::cancel),

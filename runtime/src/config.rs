@@ -127,6 +127,20 @@ pub struct Config {
     pub admin: AdminConfig,
     pub metrics: MetricsConfig,
     pub store: StoreConfig,
+    /// Where the node's events are delivered (docs/pipelines.md, webhooks).
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// One `[[webhook]]`.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub name: String,
+    /// `http://host:port/path`.
+    pub url: String,
+    /// Event type patterns (`pipeline.*`); empty: every event.
+    pub events: Vec<String>,
+    /// Signs each delivery (HMAC-SHA256 of the body).
+    pub secret: Secret,
 }
 
 #[derive(Debug, Clone)]
@@ -203,6 +217,19 @@ pub struct RawConfig {
     metrics: RawMetrics,
     #[serde(default)]
     store: RawStore,
+    #[serde(default, rename = "webhook")]
+    webhooks: Vec<RawWebhook>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    name: Option<String>,
+    url: String,
+    #[serde(default)]
+    events: Vec<String>,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1024,6 +1051,68 @@ impl RawConfig {
                 ),
             );
         }
+        let mut webhooks = Vec::new();
+        for (i, w) in self.webhooks.iter().enumerate() {
+            let at = |k: &str| format!("webhook[{i}].{k}");
+            let name = w.name.clone().unwrap_or_else(|| format!("webhook-{i}"));
+            if !valid_name(&name) || webhooks.iter().any(|o: &WebhookConfig| o.name == name) {
+                p.add(
+                    at("name"),
+                    format!("expected a unique name of 1 to 64 characters from `A-Z a-z 0-9 - _ .`, got `{}`", shown(&name)),
+                );
+            }
+            let url_ok = w
+                .url
+                .strip_prefix("http://")
+                .and_then(|rest| rest.split('/').next())
+                .is_some_and(|host_port| !host_port.is_empty());
+            if !url_ok
+                || w.url.len() > 2048
+                || w.url.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                p.add(
+                    at("url"),
+                    format!(
+                        "expected `http://HOST[:PORT]/PATH` (https: put a relay on the same host), got `{}`",
+                        shown(&w.url)
+                    ),
+                );
+            }
+            for (j, t) in w.events.iter().enumerate() {
+                let base = t
+                    .strip_suffix(".*")
+                    .or_else(|| t.strip_suffix('*'))
+                    .unwrap_or(t);
+                if t != "*" && !orch_actors::events::valid_type(base) {
+                    p.add(
+                        format!("webhook[{i}].events[{j}]"),
+                        format!(
+                            "expected an event type or a pattern such as `pipeline.*`, got `{}`",
+                            shown(t)
+                        ),
+                    );
+                }
+            }
+            let secret = match (&w.secret, &w.secret_file) {
+                (Some(s), None) if !s.trim().is_empty() => Some(Secret(s.clone())),
+                (None, Some(f)) => p.read_secret(&at("secret_file"), &resolve(f)),
+                _ => {
+                    p.add(
+                        at("secret"),
+                        "expected exactly one of a non-empty `secret` and `secret_file`: it signs every delivery",
+                    );
+                    None
+                }
+            };
+            if let Some(secret) = secret {
+                webhooks.push(WebhookConfig {
+                    name,
+                    url: w.url.clone(),
+                    events: w.events.clone(),
+                    secret,
+                });
+            }
+        }
         let mut ports = BTreeMap::new();
         for (key, addr) in [
             ("node.listen", listen),
@@ -1083,6 +1172,7 @@ impl RawConfig {
             store: StoreConfig {
                 durability: durability.unwrap_or_else(|| unreachable!("checked above")),
             },
+            webhooks,
         })
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod admin;
 mod admin_data;
+mod admin_events;
 mod admin_pipelines;
 pub mod cluster_link;
 pub mod cluster_port;
@@ -12,6 +13,7 @@ pub mod command;
 pub mod config;
 pub mod data_plane;
 pub mod device_sources;
+pub mod events_file;
 pub mod exit;
 pub mod fetch;
 pub mod metrics;
@@ -25,6 +27,7 @@ pub mod runner;
 pub mod session_file;
 pub mod store;
 pub mod task_log;
+pub mod webhooks;
 pub mod workflow_file;
 
 pub use node::{run_node, run_node_with};

@@ -34,8 +34,15 @@ pub const COLLECTED_FILES: &str = "orch_collected_files_total";
 pub const COLLECT_RESULTS: &[&str] =
     &["collected", "mismatch", "failed", "conflict", "unreachable"];
 
+/// Counter, labels `webhook` and `result` (delivered / retried): webhook deliveries.
+pub const WEBHOOK_DELIVERIES: &str = "orch_webhook_deliveries_total";
+/// Counter, label `webhook`: events the log no longer held when their webhook got to them.
+pub const WEBHOOK_SKIPPED: &str = "orch_webhook_events_skipped_total";
+
 /// Every metric of this crate with its help text.
 pub const CATALOG: &[(&str, &str)] = &[
+    (WEBHOOK_DELIVERIES, "webhook deliveries, by webhook and result (delivered, retried)"),
+    (WEBHOOK_SKIPPED, "events older than the event log keeps, never delivered to a webhook"),
     (
         AUTH_FAILURES,
         "cluster connections closed before authentication",

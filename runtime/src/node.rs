@@ -390,6 +390,13 @@ pub async fn run_node_with(
     crate::metrics::install_exporter(cfg.metrics.listen)?;
     let admin_listener = crate::admin::bind(cfg.admin.listen).await?;
     let read_model = args.read_model.clone();
+    // The event log: what an earlier run kept, and the file for what follows.
+    match crate::events_file::open(&cfg.node.data_dir) {
+        Ok((kept, sink)) => read_model.bus().restore(kept, Some(Box::new(sink))),
+        Err(e) => {
+            warn!(node_id = %node, error = %e, "cannot open the event log under `events/`; events are kept in memory only")
+        }
+    }
     let data_listener = crate::data_plane::bind(cfg.node.data_listen).await?;
     let data_addr = crate::data_plane::advertised(&cfg.node.advertise, data_listener.local_addr()?);
     args.data = Some(data_addr.clone());
@@ -418,6 +425,11 @@ pub async fn run_node_with(
         Err(e) => anyhow::bail!("node `{node}` failed to start: {}", root_cause(&e)),
     };
     let data_task = tokio::spawn(async move { axum::serve(data_listener, data_plane).await });
+    let (events_actor, _) =
+        Actor::spawn(None, orch_actors::events::EventsActor, read_model.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start the events actor: {e}"))?;
+    crate::webhooks::start(&node, &cfg.node.data_dir, &cfg.webhooks, read_model.clone());
     let collector = tokio::spawn(
         crate::collect::Collector::new(
             node.clone(),
@@ -460,6 +472,7 @@ pub async fn run_node_with(
     };
     collector.abort();
     data_task.abort();
+    events_actor.stop(None);
     let _ = stop_admin_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
     // Anything still running (the node stopped on a failure) dies with it.

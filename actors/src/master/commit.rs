@@ -128,13 +128,18 @@ impl MasterState {
 
     pub(super) fn deliver(&mut self, outgoing: Vec<Outgoing>, acks: HashMap<String, Vec<u64>>) {
         let mut replies = Vec::new();
+        let mut events = Vec::new();
         for out in outgoing {
             match out {
+                Outgoing::Publish(ev) => events.push(ev),
                 Outgoing::Send(node, msg) => self.deliver_to(&node, msg),
                 Outgoing::Reply(port, answer) => replies.push((port, answer)),
                 Outgoing::Manifest(session) => self.write_manifest(&session),
                 Outgoing::AmendOnDisk(session, record) => self.amend_on_disk(&session, record),
             }
+        }
+        if !events.is_empty() {
+            self.publish_events(events);
         }
         // Answers leave last, once the read model holds what they changed:
         // what their asker reads next is current.
@@ -246,6 +251,27 @@ impl MasterState {
                 reply,
             });
         });
+    }
+
+    /// Number and keep committed events on this node's bus, and send them
+    /// to every other node's events actor.
+    fn publish_events(&mut self, events: Vec<crate::events::Event>) {
+        let published = self.read_model.bus().publish(events);
+        let others: Vec<ActorRef<crate::events::EventsMsg>> =
+            pg::get_members(&crate::events::EVENTS_GROUP.to_string())
+                .into_iter()
+                .filter(|c| !c.get_id().is_local())
+                .map(ActorRef::from)
+                .collect();
+        if others.is_empty() {
+            return;
+        }
+        for chunk in published.chunks(crate::events::EVENTS_PER_MESSAGE) {
+            let batch: Vec<crate::events::BusEvent> = chunk.iter().map(|e| (**e).clone()).collect();
+            for o in &others {
+                let _ = o.cast(crate::events::EventsMsg::Events(batch.clone()));
+            }
+        }
     }
 
     pub(super) fn deliver_to(&mut self, node: &str, msg: ToWorker) {

@@ -182,5 +182,6 @@ impl MasterState {
         metrics::counter!(m::EVENTS_PUBLISHED).increment(1);
         let payload: Vec<String> = ev.payload.iter().map(|(k, v)| format!("{k}={v}")).collect();
         info!(node_id = %self.node, event = %ev.kind, correlation_id = %ev.correlation_id, source = %ev.source, at_ms = ev.timestamp_ms, payload = %payload.join(" "), "event");
+        self.outgoing.push(Outgoing::Publish(ev));
     }
 }

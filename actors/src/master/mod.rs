@@ -154,6 +154,8 @@ enum Outgoing {
     Manifest(String),
     /// Add a `replay` record to an evicted session's manifest on disk.
     AmendOnDisk(String, crate::protocol::ReplayRecord),
+    /// An event for the bus: published once its cause is committed.
+    Publish(crate::events::Event),
 }
 
 /// State of [`Master`].
@@ -232,6 +234,8 @@ impl Actor for Master {
         myself: ActorRef<Self::Msg>,
         args: MasterArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        // Scraped from the start, before the first event.
+        metrics::counter!(m::EVENTS_PUBLISHED).increment(0);
         MasterState::start(&myself, args).await
     }
 

@@ -79,6 +79,39 @@ fn cancel_drops_every_running_attempt_and_finishes_the_session() {
 }
 
 #[test]
+fn a_finished_session_publishes_its_end_on_the_event_bus() {
+    let (mut fx, t) = one_node(4, 2);
+    fx.feed(completed("n1", &t[0]));
+
+    let cmds = fx.feed_with_events(SchedEvent::Cancel { session: S1.into() });
+
+    let events: Vec<&crate::events::Event> = cmds
+        .iter()
+        .filter_map(|c| match c {
+            SchedCommand::Publish(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(events.len(), 1, "{cmds:?}");
+    let e = events[0];
+    assert_eq!(e.kind, "session.cancelled");
+    assert_eq!(e.payload["session"], S1);
+    assert_eq!(
+        e.payload["frames_done"],
+        fx.view(S1).frames_done.to_string()
+    );
+    assert_eq!(
+        e.payload["frames_total"],
+        fx.view(S1).frames_total.to_string()
+    );
+    assert_eq!(
+        e.correlation_id, S1,
+        "a session without one is its own correlation"
+    );
+    assert_eq!(e.timestamp_ms, fx.now);
+}
+
+#[test]
 fn cancelling_a_finished_session_does_nothing() {
     let (mut fx, t) = one_node(1, 1);
     fx.feed(completed("n1", &t[0]));

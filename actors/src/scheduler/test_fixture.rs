@@ -210,8 +210,16 @@ impl Fixture {
         }
     }
 
-    /// Feed one event at the fixture's time.
+    /// Feed one event at the fixture's time; what it publishes on the
+    /// event bus is left out (see [`Fixture::feed_with_events`]).
     pub(super) fn feed(&mut self, ev: SchedEvent) -> Vec<SchedCommand> {
+        let mut out = self.feed_with_events(ev);
+        out.retain(|c| !matches!(c, SchedCommand::Publish(_)));
+        out
+    }
+
+    /// Feed one event at the fixture's time: every command.
+    pub(super) fn feed_with_events(&mut self, ev: SchedEvent) -> Vec<SchedCommand> {
         self.sched.on_event(ev, self.now)
     }
 

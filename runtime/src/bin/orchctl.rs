@@ -134,6 +134,22 @@ enum Cmd {
         #[command(subcommand)]
         cmd: WorkflowCmd,
     },
+    /// The cluster's events (sessions, pipelines, stages, schedules, breakers),
+    /// oldest first; with --follow, as they happen.
+    Events {
+        /// Follow new events until interrupted (reconnecting where it left off).
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Event types or patterns (`session.*`); repeatable.
+        #[arg(long = "type", value_name = "TYPE")]
+        types: Vec<String>,
+        /// Only the events of this correlation id (a run's, a submission's).
+        #[arg(long)]
+        correlation: Option<String>,
+        /// Only events after this id.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+    },
     /// Pipelines: DAGs of stages, their runs and schedules (docs/pipelines.md).
     Pipeline {
         #[command(subcommand)]
@@ -619,6 +635,12 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         }
         Cmd::Workflow { cmd } => return workflow(cli, cmd),
         Cmd::Pipeline { cmd } => return pipeline(cli, cmd),
+        Cmd::Events {
+            follow,
+            types,
+            correlation,
+            since,
+        } => return events(cli, *follow, types, correlation.as_deref(), *since),
         Cmd::Pause { id } => return mutate(cli, &format!("/v1/sessions/{id}/pause")),
         Cmd::Resume { id } => return mutate(cli, &format!("/v1/sessions/{id}/resume")),
         Cmd::Retry { id } => return mutate(cli, &format!("/v1/sessions/{id}/retry")),
@@ -817,6 +839,120 @@ fn workflow(cli: &Cli, cmd: &WorkflowCmd) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// `s` for a URL query.
+fn query_value(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' | b',' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn print_event(cli: &Cli, e: &orch_actors::events::BusEvent) -> Result<(), Failure> {
+    if cli.json {
+        println!("{}", serde_json::to_string(e).unwrap_or_default());
+        return Ok(());
+    }
+    let payload: Vec<String> = e.payload.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!(
+        "{:>8}  {}  {:<22} {:<24} {}",
+        e.id,
+        humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + Duration::from_millis(e.timestamp_ms)
+        ),
+        e.kind,
+        e.correlation_id,
+        payload.join(" ")
+    );
+    Ok(())
+}
+
+fn events(
+    cli: &Cli,
+    follow: bool,
+    types: &[String],
+    correlation: Option<&str>,
+    since: u64,
+) -> Result<(), Failure> {
+    use orch_actors::events::BusEvent;
+    let mut q = Vec::new();
+    if !types.is_empty() {
+        q.push(format!("type={}", query_value(&types.join(","))));
+    }
+    if let Some(c) = correlation {
+        q.push(format!("correlation={}", query_value(c)));
+    }
+    if !follow {
+        q.push(format!("since={since}"));
+        q.push("limit=10000".into());
+        let v = get(cli, &format!("/v1/events?{}", q.join("&")))?;
+        let list: Vec<BusEvent> = serde_json::from_value(v)
+            .map_err(|e| Failure(EXIT_FAILED, format!("unexpected event format: {e}")))?;
+        for e in &list {
+            print_event(cli, e)?;
+        }
+        return Ok(());
+    }
+    q.push("follow=true".into());
+    let token = token(cli)?;
+    let mut last = since;
+    let mut failures = 0u32;
+    loop {
+        let url = format!("http://{}/v1/events?{}", cli.node, q.join("&"));
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(CONNECT_TIMEOUT)
+            // The node sends a keep-alive line every 15 s.
+            .timeout_read(Duration::from_secs(45))
+            .build();
+        let mut req = agent.get(&url).set("Last-Event-ID", &last.to_string());
+        if let Some(t) = &token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        match req.call() {
+            Ok(resp) => {
+                failures = 0;
+                let reader = std::io::BufReader::new(resp.into_reader());
+                for line in std::io::BufRead::lines(reader) {
+                    let Ok(line) = line else { break };
+                    if let Some(data) = line.strip_prefix("data: ") {
+                        if let Ok(e) = serde_json::from_str::<BusEvent>(data) {
+                            last = e.id;
+                            print_event(cli, &e)?;
+                        }
+                    }
+                }
+            }
+            Err(ureq::Error::Status(code, resp)) => {
+                let msg = resp
+                    .into_json::<Value>()
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                let exit = match code {
+                    401 | 403 => EXIT_AUTH,
+                    400 => EXIT_USAGE,
+                    _ => EXIT_FAILED,
+                };
+                return Err(Failure(
+                    exit,
+                    format!("`{}` answered {code}: {msg}", cli.node),
+                ));
+            }
+            Err(ureq::Error::Transport(t)) => {
+                failures += 1;
+                if failures >= 5 {
+                    return Err(Failure(EXIT_FAILED, transport_error(&cli.node, &t)));
+                }
+            }
+        }
+        // The stream ended (the node restarted?): again, from the last event seen.
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 /// A time of the ledger's clock (unix ms), to the second, UTC.
