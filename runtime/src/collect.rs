@@ -36,6 +36,8 @@ use crate::metrics as m;
 
 /// How often the collector looks at the sessions.
 const TICK: Duration = Duration::from_millis(100);
+/// How often a node other than the master's, collecting nothing, asks.
+const IDLE_PASS: Duration = Duration::from_secs(1);
 /// While transfers run, the state of a session is written at most this often
 /// (a file collected but not yet written down is fetched again after a
 /// crash, onto the same name).
@@ -231,9 +233,18 @@ impl Collector {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut persisted = Instant::now();
+        let mut last_pass = Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {
+                    // Off the master's node each pass asks the master: at
+                    // most once a second unless this node collects something.
+                    let local = masters::current().is_some_and(|(c, _)| c.node == self.node);
+                    let busy = self.in_flight.len() + self.sessions.values().filter(|s| !s.finished).count() > 0;
+                    if !local && !busy && last_pass.elapsed() < IDLE_PASS {
+                        continue;
+                    }
+                    last_pass = Instant::now();
                     self.pass(&tx).await;
                     if self.in_flight.is_empty() || persisted.elapsed() >= PERSIST_EVERY {
                         self.persist();

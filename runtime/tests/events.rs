@@ -178,6 +178,9 @@ fn a_runs_events_stream_on_every_node_resume_with_last_event_id_and_keep_their_i
     assert_eq!(code, 400, "{body}");
 }
 
+/// What a receiver got: each request's headers and body.
+type Got = Arc<Mutex<Vec<(BTreeMap<String, String>, Vec<u8>)>>>;
+
 /// An HTTP receiver: every request's headers and body, answered 200.
 struct Receiver {
     stop: Arc<std::sync::atomic::AtomicBool>,
@@ -185,7 +188,7 @@ struct Receiver {
 }
 
 impl Receiver {
-    fn start(port: u16, got: Arc<Mutex<Vec<(BTreeMap<String, String>, Vec<u8>)>>>) -> Self {
+    fn start(port: u16, got: Got) -> Self {
         let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -276,7 +279,7 @@ fn hmac_sha256(key: &[u8], msg: &[u8]) -> String {
 fn a_webhook_gets_every_event_of_a_run_signed_at_least_once_through_a_receiver_down_10_s_and_a_master_kill(
 ) {
     let port = free_port();
-    let got = Arc::new(Mutex::new(Vec::new()));
+    let got: Got = Arc::new(Mutex::new(Vec::new()));
     let mut c = TestCluster::new(bins!());
     let cport = free_port();
     let mut m = NodeSpec::new("node-0").master().heartbeat(300, 3);
@@ -303,7 +306,7 @@ fn a_webhook_gets_every_event_of_a_run_signed_at_least_once_through_a_receiver_d
             .map(|e| e["id"].as_u64().unwrap())
             .collect()
     };
-    let received = |got: &Arc<Mutex<Vec<(BTreeMap<String, String>, Vec<u8>)>>>| -> BTreeSet<u64> {
+    let received = |got: &Got| -> BTreeSet<u64> {
         got.lock()
             .unwrap()
             .iter()
