@@ -238,6 +238,7 @@ mod tests {
             executor: ExecutorSpec::Noop,
             timeout_ms: 1000,
             items: Vec::new(),
+            correlation_id: String::new(),
         }
     }
 

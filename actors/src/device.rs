@@ -179,6 +179,8 @@ impl DeviceActorState {
             return;
         }
         self.state = DeviceState::Busy;
+        let correlation_id = task.correlation_id.clone();
+        tracing::debug!(node_id = %self.args.node, device_id = %self.args.info.id, session = %key.session, task = key.task, attempt = key.attempt, %correlation_id, "task started");
         let rel = out_dir(&key, &self.args.node, &self.args.info.id);
         // Builtin executors write nothing: no folder for them.
         let prepared = if task.executor.writes_files() {
@@ -211,7 +213,7 @@ impl DeviceActorState {
         let (report, outcome) = match outcome {
             Ok(r) => (r, TaskOutcome::Completed),
             Err(e) => {
-                warn!(node_id = %self.args.node, device_id = %self.args.info.id, session = %key.session, task = key.task, attempt = key.attempt, error = %e.message, "task failed");
+                warn!(node_id = %self.args.node, device_id = %self.args.info.id, session = %key.session, task = key.task, attempt = key.attempt, %correlation_id, error = %e.message, "task failed");
                 let done = e.report.frames_done;
                 let outcome = if e.unresponsive {
                     let mut l = self.args.offline.lock().unwrap_or_else(|p| p.into_inner());

@@ -276,6 +276,35 @@ pub enum EventsMsg {
     Malformed(String),
 }
 
+/// Events before `first` that this node's bus misses (it joined late, or a
+/// message was lost), asked of the master.
+async fn fill_gap(bus: &Bus, first: u64) {
+    use crate::protocol::{AdminReply, AdminRequest};
+    let timeout = std::time::Duration::from_secs(2);
+    while bus.last_id() + 1 < first {
+        let Some((_, master)) = crate::masters::current() else {
+            return;
+        };
+        let after = bus.last_id();
+        let req = AdminRequest::Events {
+            after,
+            limit: EVENTS_PER_MESSAGE as u32,
+        };
+        let call = master.call(
+            |port| crate::master::MasterMsg::Admin(req, port),
+            Some(timeout),
+        );
+        let got = match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(ractor::rpc::CallResult::Success(AdminReply::Events(e)))) => e,
+            _ => return,
+        };
+        let wanted: Vec<BusEvent> = got.into_iter().filter(|e| e.id < first).collect();
+        if wanted.is_empty() || bus.mirror(wanted) == 0 {
+            return;
+        }
+    }
+}
+
 /// A node's receiver of the master's events: it keeps them on the node's
 /// bus, so that `GET /v1/events` on any node streams the cluster's events.
 pub struct EventsActor;
@@ -302,6 +331,8 @@ impl ractor::Actor for EventsActor {
     ) -> Result<(), ractor::ActorProcessingErr> {
         match msg {
             EventsMsg::Events(events) => {
+                let first = events.first().map_or(0, |e| e.id);
+                fill_gap(read_model.bus(), first).await;
                 read_model.bus().mirror(events);
             }
             EventsMsg::Malformed(what) => {

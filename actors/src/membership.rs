@@ -68,6 +68,9 @@ pub enum MemberEvent {
 }
 
 /// What the master must do.
+// `Send` carries a whole message (an assignment is the largest); commands
+// live for one event and are few: boxing it would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum MemberCommand {
     /// Send `msg` to the worker actor of `node`.

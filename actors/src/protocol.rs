@@ -237,6 +237,12 @@ pub enum AdminRequest {
     PipelineShow(String),
     PipelineCancel(String),
     PipelineRerun(String),
+    /// Events of the master's bus after `after`, at most `limit` (a node
+    /// whose events actor missed some fills the gap).
+    Events {
+        after: u64,
+        limit: u32,
+    },
 }
 
 /// Most tasks one [`AdminRequest::Tasks`] answers.
@@ -313,6 +319,7 @@ pub enum AdminReply {
     Pipeline(Box<(crate::pipeline::PipelineView, crate::pipeline::PipelineSpec)>),
     PipelineRuns(Vec<crate::pipeline::Run>),
     PipelineRun(Box<crate::pipeline::Run>),
+    Events(Vec<crate::events::BusEvent>),
     NotFound(String),
     Error(String),
 }
@@ -871,6 +878,9 @@ pub struct TaskSpec {
     pub timeout_ms: u64,
     /// The work items of `frames`, when the session is a list.
     pub items: Vec<String>,
+    /// The session's correlation id (its own id when it has none).
+    #[serde(default)]
+    pub correlation_id: String,
 }
 
 impl TaskSpec {

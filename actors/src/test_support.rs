@@ -36,6 +36,7 @@ pub(crate) fn task_spec(
         executor,
         timeout_ms: 60_000,
         items: vec![],
+        correlation_id: String::new(),
     }
 }
 

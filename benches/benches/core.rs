@@ -142,6 +142,7 @@ fn wire(c: &mut Criterion) {
         executor: ExecutorSpec::Noop,
         timeout_ms: 90_000,
         items: vec![],
+        correlation_id: String::new(),
     };
     let result = ToMaster::Result(sample_result(12345));
     let task_bytes = encode(&task).unwrap();

@@ -392,6 +392,17 @@ async fn submit(
     let mut spec = crate::session_file::parse(body, "request body", None)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     spec.idempotency_key = key;
+    if let Some(v) = headers.get("x-correlation-id") {
+        match v.to_str().ok().filter(|c| orch_actors::pipeline::valid_correlation(c)) {
+            Some(c) => spec.correlation_id = Some(c.to_string()),
+            None => {
+                return Err(ApiError(
+                    StatusCode::BAD_REQUEST,
+                    "invalid `X-Correlation-Id` header: expected 1 to 128 characters from `A-Z a-z 0-9 - _ . : @`".into(),
+                ))
+            }
+        }
+    }
     match ask_master(&ctx, AdminRequest::Submit(spec)).await? {
         AdminReply::Submitted { id } => json(json!({ "id": id })),
         _ => Err(unexpected()),

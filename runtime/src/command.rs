@@ -728,6 +728,9 @@ async fn run_command(
     for (k, v) in &vars {
         cmd.env(format!("ORCH_{}", k.to_uppercase()), v);
     }
+    if !job.task.correlation_id.is_empty() {
+        cmd.env("ORCH_CORRELATION_ID", &job.task.correlation_id);
+    }
     let env: BTreeMap<String, String> = env
         .iter()
         .map(|(k, v)| (k.clone(), expand(v, &vars)))
@@ -908,6 +911,7 @@ mod tests {
                 },
                 timeout_ms: 60_000,
                 items: vec![],
+                correlation_id: String::new(),
             },
             node: "n".into(),
             handle: "h".into(),

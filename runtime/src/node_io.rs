@@ -595,6 +595,7 @@ mod tests {
                 },
                 timeout_ms: 1000,
                 items: Vec::new(),
+                correlation_id: String::new(),
             },
             node: "n".into(),
             handle: "h".into(),

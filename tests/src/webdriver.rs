@@ -158,15 +158,28 @@ impl Browser {
     }
 
     /// Click the first element matching the CSS `selector`, as a user does.
+    ///
+    /// A page that re-renders between the find and the click (a live page
+    /// redraws its buttons on every poll) leaves a stale reference: the
+    /// element is found again, up to 10 times.
     pub fn click(&self, selector: &str) -> Result<()> {
-        let el = self.in_session(
-            "POST",
-            "/element",
-            Some(json!({"using": "css selector", "value": selector})),
-        )?;
-        let id = el[ELEMENT].as_str().context("an element reference")?;
-        self.in_session("POST", &format!("/element/{id}/click"), Some(json!({})))?;
-        Ok(())
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let el = self.in_session(
+                "POST",
+                "/element",
+                Some(json!({"using": "css selector", "value": selector})),
+            )?;
+            let id = el[ELEMENT].as_str().context("an element reference")?;
+            match self.in_session("POST", &format!("/element/{id}/click"), Some(json!({}))) {
+                Ok(_) => return Ok(()),
+                Err(e) if tries < 10 && e.to_string().contains("stale element") => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Accept the page's `confirm` dialog.

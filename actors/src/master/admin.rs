@@ -145,7 +145,19 @@ impl MasterState {
                         break;
                     }
                 }
-                info!(node_id = %self.node, session = %id, frames = spec.frames.len(), executor = spec.executor.name(), "session submitted");
+                let correlation = spec.correlation_id.clone().unwrap_or_else(|| id.clone());
+                info!(node_id = %self.node, session = %id, frames = spec.frames.len(), executor = spec.executor.name(), correlation_id = %correlation, "session submitted");
+                self.publish(
+                    crate::events::Event::new(
+                        "session.submitted",
+                        "master".into(),
+                        &correlation,
+                        unix_now,
+                    )
+                    .with("session", id.clone())
+                    .with("name", spec.name.clone())
+                    .with("frames_total", spec.frames.len().to_string()),
+                );
                 metrics::counter!(m::SESSIONS_SUBMITTED).increment(1);
                 self.schedule(SchedEvent::Submit {
                     id: id.clone(),
@@ -271,6 +283,18 @@ impl MasterState {
                 }
             }
             AdminRequest::Pipelines => AdminReply::Pipelines(self.sched.pipelines().views()),
+            AdminRequest::Events { after, limit } => AdminReply::Events(
+                self.read_model
+                    .bus()
+                    .since(
+                        after,
+                        &crate::events::Filter::default(),
+                        (limit as usize).min(crate::events::EVENTS_PER_MESSAGE),
+                    )
+                    .iter()
+                    .map(|e| (**e).clone())
+                    .collect(),
+            ),
             AdminRequest::Pipeline(name) => {
                 let p = self.sched.pipelines();
                 match (p.view(&name), p.spec(&name)) {

@@ -46,6 +46,7 @@ impl MasterState {
             MemberCommand::Up { node, epoch } => {
                 self.members_changed = true;
                 info!(node_id = %self.node, worker = %node, epoch, "worker registered");
+                self.member_event("worker.registered", &node, epoch, None);
                 if let (Some(reg), Some(devices)) = (
                     self.membership.registration(&node),
                     self.membership.devices(&node),
@@ -76,6 +77,12 @@ impl MasterState {
                 reason,
             } => {
                 self.members_changed = true;
+                let kind = if reason.is_failure() {
+                    "worker.unhealthy"
+                } else {
+                    "worker.unregistered"
+                };
+                self.member_event(kind, &node, epoch, Some(reason.as_str()));
                 if reason.is_failure() {
                     metrics::counter!(m::WORKER_FAILURES, "reason" => reason.as_str()).increment(1);
                     warn!(node_id = %self.node, worker = %node, epoch, reason = reason.as_str(), "worker unhealthy");
@@ -134,6 +141,19 @@ impl MasterState {
                 reason,
             } => {
                 let scope = if session.is_some() { "session" } else { "all" };
+                let now = self.unix_ms(self.now_ms());
+                let mut ev = crate::events::Event::new(
+                    "device.blocklisted",
+                    "master".into(),
+                    session.as_deref().unwrap_or(&what),
+                    now,
+                )
+                .with("what", what.clone())
+                .with("reason", reason.clone());
+                if let Some(s) = &session {
+                    ev = ev.with("session", s.clone());
+                }
+                self.publish(ev);
                 metrics::counter!(m::DEVICES_BLOCKLISTED, "scope" => scope).increment(1);
                 match session {
                     Some(session) => {
@@ -156,6 +176,18 @@ impl MasterState {
                 metrics::counter!(m::FAILOVERS, "reason" => reason.as_str()).increment(1);
                 metrics::counter!(m::TASKS_LOST, "reason" => reason.as_str()).increment(tasks);
                 metrics::counter!(m::FRAMES_REASSIGNED).increment(frames);
+                let now = self.unix_ms(self.now_ms());
+                self.publish(
+                    crate::events::Event::new(
+                        "tasks.reassigned",
+                        "master".into(),
+                        reason.as_str(),
+                        now,
+                    )
+                    .with("tasks", tasks.to_string())
+                    .with("frames", frames.to_string())
+                    .with("reason", reason.as_str()),
+                );
                 warn!(node_id = %self.node, frames, %reason, "frames reassigned");
             }
             SchedCommand::SessionFinished { session, state } => {
@@ -175,6 +207,20 @@ impl MasterState {
                 self.outgoing.push(Outgoing::Manifest(session));
             }
         }
+    }
+
+    /// A worker's membership changed: an event whose correlation id is
+    /// the registration's (`node@epoch`).
+    fn member_event(&mut self, kind: &str, node: &str, epoch: u64, reason: Option<&str>) {
+        let now = self.unix_ms(self.now_ms());
+        let mut ev =
+            crate::events::Event::new(kind, "master".into(), &format!("{node}@{epoch}"), now)
+                .with("node", node)
+                .with("epoch", epoch.to_string());
+        if let Some(r) = reason {
+            ev = ev.with("reason", r);
+        }
+        self.publish(ev);
     }
 
     /// An event for the bus: logged with its correlation id.

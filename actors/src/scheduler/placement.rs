@@ -466,6 +466,11 @@ impl Scheduler {
                 executor: sess.spec.executor.clone(),
                 timeout_ms: sess.spec.timeout_ms,
                 items,
+                correlation_id: sess
+                    .spec
+                    .correlation_id
+                    .clone()
+                    .unwrap_or_else(|| sess.id.clone()),
             },
         })
     }

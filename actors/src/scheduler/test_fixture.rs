@@ -107,6 +107,7 @@ pub(super) fn assign(
             executor: spec.executor,
             timeout_ms: TIMEOUT_MS,
             items: Vec::new(),
+            correlation_id: S1.into(),
         },
     }
 }

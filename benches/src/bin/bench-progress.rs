@@ -61,6 +61,7 @@ fn job(dir: &Path, lines: u64, script: String) -> ExecJob {
             },
             timeout_ms: 600_000,
             items: vec![],
+            correlation_id: String::new(),
         },
         node: "bench".into(),
         handle: "h".into(),
