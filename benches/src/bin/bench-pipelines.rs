@@ -140,12 +140,12 @@ fn wait_run(addr: SocketAddr, run: &str, within: Duration) -> Result<Value> {
 }
 
 /// Collect (event, arrival unix ms) from an SSE stream until `stop`.
-fn subscribe(addr: SocketAddr, got: Arc<Mutex<Vec<(Value, u64)>>>) {
+fn subscribe(addr: SocketAddr, after: u64, got: Arc<Mutex<Vec<(Value, u64)>>>) {
     std::thread::spawn(move || {
         let Ok(mut s) = std::net::TcpStream::connect(addr) else {
             return;
         };
-        let _ = write!(s, "GET /v1/events?follow=true HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nLast-Event-ID: 999999999\r\n\r\n");
+        let _ = write!(s, "GET /v1/events?follow=true HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nLast-Event-ID: {after}\r\n\r\n");
         for line in BufReader::new(s).lines() {
             let Ok(line) = line else { return };
             if let Some(d) = line.strip_prefix("data: ") {
@@ -222,8 +222,13 @@ fn main() -> Result<()> {
     // Chain, with subscribers on both nodes.
     let on_master = Arc::new(Mutex::new(Vec::new()));
     let on_worker = Arc::new(Mutex::new(Vec::new()));
-    subscribe(madmin, on_master.clone());
-    subscribe(wadmin, on_worker.clone());
+    // From the newest event on: what comes is timed as it comes.
+    let newest = get(madmin, "/v1/events?since=0&limit=10000")?
+        .as_array()
+        .and_then(|a| a.last().and_then(|e| e["id"].as_u64()))
+        .unwrap_or(0);
+    subscribe(madmin, newest, on_master.clone());
+    subscribe(wadmin, newest, on_worker.clone());
     std::thread::sleep(Duration::from_millis(500));
     post(madmin, "/v1/pipelines", &chain(chain_n))?;
     let t0 = Instant::now();
