@@ -62,3 +62,62 @@ pub fn noop_session(name: &str, frames: u64, chunk: u64, id_chunk: u64) -> Sessi
         blocklist_after: None,
     }
 }
+
+/// The workspace root.
+pub fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The release `orch-node` and `orchctl`, built first unless `no_build`.
+pub fn release_bins(no_build: bool) -> anyhow::Result<orch_tests::Bins> {
+    use anyhow::{bail, Context};
+    if !no_build {
+        let st = std::process::Command::new("cargo")
+            .args(["build", "--release", "-p", "orch-runtime", "--bins"])
+            .current_dir(root())
+            .status()
+            .context("run cargo build")?;
+        if !st.success() {
+            bail!("cargo build --release failed");
+        }
+    }
+    let dir = root().join("target/release");
+    let b = orch_tests::Bins {
+        node: dir.join("orch-node"),
+        ctl: dir.join("orchctl"),
+    };
+    if !b.node.exists() {
+        bail!(
+            "no `{}`; build it with cargo build --release",
+            b.node.display()
+        );
+    }
+    Ok(b)
+}
+
+/// CPU time (user + system) a process has used so far, in seconds.
+pub fn cpu_seconds(pid: i32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) end with `)`.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after `)`.
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ: /proc reports in hundredths of a second on every Linux.
+    Some(ticks / 100.0)
+}
+
+/// (VmRSS, VmHWM) of a process, in bytes.
+pub fn memory(pid: i32) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        s.lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse::<u64>()
+            .ok()
+            .map(|kb| kb * 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}

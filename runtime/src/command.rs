@@ -152,6 +152,8 @@ pub fn parse_progress(line: &str) -> Option<(u64, Option<u64>)> {
 struct BoundedLines<R> {
     inner: R,
     buf: Vec<u8>,
+    /// How much of `buf` is known to hold no newline.
+    scanned: usize,
     /// Skipping the rest of an over-long line.
     skipping: bool,
     eof: bool,
@@ -162,6 +164,7 @@ impl<R: AsyncRead + Unpin> BoundedLines<R> {
         Self {
             inner,
             buf: Vec::new(),
+            scanned: 0,
             skipping: false,
             eof: false,
         }
@@ -169,17 +172,21 @@ impl<R: AsyncRead + Unpin> BoundedLines<R> {
 
     async fn next_line(&mut self) -> std::io::Result<Option<String>> {
         loop {
-            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=i).collect();
+            if let Some(at) = self.buf[self.scanned..].iter().position(|b| *b == b'\n') {
+                let i = self.scanned + at;
+                self.scanned = 0;
+                let line = String::from_utf8_lossy(&self.buf[..i]).into_owned();
+                // Dropped, not iterated: one move of what follows.
+                self.buf.drain(..=i);
                 if std::mem::take(&mut self.skipping) {
                     continue;
                 }
-                return Ok(Some(
-                    String::from_utf8_lossy(&line[..line.len() - 1]).into_owned(),
-                ));
+                return Ok(Some(line));
             }
+            self.scanned = self.buf.len();
             if self.buf.len() > MAX_LINE {
                 self.buf.clear();
+                self.scanned = 0;
                 self.skipping = true;
             }
             if self.eof {
@@ -188,6 +195,7 @@ impl<R: AsyncRead + Unpin> BoundedLines<R> {
                 }
                 let line = String::from_utf8_lossy(&self.buf).into_owned();
                 self.buf.clear();
+                self.scanned = 0;
                 return Ok(Some(line));
             }
             let mut chunk = [0u8; 8192];

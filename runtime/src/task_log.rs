@@ -113,13 +113,23 @@ impl TaskLog {
         let _ = write!(bytes, "{now} {} ", stream.mark());
         // One line in the log per line printed: no control bytes of the
         // program's can break the format.
-        bytes.extend(
-            text.trim_end_matches('\r')
-                .chars()
-                .map(|c| if c.is_control() && c != '\t' { ' ' } else { c })
-                .collect::<String>()
-                .as_bytes(),
-        );
+        let text = text.trim_end_matches('\r');
+        // Most lines hold no control character: copied whole. (0xC2 starts
+        // every C1 control, U+0080 to U+009F, in UTF-8.)
+        let plain = !text
+            .as_bytes()
+            .iter()
+            .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f || b == 0xc2);
+        if plain {
+            bytes.extend_from_slice(text.as_bytes());
+        } else {
+            bytes.extend(
+                text.chars()
+                    .map(|c| if c.is_control() && c != '\t' { ' ' } else { c })
+                    .collect::<String>()
+                    .as_bytes(),
+            );
+        }
         bytes.push(b'\n');
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if s.tail.is_empty() && s.written + bytes.len() as u64 <= self.head_cap {

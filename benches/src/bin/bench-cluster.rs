@@ -4,7 +4,7 @@
 //! `--peers`, run the peer scripts in `benches/peers/` in the same run and
 //! print orch/peer ratios. Prints a table and, with `--json FILE`, writes JSON.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -58,61 +58,7 @@ struct Args {
     admin_devices: u32,
 }
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn bins(no_build: bool) -> Result<Bins> {
-    if !no_build {
-        let st = Command::new("cargo")
-            .args(["build", "--release", "-p", "orch-runtime", "--bins"])
-            .current_dir(root())
-            .status()
-            .context("run cargo build")?;
-        if !st.success() {
-            bail!("cargo build --release failed");
-        }
-    }
-    let dir = root().join("target/release");
-    let b = Bins {
-        node: dir.join("orch-node"),
-        ctl: dir.join("orchctl"),
-    };
-    if !b.node.exists() {
-        bail!(
-            "no `{}`; build it with cargo build --release",
-            b.node.display()
-        );
-    }
-    Ok(b)
-}
-
-/// CPU time (user + system) a process has used so far, in seconds.
-fn cpu_seconds(pid: i32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) end with `)`.
-    let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after `)`.
-    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    // USER_HZ: /proc reports in hundredths of a second on every Linux.
-    Some(ticks / 100.0)
-}
-
-/// (VmRSS, VmHWM) of a process, in bytes.
-fn memory(pid: i32) -> Option<(u64, u64)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| -> Option<u64> {
-        s.lines()
-            .find(|l| l.starts_with(name))?
-            .split_whitespace()
-            .nth(1)?
-            .parse::<u64>()
-            .ok()
-            .map(|kb| kb * 1024)
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
-}
+use orch_benches::{cpu_seconds, memory, release_bins as bins, root};
 
 fn noop_session(name: &str, frames: u64, chunk: u64) -> String {
     format!(

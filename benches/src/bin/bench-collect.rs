@@ -104,58 +104,7 @@ fn interrupted() -> Result<()> {
     Ok(())
 }
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn bins(no_build: bool) -> Result<Bins> {
-    if !no_build {
-        let st = Command::new("cargo")
-            .args(["build", "--release", "-p", "orch-runtime", "--bins"])
-            .current_dir(root())
-            .status()
-            .context("run cargo build")?;
-        if !st.success() {
-            bail!("cargo build --release failed");
-        }
-    }
-    let dir = root().join("target/release");
-    let b = Bins {
-        node: dir.join("orch-node"),
-        ctl: dir.join("orchctl"),
-    };
-    if !b.node.exists() {
-        bail!(
-            "no `{}`; build it with cargo build --release",
-            b.node.display()
-        );
-    }
-    Ok(b)
-}
-
-/// CPU time (user + system) a process has used so far, in seconds.
-fn cpu_seconds(pid: i32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
-}
-
-/// (VmRSS, VmHWM) of a process, in bytes.
-fn memory(pid: i32) -> Option<(u64, u64)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| -> Option<u64> {
-        s.lines()
-            .find(|l| l.starts_with(name))?
-            .split_whitespace()
-            .nth(1)?
-            .parse::<u64>()
-            .ok()
-            .map(|kb| kb * 1024)
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
-}
+use orch_benches::{cpu_seconds, memory, release_bins as bins};
 
 /// Set a process's VmHWM back to its VmRSS now.
 fn reset_peak(pid: i32) -> Result<()> {

@@ -22,14 +22,13 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use orch_tests::{all_healthy, free_port, Bins, NodeSpec, TestCluster};
+use orch_tests::{all_healthy, free_port, NodeSpec, TestCluster};
 use serde_json::{json, Value};
 
 #[derive(Parser, Debug)]
@@ -44,27 +43,7 @@ struct Args {
     no_build: bool,
 }
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn bins(no_build: bool) -> Result<Bins> {
-    if !no_build {
-        let st = Command::new("cargo")
-            .args(["build", "--release", "-p", "orch-runtime", "--bins"])
-            .current_dir(root())
-            .status()
-            .context("run cargo build")?;
-        if !st.success() {
-            bail!("cargo build --release failed");
-        }
-    }
-    let dir = root().join("target/release");
-    Ok(Bins {
-        node: dir.join("orch-node"),
-        ctl: dir.join("orchctl"),
-    })
-}
+use orch_benches::{cpu_seconds, memory, release_bins as bins};
 
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -73,28 +52,7 @@ fn unix_ms() -> u64 {
 }
 
 fn rss(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse::<u64>()
-                .ok()
-        })
-        .unwrap_or(0)
-        * 1024
-}
-
-fn cpu_seconds(pid: i32) -> f64 {
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let Some(at) = s.rfind(')') else { return 0.0 };
-    let f: Vec<&str> = s[at + 2..].split_whitespace().collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / 100.0
+    memory(pid).map_or(0, |m| m.0)
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -309,9 +267,9 @@ fn main() -> Result<()> {
     }
     let add_secs = t0.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(2));
-    let (cpu0, t1) = (cpu_seconds(mpid), Instant::now());
+    let (cpu0, t1) = (cpu_seconds(mpid).unwrap_or(0.0), Instant::now());
     std::thread::sleep(Duration::from_secs(30));
-    let idle_cpu = (cpu_seconds(mpid) - cpu0) / t1.elapsed().as_secs_f64();
+    let idle_cpu = (cpu_seconds(mpid).unwrap_or(0.0) - cpu0) / t1.elapsed().as_secs_f64();
     let sched_rss = rss(mpid);
     let t = Instant::now();
     let list = get(madmin, "/v1/pipelines")?;
