@@ -45,6 +45,8 @@ pub struct ClusterLink;
 pub struct ClusterLinkArgs {
     pub node: String,
     pub listen: SocketAddr,
+    /// The cluster port already bound ([`bind`]), or `None` to bind `listen`.
+    pub listener: Option<std::net::TcpListener>,
     pub secret: String,
     pub peers: Vec<String>,
     /// How dead links are detected on the sockets this node dials and accepts.
@@ -263,6 +265,21 @@ async fn accept_loop(
     }
 }
 
+/// Bind the cluster port (non-blocking, for tokio).
+pub fn bind(listen: SocketAddr) -> Result<std::net::TcpListener, String> {
+    let open = || -> std::io::Result<std::net::TcpListener> {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::for_address(listen), Type::STREAM, None)?;
+        s.set_reuse_address(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&listen.into())?;
+        // As tokio binds: a burst of connects waits in the queue.
+        s.listen(1024)?;
+        Ok(s.into())
+    };
+    open().map_err(|e| format!("cannot open the cluster port `{listen}`: {e}"))
+}
+
 async fn dial(addr: &str, liveness: Liveness) -> Result<TcpStream, String> {
     let connect = TcpStream::connect(addr);
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
@@ -286,8 +303,11 @@ impl Actor for ClusterLink {
         myself: ActorRef<Self::Msg>,
         args: ClusterLinkArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
+        let listener = match args.listener {
+            Some(l) => l,
+            None => bind(args.listen)?,
+        };
+        let listener = tokio::net::TcpListener::from_std(listener)
             .map_err(|e| format!("cannot open the cluster port `{}`: {e}", args.listen))?;
         let server = NodeServer::new(
             0,

@@ -90,6 +90,10 @@ pub struct NodeArgs {
     pub executors: Executors,
     /// Where peers reach this node's data plane.
     pub data: Option<String>,
+    /// The cluster port, bound before the admin port opens (a node whose
+    /// admin port answers accepts cluster connections); bound by the
+    /// cluster link itself when absent.
+    pub cluster_listener: Option<std::net::TcpListener>,
 }
 
 /// Open the node's stores under `data_dir` and replay the master's ledger.
@@ -139,6 +143,7 @@ pub fn open_stores(cfg: &Config, groups: Arc<TaskGroups>) -> Result<NodeArgs, St
         read_model: Arc::new(ReadModel::new()),
         executors: Executors::new(),
         data: None,
+        cluster_listener: None,
     })
 }
 
@@ -162,6 +167,7 @@ impl Actor for NodeSupervisor {
             read_model,
             executors,
             data,
+            cluster_listener,
         } = args;
         let node = cfg.node.name.clone();
         let io: Arc<dyn NodeIo> = Arc::new(
@@ -176,6 +182,7 @@ impl Actor for NodeSupervisor {
             ClusterLinkArgs {
                 node: node.clone(),
                 listen: cfg.node.listen,
+                listener: cluster_listener,
                 secret: cfg.cluster.secret.expose().to_string(),
                 peers: cfg.cluster.peers.clone(),
                 liveness: crate::cluster_link::Liveness::from_heartbeat(
@@ -388,6 +395,8 @@ pub async fn run_node_with(
     args.executors = executors;
     let fatal = args.fatal.clone();
     crate::metrics::install_exporter(cfg.metrics.listen)?;
+    args.cluster_listener =
+        Some(crate::cluster_link::bind(cfg.node.listen).map_err(anyhow::Error::msg)?);
     let admin_listener = crate::admin::bind(cfg.admin.listen).await?;
     let read_model = args.read_model.clone();
     // The event log: what an earlier run kept, and the file for what follows.
