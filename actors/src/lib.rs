@@ -5,6 +5,7 @@ pub mod commit_gate;
 pub mod device;
 pub mod events;
 pub mod executor;
+pub mod identity;
 pub mod ids;
 pub mod journal;
 pub mod master;

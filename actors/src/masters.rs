@@ -66,11 +66,35 @@ pub fn visible() -> Vec<(Claim, ActorRef<MasterMsg>)> {
         .filter_map(|g| {
             let claim = Claim::parse(&g)?;
             let cell = pg::get_scoped_members(&scope, &g).into_iter().next()?;
+            // With mutual TLS, a claim counts only from the node its
+            // certificate names, and only if that allows the master role.
+            if !crate::identity::may_be_master(&cell, &claim.node) {
+                refused_claim(&claim, &cell);
+                return None;
+            }
             Some((claim, ActorRef::from(cell)))
         })
         .collect();
     all.sort_by(|a, b| a.0.cmp(&b.0));
     all
+}
+
+/// Say (once per claim) that a claim was ignored for its certificate.
+fn refused_claim(claim: &Claim, cell: &ActorCell) {
+    use std::sync::{LazyLock, Mutex};
+    static SAID: LazyLock<Mutex<std::collections::HashSet<String>>> =
+        LazyLock::new(Default::default);
+    let mut said = SAID.lock().unwrap_or_else(|p| p.into_inner());
+    if said.len() < 1024 && said.insert(claim.group()) {
+        let cert = crate::identity::of(cell);
+        metrics::counter!(crate::metrics::MASTER_CLAIMS_REFUSED).increment(1);
+        tracing::error!(
+            claimed = %claim.node,
+            certificate = ?cert.as_ref().map(|c| c.name.as_str()),
+            master_role = cert.as_ref().is_some_and(|c| c.master),
+            "ignoring a master claim: the claiming node's certificate does not name it or does not allow the master role"
+        );
+    }
 }
 
 /// The master: the oldest claim visible.

@@ -20,6 +20,9 @@ pub const MASTER_LAST_STALL: &str = "orch_master_last_stall_seconds";
 pub const MASTER_SLOW_MESSAGES: &str = "orch_master_slow_messages_total";
 /// Counter: registrations the master refused (protocol mismatch).
 pub const REGISTRATIONS_REFUSED: &str = "orch_worker_registrations_refused_total";
+/// Counter: master claims ignored because the claiming node's certificate
+/// does not name it or does not allow the master role (mutual TLS).
+pub const MASTER_CLAIMS_REFUSED: &str = "orch_master_claims_refused_total";
 
 /// Counter, label `scope` (`session`: for one session; `all`: for every
 /// session, after failing in a row): devices and nodes blocklisted.
@@ -105,6 +108,10 @@ pub const CATALOG: &[(&str, &str)] = &[
         "cluster messages that did not decode and were dropped",
     ),
     (REGISTRATIONS_REFUSED, "registrations refused by the master"),
+    (
+        MASTER_CLAIMS_REFUSED,
+        "master claims ignored for a certificate that does not name the claiming node as master",
+    ),
     (
         DEVICE_SOURCE_ERRORS,
         "runs of a discovery source that failed, by source",

@@ -22,7 +22,6 @@ use ractor::rpc::CallResult;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::config::Secret;
 use crate::metrics as m;
 
 /// Largest request body (a session file); it must also fit one cluster frame.
@@ -33,7 +32,7 @@ const MASTER_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(crate) struct AdminCtx {
     pub(crate) node: String,
-    token: Option<Secret>,
+    tokens: crate::tokens::Tokens,
     /// What this node's master publishes (read while it is the current master).
     pub(crate) read_model: Arc<ReadModel>,
     /// This node's files, and the token of the other nodes' data planes
@@ -101,13 +100,13 @@ pub async fn bind(listen: SocketAddr) -> anyhow::Result<TcpListener> {
 /// The admin router for this node.
 pub fn router(
     node: String,
-    token: Option<Secret>,
+    tokens: crate::tokens::Tokens,
     read_model: Arc<ReadModel>,
     data: DataAccess,
 ) -> Router {
     let ctx = Arc::new(AdminCtx {
         node,
-        token,
+        tokens,
         read_model,
         data,
     });
@@ -177,53 +176,54 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Who made a request, for the audit log: a short digest of the token, never the token.
-fn token_id(token: Option<&str>) -> String {
-    match token {
-        None => "no-token".into(),
-        Some(t) => {
-            use sha2::{Digest, Sha256};
-            let d = Sha256::digest(t.as_bytes());
-            format!("token:{:02x}{:02x}{:02x}{:02x}", d[0], d[1], d[2], d[3])
-        }
-    }
-}
-
 async fn authorize(State(ctx): State<Arc<AdminCtx>>, req: Request, next: Next) -> Response {
     let route = req.uri().path().to_string();
-    let mutating = req.method() == axum::http::Method::POST;
-    let who = token_id(
-        req.headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ")),
-    );
-    let response = match &ctx.token {
+    let method = req.method().clone();
+    let mutating = method != axum::http::Method::GET && method != axum::http::Method::HEAD;
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let needs = crate::tokens::required(&method, &route);
+    // Who asks, for the audit log: a token's label and role, never the token.
+    let mut who = ("none".to_string(), "none");
+    let response = if is_page(&route) || !ctx.tokens.required() {
         // The pages themselves hold no data; their API calls carry the token.
-        _ if is_page(&route) => next.run(req).await,
-        None => next.run(req).await,
-        Some(token) => {
-            let given = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
-            match given {
-                None => ApiError(
-                    StatusCode::UNAUTHORIZED,
-                    "missing bearer token: this admin endpoint requires `Authorization: Bearer <token>`".into(),
-                )
-                .into_response(),
-                Some(t) if !constant_time_eq(t.trim().as_bytes(), token.expose().as_bytes()) => {
-                    tracing::warn!(node_id = %ctx.node, %route, "admin request with a wrong token");
-                    ApiError(StatusCode::UNAUTHORIZED, "wrong bearer token".into()).into_response()
+        next.run(req).await
+    } else {
+        match given.as_deref().map(|t| ctx.tokens.caller(t)) {
+            None => ApiError(
+                StatusCode::UNAUTHORIZED,
+                "missing bearer token: this admin endpoint requires `Authorization: Bearer <token>`".into(),
+            )
+            .into_response(),
+            Some(None) => {
+                tracing::warn!(node_id = %ctx.node, %route, "admin request with a wrong token");
+                who.0 = "unknown".into();
+                ApiError(StatusCode::UNAUTHORIZED, "wrong bearer token".into()).into_response()
+            }
+            Some(Some(caller)) => {
+                who = (caller.label.clone(), caller.role.as_str());
+                if caller.role < needs {
+                    ApiError(
+                        StatusCode::FORBIDDEN,
+                        format!(
+                            "token `{}` has role `{}`; `{method} {route}` needs role `{needs}`",
+                            caller.label, caller.role
+                        ),
+                    )
+                    .into_response()
+                } else {
+                    next.run(req).await
                 }
-                Some(_) => next.run(req).await,
             }
         }
     };
-    if mutating {
-        tracing::info!(target: "orch::audit", node_id = %ctx.node, who = %who, action = %route, status = response.status().as_u16(), "admin command");
+    let status = response.status().as_u16();
+    if mutating || status == 403 {
+        tracing::info!(target: "orch::audit", node_id = %ctx.node, token = %who.0, role = %who.1, method = %method, action = %route, status, "admin command");
     }
     let known = matches!(
         route.as_str(),
@@ -231,7 +231,7 @@ async fn authorize(State(ctx): State<Arc<AdminCtx>>, req: Request, next: Next) -
     );
     metrics::counter!(m::ADMIN_REQUESTS,
         "route" => if known { route } else { "other".to_string() },
-        "code" => response.status().as_u16().to_string())
+        "code" => status.to_string())
     .increment(1);
     response
 }

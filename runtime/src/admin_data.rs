@@ -56,7 +56,7 @@ async fn proxy(
 ) -> Result<Response, ApiError> {
     let addr = data_addr(ctx, node).await?;
     let token = ctx.data.token.clone();
-    let url = format!("http://{addr}{path}");
+    let url = crate::data_plane::url(&addr, &path);
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
     let (head_tx, head_rx) = tokio::sync::oneshot::channel();
     tokio::task::spawn_blocking(move || {

@@ -53,6 +53,8 @@ pub struct ClusterLinkArgs {
     pub liveness: Liveness,
     /// What an inbound connection may cost before it authenticates.
     pub limits: crate::cluster_port::Limits,
+    /// Mutual TLS (`cluster.tls`): every connection, both ways.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 /// TCP settings of dialed sockets, from the heartbeat settings.
@@ -130,7 +132,16 @@ pub struct ClusterLinkState {
     auth_failures_unsaid: u64,
     /// When that warning was last logged.
     auth_warned_at: Option<std::time::Instant>,
+    tls: Option<crate::tls::Tls>,
+    /// Certificates of TLS connections not yet opened as sessions, by label.
+    certs: Certs,
+    /// The certificate name of each session opened over TLS.
+    cert_names: HashMap<u64, String>,
 }
+
+/// Certificates of TLS connections, by the label (peer address) their
+/// stream is handed to the NodeServer with.
+type Certs = std::sync::Arc<dashmap::DashMap<String, orch_actors::identity::Identity>>;
 
 impl ClusterLinkState {
     fn schedule_dial(&mut self, myself: &ActorRef<ClusterLinkMsg>, i: usize) {
@@ -186,7 +197,7 @@ pub enum ClusterLinkMsg {
 
 impl ractor::Message for ClusterLinkMsg {}
 
-struct Subscription(ActorRef<ClusterLinkMsg>);
+struct Subscription(ActorRef<ClusterLinkMsg>, Certs);
 
 impl Subscription {
     fn send(&self, ev: SessionEvent, ses: NodeServerSessionInformation) {
@@ -196,6 +207,11 @@ impl Subscription {
 
 impl NodeEventSubscription for Subscription {
     fn node_session_opened(&self, ses: NodeServerSessionInformation) {
+        // Bound before the session can carry anything: its actors act under
+        // the name of the certificate its peer presented.
+        if let Some((_, id)) = self.1.remove(&ses.peer_addr) {
+            orch_actors::identity::bind(ses.node_id, id);
+        }
         self.send(SessionEvent::Opened, ses)
     }
     fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
@@ -215,14 +231,18 @@ const AUTH_WARN_EVERY: Duration = Duration::from_secs(10);
 /// Accept inbound cluster connections, admit those the limits allow, and
 /// hand them to the NodeServer. `accept` errors back off; they are logged
 /// once, then at most every 10 s with a count.
+#[allow(clippy::too_many_arguments)]
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     server: ActorRef<NodeServerMessage>,
     node: String,
     liveness: Liveness,
     limits: crate::cluster_port::Limits,
+    tls: Option<crate::tls::Tls>,
+    certs: Certs,
 ) {
     let pending = std::sync::Arc::new(crate::cluster_port::Pending::default());
+    let said = std::sync::Arc::new(crate::cluster_port::Said::default());
     let mut backoff = None;
     let (mut unsaid, mut said_at): (u64, Option<std::time::Instant>) = (0, None);
     loop {
@@ -231,17 +251,31 @@ async fn accept_loop(
                 backoff = None;
                 let _ = stream.set_nodelay(true);
                 let _ = liveness.apply(&stream);
-                let Ok((reader, writer)) =
-                    crate::cluster_port::admit(stream, peer, &pending, limits)
-                else {
+                let Ok(ticket) = crate::cluster_port::admit(peer, &pending, limits) else {
                     continue; // dropped: closed at once, counted by reason
                 };
-                let opened = server.cast(NodeServerMessage::ConnectionOpened {
-                    stream: Box::new(NetworkStream::External {
-                        peer_label: Some(peer.to_string()),
-                        local_label: None,
+                if let Some(tls) = &tls {
+                    // The TLS handshake runs beside the accept loop, within
+                    // the connection's handshake deadline.
+                    tokio::spawn(accept_tls(
+                        stream,
+                        peer,
+                        ticket,
+                        tls.mutual.clone(),
+                        server.clone(),
+                        node.clone(),
+                        certs.clone(),
+                        said.clone(),
+                    ));
+                    continue;
+                }
+                let (reader, writer) = stream.into_split();
+                let (reader, writer) = ticket.guard(reader, writer);
+                let opened = server.cast(NodeServerMessage::ConnectionOpenedExternal {
+                    stream: Box::new(Labeled {
                         reader: Box::new(reader),
                         writer: Box::new(writer),
+                        peer: peer.to_string(),
                     }),
                     is_server: true,
                 });
@@ -262,6 +296,109 @@ async fn accept_loop(
                 tokio::time::sleep(wait).await;
             }
         }
+    }
+}
+
+/// Finish the TLS handshake of an inbound connection and hand it to the
+/// NodeServer; a peer without a certificate of the cluster's CA (or
+/// without TLS) is closed, logged (at most every 10 s) and counted.
+#[allow(clippy::too_many_arguments)]
+async fn accept_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ticket: crate::cluster_port::Ticket,
+    config: std::sync::Arc<rustls::ServerConfig>,
+    server: ActorRef<NodeServerMessage>,
+    node: String,
+    certs: Certs,
+    said: std::sync::Arc<crate::cluster_port::Said>,
+) {
+    use crate::cluster_port::refused;
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let failed = |reason: &'static str, why: String| {
+        refused(reason);
+        if let Some(n) = said.due() {
+            warn!(node_id = %node, addr = %peer, connections = n, "cluster connection refused: {why} (see orch_cluster_connections_refused_total{{reason=\"{reason}\"}})");
+        }
+    };
+    let conn = match tokio::time::timeout(ticket.remaining(), acceptor.accept(stream)).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            return failed(
+                "tls_handshake",
+                format!("TLS handshake failed: {e} (no TLS, no client certificate, or one not signed by this cluster's CA)"),
+            )
+        }
+        Err(_) => {
+            return failed(
+                "handshake_timeout",
+                "no TLS handshake within the handshake deadline".into(),
+            )
+        }
+    };
+    let identity = match crate::tls::peer_identity(conn.get_ref().1) {
+        Ok(id) => id,
+        Err(e) => return failed("tls_handshake", e),
+    };
+    let label = peer.to_string();
+    certs.insert(label.clone(), identity);
+    let (reader, writer) = tokio::io::split(conn);
+    let (reader, writer) = ticket.guard(reader, writer);
+    let opened = server.cast(NodeServerMessage::ConnectionOpenedExternal {
+        stream: Box::new(Labeled {
+            reader: Box::new(reader),
+            writer: Box::new(writer),
+            peer: label.clone(),
+        }),
+        is_server: true,
+    });
+    if opened.is_err() {
+        certs.remove(&label);
+    }
+}
+
+/// Open the TLS session of a dialed connection: the stream to hand to the
+/// NodeServer, its label, and the peer's certificate name kept in `certs`.
+async fn connect_tls(
+    stream: TcpStream,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    certs: &Certs,
+) -> Result<(Labeled, String), String> {
+    let peer_addr = stream.peer_addr().map_err(|e| e.to_string())?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(crate::tls::dial_name(), stream))
+        .await
+        .map_err(|_| format!("no TLS handshake within {CONNECT_TIMEOUT:?}"))?
+        .map_err(|e| format!("TLS handshake failed: {e} (is `cluster.tls` set on the peer, with a certificate of the same CA?)"))?;
+    let identity = crate::tls::peer_identity(conn.get_ref().1)?;
+    let label = peer_addr.to_string();
+    certs.insert(label.clone(), identity);
+    let (reader, writer) = tokio::io::split(conn);
+    Ok((
+        Labeled {
+            reader: Box::new(reader),
+            writer: Box::new(writer),
+            peer: label.clone(),
+        },
+        label,
+    ))
+}
+
+/// A stream handed to the NodeServer under a label: the peer's address,
+/// which the session's events then carry.
+struct Labeled {
+    reader: ractor_cluster::BoxRead,
+    writer: ractor_cluster::BoxWrite,
+    peer: String,
+}
+
+impl ractor_cluster::ClusterBidiStream for Labeled {
+    fn split(self: Box<Self>) -> (ractor_cluster::BoxRead, ractor_cluster::BoxWrite) {
+        (self.reader, self.writer)
+    }
+
+    fn peer_label(&self) -> Option<String> {
+        Some(self.peer.clone())
     }
 }
 
@@ -321,18 +458,21 @@ impl Actor for ClusterLink {
         let (server, _) = Actor::spawn_linked(None, server, (), myself.get_cell())
             .await
             .map_err(|e| format!("cannot start the cluster node server: {e}"))?;
+        let certs = Certs::default();
         let acceptor = tokio::spawn(accept_loop(
             listener,
             server.clone(),
             args.node.clone(),
             args.liveness,
             args.limits,
+            args.tls.clone(),
+            certs.clone(),
         ));
         server.cast(NodeServerMessage::SubscribeToEvents {
             id: format!("orch.cluster_link.{}", args.node),
-            subscription: Box::new(Subscription(myself.clone())),
+            subscription: Box::new(Subscription(myself.clone(), certs.clone())),
         })?;
-        info!(node_id = %args.node, listen = %args.listen, peers = args.peers.len(), "cluster port open");
+        info!(node_id = %args.node, listen = %args.listen, peers = args.peers.len(), tls = args.tls.is_some(), "cluster port open");
         let peers: Vec<Peer> = args
             .peers
             .into_iter()
@@ -359,6 +499,9 @@ impl Actor for ClusterLink {
             acceptor,
             auth_failures_unsaid: 0,
             auth_warned_at: None,
+            tls: args.tls,
+            certs,
+            cert_names: HashMap::new(),
         })
     }
 
@@ -378,9 +521,21 @@ impl Actor for ClusterLink {
                 let server = state.server.clone();
                 let me = myself.clone();
                 let liveness = state.liveness;
+                let tls = state.tls.as_ref().map(|t| t.client.clone());
+                let certs = state.certs.clone();
                 tokio::spawn(async move {
-                    let result = match dial(&addr, liveness).await {
-                        Ok(stream) => match (stream.peer_addr(), stream.local_addr()) {
+                    let result = match (dial(&addr, liveness).await, tls) {
+                        (Ok(stream), Some(tls)) => match connect_tls(stream, tls, &certs).await {
+                            Ok((stream, label)) => server
+                                .cast(NodeServerMessage::ConnectionOpenedExternal {
+                                    stream: Box::new(stream),
+                                    is_server: false,
+                                })
+                                .map(|_| label)
+                                .map_err(|e| e.to_string()),
+                            Err(e) => Err(e),
+                        },
+                        (Ok(stream), None) => match (stream.peer_addr(), stream.local_addr()) {
                             (Ok(peer_addr), Ok(local_addr)) => {
                                 let opened = server.cast(NodeServerMessage::ConnectionOpened {
                                     stream: Box::new(NetworkStream::Raw {
@@ -396,7 +551,7 @@ impl Actor for ClusterLink {
                             }
                             (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
                         },
-                        Err(e) => Err(e),
+                        (Err(e), _) => Err(e),
                     };
                     let _ = me.cast(ClusterLinkMsg::Dialed(i, result));
                 });
@@ -497,6 +652,21 @@ fn on_session(
             state
                 .unauthenticated
                 .insert(ses.node_id, ses.peer_addr.clone());
+            if let Some(id) = orch_actors::identity::of_session(ses.node_id) {
+                state.cert_names.insert(ses.node_id, id.name);
+            }
+        }
+        SessionEvent::Authenticated if state.tls.is_some() && !cert_fits(state, &ses) => {
+            // The peer calls itself another node than its certificate names.
+            state.unauthenticated.remove(&ses.node_id);
+            crate::cluster_port::refused("certificate_name");
+            let cert = state
+                .cert_names
+                .get(&ses.node_id)
+                .map(String::as_str)
+                .unwrap_or("none");
+            warn!(node_id = %state.node, peer = %peer_name, certificate = %cert, addr = %ses.peer_addr, "cluster session refused: the peer calls itself `{}` but its certificate names `{cert}` (see orch_cluster_connections_refused_total{{reason=\"certificate_name\"}})", peer_node(&peer_name));
+            ses.actor.stop(Some("certificate_name".into()));
         }
         SessionEvent::Authenticated => {
             state.unauthenticated.remove(&ses.node_id);
@@ -527,6 +697,8 @@ fn on_session(
             }
         }
         SessionEvent::Disconnected => {
+            state.cert_names.remove(&ses.node_id);
+            orch_actors::identity::unbind(ses.node_id);
             if let Some(addr) = state.unauthenticated.remove(&ses.node_id) {
                 metrics::counter!(m::AUTH_FAILURES).increment(1);
                 // Once, then at most every 10 s with a count: a flood of
@@ -562,6 +734,17 @@ fn on_session(
             }
         }
     }
+}
+
+/// The node part of a ractor_cluster peer name (`{node}@{host}`).
+fn peer_node(name: &str) -> &str {
+    name.split('@').next().unwrap_or(name)
+}
+
+/// Whether session `ses` comes from the node its certificate names.
+fn cert_fits(state: &ClusterLinkState, ses: &NodeServerSessionInformation) -> bool {
+    let named = ses.peer_name.as_ref().map(|n| peer_node(&n.name));
+    named.is_some() && state.cert_names.get(&ses.node_id).map(String::as_str) == named
 }
 
 #[cfg(test)]

@@ -61,10 +61,34 @@ pub const REFUSAL_REASONS: &[&str] = &[
     "too_many_from_source",
     "handshake_timeout",
     "frame_too_large_before_auth",
+    // With `cluster.tls`: no TLS, a certificate not of the cluster's CA,
+    // or none ...
+    "tls_handshake",
+    // ... or one that names another node than the peer says it is.
+    "certificate_name",
 ];
 
-fn refused(reason: &'static str) {
+pub(crate) fn refused(reason: &'static str) {
     metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => reason).increment(1);
+}
+
+/// A warning said once, then at most every 10 s with a count.
+#[derive(Debug, Default)]
+pub struct Said {
+    state: Mutex<(u64, Option<std::time::Instant>)>,
+}
+
+impl Said {
+    /// Count one more; `Some(count)` when a line is due.
+    pub fn due(&self) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.0 += 1;
+        if s.1.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+            s.1 = Some(std::time::Instant::now());
+            return Some(std::mem::take(&mut s.0));
+        }
+        None
+    }
 }
 
 /// The unauthenticated connections of one port, by source address.
@@ -195,15 +219,15 @@ impl Framing {
 
 /// The read half of an inbound connection: enforces the handshake
 /// deadline and the frame limit before authentication.
-pub struct GuardedRead {
-    inner: OwnedReadHalf,
+pub struct GuardedRead<R = OwnedReadHalf> {
+    inner: R,
     shared: Arc<Shared>,
     framing: Framing,
     deadline: Pin<Box<tokio::time::Sleep>>,
     peer: SocketAddr,
 }
 
-impl AsyncRead for GuardedRead {
+impl<R: AsyncRead + Unpin> AsyncRead for GuardedRead<R> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -248,13 +272,13 @@ impl AsyncRead for GuardedRead {
 
 /// The write half of an inbound connection: notices the first frame this
 /// node sends that is not an `auth` message.
-pub struct WatchedWrite {
-    inner: OwnedWriteHalf,
+pub struct WatchedWrite<W = OwnedWriteHalf> {
+    inner: W,
     shared: Arc<Shared>,
     framing: Framing,
 }
 
-impl AsyncWrite for WatchedWrite {
+impl<W: AsyncWrite + Unpin> AsyncWrite for WatchedWrite<W> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -290,14 +314,47 @@ impl AsyncWrite for WatchedWrite {
     }
 }
 
-/// Admit an accepted connection: its two guarded halves, or the reason it
+/// An admitted connection's place among the unauthenticated, and its
+/// handshake deadline (which a TLS handshake spends too).
+pub struct Ticket {
+    shared: Arc<Shared>,
+    deadline: tokio::time::Instant,
+    peer: SocketAddr,
+}
+
+impl Ticket {
+    /// Time left before the handshake deadline.
+    pub fn remaining(&self) -> Duration {
+        self.deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+    }
+
+    /// The guarded halves of the connection's stream.
+    pub fn guard<R, W>(self, reader: R, writer: W) -> (GuardedRead<R>, WatchedWrite<W>) {
+        (
+            GuardedRead {
+                inner: reader,
+                shared: self.shared.clone(),
+                framing: Framing::default(),
+                deadline: Box::pin(tokio::time::sleep_until(self.deadline)),
+                peer: self.peer,
+            },
+            WatchedWrite {
+                inner: writer,
+                shared: self.shared,
+                framing: Framing::default(),
+            },
+        )
+    }
+}
+
+/// Admit an accepted connection from `peer`: its ticket, or the reason it
 /// is closed at once.
 pub fn admit(
-    stream: TcpStream,
     peer: SocketAddr,
     pending: &Arc<Pending>,
     limits: Limits,
-) -> Result<(GuardedRead, WatchedWrite), &'static str> {
+) -> Result<Ticket, &'static str> {
     let slot = match pending.admit(peer.ip(), &limits) {
         Ok(s) => s,
         Err(reason) => {
@@ -305,26 +362,27 @@ pub fn admit(
             return Err(reason);
         }
     };
-    let shared = Arc::new(Shared {
-        authenticated: AtomicBool::new(false),
-        slot,
-        limits,
-    });
+    Ok(Ticket {
+        shared: Arc::new(Shared {
+            authenticated: AtomicBool::new(false),
+            slot,
+            limits,
+        }),
+        deadline: tokio::time::Instant::now() + limits.handshake,
+        peer,
+    })
+}
+
+/// Admit a plain TCP connection: its two guarded halves.
+pub fn admit_tcp(
+    stream: TcpStream,
+    peer: SocketAddr,
+    pending: &Arc<Pending>,
+    limits: Limits,
+) -> Result<(GuardedRead<OwnedReadHalf>, WatchedWrite<OwnedWriteHalf>), &'static str> {
+    let ticket = admit(peer, pending, limits)?;
     let (r, w) = stream.into_split();
-    Ok((
-        GuardedRead {
-            inner: r,
-            shared: shared.clone(),
-            framing: Framing::default(),
-            deadline: Box::pin(tokio::time::sleep(limits.handshake)),
-            peer,
-        },
-        WatchedWrite {
-            inner: w,
-            shared,
-            framing: Framing::default(),
-        },
-    ))
+    Ok(ticket.guard(r, w))
 }
 
 /// How long to wait after an `accept` error before the next try.

@@ -170,6 +170,8 @@ pub struct ClusterConfig {
     pub missed_heartbeats: u32,
     pub online_window_s: u64,
     pub grace_wait_ms: u64,
+    /// Mutual TLS between nodes and on the data plane (`cluster.tls`), loaded and checked.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 #[derive(Debug, Clone)]
@@ -189,8 +191,11 @@ pub struct WorkerConfig {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
-    /// Bearer token; `None` only when `listen` is a loopback address.
-    pub token: Option<Secret>,
+    /// Bearer tokens (`token_file`, `tokens_file`); none only when
+    /// `listen` is a loopback address.
+    pub tokens: crate::tokens::Tokens,
+    /// Serve HTTPS with the node's certificate (`admin.tls`).
+    pub tls: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -282,7 +287,6 @@ struct RawCluster {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 struct RawTls {
     cert: PathBuf,
     key: PathBuf,
@@ -384,6 +388,9 @@ struct RawAdmin {
     #[serde(default = "default_admin_listen")]
     listen: String,
     token_file: Option<PathBuf>,
+    tokens_file: Option<PathBuf>,
+    #[serde(default)]
+    tls: bool,
 }
 
 impl Default for RawAdmin {
@@ -391,6 +398,8 @@ impl Default for RawAdmin {
         Self {
             listen: default_admin_listen(),
             token_file: None,
+            tokens_file: None,
+            tls: false,
         }
     }
 }
@@ -634,6 +643,18 @@ pub fn valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// [`valid_name`] as one error message.
+pub fn check_node_name(s: &str) -> Result<(), String> {
+    if valid_name(s) {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected 1 to 64 characters from `A-Z a-z 0-9 - _ .`, not `.` or `..`, got `{}`",
+            shown(s)
+        ))
+    }
+}
+
 pub fn valid_device_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
@@ -799,11 +820,30 @@ impl RawConfig {
                 "expected more than 0 milliseconds, got `0`",
             );
         }
-        if c.tls.is_some() {
-            p.add(
-                "cluster.tls",
-                "mutual TLS between nodes is not available in this version; remove the key",
-            );
+        let tls = c.tls.as_ref().and_then(|t| {
+            let paths = crate::tls::TlsPaths {
+                cert: resolve(&t.cert),
+                key: resolve(&t.key),
+                ca: resolve(&t.ca),
+            };
+            match crate::tls::load(&paths, &n.name) {
+                Ok(tls) => Some(tls),
+                Err(e) => {
+                    p.add("cluster.tls", e);
+                    None
+                }
+            }
+        });
+        if let Some(t) = &tls {
+            if roles.iter().any(|r| r == "master") && !t.identity.master {
+                p.add(
+                    "cluster.tls",
+                    format!(
+                        "this node has role `master` but its certificate does not allow it; make one with `orchctl tls node DIR {} --master`",
+                        n.name
+                    ),
+                );
+            }
         }
 
         // [worker] and [[device]]
@@ -1032,13 +1072,50 @@ impl RawConfig {
             .token_file
             .as_ref()
             .and_then(|f| p.read_secret("admin.token_file", &resolve(f)));
+        let entries = match &self.admin.tokens_file {
+            None => Vec::new(),
+            Some(f) => {
+                let path = resolve(f);
+                match crate::tokens::load(&path) {
+                    Ok(e) if e.is_empty() => {
+                        p.add(
+                            "admin.tokens_file",
+                            format!(
+                                "`{}` holds no `[[token]]`; add one with `orchctl token new`",
+                                path.display()
+                            ),
+                        );
+                        e
+                    }
+                    Ok(e) => e,
+                    Err(problems) => {
+                        for problem in problems {
+                            p.add(
+                                "admin.tokens_file",
+                                format!("`{}`: {problem}", path.display()),
+                            );
+                        }
+                        Vec::new()
+                    }
+                }
+            }
+        };
         if let Some(a) = admin_listen {
-            if !a.ip().is_loopback() && self.admin.token_file.is_none() {
+            if !a.ip().is_loopback()
+                && self.admin.token_file.is_none()
+                && self.admin.tokens_file.is_none()
+            {
                 p.add(
                     "admin.token_file",
-                    format!("`admin.listen` `{a}` is not a loopback address, so a token file is required"),
+                    format!("`admin.listen` `{a}` is not a loopback address, so a token file (`token_file` or `tokens_file`) is required"),
                 );
             }
+        }
+        if self.admin.tls && c.tls.is_none() {
+            p.add(
+                "admin.tls",
+                "the admin API serves TLS with the node's certificate: set `cluster.tls` too",
+            );
         }
         let metrics_listen = p.socket_addr("metrics.listen", &self.metrics.listen);
         let durability = crate::store::Durability::parse(&self.store.durability);
@@ -1152,6 +1229,7 @@ impl RawConfig {
                 missed_heartbeats: c.missed_heartbeats,
                 online_window_s: c.online_window_s,
                 grace_wait_ms: c.grace_wait_ms,
+                tls,
             },
             worker: WorkerConfig {
                 max_concurrency,
@@ -1164,7 +1242,11 @@ impl RawConfig {
             devices,
             admin: AdminConfig {
                 listen: unwrap(admin_listen),
-                token,
+                tokens: crate::tokens::Tokens {
+                    single: token,
+                    entries,
+                },
+                tls: self.admin.tls,
             },
             metrics: MetricsConfig {
                 listen: unwrap(metrics_listen),

@@ -466,13 +466,34 @@ async fn collected_file(
     }
 }
 
+/// The client side of the data plane's mutual TLS, set once at node start.
+static CLIENT_TLS: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+
+/// Speak to every data plane over mutual TLS with `config` (`cluster.tls`).
+pub fn use_tls(config: Arc<rustls::ClientConfig>) {
+    let _ = CLIENT_TLS.set(config);
+}
+
+/// The URL of `path` on the data plane at `addr`.
+pub fn url(addr: &str, path: &str) -> String {
+    let scheme = if CLIENT_TLS.get().is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{addr}{path}")
+}
+
 /// A blocking client of another node's data plane (run it off the async
 /// threads): one agent per collector, short timeouts to connect.
 pub fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
+    let mut b = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(3))
-        .timeout_read(Duration::from_secs(30))
-        .build()
+        .timeout_read(Duration::from_secs(30));
+    if let Some(tls) = CLIENT_TLS.get() {
+        b = b.tls_config(tls.clone());
+    }
+    b.build()
 }
 
 #[cfg(test)]

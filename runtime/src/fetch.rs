@@ -12,25 +12,52 @@ use crate::exit::{FAILED, NOT_FOUND, USAGE};
 
 /// An admin endpoint and its token.
 pub struct Endpoint {
-    /// `host:port`.
+    /// `host:port`, or `https://host:port`.
     pub node: String,
     pub token: Option<String>,
+    /// TLS (`orchctl --ca`): the client configuration trusting the cluster's CA.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// An error for the command line: exit code and one line.
 pub type Failure = (u8, String);
 
-fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(5))
-        .timeout_read(Duration::from_secs(30))
-        .build()
+/// The URL of `path` on admin endpoint `node` (`host:port`, with or
+/// without a scheme; HTTPS when `tls`).
+pub fn admin_url(node: &str, tls: bool, path: &str) -> String {
+    let host = node
+        .strip_prefix("https://")
+        .or_else(|| node.strip_prefix("http://"))
+        .unwrap_or(node)
+        .trim_end_matches('/');
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{host}{path}")
+}
+
+/// A client of an admin endpoint, over TLS when `tls` is given.
+pub fn admin_agent(
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+    connect: Duration,
+    read: Duration,
+) -> ureq::Agent {
+    let mut b = ureq::AgentBuilder::new()
+        .timeout_connect(connect)
+        .timeout_read(read);
+    if let Some(t) = tls {
+        b = b.tls_config(t.clone());
+    }
+    b.build()
 }
 
 impl Endpoint {
     fn get(&self, path: &str, range: Option<u64>) -> Result<ureq::Response, Failure> {
-        let url = format!("http://{}{path}", self.node);
-        let mut req = agent().get(&url);
+        let url = admin_url(&self.node, self.tls.is_some(), path);
+        let agent = admin_agent(
+            self.tls.as_ref(),
+            Duration::from_secs(5),
+            Duration::from_secs(30),
+        );
+        let mut req = agent.get(&url);
         if let Some(t) = &self.token {
             req = req.set("Authorization", &format!("Bearer {t}"));
         }

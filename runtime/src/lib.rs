@@ -27,6 +27,8 @@ pub mod runner;
 pub mod session_file;
 pub mod store;
 pub mod task_log;
+pub mod tls;
+pub mod tokens;
 pub mod webhooks;
 pub mod workflow_file;
 

@@ -39,8 +39,16 @@ pub const WEBHOOK_DELIVERIES: &str = "orch_webhook_deliveries_total";
 /// Counter, label `webhook`: events the log no longer held when their webhook got to them.
 pub const WEBHOOK_SKIPPED: &str = "orch_webhook_events_skipped_total";
 
+/// Counter, labels `port` (`admin`, `data`) and `reason`: TLS connections
+/// refused before HTTP (handshake failed, timed out, too many at once).
+pub const TLS_HANDSHAKE_FAILURES: &str = "orch_tls_handshake_failures_total";
+
 /// Every metric of this crate with its help text.
 pub const CATALOG: &[(&str, &str)] = &[
+    (
+        TLS_HANDSHAKE_FAILURES,
+        "TLS connections to the admin API or the data plane refused before HTTP, by port and reason",
+    ),
     (WEBHOOK_DELIVERIES, "webhook deliveries, by webhook and result (delivered, retried)"),
     (WEBHOOK_SKIPPED, "events older than the event log keeps, never delivered to a webhook"),
     (
@@ -125,6 +133,7 @@ pub fn install_exporter(listen: SocketAddr) -> anyhow::Result<()> {
         ACCEPT_ERRORS,
         am::WIRE_DECODE_ERRORS,
         am::REGISTRATIONS_REFUSED,
+        am::MASTER_CLAIMS_REFUSED,
         am::TASKS_ASSIGNED,
         am::TASKS_COMPLETED,
         am::TASKS_FAILED,

@@ -190,6 +190,7 @@ impl Actor for NodeSupervisor {
                     cfg.cluster.missed_heartbeats,
                 ),
                 limits: crate::cluster_port::Limits::default(),
+                tls: cfg.cluster.tls.clone(),
             },
             myself.get_cell(),
         )
@@ -395,6 +396,12 @@ pub async fn run_node_with(
     args.executors = executors;
     let fatal = args.fatal.clone();
     crate::metrics::install_exporter(cfg.metrics.listen)?;
+    if let Some(tls) = &cfg.cluster.tls {
+        // Peers are who their certificates say; files move over mutual TLS.
+        orch_actors::identity::enforce(tls.identity.clone());
+        crate::data_plane::use_tls(tls.client.clone());
+        info!(node_id = %node, master_role = tls.identity.master, "mutual TLS on the cluster link and the data plane");
+    }
     args.cluster_listener =
         Some(crate::cluster_link::bind(cfg.node.listen).map_err(anyhow::Error::msg)?);
     let admin_listener = crate::admin::bind(cfg.admin.listen).await?;
@@ -419,7 +426,7 @@ pub async fn run_node_with(
     info!(node_id = %node, data = %data_addr, "data plane listening");
     let admin = crate::admin::router(
         node.clone(),
-        cfg.admin.token.clone(),
+        cfg.admin.tokens.clone(),
         args.read_model.clone(),
         crate::admin::DataAccess {
             data_dir: cfg.node.data_dir.clone(),
@@ -433,7 +440,17 @@ pub async fn run_node_with(
         }
         Err(e) => anyhow::bail!("node `{node}` failed to start: {}", root_cause(&e)),
     };
-    let data_task = tokio::spawn(async move { axum::serve(data_listener, data_plane).await });
+    let data_tls = cfg
+        .cluster
+        .tls
+        .as_ref()
+        .map(|t| (t.mutual.clone(), "data", node.clone()));
+    let data_task = tokio::spawn(crate::tls::serve(
+        data_listener,
+        data_tls,
+        data_plane,
+        std::future::pending(),
+    ));
     let (events_actor, _) =
         Actor::spawn(None, orch_actors::events::EventsActor, read_model.clone())
             .await
@@ -449,13 +466,13 @@ pub async fn run_node_with(
         .run(),
     );
     let (stop_admin_tx, stop_admin_rx) = tokio::sync::oneshot::channel::<()>();
-    let admin_task = tokio::spawn(async move {
-        axum::serve(admin_listener, admin)
-            .with_graceful_shutdown(async {
-                let _ = stop_admin_rx.await;
-            })
-            .await
-    });
+    let admin_tls = match (&cfg.cluster.tls, cfg.admin.tls) {
+        (Some(t), true) => Some((t.admin.clone(), "admin", node.clone())),
+        _ => None,
+    };
+    let admin_task = tokio::spawn(crate::tls::serve(admin_listener, admin_tls, admin, async {
+        let _ = stop_admin_rx.await;
+    }));
 
     let mut sup_handle = sup_handle;
     let outcome = tokio::select! {

@@ -145,7 +145,7 @@ fn every_command_answers_json_and_unknown_names_are_exit_3() {
         audit.iter().any(|r| r["fields"]["action"]
             .as_str()
             .is_some_and(|a| a.contains("/v1/nodes/node-2/drain"))
-            && r["fields"]["who"] == "no-token"),
+            && r["fields"]["token"] == "none"),
         "{audit:?}"
     );
     assert!(

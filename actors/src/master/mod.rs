@@ -482,8 +482,17 @@ impl MasterState {
         match msg {
             ToMaster::Register(reg) => {
                 // Only accept a worker we can answer and watch.
-                if pg::get_members(&worker_group(&reg.node)).is_empty() {
+                let members = pg::get_members(&worker_group(&reg.node));
+                if members.is_empty() {
                     debug!(node_id = %self.node, worker = %reg.node, "worker not visible yet, it will retry");
+                } else if let Some(other) = members
+                    .iter()
+                    .find(|m| !crate::identity::may_be(m, &reg.node))
+                {
+                    // With mutual TLS: only the node the certificate names.
+                    let cert = crate::identity::of(other).map(|i| i.name);
+                    metrics::counter!(crate::metrics::REGISTRATIONS_REFUSED).increment(1);
+                    tracing::warn!(node_id = %self.node, worker = %reg.node, certificate = ?cert, "registration refused: a node whose certificate does not name `{}` acts as it", reg.node);
                 } else {
                     self.feed(myself, MemberEvent::Register(reg));
                 }

@@ -33,6 +33,10 @@ struct Cli {
     /// File holding the admin bearer token.
     #[arg(long, global = true, env = "ORCH_TOKEN_FILE", value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// The cluster's CA certificate: speak HTTPS to an admin API with
+    /// `admin.tls = true` and check its certificate against this CA.
+    #[arg(long, global = true, env = "ORCH_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -82,7 +86,60 @@ enum PipelineCmd {
 }
 
 #[derive(Subcommand, Debug)]
+enum TlsCmd {
+    /// Make the cluster's CA in DIR (`ca.crt`, `ca.key` with mode 0600).
+    Init {
+        dir: PathBuf,
+        /// Days the CA is valid.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
+    /// Make the certificate of node NAME in DIR (`NAME.crt`, `NAME.key`
+    /// with mode 0600), signed by the CA there.
+    Node {
+        dir: PathBuf,
+        name: String,
+        /// The node may serve as master (`roles` with `master`).
+        #[arg(long)]
+        master: bool,
+        /// Another host name or IP address the node is reached at (for the
+        /// admin API's host name check); repeatable. `NAME`, `localhost`
+        /// and `127.0.0.1` are always in.
+        #[arg(long = "host", value_name = "HOST")]
+        hosts: Vec<String>,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCmd {
+    /// Make an admin token: print it once, and append its label, role and
+    /// sha256 (never the token) to FILE, the node's `admin.tokens_file`.
+    New {
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+        #[arg(long)]
+        label: String,
+        /// `read`, `operate` or `admin`.
+        #[arg(long)]
+        role: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Certificates for mutual TLS between nodes (docs/security.md); no node needed.
+    Tls {
+        #[command(subcommand)]
+        cmd: TlsCmd,
+    },
+    /// Admin tokens with roles (docs/security.md); no node needed.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
     /// Cluster summary: master, workers by state, devices, recent failures.
     Status,
     /// Every worker the master knows, with its state and devices.
@@ -216,7 +273,31 @@ fn endpoint(cli: &Cli) -> Result<orch_runtime::fetch::Endpoint, Failure> {
     Ok(orch_runtime::fetch::Endpoint {
         node: cli.node.clone(),
         token: token(cli)?,
+        tls: client_tls(cli)?,
     })
+}
+
+/// The TLS client configuration of `--ca`, if given.
+fn client_tls(cli: &Cli) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, Failure> {
+    match &cli.ca {
+        Some(ca) => orch_runtime::tls::admin_client(ca)
+            .map(Some)
+            .map_err(|e| Failure(EXIT_USAGE, format!("--ca: {e}"))),
+        None if cli.node.starts_with("https://") => Err(Failure(
+            EXIT_USAGE,
+            format!(
+                "`{}` is HTTPS: pass the cluster's CA certificate with --ca FILE (or ORCH_CA)",
+                cli.node
+            ),
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The URL of `path` on the admin endpoint of `cli`.
+fn url(cli: &Cli, path: &str) -> Result<String, Failure> {
+    let tls = client_tls(cli)?.is_some();
+    Ok(orch_runtime::fetch::admin_url(&cli.node, tls, path))
 }
 
 fn fetch(cli: &Cli, id: &str, dir: &std::path::Path) -> Result<(), Failure> {
@@ -262,14 +343,12 @@ fn request_with(
     idempotency_key: Option<&str>,
 ) -> Result<Value, Failure> {
     let token = token(cli)?;
-    let url = format!("http://{}{path}", cli.node);
+    let tls = client_tls(cli)?;
+    let url = orch_runtime::fetch::admin_url(&cli.node, tls.is_some(), path);
     // A large manifest may take a while to stream: bound each read, not the
     // whole. The node answers within its own 5 s limit for the master, so a
     // read that waits longer means the node itself does not run.
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(CONNECT_TIMEOUT)
-        .timeout_read(READ_TIMEOUT)
-        .build();
+    let agent = orch_runtime::fetch::admin_agent(tls.as_ref(), CONNECT_TIMEOUT, READ_TIMEOUT);
     let mut req = agent.request(method, &url);
     if let Some(t) = &token {
         req = req.set("Authorization", &format!("Bearer {t}"));
@@ -354,6 +433,10 @@ fn transport_error(node: &str, t: &ureq::Transport) -> String {
         ),
         (_, true) => format!(
             "the admin endpoint `{node}` accepted the connection but sent no answer within {READ_TIMEOUT:?} (is the node stopped or overloaded?)"
+        ),
+        // A TLS record where an HTTP header was expected.
+        _ if t.to_string().contains("Header field") || t.to_string().contains("[21, 3") => format!(
+            "the admin endpoint `{node}` speaks TLS (`admin.tls = true`): pass the cluster's CA certificate with --ca FILE (or ORCH_CA)"
         ),
         _ => format!("cannot reach the admin endpoint `{node}`: {t}"),
     }
@@ -602,8 +685,64 @@ fn follow(cli: &Cli, id: &str) -> Result<(), Failure> {
     }
 }
 
+fn tls(cli: &Cli, cmd: &TlsCmd) -> Result<(), Failure> {
+    let made = match cmd {
+        TlsCmd::Init { dir, days } => orch_runtime::tls::init_ca(dir, *days),
+        TlsCmd::Node {
+            dir,
+            name,
+            master,
+            hosts,
+            days,
+        } => orch_runtime::tls::issue_node(
+            dir,
+            &orch_runtime::tls::NodeCert {
+                name: name.clone(),
+                master: *master,
+                hosts: hosts.clone(),
+                days: *days,
+            },
+        ),
+    }
+    .map_err(|e| Failure(EXIT_FAILED, e))?;
+    if cli.json {
+        print_json(&serde_json::json!({ "files": made }))
+    } else {
+        for f in &made {
+            println!("wrote {}", f.display());
+        }
+        Ok(())
+    }
+}
+
+fn token_cmd(cli: &Cli, cmd: &TokenCmd) -> Result<(), Failure> {
+    let TokenCmd::New { file, label, role } = cmd;
+    let role = orch_runtime::tokens::Role::parse(role).ok_or_else(|| {
+        Failure(
+            EXIT_USAGE,
+            format!("--role: expected `read`, `operate` or `admin`, got `{role}`"),
+        )
+    })?;
+    let token =
+        orch_runtime::tokens::add(file, label, role).map_err(|e| Failure(EXIT_FAILED, e))?;
+    if cli.json {
+        print_json(
+            &serde_json::json!({ "label": label, "role": role, "token": token, "file": file }),
+        )
+    } else {
+        eprintln!(
+            "added `{label}` (role `{role}`) to {}; the token is shown once, keep it in a file of mode 0600:",
+            file.display()
+        );
+        println!("{token}");
+        Ok(())
+    }
+}
+
 fn run(cli: &Cli) -> Result<(), Failure> {
     match &cli.cmd {
+        Cmd::Tls { cmd } => return tls(cli, cmd),
+        Cmd::Token { cmd } => return token_cmd(cli, cmd),
         Cmd::Submit { file, wait } => return submit(cli, file, *wait),
         Cmd::Cancel { id } => {
             let v = request(cli, "POST", &format!("/v1/sessions/{id}/cancel"), Some(""))?;
@@ -903,12 +1042,13 @@ fn events(
     let mut last = since;
     let mut failures = 0u32;
     loop {
-        let url = format!("http://{}/v1/events?{}", cli.node, q.join("&"));
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(CONNECT_TIMEOUT)
-            // The node sends a keep-alive line every 15 s.
-            .timeout_read(Duration::from_secs(45))
-            .build();
+        let url = url(cli, &format!("/v1/events?{}", q.join("&")))?;
+        // The node sends a keep-alive line every 15 s.
+        let agent = orch_runtime::fetch::admin_agent(
+            client_tls(cli)?.as_ref(),
+            CONNECT_TIMEOUT,
+            Duration::from_secs(45),
+        );
         let mut req = agent.get(&url).set("Last-Event-ID", &last.to_string());
         if let Some(t) = &token {
             req = req.set("Authorization", &format!("Bearer {t}"));
