@@ -134,6 +134,8 @@ pub struct NodeSpec {
     pub extra_toml: String,
     /// More keys of its `[cluster]` table (`grace_wait_ms = 1500`, ...).
     pub cluster_toml: String,
+    /// More keys of its `[admin]` table (`tls = true`, `tokens_file = ...`).
+    pub admin_toml: String,
 }
 
 /// The tests' log filter: the node's default plus every ID chunk a worker
@@ -161,6 +163,7 @@ impl NodeSpec {
             env: Vec::new(),
             extra_toml: String::new(),
             cluster_toml: String::new(),
+            admin_toml: String::new(),
         }
     }
 
@@ -374,6 +377,8 @@ pub struct TestCluster {
     pub bins: Bins,
     pub dir: tempfile::TempDir,
     pub nodes: Vec<TestNode>,
+    /// Environment of every `orchctl` this cluster runs (`ORCH_CA`, ...).
+    pub ctl_env: Vec<(String, String)>,
 }
 
 impl TestCluster {
@@ -382,6 +387,7 @@ impl TestCluster {
             bins,
             dir: tempfile::tempdir().expect("a temporary directory"),
             nodes: Vec::new(),
+            ctl_env: Vec::new(),
         }
     }
 
@@ -572,7 +578,9 @@ impl TestCluster {
         cmd.arg("--node").arg(self.nodes[i].admin_addr.to_string());
         cmd.args(args)
             .env_remove("ORCH_NODE")
-            .env_remove("ORCH_TOKEN_FILE");
+            .env_remove("ORCH_TOKEN_FILE")
+            .env_remove("ORCH_CA")
+            .envs(self.ctl_env.iter().map(|(k, v)| (k, v)));
         cmd.output().expect("run orchctl")
     }
 
@@ -932,7 +940,7 @@ max_concurrency = {max_concurrency}
 {devices}
 [admin]
 listen = "{admin}"
-{token}
+{token}{admin_extra}
 [metrics]
 listen = "{metrics}"
 {store}
@@ -947,6 +955,7 @@ listen = "{metrics}"
         max_concurrency = spec.max_concurrency,
         extra = spec.extra_toml,
         cluster_extra = spec.cluster_toml,
+        admin_extra = spec.admin_toml,
         store = spec
             .durability
             .as_ref()

@@ -284,6 +284,7 @@ fn cluster(bins: &Bins, scratch: &Path) -> Result<TestCluster> {
             .prefix("cluster-")
             .tempdir_in(scratch)?,
         nodes: Vec::new(),
+        ctl_env: Vec::new(),
     };
     let mport = free_port();
     let mut m = node_spec("master").master().heartbeat(HEARTBEAT_MS, 3);
