@@ -506,3 +506,170 @@ fn tokens_have_roles_a_read_token_cannot_cancel_and_an_operate_token_cannot_drai
         "a token is in the log"
     );
 }
+
+#[test]
+fn no_log_line_api_answer_or_task_output_of_a_full_run_holds_a_secret() {
+    let mut c = TestCluster::new(bins!());
+    let tls = c.dir.path().join("tls");
+    make_certs(&c, &tls, &["node-0", "node-1"]);
+    let secret = format!("cluster-{:016x}{:016x}", rand_u64(), rand_u64());
+    let hook_secret = format!("hook-{:016x}", rand_u64());
+    let tokens = c.dir.path().join("tokens.toml");
+    let out = ctl(
+        &c,
+        &[
+            "token",
+            "new",
+            "--file",
+            tokens.to_str().unwrap(),
+            "--label",
+            "ops",
+            "--role",
+            "admin",
+        ],
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let token_file = c.dir.path().join("ops.token");
+    std::fs::write(&token_file, &token).unwrap();
+    c.ctl_env = vec![("ORCH_TOKEN_FILE".into(), token_file.display().to_string())];
+
+    let mport = free_port();
+    let mut m = NodeSpec::new("node-0").master();
+    m.secret = secret.clone();
+    m.cluster_toml = tls_toml(&tls, "node-0");
+    m.admin_toml = format!("tokens_file = \"{}\"\n", tokens.display());
+    m.extra_toml = format!(
+        "[[webhook]]\nurl = \"http://127.0.0.1:{}/hook\"\nsecret = \"{hook_secret}\"\n",
+        free_port()
+    );
+    c.add_with_port(m, mport).unwrap();
+    let mut w = NodeSpec::new("node-1").peer(format!("127.0.0.1:{mport}"));
+    w.secret = secret.clone();
+    w.cluster_toml = tls_toml(&tls, "node-1");
+    c.add(w).unwrap();
+    c.wait_for("two nodes", Duration::from_secs(20), |ws| {
+        all_healthy(ws, &["node-0", "node-1"])
+    })
+    .unwrap();
+    // A task that prints its whole environment and lists its folder.
+    let id = c
+        .submit(
+            "env",
+            "name = \"env\"\nframes = { start = 0, end = 8 }\nchunk_frames = 1\nid_chunk_size = 10\n\
+             [executor]\nkind = \"command\"\nargv = [\"sh\", \"-c\", \"env; ls -la; echo x > {out_dir}/f_{start}.txt\"]\n",
+        )
+        .unwrap();
+    c.wait_session(&id, "the session ends", Duration::from_secs(60), |s| {
+        s["state"] == "completed"
+    })
+    .unwrap();
+    c.wait_for_manifest(&id, "outputs collected", Duration::from_secs(30), |m| {
+        m["collection"]["collected"] == 8
+    })
+    .unwrap();
+    // A wrong token and a wrong secret: what is said about them.
+    let _ = orch_tests::http_get(c.nodes[0].admin_addr, "/v1/status", Some("orch_wrong"));
+
+    // Every answer of the admin API ...
+    let mut answers = Vec::new();
+    for path in [
+        "/".to_string(),
+        format!("/sessions/{id}"),
+        "/v1/status".into(),
+        "/v1/workers".into(),
+        "/v1/sessions".into(),
+        format!("/v1/sessions/{id}"),
+        format!("/v1/sessions/{id}/manifest"),
+        format!("/v1/sessions/{id}/tasks"),
+        "/v1/devices".into(),
+        "/v1/events".into(),
+        "/v1/pipelines".into(),
+        "/v1/workflows".into(),
+        "/v1/status?x=1".into(),
+    ] {
+        for i in 0..2 {
+            let (code, body) =
+                orch_tests::http_get(c.nodes[i].admin_addr, &path, Some(&token)).unwrap();
+            answers.push(format!("{i} {path} {code}: {body}"));
+        }
+    }
+    for task in 0..8 {
+        let (code, body) = orch_tests::http_get(
+            c.nodes[0].admin_addr,
+            &format!("/v1/sessions/{id}/tasks/{task}/log"),
+            Some(&token),
+        )
+        .unwrap();
+        assert_eq!(code, 200, "{body}");
+        assert!(
+            body.contains("ORCH_SESSION") || body.contains("PATH="),
+            "the task printed its environment: {body}"
+        );
+        answers.push(body);
+    }
+    // ... of orchctl, of the metrics endpoints, and every log line.
+    for args in [
+        vec!["status", "--json"],
+        vec!["workers", "--json"],
+        vec!["manifest", &id, "--json"],
+        vec!["events", "--json"],
+        vec!["logs", &id, "3"],
+    ] {
+        let out = c.orchctl(0, &args);
+        answers.push(String::from_utf8_lossy(&out.stdout).into_owned());
+        answers.push(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    for n in &c.nodes {
+        answers.push(
+            orch_tests::http_get(n.metrics_addr, "/metrics", None)
+                .unwrap()
+                .1,
+        );
+        answers.push(std::fs::read_to_string(&n.log).unwrap());
+    }
+    let all = answers.join("\n");
+    assert!(
+        all.len() > 10_000,
+        "a full run was read: {} bytes",
+        all.len()
+    );
+
+    let data_token = orch_runtime::data_plane::token(&secret);
+    let mut secrets = vec![
+        ("the cluster secret", secret.clone()),
+        ("the data plane token", data_token),
+        ("an admin token", token.clone()),
+        ("a webhook secret", hook_secret.clone()),
+    ];
+    for k in ["ca.key", "node-0.key", "node-1.key"] {
+        let pem = std::fs::read_to_string(tls.join(k)).unwrap();
+        for line in pem
+            .lines()
+            .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+        {
+            secrets.push(("key material", line.to_string()));
+        }
+    }
+    for (what, s) in &secrets {
+        assert!(
+            !all.contains(s.as_str()),
+            "{what} is in a log line or an answer"
+        );
+    }
+    assert!(
+        !all.contains("PRIVATE KEY"),
+        "a private key is in a log line or an answer"
+    );
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.finish()
+}
