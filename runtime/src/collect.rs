@@ -804,7 +804,7 @@ fn fetch_remote(
     let mut h = Sha256::new();
     f.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
     pump(&mut (&mut f).take(have), &mut std::io::sink(), &mut h).map_err(io)?;
-    let url = crate::data_plane::url(&addr, &format!("/v1/files/{rel}"));
+    let url = crate::data_plane::url(addr, &format!("/v1/files/{rel}"));
     let resp = crate::data_plane::agent()
         .get(&url)
         .set("Authorization", &format!("Bearer {token}"))

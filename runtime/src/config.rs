@@ -1457,10 +1457,68 @@ capabilities = { gpu = true }
         assert!(line.contains("got a float"), "{line}");
     }
 
+    fn with_tls(dir: &Path, cert: &str, extra: &str) -> String {
+        let d = dir.display();
+        GOOD.replace(
+            "peers = [\"127.0.0.1:7800\"]",
+            &format!("peers = [\"127.0.0.1:7800\"]\ntls = {{ cert = \"{d}/{cert}.crt\", key = \"{d}/{cert}.key\", ca = \"{d}/ca.crt\" }}"),
+        ) + extra
+    }
+
+    #[test]
+    fn tls_files_are_checked_at_load_one_line_each() {
+        let dir = tempfile::tempdir().unwrap();
+        // Missing files.
+        let e = one_error(&with_tls(dir.path(), "n1", ""));
+        assert!(e.contains("cluster.tls") && e.contains("n1.crt"), "{e}");
+        crate::tls::init_ca(dir.path(), 30).unwrap();
+        let node = |name: &str, master: bool| {
+            crate::tls::issue_node(
+                dir.path(),
+                &crate::tls::NodeCert { name: name.into(), master, hosts: vec![], days: 30 },
+            )
+            .unwrap();
+        };
+        node("n1", false);
+        node("n2", false);
+        parse(&with_tls(dir.path(), "n1", ""), "c.toml", Path::new("/tmp")).unwrap();
+        // Another node's certificate.
+        let e = one_error(&with_tls(dir.path(), "n2", ""));
+        assert!(e.contains("names node `n2`, but this node is `n1`"), "{e}");
+        // A master without the master role in its certificate.
+        let text = with_tls(dir.path(), "n1", "").replace("name = \"n1\"", "name = \"n1\"\nroles = [\"master\", \"worker\"]");
+        let e = one_error(&text);
+        assert!(e.contains("--master"), "{e}");
+        // Garbage in place of the key.
+        std::fs::write(dir.path().join("n1.key"), "not a key").unwrap();
+        let e = one_error(&with_tls(dir.path(), "n1", ""));
+        assert!(e.contains("n1.key"), "{e}");
+        // admin.tls needs cluster.tls.
+        let e = one_error(&format!("{GOOD}\n[admin]\ntls = true\n"));
+        assert!(e.contains("admin.tls"), "{e}");
+    }
+
+    #[test]
+    fn a_tokens_file_is_checked_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("tokens.toml");
+        let text = format!("{GOOD}\n[admin]\nlisten = \"0.0.0.0:7701\"\ntokens_file = \"{}\"\n", f.display());
+        let e = one_error(&text);
+        assert!(e.contains("admin.tokens_file"), "{e}");
+        std::fs::write(&f, "[[token]]\nlabel = \"x\"\nrole = \"root\"\nsha256 = \"00\"\n").unwrap();
+        let e = errs(&text);
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e.iter().all(|e| e.key == "admin.tokens_file"), "{e:?}");
+        crate::tokens::add(&dir.path().join("ok.toml"), "ci", crate::tokens::Role::Read).unwrap();
+        let ok = text.replace("tokens.toml", "ok.toml");
+        let cfg = parse(&ok, "c.toml", Path::new("/tmp")).unwrap();
+        assert_eq!(cfg.admin.tokens.entries.len(), 1);
+    }
+
     #[test]
     fn a_public_admin_listener_needs_a_token() {
         let text = format!("{GOOD}\n[admin]\nlisten = \"0.0.0.0:7701\"\n");
-        assert!(one_error(&text).contains("token file is required"));
+        assert!(one_error(&text).contains("a token file (`token_file` or `tokens_file`) is required"));
     }
 
     #[test]

@@ -165,6 +165,12 @@ pub fn install_exporter(listen: SocketAddr) -> anyhow::Result<()> {
     for reason in crate::cluster_port::REFUSAL_REASONS {
         metrics::counter!(CONNECTIONS_REFUSED, "reason" => *reason).increment(0);
     }
+    for port in ["admin", "data"] {
+        for reason in ["handshake", "timeout", "too_many"] {
+            metrics::counter!(TLS_HANDSHAKE_FAILURES, "port" => port, "reason" => reason)
+                .increment(0);
+        }
+    }
     for reason in ["no_token", "wrong_token"] {
         metrics::counter!(DATA_PLANE_REJECTED, "reason" => reason).increment(0);
     }

@@ -472,115 +472,6 @@ pub fn issue_node(dir: &Path, spec: &NodeCert) -> Result<Vec<PathBuf>, String> {
     Ok(vec![crt, key_path])
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn node(dir: &Path, name: &str, master: bool) {
-        issue_node(
-            dir,
-            &NodeCert {
-                name: name.into(),
-                master,
-                hosts: vec!["render-01.example".into(), "10.0.0.5".into()],
-                days: 30,
-            },
-        )
-        .unwrap();
-    }
-
-    #[test]
-    fn a_node_certificate_names_its_node_and_role_and_its_key_is_private() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        init_ca(dir.path(), 365).unwrap();
-        node(dir.path(), "node-0", true);
-        node(dir.path(), "node-1", false);
-        for k in ["ca.key", "node-0.key", "node-1.key"] {
-            let mode = std::fs::metadata(dir.path().join(k))
-                .unwrap()
-                .permissions()
-                .mode();
-            assert_eq!(mode & 0o777, 0o600, "{k}");
-        }
-        let paths = |n: &str| TlsPaths {
-            cert: dir.path().join(format!("{n}.crt")),
-            key: dir.path().join(format!("{n}.key")),
-            ca: dir.path().join("ca.crt"),
-        };
-        let t0 = load(&paths("node-0"), "node-0").unwrap();
-        assert_eq!(
-            t0.identity,
-            Identity {
-                name: "node-0".into(),
-                master: true
-            }
-        );
-        let t1 = load(&paths("node-1"), "node-1").unwrap();
-        assert_eq!(
-            t1.identity,
-            Identity {
-                name: "node-1".into(),
-                master: false
-            }
-        );
-        // A certificate under another name is refused, naming both.
-        let e = load(&paths("node-1"), "node-2").unwrap_err();
-        assert!(
-            e.contains("names node `node-1`") && e.contains("`node-2`"),
-            "{e}"
-        );
-        // Nothing is overwritten.
-        let e = init_ca(dir.path(), 365).unwrap_err();
-        assert!(e.contains("exists"), "{e}");
-        let e = issue_node(
-            dir.path(),
-            &NodeCert {
-                name: "node-1".into(),
-                days: 1,
-                ..Default::default()
-            },
-        )
-        .unwrap_err();
-        assert!(e.contains("exists"), "{e}");
-    }
-
-    #[test]
-    fn a_certificate_of_another_ca_is_refused_at_load() {
-        let a = tempfile::tempdir().unwrap();
-        let b = tempfile::tempdir().unwrap();
-        init_ca(a.path(), 365).unwrap();
-        init_ca(b.path(), 365).unwrap();
-        node(b.path(), "node-1", false);
-        let e = load(
-            &TlsPaths {
-                cert: b.path().join("node-1.crt"),
-                key: b.path().join("node-1.key"),
-                ca: a.path().join("ca.crt"),
-            },
-            "node-1",
-        )
-        .unwrap_err();
-        assert!(e.contains("is not signed by the CA"), "{e}");
-    }
-
-    #[test]
-    fn garbage_in_place_of_pem_is_one_clear_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("x.crt");
-        for bytes in [
-            &b""[..],
-            b"hello",
-            b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
-        ] {
-            std::fs::write(&f, bytes).unwrap();
-            let e = certs("certificate", &f).unwrap_err();
-            assert!(e.contains("x.crt"), "{e}");
-        }
-        assert!(identity_of(&CertificateDer::from(vec![0x30, 0x03, 1, 2, 3])).is_err());
-    }
-}
-
 // ---- serving HTTP over TLS (the admin API, the data plane) ----
 
 /// Most TLS handshakes in progress on one listener.
@@ -699,5 +590,114 @@ pub async fn serve(
             let l = TlsListener::new(listener, config, port, node)?;
             axum::serve(l, router).with_graceful_shutdown(stop).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(dir: &Path, name: &str, master: bool) {
+        issue_node(
+            dir,
+            &NodeCert {
+                name: name.into(),
+                master,
+                hosts: vec!["render-01.example".into(), "10.0.0.5".into()],
+                days: 30,
+            },
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_node_certificate_names_its_node_and_role_and_its_key_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path(), 365).unwrap();
+        node(dir.path(), "node-0", true);
+        node(dir.path(), "node-1", false);
+        for k in ["ca.key", "node-0.key", "node-1.key"] {
+            let mode = std::fs::metadata(dir.path().join(k))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{k}");
+        }
+        let paths = |n: &str| TlsPaths {
+            cert: dir.path().join(format!("{n}.crt")),
+            key: dir.path().join(format!("{n}.key")),
+            ca: dir.path().join("ca.crt"),
+        };
+        let t0 = load(&paths("node-0"), "node-0").unwrap();
+        assert_eq!(
+            t0.identity,
+            Identity {
+                name: "node-0".into(),
+                master: true
+            }
+        );
+        let t1 = load(&paths("node-1"), "node-1").unwrap();
+        assert_eq!(
+            t1.identity,
+            Identity {
+                name: "node-1".into(),
+                master: false
+            }
+        );
+        // A certificate under another name is refused, naming both.
+        let e = load(&paths("node-1"), "node-2").unwrap_err();
+        assert!(
+            e.contains("names node `node-1`") && e.contains("`node-2`"),
+            "{e}"
+        );
+        // Nothing is overwritten.
+        let e = init_ca(dir.path(), 365).unwrap_err();
+        assert!(e.contains("exists"), "{e}");
+        let e = issue_node(
+            dir.path(),
+            &NodeCert {
+                name: "node-1".into(),
+                days: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(e.contains("exists"), "{e}");
+    }
+
+    #[test]
+    fn a_certificate_of_another_ca_is_refused_at_load() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        init_ca(a.path(), 365).unwrap();
+        init_ca(b.path(), 365).unwrap();
+        node(b.path(), "node-1", false);
+        let e = load(
+            &TlsPaths {
+                cert: b.path().join("node-1.crt"),
+                key: b.path().join("node-1.key"),
+                ca: a.path().join("ca.crt"),
+            },
+            "node-1",
+        )
+        .unwrap_err();
+        assert!(e.contains("is not signed by the CA"), "{e}");
+    }
+
+    #[test]
+    fn garbage_in_place_of_pem_is_one_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("x.crt");
+        for bytes in [
+            &b""[..],
+            b"hello",
+            b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+        ] {
+            std::fs::write(&f, bytes).unwrap();
+            let e = certs("certificate", &f).unwrap_err();
+            assert!(e.contains("x.crt"), "{e}");
+        }
+        assert!(identity_of(&CertificateDer::from(vec![0x30, 0x03, 1, 2, 3])).is_err());
     }
 }

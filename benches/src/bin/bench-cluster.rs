@@ -42,7 +42,8 @@ struct Args {
     /// `[store] durability` modes of the durability shape (comma-separated;
     /// the first is the baseline the others are compared with). `MODE@PATH`
     /// runs MODE with the `orch-node` binary at PATH, to compare two builds
-    /// side by side in one run.
+    /// side by side in one run; `MODE+tls` runs MODE with mutual TLS
+    /// between the nodes (certificates made with `orchctl tls`).
     #[arg(long, value_delimiter = ',', default_value = "memory,process,power")]
     modes: Vec<String>,
     /// Builds the `admin` shape compares (comma-separated `LABEL@PATH` of an
@@ -75,7 +76,34 @@ fn node_spec(name: &str) -> NodeSpec {
 }
 
 fn cluster(bins: &Bins, devices: u32, hb: u64) -> Result<TestCluster> {
-    cluster_with(bins, devices, hb, None)
+    cluster_with(bins, devices, hb, None, None)
+}
+
+/// Certificates for `node-0` (master) .. `node-2` made with `orchctl tls`
+/// in a folder of `c`'s; the `[cluster] tls` line of each node.
+fn make_certs(bins: &Bins, dir: &std::path::Path) -> Result<Vec<String>> {
+    let run = |args: &[&str]| -> Result<()> {
+        let out = Command::new(&bins.ctl).args(args).output()?;
+        if !out.status.success() {
+            bail!("orchctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    let d = dir.to_str().context("utf-8 path")?;
+    run(&["tls", "init", d])?;
+    let mut lines = Vec::new();
+    for i in 0..3 {
+        let n = format!("node-{i}");
+        if i == 0 {
+            run(&["tls", "node", d, &n, "--master"])?;
+        } else {
+            run(&["tls", "node", d, &n])?;
+        }
+        lines.push(format!(
+            "tls = {{ cert = \"{d}/{n}.crt\", key = \"{d}/{n}.key\", ca = \"{d}/ca.crt\" }}\n"
+        ));
+    }
+    Ok(lines)
 }
 
 /// Three nodes (node-0 master + worker) with `devices` devices each;
@@ -85,6 +113,7 @@ fn cluster_with(
     devices: u32,
     hb: u64,
     durability: Option<&str>,
+    tls: Option<&[String]>,
 ) -> Result<TestCluster> {
     let mut c = TestCluster::new(bins.clone());
     let mport = free_port();
@@ -92,6 +121,9 @@ fn cluster_with(
     m.devices = devices;
     m.max_concurrency = devices;
     m.durability = durability.map(str::to_string);
+    if let Some(t) = tls {
+        m.cluster_toml = t[0].clone();
+    }
     c.add_with_port(m, mport)?;
     for i in 1..=2 {
         let mut w = node_spec(&format!("node-{i}"))
@@ -100,6 +132,9 @@ fn cluster_with(
         w.devices = devices;
         w.max_concurrency = devices;
         w.durability = durability.map(str::to_string);
+        if let Some(t) = tls {
+            w.cluster_toml = t[i].clone();
+        }
         c.add(w)?;
     }
     c.wait_for("3 healthy workers", Duration::from_secs(20), |ws| {
@@ -230,9 +265,33 @@ fn mode_and_bins(entry: &str, bins: &Bins) -> (String, Bins) {
     }
 }
 
-fn durability_run(bins: &Bins, entry: &str, chunk: u64, name: &str) -> Result<DurabilityRun> {
+/// A `--modes` entry's durability, and whether it runs with mutual TLS (`MODE+tls`).
+fn mode_and_tls(mode: &str) -> (&str, bool) {
+    match mode.strip_suffix("+tls") {
+        Some(m) => (m, true),
+        None => (mode, false),
+    }
+}
+
+fn durability_run(
+    bins: &Bins,
+    entry: &str,
+    chunk: u64,
+    name: &str,
+    certs: &[String],
+) -> Result<DurabilityRun> {
     let (mode, bins) = mode_and_bins(entry, bins);
-    let c = cluster_with(&bins, 4, 1000, Some(&mode))?;
+    let (mode, tls) = mode_and_tls(&mode);
+    let mode = mode.to_string();
+    let c = cluster_with(&bins, 4, 1000, Some(&mode), tls.then_some(certs))?;
+    if tls {
+        for n in &c.nodes {
+            let log = std::fs::read_to_string(&n.log)?;
+            if !log.contains("mutual TLS on the cluster link") {
+                bail!("{entry}: node `{}` does not run mutual TLS", n.spec.name);
+            }
+        }
+    }
     let admin = c.nodes[0].admin_addr;
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(30))
@@ -308,6 +367,8 @@ fn median(v: &[f64]) -> f64 {
 /// and the slowdown of each mode against memory.
 fn durability(bins: &Bins, quick: bool, modes: &[String]) -> Result<Value> {
     let reps = if quick { 1 } else { 5 };
+    let cert_dir = tempfile::tempdir()?;
+    let certs = make_certs(bins, cert_dir.path())?;
     let mut out = json!({
         "frames": DURABILITY_FRAMES,
         "repetitions": reps,
@@ -319,7 +380,8 @@ fn durability(bins: &Bins, quick: bool, modes: &[String]) -> Result<Value> {
         let mut runs: Vec<Vec<DurabilityRun>> = modes.iter().map(|_| Vec::new()).collect();
         for rep in 0..reps {
             for (k, mode) in modes.iter().enumerate() {
-                let r = durability_run(bins, mode, chunk, &format!("dur-{k}-{chunk}-{rep}"))?;
+                let r =
+                    durability_run(bins, mode, chunk, &format!("dur-{k}-{chunk}-{rep}"), &certs)?;
                 eprintln!(
                     "   tasks of {chunk:>3}  {mode:<7}  wall {:.3} s  session {:.3} s  {:.0} commits  {:.0} events  {:.3} s in commits  {:.0} over 50 ms  cpu s per node {:.2?}",
                     r.wall, r.session, r.commits, r.events, r.commit_seconds, r.slow_commits, r.cpu
@@ -808,7 +870,8 @@ fn main() -> Result<()> {
             if !b.node.exists() {
                 bail!("--modes: no `orch-node` at `{}`", b.node.display());
             }
-            if !DURABILITY_MODES.contains(&m.as_str()) {
+            let (m, _) = mode_and_tls(&m);
+            if !DURABILITY_MODES.contains(&m) {
                 bail!("--modes: unknown durability `{m}`, expected one of {DURABILITY_MODES:?}");
             }
         }
