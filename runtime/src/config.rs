@@ -135,12 +135,15 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
     pub name: String,
-    /// `http://host:port/path`.
+    /// `http://host:port/path` or `https://…`.
     pub url: String,
     /// Event type patterns (`pipeline.*`); empty: every event.
     pub events: Vec<String>,
     /// Signs each delivery (HMAC-SHA256 of the body).
     pub secret: Secret,
+    /// For `https://`: trust this CA (a private receiver) instead of the
+    /// public roots.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 #[derive(Debug, Clone)]
@@ -235,6 +238,7 @@ struct RawWebhook {
     events: Vec<String>,
     secret: Option<String>,
     secret_file: Option<PathBuf>,
+    ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1138,9 +1142,11 @@ impl RawConfig {
                     format!("expected a unique name of 1 to 64 characters from `A-Z a-z 0-9 - _ .`, got `{}`", shown(&name)),
                 );
             }
+            let https = w.url.starts_with("https://");
             let url_ok = w
                 .url
                 .strip_prefix("http://")
+                .or_else(|| w.url.strip_prefix("https://"))
                 .and_then(|rest| rest.split('/').next())
                 .is_some_and(|host_port| !host_port.is_empty());
             if !url_ok
@@ -1150,7 +1156,7 @@ impl RawConfig {
                 p.add(
                     at("url"),
                     format!(
-                        "expected `http://HOST[:PORT]/PATH` (https: put a relay on the same host), got `{}`",
+                        "expected `http://HOST[:PORT]/PATH` or `https://HOST[:PORT]/PATH`, got `{}`",
                         shown(&w.url)
                     ),
                 );
@@ -1182,11 +1188,26 @@ impl RawConfig {
                 }
             };
             if let Some(secret) = secret {
+                let tls = match (&w.ca, https) {
+                    (Some(_), false) => {
+                        p.add(at("ca"), "a CA is for an `https://` URL");
+                        None
+                    }
+                    (Some(ca), true) => match crate::tls::admin_client(&resolve(ca)) {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            p.add(at("ca"), e);
+                            None
+                        }
+                    },
+                    (None, _) => None,
+                };
                 webhooks.push(WebhookConfig {
                     name,
                     url: w.url.clone(),
                     events: w.events.clone(),
                     secret,
+                    tls,
                 });
             }
         }

@@ -92,10 +92,13 @@ fn deliver_forever(node: &str, data_dir: &Path, hook: &WebhookConfig, rm: &ReadM
         types: hook.events.clone(),
         correlation_id: None,
     };
-    let agent = ureq::AgentBuilder::new()
+    let mut agent = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(5))
-        .timeout(TIMEOUT)
-        .build();
+        .timeout(TIMEOUT);
+    if let Some(tls) = &hook.tls {
+        agent = agent.tls_config(tls.clone());
+    }
+    let agent = agent.build();
     let mut live = bus.subscribe();
     loop {
         let first = bus.first_id();

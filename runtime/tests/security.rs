@@ -673,3 +673,78 @@ fn rand_u64() -> u64 {
     );
     h.finish()
 }
+
+#[test]
+fn a_webhook_over_https_to_a_receiver_of_a_private_ca_gets_the_events() {
+    let mut c = TestCluster::new(bins!());
+    let tls = c.dir.path().join("tls");
+    make_certs(&c, &tls, &["receiver"]);
+    // The receiver: HTTPS with a certificate of the private CA, in this process.
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+    let port = free_port();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server_tls = orch_runtime::tls::load(
+        &orch_runtime::tls::TlsPaths {
+            cert: tls.join("receiver.crt"),
+            key: tls.join("receiver.key"),
+            ca: tls.join("ca.crt"),
+        },
+        "receiver",
+    )
+    .unwrap();
+    let sink = got.clone();
+    rt.spawn(async move {
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+                let sink = sink.clone();
+                async move {
+                    let kind = headers
+                        .get("X-Orch-Event-Type")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    sink.lock().unwrap().push((kind, body));
+                    "ok"
+                }
+            }),
+        );
+        let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        orch_runtime::tls::serve(
+            l,
+            Some((server_tls.admin.clone(), "admin", "receiver".into())),
+            app,
+            std::future::pending(),
+        )
+        .await
+    });
+    let mut m = NodeSpec::new("node-0").master();
+    m.extra_toml = format!(
+        "[[webhook]]\nurl = \"https://127.0.0.1:{port}/hook\"\nsecret = \"hook-secret\"\nca = \"{}\"\nevents = [\"session.*\"]\n",
+        tls.join("ca.crt").display()
+    );
+    c.add(m).unwrap();
+    c.wait_for("the node", Duration::from_secs(10), |ws| {
+        all_healthy(ws, &["node-0"])
+    })
+    .unwrap();
+    let id = c
+        .submit(
+            "hooked",
+            "name = \"hooked\"\nframes = { start = 0, end = 4 }\nchunk_frames = 1\nid_chunk_size = 10\n[executor]\nkind = \"builtin:noop\"\n",
+        )
+        .unwrap();
+    wait_until(
+        "session.completed delivered over HTTPS",
+        Duration::from_secs(20),
+        || {
+            got.lock()
+                .unwrap()
+                .iter()
+                .any(|(k, b)| k == "session.completed" && b.contains(&id))
+        },
+    )
+    .unwrap();
+}
