@@ -103,12 +103,12 @@ fn three_nodes_with_mutual_tls_run_the_quickstart_and_refuse_peers_without_a_cer
     let m = c
         .wait_for_manifest(
             &id,
-            "every output collected",
+            "all 48 outputs listed and collected",
             Duration::from_secs(60),
             |m| {
                 m["collection"]["files"]
                     .as_array()
-                    .is_some_and(|f| !f.is_empty() && f.iter().all(|f| f["state"] == "collected"))
+                    .is_some_and(|f| f.len() == 48 && f.iter().all(|f| f["state"] == "collected"))
             },
         )
         .unwrap();
