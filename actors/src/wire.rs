@@ -26,8 +26,19 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
     rmp_serde::to_vec_named(value).map_err(|e| format!("cannot encode message: {e}"))
 }
 
-/// Decode bytes from the network, refusing nesting deeper than [`MAX_DEPTH`].
+/// Decode bytes from the network, refusing nesting deeper than [`MAX_DEPTH`]
+/// and any length that more than the bytes left could not hold.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    check_lengths(bytes).map_err(|e| {
+        format!(
+            "malformed `{}` ({} bytes): {e}",
+            std::any::type_name::<T>()
+                .rsplit("::")
+                .next()
+                .unwrap_or("message"),
+            bytes.len()
+        )
+    })?;
     let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
     de.set_max_depth(MAX_DEPTH);
     T::deserialize(&mut de).map_err(|e| {
@@ -40,6 +51,86 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
             bytes.len()
         )
     })
+}
+
+/// Walk the MessagePack value at the start of `bytes` and refuse any length
+/// header that the bytes after it cannot fill: an array or map of more
+/// elements than bytes left (each takes at least one), a string, binary or
+/// extension longer than what follows. Decoders reserve room for what a
+/// header declares (serde caps it at 1 MiB per sequence); after this check
+/// what they reserve is bounded by the message's own size. Linear, no
+/// recursion.
+pub fn check_lengths(bytes: &[u8]) -> Result<(), String> {
+    let mut at = 0usize;
+    // Values still to read.
+    let mut pending: u64 = 1;
+    let n = bytes.len();
+    let take = |at: &mut usize, k: usize| -> Result<u64, String> {
+        if *at + k > n {
+            return Err(format!("ends inside a header at byte {at}"));
+        }
+        let mut v = 0u64;
+        for b in &bytes[*at..*at + k] {
+            v = (v << 8) | u64::from(*b);
+        }
+        *at += k;
+        Ok(v)
+    };
+    while pending > 0 {
+        if at >= n {
+            return Err(format!(
+                "ends at byte {at} with {pending} values still to come"
+            ));
+        }
+        let head = at;
+        let b = bytes[at];
+        at += 1;
+        pending -= 1;
+        // (bytes of payload to skip, values that follow)
+        let (skip, values): (u64, u64) = match b {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
+            0x80..=0x8f => (0, 2 * u64::from(b & 0x0f)),
+            0x90..=0x9f => (0, u64::from(b & 0x0f)),
+            0xa0..=0xbf => (u64::from(b & 0x1f), 0),
+            0xc4 | 0xd9 => (take(&mut at, 1)?, 0),
+            0xc5 | 0xda => (take(&mut at, 2)?, 0),
+            0xc6 | 0xdb => (take(&mut at, 4)?, 0),
+            0xc7 => (take(&mut at, 1)? + 1, 0),
+            0xc8 => (take(&mut at, 2)? + 1, 0),
+            0xc9 => (take(&mut at, 4)? + 1, 0),
+            0xca => (4, 0),
+            0xcb => (8, 0),
+            0xcc | 0xd0 => (1, 0),
+            0xcd | 0xd1 => (2, 0),
+            0xce | 0xd2 => (4, 0),
+            0xcf | 0xd3 => (8, 0),
+            0xd4 => (2, 0),
+            0xd5 => (3, 0),
+            0xd6 => (5, 0),
+            0xd7 => (9, 0),
+            0xd8 => (17, 0),
+            0xdc => (0, take(&mut at, 2)?),
+            0xdd => (0, take(&mut at, 4)?),
+            0xde => (0, 2 * take(&mut at, 2)?),
+            0xdf => (0, 2 * take(&mut at, 4)?),
+            0xc1 => return Err(format!("byte 0xc1 (never used) at {head}")),
+        };
+        let left = (n - at) as u64;
+        if skip > left {
+            return Err(format!(
+                "a value at byte {head} declares {skip} bytes but {left} follow"
+            ));
+        }
+        at += skip as usize;
+        pending += values;
+        if pending > (n - at) as u64 {
+            return Err(format!(
+                "a value at byte {head} declares more elements than the {} bytes left could hold",
+                n - at
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn cast(variant: &str, args: Vec<u8>) -> SerializedMessage {
