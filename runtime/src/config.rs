@@ -1496,7 +1496,12 @@ capabilities = { gpu = true }
         let node = |name: &str, master: bool| {
             crate::tls::issue_node(
                 dir.path(),
-                &crate::tls::NodeCert { name: name.into(), master, hosts: vec![], days: 30 },
+                &crate::tls::NodeCert {
+                    name: name.into(),
+                    master,
+                    hosts: vec![],
+                    days: 30,
+                },
             )
             .unwrap();
         };
@@ -1507,7 +1512,10 @@ capabilities = { gpu = true }
         let e = one_error(&with_tls(dir.path(), "n2", ""));
         assert!(e.contains("names node `n2`, but this node is `n1`"), "{e}");
         // A master without the master role in its certificate.
-        let text = with_tls(dir.path(), "n1", "").replace("name = \"n1\"", "name = \"n1\"\nroles = [\"master\", \"worker\"]");
+        let text = with_tls(dir.path(), "n1", "").replace(
+            "name = \"n1\"",
+            "name = \"n1\"\nroles = [\"master\", \"worker\"]",
+        );
         let e = one_error(&text);
         assert!(e.contains("--master"), "{e}");
         // Garbage in place of the key.
@@ -1523,10 +1531,17 @@ capabilities = { gpu = true }
     fn a_tokens_file_is_checked_at_load() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("tokens.toml");
-        let text = format!("{GOOD}\n[admin]\nlisten = \"0.0.0.0:7701\"\ntokens_file = \"{}\"\n", f.display());
+        let text = format!(
+            "{GOOD}\n[admin]\nlisten = \"0.0.0.0:7701\"\ntokens_file = \"{}\"\n",
+            f.display()
+        );
         let e = one_error(&text);
         assert!(e.contains("admin.tokens_file"), "{e}");
-        std::fs::write(&f, "[[token]]\nlabel = \"x\"\nrole = \"root\"\nsha256 = \"00\"\n").unwrap();
+        std::fs::write(
+            &f,
+            "[[token]]\nlabel = \"x\"\nrole = \"root\"\nsha256 = \"00\"\n",
+        )
+        .unwrap();
         let e = errs(&text);
         assert_eq!(e.len(), 2, "{e:?}");
         assert!(e.iter().all(|e| e.key == "admin.tokens_file"), "{e:?}");
@@ -1539,7 +1554,9 @@ capabilities = { gpu = true }
     #[test]
     fn a_public_admin_listener_needs_a_token() {
         let text = format!("{GOOD}\n[admin]\nlisten = \"0.0.0.0:7701\"\n");
-        assert!(one_error(&text).contains("a token file (`token_file` or `tokens_file`) is required"));
+        assert!(
+            one_error(&text).contains("a token file (`token_file` or `tokens_file`) is required")
+        );
     }
 
     #[test]
