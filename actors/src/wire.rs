@@ -29,28 +29,15 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
 /// Decode bytes from the network, refusing nesting deeper than [`MAX_DEPTH`]
 /// and any length that more than the bytes left could not hold.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    check_lengths(bytes).map_err(|e| {
-        format!(
-            "malformed `{}` ({} bytes): {e}",
-            std::any::type_name::<T>()
-                .rsplit("::")
-                .next()
-                .unwrap_or("message"),
-            bytes.len()
-        )
-    })?;
+    let malformed = |e: &dyn std::fmt::Display| {
+        let name = std::any::type_name::<T>();
+        let name = name.rsplit("::").next().unwrap_or("message");
+        format!("malformed `{name}` ({} bytes): {e}", bytes.len())
+    };
+    check_lengths(bytes).map_err(|e| malformed(&e))?;
     let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
     de.set_max_depth(MAX_DEPTH);
-    T::deserialize(&mut de).map_err(|e| {
-        format!(
-            "malformed `{}` ({} bytes): {e}",
-            std::any::type_name::<T>()
-                .rsplit("::")
-                .next()
-                .unwrap_or("message"),
-            bytes.len()
-        )
-    })
+    T::deserialize(&mut de).map_err(|e| malformed(&e))
 }
 
 /// Walk the MessagePack value at the start of `bytes` and refuse any length
