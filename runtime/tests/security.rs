@@ -24,6 +24,22 @@ fn ctl(c: &TestCluster, args: &[&str]) -> std::process::Output {
     out
 }
 
+/// `orchctl token new` into the tokens file `tokens`: the token, and a
+/// file holding it.
+fn new_token(c: &TestCluster, tokens: &Path, label: &str, role: &str) -> (String, PathBuf) {
+    let file = tokens.to_str().unwrap();
+    let out = ctl(
+        c,
+        &[
+            "token", "new", "--file", file, "--label", label, "--role", role,
+        ],
+    );
+    let t = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let f = c.dir.path().join(format!("{label}.token"));
+    std::fs::write(&f, &t).unwrap();
+    (t, f)
+}
+
 /// `orchctl tls init` in `dir` and a certificate for each of `nodes`
 /// (the first may be master).
 fn make_certs(c: &TestCluster, dir: &Path, nodes: &[&str]) {
@@ -389,25 +405,7 @@ fn a_certificate_naming_node_1_cannot_act_as_node_2() {
 fn tokens_have_roles_a_read_token_cannot_cancel_and_an_operate_token_cannot_drain() {
     let mut c = TestCluster::new(bins!());
     let tokens = c.dir.path().join("tokens.toml");
-    let new = |label: &str, role: &str| {
-        let out = ctl(
-            &c,
-            &[
-                "token",
-                "new",
-                "--file",
-                tokens.to_str().unwrap(),
-                "--label",
-                label,
-                "--role",
-                role,
-            ],
-        );
-        let t = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        let f = c.dir.path().join(format!("{label}.token"));
-        std::fs::write(&f, &t).unwrap();
-        (t, f)
-    };
+    let new = |label: &str, role: &str| new_token(&c, &tokens, label, role);
     let (read, read_file) = new("viewer", "read");
     let (operate, operate_file) = new("alice", "operate");
     let (_, admin_file) = new("root", "admin");
@@ -515,22 +513,7 @@ fn no_log_line_api_answer_or_task_output_of_a_full_run_holds_a_secret() {
     let secret = format!("cluster-{:016x}{:016x}", rand_u64(), rand_u64());
     let hook_secret = format!("hook-{:016x}", rand_u64());
     let tokens = c.dir.path().join("tokens.toml");
-    let out = ctl(
-        &c,
-        &[
-            "token",
-            "new",
-            "--file",
-            tokens.to_str().unwrap(),
-            "--label",
-            "ops",
-            "--role",
-            "admin",
-        ],
-    );
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let token_file = c.dir.path().join("ops.token");
-    std::fs::write(&token_file, &token).unwrap();
+    let (token, token_file) = new_token(&c, &tokens, "ops", "admin");
     c.ctl_env = vec![("ORCH_TOKEN_FILE".into(), token_file.display().to_string())];
 
     let mport = free_port();
