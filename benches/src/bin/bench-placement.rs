@@ -284,6 +284,11 @@ struct Run {
     burst_tasks: usize,
     completions_per_s: f64,
     completed: u64,
+    /// With `sliced`: the time spent in the `Place` events that followed
+    /// results (one placement each, into the device a result freed), and
+    /// the assignments they made.
+    steady_s: f64,
+    steady_placements: usize,
 }
 
 fn run(nodes: usize, devices: usize, tasks: u64, scan: bool, sliced: bool) -> Run {
@@ -319,6 +324,7 @@ fn run(nodes: usize, devices: usize, tasks: u64, scan: bool, sliced: bool) -> Ru
     let burst_tasks = queue.len();
     let t1 = Instant::now();
     let mut completed = 0u64;
+    let (mut steady_s, mut steady_placements) = (0.0, 0);
     let mut i = 0;
     while i < queue.len() {
         if let SchedCommand::Assign { node, task, .. } = std::mem::replace(
@@ -337,7 +343,14 @@ fn run(nodes: usize, devices: usize, tasks: u64, scan: bool, sliced: bool) -> Ru
             let more = s.on_event(orch_benches::completed(node, task), 1);
             queue.extend(more);
             while sliced && s.wants_to_place() {
-                queue.extend(s.on_event(SchedEvent::Place, 1));
+                let t = Instant::now();
+                let slice = s.on_event(SchedEvent::Place, 1);
+                steady_s += t.elapsed().as_secs_f64();
+                steady_placements += slice
+                    .iter()
+                    .filter(|c| matches!(c, SchedCommand::Assign { .. }))
+                    .count();
+                queue.extend(slice);
             }
         }
         i += 1;
@@ -347,6 +360,8 @@ fn run(nodes: usize, devices: usize, tasks: u64, scan: bool, sliced: bool) -> Ru
         burst_tasks,
         completions_per_s: completed as f64 / t1.elapsed().as_secs_f64().max(1e-9),
         completed,
+        steady_s,
+        steady_placements,
     }
 }
 
@@ -359,8 +374,15 @@ fn main() -> anyhow::Result<()> {
     }
     let mut out = Vec::new();
     println!(
-        "{:<10} {:>8} {:<6} {:>12} {:>8} {:>14} {:>14}",
-        "fleet", "devices", "place", "burst", "tasks", "µs/placement", "completions/s"
+        "{:<10} {:>8} {:<6} {:>12} {:>8} {:>14} {:>14} {:>16}",
+        "fleet",
+        "devices",
+        "place",
+        "burst",
+        "tasks",
+        "µs/placement",
+        "completions/s",
+        "steady µs/place"
     );
     for f in &args.fleets {
         let (n, d) = f
@@ -377,26 +399,30 @@ fn main() -> anyhow::Result<()> {
         for (scan, sliced) in modes {
             let r = run(n, d, args.tasks, scan, sliced);
             let per = r.burst_s * 1e6 / r.burst_tasks.max(1) as f64;
+            let steady =
+                (r.steady_placements > 0).then(|| r.steady_s * 1e6 / r.steady_placements as f64);
             let mode = match (scan, sliced) {
                 (true, _) => "scan",
                 (false, true) => "sliced",
                 _ => "index",
             };
             println!(
-                "{:<10} {:>8} {:<6} {:>10.1}ms {:>8} {:>14.2} {:>14.0}",
+                "{:<10} {:>8} {:<6} {:>10.1}ms {:>8} {:>14.2} {:>14.0} {:>16}",
                 f,
                 n * d,
                 mode,
                 r.burst_s * 1000.0,
                 r.burst_tasks,
                 per,
-                r.completions_per_s
+                r.completions_per_s,
+                steady.map_or("-".to_string(), |s| format!("{s:.2}"))
             );
             out.push(json!({
                 "fleet": f, "devices": n * d, "placement": mode,
                 "burst_ms": r.burst_s * 1000.0, "burst_tasks": r.burst_tasks,
                 "us_per_placement": per, "completions_per_s": r.completions_per_s,
                 "completed": r.completed,
+                "steady_us_per_placement": steady, "steady_placements": r.steady_placements,
             }));
         }
     }
