@@ -51,8 +51,9 @@ pub const MAX_PER_NODE: usize = 2;
 pub const MAX_MISMATCH_TRIES: u32 = 3;
 /// Longest wait between two tries of one file.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// Buffer of one transfer.
-const BUF: usize = 1024 * 1024;
+/// Buffer of one transfer: what one read from the socket or the disk
+/// brings, hashed and written while it is still in the core's cache.
+const BUF: usize = 128 * 1024;
 /// How long a request to the master may take.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -611,13 +612,25 @@ impl Collector {
                             let (addr, rel, token) =
                                 (addr.clone(), rel.clone(), self.token.clone());
                             tokio::task::spawn_blocking(move || {
-                                let _ = crate::data_plane::agent()
-                                    .post(&crate::data_plane::url(
-                                        &addr,
-                                        &format!("/v1/release/{rel}"),
-                                    ))
-                                    .set("Authorization", &format!("Bearer {token}"))
-                                    .call();
+                                let url =
+                                    crate::data_plane::url(&addr, &format!("/v1/release/{rel}"));
+                                // Whether the request failed on its way
+                                // (no answer at all).
+                                let lost = || {
+                                    matches!(
+                                        crate::data_plane::agent()
+                                            .post(&url)
+                                            .set("Authorization", &format!("Bearer {token}"))
+                                            .call(),
+                                        Err(ureq::Error::Transport(_))
+                                    )
+                                };
+                                // A pooled connection the node closed while
+                                // idle fails before the request is read: once
+                                // more, on a new one (a release is idempotent).
+                                if lost() {
+                                    lost();
+                                }
                             });
                         }
                     }
@@ -835,17 +848,13 @@ fn fetch_remote(
     f.seek(std::io::SeekFrom::Start(have)).map_err(io)?;
     let received = metrics::counter!(m::DATA_PLANE_BYTES, "direction" => "received");
     let mut reader = resp.into_reader().take(size - have + 1);
-    let mut w = std::io::BufWriter::with_capacity(BUF, &mut f);
-    let got = pump(&mut reader, &mut w, &mut h);
-    let flushed = w.flush();
-    drop(w);
-    match (got, flushed) {
-        (Ok(n), Ok(())) => {
+    match pump(&mut reader, &mut f, &mut h) {
+        Ok(n) => {
             received.increment(n);
             Ok((have + n, crate::outputs::hex(&h.finalize())))
         }
         // Cut off mid-way: what arrived stays in `part` for the next try.
-        (Err(e), _) | (_, Err(e)) => Err(Outcome::Unreachable(format!(
+        Err(e) => Err(Outcome::Unreachable(format!(
             "transfer from `{addr}` cut off: {e}"
         ))),
     }

@@ -487,13 +487,25 @@ pub fn url(addr: &str, path: &str) -> String {
 /// A blocking client of another node's data plane (run it off the async
 /// threads): one agent per collector, short timeouts to connect.
 pub fn agent() -> ureq::Agent {
-    let mut b = ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(3))
-        .timeout_read(Duration::from_secs(30));
-    if let Some(tls) = CLIENT_TLS.get() {
-        b = b.tls_config(tls.clone());
+    // One agent per process (one for each scheme), so that transfers to a
+    // node reuse their connections (and TLS sessions) instead of opening
+    // one per file.
+    static PLAIN: std::sync::OnceLock<ureq::Agent> = std::sync::OnceLock::new();
+    static TLS: std::sync::OnceLock<ureq::Agent> = std::sync::OnceLock::new();
+    let build = |tls: Option<&Arc<rustls::ClientConfig>>| {
+        let mut b = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(3))
+            .timeout_read(Duration::from_secs(30))
+            .max_idle_connections_per_host(8);
+        if let Some(tls) = tls {
+            b = b.tls_config(tls.clone());
+        }
+        b.build()
+    };
+    match CLIENT_TLS.get() {
+        Some(tls) => TLS.get_or_init(|| build(Some(tls))).clone(),
+        None => PLAIN.get_or_init(|| build(None)).clone(),
     }
-    b.build()
 }
 
 #[cfg(test)]
