@@ -51,10 +51,20 @@ struct Indexed {
     open: bool,
     /// Each device's class and, when it can take work, its (level, last use).
     devices: Vec<(usize, Option<(usize, u64)>)>,
-    /// Per (class, level): the devices there, by (last use, index).
-    sets: BTreeMap<(usize, usize), BTreeSet<(u64, usize)>>,
-    /// The entries this node has in `levels`, by (class, level).
-    entries: HashMap<(usize, usize), NodeEntry>,
+    /// Per (class, level) where a device of the node has been: the devices
+    /// there now, and the node's entry in `levels` for it. A set that
+    /// empties stays (with no entry), so a device moving between levels at
+    /// every assignment and result allocates nothing.
+    sets: BTreeMap<(usize, usize), Slot>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    /// The devices, by (last use, index).
+    devices: BTreeSet<(u64, usize)>,
+    /// The node's entry in `levels` for this (class, level): present while
+    /// `devices` is not empty and the node takes work.
+    entry: Option<NodeEntry>,
 }
 
 /// A device found: its placement key (lower is better) and where it is.
@@ -126,8 +136,10 @@ impl PlacementIndex {
         let Some(ix) = self.nodes.remove(name) else {
             return;
         };
-        for ((c, l), entry) in ix.entries {
-            self.levels[c][l].remove(&entry);
+        for ((c, l), slot) in ix.sets {
+            if let Some(entry) = slot.entry {
+                self.levels[c][l].remove(&entry);
+            }
         }
         for (c, _) in ix.devices {
             self.classes[c].1 -= 1;
@@ -154,18 +166,21 @@ impl PlacementIndex {
             return;
         }
         if let Some((level, used)) = old {
-            if let Some(set) = ix.sets.get_mut(&(class, level)) {
-                set.remove(&(used, d));
-                if set.is_empty() {
-                    ix.sets.remove(&(class, level));
-                    if let Some(entry) = ix.entries.remove(&(class, level)) {
+            if let Some(slot) = ix.sets.get_mut(&(class, level)) {
+                slot.devices.remove(&(used, d));
+                if slot.devices.is_empty() {
+                    if let Some(entry) = slot.entry.take() {
                         self.levels[class][level].remove(&entry);
                     }
                 }
             }
         }
         if let Some((level, used)) = new {
-            ix.sets.entry((class, level)).or_default().insert((used, d));
+            ix.sets
+                .entry((class, level))
+                .or_default()
+                .devices
+                .insert((used, d));
         }
         ix.devices[d].1 = new;
     }
@@ -189,26 +204,22 @@ impl PlacementIndex {
         ix.takes_work = open && !node.drained && node.resume_by.is_none();
         // Every non-empty set has an entry while the node takes work, none
         // otherwise (an emptied set lost its entry in `place_device`).
-        for (&(c, l), set) in &ix.sets {
-            let wanted = match set.first() {
-                Some(&(used, _)) if ix.takes_work => Some((ix.load, used, node.name.clone())),
+        for (&(c, l), slot) in &mut ix.sets {
+            let wanted = match slot.devices.first() {
+                Some(&(used, _)) if ix.takes_work => Some((ix.load, used)),
                 _ => None,
             };
-            let old = ix.entries.get(&(c, l));
-            if old == wanted.as_ref() {
+            // (The name in an entry is always this node's.)
+            if slot.entry.as_ref().map(|e| (e.0, e.1)) == wanted {
                 continue;
             }
-            if let Some(old) = old {
-                self.levels[c][l].remove(old);
+            if let Some(old) = slot.entry.take() {
+                self.levels[c][l].remove(&old);
             }
-            match wanted {
-                Some(entry) => {
-                    self.levels[c][l].insert(entry.clone());
-                    ix.entries.insert((c, l), entry);
-                }
-                None => {
-                    ix.entries.remove(&(c, l));
-                }
+            if let Some((load, used)) = wanted {
+                let entry = (load, used, node.name.clone());
+                self.levels[c][l].insert(entry.clone());
+                slot.entry = Some(entry);
             }
         }
     }
@@ -281,6 +292,7 @@ impl PlacementIndex {
             let ix = &self.nodes[name];
             let avoided = avoid.and_then(|(n, d)| (n == &**name).then_some(d));
             let Some(&(used, d)) = ix.sets[&(c, level)]
+                .devices
                 .iter()
                 .find(|(_, d)| Some(*d) != avoided && !skip(name, Some(*d)))
             else {

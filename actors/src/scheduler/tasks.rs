@@ -49,6 +49,22 @@ pub(super) struct Task {
 }
 
 impl Task {
+    /// A task never assigned: its whole range, pending.
+    fn pending(frames: FrameRange, attempt: u32, skipped: u64) -> Self {
+        Task {
+            frames,
+            attempt,
+            attempt_floor: 0,
+            skipped,
+            failures: 0,
+            losses: 0,
+            state: TaskState::Pending,
+            avoid: None,
+            lost_on: None,
+            last_error: None,
+        }
+    }
+
     /// Move on to a new attempt.
     pub(super) fn next_attempt(&mut self) {
         self.attempt = self.attempt.saturating_add(1).max(self.attempt_floor);
@@ -80,6 +96,26 @@ pub(super) struct Done {
     pub(super) attempt: u32,
     pub(super) attempt_floor: u32,
     pub(super) skipped: u64,
+}
+
+impl Done {
+    /// `task`, fresh, as the done task it is.
+    fn apply(&self, task: &mut Task) {
+        task.frames.start = task.frames.end;
+        task.attempt = self.attempt;
+        task.attempt_floor = self.attempt_floor;
+        task.skipped = self.skipped;
+        task.state = TaskState::Done;
+    }
+}
+
+/// Task `t`'s whole range, in a session of `frames` cut every `chunk`.
+fn range_in(frames: FrameRange, chunk: u64, t: TaskIdx) -> FrameRange {
+    let start = frames.start.saturating_add(t.wire().saturating_mul(chunk));
+    FrameRange {
+        start,
+        end: start.saturating_add(chunk).min(frames.end),
+    }
 }
 
 /// The tasks of a session. A session costs what is in flight, not what it
@@ -121,29 +157,11 @@ impl Tasks {
 
     /// The whole range of task `t`.
     pub(super) fn range(&self, t: TaskIdx) -> FrameRange {
-        let start = self
-            .frames
-            .start
-            .saturating_add(t.wire().saturating_mul(self.chunk));
-        FrameRange {
-            start,
-            end: start.saturating_add(self.chunk).min(self.frames.end),
-        }
+        range_in(self.frames, self.chunk, t)
     }
 
     pub(super) fn fresh(&self, t: TaskIdx) -> Task {
-        Task {
-            frames: self.range(t),
-            attempt: self.fresh_attempt,
-            attempt_floor: 0,
-            skipped: self.fresh_skipped,
-            failures: 0,
-            losses: 0,
-            state: TaskState::Pending,
-            avoid: None,
-            lost_on: None,
-            last_error: None,
-        }
+        Task::pending(self.range(t), self.fresh_attempt, self.fresh_skipped)
     }
 
     /// Task `t` as it stands (`None`: no such task).
@@ -157,23 +175,28 @@ impl Tasks {
         }
         let mut task = self.fresh(t);
         if let Some(d) = self.done.get(&t) {
-            task.frames.start = task.frames.end;
-            task.attempt = d.attempt;
-            task.attempt_floor = d.attempt_floor;
-            task.skipped = d.skipped;
-            task.state = TaskState::Done;
+            d.apply(&mut task);
         }
         Some(Cow::Owned(task))
     }
 
     /// Task `t`, with a record of its own from now on.
     pub(super) fn get_mut(&mut self, t: TaskIdx) -> &mut Task {
-        if !self.touched.contains_key(&t) {
-            let task = self.get(t).expect("a task of this session").into_owned();
-            self.done.remove(&t);
-            self.touched.insert(t, task);
+        use std::collections::btree_map::Entry;
+        let (frames, chunk, n) = (self.frames, self.chunk, self.n);
+        let (attempt, skipped) = (self.fresh_attempt, self.fresh_skipped);
+        // One search of the tasks in play, whether `t` is one or not.
+        match self.touched.entry(t) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(v) => {
+                assert!(t.0 < n, "a task of this session");
+                let mut task = Task::pending(range_in(frames, chunk, t), attempt, skipped);
+                if let Some(d) = self.done.remove(&t) {
+                    d.apply(&mut task);
+                }
+                v.insert(task)
+            }
         }
-        self.touched.get_mut(&t).expect("inserted above")
     }
 
     /// Task `t` is done: only its attempt number stays.
