@@ -424,8 +424,8 @@ impl Scheduler {
         self.index.device(n, d);
         let sess = &mut self.sessions[s];
         sess.running += 1;
-        sess.max_attempt = sess.max_attempt.max(sess.tasks.get_mut(t).attempt);
         let task = sess.tasks.get_mut(t);
+        sess.max_attempt = sess.max_attempt.max(task.attempt);
         // Queued behind one attempt at most, then its own timeout, then grace.
         let deadline = now_ms + 2 * sess.spec.timeout_ms + self.grace_ms;
         self.deadlines.insert((deadline, s, t, task.attempt));
