@@ -484,12 +484,11 @@ pub fn url(addr: &str, path: &str) -> String {
     format!("{scheme}://{addr}{path}")
 }
 
-/// A blocking client of another node's data plane (run it off the async
-/// threads): one agent per collector, short timeouts to connect.
+/// A blocking client of other nodes' data planes (run it off the async
+/// threads), short timeouts to connect. One agent per process (per scheme),
+/// shared by every caller, so that transfers to a node reuse their
+/// connections (and TLS sessions) instead of opening one per file.
 pub fn agent() -> ureq::Agent {
-    // One agent per process (one for each scheme), so that transfers to a
-    // node reuse their connections (and TLS sessions) instead of opening
-    // one per file.
     static PLAIN: std::sync::OnceLock<ureq::Agent> = std::sync::OnceLock::new();
     static TLS: std::sync::OnceLock<ureq::Agent> = std::sync::OnceLock::new();
     let build = |tls: Option<&Arc<rustls::ClientConfig>>| {
